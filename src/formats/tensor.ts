@@ -1,0 +1,41 @@
+import type {DType} from './dtype.js'
+
+/** Default piece size when streaming tensor bytes: large enough for disk throughput, small for RSS. */
+export const DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
+
+/**
+ * One tensor of a checkpoint, known from its file's index but not yet read. Every reader
+ * (torch zip shards, safetensors) yields these, and every writer consumes them, so a tensor is
+ * never held whole in memory unless a caller asks for it with readTensor().
+ */
+export interface TensorEntry {
+  readonly name: string
+  readonly dtype: DType
+  readonly shape: readonly number[]
+  /** The file the bytes come from (for reports and error messages). */
+  readonly file: string
+  /**
+   * The tensor's contiguous row-major little-endian bytes, in pieces of at most maxChunkBytes
+   * (each a whole number of elements). Pieces may be reused buffers: consume each before
+   * pulling the next.
+   */
+  chunks(maxChunkBytes?: number): AsyncIterable<Buffer>
+}
+
+/** Read a whole tensor into one buffer (for small tensors and tests). */
+export async function readTensor(t: TensorEntry): Promise<Buffer> {
+  const parts: Buffer[] = []
+  for await (const c of t.chunks()) parts.push(Buffer.from(c))
+  return Buffer.concat(parts)
+}
+
+/** A tensor whose bytes are already in memory (synthesised weights, computed prefixes). */
+export function memoryTensor(name: string, dtype: DType, shape: readonly number[], data: Buffer, file = '<memory>'): TensorEntry {
+  return {
+    name, dtype, shape, file,
+    async *chunks(maxChunkBytes = DEFAULT_CHUNK_BYTES) {
+      for (let o = 0; o < data.length; o += maxChunkBytes) yield data.subarray(o, Math.min(data.length, o + maxChunkBytes))
+      if (data.length === 0) return
+    },
+  }
+}
