@@ -1,0 +1,170 @@
+import {open, type FileHandle} from 'node:fs/promises'
+import {basename} from 'node:path'
+import {TorchFormatError} from '../errors.js'
+import {DTYPE_SIZE, type DType, numel} from './dtype.js'
+import {DEFAULT_CHUNK_BYTES, type TensorEntry} from './tensor.js'
+import {readStateDict, type TensorRef} from './torch-pickle.js'
+import {readZipIndex, type ZipEntry} from './zip-reader.js'
+
+/** A tensor of a torch checkpoint, with the pickle-level facts (storage, offset, strides). */
+export interface TorchTensorEntry extends TensorEntry {
+  readonly ref: TensorRef
+}
+
+/** Largest storage span we read in one go to gather a non-contiguous tensor. */
+const MAX_GATHER_SPAN = 256 * 1024 * 1024
+
+const LEGACY_MAGIC = Buffer.from([0x80, 0x02, 0x8a, 0x0a])
+
+/**
+ * A zip-format `torch.save` file (formats.md), opened lazily: the zip directory and the pickle
+ * are read at open, tensor bytes only when a tensor's chunks are pulled.
+ */
+export class TorchCheckpoint {
+  private constructor(
+    readonly path: string,
+    readonly tensors: TorchTensorEntry[],
+    /** State-dict keys whose values are not tensors (skipped). */
+    readonly ignored: string[],
+    private readonly fh: FileHandle,
+  ) {}
+
+  static async open(path: string): Promise<TorchCheckpoint> {
+    const fh = await open(path, 'r')
+    try {
+      const head = Buffer.alloc(512)
+      const {bytesRead} = await fh.read(head, 0, 512, 0)
+      if (bytesRead >= 4 && head.subarray(0, 4).equals(LEGACY_MAGIC)) {
+        throw new TorchFormatError(`${path}: legacy (pre-1.6, non-zip) torch.save format, which glmtool does not read; re-save it with torch.save(torch.load(f), f2) in a current torch`, 'torch-legacy')
+      }
+      if (bytesRead >= 262 && head.toString('latin1', 257, 262) === 'ustar') {
+        throw new TorchFormatError(`${path}: legacy tar-format torch checkpoint, which glmtool does not read; re-save it with a current torch`, 'torch-legacy')
+      }
+      if (bytesRead < 4 || head.readUInt32LE(0) !== 0x04034b50) {
+        throw new TorchFormatError(`${path}: not a zip-format torch checkpoint (bad magic bytes)`, 'torch-not-zip')
+      }
+      const entries = await readZipIndex(path)
+      const pklEntries = [...entries.keys()].filter(n => /^[^/]+\/data\.pkl$/.test(n))
+      if (pklEntries.length !== 1) throw new TorchFormatError(`${path}: expected one <root>/data.pkl record, found ${pklEntries.length}`, 'torch-format')
+      const root = pklEntries[0].slice(0, -'data.pkl'.length)
+      const pkl = await readRange(fh, path, entries.get(pklEntries[0])!, 0, entries.get(pklEntries[0])!.size)
+      const {tensors: refs, ignored} = readStateDict(pkl, path)
+      const tensors: TorchTensorEntry[] = []
+      for (const [name, ref] of refs) {
+        const rec = entries.get(`${root}data/${ref.storage.key}`)
+        if (!rec) throw new TorchFormatError(`${path}: tensor ${name}: storage record data/${ref.storage.key} is missing`, 'torch-storage-missing')
+        checkStorageBounds(path, name, ref, rec)
+        tensors.push(torchTensor(fh, path, name, ref, rec))
+      }
+      return new TorchCheckpoint(path, tensors, ignored, fh)
+    } catch (error) {
+      await fh.close()
+      throw error
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.fh.close()
+  }
+}
+
+function checkStorageBounds(path: string, name: string, ref: TensorRef, rec: ZipEntry): void {
+  const elem = DTYPE_SIZE[ref.storage.dtype]
+  if (rec.size < ref.storage.numel * elem) {
+    throw new TorchFormatError(`${path}: tensor ${name}: storage data/${ref.storage.key} holds ${rec.size} bytes, its header says ${ref.storage.numel * elem}`, 'torch-storage-short')
+  }
+  if (numel(ref.shape) === 0) return
+  let last = ref.storageOffset
+  for (let i = 0; i < ref.shape.length; i++) {
+    if (ref.shape[i] < 0 || ref.stride[i] < 0) throw new TorchFormatError(`${path}: tensor ${name}: negative size or stride`, 'torch-format')
+    last += (ref.shape[i] - 1) * ref.stride[i]
+  }
+  if ((last + 1) * elem > rec.size) {
+    throw new TorchFormatError(`${path}: tensor ${name}: needs ${(last + 1) * elem} bytes of storage data/${ref.storage.key}, which holds ${rec.size}`, 'torch-storage-short')
+  }
+}
+
+async function readRange(fh: FileHandle, path: string, rec: ZipEntry, start: number, length: number, into?: Buffer): Promise<Buffer> {
+  const buf = into ?? Buffer.allocUnsafe(length)
+  let done = 0
+  while (done < length) {
+    const {bytesRead} = await fh.read(buf, done, length - done, rec.dataOffset + start + done)
+    if (bytesRead === 0) throw new TorchFormatError(`${path}: truncated: record ${rec.name} ends past the end of the file`, 'torch-truncated')
+    done += bytesRead
+  }
+  return buf
+}
+
+function isContiguous(shape: readonly number[], stride: readonly number[]): boolean {
+  let expected = 1
+  for (let i = shape.length - 1; i >= 0; i--) {
+    if (shape[i] !== 1 && stride[i] !== expected) return false
+    expected *= shape[i]
+  }
+  return true
+}
+
+function torchTensor(fh: FileHandle, path: string, name: string, ref: TensorRef, rec: ZipEntry): TorchTensorEntry {
+  const dtype: DType = ref.storage.dtype
+  const elem = DTYPE_SIZE[dtype]
+  const total = numel(ref.shape) * elem
+  return {
+    name, dtype, shape: ref.shape, file: basename(path), ref,
+    async *chunks(maxChunkBytes = DEFAULT_CHUNK_BYTES) {
+      if (total === 0) return
+      const step = Math.max(elem, maxChunkBytes - (maxChunkBytes % elem))
+      if (isContiguous(ref.shape, ref.stride)) {
+        // Two buffers, so the caller can still hold the previous piece while we read the next.
+        const bufs = [Buffer.allocUnsafe(Math.min(step, total)), Buffer.allocUnsafe(Math.min(step, total))]
+        for (let o = 0, i = 0; o < total; o += step, i ^= 1) {
+          const n = Math.min(step, total - o)
+          yield await readRange(fh, path, rec, ref.storageOffset * elem + o, n, bufs[i].subarray(0, n))
+        }
+        return
+      }
+      yield* gatherStrided(fh, path, rec, ref, elem, step)
+    },
+  }
+}
+
+/**
+ * Materialise a non-contiguous tensor (transposes, slices with steps, expanded views) as
+ * contiguous row-major bytes, copying the longest contiguous inner run at a time.
+ */
+async function* gatherStrided(fh: FileHandle, path: string, rec: ZipEntry, ref: TensorRef, elem: number, step: number): AsyncGenerator<Buffer> {
+  const {shape, stride} = ref
+  const nd = shape.length
+  // Innermost dims that are contiguous among themselves form one run.
+  let k = nd
+  let run = 1
+  while (k > 0 && stride[k - 1] === run) {
+    run *= shape[k - 1]
+    k--
+  }
+  let maxIndex = ref.storageOffset
+  for (let i = 0; i < nd; i++) maxIndex += (shape[i] - 1) * stride[i]
+  const span = (maxIndex - ref.storageOffset + 1) * elem
+  const spanBuf = span <= MAX_GATHER_SPAN ? await readRange(fh, path, rec, ref.storageOffset * elem, span) : undefined
+  const runBytes = run * elem
+  const outer = numel(shape.slice(0, k))
+  const idx = new Array<number>(k).fill(0)
+  let out = Buffer.allocUnsafe(Math.max(step - (step % runBytes), runBytes))
+  let filled = 0
+  for (let n = 0; n < outer; n++) {
+    let off = 0
+    for (let i = 0; i < k; i++) off += idx[i] * stride[i]
+    if (spanBuf) spanBuf.copy(out, filled, off * elem, off * elem + runBytes)
+    else await readRange(fh, path, rec, (ref.storageOffset + off) * elem, runBytes, out.subarray(filled, filled + runBytes))
+    filled += runBytes
+    if (filled + runBytes > out.length) {
+      yield out.subarray(0, filled)
+      out = Buffer.allocUnsafe(out.length)
+      filled = 0
+    }
+    for (let i = k - 1; i >= 0; i--) {
+      if (++idx[i] < shape[i]) break
+      idx[i] = 0
+    }
+  }
+  if (filled > 0) yield out.subarray(0, filled)
+}
