@@ -38,7 +38,6 @@ export interface UnpickleHooks {
   build?(obj: unknown, state: unknown): unknown
 }
 
-const MARK = Symbol('mark')
 
 export function unpickle(data: Buffer, hooks: UnpickleHooks, source = 'pickle'): unknown {
   let pos = 0

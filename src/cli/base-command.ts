@@ -1,0 +1,45 @@
+import {Command, Errors} from '@oclif/core'
+import {GlmtoolError} from '../errors.js'
+
+/**
+ * Every glmtool command: `--json` (oclif prints run()'s return value and nothing else on
+ * stdout) and one error path that prints a single line naming the cause and exits non-zero.
+ */
+export abstract class BaseCommand extends Command {
+  static override enableJsonFlag = true
+
+  /** Warnings go to stderr so stdout holds only results. */
+  protected note(message: string): void {
+    if (!this.jsonEnabled()) process.stderr.write(`${message}\n`)
+  }
+
+  protected override async catch(err: Error & {exitCode?: number, code?: string}): Promise<unknown> {
+    const message = describeError(err)
+    const exitCode = err instanceof GlmtoolError ? 1 : err instanceof Errors.CLIError ? (err.oclif?.exit ?? 2) : 1
+    if (err instanceof Errors.ExitError) throw err
+    if (this.jsonEnabled()) {
+      process.stdout.write(JSON.stringify({error: {code: err instanceof GlmtoolError ? err.code : (err.code ?? 'error'), message}}) + '\n')
+    }
+    process.stderr.write(`glmtool: ${message}\n`)
+    if (process.env.GLMTOOL_DEBUG && err.stack) process.stderr.write(`${err.stack}\n`)
+    process.exitCode = exitCode
+    return undefined
+  }
+}
+
+/** One line, naming the cause; system errors get the path and a plain-words reason. */
+export function describeError(err: Error & {code?: string, path?: string}): string {
+  const plain: Record<string, string> = {
+    ENOSPC: 'disk full',
+    EACCES: 'permission denied',
+    EROFS: 'read-only file system',
+    ENOENT: 'no such file or directory',
+    EISDIR: 'is a directory',
+    ENOTDIR: 'not a directory',
+    EMFILE: 'too many open files',
+  }
+  if (!(err instanceof GlmtoolError) && err.code && plain[err.code]) {
+    return `${err.path ?? ''}${err.path ? ': ' : ''}${plain[err.code]} (${err.code})`
+  }
+  return err.message.replace(/\s*\n\s*/g, '; ').replace(/^Error: /, '')
+}

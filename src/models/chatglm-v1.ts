@@ -1,0 +1,94 @@
+import {type Arch, configInt, type ModelConfig, type SynthSize, type TensorSpec} from './arch.js'
+
+/** Dimensions of synth models; `full` is the published ChatGLM-6B (chatglm.md section 1). */
+const SIZES: Record<SynthSize, {hidden: number, inner: number, layers: number, heads: number}> = {
+  tiny: {hidden: 64, inner: 256, layers: 2, heads: 4},
+  small: {hidden: 512, inner: 2048, layers: 4, heads: 8},
+  full: {hidden: 4096, inner: 16384, layers: 28, heads: 32},
+}
+
+/** ChatGLM-6B: GLM with 2D rotary and post-DeepNorm (chatglm.md sections 1-3). */
+export const chatglmV1: Arch = {
+  id: 'chatglm-6b',
+  generation: 1,
+  shardCount: 8,
+  tokenizerFile: 'ice_text.model',
+
+  matchesConfig(config) {
+    return config.position_encoding_2d !== undefined || config.inner_hidden_size !== undefined
+  },
+
+  tensors(config) {
+    const H = configInt(config, 'hidden_size')
+    const F = configInt(config, 'inner_hidden_size', 4 * H)
+    const L = configInt(config, 'num_layers')
+    const heads = configInt(config, 'num_attention_heads')
+    const V = configInt(config, 'vocab_size')
+    const headDim = H / heads
+    const m = new Map<string, TensorSpec>()
+    m.set('transformer.word_embeddings.weight', {shape: [V, H], init: 'normal'})
+    for (let i = 0; i < L; i++) {
+      const p = `transformer.layers.${i}.`
+      m.set(`${p}input_layernorm.weight`, {shape: [H], init: 'ones'})
+      m.set(`${p}input_layernorm.bias`, {shape: [H], init: 'zeros'})
+      m.set(`${p}attention.rotary_emb.inv_freq`, {shape: [headDim / 4], init: 'inv_freq', optional: true})
+      m.set(`${p}attention.query_key_value.weight`, {shape: [3 * H, H], init: 'normal'})
+      m.set(`${p}attention.query_key_value.bias`, {shape: [3 * H], init: 'zeros'})
+      m.set(`${p}attention.dense.weight`, {shape: [H, H], init: 'normal'})
+      m.set(`${p}attention.dense.bias`, {shape: [H], init: 'zeros'})
+      m.set(`${p}post_attention_layernorm.weight`, {shape: [H], init: 'ones'})
+      m.set(`${p}post_attention_layernorm.bias`, {shape: [H], init: 'zeros'})
+      m.set(`${p}mlp.dense_h_to_4h.weight`, {shape: [F, H], init: 'normal'})
+      m.set(`${p}mlp.dense_h_to_4h.bias`, {shape: [F], init: 'zeros'})
+      m.set(`${p}mlp.dense_4h_to_h.weight`, {shape: [H, F], init: 'normal'})
+      m.set(`${p}mlp.dense_4h_to_h.bias`, {shape: [H], init: 'zeros'})
+    }
+    m.set('transformer.final_layernorm.weight', {shape: [H], init: 'ones'})
+    m.set('transformer.final_layernorm.bias', {shape: [H], init: 'zeros'})
+    m.set('lm_head.weight', {shape: [V, H], init: 'normal'})
+    return m
+  },
+
+  synthConfig(size): ModelConfig {
+    const s = SIZES[size]
+    return {
+      _name_or_path: 'THUDM/chatglm-6b',
+      architectures: ['ChatGLMModel'],
+      auto_map: {
+        AutoConfig: 'configuration_chatglm.ChatGLMConfig',
+        AutoModel: 'modeling_chatglm.ChatGLMForConditionalGeneration',
+        AutoModelForSeq2SeqLM: 'modeling_chatglm.ChatGLMForConditionalGeneration',
+      },
+      bos_token_id: 130004,
+      eos_token_id: 130005,
+      mask_token_id: 130000,
+      gmask_token_id: 130001,
+      pad_token_id: 3,
+      hidden_size: s.hidden,
+      inner_hidden_size: s.inner,
+      layernorm_epsilon: 1e-5,
+      max_sequence_length: 2048,
+      model_type: 'chatglm',
+      num_attention_heads: s.heads,
+      num_layers: s.layers,
+      position_encoding_2d: true,
+      torch_dtype: 'float16',
+      transformers_version: '4.27.1',
+      use_cache: true,
+      vocab_size: 130528,
+    }
+  },
+
+  summary(config) {
+    return {
+      generation: 'ChatGLM-6B (v1: GLM, 2D rotary, post-DeepNorm)',
+      hidden_size: configInt(config, 'hidden_size'),
+      inner_hidden_size: configInt(config, 'inner_hidden_size', 4 * configInt(config, 'hidden_size')),
+      num_layers: configInt(config, 'num_layers'),
+      num_attention_heads: configInt(config, 'num_attention_heads'),
+      vocab_size: configInt(config, 'vocab_size'),
+      max_sequence_length: Number(config.max_sequence_length ?? 2048),
+      torch_dtype: String(config.torch_dtype ?? 'unknown'),
+    }
+  },
+}

@@ -1,0 +1,104 @@
+import {type Arch, configInt, type ModelConfig, type SynthSize, type TensorSpec} from './arch.js'
+
+const SIZES: Record<SynthSize, {hidden: number, ffn: number, layers: number, heads: number, kv: number}> = {
+  tiny: {hidden: 64, ffn: 160, layers: 2, heads: 4, kv: 16},
+  small: {hidden: 512, ffn: 1712, layers: 4, heads: 8, kv: 64},
+  full: {hidden: 4096, ffn: 13696, layers: 28, heads: 32, kv: 128},
+}
+
+/** ChatGLM2-6B: pre-norm RMSNorm, multi-query attention, SwiGLU (chatglm.md sections 1, 2, 4). */
+export const chatglmV2: Arch = {
+  id: 'chatglm2-6b',
+  generation: 2,
+  shardCount: 7,
+  tokenizerFile: 'tokenizer.model',
+
+  matchesConfig(config) {
+    return config.multi_query_attention !== undefined || config.padded_vocab_size !== undefined || config.ffn_hidden_size !== undefined
+  },
+
+  tensors(config) {
+    const H = configInt(config, 'hidden_size')
+    const F = configInt(config, 'ffn_hidden_size')
+    const L = configInt(config, 'num_layers')
+    const heads = configInt(config, 'num_attention_heads')
+    const D = configInt(config, 'kv_channels', H / heads)
+    const G = config.multi_query_attention === false ? heads : configInt(config, 'multi_query_group_num')
+    const V = configInt(config, 'padded_vocab_size')
+    const qkv = heads * D + 2 * G * D
+    const m = new Map<string, TensorSpec>()
+    m.set('transformer.embedding.word_embeddings.weight', {shape: [V, H], init: 'normal'})
+    m.set('transformer.rotary_pos_emb.inv_freq', {shape: [D / 4], init: 'inv_freq', optional: true})
+    for (let i = 0; i < L; i++) {
+      const p = `transformer.encoder.layers.${i}.`
+      m.set(`${p}input_layernorm.weight`, {shape: [H], init: 'ones'})
+      m.set(`${p}self_attention.query_key_value.weight`, {shape: [qkv, H], init: 'normal'})
+      if (config.add_qkv_bias !== false) m.set(`${p}self_attention.query_key_value.bias`, {shape: [qkv], init: 'zeros'})
+      m.set(`${p}self_attention.dense.weight`, {shape: [H, heads * D], init: 'normal'})
+      m.set(`${p}post_attention_layernorm.weight`, {shape: [H], init: 'ones'})
+      m.set(`${p}mlp.dense_h_to_4h.weight`, {shape: [2 * F, H], init: 'normal'})
+      m.set(`${p}mlp.dense_4h_to_h.weight`, {shape: [H, F], init: 'normal'})
+    }
+    if (config.post_layer_norm !== false) m.set('transformer.encoder.final_layernorm.weight', {shape: [H], init: 'ones'})
+    m.set('transformer.output_layer.weight', {shape: [V, H], init: 'normal'})
+    return m
+  },
+
+  synthConfig(size): ModelConfig {
+    const s = SIZES[size]
+    return {
+      _name_or_path: 'THUDM/chatglm2-6b',
+      model_type: 'chatglm',
+      architectures: ['ChatGLMModel'],
+      auto_map: {
+        AutoConfig: 'configuration_chatglm.ChatGLMConfig',
+        AutoModel: 'modeling_chatglm.ChatGLMForConditionalGeneration',
+        AutoModelForCausalLM: 'modeling_chatglm.ChatGLMForConditionalGeneration',
+        AutoModelForSeq2SeqLM: 'modeling_chatglm.ChatGLMForConditionalGeneration',
+      },
+      add_bias_linear: false,
+      add_qkv_bias: true,
+      apply_query_key_layer_scaling: true,
+      apply_residual_connection_post_layernorm: false,
+      attention_dropout: 0.0,
+      attention_softmax_in_fp32: true,
+      bias_dropout_fusion: true,
+      ffn_hidden_size: s.ffn,
+      fp32_residual_connection: false,
+      hidden_dropout: 0.0,
+      hidden_size: s.hidden,
+      kv_channels: s.kv,
+      layernorm_epsilon: 1e-5,
+      multi_query_attention: true,
+      multi_query_group_num: 2,
+      num_attention_heads: s.heads,
+      num_layers: s.layers,
+      original_rope: true,
+      padded_vocab_size: 65024,
+      post_layer_norm: true,
+      rmsnorm: true,
+      seq_length: 32768,
+      use_cache: true,
+      torch_dtype: 'float16',
+      transformers_version: '4.27.1',
+      tie_word_embeddings: false,
+      eos_token_id: 2,
+      pad_token_id: 0,
+    }
+  },
+
+  summary(config) {
+    return {
+      generation: 'ChatGLM2-6B (v2: RMSNorm, multi-query attention)',
+      hidden_size: configInt(config, 'hidden_size'),
+      ffn_hidden_size: configInt(config, 'ffn_hidden_size'),
+      num_layers: configInt(config, 'num_layers'),
+      num_attention_heads: configInt(config, 'num_attention_heads'),
+      kv_channels: configInt(config, 'kv_channels', 128),
+      multi_query_group_num: Number(config.multi_query_group_num ?? 0),
+      padded_vocab_size: configInt(config, 'padded_vocab_size'),
+      seq_length: Number(config.seq_length ?? 0),
+      torch_dtype: String(config.torch_dtype ?? 'unknown'),
+    }
+  },
+}
