@@ -20,7 +20,6 @@ import {
   decodeModelProto, effectiveNormalizerSpec, effectiveTrainerSpec, encodeModelProto, ModelType, PieceType,
   sentencepieceRoot, type SentencePieceModel,
 } from '../src/runtime/sentencepiece-model.js'
-import {SENTENCEPIECE_MODEL_PROTO} from '../src/runtime/sentencepiece-schema.js'
 
 const PYTHON = '/usr/bin/python3'
 const SPM_CHECK = fileURLToPath(new URL('crosscheck/spm_check.py', import.meta.url))
@@ -38,11 +37,6 @@ function runSpmCheck<T>(args: string[], request?: object): T {
 }
 
 describe('sentencepiece_model.proto', () => {
-  it('is embedded verbatim in sentencepiece-schema.ts', () => {
-    const proto = readFileSync(new URL('../src/runtime/sentencepiece_model.proto', import.meta.url), 'utf8')
-    expect(SENTENCEPIECE_MODEL_PROTO).toBe(proto)
-  })
-
   it('puts fields on the wire with sentencepiece\'s numbers', () => {
     // pieces = 1 (LEN) { piece = 1 "a", score = 2 (fixed32) 0.0 }; type NORMAL left implicit.
     expect([...encodeModelProto({pieces: [{piece: 'a', score: 0, type: PieceType.NORMAL}]})])

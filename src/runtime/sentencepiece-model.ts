@@ -2,17 +2,17 @@
  * Read and write SentencePiece model files (ChatGLM-6B's ice_text.model, ChatGLM2-6B's
  * tokenizer.model; spec/chatglm.md section 5) as typed objects.
  *
- * The schema is ./sentencepiece_model.proto, embedded as a string (sentencepiece-schema.ts) so
- * that this works the same from src/ under vitest and from the compiled dist/. Field names are
+ * The schema is ./sentencepiece_model.proto, read from beside this module (the build copies it
+ * into dist/runtime/, so src/ under vitest and the compiled CLI read the same file). Field names are
  * protobufjs's camelCase forms of the proto names (byte_fallback -> byteFallback). Optional spec
  * fields are present only when the file sets them; effectiveTrainerSpec/effectiveNormalizerSpec
  * fill in the proto defaults, which matter (add_dummy_prefix and remove_extra_whitespaces
  * default to true).
  */
+import {readFileSync} from 'node:fs'
 import protobuf from 'protobufjs'
 
 import {ModelError} from '../errors.js'
-import {SENTENCEPIECE_MODEL_PROTO} from './sentencepiece-schema.js'
 
 /** ModelProto.SentencePiece.Type. */
 export const PieceType = {NORMAL: 1, UNKNOWN: 2, CONTROL: 3, USER_DEFINED: 4, UNUSED: 5, BYTE: 6} as const
@@ -113,7 +113,7 @@ export type EffectiveTrainerSpec = Required<Pick<TrainerSpec, ScalarKeys<Trainer
 export type EffectiveNormalizerSpec = Required<NormalizerSpec>
 
 /** The parsed schema, resolved (defaults filled in); exported for tools and schema tests. */
-export const sentencepieceRoot: protobuf.Root = protobuf.parse(SENTENCEPIECE_MODEL_PROTO).root
+export const sentencepieceRoot: protobuf.Root = protobuf.parse(readFileSync(new URL('./sentencepiece_model.proto', import.meta.url), 'utf8')).root
 sentencepieceRoot.resolveAll()
 
 const ModelProtoType = sentencepieceRoot.lookupType('sentencepiece.ModelProto')
