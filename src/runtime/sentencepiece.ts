@@ -1,0 +1,480 @@
+/**
+ * A SentencePiece BPE processor: the ids, pieces and decoded text of the `sentencepiece` library
+ * (0.1.97, Debian bookworm's; checked id for id by test/tokenizer-spm.test.ts) for a BPE
+ * ModelProto, with no native code. ChatGLM-6B's ice_text.model and ChatGLM2-6B's
+ * tokenizer.model are BPE models (spec/chatglm.md section 5).
+ *
+ * Encoding, as the library does it (sentencepiece_processor.cc Encode, bpe_model.cc Encode):
+ * 1. Normalize (./sentencepiece-normalizer.ts).
+ * 2. Split the normalized bytes into symbols: a user-defined symbol where one starts (longest
+ *    match; it is frozen and never merges), else one UTF-8 character.
+ * 3. Merge: repeatedly join the adjacent pair whose concatenation is a piece (NORMAL,
+ *    USER_DEFINED or UNUSED) with the highest score, the leftmost on ties; a priority queue over
+ *    adjacent pairs with lazy deletion keeps this O(n log n). Pieces of type UNUSED merge like any
+ *    other and are then split back into the pair they were made from.
+ * 4. Map pieces to ids (CONTROL/UNKNOWN/BYTE names first, then the others, else <unk>). An
+ *    unknown piece becomes its UTF-8 bytes as <0xXX> pieces when the trainer spec sets
+ *    byte_fallback; otherwise consecutive unknown pieces collapse into one <unk>.
+ * Control pieces (<s>, [gMASK], ...) are never produced from text: only NORMAL, USER_DEFINED and
+ * UNUSED pieces take part in merging.
+ *
+ * Decoding (sentencepiece_processor.cc Decode): control pieces vanish, <unk> becomes
+ * trainer_spec.unk_surface (" ⁇ "), "▁" becomes a space, runs of byte pieces are reassembled as
+ * UTF-8 with each malformed byte giving U+FFFD, and the leading "▁" of the first piece is
+ * dropped (add_dummy_prefix): with remove_extra_whitespaces every piece's leading "▁" is dropped
+ * while nothing has been output yet; without it, only the first such "▁" is.
+ *
+ * Unigram, word and char models are refused (ModelError 'tokenizer-unsupported').
+ */
+import {ModelError} from '../errors.js'
+import {
+  decodeModelProto, effectiveNormalizerSpec, effectiveTrainerSpec, ModelType, PieceType,
+  type EffectiveNormalizerSpec, type SentencePieceModel,
+} from './sentencepiece-model.js'
+import {decodeUtf8Char, Normalizer, oneCharLen, PrefixMatcher} from './sentencepiece-normalizer.js'
+
+const META = '\u2581'
+const REPLACEMENT = '\ufffd'
+const utf8 = new TextEncoder()
+
+/** A piece's UTF-8 bytes as a "binary" string (one char per byte): the key of the piece maps. */
+function byteKey(s: string): string {
+  return Buffer.from(s, 'utf8').toString('latin1')
+}
+
+function fromByteKey(k: string): string {
+  return Buffer.from(k, 'latin1').toString('utf8')
+}
+
+/** "<0x0A>" -> 10; -1 for anything else. */
+function pieceToByte(piece: string): number {
+  const m = /^<0x([0-9A-F]{2})>$/.exec(piece)
+  return m ? parseInt(m[1], 16) : -1
+}
+
+export class SentencePieceProcessor {
+  readonly model: SentencePieceModel
+  readonly vocabSize: number
+  readonly unkId: number
+  /** Ids of <s>, </s>, <pad> by the trainer's names, or -1 (the library's bos_id() etc.). */
+  readonly bosId: number
+  readonly eosId: number
+  readonly padId: number
+
+  private readonly types: Uint8Array
+  private readonly scores: Float32Array
+  /** CONTROL, UNKNOWN and BYTE pieces (the library's reserved_id_map_), by byte key. */
+  private readonly reserved = new Map<string, number>()
+  /** NORMAL, USER_DEFINED and UNUSED pieces (the library's pieces_), by byte key. */
+  private readonly mergeable = new Map<string, number>()
+  /** Id of <0xXX> for each byte, -1 where missing. */
+  private readonly byteIds = new Int32Array(256).fill(-1)
+  /** Byte value of each BYTE piece id, -1 for other ids. */
+  private readonly byteOfId: Int16Array
+  private readonly matcher: PrefixMatcher
+  private readonly normalizer: Normalizer
+  private readonly denormalizer: Normalizer | null
+  private readonly normalizerSpec: EffectiveNormalizerSpec
+  private readonly byteFallback: boolean
+  private readonly unkSurface: string
+
+  private constructor(model: SentencePieceModel, source: string) {
+    this.model = model
+    const trainer = effectiveTrainerSpec(model)
+    if (trainer.modelType !== ModelType.BPE) {
+      const name = Object.entries(ModelType).find(([, v]) => v === trainer.modelType)?.[0] ?? String(trainer.modelType)
+      throw new ModelError(`${source}: SentencePiece model type ${name} is not supported; glmtool reads BPE models only (ChatGLM's are BPE)`, 'tokenizer-unsupported')
+    }
+    const n = model.pieces.length
+    this.vocabSize = n
+    this.types = new Uint8Array(n)
+    this.scores = new Float32Array(n)
+    this.byteOfId = new Int16Array(n).fill(-1)
+    let unk = -1
+    const userDefined: Uint8Array[] = []
+    for (let i = 0; i < n; i++) {
+      const p = model.pieces[i]
+      this.types[i] = p.type
+      this.scores[i] = p.score
+      const key = byteKey(p.piece)
+      const isMergeable = p.type === PieceType.NORMAL || p.type === PieceType.USER_DEFINED || p.type === PieceType.UNUSED
+      const map = isMergeable ? this.mergeable : this.reserved
+      // model_interface.cc InitializePieces: the same refusals.
+      if (map.has(key)) throw new ModelError(`${source}: piece ${JSON.stringify(p.piece)} is defined twice`, 'tokenizer-model')
+      map.set(key, i)
+      if (p.type === PieceType.USER_DEFINED) userDefined.push(utf8.encode(p.piece))
+      if (p.type === PieceType.UNKNOWN) {
+        if (unk >= 0) throw new ModelError(`${source}: more than one <unk> piece`, 'tokenizer-model')
+        unk = i
+      }
+      if (p.type === PieceType.BYTE) {
+        if (!trainer.byteFallback) throw new ModelError(`${source}: byte piece ${p.piece} found although byte_fallback is false`, 'tokenizer-model')
+        const b = pieceToByte(p.piece)
+        if (b < 0) throw new ModelError(`${source}: byte piece ${p.piece} is invalid`, 'tokenizer-model')
+        this.byteIds[b] = i
+        this.byteOfId[i] = b
+      }
+    }
+    if (unk < 0) throw new ModelError(`${source}: no <unk> piece`, 'tokenizer-model')
+    this.unkId = unk
+    this.byteFallback = trainer.byteFallback
+    this.unkSurface = trainer.unkSurface
+    const controlId = (piece: string): number => {
+      const id = this.pieceToId(piece)
+      return this.types[id] === PieceType.CONTROL ? id : -1
+    }
+    this.bosId = controlId(trainer.bosPiece)
+    this.eosId = controlId(trainer.eosPiece)
+    this.padId = controlId(trainer.padPiece)
+    this.matcher = new PrefixMatcher(userDefined)
+    this.normalizerSpec = effectiveNormalizerSpec(model)
+    this.normalizer = new Normalizer(this.normalizerSpec, trainer.treatWhitespaceAsSuffix, this.matcher, source)
+    const denorm = model.denormalizerSpec
+    this.denormalizer = denorm?.precompiledCharsmap && denorm.precompiledCharsmap.length > 0
+      ? new Normalizer(effectiveNormalizerSpec({pieces: [], normalizerSpec: denorm}), false, null, `${source} (denormalizer)`)
+      : null
+  }
+
+  /** Parse a ModelProto file's bytes; `source` names it in errors. */
+  static load(bytes: Uint8Array, source = 'tokenizer model'): SentencePieceProcessor {
+    return new SentencePieceProcessor(decodeModelProto(bytes, source), source)
+  }
+
+  static fromModel(model: SentencePieceModel, source = 'tokenizer model'): SentencePieceProcessor {
+    return new SentencePieceProcessor(model, source)
+  }
+
+  /** The piece's id; <unk>'s id for a string that is no piece (as the library answers). */
+  pieceToId(piece: string): number {
+    const key = byteKey(piece)
+    return this.reserved.get(key) ?? this.mergeable.get(key) ?? this.unkId
+  }
+
+  /** Whether `piece` is in the vocabulary (pieceToId alone cannot tell <unk> from unknown). */
+  hasPiece(piece: string): boolean {
+    const key = byteKey(piece)
+    return this.reserved.has(key) || this.mergeable.has(key)
+  }
+
+  idToPiece(id: number): string {
+    this.checkId(id)
+    return this.model.pieces[id].piece
+  }
+
+  isControl(id: number): boolean {
+    return this.types[id] === PieceType.CONTROL
+  }
+
+  isUnknown(id: number): boolean {
+    return this.types[id] === PieceType.UNKNOWN
+  }
+
+  isByte(id: number): boolean {
+    return this.types[id] === PieceType.BYTE
+  }
+
+  /** Text -> ids, as the library's encode(text) (no bos/eos). */
+  encode(text: string): number[] {
+    return this.encodeBoth(text).ids
+  }
+
+  /** Text -> pieces, as the library's encode(text, out_type=str). */
+  encodePieces(text: string): string[] {
+    return this.encodeBoth(text).pieces
+  }
+
+  /** Ids and pieces of `text` together. */
+  encodeBoth(text: string): {ids: number[], pieces: string[]} {
+    const normalized = this.normalizer.normalize(utf8.encode(text))
+    const ids: number[] = []
+    const pieces: string[] = []
+    let prevUnk = false
+    for (const [w, id] of this.segment(normalized)) {
+      const isUnk = this.types[id] === PieceType.UNKNOWN
+      if (isUnk && this.byteFallback) {
+        for (let k = 0; k < w.length; k++) {
+          const b = w.charCodeAt(k)
+          const byteId = this.byteIds[b]
+          ids.push(byteId >= 0 ? byteId : this.unkId)
+          pieces.push(`<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`)
+        }
+      } else if (isUnk && prevUnk) {
+        // Consecutive unknown pieces become one <unk> (PopulateSentencePieceText).
+        pieces[pieces.length - 1] += fromByteKey(w)
+      } else {
+        ids.push(id)
+        pieces.push(fromByteKey(w))
+      }
+      prevUnk = isUnk
+    }
+    return {ids, pieces}
+  }
+
+  /** Ids -> text, as the library's decode(ids). Throws RangeError for an id out of range. */
+  decode(ids: readonly number[]): string {
+    const d = this.decoder()
+    let out = ''
+    for (const id of ids) out += d.push(id)
+    return out + d.flush()
+  }
+
+  /**
+   * An incremental decoder: push ids one at a time; each push returns the text that is now
+   * final, and pushes + flush concatenate to decode(ids).
+   */
+  decoder(): SentencePieceDecoder {
+    return new SentencePieceDecoder(this, this.normalizerSpec, this.unkSurface, this.byteOfId, this.denormalizer)
+  }
+
+  /** @internal Range check shared with the decoder. */
+  checkId(id: number): void {
+    if (!Number.isInteger(id) || id < 0 || id >= this.vocabSize) {
+      throw new RangeError(`token id ${id} is not a piece of this SentencePiece model (ids 0..${this.vocabSize - 1})`)
+    }
+  }
+
+  /**
+   * BPE over the normalized bytes: [piece as byte key, id] per output piece
+   * (bpe_model.cc Model::Encode).
+   */
+  private segment(normalized: Uint8Array): Array<[string, number]> {
+    const end = normalized.length
+    if (end === 0) return []
+    const text = Buffer.from(normalized.buffer, normalized.byteOffset, normalized.byteLength).toString('latin1')
+
+    // Symbols: byte offset and length, links, frozen flag (user-defined symbols never merge).
+    const start: number[] = []
+    const len: number[] = []
+    const frozen: boolean[] = []
+    for (let pos = 0; pos < end;) {
+      let n = this.matcher.size > 0 ? this.matcher.match(normalized, pos, end) : 0
+      frozen.push(n > 0)
+      if (n === 0) n = Math.min(end - pos, oneCharLen(normalized[pos]))
+      start.push(pos)
+      len.push(n)
+      pos += n
+    }
+    const count = start.length
+    const prev = new Int32Array(count)
+    const next = new Int32Array(count)
+    for (let i = 0; i < count; i++) {
+      prev[i] = i - 1
+      next[i] = i + 1 < count ? i + 1 : -1
+    }
+
+    const agenda = new PairQueue()
+    const revMerge = new Map<string, [string, string]>()
+    const maybeAdd = (left: number, right: number): void => {
+      if (left < 0 || right < 0 || frozen[left] || frozen[right]) return
+      const size = len[left] + len[right]
+      const piece = text.slice(start[left], start[left] + size)
+      const id = this.mergeable.get(piece)
+      if (id === undefined) return
+      agenda.push(left, right, this.scores[id], size)
+      if (this.types[id] === PieceType.UNUSED) {
+        revMerge.set(piece, [text.slice(start[left], start[left] + len[left]), text.slice(start[right], start[right] + len[right])])
+      }
+    }
+    for (let i = 1; i < count; i++) maybeAdd(i - 1, i)
+
+    while (agenda.length > 0) {
+      const [left, right, size] = agenda.pop()
+      // Stale entries: a side merged away (empty) or grew since the pair was queued.
+      if (len[left] === 0 || len[right] === 0 || len[left] + len[right] !== size) continue
+      len[left] = size
+      next[left] = next[right]
+      if (next[right] >= 0) prev[next[right]] = left
+      len[right] = 0
+      maybeAdd(prev[left], left)
+      maybeAdd(left, next[left])
+    }
+
+    const out: Array<[string, number]> = []
+    const resegment = (w: string): void => {
+      const id = this.reserved.get(w) ?? this.mergeable.get(w) ?? this.unkId
+      const pair = this.types[id] === PieceType.UNUSED ? revMerge.get(w) : undefined
+      if (!pair) {
+        out.push([w, id])
+        return
+      }
+      resegment(pair[0])
+      resegment(pair[1])
+    }
+    for (let i = 0; i >= 0; i = next[i]) resegment(text.slice(start[i], start[i] + len[i]))
+    return out
+  }
+}
+
+/**
+ * Binary max-heap of candidate merges: highest score first, then the leftmost (the order of
+ * bpe_model.cc's SymbolPairComparator). Parallel arrays, no per-entry objects.
+ */
+class PairQueue {
+  private lefts: number[] = []
+  private rights: number[] = []
+  private scores: number[] = []
+  private sizes: number[] = []
+  length = 0
+
+  push(left: number, right: number, score: number, size: number): void {
+    let i = this.length++
+    // Sift up.
+    while (i > 0) {
+      const parent = (i - 1) >> 1
+      if (!this.before(left, score, this.lefts[parent], this.scores[parent])) break
+      this.set(i, parent)
+      i = parent
+    }
+    this.lefts[i] = left
+    this.rights[i] = right
+    this.scores[i] = score
+    this.sizes[i] = size
+  }
+
+  pop(): [left: number, right: number, size: number] {
+    const top: [number, number, number] = [this.lefts[0], this.rights[0], this.sizes[0]]
+    const last = --this.length
+    if (last > 0) {
+      const left = this.lefts[last]
+      const right = this.rights[last]
+      const score = this.scores[last]
+      const size = this.sizes[last]
+      let i = 0
+      // Sift down.
+      for (;;) {
+        const a = 2 * i + 1
+        if (a >= last) break
+        const b = a + 1
+        const child = b < last && this.before(this.lefts[b], this.scores[b], this.lefts[a], this.scores[a]) ? b : a
+        if (!this.before(this.lefts[child], this.scores[child], left, score)) break
+        this.set(i, child)
+        i = child
+      }
+      this.lefts[i] = left
+      this.rights[i] = right
+      this.scores[i] = score
+      this.sizes[i] = size
+    }
+    return top
+  }
+
+  private before(leftA: number, scoreA: number, leftB: number, scoreB: number): boolean {
+    return scoreA > scoreB || (scoreA === scoreB && leftA < leftB)
+  }
+
+  private set(to: number, from: number): void {
+    this.lefts[to] = this.lefts[from]
+    this.rights[to] = this.rights[from]
+    this.scores[to] = this.scores[from]
+    this.sizes[to] = this.sizes[from]
+  }
+}
+
+/**
+ * SentencePiece decoding as a left-to-right state machine (the library's Decode loop), so that
+ * text can be handed out as soon as it is final: everything but an unfinished UTF-8 character
+ * at the end of a run of byte pieces. With a denormalizer (no ChatGLM model has one) the whole
+ * text is held until flush, since its rules may span pieces.
+ */
+export class SentencePieceDecoder {
+  /** Byte values of a run of byte pieces not yet turned into text. */
+  private pending: number[] = []
+  /** Whether a piece's leading "▁" is still to be dropped (is_bos_ws). */
+  private atStart = true
+  /** Whether the previous piece had its leading "▁" dropped (bos_ws_seen). */
+  private droppedSpace = false
+  private emittedAny = false
+  private held = ''
+
+  constructor(
+    private readonly sp: SentencePieceProcessor,
+    private readonly spec: EffectiveNormalizerSpec,
+    private readonly unkSurface: string,
+    private readonly byteOfId: Int16Array,
+    private readonly denormalizer: Normalizer | null,
+  ) {}
+
+  /** Add one id; returns the text that became final. Throws RangeError for an id out of range. */
+  push(id: number): string {
+    this.sp.checkId(id)
+    const b = this.byteOfId[id]
+    if (b >= 0) {
+      this.pending.push(b)
+      return this.out(this.takeBytes(false))
+    }
+    return this.out(this.takeBytes(true) + this.piece(id))
+  }
+
+  /**
+   * A piece that decodes to nothing yet ends a byte run: what DecodePieces makes of "" (the
+   * published ChatGLM2 tokenizer turns its special ids into "").
+   */
+  pushEmpty(): string {
+    const text = this.takeBytes(true)
+    this.emittedAny ||= text.length > 0
+    if (this.droppedSpace || this.emittedAny) this.atStart = false
+    this.droppedSpace = false
+    return this.out(text)
+  }
+
+  /** The rest: an unfinished byte run decodes to U+FFFD per byte. */
+  flush(): string {
+    const text = this.out(this.takeBytes(true))
+    if (!this.denormalizer) return text
+    const all = this.held
+    this.held = ''
+    return Buffer.from(this.denormalizer.normalize(utf8.encode(all))).toString('utf8')
+  }
+
+  private out(text: string): string {
+    if (!this.denormalizer) return text
+    this.held += text
+    return ''
+  }
+
+  /** Decode one non-byte piece (DecodeSentencePiece), after its preceding byte run. */
+  private piece(id: number): string {
+    if (this.droppedSpace || this.emittedAny) this.atStart = false
+    let text: string
+    let dropped = false
+    if (this.sp.isControl(id)) {
+      text = ''
+    } else if (this.sp.isUnknown(id)) {
+      text = this.unkSurface
+    } else {
+      let piece = this.sp.model.pieces[id].piece
+      if (this.atStart && (this.spec.addDummyPrefix || this.spec.removeExtraWhitespaces) && piece.startsWith(META)) {
+        piece = piece.slice(META.length)
+        // With remove_extra_whitespaces, every leading "▁" goes until some text is out.
+        dropped = !this.spec.removeExtraWhitespaces
+      }
+      text = piece.replaceAll(META, ' ')
+    }
+    this.droppedSpace = dropped
+    this.emittedAny ||= text.length > 0
+    return text
+  }
+
+  /**
+   * Turn pending bytes into text: whole valid characters, U+FFFD for each malformed byte. An
+   * incomplete character at the end waits for more bytes unless the run has ended.
+   */
+  private takeBytes(runEnded: boolean): string {
+    const bytes = this.pending
+    if (bytes.length === 0) return ''
+    const buf = Uint8Array.from(bytes)
+    let text = ''
+    let pos = 0
+    while (pos < buf.length) {
+      const lead = buf[pos]
+      const need = lead < 0x80 ? 1 : (lead & 0xe0) === 0xc0 ? 2 : (lead & 0xf0) === 0xe0 ? 3 : (lead & 0xf8) === 0xf0 ? 4 : 1
+      if (!runEnded && buf.length - pos < need) break
+      const [cp, n] = decodeUtf8Char(buf, pos, buf.length)
+      text += cp < 0 ? REPLACEMENT : String.fromCodePoint(cp)
+      pos += n
+    }
+    this.pending = bytes.slice(pos)
+    if (text.length > 0) this.emittedAny = true
+    return text
+  }
+}

@@ -1,0 +1,132 @@
+/**
+ * ChatGLM-6B's tokenizer: the published tokenization_chatglm.py (THUDM/chatglm-6b) SPTokenizer
+ * and ChatGLMTokenizer over ice_text.model (spec/chatglm.md sections 1, 3, 5).
+ *
+ * - Encode: "\n" -> "<n>", "\t" -> "<|tab|>", then runs of spaces -> "<|blank_k|>" (the
+ *   reference replaces 80-space runs first, then 79, ... 2, so a run of k spaces becomes
+ *   floor(k/80) x <|blank_80|> and then <|blank_r|> for the rest r >= 2, or one plain space for
+ *   r = 1); then SentencePiece ids, plus num_image_tokens (0 in current checkpoints).
+ * - Decode: drop the pad id (ChatGLMTokenizer._decode), subtract num_image_tokens and drop what
+ *   falls below 0 (image tokens), SentencePiece-decode, then turn "<n>", "<|tab|>" and
+ *   "<|blank_k|>" (2 <= k <= 80) back into whitespace anywhere in the text: the reference
+ *   replaces in the decoded string, so a stand-in spelled across several pieces counts too.
+ * - Specials are looked up by name in the model: [MASK], [gMASK], <sop> (bos), <eop> (eos: it
+ *   ends generation, config.json eos_token_id 130005), <pad> (PieceToId, so <unk> when absent).
+ */
+import {ModelError} from '../errors.js'
+import type {SentencePieceProcessor} from './sentencepiece.js'
+import type {ChatTokenizer, StreamDecoder, TokenizerSpecials} from './tokenizer.js'
+
+const MAX_BLANK = 80
+
+/** "\n", "\t" and space runs as the reference's _preprocess writes them. */
+export function preprocessV1(text: string): string {
+  return text
+    .replaceAll('\n', '<n>')
+    .replaceAll('\t', '<|tab|>')
+    .replace(/ {2,}/g, (run) => {
+      const full = Math.floor(run.length / MAX_BLANK)
+      const rest = run.length % MAX_BLANK
+      return `<|blank_${MAX_BLANK}|>`.repeat(full) + (rest >= 2 ? `<|blank_${rest}|>` : ' '.repeat(rest))
+    })
+}
+
+/**
+ * The stand-ins, each ending the moment its ">" arrives. They hold "<" only as their first
+ * character and ">" only as their last, so matches never overlap and replacing them in one
+ * left-to-right pass equals the reference's replace-all per stand-in.
+ */
+const STANDIN = /<n>|<\|tab\|>|<\|blank_([2-9]|[1-7][0-9]|80)\|>/g
+
+/** The reference's postprocess: stand-ins back to whitespace. */
+export function postprocessV1(text: string): string {
+  if (!text.includes('<')) return text
+  return text.replace(STANDIN, (m, k: string | undefined) => (m === '<n>' ? '\n' : k === undefined ? '\t' : ' '.repeat(Number(k))))
+}
+
+/** Every proper prefix of a stand-in: text that may still become one. */
+const PARTIAL_STANDINS: ReadonlySet<string> = (() => {
+  const set = new Set<string>()
+  const all = ['<n>', '<|tab|>']
+  for (let k = 2; k <= MAX_BLANK; k++) all.push(`<|blank_${k}|>`)
+  for (const s of all) for (let i = 1; i < s.length; i++) set.add(s.slice(0, i))
+  return set
+})()
+
+/**
+ * Split decoded text into [final, held]: held is a tail that may still grow into a stand-in.
+ * Only a suffix from the last "<" can (no stand-in holds a second "<").
+ */
+export function splitPartialStandin(text: string): [string, string] {
+  const lt = text.lastIndexOf('<')
+  if (lt < 0 || !PARTIAL_STANDINS.has(text.slice(lt))) return [text, '']
+  return [text.slice(0, lt), text.slice(lt)]
+}
+
+export class ChatGLM6BTokenizer implements ChatTokenizer {
+  readonly arch = 'chatglm-6b' as const
+  readonly vocabSize: number
+  readonly specials: TokenizerSpecials
+
+  constructor(
+    private readonly sp: SentencePieceProcessor,
+    source: string,
+    private readonly numImageTokens = 0,
+  ) {
+    const id = (piece: string): number => {
+      if (!sp.hasPiece(piece)) throw new ModelError(`${source}: has no ${piece} piece; not a ChatGLM-6B tokenizer`, 'tokenizer-model')
+      return sp.pieceToId(piece) + numImageTokens
+    }
+    const eop = id('<eop>')
+    this.specials = Object.freeze({
+      gmask: id('[gMASK]'),
+      mask: id('[MASK]'),
+      sop: id('<sop>'),
+      eop,
+      eos: eop,
+      // ChatGLMTokenizer.pad_token_id is convert_tokens_to_ids("<pad>"): PieceToId, <unk> if absent.
+      pad: sp.pieceToId('<pad>') + numImageTokens,
+      stop: Object.freeze([eop]),
+    })
+    this.vocabSize = sp.vocabSize + numImageTokens
+  }
+
+  encode(text: string): number[] {
+    const ids = this.sp.encode(preprocessV1(text))
+    if (this.numImageTokens !== 0) for (let i = 0; i < ids.length; i++) ids[i] += this.numImageTokens
+    return ids
+  }
+
+  encodePrompt(text: string): number[] {
+    return [...this.encode(text), this.specials.gmask, this.specials.sop]
+  }
+
+  decode(ids: readonly number[]): string {
+    const d = this.streamDecoder()
+    let out = ''
+    for (const id of ids) out += d.push(id)
+    return out + d.flush()
+  }
+
+  streamDecoder(): StreamDecoder {
+    const sp = this.sp.decoder()
+    const pad = this.specials.pad
+    const offset = this.numImageTokens
+    let held = ''
+    return {
+      push: (id: number): string => {
+        // Pad ids are filtered before SentencePiece sees the sequence: they do not even end a
+        // run of byte pieces. Ids below num_image_tokens (image tokens) are dropped likewise.
+        if (id === pad || id - offset < 0) return ''
+        const [done, rest] = splitPartialStandin(held + sp.push(id - offset))
+        held = rest
+        return postprocessV1(done)
+      },
+      flush: (): string => {
+        const text = postprocessV1(held + sp.flush())
+        held = ''
+        return text
+      },
+    }
+  }
+}

@@ -1,0 +1,132 @@
+/**
+ * The tokenizer the chat runtime uses: one interface over the two ChatGLM generations
+ * (spec/chatglm.md section 5), one module per generation (./tokenizer-v1.ts, ./tokenizer-v2.ts),
+ * both over glmtool's own SentencePiece processor (./sentencepiece.ts).
+ *
+ * What "the published tokenizer" means here: the ids of tokenization_chatglm.py's
+ * ChatGLMTokenizer.encode(text, add_special_tokens=False) under the transformers version each
+ * repository pins (4.27 for chatglm-6b, 4.30 for chatglm2-6b), with one deliberate difference
+ * for chatglm-6b: text is always text. Its tokenizer_config.json registers <sop>, <eop>, <pad>,
+ * <unk> and [MASK] as special tokens, and transformers splits the input on their literal
+ * spellings (and strips the spaces around them) before SentencePiece sees it; glmtool encodes
+ * such strings as ordinary characters, so a user cannot inject control tokens into a prompt.
+ * (chatglm2-6b registers none, so there is nothing to differ on.)
+ */
+import {readFile} from 'node:fs/promises'
+import {join} from 'node:path'
+
+import {ModelError} from '../errors.js'
+import {SentencePieceProcessor} from './sentencepiece.js'
+import {ChatGLM6BTokenizer} from './tokenizer-v1.js'
+import {ChatGLM2Tokenizer} from './tokenizer-v2.js'
+
+export type TokenizerArch = 'chatglm-6b' | 'chatglm2-6b'
+
+/** Incremental decoding for streaming output. */
+export interface StreamDecoder {
+  /**
+   * Add one generated id; returns the text that is now final (possibly ''): never half a
+   * character, never part of a v1 whitespace stand-in such as "<|blank_4|>". Throws RangeError
+   * for an id outside the vocabulary, as decode does.
+   */
+  push(id: number): string
+  /** Everything still held back. pushes + flush concatenate to decode(all ids). */
+  flush(): string
+}
+
+export interface TokenizerSpecials {
+  gmask: number
+  mask: number
+  /** <sop> (v1) / sop (v2): the bos of a generation. */
+  sop: number
+  eop: number
+  /** The id that ends generation: <eop> 130005 for v1, </s> 2 for v2. */
+  eos: number
+  pad: number
+  /** Ids that stop generation. */
+  stop: readonly number[]
+}
+
+export interface ChatTokenizer {
+  readonly arch: TokenizerArch
+  /** Ids the tokenizer can produce or decode: v1 the model's pieces, v2 pieces + 5 specials. */
+  readonly vocabSize: number
+  /** Text -> ids exactly as the published tokenizer's encode(text, add_special_tokens=False). */
+  encode(text: string): number[]
+  /** ids of a model input: v1 text ids + [gMASK, <sop>]; v2 [gMASK, sop] + text ids. */
+  encodePrompt(text: string): number[]
+  /** Ids -> text as the published tokenizer's decode. Throws RangeError for an unknown id. */
+  decode(ids: readonly number[]): string
+  /** Incremental decoding for streaming output. */
+  streamDecoder(): StreamDecoder
+  /** Special ids: gmask, mask, sop (bos), eop, eos (v1: eop 130005 stops; v2: </s> 2 stops), pad. */
+  readonly specials: TokenizerSpecials
+}
+
+/** The SentencePiece file each generation ships (spec section 1). */
+export const TOKENIZER_FILE: Readonly<Record<TokenizerArch, string>> = {
+  'chatglm-6b': 'ice_text.model',
+  'chatglm2-6b': 'tokenizer.model',
+}
+
+export interface TokenizerOptions {
+  /** Names the model file in errors. */
+  source?: string
+  /**
+   * v1 only: ChatGLMTokenizer's num_image_tokens, an offset added to every SentencePiece id.
+   * 0 in the current chatglm-6b checkpoints (their tokenizer_config.json says so).
+   */
+  numImageTokens?: number
+}
+
+/** A tokenizer from the bytes of its SentencePiece model. */
+export function tokenizerFromBytes(bytes: Uint8Array, arch: TokenizerArch, opts: TokenizerOptions = {}): ChatTokenizer {
+  const source = opts.source ?? TOKENIZER_FILE[arch]
+  const sp = SentencePieceProcessor.load(bytes, source)
+  return arch === 'chatglm-6b'
+    ? new ChatGLM6BTokenizer(sp, source, opts.numImageTokens ?? 0)
+    : new ChatGLM2Tokenizer(sp, source)
+}
+
+/**
+ * Load the tokenizer of a model directory: ice_text.model (v1) or tokenizer.model (v2), and for
+ * v1 num_image_tokens from tokenizer_config.json when that file is there (0 otherwise).
+ */
+export async function loadTokenizer(modelDir: string, arch: TokenizerArch): Promise<ChatTokenizer> {
+  const file = TOKENIZER_FILE[arch]
+  if (!file) throw new ModelError(`no tokenizer for architecture ${String(arch)}`, 'unknown-arch')
+  const path = join(modelDir, file)
+  let bytes: Buffer
+  try {
+    bytes = await readFile(path)
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code
+    throw new ModelError(
+      code === 'ENOENT' ? `${path}: missing; a ${arch} model directory holds its tokenizer as ${file}` : `${path}: cannot read (${code ?? (error as Error).message})`,
+      'missing-file',
+    )
+  }
+  const numImageTokens = arch === 'chatglm-6b' ? await readNumImageTokens(join(modelDir, 'tokenizer_config.json')) : 0
+  return tokenizerFromBytes(bytes, arch, {source: path, numImageTokens})
+}
+
+async function readNumImageTokens(path: string): Promise<number> {
+  let text: string
+  try {
+    text = await readFile(path, 'utf8')
+  } catch {
+    return 0
+  }
+  let config: unknown
+  try {
+    config = JSON.parse(text)
+  } catch (error) {
+    throw new ModelError(`${path}: invalid JSON (${(error as Error).message})`, 'bad-json')
+  }
+  const n = (config as Record<string, unknown> | null)?.num_image_tokens
+  if (n === undefined) return 0
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 0) {
+    throw new ModelError(`${path}: num_image_tokens must be a non-negative integer, not ${JSON.stringify(n)}`, 'bad-config')
+  }
+  return n
+}

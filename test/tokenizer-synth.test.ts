@@ -1,0 +1,128 @@
+/**
+ * glmtool's tokenizers on the synthetic ChatGLM tokenizer files (src/formats/synth-tokenizer.ts:
+ * the real vocabulary sizes, special ids and normalizer settings), which `glmtool synth` puts in
+ * synthetic model directories. The special ids are checked always; the ids and decodes of every
+ * test string are cross-checked live against the sentencepiece library and the published
+ * wrappers (test/crosscheck/chatglm_tokenizers.py) when python3-sentencepiece is installed.
+ */
+import {spawnSync} from 'node:child_process'
+import {mkdtempSync, rmSync, writeFileSync} from 'node:fs'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
+import {fileURLToPath} from 'node:url'
+import {afterAll, describe, expect, it} from 'vitest'
+import {synthTokenizer} from '../src/formats/synth-tokenizer.js'
+import {SentencePieceProcessor} from '../src/runtime/sentencepiece.js'
+import {tokenizerFromBytes, type TokenizerArch} from '../src/runtime/tokenizer.js'
+import {show, strings} from './fixtures/tokenizer/load.js'
+
+const PYTHON = '/usr/bin/python3'
+const CHECK = fileURLToPath(new URL('crosscheck/chatglm_tokenizers.py', import.meta.url))
+const haveSpm = spawnSync(PYTHON, ['-c', 'import sentencepiece'], {stdio: 'ignore'}).status === 0
+if (!haveSpm) console.log('synthetic tokenizer cross-check skipped: python3-sentencepiece not installed; .ci/run installs it')
+
+interface PyReply {
+  vocab_size: number
+  encode: Array<{ids: number[], text_ids: number[], decoded: string}>
+  decode: string[]
+}
+
+/** Deterministic id sequences over the whole vocabulary, weighted towards specials and bytes. */
+function randomSequences(vocabSize: number, special: number[], bytes: [number, number], count: number): number[][] {
+  let state = 0x9e3779b9
+  const rand = (n: number): number => {
+    // xorshift32
+    state ^= state << 13
+    state ^= state >>> 17
+    state ^= state << 5
+    return (state >>> 0) % n
+  }
+  const out: number[][] = []
+  for (let i = 0; i < count; i++) {
+    const seq: number[] = []
+    const len = 1 + rand(24)
+    for (let k = 0; k < len; k++) {
+      const r = rand(10)
+      seq.push(r < 3 ? bytes[0] + rand(bytes[1] - bytes[0]) : r < 4 ? special[rand(special.length)] : rand(vocabSize))
+    }
+    out.push(seq)
+  }
+  return out
+}
+
+/** Stands for the id of "▁", which the synthetic v2 vocabulary puts where it likes. */
+const META_ID = -1
+
+const EXPECT: Record<TokenizerArch, {vocab: number, specials: object, ids: Record<string, number[]>, bytes: [number, number]}> = {
+  'chatglm-6b': {
+    vocab: 130344,
+    specials: {gmask: 130001, mask: 130000, sop: 130004, eop: 130005, eos: 130005, pad: 3, stop: [130005]},
+    // The layout chatglm.cpp's tests pin for the real ice_text.model (see synth-tokenizer.ts).
+    ids: {'\n': [5, 4], '\t': [5, 130008], '    ': [5, 130011], '👋': [5, 130328, 130247, 130233, 130227]},
+    bytes: [130088, 130344],
+  },
+  'chatglm2-6b': {
+    vocab: 64794,
+    specials: {gmask: 64790, mask: 64789, sop: 64792, eop: 64793, eos: 2, pad: 0, stop: [2]},
+    ids: {'👋': [META_ID, 243, 162, 148, 142], '\n': [META_ID, 13], '\t': [META_ID, 12]},
+    bytes: [3, 259],
+  },
+}
+
+describe.each(['chatglm-6b', 'chatglm2-6b'] as const)('synthetic %s tokenizer', (arch) => {
+  const file = synthTokenizer(arch)
+  const tok = tokenizerFromBytes(file.bytes, arch, {source: file.fileName})
+  const exp = EXPECT[arch]
+  const dir = mkdtempSync(join(tmpdir(), 'glmtool-synth-tok-'))
+  afterAll(() => rmSync(dir, {recursive: true, force: true}))
+
+  it('has the real vocabulary size and special ids', () => {
+    expect(tok.vocabSize).toBe(exp.vocab)
+    expect(tok.specials).toEqual(exp.specials)
+    const sp = SentencePieceProcessor.load(file.bytes)
+    for (const [text, ids] of Object.entries(exp.ids)) {
+      const want = ids.map((id) => (id === META_ID ? sp.pieceToId('\u2581') : id))
+      expect([text, tok.encode(text)]).toEqual([text, want])
+    }
+    expect(tok.encodePrompt('你好')).toEqual(arch === 'chatglm-6b'
+      ? [...tok.encode('你好'), 130001, 130004]
+      : [64790, 64792, ...tok.encode('你好')])
+  })
+
+  it.skipIf(!haveSpm)('gives the library\'s ids and text for every test string and random id sequence', () => {
+    const path = join(dir, file.fileName)
+    writeFileSync(path, file.bytes)
+    const texts = strings()
+    const sp = SentencePieceProcessor.load(file.bytes)
+    const specialIds = Object.values(tok.specials).filter((v): v is number => typeof v === 'number')
+    const sequences = randomSequences(tok.vocabSize, [...specialIds, 0, 1, 2], exp.bytes, 500)
+    const r = spawnSync(PYTHON, [CHECK], {
+      input: JSON.stringify({model: path, arch, texts, decode: sequences}), encoding: 'utf8', maxBuffer: 256 << 20,
+    })
+    if (r.status !== 0) throw new Error(`chatglm_tokenizers.py failed: ${r.stderr}`)
+    const py = JSON.parse(r.stdout) as PyReply
+    expect(py.vocab_size).toBe(tok.vocabSize)
+
+    const failures: string[] = []
+    const counts = {ids: 0, textIds: 0, decoded: 0, stream: 0, sequences: 0}
+    const fail = (kind: keyof typeof counts, message: string): void => {
+      if (counts[kind]++ < 3) failures.push(`${kind}: ${message}`)
+    }
+    texts.forEach((text, i) => {
+      const want = py.encode[i]
+      const ids = tok.encode(text)
+      if (JSON.stringify(ids) !== JSON.stringify(want.ids)) fail('ids', `${show(text)}: ${JSON.stringify(ids).slice(0, 200)}`)
+      if (JSON.stringify(sp.encode(text)) !== JSON.stringify(want.text_ids)) fail('textIds', show(text))
+      if (tok.decode(want.ids) !== want.decoded) fail('decoded', show(text))
+      const d = tok.streamDecoder()
+      const streamed = want.ids.map((id) => d.push(id)).join('') + d.flush()
+      if (streamed !== want.decoded) fail('stream', show(text))
+    })
+    sequences.forEach((ids, i) => {
+      const text = tok.decode(ids)
+      if (text !== py.decode[i]) fail('sequences', `${JSON.stringify(ids)}: ${show(text)} != ${show(py.decode[i])}`)
+    })
+    console.log(`synthetic ${arch} (${file.fileName}): ${texts.length} strings and ${sequences.length} id sequences vs sentencepiece; mismatches ${JSON.stringify(counts)}`)
+    expect(failures).toEqual([])
+  })
+})
