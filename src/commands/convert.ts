@@ -3,17 +3,20 @@ import {BaseCommand} from '../cli/base-command.js'
 import {byteProgress, formatBytes, type Progress} from '../cli/progress.js'
 import {convertToSafetensors} from '../formats/convert-safetensors.js'
 import type {DType} from '../formats/dtype.js'
+import {exportOnnx, type OnnxWeightDtype} from '../formats/onnx/export-onnx.js'
 import {parseSize} from '../formats/size.js'
 import {UsageError} from '../errors.js'
 
 const DTYPES: Record<string, DType | 'keep'> = {keep: 'keep', f16: 'F16', bf16: 'BF16', f32: 'F32'}
+const ONNX_DTYPES: Record<string, OnnxWeightDtype> = {f16: 'F16', f32: 'F32'}
 
 export default class Convert extends BaseCommand {
-  static override summary = 'Convert a ChatGLM checkpoint (PyTorch shards) to safetensors'
-  static override description = 'Streams shard by shard and tensor by tensor in bounded memory, copies config and tokenizer files alongside, and writes into a temporary directory that is renamed into place only when everything is written and verified. The input is never modified.'
+  static override summary = 'Convert a ChatGLM checkpoint (PyTorch shards) to safetensors or to an ONNX decoder graph'
+  static override description = 'Streams shard by shard and tensor by tensor in bounded memory, copies config and tokenizer files alongside, and writes into a temporary directory that is renamed into place only when everything is written and verified. The input is never modified.\n\n--to onnx writes model.onnx (one decoder graph with a KV cache, for prefill and decode; onnxruntime contrib ops), model.onnx.data (the weights) and glmtool-onnx.json (the graph\'s inputs and outputs). Weights are stored as --dtype (default: f16 when the checkpoint is float16, else f32) and computed in float32.'
   static override examples = [
     '<%= config.bin %> convert ./chatglm2-6b --to safetensors --out ./chatglm2-6b-st',
     '<%= config.bin %> convert ./chatglm-6b --to safetensors --dtype bf16 --max-shard-size 2GB',
+    '<%= config.bin %> convert ./chatglm2-6b --to onnx --dtype f16 --out ./chatglm2-6b-onnx',
   ]
 
   static override args = {
@@ -21,26 +24,36 @@ export default class Convert extends BaseCommand {
   }
 
   static override flags = {
-    to: Flags.string({required: true, options: ['safetensors'], description: 'output format'}),
-    out: Flags.string({description: 'output directory [default: <model>-safetensors]'}),
-    dtype: Flags.string({default: 'keep', options: Object.keys(DTYPES), description: 'float dtype of the output (integer tensors keep theirs)'}),
+    to: Flags.string({required: true, options: ['safetensors', 'onnx'], description: 'output format'}),
+    out: Flags.string({description: 'output directory [default: <model>-safetensors or <model>-onnx]'}),
+    dtype: Flags.string({options: Object.keys(DTYPES), description: 'float dtype of the output; safetensors: keep|f16|bf16|f32 [default: keep]; onnx: f16|f32 [default: f16 for float16 checkpoints, else f32]'}),
     'max-shard-size': Flags.string({default: '4GB', description: 'largest shard (GB = 1e9 bytes, GiB = 2^30)'}),
     force: Flags.boolean({default: false, description: 'replace --out if it exists'}),
   }
 
   async run() {
     const {args, flags} = await this.parse(Convert)
-    const out = flags.out ?? `${args.model.replace(/\/+$/, '')}-safetensors`
+    const out = flags.out ?? `${args.model.replace(/\/+$/, '')}-${flags.to}`
     if (out.replace(/\/+$/, '') === args.model.replace(/\/+$/, '')) throw new UsageError('--out must differ from the input model directory')
     let progress: Progress | undefined
+    const onStart = (total: number) => {
+      progress = byteProgress('convert', total, !this.jsonEnabled())
+    }
+    const onBytes = (n: number) => progress?.add(n)
+    const onWarning = (w: string) => this.note(`warning: ${w}`)
     try {
+      if (flags.to === 'onnx') {
+        if (flags.dtype !== undefined && !(flags.dtype in ONNX_DTYPES)) throw new UsageError(`--to onnx stores weights as f16 or f32, not ${flags.dtype}`)
+        const result = await exportOnnx({
+          input: args.model, out, dtype: flags.dtype === undefined ? undefined : ONNX_DTYPES[flags.dtype], force: flags.force, onStart, onBytes, onWarning,
+        })
+        progress?.stop()
+        this.log(`exported ${result.architecture} to ${out}: ONNX decoder with KV cache, ${result.tensors} weights as ${result.dtype} (${formatBytes(result.bytes)}), computed in float32, ${result.seconds.toFixed(1)} s`)
+        return result
+      }
       const result = await convertToSafetensors({
-        input: args.model, out, dtype: DTYPES[flags.dtype], maxShardBytes: parseSize(flags['max-shard-size']), force: flags.force,
-        onStart: total => {
-          progress = byteProgress('convert', total, !this.jsonEnabled())
-        },
-        onBytes: n => progress?.add(n),
-        onWarning: w => this.note(`warning: ${w}`),
+        input: args.model, out, dtype: DTYPES[flags.dtype ?? 'keep'], maxShardBytes: parseSize(flags['max-shard-size']), force: flags.force,
+        onStart, onBytes, onWarning,
       })
       progress?.stop()
       this.log(`converted ${result.architecture} to ${out}: ${result.tensors} tensors, ${formatBytes(result.bytes)} in ${result.files.length - result.copied.length} file(s), ${result.seconds.toFixed(1)} s`)

@@ -1,0 +1,192 @@
+import {GlmtoolError} from '../../errors.js'
+import {decodeFloats, toFloat16Bits} from '../dtype-convert.js'
+import type {ArchId, ModelConfig} from '../../models/index.js'
+import {type Dim, ELEM, type ElemType, float, type GraphBuilder} from './onnx-builder.js'
+
+/**
+ * What every ChatGLM generation's ONNX decoder shares: the I/O contract (one graph with a KV
+ * cache, used for both prefill and decode), the sizes a runtime needs, and building blocks
+ * (linear layers, embedding, rotary tables, logits head). One module per generation
+ * (chatglm-v1-graph.ts, chatglm-v2-graph.ts) implements ChatglmOnnxGraph on top of these.
+ *
+ * I/O contract (the runtime, src/runtime/backends/onnx-cpu.ts, and the tests rely on it):
+ *   inputs   input_ids       int64   [1, S]
+ *            position_ids    int64   [1, S] (v2) | [1, 2, S] (v1: position_id, block_position_id)
+ *            attention_bias  float32 [1, 1, S, T]  additive: 0 visible, -10000 masked; T = P + S
+ *            logits_index    int64   [K]           rows of the S new positions that get logits
+ *            past_key_<i>    float32 [1, Hkv, P, D]  for each layer i (and past_value_<i>)
+ *   outputs  logits          float32 [1, K, V]
+ *            present_key_<i> float32 [1, Hkv, P + S, D]  (and present_value_<i>)
+ */
+
+export const MASKED = -10000
+
+export interface DecoderDims {
+  readonly arch: ArchId
+  readonly layers: number
+  readonly hidden: number
+  readonly heads: number
+  /** Heads of the KV cache: v1 = heads, v2 = multi_query_group_num. */
+  readonly kvHeads: number
+  readonly headDim: number
+  readonly vocab: number
+  /** Rows of the rotary cos/sin tables: the largest position id + 1 the graph accepts. */
+  readonly maxPositions: number
+  /** 1: position_ids [1, S]; 2: [1, 2, S] (v1's 2D positions). */
+  readonly positionRows: 1 | 2
+}
+
+export interface TensorIO {
+  readonly name: string
+  readonly dtype: 'int64' | 'float32'
+  readonly shape: readonly Dim[]
+}
+
+export interface DecoderIO {
+  readonly inputs: readonly TensorIO[]
+  readonly outputs: readonly TensorIO[]
+}
+
+/** The exact graph inputs and outputs for these sizes (also written to glmtool-onnx.json). */
+export function decoderIO(d: DecoderDims): DecoderIO {
+  const kv = (prefix: string, len: Dim): TensorIO[] => Array.from({length: d.layers}, (_, i) => [
+    {name: `${prefix}_key_${i}`, dtype: 'float32' as const, shape: [1, d.kvHeads, len, d.headDim]},
+    {name: `${prefix}_value_${i}`, dtype: 'float32' as const, shape: [1, d.kvHeads, len, d.headDim]},
+  ]).flat()
+  return {
+    inputs: [
+      {name: 'input_ids', dtype: 'int64', shape: [1, 'S']},
+      {name: 'position_ids', dtype: 'int64', shape: d.positionRows === 2 ? [1, 2, 'S'] : [1, 'S']},
+      {name: 'attention_bias', dtype: 'float32', shape: [1, 1, 'S', 'T']},
+      {name: 'logits_index', dtype: 'int64', shape: ['K']},
+      ...kv('past', 'P'),
+    ],
+    outputs: [
+      {name: 'logits', dtype: 'float32', shape: [1, 'K', d.vocab]},
+      ...kv('present', 'T'),
+    ],
+  }
+}
+
+/** What a generation's graph needs from the exporter while it builds. */
+export interface GraphContext {
+  readonly config: ModelConfig
+  /** A checkpoint tensor as a float32 value (a Cast follows it when stored as f16). */
+  weight(name: string): string
+  /** Rows `ids` ([S] int64) of an embedding table as float32 [S, H]; the table keeps its stored dtype in memory. */
+  embed(name: string, ids: string): string
+  /** A float32 table computed by the exporter (rotary cos/sin), stored beside the weights. */
+  computed(name: string, dims: readonly number[], data: Float32Array): string
+}
+
+/** The graph's named inputs, declared per decoderIO. */
+export interface DecoderInputs {
+  readonly inputIds: string
+  readonly positionIds: string
+  readonly attentionBias: string
+  readonly logitsIndex: string
+  readonly pastKey: readonly string[]
+  readonly pastValue: readonly string[]
+}
+
+export interface ChatglmOnnxGraph {
+  readonly arch: ArchId
+  /** Sizes from config.json; throws a GlmtoolError for configs the graph does not implement. */
+  dims(config: ModelConfig): DecoderDims
+  /** Build the decoder into `b` (inputs and outputs per decoderIO(dims)). */
+  build(b: GraphBuilder, ctx: GraphContext, dims: DecoderDims): void
+  /** One-line description of the compute, recorded in glmtool-onnx.json. */
+  readonly description: string
+  /** The contrib and standard ops used for each block and why, recorded in glmtool-onnx.json. */
+  readonly ops: Record<string, string>
+}
+
+const ELEM_OF: Record<TensorIO['dtype'], ElemType> = {int64: ELEM.INT64, float32: ELEM.FLOAT}
+
+export function declareInputs(b: GraphBuilder, d: DecoderDims): DecoderInputs {
+  for (const t of decoderIO(d).inputs) b.input(t.name, ELEM_OF[t.dtype], t.shape)
+  return {
+    inputIds: 'input_ids',
+    positionIds: 'position_ids',
+    attentionBias: 'attention_bias',
+    logitsIndex: 'logits_index',
+    pastKey: Array.from({length: d.layers}, (_, i) => `past_key_${i}`),
+    pastValue: Array.from({length: d.layers}, (_, i) => `past_value_${i}`),
+  }
+}
+
+/** Declare the outputs; `logits` [1, K, V] and each layer's present K/V as produced. */
+export function declareOutputs(b: GraphBuilder, d: DecoderDims, logits: string, presentKey: readonly string[], presentValue: readonly string[]): void {
+  const io = decoderIO(d).outputs
+  const values = [logits, ...presentKey.flatMap((k, i) => [k, presentValue[i]])]
+  io.forEach((t, i) => b.output(values[i], t.name, ELEM_OF[t.dtype], t.shape))
+}
+
+/** y = x W^T (+ bias) for torch's [out, in] weights: Gemm with transB, no transposed copy. */
+export function linear(b: GraphBuilder, x: string, weight: string, bias?: string): string {
+  return b.op('Gemm', bias ? [x, weight, bias] : [x, weight], {transB: 1})
+}
+
+/** input_ids [1, S] -> embedding rows [S, H] float32. */
+export function embedTokens(b: GraphBuilder, ctx: GraphContext, table: string, inputIds: string): string {
+  const ids = b.op('Reshape', [inputIds, b.int64([-1])])
+  return ctx.embed(table, ids)
+}
+
+/** Final hidden rows [S, H] -> logits [1, K, V] of the rows in logits_index. */
+export function logitsHead(b: GraphBuilder, hidden: string, logitsIndex: string, weight: string): string {
+  const rows = b.op('Gather', [hidden, logitsIndex], {axis: 0})
+  const logits = linear(b, rows, weight)
+  return b.op('Unsqueeze', [logits, b.int64([0])])
+}
+
+/** float32 zeros of `like`'s shape (a zero skip input); ConstantOfShape defaults to float32 0. */
+export function zerosLike(b: GraphBuilder, like: string): string {
+  return b.op('ConstantOfShape', [b.op('Shape', [like])])
+}
+
+export const eps = (config: ModelConfig): {float: number} => float(Number(config.layernorm_epsilon ?? 1e-5))
+
+/**
+ * cos/sin tables [rows, rotaryDim/2] of a rotary embedding with rotary dimension `rotaryDim`:
+ * theta_j = 1 / 10000^(2j / rotaryDim), angle = position * theta_j, as the reference computes
+ * them in float32: theta from float32 operands (`1. / base ** (arange(0, dim, 2).float() / dim)`),
+ * the angle a float32 product (`torch.outer` / einsum of float32 tensors), cos and sin of that
+ * float32 angle, rounded to float32. `thetaAsFloat16`: theta rounded to float16 first, as v1's
+ * published RotaryEmbedding does (`inv_freq.half()` in __init__, whatever dtype the model
+ * then runs in; test/reference/chatglm_ref.py note 1).
+ */
+export function rotaryTables(rows: number, rotaryDim: number, opts: {thetaAsFloat16?: boolean} = {}): {cos: Float32Array, sin: Float32Array} {
+  const half = rotaryDim / 2
+  const f = Math.fround
+  const base = 10000
+  const theta = Array.from({length: half}, (_, j) => {
+    const t = f(1 / f(base ** f((2 * j) / rotaryDim)))
+    return opts.thetaAsFloat16 ? float16Round(t) : t
+  })
+  const cos = new Float32Array(rows * half)
+  const sin = new Float32Array(rows * half)
+  for (let p = 0; p < rows; p++) {
+    for (let j = 0; j < half; j++) {
+      const angle = f(f(p) * theta[j])
+      cos[p * half + j] = Math.cos(angle)
+      sin[p * half + j] = Math.sin(angle)
+    }
+  }
+  return {cos, sin}
+}
+
+/** A positive integer from config.json or a clear error. */
+export function need(config: ModelConfig, key: string, fallback?: number): number {
+  const v = config[key] ?? fallback
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) {
+    throw new GlmtoolError('bad-config', `config.json: ${key} must be a positive integer for ONNX export (got ${JSON.stringify(config[key])})`)
+  }
+  return v
+}
+
+function float16Round(x: number): number {
+  const b = Buffer.alloc(2)
+  b.writeUInt16LE(toFloat16Bits(x))
+  return decodeFloats(b, 'F16')[0]
+}

@@ -1,0 +1,131 @@
+import {GlmtoolError} from '../../errors.js'
+import {
+  type ChatglmOnnxGraph, declareInputs, declareOutputs, type DecoderDims, embedTokens, eps, linear, logitsHead, need,
+  rotaryTables,
+} from './chatglm-graph.js'
+import {type GraphBuilder, MS_DOMAIN} from './onnx-builder.js'
+
+/**
+ * ChatGLM-6B (GLM: 2D rotary, post-DeepNorm) as one ONNX decoder graph (chatglm.md section 3).
+ *
+ * Per layer, alpha = sqrt(2 * num_layers):
+ *   x_ln = LN(x); h = x_ln * alpha + Attn(x_ln); h_ln = LN(h); x' = h_ln * alpha + MLP(h_ln)
+ * The residual is the *normed* input, so each LN takes (branch output, alpha * previous LN
+ * output) and SkipLayerNormalization computes LN(input + skip + bias) in one kernel; the dense
+ * biases ride in its `bias` input. The first LN has no skip: standard LayerNormalization (17).
+ *
+ * Attention: QKV rows are grouped per head ([heads, 3*D] -> q, k, v). 2D rotary: the first D/2
+ * dims of each q/k head are rotated by position_id, the second D/2 by block_position_id, each a
+ * non-interleaved (rotate_half) rotary of dimension D/2. com.microsoft.RotaryEmbedding takes one
+ * position row per token for all heads, so each head is viewed as two half-heads of size D/2:
+ * the first halves of q and k (2*heads half-heads) go through one RotaryEmbedding with
+ * position_id, the second halves through another with block_position_id; this is exactly the
+ * reference's split/cat. MultiHeadAttention (heads = KV heads, attention_bias [1, 1, S, T],
+ * past/present K/V in BNSH) then computes softmax(q.k / sqrt(D) + bias) in float32; the
+ * reference's q/(sqrt(D)*(layer+1)) then *(layer+1) is the same scale. The reference fills
+ * masked scores with -10000 where this graph adds -10000: after softmax both are exactly 0
+ * (exp(-10000) underflows) unless a row is fully masked, which the mask never makes.
+ * Rotary frequencies are 1/10000^(2j/(D/2)) rounded to float16, as the published code uses them
+ * in every dtype (RotaryEmbedding.__init__ calls inv_freq.half(); the checkpoint's inv_freq
+ * buffers hold the same float16 values).
+ * GeLU is the tanh form: FastGelu (0.5x(1+tanh(0.7978845608(x+0.044715x^3)))) with the
+ * dense_h_to_4h bias as its bias input.
+ */
+export const chatglmV1Graph: ChatglmOnnxGraph = {
+  arch: 'chatglm-6b',
+  description: 'ChatGLM-6B decoder: LayerNorm/SkipLayerNormalization (DeepNorm alpha on the normed residual), per-head QKV, 2D rotary via two half-head RotaryEmbedding, MultiHeadAttention with additive bias and KV cache, FastGelu MLP',
+  ops: {
+    'first LayerNorm': 'LayerNormalization (opset 17): no residual yet',
+    'later LayerNorms': 'com.microsoft.SkipLayerNormalization: LN(branch + alpha*x_ln + dense bias) in one kernel',
+    rotary: 'com.microsoft.RotaryEmbedding (interleaved=0) on half-heads of D/2: first halves by position_id, second by block_position_id',
+    attention: 'com.microsoft.MultiHeadAttention: attention_bias [1,1,S,T], past/present key/value [1,heads,P,D]',
+    gelu: 'com.microsoft.FastGelu (tanh form) with the dense_h_to_4h bias',
+    linear: 'Gemm transB=1 on the [out, in] weights (no transposed copy)',
+  },
+
+  dims(config) {
+    if (config.position_encoding_2d === false) {
+      throw new GlmtoolError('onnx-unsupported', 'config.json: position_encoding_2d false is not a ChatGLM-6B layout glmtool exports')
+    }
+    const hidden = need(config, 'hidden_size')
+    const heads = need(config, 'num_attention_heads')
+    const headDim = hidden / heads
+    if (!Number.isInteger(headDim) || headDim % 4 !== 0) {
+      throw new GlmtoolError('bad-config', `config.json: hidden_size ${hidden} / num_attention_heads ${heads} must be a multiple of 4 for 2D rotary`)
+    }
+    return {
+      arch: 'chatglm-6b',
+      layers: need(config, 'num_layers'),
+      hidden, heads, kvHeads: heads, headDim,
+      vocab: need(config, 'vocab_size'),
+      maxPositions: need(config, 'max_sequence_length', 2048),
+      positionRows: 2,
+    }
+  },
+
+  build(b: GraphBuilder, ctx, d: DecoderDims) {
+    const {layers, hidden: H, heads: N, headDim: D} = d
+    const epsilon = eps(ctx.config)
+    const alpha = b.float32([Math.sqrt(2 * layers)], [])
+    const io = declareInputs(b, d)
+
+    const x = b.scope('embedding', () => embedTokens(b, ctx, 'transformer.word_embeddings.weight', io.inputIds))
+    // position_ids [1, 2, S] -> position_id [1, S], block_position_id [1, S]
+    const [pos, block] = b.scope('positions', () => [0, 1].map(r => b.op('Gather', [io.positionIds, b.int64([r], [])], {axis: 1})))
+    const tables = rotaryTables(d.maxPositions, D / 2, {thetaAsFloat16: true})
+    const cos = ctx.computed('rotary.cos_cache', [d.maxPositions, D / 4], tables.cos)
+    const sin = ctx.computed('rotary.sin_cache', [d.maxPositions, D / 4], tables.sin)
+
+    let xln = b.scope('layers.0.input_layernorm', () => b.op('LayerNormalization', [
+      x, ctx.weight('transformer.layers.0.input_layernorm.weight'), ctx.weight('transformer.layers.0.input_layernorm.bias'),
+    ], {axis: -1, epsilon}))
+    const presentKey: string[] = []
+    const presentValue: string[] = []
+
+    for (let i = 0; i < layers; i++) {
+      const p = `transformer.layers.${i}.`
+      b.scope(`layers.${i}`, () => {
+        const qkv = linear(b, xln, ctx.weight(`${p}attention.query_key_value.weight`), ctx.weight(`${p}attention.query_key_value.bias`))
+        // [S, 3H] -> [S, N, 3, D]: per-head (q | k | v) groups
+        const grouped = b.op('Reshape', [qkv, b.int64([-1, N, 3, D])])
+        const [qk, v] = b.node('Split', [grouped, b.int64([2, 1])], 2, {axis: 2})
+        // q and k of every head as half-heads: [S, N, 2, D] -> [S, 2N, 2, D/2]; index 0 of axis 2 is
+        // the first D/2 dims of a head (rotated by position_id), index 1 the second (block_position_id).
+        const halves = b.op('Reshape', [qk, b.int64([-1, 2 * N, 2, D / 2])])
+        const [first, second] = b.node('Split', [halves, b.int64([1, 1])], 2, {axis: 2})
+        const rotate = (t: string, positions: string) => {
+          const flat = b.op('Reshape', [t, b.int64([1, -1, H])])
+          const r = b.ms('RotaryEmbedding', [flat, positions, cos, sin], {interleaved: 0})
+          return b.op('Reshape', [r, b.int64([-1, 2 * N, 1, D / 2])])
+        }
+        const rotated = b.op('Concat', [rotate(first, pos), rotate(second, block)], {axis: 2})
+        const qkHeads = b.op('Reshape', [rotated, b.int64([-1, N, 2, D])])
+        const [q, k] = b.node('Split', [qkHeads, b.int64([1, 1])], 2, {axis: 2})
+        const toBSH = (t: string) => b.op('Reshape', [t, b.int64([1, -1, H])])
+        const [attn, pk, pv] = b.node('MultiHeadAttention', [
+          toBSH(q), toBSH(k), toBSH(v), '', '', io.attentionBias, io.pastKey[i], io.pastValue[i],
+        ], 3, {num_heads: N}, MS_DOMAIN)
+        presentKey.push(pk)
+        presentValue.push(pv)
+        const dense = linear(b, b.op('Reshape', [attn, b.int64([-1, H])]), ctx.weight(`${p}attention.dense.weight`))
+        // h_ln = LN(dense + dense.bias + alpha * x_ln)
+        const hln = b.node('SkipLayerNormalization', [
+          dense, b.op('Mul', [xln, alpha]), ctx.weight(`${p}post_attention_layernorm.weight`),
+          ctx.weight(`${p}post_attention_layernorm.bias`), ctx.weight(`${p}attention.dense.bias`),
+        ], 1, {epsilon}, MS_DOMAIN)[0]
+        const up = linear(b, hln, ctx.weight(`${p}mlp.dense_h_to_4h.weight`))
+        const act = b.ms('FastGelu', [up, ctx.weight(`${p}mlp.dense_h_to_4h.bias`)])
+        const down = linear(b, act, ctx.weight(`${p}mlp.dense_4h_to_h.weight`))
+        // next x_ln = LN_next(down + dense_4h_to_h.bias + alpha * h_ln); after the last layer
+        // LN_next is final_layernorm.
+        const next = i + 1 < layers ? `transformer.layers.${i + 1}.input_layernorm.` : 'transformer.final_layernorm.'
+        xln = b.node('SkipLayerNormalization', [
+          down, b.op('Mul', [hln, alpha]), ctx.weight(`${next}weight`), ctx.weight(`${next}bias`),
+          ctx.weight(`${p}mlp.dense_4h_to_h.bias`),
+        ], 1, {epsilon}, MS_DOMAIN)[0]
+      })
+    }
+    const logits = b.scope('lm_head', () => logitsHead(b, xln, io.logitsIndex, ctx.weight('lm_head.weight')))
+    declareOutputs(b, d, logits, presentKey, presentValue)
+  },
+}

@@ -1,0 +1,127 @@
+import {GlmtoolError} from '../../errors.js'
+import {
+  type ChatglmOnnxGraph, declareInputs, declareOutputs, type DecoderDims, embedTokens, eps, linear, logitsHead, need,
+  rotaryTables, zerosLike,
+} from './chatglm-graph.js'
+import {ELEM, float, type GraphBuilder, MS_DOMAIN} from './onnx-builder.js'
+
+/**
+ * ChatGLM2-6B (pre-norm RMSNorm, multi-query attention, SwiGLU) as one ONNX decoder graph
+ * (chatglm.md section 4). Also ChatGLM3-6B and CodeGeeX2-6B, which share the architecture.
+ *
+ *   x_ln = RMSNorm(x); h = x + Attn(x_ln); x' = h + MLP(RMSNorm(h))
+ * com.microsoft.SkipSimplifiedLayerNormalization computes RMSNorm(input + skip) and also returns
+ * input + skip (its 4th output), which is exactly the residual stream: each block output is the
+ * `input`, the running residual the `skip`. The very first RMSNorm has no residual yet; it gets
+ * a zero skip (ConstantOfShape), so every RMSNorm in the graph runs the same kernel. (The plain
+ * SimplifiedLayerNormalization is registered by ORT in the default ONNX domain, which onnx's
+ * checker rejects as an unknown standard op.)
+ *
+ * Attention: q = heads x D, k and v = G groups x D (multi_query_group_num); query head h reads
+ * group h / (heads / G), which is com.microsoft.GroupQueryAttention's grouping (kv_num_heads =
+ * G), with past/present K/V [1, G, P, D] in BNSH and the attention_bias input. GQA always
+ * applies a causal mask of its own; v2's mask is causal, so GQA's mask and the bias agree.
+ * Rotary: the first D/2 dims of each q/k head, interleaved pairs (x[2j], x[2j+1]),
+ * theta_j = 1/10000^(2j/(D/2)); the other D/2 dims pass through. That is
+ * com.microsoft.RotaryEmbedding with interleaved=1, rotary_embedding_dim = D/2 and num_heads
+ * given (partial rotary copies the dims past rotary_embedding_dim unchanged).
+ * SwiGLU: silu(y[:F]) * y[F:], silu(a) = a * sigmoid(a) = com.microsoft.QuickGelu with alpha 1.
+ */
+export const chatglmV2Graph: ChatglmOnnxGraph = {
+  arch: 'chatglm2-6b',
+  description: 'ChatGLM2-6B decoder: SkipSimplifiedLayerNormalization (RMSNorm + residual), partial interleaved RotaryEmbedding, GroupQueryAttention with additive bias and KV cache, SwiGLU via QuickGelu(alpha=1)',
+  ops: {
+    rmsnorm: 'com.microsoft.SkipSimplifiedLayerNormalization: RMSNorm(block output + residual), 4th output = new residual; zero skip for the first',
+    rotary: 'com.microsoft.RotaryEmbedding interleaved=1, rotary_embedding_dim=D/2 (other half passes through)',
+    attention: 'com.microsoft.GroupQueryAttention: kv_num_heads=G, attention_bias [1,1,S,T], past/present key/value [1,G,P,D]',
+    swiglu: 'Split + com.microsoft.QuickGelu(alpha=1) (= SiLU) + Mul',
+    linear: 'Gemm transB=1 on the [out, in] weights (no transposed copy)',
+  },
+
+  dims(config) {
+    if (config.rmsnorm === false) throw new GlmtoolError('onnx-unsupported', 'config.json: rmsnorm false (LayerNorm) is not implemented by the ChatGLM2 ONNX export')
+    if (config.apply_residual_connection_post_layernorm === true) {
+      throw new GlmtoolError('onnx-unsupported', 'config.json: apply_residual_connection_post_layernorm true is not implemented by the ChatGLM2 ONNX export')
+    }
+    if (config.add_bias_linear === true) throw new GlmtoolError('onnx-unsupported', 'config.json: add_bias_linear true is not implemented by the ChatGLM2 ONNX export')
+    if (config.original_rope === false) throw new GlmtoolError('onnx-unsupported', 'config.json: original_rope false is not implemented by the ChatGLM2 ONNX export')
+    const hidden = need(config, 'hidden_size')
+    const heads = need(config, 'num_attention_heads')
+    const headDim = need(config, 'kv_channels', hidden / heads)
+    const kvHeads = config.multi_query_attention === false ? heads : need(config, 'multi_query_group_num')
+    if (heads % kvHeads !== 0) throw new GlmtoolError('bad-config', `config.json: num_attention_heads ${heads} is not a multiple of multi_query_group_num ${kvHeads}`)
+    if (headDim % 4 !== 0) throw new GlmtoolError('bad-config', `config.json: kv_channels ${headDim} must be a multiple of 4 for rotary`)
+    return {
+      arch: 'chatglm2-6b',
+      layers: need(config, 'num_layers'),
+      hidden, heads, kvHeads, headDim,
+      vocab: need(config, 'padded_vocab_size'),
+      maxPositions: need(config, 'seq_length', 32768),
+      positionRows: 1,
+    }
+  },
+
+  build(b: GraphBuilder, ctx, d: DecoderDims) {
+    const {layers, heads: N, kvHeads: G, headDim: D} = d
+    const F = need(ctx.config, 'ffn_hidden_size')
+    const epsilon = eps(ctx.config)
+    const qkvBias = ctx.config.add_qkv_bias !== false
+    const finalNorm = ctx.config.post_layer_norm !== false
+    const io = declareInputs(b, d)
+
+    const x = b.scope('embedding', () => embedTokens(b, ctx, 'transformer.embedding.word_embeddings.weight', io.inputIds))
+    const tables = rotaryTables(d.maxPositions, D / 2)
+    const cos = ctx.computed('rotary.cos_cache', [d.maxPositions, D / 4], tables.cos)
+    const sin = ctx.computed('rotary.sin_cache', [d.maxPositions, D / 4], tables.sin)
+    // GroupQueryAttention's int32 seqlens_k ([1] = T - 1) and total_sequence_length (scalar T),
+    // from attention_bias [1, 1, S, T].
+    const {seqlensK, totalLength} = b.scope('attention_lengths', () => {
+      const t = b.op('Cast', [b.op('Shape', [io.attentionBias], {start: 3, end: 4})], {to: ELEM.INT32})
+      return {seqlensK: b.op('Sub', [t, b.int32([1])]), totalLength: b.op('Reshape', [t, b.int64([], [0])])}
+    })
+
+    let [xn] = b.scope('layers.0.input_layernorm', () => b.node('SkipSimplifiedLayerNormalization', [
+      x, zerosLike(b, x), ctx.weight('transformer.encoder.layers.0.input_layernorm.weight'),
+    ], 1, {epsilon}, MS_DOMAIN))
+    let residual = x
+    const presentKey: string[] = []
+    const presentValue: string[] = []
+
+    for (let i = 0; i < layers; i++) {
+      const p = `transformer.encoder.layers.${i}.`
+      b.scope(`layers.${i}`, () => {
+        const qkv = linear(b, xn, ctx.weight(`${p}self_attention.query_key_value.weight`),
+          qkvBias ? ctx.weight(`${p}self_attention.query_key_value.bias`) : undefined)
+        const [q, k, v] = b.node('Split', [qkv, b.int64([N * D, G * D, G * D])], 3, {axis: 1})
+        const toBSH = (t: string, width: number) => b.op('Reshape', [t, b.int64([1, -1, width])])
+        const rope = (t: string, numHeads: number) => b.ms('RotaryEmbedding', [toBSH(t, numHeads * D), io.positionIds, cos, sin], {
+          interleaved: 1, num_heads: numHeads, rotary_embedding_dim: D / 2,
+        })
+        const [attn, pk, pv] = b.node('GroupQueryAttention', [
+          rope(q, N), rope(k, G), toBSH(v, G * D), io.pastKey[i], io.pastValue[i], seqlensK, totalLength,
+          '', '', '', io.attentionBias,
+        ], 3, {num_heads: N, kv_num_heads: G}, MS_DOMAIN)
+        presentKey.push(pk)
+        presentValue.push(pv)
+        const dense = linear(b, b.op('Reshape', [attn, b.int64([-1, N * D])]), ctx.weight(`${p}self_attention.dense.weight`))
+        // h = residual + dense; hn = RMSNorm(h)
+        const [hn, , , h] = b.node('SkipSimplifiedLayerNormalization', [dense, residual, ctx.weight(`${p}post_attention_layernorm.weight`)],
+          [b.fresh('post_attention_layernorm'), '', '', b.fresh('residual')], {epsilon}, MS_DOMAIN)
+        const up = linear(b, hn, ctx.weight(`${p}mlp.dense_h_to_4h.weight`))
+        const [gate, value] = b.node('Split', [up, b.int64([F, F])], 2, {axis: 1})
+        const act = b.op('Mul', [b.ms('QuickGelu', [gate], {alpha: float(1)}), value])
+        const down = linear(b, act, ctx.weight(`${p}mlp.dense_4h_to_h.weight`))
+        if (i + 1 < layers) {
+          ;[xn, , , residual] = b.node('SkipSimplifiedLayerNormalization', [down, h, ctx.weight(`transformer.encoder.layers.${i + 1}.input_layernorm.weight`)],
+            [b.fresh('next_input_layernorm'), '', '', b.fresh('residual')], {epsilon}, MS_DOMAIN)
+        } else if (finalNorm) {
+          ;[xn] = b.node('SkipSimplifiedLayerNormalization', [down, h, ctx.weight('transformer.encoder.final_layernorm.weight')], 1, {epsilon}, MS_DOMAIN)
+        } else {
+          xn = b.op('Add', [down, h])
+        }
+      })
+    }
+    const logits = b.scope('output_layer', () => logitsHead(b, xn, io.logitsIndex, ctx.weight('transformer.output_layer.weight')))
+    declareOutputs(b, d, logits, presentKey, presentValue)
+  },
+}

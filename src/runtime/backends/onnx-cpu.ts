@@ -1,0 +1,178 @@
+import {readFile} from 'node:fs/promises'
+import {join} from 'node:path'
+import * as ort from 'onnxruntime-node'
+import {GlmtoolError, ModelError} from '../../errors.js'
+import {MASKED, type DecoderDims} from '../../formats/onnx/chatglm-graph.js'
+import {type OnnxManifest, readOnnxManifest} from '../../formats/onnx/export-onnx.js'
+import {type Arch, archById, type ModelConfig} from '../../models/index.js'
+import type {DecoderBackend, ForwardInput, ForwardOutput} from '../backend.js'
+
+export interface OnnxCpuOptions {
+  /** Largest number of tokens the cache may hold (default and ceiling: the graph's rotary table rows). */
+  maxLength?: number
+  /** onnxruntime intra-op threads (default: onnxruntime's choice, the physical cores). */
+  threads?: number
+}
+
+/**
+ * Per-layer key/value entries kept in front of the KV cache and seen by every query: the
+ * extension point for P-Tuning v2 prefixes (chatglm.md section 7). Each tensor is
+ * [1, kvHeads, prefixLength, headDim] float32; keys are used as stored (no rotary). Not
+ * produced by anything yet: a later prefix loader passes it to OnnxCpuBackend.load.
+ */
+export interface PrefixKV {
+  readonly length: number
+  readonly keys: readonly Float32Array[]
+  readonly values: readonly Float32Array[]
+}
+
+/**
+ * The additive attention mask the graph takes, [S, T] row-major (T = prefix + past + S): the
+ * prefix columns are visible to every row; new token s (sequence index a = past + s) sees
+ * sequence index t when t <= a, or when both a and t are inside the first `bidirectional`
+ * tokens (v1's prefix-bidirectional context; 0 = plain causal, v2). 0 visible, -10000 masked.
+ */
+export function attentionBias(past: number, newTokens: number, bidirectional: number, prefix = 0): Float32Array {
+  const T = prefix + past + newTokens
+  const bias = new Float32Array(newTokens * T)
+  for (let s = 0; s < newTokens; s++) {
+    const a = past + s
+    const row = s * T + prefix
+    for (let t = a + 1; t < past + newTokens; t++) {
+      if (!(a < bidirectional && t < bidirectional)) bias[row + t] = MASKED
+    }
+  }
+  return bias
+}
+
+/**
+ * ChatGLM decoder on onnxruntime-node's CPU provider, over a `glmtool convert --to onnx`
+ * directory (I/O contract in src/formats/onnx/chatglm-graph.ts). The KV cache is the graph's
+ * own present_key/present_value tensors, fed back unchanged as the next run's past: no copy on
+ * the JavaScript side.
+ */
+export class OnnxCpuBackend implements DecoderBackend {
+  readonly name = 'onnx-cpu'
+  readonly maxLength: number
+  private pastKeys: ort.Tensor[] = []
+  private pastValues: ort.Tensor[] = []
+  private tokens = 0
+
+  private constructor(
+    private readonly session: ort.InferenceSession,
+    readonly arch: Arch,
+    readonly config: ModelConfig,
+    readonly manifest: OnnxManifest,
+    maxLength: number,
+    private readonly prefix: PrefixKV | undefined,
+  ) {
+    this.maxLength = maxLength
+    this.reset()
+  }
+
+  static async load(onnxDir: string, opts: OnnxCpuOptions & {prefix?: PrefixKV} = {}): Promise<OnnxCpuBackend> {
+    const manifest = await readOnnxManifest(onnxDir)
+    const arch = archById(manifest.architecture)
+    let config: ModelConfig
+    try {
+      config = JSON.parse(await readFile(join(onnxDir, 'config.json'), 'utf8'))
+    } catch (error) {
+      throw new ModelError(`${join(onnxDir, 'config.json')}: cannot read (${(error as Error).message})`, 'missing-file')
+    }
+    const d = manifest.dims
+    if (opts.maxLength !== undefined && (!Number.isSafeInteger(opts.maxLength) || opts.maxLength < 1)) {
+      throw new GlmtoolError('usage', `maxLength must be a positive integer (got ${opts.maxLength})`)
+    }
+    if (opts.prefix) checkPrefix(opts.prefix, d)
+    let session: ort.InferenceSession
+    try {
+      session = await ort.InferenceSession.create(join(onnxDir, manifest.model), {
+        executionProviders: ['cpu'],
+        graphOptimizationLevel: 'all',
+        ...(opts.threads ? {intraOpNumThreads: opts.threads} : {}),
+      })
+    } catch (error) {
+      throw new GlmtoolError('onnx-load', `${join(onnxDir, manifest.model)}: onnxruntime cannot load it (${(error as Error).message.split('\n')[0]})`)
+    }
+    const want = (xs: readonly {name: string}[]) => xs.map(x => x.name).join(',')
+    if (session.inputNames.join(',') !== want(manifest.inputs) || session.outputNames.join(',') !== want(manifest.outputs)) {
+      await session.release()
+      throw new GlmtoolError('onnx-load', `${join(onnxDir, manifest.model)}: graph inputs/outputs differ from ${join(onnxDir, 'glmtool-onnx.json')}`)
+    }
+    const maxLength = Math.min(opts.maxLength ?? d.maxPositions, d.maxPositions)
+    return new OnnxCpuBackend(session, arch, config, manifest, maxLength, opts.prefix)
+  }
+
+  get length(): number {
+    return this.tokens
+  }
+
+  reset(): void {
+    const d = this.manifest.dims
+    const n = this.prefix?.length ?? 0
+    const make = (data: readonly Float32Array[] | undefined) => Array.from({length: d.layers}, (_, i) =>
+      new ort.Tensor('float32', data ? data[i] : new Float32Array(0), [1, d.kvHeads, n, d.headDim]))
+    this.pastKeys = make(this.prefix?.keys)
+    this.pastValues = make(this.prefix?.values)
+    this.tokens = 0
+  }
+
+  async forward(input: ForwardInput): Promise<ForwardOutput> {
+    const d = this.manifest.dims
+    const S = input.ids.length
+    this.check(input)
+    const feeds: Record<string, ort.Tensor> = {
+      input_ids: new ort.Tensor('int64', BigInt64Array.from(input.ids, BigInt), [1, S]),
+      position_ids: d.positionRows === 2
+        ? new ort.Tensor('int64', BigInt64Array.from([...input.positions, ...input.blockPositions!], BigInt), [1, 2, S])
+        : new ort.Tensor('int64', BigInt64Array.from(input.positions, BigInt), [1, S]),
+      attention_bias: new ort.Tensor('float32', attentionBias(this.tokens, S, input.bidirectional, this.prefix?.length ?? 0),
+        [1, 1, S, (this.prefix?.length ?? 0) + this.tokens + S]),
+      logits_index: input.logits === 'last'
+        ? new ort.Tensor('int64', BigInt64Array.of(BigInt(S - 1)), [1])
+        : new ort.Tensor('int64', BigInt64Array.from({length: S}, (_, i) => BigInt(i)), [S]),
+    }
+    for (let i = 0; i < d.layers; i++) {
+      feeds[`past_key_${i}`] = this.pastKeys[i]
+      feeds[`past_value_${i}`] = this.pastValues[i]
+    }
+    const out = await this.session.run(feeds)
+    for (let i = 0; i < d.layers; i++) {
+      this.pastKeys[i] = out[`present_key_${i}`] as ort.Tensor
+      this.pastValues[i] = out[`present_value_${i}`] as ort.Tensor
+    }
+    this.tokens += S
+    const logits = out.logits as ort.Tensor
+    const rows = input.logits === 'last' ? 1 : S
+    return {logits: logits.data as Float32Array, rows, vocab: d.vocab}
+  }
+
+  private check(input: ForwardInput): void {
+    const d = this.manifest.dims
+    const S = input.ids.length
+    const bad = (why: string): never => {
+      throw new GlmtoolError('forward-input', `${this.name}: ${why}`)
+    }
+    if (S === 0) bad('forward needs at least one token')
+    if (input.positions.length !== S) bad(`${S} ids but ${input.positions.length} positions`)
+    if (d.positionRows === 2 && input.blockPositions?.length !== S) bad(`${this.arch.id} needs one block position per id (got ${input.blockPositions?.length ?? 'none'})`)
+    if (this.tokens + S > this.maxLength) bad(`${this.tokens} cached + ${S} new tokens exceed the maximum length ${this.maxLength}`)
+    for (const id of input.ids) if (!Number.isInteger(id) || id < 0 || id >= d.vocab) bad(`token id ${id} is outside the vocabulary (0..${d.vocab - 1})`)
+    const positions = d.positionRows === 2 ? [...input.positions, ...input.blockPositions!] : input.positions
+    for (const p of positions) if (!Number.isInteger(p) || p < 0 || p >= d.maxPositions) bad(`position ${p} is outside the rotary table (0..${d.maxPositions - 1})`)
+  }
+
+  async dispose(): Promise<void> {
+    this.pastKeys = []
+    this.pastValues = []
+    await this.session.release()
+  }
+}
+
+function checkPrefix(p: PrefixKV, d: DecoderDims): void {
+  const size = p.length * d.kvHeads * d.headDim
+  const ok = (xs: readonly Float32Array[]) => xs.length === d.layers && xs.every(x => x.length === size)
+  if (!Number.isSafeInteger(p.length) || p.length < 0 || !ok(p.keys) || !ok(p.values)) {
+    throw new GlmtoolError('bad-prefix', `prefix KV must hold ${d.layers} layers of [1, ${d.kvHeads}, ${p.length}, ${d.headDim}] keys and values`)
+  }
+}

@@ -1,0 +1,99 @@
+/**
+ * Numerical parity of the ONNX export run by OnnxCpuBackend against the independent PyTorch
+ * reference (test/reference/chatglm_ref.py, float32): every prompt position's logits
+ * (prefill, logits 'all'), then 64 greedy decode steps through the KV cache, within 1e-4
+ * relative (max|a-b| / max|b| per row), with identical greedy tokens. Tiny synth models of both
+ * generations, plain and "sharpened" (onnx-fixtures.ts: peaked attention, so rotary, mask
+ * and cache mistakes move the logits well past the tolerance); v1 prompts of several lengths.
+ * Skips, saying why, without python3-torch.
+ */
+import {mkdtempSync, rmSync} from 'node:fs'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
+import {afterAll, beforeAll, describe, expect, it} from 'vitest'
+import {OnnxCpuBackend} from '../src/runtime/backends/onnx-cpu.js'
+import {glmtool} from './helpers/cli.js'
+import {compareLogits, hasTorch, NO_TORCH_REASON, type ReferenceResult, runReference} from './helpers/reference.js'
+import {sharpenedModel, synthTiny, type TinyArch} from './onnx-fixtures.js'
+
+const REL_TOL = 1e-4
+const STEPS = 64
+const SHARPEN = 16
+
+const torchOk = hasTorch()
+if (!torchOk) console.warn(`onnx parity: ${NO_TORCH_REASON}; ONNX-vs-PyTorch parity is skipped`)
+
+/** Run the reference's exact sequence (prompt, then its greedy tokens) through the backend. */
+async function runOnnx(onnxDir: string, ref: ReferenceResult): Promise<{logits: Float32Array, generated: number[]}> {
+  const b = await OnnxCpuBackend.load(onnxDir, {threads: 1})
+  try {
+    const m = ref.meta
+    const v1 = m.arch === 'chatglm-6b'
+    const [pos, block] = v1 ? (m.positions as [number[], number[]]) : [m.positions as number[], undefined]
+    // v1: the context before <sop> (bos 130004) is bidirectional; v2: causal.
+    const bidirectional = v1 ? m.input_ids.indexOf(130004) : 0
+    const n = m.prompt_len
+    const rows: Float32Array[] = []
+    const first = await b.forward({ids: m.input_ids, positions: pos.slice(0, n), blockPositions: block?.slice(0, n), bidirectional, logits: 'all'})
+    expect(first.rows).toBe(n)
+    rows.push(first.logits)
+    const argmax = (x: Float32Array) => x.reduce((best, v, i) => (v > x[best] ? i : best), 0)
+    const generated = [argmax(first.logits.subarray((n - 1) * m.vocab))]
+    for (let k = 0; k < m.steps; k++) {
+      const o = await b.forward({ids: [generated[k]], positions: [pos[n + k]], blockPositions: block ? [block[n + k]] : undefined, bidirectional, logits: 'last'})
+      expect(o.rows).toBe(1)
+      rows.push(o.logits)
+      generated.push(argmax(o.logits))
+    }
+    expect(b.length).toBe(n + m.steps)
+    const logits = new Float32Array(rows.reduce((a, r) => a + r.length, 0))
+    let off = 0
+    for (const r of rows) {
+      logits.set(r, off)
+      off += r.length
+    }
+    return {logits, generated}
+  } finally {
+    await b.dispose()
+  }
+}
+
+describe.skipIf(!torchOk)('ONNX (onnxruntime CPU) vs the PyTorch reference, float32', () => {
+  const work = mkdtempSync(join(tmpdir(), 'glmtool-onnx-parity-'))
+  afterAll(() => rmSync(work, {recursive: true, force: true}))
+  const dirs: Record<string, {model: string, onnx: string}> = {}
+
+  beforeAll(async () => {
+    for (const arch of ['chatglm-6b', 'chatglm2-6b'] as TinyArch[]) {
+      const plain = synthTiny(work, arch)
+      const sharp = await sharpenedModel(plain, join(work, `${arch}-sharp`), SHARPEN)
+      for (const [key, model] of [[`${arch}`, plain], [`${arch}-sharp`, sharp]]) {
+        const onnx = `${model}-onnx`
+        const r = glmtool(['convert', model, '--to', 'onnx', '--out', onnx])
+        expect(r.code, r.stderr).toBe(0)
+        dirs[key] = {model, onnx}
+      }
+    }
+  })
+
+  const text = (n: number, start: number) => Array.from({length: n}, (_, i) => start + 37 * i)
+  const cases: {model: string, ids: number[]}[] = [
+    {model: 'chatglm-6b', ids: text(6, 100)},
+    {model: 'chatglm-6b-sharp', ids: text(1, 5000)},
+    {model: 'chatglm-6b-sharp', ids: text(29, 20)},
+    {model: 'chatglm2-6b', ids: text(6, 100)},
+    {model: 'chatglm2-6b-sharp', ids: text(23, 40)},
+  ]
+
+  for (const c of cases) {
+    it(`${c.model}, ${c.ids.length} text token(s): all prompt logits and ${STEPS} greedy steps`, async () => {
+      const ref = runReference(dirs[c.model].model, c.ids, {steps: STEPS, allLogits: true})
+      const got = await runOnnx(dirs[c.model].onnx, ref)
+      const cmp = compareLogits(got.logits, ref.logits, REL_TOL, ref.meta.vocab)
+      console.log(`onnx parity ${c.model} prompt ${ref.meta.prompt_len}: max rel ${cmp.maxRel.toExponential(2)} (row ${cmp.worstRow} of ${cmp.rows}), max abs ${cmp.maxAbs.toExponential(2)}`)
+      expect(cmp.rows).toBe(ref.meta.prompt_len + STEPS)
+      expect(cmp.ok, `max rel ${cmp.maxRel} at row ${cmp.worstRow}`).toBe(true)
+      expect(got.generated).toEqual(ref.meta.generated)
+    })
+  }
+})
