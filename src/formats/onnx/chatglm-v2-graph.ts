@@ -19,8 +19,9 @@ import {ELEM, float, type GraphBuilder, MS_DOMAIN} from './onnx-builder.js'
  *
  * Attention: q = heads x D, k and v = G groups x D (multi_query_group_num); query head h reads
  * group h / (heads / G), which is com.microsoft.GroupQueryAttention's grouping (kv_num_heads =
- * G), with past/present K/V [1, G, P, D] in BNSH and the attention_bias input. GQA always
- * applies a causal mask of its own; v2's mask is causal, so GQA's mask and the bias agree.
+ * G), with past/present K/V [1, G, P, D] in BNSH and the attention_bias input. GQA also applies
+ * its own causal mask (bottom-right aligned, so prefix entries in the past stay visible); v2's
+ * mask is causal, so GQA's mask and the bias agree.
  * Rotary: the first D/2 dims of each q/k head, interleaved pairs (x[2j], x[2j+1]),
  * theta_j = 1/10000^(2j/(D/2)); the other D/2 dims pass through. That is
  * com.microsoft.RotaryEmbedding with interleaved=1, rotary_embedding_dim = D/2 and num_heads

@@ -50,14 +50,13 @@ export class ExternalDataWriter {
     const start = Math.ceil(this.offset / align) * align
     if (start > this.offset) await this.fh.write(Buffer.alloc(start - this.offset), 0, start - this.offset, this.offset)
     let pos = start
+    const wrong = (got: string) => new GlmtoolError('onnx-write', `${this.path}: tensor ${name} yielded ${got} bytes, expected ${length}`)
     for await (const c of chunks) {
-      if (pos + c.length > start + length) break
+      if (pos + c.length > start + length) throw wrong(`more than ${length}`)
       await this.fh.write(c, 0, c.length, pos)
       pos += c.length
     }
-    if (pos !== start + length) {
-      throw new GlmtoolError('onnx-write', `${this.path}: tensor ${name} yielded ${pos - start} bytes, expected ${length}`)
-    }
+    if (pos !== start + length) throw wrong(String(pos - start))
     this.offset = pos
     return externalTensorProto(name, elemType, dims, {location: this.location, offset: start, length})
   }
