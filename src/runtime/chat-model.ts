@@ -1,0 +1,55 @@
+import {createHash} from 'node:crypto'
+import {existsSync, readdirSync, statSync} from 'node:fs'
+import {homedir} from 'node:os'
+import {join, resolve} from 'node:path'
+import {exportOnnx} from '../formats/onnx/export-onnx.js'
+import {VERSION} from '../version.js'
+import type {DecoderBackend} from './backend.js'
+import {OnnxCpuBackend} from './backends/onnx-cpu.js'
+import {type ChatTokenizer, loadTokenizer} from './tokenizer.js'
+
+export interface ChatModel {
+  backend: DecoderBackend
+  tokenizer: ChatTokenizer
+  /** The ONNX directory actually run (the input itself, or its cached conversion). */
+  onnxDir: string
+}
+
+/** Where converted models are cached: $GLMTOOL_CACHE, else $XDG_CACHE_HOME/glmtool, else ~/.cache/glmtool. */
+export function cacheRoot(): string {
+  return process.env.GLMTOOL_CACHE ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'glmtool')
+}
+
+/**
+ * A key that changes whenever the source model changes: its absolute path and each file's
+ * name, size and mtime, plus glmtool's version (a new exporter re-converts).
+ */
+function sourceKey(dir: string): string {
+  const h = createHash('sha256').update(resolve(dir)).update(VERSION)
+  for (const name of readdirSync(dir).sort()) {
+    const st = statSync(join(dir, name))
+    if (st.isFile()) h.update(`${name}:${st.size}:${st.mtimeMs}\n`)
+  }
+  return h.digest('hex').slice(0, 16)
+}
+
+/**
+ * Open a model for chat on the CPU. An ONNX directory (glmtool's `convert --to onnx` output)
+ * runs as is; a torch or safetensors directory is converted once to ONNX (f32) in the cache
+ * and the cached copy reused while the source is unchanged.
+ */
+export async function loadChatModel(path: string, opts: {maxLength?: number, onNote?: (m: string) => void} = {}): Promise<ChatModel> {
+  let onnxDir = path
+  if (!existsSync(join(path, 'model.onnx'))) {
+    onnxDir = join(cacheRoot(), 'onnx', sourceKey(path))
+    if (existsSync(join(onnxDir, 'model.onnx'))) {
+      opts.onNote?.(`using the cached ONNX conversion of ${path} in ${onnxDir}`)
+    } else {
+      opts.onNote?.(`converting ${path} to ONNX once (cached in ${onnxDir}) ...`)
+      await exportOnnx({input: path, out: onnxDir, dtype: 'F32', force: true})
+    }
+  }
+  const backend = await OnnxCpuBackend.load(onnxDir, {maxLength: opts.maxLength})
+  const tokenizer = await loadTokenizer(onnxDir, backend.arch.id)
+  return {backend, tokenizer, onnxDir}
+}

@@ -1,0 +1,98 @@
+import {GlmtoolError} from '../errors.js'
+import type {DecoderBackend} from './backend.js'
+import {layoutV1, layoutV2, type PromptLayout} from './positions.js'
+import {type SamplingOptions, seededRandom, selectToken} from './sampling.js'
+import type {ChatTokenizer} from './tokenizer.js'
+
+export interface GenerateOptions extends SamplingOptions {
+  /** Total length (prompt + generated) at which generation stops, as transformers' max_length. */
+  maxLength: number
+  /** Also stop after this many new tokens (transformers' max_new_tokens); undefined: no limit. */
+  maxNewTokens?: number
+  seed: number
+  /** Stops generation between tokens (Ctrl-C). */
+  signal?: AbortSignal
+}
+
+export interface GenerateResult {
+  promptIds: number[]
+  generatedIds: number[]
+  text: string
+  stoppedBy: 'stop-token' | 'max-length' | 'interrupted'
+  promptSeconds: number
+  generateSeconds: number
+  /** prompt tokens / prefill time, and generated tokens / decode time (first token excluded). */
+  promptTokensPerSecond: number
+  generatedTokensPerSecond: number
+}
+
+export function promptLayout(tokenizer: ChatTokenizer, ids: readonly number[]): PromptLayout {
+  return tokenizer.arch === 'chatglm-6b' ? layoutV1(ids, tokenizer.specials.gmask, tokenizer.specials.sop) : layoutV2(ids)
+}
+
+/**
+ * Generate a continuation of `promptIds` (already holding the generation's special tokens):
+ * prefill the whole prompt, then one decode step per token, streaming text through `onText`.
+ */
+export async function generate(
+  backend: DecoderBackend, tokenizer: ChatTokenizer, promptIds: readonly number[], opts: GenerateOptions,
+  onText: (text: string) => void = () => {},
+): Promise<GenerateResult> {
+  const layout = promptLayout(tokenizer, promptIds)
+  const stop = new Set(tokenizer.specials.stop)
+  const random = seededRandom(opts.seed)
+  const stream = tokenizer.streamDecoder()
+  const generated: number[] = []
+  const seen = [...promptIds]
+  let stoppedBy: GenerateResult['stoppedBy'] = 'max-length'
+  backend.reset()
+  const limit = Math.min(opts.maxLength, backend.maxLength, promptIds.length + (opts.maxNewTokens ?? Number.POSITIVE_INFINITY))
+  if (promptIds.length >= Math.min(opts.maxLength, backend.maxLength)) {
+    throw new GlmtoolError('prompt-too-long', `the prompt is ${promptIds.length} tokens, at or over --max-length ${Math.min(opts.maxLength, backend.maxLength)}; raise --max-length or clear the history`)
+  }
+  const t0 = performance.now()
+  let out = await backend.forward({
+    ids: promptIds, positions: layout.positions, blockPositions: layout.blockPositions,
+    bidirectional: layout.bidirectional, logits: 'last',
+  })
+  const t1 = performance.now()
+  let t2 = t1
+  while (promptIds.length + generated.length < limit) {
+    // Only ids the tokenizer knows: the padded embedding rows beyond its vocabulary (v1 130344 of
+    // 130528, v2 64794 of 65024) are never produced.
+    const token = selectToken(out.logits.slice(0, Math.min(out.vocab, tokenizer.vocabSize)), seen, opts, random)
+    if (generated.length === 0) t2 = performance.now()
+    if (stop.has(token)) {
+      stoppedBy = 'stop-token'
+      break
+    }
+    generated.push(token)
+    seen.push(token)
+    const piece = stream.push(token)
+    if (piece) onText(piece)
+    if (opts.signal?.aborted) {
+      stoppedBy = 'interrupted'
+      break
+    }
+    if (promptIds.length + generated.length >= limit) break
+    const next = layout.next(generated.length)
+    out = await backend.forward({
+      ids: [token], positions: [next.position], blockPositions: next.blockPosition === undefined ? undefined : [next.blockPosition],
+      bidirectional: layout.bidirectional, logits: 'last',
+    })
+  }
+  const rest = stream.flush()
+  if (rest) onText(rest)
+  const t3 = performance.now()
+  const decodeSteps = Math.max(0, generated.length - 1)
+  return {
+    promptIds: [...promptIds],
+    generatedIds: generated,
+    text: tokenizer.decode(generated),
+    stoppedBy,
+    promptSeconds: (t1 - t0) / 1000,
+    generateSeconds: (t3 - t1) / 1000,
+    promptTokensPerSecond: promptIds.length / Math.max(1e-9, (t1 - t0) / 1000),
+    generatedTokensPerSecond: decodeSteps / Math.max(1e-9, (t3 - t2) / 1000),
+  }
+}
