@@ -6,8 +6,13 @@ import {BaseCommand} from '../cli/base-command.js'
 import {formatBytes} from '../cli/progress.js'
 import {convertToSafetensors} from '../formats/convert-safetensors.js'
 import {inspectModel} from '../formats/inspect-model.js'
+import {exportOnnx} from '../formats/onnx/export-onnx.js'
 import {writeOutputDir} from '../formats/output-dir.js'
 import {archById} from '../models/index.js'
+import {OnnxCpuBackend} from '../runtime/backends/onnx-cpu.js'
+import {chatPrompt} from '../runtime/chat-template.js'
+import {generate} from '../runtime/generate.js'
+import {loadTokenizer} from '../runtime/tokenizer.js'
 import {writeSynthModel} from '../synth/synth-model.js'
 
 interface Step {
@@ -18,7 +23,7 @@ interface Step {
 
 export default class Demo extends BaseCommand {
   static override summary = 'Walk a tiny synthetic model through every glmtool command that exists'
-  static override description = 'Synthesises tiny ChatGLM-6B and ChatGLM2-6B models in the published layout, inspects them, and converts them to safetensors, printing what each step did. Needs no weights, no GPU and no Python.'
+  static override description = 'Synthesises tiny ChatGLM-6B and ChatGLM2-6B models in the published layout, inspects them, converts them to safetensors and to ONNX, and runs one chat turn on the CPU runtime, printing what each step did. Needs no weights, no GPU and no Python. The weights are random, so the chat answer is gibberish: the point is that every stage runs.'
   static override examples = ['<%= config.bin %> demo', '<%= config.bin %> demo --keep ./demo-models']
 
   static override flags = {
@@ -53,6 +58,23 @@ export default class Demo extends BaseCommand {
         await step(`convert ${archId}`, async () => {
           const r = await convertToSafetensors({input: torchDir, out: stDir, dtype: 'keep', maxShardBytes: 4e9, force: true})
           return `streamed ${r.tensors} tensors (${formatBytes(r.bytes)}) to safetensors in ${stDir}, copied ${r.copied.join(', ')}`
+        })
+        const onnxDir = join(base, `${archId}-tiny-onnx`)
+        await step(`convert ${archId} --to onnx`, async () => {
+          const r = await exportOnnx({input: stDir, out: onnxDir, dtype: 'F32', force: true})
+          return `exported one decoder graph with a KV cache (${r.tensors} weights, ${formatBytes(r.bytes)} in model.onnx.data) to ${onnxDir}`
+        })
+        await step(`chat ${archId}`, async () => {
+          const backend = await OnnxCpuBackend.load(onnxDir, {maxLength: 128})
+          try {
+            const tokenizer = await loadTokenizer(onnxDir, arch.id)
+            const query = '你好, glmtool!'
+            const ids = tokenizer.encodePrompt(chatPrompt(arch.generation, query, []))
+            const r = await generate(backend, tokenizer, ids, {greedy: true, temperature: 1, topP: 1, topK: 0, repetitionPenalty: 1, maxLength: 128, maxNewTokens: 12, seed: 0})
+            return `asked ${JSON.stringify(query)} (${ids.length} prompt tokens), got ${r.generatedIds.length} tokens: ${JSON.stringify(r.text)} (random weights), prefill ${r.promptTokensPerSecond.toFixed(0)} tok/s`
+          } finally {
+            await backend.dispose()
+          }
         })
       }
     } finally {
