@@ -38,3 +38,30 @@ export function configInt(config: ModelConfig, key: string, fallback?: number): 
   }
   return v
 }
+
+/**
+ * Where `merge-adapter` stores a P-Tuning v2 prefix (chatglm.md section 7): per layer i,
+ * `transformer.prefix_cache.<i>.key` and `.value`, float32 [kvHeads, pre_seq_len, headDim],
+ * the keys and values the runtime puts in front of the KV cache.
+ */
+export const PREFIX_CACHE_MARKER = 'prefix_cache'
+
+export function prefixCacheName(layer: number, part: 'key' | 'value'): string {
+  return `transformer.prefix_cache.${layer}.${part}`
+}
+
+/**
+ * Add the prefix-cache tensors to an architecture's table when config.json has pre_seq_len.
+ * They are required when the config says glmtool stored them (glmtool_prefix), optional
+ * otherwise (a trainer's config with pre_seq_len describes a prefix kept elsewhere).
+ */
+export function addPrefixCacheSpecs(m: Map<string, TensorSpec>, config: ModelConfig, layers: number, kvHeads: number, headDim: number): void {
+  if (config.pre_seq_len === undefined || config.pre_seq_len === null) return
+  const P = configInt(config, 'pre_seq_len')
+  const optional = config.glmtool_prefix !== PREFIX_CACHE_MARKER
+  for (let i = 0; i < layers; i++) {
+    for (const part of ['key', 'value'] as const) {
+      m.set(prefixCacheName(i, part), {shape: [kvHeads, P, headDim], init: 'normal', ...(optional ? {optional} : {})})
+    }
+  }
+}

@@ -1,4 +1,4 @@
-import {type Arch, configInt, type ModelConfig, type SynthSize, type TensorSpec} from './arch.js'
+import {addPrefixCacheSpecs, type Arch, configInt, type ModelConfig, type SynthSize, type TensorSpec} from './arch.js'
 
 /** Dimensions of synth models; `full` is the published ChatGLM-6B (chatglm.md section 1). */
 const SIZES: Record<SynthSize, {hidden: number, inner: number, layers: number, heads: number}> = {
@@ -46,6 +46,8 @@ export const chatglmV1: Arch = {
     m.set('transformer.final_layernorm.weight', {shape: [H], init: 'ones'})
     m.set('transformer.final_layernorm.bias', {shape: [H], init: 'zeros'})
     m.set('lm_head.weight', {shape: [V, H], init: 'normal'})
+    // P-Tuning v2 prefix keys/values: one per attention head, as get_prompt views them.
+    addPrefixCacheSpecs(m, config, L, heads, headDim)
     return m
   },
 

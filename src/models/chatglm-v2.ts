@@ -1,4 +1,4 @@
-import {type Arch, configInt, type ModelConfig, type SynthSize, type TensorSpec} from './arch.js'
+import {addPrefixCacheSpecs, type Arch, configInt, type ModelConfig, type SynthSize, type TensorSpec} from './arch.js'
 
 const SIZES: Record<SynthSize, {hidden: number, ffn: number, layers: number, heads: number, kv: number}> = {
   tiny: {hidden: 64, ffn: 160, layers: 2, heads: 4, kv: 16},
@@ -41,6 +41,8 @@ export const chatglmV2: Arch = {
     }
     if (config.post_layer_norm !== false) m.set('transformer.encoder.final_layernorm.weight', {shape: [H], init: 'ones'})
     m.set('transformer.output_layer.weight', {shape: [V, H], init: 'normal'})
+    // P-Tuning v2 prefix keys/values: one per multi-query group, as get_prompt views them.
+    addPrefixCacheSpecs(m, config, L, G, D)
     return m
   },
 
