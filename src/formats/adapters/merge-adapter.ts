@@ -1,0 +1,190 @@
+/**
+ * `glmtool merge-adapter`: base model + adapter -> a complete glmtool safetensors model
+ * directory. LoRA is merged into the weights; a P-Tuning v2 prefix is computed once and stored
+ * as extra float32 tensors (transformer.prefix_cache.*). Like convert: the base is streamed
+ * tensor by tensor into a temporary directory that is renamed into place only once it is
+ * written and re-opened as a complete model; every check on the adapter runs first.
+ */
+import {existsSync} from 'node:fs'
+import {copyFile, readdir, writeFile} from 'node:fs/promises'
+import {basename, join, resolve} from 'node:path'
+import {GlmtoolError, ModelError, UsageError} from '../../errors.js'
+import {prefixCacheName} from '../../models/arch.js'
+import type {ModelConfig} from '../../models/index.js'
+import {VERSION} from '../../version.js'
+import {byteLength, type DType, isFloat} from '../dtype.js'
+import {convertChunk, decodeFloats, targetDtype} from '../dtype-convert.js'
+import {assertComplete, checkTensors, isWeightFile, openModel} from '../model-dir.js'
+import {writeOutputDir} from '../output-dir.js'
+import {writeSafetensorsModel} from '../safetensors-writer.js'
+import type {TensorEntry} from '../tensor.js'
+import {AdapterError} from './adapter-error.js'
+import {type AdapterType, locateAdapter} from './adapter-source.js'
+import {encodeFloatsFast} from './f16-encode.js'
+import {mergedLoraTensor, openLoraAdapter, planLora} from './lora.js'
+import {computePrefixCache, openPrefixCheckpoint} from './prefix.js'
+
+export interface MergeAdapterOptions {
+  base: string
+  adapter: string
+  /** Detected from the adapter's files when absent. */
+  type?: AdapterType
+  out: string
+  /** Float dtype of the base weights in the output ('keep': the base's own). Prefix tensors are always F32. */
+  dtype: DType | 'keep'
+  force: boolean
+  maxShardBytes?: number
+  onStart?: (totalBytes: number) => void
+  onBytes?: (n: number) => void
+  onWarning?: (message: string) => void
+}
+
+export interface MergeAdapterResult {
+  base: string
+  adapter: string
+  type: AdapterType
+  out: string
+  architecture: string
+  tensors: number
+  bytes: number
+  files: string[]
+  copied: string[]
+  seconds: number
+  peakRssBytes: number
+  lora?: {rank: number, alpha: number, scale: number, useRslora: boolean, fanInFanOut: boolean, targetModules: readonly string[] | string, adapterName: string | null, merged: string[]}
+  prefix?: {preSeqLen: number, prefixProjection: boolean, layers: number, kvHeads: number, headDim: number, shape: number[], tensors: string[]}
+}
+
+const TORCH_DTYPE: Partial<Record<DType, string>> = {F16: 'float16', BF16: 'bfloat16', F32: 'float32'}
+
+/** A view of `t` converted to `to` chunk by chunk (as convert does; bounded memory; fast float16 encoding). */
+function castTensor(t: TensorEntry, to: DType): TensorEntry {
+  if (t.dtype === to) return t
+  const ratio = byteLength(t.dtype, [1]) / byteLength(to, [1])
+  return {
+    name: t.name, dtype: to, shape: t.shape, file: t.file,
+    async *chunks(max) {
+      const srcMax = max === undefined ? undefined : Math.max(byteLength(t.dtype, [1]), Math.floor(max * ratio))
+      for await (const c of t.chunks(srcMax)) {
+        yield to === 'F16' && isFloat(t.dtype) ? encodeFloatsFast(decodeFloats(c, t.dtype), to) : convertChunk(c, t.dtype, to)
+      }
+    },
+  }
+}
+
+export async function mergeAdapter(opts: MergeAdapterOptions): Promise<MergeAdapterResult> {
+  const started = Date.now()
+  if (resolve(opts.out) === resolve(opts.base) || resolve(opts.out) === resolve(opts.adapter)) {
+    throw new UsageError('--out must differ from the base model and the adapter')
+  }
+  // writeOutputDir checks this too; checking first spares reading the base and the adapter.
+  if (existsSync(opts.out) && !opts.force) throw new UsageError(`output ${opts.out} already exists; pass --force to replace it`)
+  const loc = locateAdapter(opts.adapter, opts.type)
+  const base = await openModel(opts.base)
+  const closers: (() => Promise<void>)[] = [() => base.close()]
+  try {
+    if (!base.dir || !base.arch || !base.config) {
+      throw new ModelError(`${opts.base}: merge-adapter needs a model directory with config.json, not a single file`, 'not-a-model-dir')
+    }
+    const arch = base.arch
+    const check = checkTensors(arch, base.config, base.tensors)
+    assertComplete(arch, check, opts.base)
+    for (const w of base.warnings) opts.onWarning?.(w)
+    const outDtype = (t: TensorEntry) => targetDtype(t.dtype, opts.dtype)
+    let tensors: TensorEntry[]
+    let config: ModelConfig = {...base.config}
+    const result: Partial<MergeAdapterResult> = {}
+    let metadata: Record<string, string>
+
+    if (loc.type === 'lora') {
+      const adapter = await openLoraAdapter(loc.dir, loc.file)
+      closers.push(() => adapter.close())
+      const plan = await planLora(adapter, arch, base.config, base.tensors)
+      tensors = base.tensors.map(t => {
+        const p = plan.weights.get(t.name)
+        return p ? mergedLoraTensor(t, p, adapter.config, outDtype(t)) : castTensor(t, outDtype(t))
+      })
+      const c = adapter.config
+      result.lora = {
+        rank: c.rank, alpha: c.alpha, scale: c.scale, useRslora: c.useRslora, fanInFanOut: c.fanInFanOut,
+        targetModules: c.targetModules, adapterName: adapter.adapterName ?? null, merged: [...plan.weights.keys()],
+      }
+      metadata = {glmtool_adapter: 'lora', glmtool_adapter_source: basename(resolve(adapter.file))}
+    } else {
+      if (base.config.pre_seq_len !== undefined && base.config.pre_seq_len !== null) {
+        throw new AdapterError('base', `${opts.base}: config.json already has pre_seq_len ${JSON.stringify(base.config.pre_seq_len)}; merge a prefix into a model without one`)
+      }
+      const ck = await openPrefixCheckpoint(loc.dir, loc.file)
+      closers.push(() => ck.close())
+      const prefix = await computePrefixCache(ck, arch, base.config)
+      for (const w of prefix.warnings) opts.onWarning?.(w)
+      tensors = [...base.tensors.map(t => castTensor(t, outDtype(t))), ...prefix.tensors]
+      config = {...config, ...prefix.configKeys}
+      const g = prefix.geometry
+      result.prefix = {
+        preSeqLen: prefix.preSeqLen, prefixProjection: prefix.projection, layers: g.layers, kvHeads: g.kvHeads, headDim: g.headDim,
+        shape: [g.kvHeads, prefix.preSeqLen, g.headDim], tensors: prefix.tensors.map(t => t.name),
+      }
+      metadata = {glmtool_adapter: 'prefix', glmtool_adapter_source: basename(resolve(ck.files[0])), glmtool_prefix_layout: `${prefixCacheName(0, 'key')}: F32 [kv_heads, pre_seq_len, head_dim]`}
+    }
+    if (opts.dtype !== 'keep' && TORCH_DTYPE[opts.dtype]) config.torch_dtype = TORCH_DTYPE[opts.dtype]
+    for (const n of check.extra) opts.onWarning?.(`extra tensor ${n} (not part of ${arch.id}) is copied as is`)
+
+    const total = tensors.reduce((a, t) => a + byteLength(t.dtype, t.shape), 0)
+    opts.onStart?.(total)
+    const baseDir = base.dir
+    return await writeOutputDir(opts.out, opts.force, async tmp => {
+      let last = 0
+      const written = await writeSafetensorsModel(tmp, tensors, {
+        maxShardBytes: opts.maxShardBytes,
+        metadata: {format: 'pt', source: `${base.format}:${base.files.length} file(s)`, glmtool_version: VERSION, glmtool_architecture: arch.id, ...metadata},
+        onProgress: done => {
+          opts.onBytes?.(done - last)
+          last = done
+        },
+      })
+      const copied = await copyCompanionFiles(baseDir, tmp, config)
+      await verifyOutput(tmp, tensors)
+      return {
+        base: opts.base, adapter: opts.adapter, type: loc.type, out: opts.out, architecture: arch.id,
+        tensors: tensors.length, bytes: written.totalBytes, files: [...written.files, ...copied], copied,
+        seconds: (Date.now() - started) / 1000, peakRssBytes: process.resourceUsage().maxRSS * 1024,
+        ...result,
+      }
+    })
+  } finally {
+    for (const close of closers.reverse()) await close()
+  }
+}
+
+/** Tokenizer and code files travel with the weights; config.json is written anew. */
+async function copyCompanionFiles(from: string, to: string, config: ModelConfig): Promise<string[]> {
+  const copied = ['config.json']
+  await writeFile(join(to, 'config.json'), JSON.stringify(config, null, 2) + '\n')
+  for (const e of await readdir(from, {withFileTypes: true})) {
+    if (!e.isFile() || isWeightFile(e.name) || e.name.startsWith('.') || e.name === 'config.json') continue
+    await copyFile(join(from, e.name), join(to, e.name))
+    copied.push(e.name)
+  }
+  return copied
+}
+
+/** Re-open the output as any command would, and hold it to the plan and to its architecture. */
+async function verifyOutput(dir: string, planned: readonly TensorEntry[]): Promise<void> {
+  const out = await openModel(dir)
+  try {
+    if (!out.arch || !out.config) throw new GlmtoolError('verify-failed', `${dir}: written output has no recognisable config.json`)
+    const check = checkTensors(out.arch, out.config, out.tensors)
+    assertComplete(out.arch, check, dir)
+    const got = new Map(out.tensors.map(t => [t.name, t]))
+    for (const t of planned) {
+      const o = got.get(t.name)
+      if (!o || o.dtype !== t.dtype || o.shape.join() !== t.shape.join()) {
+        throw new GlmtoolError('verify-failed', `${dir}: written output does not match the plan at tensor ${t.name}`)
+      }
+    }
+    if (got.size !== planned.length) throw new GlmtoolError('verify-failed', `${dir}: written output has ${got.size} tensors, planned ${planned.length}`)
+  } finally {
+    await out.close()
+  }
+}
