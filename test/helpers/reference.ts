@@ -68,6 +68,8 @@ export interface ReferenceOptions {
   allLogits?: boolean
   /** A P-Tuning v2 checkpoint (`pytorch_model.bin` or its directory). */
   prefix?: string
+  /** PEFT LoRA adapter directory applied at run time (unmerged). */
+  lora?: string
   /** Default f32; f16/bf16 emulate the published half-precision run. */
   dtype?: 'f32' | 'f16' | 'bf16'
   /** v1 rotary frequencies: fp16-rounded as published (default) or exact. */
@@ -95,6 +97,7 @@ export function runReference(modelDir: string, textIds: readonly number[], opts:
     const args = [REFERENCE_SCRIPT, '--model', modelDir, '--ids', textIds.join(','), '--steps', String(opts.steps ?? 0), '--out', out]
     if (opts.allLogits) args.push('--all-logits')
     if (opts.prefix) args.push('--prefix', opts.prefix)
+    if (opts.lora) args.push('--lora', opts.lora)
     if (opts.dtype) args.push('--dtype', opts.dtype)
     if (opts.rope) args.push('--rope', opts.rope)
     if (opts.selfCheck) args.push('--self-check')

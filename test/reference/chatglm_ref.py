@@ -118,6 +118,7 @@ f16/bf16).  A one-line JSON summary is printed on stdout.
 """
 
 import argparse
+import re
 import json
 import math
 import os
@@ -297,6 +298,7 @@ class ChatGLMRef:
             self.residual_post_ln = c.get("apply_residual_connection_post_layernorm", False)
         self.inv_freq = self._inv_freq()
         self.inv_freq_notes = self._check_stored_inv_freq()
+        self.lora = {}
         self.prefix_k = self.prefix_v = None
         self.prefix_len = 0
         if prefix is not None:
@@ -453,10 +455,35 @@ class ChatGLMRef:
 
     def _linear(self, x, name, bias=True):
         y = x @ self.need(name + ".weight").t()
+        lora = self.lora.get(name)
+        if lora is not None:
+            # LoRA applied at run time, unmerged, as PEFT's forward does: y += scale * B(A(x)).
+            a, b_, scale = lora
+            y = y + ((x @ a.t()) @ b_.t()) * scale
         b = self.opt(name + ".bias") if bias else None
         if b is not None:
             y = y + b
         return self.prec.r(y)
+
+    def set_lora(self, adapter_dir):
+        """Load a PEFT LoRA adapter (adapter_config.json + adapter_model.bin) to apply at run time."""
+        with open(os.path.join(adapter_dir, "adapter_config.json"), encoding="utf-8") as f:
+            cfg = json.load(f)
+        r = int(cfg["r"])
+        scale = float(cfg["lora_alpha"]) / (math.sqrt(r) if cfg.get("use_rslora") else r)
+        sd = _torch_load(os.path.join(adapter_dir, "adapter_model.bin"))
+        pairs = {}
+        for k, t in sd.items():
+            m = re.match(r"^base_model\.model\.(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$", k)
+            if not m:
+                raise RefError(f"unexpected LoRA tensor {k}")
+            pairs.setdefault(m.group(1), {})[m.group(2)] = t.float().to(self.device)
+        for module, ab in pairs.items():
+            a, b_ = ab["A"], ab["B"]
+            if cfg.get("fan_in_fan_out"):
+                a, b_ = b_.t(), a.t()
+            self.need(module + ".weight")
+            self.lora[module] = (a, b_, scale)
 
     def _layernorm(self, x, name):
         return self.prec.r(F.layer_norm(x, (x.shape[-1],), self.need(name + ".weight"),
@@ -685,6 +712,7 @@ def main(argv=None):
     ap.add_argument("--all-logits", action="store_true")
     ap.add_argument("--out")
     ap.add_argument("--prefix")
+    ap.add_argument("--lora", help="PEFT LoRA adapter directory, applied at run time (not merged)")
     ap.add_argument("--self-check", action="store_true")
     ap.add_argument("--self-check-tol", type=float)
     ap.add_argument("--dtype", choices=sorted(TORCH_DTYPES), default="f32")
@@ -697,6 +725,8 @@ def main(argv=None):
         if not args.out and not args.self_check:
             raise RefError("give --out DIR and/or --self-check")
         model = ChatGLMRef(args.model, dtype=args.dtype, rope=args.rope, device=args.device, prefix=args.prefix)
+        if args.lora:
+            model.set_lora(args.lora)
         for n in model.load_notes + model.inv_freq_notes:
             print(f"note: {n}", file=sys.stderr)
         text = parse_ids(args.ids)

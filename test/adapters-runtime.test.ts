@@ -1,0 +1,48 @@
+/**
+ * Issue 5's runtime proofs, against the independent PyTorch reference (skipped, saying why,
+ * without python3-torch): a LoRA-merged model run by glmtool's CPU runtime gives the logits of the
+ * base model with the LoRA applied at run time (unmerged, as PEFT's forward does), for a prompt
+ * and 32 greedy steps, both generations. Adapters are the torch-written fixtures of
+ * test/fixtures/adapters (made for the tiny dims that `synth --size tiny` also has).
+ */
+import {mkdtempSync, rmSync} from 'node:fs'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
+import {afterAll, describe, expect, it} from 'vitest'
+import {glmtool} from './helpers/cli.js'
+import {runOnnxLikeReference} from './helpers/onnx-runner.js'
+import {compareLogits, hasTorch, NO_TORCH_REASON, runReference} from './helpers/reference.js'
+import {synthTiny} from './onnx-fixtures.js'
+
+const FIX = join(import.meta.dirname, 'fixtures/adapters')
+const torchOk = hasTorch()
+if (!torchOk) console.warn(`adapters runtime: ${NO_TORCH_REASON}; merged-model logits proofs are skipped`)
+const STEPS = 32
+
+describe.skipIf(!torchOk)('merged adapters in the CPU runtime vs the PyTorch reference', () => {
+  const work = mkdtempSync(join(tmpdir(), 'glmtool-adapt-rt-'))
+  afterAll(() => rmSync(work, {recursive: true, force: true}))
+
+  it.each([
+    ['chatglm-6b', 'v1-all-modules'],
+    ['chatglm2-6b', 'v2-qkv-random'],
+  ] as const)('%s + LoRA %s: merged logits = base with LoRA at run time', async (arch, adapter) => {
+    const base = synthTiny(work, arch)
+    const merged = join(work, `${arch}-${adapter}-merged`)
+    const m = glmtool(['merge-adapter', base, '--adapter', join(FIX, 'lora', adapter), '--out', merged, '--dtype', 'f32'])
+    expect(m.code, m.stderr).toBe(0)
+    const onnx = `${merged}-onnx`
+    expect(glmtool(['convert', merged, '--to', 'onnx', '--out', onnx]).code).toBe(0)
+    const ids = Array.from({length: 9}, (_, i) => 200 + 31 * i)
+    const ref = runReference(base, ids, {steps: STEPS, allLogits: true, lora: join(FIX, 'lora', adapter)})
+    const got = await runOnnxLikeReference(onnx, ref)
+    const cmp = compareLogits(got.logits, ref.logits, 1e-4, ref.meta.vocab)
+    console.log(`lora ${arch} ${adapter}: max rel ${cmp.maxRel.toExponential(2)} over ${cmp.rows} rows`)
+    expect(cmp.ok, `max rel ${cmp.maxRel} at row ${cmp.worstRow}`).toBe(true)
+    expect(got.generated).toEqual(ref.meta.generated)
+    // The adapter must matter, or the comparison proves nothing.
+    const plain = runReference(base, ids, {steps: 0, allLogits: true})
+    const moved = compareLogits(plain.logits, ref.logits.subarray(0, plain.logits.length), 1e-4, ref.meta.vocab)
+    expect(moved.maxRel).toBeGreaterThan(1e-3)
+  })
+})
