@@ -14,11 +14,12 @@ const DEFAULTS = {
 
 export default class Chat extends BaseCommand {
   static override summary = 'Chat with a ChatGLM model, streaming the answer as it is generated'
-  static override description = 'Runs in-process: onnxruntime-node on the CPU (--backend cpu). The model may be a torch model directory (converted once to a cached ONNX model), glmtool\'s safetensors output, or its ONNX output. Interactive by default: `clear` empties the history, `stop`/`exit`/Ctrl-D ends, Ctrl-C interrupts the answer in progress and keeps the history. With --prompt (repeatable, one per turn) it runs non-interactively.'
+  static override description = 'Runs in-process: onnxruntime-node on the CPU (--backend cpu), or glmtool\'s CUDA engine on an NVIDIA GPU (--backend cuda; build it with `npm run build:native`). On the CPU the model may be a torch model directory (converted once to a cached ONNX model), glmtool\'s safetensors output, or its ONNX output; CUDA reads safetensors (or torch) weights in float16 or bfloat16 straight onto the GPU. Interactive by default: `clear` empties the history, `stop`/`exit`/Ctrl-D ends, Ctrl-C interrupts the answer in progress and keeps the history. With --prompt (repeatable, one per turn) it runs non-interactively.'
   static override examples = [
     '<%= config.bin %> chat ./chatglm2-6b',
     '<%= config.bin %> chat ./chatglm-6b-onnx --prompt "你好" --prompt "What can you do?" --json',
     '<%= config.bin %> chat ./tiny-v2 --prompt hello --greedy --max-length 64',
+    '<%= config.bin %> chat ./chatglm2-6b-safetensors --backend cuda',
   ]
 
   static override args = {
@@ -40,7 +41,6 @@ export default class Chat extends BaseCommand {
 
   async run() {
     const {args, flags} = await this.parse(Chat)
-    if (flags.backend === 'cuda') throw new UsageError('CUDA backend unavailable: glmtool\'s CUDA engine is not part of this build yet; use --backend cpu')
     const num = (v: string | undefined, name: string): number | undefined => {
       if (v === undefined) return undefined
       const x = Number(v)
@@ -49,6 +49,7 @@ export default class Chat extends BaseCommand {
     }
     const model = await loadChatModel(args.model, {
       maxLength: flags['max-length'],
+      backend: flags.backend as 'cpu' | 'cuda',
       onNote: m => this.note(m),
     })
     const gen = model.backend.arch.generation

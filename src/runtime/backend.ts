@@ -29,6 +29,22 @@ export interface ForwardOutput {
   readonly vocab: number
 }
 
+/**
+ * Next-token choice made where the logits are (the CUDA engine picks on the GPU and returns only
+ * the id): the rules of src/runtime/sampling.ts without the repetition penalty, which needs the
+ * host-side history.
+ */
+export interface DeviceSampling {
+  greedy: boolean
+  temperature: number
+  topK: number
+  topP: number
+  /** One uniform draw in [0, 1) from the caller's seeded generator (unused when greedy). */
+  random: number
+  /** Only ids below this are candidates (the tokenizer's vocabulary, not the padded rows). */
+  vocabLimit: number
+}
+
 export interface DecoderBackend {
   readonly name: string
   readonly arch: Arch
@@ -38,6 +54,8 @@ export interface DecoderBackend {
   /** Largest number of tokens the cache holds. */
   readonly maxLength: number
   forward(input: ForwardInput): Promise<ForwardOutput>
+  /** Optional: run the step and choose the next token in the backend; only its id comes back. */
+  forwardSample?(input: Omit<ForwardInput, 'logits'>, sampling: DeviceSampling): Promise<number>
   /** Empty the KV cache (a new conversation turn re-encodes its whole prompt). */
   reset(): void
   dispose(): Promise<void>

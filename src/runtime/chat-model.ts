@@ -5,15 +5,18 @@ import {join, resolve} from 'node:path'
 import {exportOnnx} from '../formats/onnx/export-onnx.js'
 import {VERSION} from '../version.js'
 import type {DecoderBackend} from './backend.js'
+import {CudaBackend} from './backends/cuda.js'
 import {OnnxCpuBackend} from './backends/onnx-cpu.js'
 import {type ChatTokenizer, loadTokenizer} from './tokenizer.js'
 
 export interface ChatModel {
   backend: DecoderBackend
   tokenizer: ChatTokenizer
-  /** The ONNX directory actually run (the input itself, or its cached conversion). */
-  onnxDir: string
+  /** CPU backend: the ONNX directory actually run (the input itself, or its cached conversion). */
+  onnxDir?: string
 }
+
+export type BackendKind = 'cpu' | 'cuda'
 
 /** Where converted models are cached: $GLMTOOL_CACHE, else $XDG_CACHE_HOME/glmtool, else ~/.cache/glmtool. */
 export function cacheRoot(): string {
@@ -34,11 +37,21 @@ function sourceKey(dir: string): string {
 }
 
 /**
- * Open a model for chat on the CPU. An ONNX directory (glmtool's `convert --to onnx` output)
- * runs as is; a torch or safetensors directory is converted once to ONNX (f32) in the cache
- * and the cached copy reused while the source is unchanged.
+ * Open a model for chat. CPU: an ONNX directory (glmtool's `convert --to onnx` output) runs as
+ * is; a torch or safetensors directory is converted once to ONNX (f32) in the cache and the
+ * cached copy reused while the source is unchanged. CUDA: glmtool's safetensors output (or a
+ * torch directory) is streamed straight onto the GPU.
  */
-export async function loadChatModel(path: string, opts: {maxLength?: number, onNote?: (m: string) => void} = {}): Promise<ChatModel> {
+export async function loadChatModel(path: string, opts: {maxLength?: number, backend?: BackendKind, onNote?: (m: string) => void} = {}): Promise<ChatModel> {
+  if (opts.backend === 'cuda') {
+    const backend = await CudaBackend.load(path, {maxLength: opts.maxLength})
+    try {
+      return {backend, tokenizer: await loadTokenizer(path, backend.arch.id)}
+    } catch (error) {
+      await backend.dispose()
+      throw error
+    }
+  }
   let onnxDir = path
   if (!existsSync(join(path, 'model.onnx'))) {
     onnxDir = join(cacheRoot(), 'onnx', sourceKey(path))

@@ -1,5 +1,5 @@
 import {GlmtoolError} from '../errors.js'
-import type {DecoderBackend} from './backend.js'
+import type {DecoderBackend, ForwardInput} from './backend.js'
 import {layoutV1, layoutV2, type PromptLayout} from './positions.js'
 import {type SamplingOptions, seededRandom, selectToken} from './sampling.js'
 import type {ChatTokenizer} from './tokenizer.js'
@@ -50,18 +50,28 @@ export async function generate(
   if (promptIds.length >= Math.min(opts.maxLength, backend.maxLength)) {
     throw new GlmtoolError('prompt-too-long', `the prompt is ${promptIds.length} tokens, at or over --max-length ${Math.min(opts.maxLength, backend.maxLength)}; raise --max-length or clear the history`)
   }
-  const t0 = performance.now()
-  let out = await backend.forward({
-    ids: promptIds, positions: layout.positions, blockPositions: layout.blockPositions,
-    bidirectional: layout.bidirectional, logits: 'last',
-  })
-  const t1 = performance.now()
-  let t2 = t1
-  while (promptIds.length + generated.length < limit) {
+  // A backend that chooses tokens itself (CUDA) returns only the id; the repetition penalty needs
+  // the logits here.
+  const onDevice = backend.forwardSample !== undefined && opts.repetitionPenalty === 1
+  const step = async (input: Omit<ForwardInput, 'logits'>): Promise<number> => {
+    if (onDevice) {
+      const greedy = opts.greedy || opts.temperature <= 0
+      return backend.forwardSample!(input, {
+        greedy, temperature: opts.temperature, topK: opts.topK, topP: opts.topP, random: greedy ? 0 : random(), vocabLimit: tokenizer.vocabSize,
+      })
+    }
+    const out = await backend.forward({...input, logits: 'last'})
     // Only ids the tokenizer knows: the padded embedding rows beyond its vocabulary (v1 130344 of
     // 130528, v2 64794 of 65024) are never produced.
-    const token = selectToken(out.logits.slice(0, Math.min(out.vocab, tokenizer.vocabSize)), seen, opts, random)
-    if (generated.length === 0) t2 = performance.now()
+    return selectToken(out.logits.slice(0, Math.min(out.vocab, tokenizer.vocabSize)), seen, opts, random)
+  }
+  const t0 = performance.now()
+  let token = await step({
+    ids: promptIds, positions: layout.positions, blockPositions: layout.blockPositions, bidirectional: layout.bidirectional,
+  })
+  // t1: the prompt is encoded and the first token chosen
+  const t1 = performance.now()
+  while (promptIds.length + generated.length < limit) {
     if (stop.has(token)) {
       stoppedBy = 'stop-token'
       break
@@ -76,9 +86,9 @@ export async function generate(
     }
     if (promptIds.length + generated.length >= limit) break
     const next = layout.next(generated.length)
-    out = await backend.forward({
+    token = await step({
       ids: [token], positions: [next.position], blockPositions: next.blockPosition === undefined ? undefined : [next.blockPosition],
-      bidirectional: layout.bidirectional, logits: 'last',
+      bidirectional: layout.bidirectional,
     })
   }
   const rest = stream.flush()
@@ -93,6 +103,6 @@ export async function generate(
     promptSeconds: (t1 - t0) / 1000,
     generateSeconds: (t3 - t1) / 1000,
     promptTokensPerSecond: promptIds.length / Math.max(1e-9, (t1 - t0) / 1000),
-    generatedTokensPerSecond: decodeSteps / Math.max(1e-9, (t3 - t2) / 1000),
+    generatedTokensPerSecond: decodeSteps / Math.max(1e-9, (t3 - t1) / 1000),
   }
 }

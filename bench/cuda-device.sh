@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Issue 6 on the GPU machine, in one device call (results recorded in bench/RESULTS.md):
+#   probe -> CUDA parity (test/cuda/parity.mjs: tiny/small synth models of both generations vs
+#   the PyTorch reference on the GPU and the CPU runtime) -> full-size synth + convert of both
+#   generations (in the background, during parity) -> `glmtool bench` of both side by side ->
+#   the PyTorch eager fp16 baseline (bench/peers/torch_baseline.py) of each.
+#
+# Prepare here (the GPU machine has no Node, no registry, no nvcc-built addon of ours):
+#   npm run build && npm run build:native
+#   bash ../shared/device/pack.sh      # .device/: Node + node_modules (then, to fit 64 MiB,
+#   # replace .device/modules.tar.xz with the production modules only: see bench/RESULTS.md)
+# and run, with carry [".device", "dist", "build/native"]:
+#   bash bench/cuda-device.sh
+# Everything lands in $OUT (at most 8 files come back): steps.log, parity.log, parity.json,
+# bench.json, torch-v1.json, torch-v2.json.
+set -u
+OUT=${OUT:-/tmp/glmtool-device-out}
+mkdir -p "$OUT"
+LOG=$OUT/steps.log
+START=$(date +%s)
+BUDGET=${BUDGET:-540}
+el() { echo "[$(($(date +%s) - START))s] $*" | tee -a "$LOG"; }
+left() { echo $((BUDGET - ($(date +%s) - START))); }
+
+source .device/unpack.sh >> "$LOG" 2>&1
+export PYTHONUNBUFFERED=1
+export GLMTOOL_REFERENCE_PYTHON=${GLMTOOL_REFERENCE_PYTHON:-$(command -v python3)}
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.memory,clocks.max.sm,power.limit --format=csv
+  ldconfig -p | grep -i 'cublas' || echo 'no cuBLAS on the linker path'
+  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+  df -h /tmp | tail -1
+  nproc
+} >> "$LOG" 2>&1
+if ! ldconfig -p | grep -q 'libcublas.so.13'; then
+  GLMTOOL_CUBLAS=$(find / -name 'libcublas.so.13' -not -path '/proc/*' 2>/dev/null | head -1)
+  export GLMTOOL_CUBLAS
+  el "cuBLAS not on the linker path; using $GLMTOOL_CUBLAS"
+fi
+el "probe: $(node -e "console.log(JSON.stringify(require('./build/native/glmtool_cuda.node').probe()))" 2>&1)"
+
+# Full-size models, one after the other, in the background (synth is one CPU core; about 1 min each).
+M=${MODELS:-/tmp/glm}
+mkdir -p "$M"
+(
+  for a in chatglm-6b chatglm2-6b; do
+    t0=$(date +%s)
+    node bin/run.js synth --arch $a --size full --out "$M/$a-torch" > /dev/null 2>&1 &&
+      node bin/run.js convert "$M/$a-torch" --to safetensors --out "$M/$a" > /dev/null 2>&1 &&
+      rm -rf "$M/$a-torch" && echo "[bg] $a synth + convert: $(($(date +%s) - t0)) s, $(du -sh "$M/$a" | cut -f1)" >> "$LOG"
+  done
+) &
+SYNTH=$!
+
+el "parity ..."
+timeout "${PARITY_TIMEOUT:-240}" node test/cuda/parity.mjs --json "$OUT/parity.json" > "$OUT/parity.log" 2>&1
+el "parity rc=$?"
+grep -E '^(ok|FAIL|cuda parity|reference)' "$OUT/parity.log" | cut -c1-400 | tee -a "$LOG"
+
+wait $SYNTH
+el "models: $(ls "$M")"
+if [ "$(left)" -gt 60 ]; then
+  el "bench ..."
+  timeout $(($(left) - 20)) node bin/run.js bench "$M/chatglm-6b" "$M/chatglm2-6b" --backend cuda --prompt-tokens 512 --gen-tokens 128 \
+    --repeat 5 --max-length 2048 --json "$OUT/bench.json" >> "$LOG" 2>&1
+  el "bench rc=$?"
+fi
+for a in chatglm2-6b chatglm-6b; do
+  if [ "$(left)" -gt 45 ] && [ -d "$M/$a" ]; then
+    el "torch baseline $a ..."
+    timeout $(($(left) - 10)) python3 bench/peers/torch_baseline.py "$M/$a" --prompt-tokens 512 --gen-tokens 128 --repeat 3 \
+      --json "$OUT/torch-${a/chatglm-6b/v1}.json" >> "$LOG" 2>&1
+    el "torch $a rc=$?"
+  fi
+done
+[ -f "$OUT/torch-chatglm2-6b.json" ] && mv "$OUT/torch-chatglm2-6b.json" "$OUT/torch-v2.json"
+# Parity failed and time is left: look for bad memory accesses on the tiny models.
+if grep -q '^FAIL' "$OUT/parity.log" && [ "$(left)" -gt 50 ] && command -v compute-sanitizer > /dev/null; then
+  el "compute-sanitizer memcheck on the tiny models ..."
+  GLMTOOL_REFERENCE_DEVICE=cpu timeout $(($(left) - 5)) compute-sanitizer --tool memcheck --print-limit 10 \
+    node test/cuda/parity.mjs --only chatglm-6b-tiny,chatglm2-6b-tiny 2>&1 | grep -v '^mock' | tail -40 | cut -c1-300 >> "$LOG"
+fi
+el "done"
+echo "== bench table =="; sed -n '/┌/,/┘/p' "$LOG" | cut -c1-250; grep '^roofline' "$LOG" | cut -c1-300
+echo "== parity =="; grep -E '^(ok|FAIL|cuda parity)' "$OUT/parity.log" | cut -c1-330
+echo "== torch =="; grep -h '"architecture"' "$LOG" | cut -c1-400

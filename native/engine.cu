@@ -1,0 +1,792 @@
+// glmtool's CUDA engine: weights, KV cache, the decoder's launch sequence for prefill (cuBLAS
+// tensor-core GEMMs) and decode (GEMV kernels, captured once as a CUDA graph and replayed).
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cublas_dl.h"
+#include "engine.h"
+#include "kernels.cuh"
+
+namespace glm {
+
+namespace {
+
+void check(cudaError_t e, const char* what, int line) {
+  if (e != cudaSuccess) {
+    throw std::runtime_error(std::string(what) + " failed: " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) +
+                             ") [engine.cu:" + std::to_string(line) + "]");
+  }
+}
+#define CK(x) check((x), #x, __LINE__)
+#define CKL() check(cudaGetLastError(), "kernel launch", __LINE__)
+
+void checkBlas(int status, const char* what, int line) {
+  if (status != 0) {
+    throw std::runtime_error(std::string(what) + " failed: cuBLAS status " + std::to_string(status) + " [engine.cu:" +
+                             std::to_string(line) + "]");
+  }
+}
+#define CB(x) checkBlas((x), #x, __LINE__)
+
+constexpr size_t kStageBytes = 64ull << 20;     // each of the two pinned staging buffers
+constexpr size_t kScoresBudget = 96ull << 20;   // prefill attention scores + probabilities per query chunk
+constexpr size_t kBlasWorkspace = 32ull << 20;
+constexpr int kMaxChunk = 2048;                 // most tokens one forward() takes
+constexpr size_t kLogitsChunkBytes = 64ull << 20;
+
+bool isPerLayer(int kind) { return kind <= B_LN2 || kind == PREFIX_K || kind == PREFIX_V; }
+
+}  // namespace
+
+// ---- probe -----------------------------------------------------------------------------------
+
+DeviceInfo probe() {
+  DeviceInfo d;
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  cudaDriverGetVersion(&d.driverVersion);
+  cudaRuntimeGetVersion(&d.runtimeVersion);
+  if (e != cudaSuccess) {
+    if (d.driverVersion == 0) {
+      d.reason = "no NVIDIA driver was found (libcuda.so.1 could not be loaded)";
+    } else if (e == cudaErrorInsufficientDriver) {
+      d.reason = "the NVIDIA driver supports CUDA " + std::to_string(d.driverVersion / 1000) + "." +
+                 std::to_string(d.driverVersion % 1000 / 10) + ", older than the CUDA " + std::to_string(d.runtimeVersion / 1000) +
+                 " runtime glmtool's engine was built with; update the driver";
+    } else if (e == cudaErrorNoDevice) {
+      d.reason = "the NVIDIA driver sees no CUDA-capable GPU";
+    } else {
+      d.reason = std::string("the NVIDIA driver cannot be used (cudaGetDeviceCount: ") + cudaGetErrorString(e) + ")";
+    }
+    cudaGetLastError();
+    return d;
+  }
+  if (n == 0) {
+    d.reason = "the NVIDIA driver reports no GPU";
+    return d;
+  }
+  cudaDeviceProp p;
+  e = cudaGetDeviceProperties(&p, 0);
+  if (e != cudaSuccess) {
+    d.reason = std::string("cannot read the GPU's properties (") + cudaGetErrorString(e) + ")";
+    return d;
+  }
+  d.name = p.name;
+  d.ccMajor = p.major;
+  d.ccMinor = p.minor;
+  d.multiprocessors = p.multiProcessorCount;
+  d.l2Bytes = p.l2CacheSize;
+  int clockKHz = 0, busBits = 0;
+  cudaDeviceGetAttribute(&clockKHz, cudaDevAttrMemoryClockRate, 0);
+  cudaDeviceGetAttribute(&busBits, cudaDevAttrGlobalMemoryBusWidth, 0);
+  d.peakBandwidth = 2.0 * clockKHz * 1e3 * busBits / 8.0;  // double data rate
+  if (p.major < 8) {
+    d.reason = std::string("the GPU ") + p.name + " has compute capability " + std::to_string(p.major) + "." +
+               std::to_string(p.minor) + "; glmtool's CUDA engine is built for 8.0 (Ampere) and newer";
+    return d;
+  }
+  e = cudaMemGetInfo(&d.freeMemory, &d.totalMemory);
+  if (e != cudaSuccess) {
+    d.reason = std::string("cannot create a CUDA context on ") + p.name + " (" + cudaGetErrorString(e) + ")";
+    cudaGetLastError();
+    return d;
+  }
+  std::string why;
+  const Cublas* b = loadCublas(&why);
+  if (!b) {
+    d.reason = why;
+    return d;
+  }
+  d.cublasPath = b->path;
+  cublasHandle_t h = nullptr;
+  if (b->create(&h) != 0) {
+    d.reason = "cuBLAS (" + b->path + ") could not create a handle on " + p.name;
+    return d;
+  }
+  b->getVersion(h, &d.cublasVersion);
+  b->destroy(h);
+  d.ok = true;
+  return d;
+}
+
+double measureCopyBandwidth(size_t bytes, int iters) {
+  void *a = nullptr, *b = nullptr;
+  CK(cudaMalloc(&a, bytes));
+  try {
+    CK(cudaMalloc(&b, bytes));
+  } catch (...) {
+    cudaFree(a);
+    throw;
+  }
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  std::vector<float> ms;
+  cudaMemset(a, 1, bytes);
+  cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
+  for (int i = 0; i < iters; i++) {
+    cudaEventRecord(e0);
+    cudaMemcpyAsync(i % 2 ? a : b, i % 2 ? b : a, bytes, cudaMemcpyDeviceToDevice);
+    cudaEventRecord(e1);
+    cudaEventSynchronize(e1);
+    float t = 0;
+    cudaEventElapsedTime(&t, e0, e1);
+    ms.push_back(t);
+  }
+  cudaError_t err = cudaGetLastError();
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaFree(a);
+  cudaFree(b);
+  CK(err);
+  std::sort(ms.begin(), ms.end());
+  return 2.0 * bytes / (ms[ms.size() / 2] * 1e-3);
+}
+
+// ---- the engine --------------------------------------------------------------------------------
+
+struct Bufs {
+  void *x, *lnA, *lnB, *qkv, *ctx, *tmp, *up, *act;
+};
+
+struct Engine::Impl {
+  EngineConfig c;
+  const Cublas* blas = nullptr;
+  cublasHandle_t handle = nullptr;
+  cudaStream_t stream = nullptr, copyStream = nullptr;
+  int D, H, N, G, F, V, L, P, maxTotal, nqkv, attnDim, fup, esz, nsplit;
+  float alpha;  // v1 DeepNorm: sqrt(2 * layers)
+  Geom geom;
+
+  std::map<void*, size_t> sizes;
+  size_t allocated = 0, peakAllocated = 0, peakUsed = 0, total = 0;
+
+  // weights: one arena for every device slot
+  char* arena = nullptr;
+  std::vector<size_t> slotOffset, slotSize, slotFilled;  // [kind * L + layer]
+  char* hostEmbedding = nullptr;
+  std::vector<void*> prefixStage;  // [2 * L]: keys, values of layer i at 2i, 2i+1
+  bool loaded = false;
+
+  char* kv = nullptr;
+  size_t kvLayerBytes = 0;  // one of K or V of one layer
+
+  Bufs dec{};  // decode buffers (one token)
+  float *partO = nullptr, *partML = nullptr, *logits = nullptr;
+  int* dToken = nullptr;
+  float* invf = nullptr;
+  void* blasWs = nullptr;
+
+  Bufs pre{};  // prefill buffers, grown on demand
+  int preCap = 0;
+  void* scores = nullptr;  // float scores then T probabilities
+  size_t scoresCap = 0;
+  float* logitsAll = nullptr;
+  size_t logitsAllRows = 0;
+
+  char* dMeta = nullptr;   // StepMeta + posblock[2 * kMaxChunk]
+  char* hMeta = nullptr;   // pinned mirror
+  char* hRows = nullptr;   // pinned embedding rows [kMaxChunk, H]
+  int* hToken = nullptr;   // pinned
+  char* staging[2] = {nullptr, nullptr};
+  cudaEvent_t stageEv[2] = {nullptr, nullptr};
+  int nextStage = 0;
+
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t graphExec = nullptr;
+
+  // -- memory ------------------------------------------------------------------------------------
+  void sampleUsed() {
+    size_t f = 0, t = 0;
+    if (cudaMemGetInfo(&f, &t) == cudaSuccess) {
+      total = t;
+      peakUsed = std::max(peakUsed, t - f);
+    }
+  }
+  void* dmalloc(size_t bytes) {
+    void* p = nullptr;
+    bytes = std::max<size_t>(bytes, 256);
+    cudaError_t e = cudaMalloc(&p, bytes);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      size_t f = 0, t = 0;
+      cudaMemGetInfo(&f, &t);
+      throw std::runtime_error("out of GPU memory: cudaMalloc of " + std::to_string(bytes >> 20) + " MiB failed (" +
+                               cudaGetErrorString(e) + "; " + std::to_string(f >> 20) + " MiB free of " +
+                               std::to_string(t >> 20) + " MiB)");
+    }
+    sizes[p] = bytes;
+    allocated += bytes;
+    peakAllocated = std::max(peakAllocated, allocated);
+    sampleUsed();
+    return p;
+  }
+  void dfree(void* p) {
+    if (!p) return;
+    auto it = sizes.find(p);
+    if (it != sizes.end()) {
+      allocated -= it->second;
+      sizes.erase(it);
+    }
+    cudaFree(p);
+  }
+
+  size_t& slot(std::vector<size_t>& v, int kind, int layer) { return v[(size_t)kind * L + (isPerLayer(kind) ? layer : 0)]; }
+
+  char* Kc(int l) const { return kv + (size_t)(2 * l) * kvLayerBytes; }
+  char* Vc(int l) const { return kv + (size_t)(2 * l + 1) * kvLayerBytes; }
+  const void* w(int kind, int layer) {
+    const size_t s = slot(slotSize, kind, layer);
+    return s ? arena + slot(slotOffset, kind, layer) : nullptr;
+  }
+
+  explicit Impl(const EngineConfig& cfg) : c(cfg) {}
+
+  // Allocates everything; on failure the caller runs release(), which frees what was taken.
+  void init() {
+    D = c.headDim, H = c.hidden, N = c.heads, G = c.kvHeads, F = c.ffn, V = c.vocab, L = c.layers, P = c.prefixLength;
+    if (c.generation != 1 && c.generation != 2) throw std::runtime_error("generation must be 1 or 2");
+    if (c.generation == 1) G = N;
+    if (L <= 0 || H <= 0 || N <= 0 || G <= 0 || F <= 0 || V <= 0 || c.maxLength <= 0 || P < 0)
+      throw std::runtime_error("engine sizes must be positive");
+    if (D % 8 || D > 128 || (c.generation == 1 && D % 4))
+      throw std::runtime_error("head dimension " + std::to_string(D) + " is not supported (a multiple of 8, at most 128)");
+    if (N % G) throw std::runtime_error("heads must be a multiple of the KV groups");
+    if (H % 8 || F % 8 || (N * D) % 8) throw std::runtime_error("hidden, ffn and heads*head_dim must be multiples of 8");
+    if (H > NORM_PER_THREAD * 1024) throw std::runtime_error("hidden size too large for the norm kernel");
+    attnDim = N * D;
+    if (c.generation == 1 && attnDim != H) throw std::runtime_error("ChatGLM-6B needs heads * head_dim == hidden");
+    nqkv = c.generation == 1 ? 3 * H : attnDim + 2 * G * D;
+    fup = c.generation == 1 ? F : 2 * F;
+    esz = 2;
+    maxTotal = P + c.maxLength;
+    alpha = std::sqrt(2.0f * L);
+    nsplit = std::min(32, std::max(4, (maxTotal + 255) / 256));
+    geom = Geom{c.generation, N, G, D, nqkv, P, maxTotal};
+
+    std::string why;
+    blas = loadCublas(&why);
+    if (!blas) throw std::runtime_error(why);
+    CK(cudaSetDevice(c.device));
+    CK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    CK(cudaStreamCreateWithFlags(&copyStream, cudaStreamNonBlocking));
+    CB(blas->create(&handle));
+    CB(blas->setStream(handle, stream));
+    blasWs = dmalloc(kBlasWorkspace);
+    CB(blas->setWorkspace(handle, blasWs, kBlasWorkspace));
+
+    // weight slots
+    const size_t S = (size_t)KIND_COUNT * L;
+    slotOffset.assign(S, 0);
+    slotSize.assign(S, 0);
+    slotFilled.assign(S, 0);
+    const bool v1 = c.generation == 1;
+    auto def = [&](int kind, size_t elems, bool used) {
+      if (!used) return;
+      for (int l = 0; l < (isPerLayer(kind) ? L : 1); l++) slot(slotSize, kind, l) = elems * esz;
+    };
+    def(W_QKV, (size_t)nqkv * H, true);
+    def(B_QKV, nqkv, v1 || c.qkvBias);
+    def(W_DENSE, (size_t)H * attnDim, true);
+    def(B_DENSE, H, v1 || c.denseBias);
+    def(W_UP, (size_t)fup * H, true);
+    def(B_UP, fup, v1 || c.mlpBias);
+    def(W_DOWN, (size_t)H * F, true);
+    def(B_DOWN, H, v1 || c.mlpBias);
+    def(W_LN1, H, true);
+    def(B_LN1, H, v1);
+    def(W_LN2, H, true);
+    def(B_LN2, H, v1);
+    def(W_FINAL, H, v1 || c.postLayerNorm);
+    def(B_FINAL, H, v1);
+    def(W_LMHEAD, (size_t)V * H, true);
+    def(W_EMBED, (size_t)V * H, true);
+    def(PREFIX_K, (size_t)G * P * D, P > 0);
+    def(PREFIX_V, (size_t)G * P * D, P > 0);
+    size_t arenaBytes = 0;
+    for (int k = 0; k < KIND_COUNT; k++) {
+      if (k == W_EMBED || k == PREFIX_K || k == PREFIX_V) continue;
+      for (int l = 0; l < (isPerLayer(k) ? L : 1); l++) {
+        slot(slotOffset, k, l) = arenaBytes;
+        arenaBytes += (slot(slotSize, k, l) + 255) / 256 * 256;
+      }
+    }
+    arena = static_cast<char*>(dmalloc(arenaBytes));
+    const size_t embBytes = slot(slotSize, W_EMBED, 0);
+    hostEmbedding = static_cast<char*>(std::malloc(embBytes));
+    if (!hostEmbedding) throw std::runtime_error("cannot allocate the host embedding table");
+    if (P > 0) {
+      prefixStage.assign(2 * L, nullptr);
+      for (int l = 0; l < 2 * L; l++) prefixStage[l] = dmalloc((size_t)G * P * D * esz);
+    }
+
+    kvLayerBytes = (size_t)G * maxTotal * D * esz;
+    kv = static_cast<char*>(dmalloc(kvLayerBytes * 2 * L));
+
+    dec.x = dmalloc((size_t)H * esz);
+    dec.lnA = dmalloc((size_t)H * esz);
+    dec.lnB = dmalloc((size_t)H * esz);
+    dec.qkv = dmalloc((size_t)nqkv * esz);
+    dec.ctx = dmalloc((size_t)attnDim * esz);
+    dec.tmp = dmalloc((size_t)H * esz);
+    dec.up = dmalloc((size_t)fup * esz);
+    dec.act = dmalloc((size_t)F * esz);
+    partO = static_cast<float*>(dmalloc((size_t)N * nsplit * D * sizeof(float)));
+    partML = static_cast<float*>(dmalloc((size_t)N * nsplit * 2 * sizeof(float)));
+    logits = static_cast<float*>(dmalloc((size_t)V * sizeof(float)));
+    dToken = static_cast<int*>(dmalloc(sizeof(int)));
+
+    // rotary frequencies, computed as src/formats/onnx/chatglm-graph.ts rotaryTables does:
+    // theta_j = 1/10000^(2j/rot) in float32 (rot = D/2); v1 rounds them to float16 as the
+    // published RotaryEmbedding does (inv_freq.half()).
+    const int rot = D / 2, nf = rot / 2;
+    std::vector<float> th(nf);
+    for (int j = 0; j < nf; j++) {
+      const float e = (float)((2.0 * j) / rot);
+      const float p = (float)std::pow(10000.0, (double)e);
+      float t = (float)(1.0 / (double)p);
+      if (v1) t = __half2float(__float2half_rn(t));
+      th[j] = t;
+    }
+    invf = static_cast<float*>(dmalloc(nf * sizeof(float)));
+    CK(cudaMemcpy(invf, th.data(), nf * sizeof(float), cudaMemcpyHostToDevice));
+
+    dMeta = static_cast<char*>(dmalloc(sizeof(StepMeta) + 2 * sizeof(int) * kMaxChunk));
+    CK(cudaMallocHost(&hMeta, sizeof(StepMeta) + 2 * sizeof(int) * kMaxChunk));
+    CK(cudaMallocHost(&hRows, (size_t)std::min(kMaxChunk, c.maxLength) * H * esz));
+    CK(cudaMallocHost(&hToken, sizeof(int)));
+    for (int i = 0; i < 2; i++) {
+      CK(cudaMallocHost(&staging[i], kStageBytes));
+      CK(cudaEventCreateWithFlags(&stageEv[i], cudaEventDisableTiming));
+    }
+    sampleUsed();
+  }
+
+  void release() {
+    if (graphExec) cudaGraphExecDestroy(graphExec), graphExec = nullptr;
+    if (graph) cudaGraphDestroy(graph), graph = nullptr;
+    if (stream) cudaStreamSynchronize(stream);
+    if (copyStream) cudaStreamSynchronize(copyStream);
+    for (auto& kvp : sizes) cudaFree(kvp.first);
+    sizes.clear();
+    allocated = 0;
+    if (handle) blas->destroy(handle), handle = nullptr;
+    for (int i = 0; i < 2; i++) {
+      if (staging[i]) cudaFreeHost(staging[i]), staging[i] = nullptr;
+      if (stageEv[i]) cudaEventDestroy(stageEv[i]), stageEv[i] = nullptr;
+    }
+    if (hMeta) cudaFreeHost(hMeta), hMeta = nullptr;
+    if (hRows) cudaFreeHost(hRows), hRows = nullptr;
+    if (hToken) cudaFreeHost(hToken), hToken = nullptr;
+    std::free(hostEmbedding);
+    hostEmbedding = nullptr;
+    if (stream) cudaStreamDestroy(stream), stream = nullptr;
+    if (copyStream) cudaStreamDestroy(copyStream), copyStream = nullptr;
+  }
+
+  // -- loading -----------------------------------------------------------------------------------
+  void upload(int kind, int layer, size_t offset, const void* data, size_t bytes) {
+    if (kind < 0 || kind >= KIND_COUNT) throw std::runtime_error("unknown weight kind " + std::to_string(kind));
+    if (isPerLayer(kind) && (layer < 0 || layer >= L)) throw std::runtime_error("layer " + std::to_string(layer) + " out of range");
+    const size_t size = slot(slotSize, kind, layer);
+    if (size == 0) throw std::runtime_error("weight kind " + std::to_string(kind) + " is not used by this model");
+    if (offset + bytes > size)
+      throw std::runtime_error("upload of " + std::to_string(bytes) + " bytes at " + std::to_string(offset) +
+                               " overruns the slot's " + std::to_string(size) + " bytes");
+    const char* src = static_cast<const char*>(data);
+    slot(slotFilled, kind, layer) += bytes;
+    if (kind == W_EMBED) {
+      std::memcpy(hostEmbedding + offset, src, bytes);
+      return;
+    }
+    char* dst = kind == PREFIX_K || kind == PREFIX_V ? static_cast<char*>(prefixStage[2 * layer + (kind == PREFIX_V)]) + offset
+                                                      : arena + slot(slotOffset, kind, layer) + offset;
+    while (bytes > 0) {
+      const size_t piece = std::min(bytes, kStageBytes);
+      const int s = nextStage;
+      nextStage ^= 1;
+      CK(cudaEventSynchronize(stageEv[s]));
+      std::memcpy(staging[s], src, piece);
+      CK(cudaMemcpyAsync(dst, staging[s], piece, cudaMemcpyHostToDevice, copyStream));
+      CK(cudaEventRecord(stageEv[s], copyStream));
+      src += piece, dst += piece, bytes -= piece;
+    }
+  }
+
+  void finishLoad() {
+    CK(cudaStreamSynchronize(copyStream));
+    for (int k = 0; k < KIND_COUNT; k++) {
+      for (int l = 0; l < (isPerLayer(k) ? L : 1); l++) {
+        if (slot(slotFilled, k, l) != slot(slotSize, k, l)) {
+          throw std::runtime_error("weight kind " + std::to_string(k) + " layer " + std::to_string(l) + " got " +
+                                   std::to_string(slot(slotFilled, k, l)) + " of " + std::to_string(slot(slotSize, k, l)) +
+                                   " bytes");
+        }
+      }
+    }
+    if (P > 0) {
+      const size_t rowBytes = (size_t)P * D * esz;
+      for (int l = 0; l < L; l++) {
+        CK(cudaMemcpy2DAsync(Kc(l), (size_t)maxTotal * D * esz, prefixStage[2 * l], rowBytes, rowBytes, G,
+                             cudaMemcpyDeviceToDevice, stream));
+        CK(cudaMemcpy2DAsync(Vc(l), (size_t)maxTotal * D * esz, prefixStage[2 * l + 1], rowBytes, rowBytes, G,
+                             cudaMemcpyDeviceToDevice, stream));
+      }
+      CK(cudaStreamSynchronize(stream));
+      for (void* p : prefixStage) dfree(p);
+      prefixStage.clear();
+    }
+    loaded = true;
+  }
+
+  // -- building blocks ---------------------------------------------------------------------------
+  cudaDataType dt() const { return c.dtype == 0 ? CUDA_R_16F : CUDA_R_16BF; }
+
+  void ensurePrefill(int S) {
+    if (S <= preCap) return;
+    const int cap = std::min(std::max(S, ((S + 127) / 128) * 128), std::min(kMaxChunk, c.maxLength));
+    for (void* p : {pre.x, pre.lnA, pre.lnB, pre.qkv, pre.ctx, pre.tmp, pre.up, pre.act}) dfree(p);
+    pre.x = dmalloc((size_t)cap * H * esz);
+    pre.lnA = dmalloc((size_t)cap * H * esz);
+    pre.lnB = dmalloc((size_t)cap * H * esz);
+    pre.qkv = dmalloc((size_t)cap * nqkv * esz);
+    pre.ctx = dmalloc((size_t)cap * attnDim * esz);
+    pre.tmp = dmalloc((size_t)cap * H * esz);
+    pre.up = dmalloc((size_t)cap * fup * esz);
+    pre.act = c.generation == 2 ? dmalloc((size_t)cap * F * esz) : nullptr;
+    preCap = cap;
+  }
+
+  template <typename T>
+  void gemv(int epi, const void* W, const void* x, const void* b, void* out, int rows, int K) {
+    const int blocks = (rows + 3) / 4;
+    const T* Wt = static_cast<const T*>(W);
+    const T* xt = static_cast<const T*>(x);
+    const T* bt = static_cast<const T*>(b);
+    switch (epi) {
+      case EPI_NONE: gemv_kernel<T, EPI_NONE><<<blocks, 128, 0, stream>>>(Wt, xt, bt, out, rows, K, F); break;
+      case EPI_GELU: gemv_kernel<T, EPI_GELU><<<blocks, 128, 0, stream>>>(Wt, xt, bt, out, rows, K, F); break;
+      case EPI_SWIGLU: gemv_kernel<T, EPI_SWIGLU><<<blocks, 128, 0, stream>>>(Wt, xt, bt, out, rows, K, F); break;
+      default: gemv_kernel<T, EPI_F32><<<blocks, 128, 0, stream>>>(Wt, xt, bt, out, rows, K, F); break;
+    }
+    CKL();
+  }
+
+  // y[S, Nout] = x[S, K] W^T (+ b), W [Nout, K] row-major: column-major Y^T = W^T-op x^T.
+  void gemm(const void* W, const void* x, void* y, int S, int Nout, int K, bool f32out) {
+    const float one = 1.f, zero = 0.f;
+    CB(blas->gemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, Nout, S, K, &one, W, dt(), K, x, dt(), K, &zero, y,
+                    f32out ? CUDA_R_32F : dt(), Nout, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  }
+
+  // A linear layer of S rows; epi: EPI_NONE (+bias), EPI_GELU (gelu(+bias), out = up buffer),
+  // EPI_SWIGLU (out = act [S, F], `up` holds the [S, 2F] product on the GEMM path).
+  template <typename T>
+  void linear(int S, int epi, const void* W, const void* b, const void* x, void* out, void* up, int Nout, int K) {
+    if (S == 1) {
+      gemv<T>(epi, W, x, b, out, epi == EPI_SWIGLU ? F : Nout, K);
+      return;
+    }
+    void* y = epi == EPI_SWIGLU ? up : out;
+    gemm(W, x, y, S, Nout, K, false);
+    if (!b && epi == EPI_NONE) return;
+    const size_t total = (size_t)S * (epi == EPI_SWIGLU ? F : Nout);
+    const int blocks = (int)std::min<size_t>((total + 255) / 256, 65535);
+    T* yt = static_cast<T*>(y);
+    const T* bt = static_cast<const T*>(b);
+    switch (epi) {
+      case EPI_NONE: bias_act_kernel<T, EPI_NONE><<<blocks, 256, 0, stream>>>(yt, bt, nullptr, S, Nout, F); break;
+      case EPI_GELU: bias_act_kernel<T, EPI_GELU><<<blocks, 256, 0, stream>>>(yt, bt, nullptr, S, Nout, F); break;
+      default: bias_act_kernel<T, EPI_SWIGLU><<<blocks, 256, 0, stream>>>(yt, bt, static_cast<T*>(out), S, Nout, F); break;
+    }
+    CKL();
+  }
+
+  template <typename T>
+  void norm(int S, const void* a, void* res, void* out, const void* wt, const void* bs) {
+    int threads = (H + NORM_PER_THREAD - 1) / NORM_PER_THREAD;
+    threads = std::min(1024, std::max(32, (threads + 31) / 32 * 32));
+    if (c.generation == 1) {
+      add_norm_kernel<T, false><<<S, threads, 0, stream>>>(static_cast<const T*>(a), static_cast<T*>(res), static_cast<T*>(out),
+                                                            static_cast<const T*>(wt), static_cast<const T*>(bs), alpha, H, c.eps);
+    } else {
+      add_norm_kernel<T, true><<<S, threads, 0, stream>>>(static_cast<const T*>(a), static_cast<T*>(res), static_cast<T*>(out),
+                                                           static_cast<const T*>(wt), static_cast<const T*>(bs), 1.f, H, c.eps);
+    }
+    CKL();
+  }
+
+  void ensureScores(size_t bytes) {
+    if (bytes <= scoresCap) return;
+    dfree(scores);
+    scores = dmalloc(bytes);
+    scoresCap = bytes;
+  }
+
+  template <typename T>
+  void attentionPrefill(int layer, int S, int past, int bidirectional, const void* qkv, void* ctx) {
+    const int Tc = P + past + S;
+    const size_t perRow = (size_t)N * Tc * (sizeof(float) + esz);
+    const int Sc = (int)std::max<size_t>(1, std::min<size_t>(S, kScoresBudget / perRow));
+    ensureScores(perRow * Sc);
+    float* sc = static_cast<float*>(scores);
+    T* pr = reinterpret_cast<T*>(sc + (size_t)N * Sc * Tc);
+    const float scale = 1.f / std::sqrt((float)D), one = 1.f, zero = 0.f;
+    const T* q = static_cast<const T*>(qkv);
+    const T* K = reinterpret_cast<const T*>(Kc(layer));
+    const T* Vv = reinterpret_cast<const T*>(Vc(layer));
+    T* out = static_cast<T*>(ctx);
+    const int gs = N / G;
+    const long long cacheStride = (long long)maxTotal * D;
+    for (int s0 = 0; s0 < S; s0 += Sc) {
+      const int n = std::min(Sc, S - s0);
+      const long long rowStride = (long long)n * Tc;
+      // scores[h][r][t] = q_h(s0 + r) . k_h(t) / sqrt(D)
+      if (c.generation == 1) {
+        CB(blas->gemmStridedBatchedEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, Tc, n, D, &scale, K, dt(), D, cacheStride,
+                                      q + (size_t)s0 * nqkv, dt(), nqkv, 3LL * D, &zero, sc, CUDA_R_32F, Tc, rowStride, N,
+                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      } else {
+        for (int g = 0; g < G; g++) {
+          CB(blas->gemmStridedBatchedEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, Tc, n, D, &scale, K + g * cacheStride, dt(), D, 0,
+                                        q + (size_t)s0 * nqkv + (size_t)g * gs * D, dt(), nqkv, D, &zero,
+                                        sc + (size_t)g * gs * rowStride, CUDA_R_32F, Tc, rowStride, gs, CUBLAS_COMPUTE_32F,
+                                        CUBLAS_GEMM_DEFAULT));
+        }
+      }
+      softmax_mask_kernel<T><<<dim3(n, N), 256, 0, stream>>>(sc, pr, n, Tc, s0, past, P, bidirectional);
+      CKL();
+      // ctx[s0 + r][h*D + d] = sum_t probs[h][r][t] v_h(t)[d]
+      if (c.generation == 1) {
+        CB(blas->gemmStridedBatchedEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, D, n, Tc, &one, Vv, dt(), D, cacheStride, pr, dt(), Tc,
+                                      rowStride, &zero, out + (size_t)s0 * attnDim, dt(), attnDim, D, N, CUBLAS_COMPUTE_32F,
+                                      CUBLAS_GEMM_DEFAULT));
+      } else {
+        for (int g = 0; g < G; g++) {
+          CB(blas->gemmStridedBatchedEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, D, n, Tc, &one, Vv + g * cacheStride, dt(), D, 0,
+                                        pr + (size_t)g * gs * rowStride, dt(), Tc, rowStride, &zero,
+                                        out + (size_t)s0 * attnDim + (size_t)g * gs * D, dt(), attnDim, D, gs,
+                                        CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        }
+      }
+    }
+  }
+
+  template <typename T>
+  void attentionDecode(int layer, const void* qkv, void* ctx) {
+    const float scale = 1.f / std::sqrt((float)D);
+    attn_decode_kernel<T><<<dim3(N, nsplit), 128, 0, stream>>>(static_cast<const T*>(qkv), reinterpret_cast<const T*>(Kc(layer)),
+                                                              reinterpret_cast<const T*>(Vc(layer)),
+                                                              reinterpret_cast<const StepMeta*>(dMeta), geom, scale, partO, partML);
+    CKL();
+    attn_combine_kernel<T><<<N, D, 0, stream>>>(partO, partML, nsplit, D, static_cast<T*>(ctx));
+    CKL();
+  }
+
+  // The decoder over S rows of `b` (x holds the embeddings); leaves the final normed rows in b.lnA.
+  // S == 1 uses only kernels that read the step's values from device memory (graph-capturable).
+  template <typename T>
+  void layers(const Bufs& b, int S, int past, int bidirectional) {
+    const bool v1 = c.generation == 1;
+    norm<T>(S, nullptr, b.x, b.lnA, w(W_LN1, 0), w(B_LN1, 0));
+    for (int l = 0; l < L; l++) {
+      linear<T>(S, EPI_NONE, w(W_QKV, l), w(B_QKV, l), b.lnA, b.qkv, nullptr, nqkv, H);
+      rotary_cache_kernel<T><<<S, 128, 0, stream>>>(static_cast<T*>(b.qkv), reinterpret_cast<T*>(Kc(l)), reinterpret_cast<T*>(Vc(l)),
+                                                    reinterpret_cast<const StepMeta*>(dMeta), invf, geom);
+      CKL();
+      if (S == 1) attentionDecode<T>(l, b.qkv, b.ctx);
+      else attentionPrefill<T>(l, S, past, bidirectional, b.qkv, b.ctx);
+      linear<T>(S, EPI_NONE, w(W_DENSE, l), w(B_DENSE, l), b.ctx, b.tmp, nullptr, H, attnDim);
+      // v1: lnB = LN2(alpha * lnA + attn); v2: x += attn, lnB = RMS2(x)
+      norm<T>(S, b.tmp, v1 ? b.lnA : b.x, b.lnB, w(W_LN2, l), w(B_LN2, l));
+      if (v1) {
+        linear<T>(S, EPI_GELU, w(W_UP, l), w(B_UP, l), b.lnB, b.up, b.up, fup, H);
+        linear<T>(S, EPI_NONE, w(W_DOWN, l), w(B_DOWN, l), b.up, b.tmp, nullptr, H, F);
+      } else {
+        linear<T>(S, EPI_SWIGLU, w(W_UP, l), w(B_UP, l), b.lnB, b.act, b.up, fup, H);
+        linear<T>(S, EPI_NONE, w(W_DOWN, l), w(B_DOWN, l), b.act, b.tmp, nullptr, H, F);
+      }
+      // the next layer's input norm, or the final one after the last layer
+      const bool last = l + 1 == L;
+      const void* nw = last ? w(W_FINAL, 0) : w(W_LN1, l + 1);
+      const void* nb = last ? w(B_FINAL, 0) : w(B_LN1, l + 1);
+      norm<T>(S, b.tmp, v1 ? b.lnB : b.x, b.lnA, nw, nb);
+    }
+  }
+
+  template <typename T>
+  void enqueueDecode() {
+    CK(cudaMemcpyAsync(dMeta, hMeta, sizeof(StepMeta) + 2 * sizeof(int), cudaMemcpyHostToDevice, stream));
+    CK(cudaMemcpyAsync(dec.x, hRows, (size_t)H * esz, cudaMemcpyHostToDevice, stream));
+    layers<T>(dec, 1, 0, 0);
+    gemv<T>(EPI_F32, w(W_LMHEAD, 0), dec.lnA, nullptr, logits, V, H);
+    sample_kernel<<<1, 1024, 0, stream>>>(logits, V, reinterpret_cast<const StepMeta*>(dMeta), dToken);
+    CKL();
+    CK(cudaMemcpyAsync(hToken, dToken, sizeof(int), cudaMemcpyDeviceToHost, stream));
+  }
+
+  template <typename T>
+  void decode() {
+    if (!c.useGraph) {
+      enqueueDecode<T>();
+      return;
+    }
+    if (!graphExec) {
+      CK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+      try {
+        enqueueDecode<T>();
+      } catch (...) {
+        cudaGraph_t g = nullptr;
+        cudaStreamEndCapture(stream, &g);
+        if (g) cudaGraphDestroy(g);
+        cudaGetLastError();
+        throw;
+      }
+      CK(cudaStreamEndCapture(stream, &graph));
+      CK(cudaGraphInstantiate(&graphExec, graph, 0));
+    }
+    CK(cudaGraphLaunch(graphExec, stream));
+  }
+
+  template <typename T>
+  int forwardT(const int32_t* ids, const int32_t* positions, const int32_t* blocks, int S, int past, int bidirectional,
+               int logitsMode, float* out, const Sampling* sampling) {
+    if (!loaded) throw std::runtime_error("forward before the weights finished loading");
+    if (S < 1 || S > std::min(kMaxChunk, c.maxLength)) throw std::runtime_error("forward takes 1.." + std::to_string(std::min(kMaxChunk, c.maxLength)) + " tokens, got " + std::to_string(S));
+    if (past < 0 || past + S > c.maxLength)
+      throw std::runtime_error(std::to_string(past) + " cached + " + std::to_string(S) + " new tokens exceed the maximum length " +
+                               std::to_string(c.maxLength));
+    StepMeta* m = reinterpret_cast<StepMeta*>(hMeta);
+    std::memset(m, 0, sizeof(StepMeta));
+    m->past = past;
+    m->S = S;
+    m->bidirectional = bidirectional;
+    m->greedy = sampling ? sampling->greedy : 1;
+    m->topK = sampling ? sampling->topK : 0;
+    m->vocabLimit = sampling ? sampling->vocabLimit : 0;
+    m->temperature = sampling ? sampling->temperature : 1.f;
+    m->topP = sampling ? sampling->topP : 1.f;
+    m->random = sampling ? sampling->random : 0.f;
+    int* pb = reinterpret_cast<int*>(m + 1);
+    const size_t rowBytes = (size_t)H * esz;
+    for (int s = 0; s < S; s++) {
+      if (ids[s] < 0 || ids[s] >= V) throw std::runtime_error("token id " + std::to_string(ids[s]) + " outside the vocabulary");
+      pb[2 * s] = positions[s];
+      pb[2 * s + 1] = blocks ? blocks[s] : 0;
+      std::memcpy(hRows + s * rowBytes, hostEmbedding + (size_t)ids[s] * rowBytes, rowBytes);
+    }
+    if (S == 1) {
+      decode<T>();
+      CK(cudaStreamSynchronize(stream));
+      if (logitsMode) CK(cudaMemcpy(out, logits, (size_t)V * sizeof(float), cudaMemcpyDeviceToHost));
+      return *hToken;
+    }
+    ensurePrefill(S);
+    CK(cudaMemcpyAsync(dMeta, hMeta, sizeof(StepMeta) + 2 * sizeof(int) * S, cudaMemcpyHostToDevice, stream));
+    CK(cudaMemcpyAsync(pre.x, hRows, (size_t)S * rowBytes, cudaMemcpyHostToDevice, stream));
+    layers<T>(pre, S, past, bidirectional);
+    const char* lastRow = static_cast<const char*>(pre.lnA) + (size_t)(S - 1) * rowBytes;
+    gemv<T>(EPI_F32, w(W_LMHEAD, 0), lastRow, nullptr, logits, V, H);
+    sample_kernel<<<1, 1024, 0, stream>>>(logits, V, reinterpret_cast<const StepMeta*>(dMeta), dToken);
+    CKL();
+    CK(cudaMemcpyAsync(hToken, dToken, sizeof(int), cudaMemcpyDeviceToHost, stream));
+    if (logitsMode == 1) {
+      CK(cudaMemcpyAsync(out, logits, (size_t)V * sizeof(float), cudaMemcpyDeviceToHost, stream));
+    } else if (logitsMode == 2) {
+      const size_t rows = std::max<size_t>(1, std::min<size_t>(S, kLogitsChunkBytes / ((size_t)V * sizeof(float))));
+      if (rows > logitsAllRows) {
+        dfree(logitsAll);
+        logitsAll = static_cast<float*>(dmalloc(rows * V * sizeof(float)));
+        logitsAllRows = rows;
+      }
+      for (int r0 = 0; r0 < S; r0 += (int)rows) {
+        const int n = std::min<int>((int)rows, S - r0);
+        gemm(w(W_LMHEAD, 0), static_cast<const char*>(pre.lnA) + (size_t)r0 * rowBytes, logitsAll, n, V, H, true);
+        CK(cudaMemcpyAsync(out + (size_t)r0 * V, logitsAll, (size_t)n * V * sizeof(float), cudaMemcpyDeviceToHost, stream));
+        CK(cudaStreamSynchronize(stream));
+      }
+    }
+    CK(cudaStreamSynchronize(stream));
+    sampleUsed();
+    return *hToken;
+  }
+};
+
+Engine::Engine(const EngineConfig& cfg) {
+  impl_ = new Impl(cfg);
+  try {
+    impl_->init();
+  } catch (...) {
+    impl_->release();
+    delete impl_;
+    impl_ = nullptr;
+    throw;
+  }
+}
+
+Engine::~Engine() { dispose(); }
+
+void Engine::dispose() {
+  if (!impl_) return;
+  impl_->release();
+  delete impl_;
+  impl_ = nullptr;
+}
+
+static Engine::Impl* need(Engine::Impl* p) {
+  if (!p) throw std::runtime_error("the engine was disposed");
+  return p;
+}
+
+size_t Engine::slotBytes(int kind, int layer) const {
+  Impl* p = need(impl_);
+  if (kind < 0 || kind >= KIND_COUNT) return 0;
+  if (isPerLayer(kind) && (layer < 0 || layer >= p->L)) return 0;
+  return p->slot(p->slotSize, kind, layer);
+}
+
+void Engine::upload(int kind, int layer, size_t offset, const void* data, size_t bytes) {
+  need(impl_)->upload(kind, layer, offset, data, bytes);
+}
+
+void Engine::finishLoad() { need(impl_)->finishLoad(); }
+
+int Engine::forward(const int32_t* ids, const int32_t* positions, const int32_t* blocks, int S, int past, int bidirectional,
+                    int logitsMode, float* logits, const Sampling* sampling) {
+  Impl* p = need(impl_);
+  if (p->c.dtype == 0) return p->forwardT<half>(ids, positions, blocks, S, past, bidirectional, logitsMode, logits, sampling);
+  return p->forwardT<__nv_bfloat16>(ids, positions, blocks, S, past, bidirectional, logitsMode, logits, sampling);
+}
+
+MemoryStats Engine::memory() {
+  Impl* p = need(impl_);
+  p->sampleUsed();
+  MemoryStats m;
+  m.allocated = p->allocated;
+  m.peakAllocated = p->peakAllocated;
+  size_t f = 0, t = 0;
+  if (cudaMemGetInfo(&f, &t) == cudaSuccess) m.deviceUsed = t - f, m.deviceTotal = t;
+  m.peakDeviceUsed = p->peakUsed;
+  for (int k = 0; k < KIND_COUNT; k++) {
+    if (k == W_EMBED || k == PREFIX_K || k == PREFIX_V) continue;
+    for (int l = 0; l < (isPerLayer(k) ? p->L : 1); l++) m.weightBytes += p->slot(p->slotSize, k, l);
+  }
+  m.hostEmbeddingBytes = p->slot(p->slotSize, W_EMBED, 0);
+  m.kvCacheBytes = p->kvLayerBytes * 2 * p->L;
+  m.kvBytesPerToken = (size_t)2 * p->L * p->G * p->D * p->esz;
+  return m;
+}
+
+int Engine::maxChunk() const { return std::min(kMaxChunk, need(impl_)->c.maxLength); }
+int Engine::vocab() const { return need(impl_)->V; }
+int Engine::decodeSplits() const { return need(impl_)->nsplit; }
+bool Engine::graphCaptured() const { return need(impl_)->graphExec != nullptr; }
+void Engine::setUseGraph(bool on) { need(impl_)->c.useGraph = on; }
+
+}  // namespace glm

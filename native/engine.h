@@ -1,0 +1,100 @@
+// glmtool's CUDA engine: the ChatGLM decoder (both generations) with its KV cache on one GPU.
+// Plain C++ interface (no CUDA types) shared by the kernels (engine.cu) and the Node binding
+// (addon.cpp). Every failure throws std::runtime_error with a one-line reason.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace glm {
+
+struct DeviceInfo {
+  bool ok = false;
+  std::string reason;        // why the engine cannot run (empty when ok)
+  std::string name;
+  int ccMajor = 0, ccMinor = 0;
+  int multiprocessors = 0;
+  size_t totalMemory = 0, freeMemory = 0, l2Bytes = 0;
+  double peakBandwidth = 0;  // bytes/s from memory clock and bus width (datasheet-style peak)
+  int driverVersion = 0, runtimeVersion = 0;
+  std::string cublasPath;
+  int cublasVersion = 0;
+};
+
+// Checks driver, GPU and cuBLAS, in that order; `reason` names the first that is missing.
+DeviceInfo probe();
+// Device-to-device copy rate, bytes read + written per second (median of `iters`).
+double measureCopyBandwidth(size_t bytes, int iters);
+
+// Weight slots. Per-layer kinds take a layer index; the others ignore it.
+enum WeightKind {
+  W_QKV = 0, B_QKV, W_DENSE, B_DENSE, W_UP, B_UP, W_DOWN, B_DOWN, W_LN1, B_LN1, W_LN2, B_LN2,
+  W_FINAL, B_FINAL, W_LMHEAD, W_EMBED, PREFIX_K, PREFIX_V, KIND_COUNT
+};
+
+struct EngineConfig {
+  int generation = 2;       // 1: ChatGLM-6B (GLM), 2: ChatGLM2-6B
+  int dtype = 0;            // 0: float16, 1: bfloat16 (weights, activations, KV cache)
+  int layers = 0, hidden = 0, heads = 0, kvHeads = 0, headDim = 0, ffn = 0, vocab = 0;
+  int maxLength = 0;        // tokens the KV cache holds (prefix entries extra)
+  int prefixLength = 0;     // P-Tuning v2 prefix entries in front of the cache
+  float eps = 1e-5f;
+  bool qkvBias = true, denseBias = false, mlpBias = false, postLayerNorm = true;
+  bool useGraph = true;     // capture the decode step once as a CUDA graph and replay it
+  int device = 0;
+};
+
+struct Sampling {
+  int greedy = 1;
+  float temperature = 1.f;
+  int topK = 0;
+  float topP = 1.f;
+  float random = 0.f;       // uniform [0, 1) drawn by the caller (seeded, reproducible)
+  int vocabLimit = 0;       // only ids below this are candidates (0: the whole vocabulary)
+};
+
+struct MemoryStats {
+  size_t allocated = 0, peakAllocated = 0;     // this engine's own cudaMalloc bytes
+  size_t deviceUsed = 0, peakDeviceUsed = 0;   // total - free per cudaMemGetInfo (context, cuBLAS, other users)
+  size_t deviceTotal = 0;
+  size_t weightBytes = 0;                      // weights on the GPU (the embedding table stays on the host)
+  size_t hostEmbeddingBytes = 0;
+  size_t kvCacheBytes = 0;
+  size_t kvBytesPerToken = 0;
+};
+
+class Engine {
+ public:
+  explicit Engine(const EngineConfig& cfg);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Bytes a slot holds (0: the slot is unused for this configuration).
+  size_t slotBytes(int kind, int layer) const;
+  // Copy `bytes` of a slot's contents at `offset` through the pinned staging buffers.
+  void upload(int kind, int layer, size_t offset, const void* data, size_t bytes);
+  // Wait for the copies, check every slot was filled, place the prefix in the cache.
+  void finishLoad();
+
+  // Run S new tokens against `past` cached ones. positions/blocks: S entries (blocks may be null
+  // for v2). logitsMode 0: none, 1: last row, 2: every row; `logits` receives rows x vocab
+  // floats. With `sampling`, the next token is chosen on the GPU from the last row and returned.
+  int forward(const int32_t* ids, const int32_t* positions, const int32_t* blocks, int S, int past, int bidirectional,
+              int logitsMode, float* logits, const Sampling* sampling);
+
+  MemoryStats memory();
+  int maxChunk() const;
+  int vocab() const;
+  int decodeSplits() const;
+  bool graphCaptured() const;
+  void setUseGraph(bool on);
+  void dispose();
+
+  struct Impl;
+
+ private:
+  Impl* impl_ = nullptr;
+};
+
+}  // namespace glm

@@ -1,0 +1,590 @@
+// The CUDA kernels of glmtool's engine, templated on the storage type T (half or bfloat16).
+// Every kernel accumulates in float32; results are rounded to T where the published PyTorch
+// code materialises a half-precision tensor (test/reference/chatglm_ref.py, PRECISION).
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+namespace glm {
+
+// ---- storage type helpers -------------------------------------------------------------------
+
+template <typename T> struct TT;
+template <> struct TT<half> {
+  static __device__ __forceinline__ float f(half x) { return __half2float(x); }
+  static __device__ __forceinline__ half t(float x) { return __float2half_rn(x); }
+  static __device__ __forceinline__ float2 f2(uint32_t u) {
+    __half2 h;
+    memcpy(&h, &u, 4);
+    return __half22float2(h);
+  }
+};
+template <> struct TT<__nv_bfloat16> {
+  static __device__ __forceinline__ float f(__nv_bfloat16 x) { return __bfloat162float(x); }
+  static __device__ __forceinline__ __nv_bfloat16 t(float x) { return __float2bfloat16_rn(x); }
+  static __device__ __forceinline__ float2 f2(uint32_t u) {
+    __nv_bfloat162 h;
+    memcpy(&h, &u, 4);
+    return __bfloat1622float2(h);
+  }
+};
+
+// Round a float32 to T and back: where the reference holds a half-precision tensor.
+template <typename T> __device__ __forceinline__ float rnd(float x) { return TT<T>::f(TT<T>::t(x)); }
+
+// Weights are read once per step: bypass L1 (no reuse) and let the loads be scheduled freely
+// (no `volatile`, unlike __ldcs), so several 16-byte loads are in flight per thread.
+__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
+  uint4 r;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+      : "l"(p));
+  return r;
+}
+
+template <typename T> __device__ __forceinline__ float dot8(const uint4& w, const uint4& x, float acc) {
+  float2 a = TT<T>::f2(w.x), b = TT<T>::f2(x.x);
+  acc = fmaf(a.x, b.x, acc);
+  acc = fmaf(a.y, b.y, acc);
+  a = TT<T>::f2(w.y), b = TT<T>::f2(x.y);
+  acc = fmaf(a.x, b.x, acc);
+  acc = fmaf(a.y, b.y, acc);
+  a = TT<T>::f2(w.z), b = TT<T>::f2(x.z);
+  acc = fmaf(a.x, b.x, acc);
+  acc = fmaf(a.y, b.y, acc);
+  a = TT<T>::f2(w.w), b = TT<T>::f2(x.w);
+  acc = fmaf(a.x, b.x, acc);
+  acc = fmaf(a.y, b.y, acc);
+  return acc;
+}
+
+__device__ __forceinline__ float warpSum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warpMax(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+// Block-wide sum / max; every thread gets the result. `red` holds >= 33 floats.
+__device__ __forceinline__ float blockSum(float v, float* red) {
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  v = warpSum(v);
+  __syncthreads();
+  if (lane == 0) red[wid] = v;
+  __syncthreads();
+  if (wid == 0) {
+    float t = lane < nw ? red[lane] : 0.f;
+    t = warpSum(t);
+    if (lane == 0) red[32] = t;
+  }
+  __syncthreads();
+  return red[32];
+}
+__device__ __forceinline__ float blockMax(float v, float* red) {
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  v = warpMax(v);
+  __syncthreads();
+  if (lane == 0) red[wid] = v;
+  __syncthreads();
+  if (wid == 0) {
+    float t = lane < nw ? red[lane] : -INFINITY;
+    t = warpMax(t);
+    if (lane == 0) red[32] = t;
+  }
+  __syncthreads();
+  return red[32];
+}
+
+__device__ __forceinline__ float gelu_tanh(float x) {
+  // chatglm.md section 3: 0.5*x*(1+tanh(0.7978845608028654*x*(1+0.044715*x*x)))
+  return 0.5f * x * (1.f + tanhf(0.7978845608028654f * x * (1.f + 0.044715f * x * x)));
+}
+__device__ __forceinline__ float silu(float x) { return x / (1.f + expf(-x)); }
+
+// ---- per-step values read from device memory (so a captured decode graph is reusable) -------
+
+struct StepMeta {
+  int past;            // tokens already in the cache (prefix entries excluded)
+  int S;               // new tokens this step
+  int bidirectional;   // v1: leading tokens that see each other both ways
+  int greedy;
+  int topK;
+  int vocabLimit;
+  float temperature;
+  float topP;
+  float random;
+  int pad[7];
+};
+static_assert(sizeof(StepMeta) == 64, "StepMeta is 64 bytes");
+// After the StepMeta: int posblock[2 * S] (position, block position) per new token.
+
+// ---- GEMV: y = W x (+ b) for one token, W [N, K] row-major ------------------------------------
+
+enum Epi { EPI_NONE = 0, EPI_GELU = 1, EPI_SWIGLU = 2, EPI_F32 = 3 };
+
+// One warp per output row (EPI_SWIGLU: rows j and F + j, out[j] = silu(y_j) * y_{F+j}).
+// Each lane reads 16 bytes of the row per load, four loads in flight, fp32 accumulation.
+template <typename T, int EPI>
+__global__ void __launch_bounds__(128) gemv_kernel(const T* __restrict__ W, const T* __restrict__ x,
+                                                   const T* __restrict__ bias, void* __restrict__ out, int rows,
+                                                   int K, int F) {
+  const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  const int K8 = K >> 3;
+  const uint4* xv = reinterpret_cast<const uint4*>(x);
+  const uint4* w0 = reinterpret_cast<const uint4*>(W + (size_t)row * K);
+  const uint4* w1 = reinterpret_cast<const uint4*>(W + (size_t)(row + (EPI == EPI_SWIGLU ? F : 0)) * K);
+  float a0 = 0.f, a1 = 0.f, b0 = 0.f, b1 = 0.f;
+  int c = lane;
+  for (; c + 96 < K8; c += 128) {
+    uint4 p0 = ld_stream(w0 + c), p1 = ld_stream(w0 + c + 32), p2 = ld_stream(w0 + c + 64), p3 = ld_stream(w0 + c + 96);
+    uint4 q0, q1, q2, q3;
+    if (EPI == EPI_SWIGLU) {
+      q0 = ld_stream(w1 + c), q1 = ld_stream(w1 + c + 32), q2 = ld_stream(w1 + c + 64), q3 = ld_stream(w1 + c + 96);
+    }
+    const uint4 x0 = __ldg(xv + c), x1 = __ldg(xv + c + 32), x2 = __ldg(xv + c + 64), x3 = __ldg(xv + c + 96);
+    a0 = dot8<T>(p0, x0, a0);
+    a1 = dot8<T>(p1, x1, a1);
+    a0 = dot8<T>(p2, x2, a0);
+    a1 = dot8<T>(p3, x3, a1);
+    if (EPI == EPI_SWIGLU) {
+      b0 = dot8<T>(q0, x0, b0);
+      b1 = dot8<T>(q1, x1, b1);
+      b0 = dot8<T>(q2, x2, b0);
+      b1 = dot8<T>(q3, x3, b1);
+    }
+  }
+  for (; c < K8; c += 32) {
+    const uint4 x0 = __ldg(xv + c);
+    a0 = dot8<T>(ld_stream(w0 + c), x0, a0);
+    if (EPI == EPI_SWIGLU) b0 = dot8<T>(ld_stream(w1 + c), x0, b0);
+  }
+  float acc = warpSum(a0 + a1);
+  float accB = EPI == EPI_SWIGLU ? warpSum(b0 + b1) : 0.f;
+  if (lane != 0) return;
+  if (EPI == EPI_F32) {
+    if (bias) acc += TT<T>::f(bias[row]);
+    static_cast<float*>(out)[row] = acc;
+  } else if (EPI == EPI_SWIGLU) {
+    if (bias) acc += TT<T>::f(bias[row]), accB += TT<T>::f(bias[row + F]);
+    const float g = rnd<T>(silu(rnd<T>(acc)));
+    static_cast<T*>(out)[row] = TT<T>::t(g * rnd<T>(accB));
+  } else {
+    if (bias) acc += TT<T>::f(bias[row]);
+    if (EPI == EPI_GELU) acc = gelu_tanh(rnd<T>(acc));
+    static_cast<T*>(out)[row] = TT<T>::t(acc);
+  }
+}
+
+// ---- bias / activation after a cuBLAS GEMM (prefill) -----------------------------------------
+
+// EPI_NONE: y += b; EPI_GELU: y = gelu(y + b) in place; EPI_SWIGLU: out[s, j] = silu(y[s, j]) * y[s, F + j].
+template <typename T, int EPI>
+__global__ void bias_act_kernel(T* __restrict__ y, const T* __restrict__ bias, T* __restrict__ out, int S, int N, int F) {
+  const size_t total = (size_t)S * (EPI == EPI_SWIGLU ? F : N);
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+    if (EPI == EPI_SWIGLU) {
+      const size_t s = i / F, j = i % F;
+      float g = TT<T>::f(y[s * 2 * F + j]), v = TT<T>::f(y[s * 2 * F + F + j]);
+      if (bias) g = rnd<T>(g + TT<T>::f(bias[j])), v = rnd<T>(v + TT<T>::f(bias[F + j]));
+      out[i] = TT<T>::t(rnd<T>(silu(g)) * v);
+    } else {
+      const size_t n = i % N;
+      float v = TT<T>::f(y[i]);
+      if (bias) v = rnd<T>(v + TT<T>::f(bias[n]));
+      if (EPI == EPI_GELU) v = gelu_tanh(v);
+      y[i] = TT<T>::t(v);
+    }
+  }
+}
+
+// ---- residual + norm -------------------------------------------------------------------------
+
+constexpr int NORM_PER_THREAD = 16;
+
+// One block per row. v = the row's pre-norm value:
+//   LN (v1, post-DeepNorm): v = a + alpha * res        (a == nullptr: v = res)
+//   RMS (v2, pre-norm):     v = res + a, stored back into res (the residual stream)
+// out = norm(v) * w (+ b); w == nullptr: out = v (ChatGLM2 without post_layer_norm).
+template <typename T, bool RMS>
+__global__ void add_norm_kernel(const T* __restrict__ a, T* __restrict__ res, T* __restrict__ out, const T* __restrict__ w,
+                                const T* __restrict__ b, float alpha, int H, float eps) {
+  __shared__ float red[33];
+  const size_t row = blockIdx.x;
+  const T* ar = a ? a + row * H : nullptr;
+  T* rr = res + row * H;
+  T* orow = out + row * H;
+  float v[NORM_PER_THREAD];
+  float sum = 0.f;
+#pragma unroll
+  for (int k = 0; k < NORM_PER_THREAD; k++) {
+    const int i = threadIdx.x + k * blockDim.x;
+    v[k] = 0.f;
+    if (i < H) {
+      float x = TT<T>::f(rr[i]);
+      if (ar) {
+        if (RMS) {
+          x = rnd<T>(x + TT<T>::f(ar[i]));
+          rr[i] = TT<T>::t(x);
+        } else {
+          x = rnd<T>(rnd<T>(alpha * x) + TT<T>::f(ar[i]));
+        }
+      }
+      v[k] = x;
+      sum += RMS ? x * x : x;
+    }
+  }
+  sum = blockSum(sum, red);
+  float mean = 0.f, rstd;
+  if (RMS) {
+    rstd = rsqrtf(sum / H + eps);
+  } else {
+    mean = sum / H;
+    float sq = 0.f;
+#pragma unroll
+    for (int k = 0; k < NORM_PER_THREAD; k++) {
+      const int i = threadIdx.x + k * blockDim.x;
+      if (i < H) sq += (v[k] - mean) * (v[k] - mean);
+    }
+    sq = blockSum(sq, red);
+    rstd = rsqrtf(sq / H + eps);
+  }
+#pragma unroll
+  for (int k = 0; k < NORM_PER_THREAD; k++) {
+    const int i = threadIdx.x + k * blockDim.x;
+    if (i < H) {
+      float y = v[k];
+      if (w) {
+        y = (y - mean) * rstd * TT<T>::f(w[i]);
+        if (b) y += TT<T>::f(b[i]);
+      }
+      orow[i] = TT<T>::t(y);
+    }
+  }
+}
+
+// ---- rotary embedding + KV cache write --------------------------------------------------------
+
+struct Geom {
+  int gen;         // 1 or 2
+  int heads, kvHeads, D, nqkv;
+  int prefix;      // prefix entries in front of the cache
+  int maxTotal;    // cache rows per head (prefix + maxLength)
+  __device__ __forceinline__ int qOff(int h) const { return gen == 1 ? h * 3 * D : h * D; }
+  __device__ __forceinline__ int kOff(int g) const { return gen == 1 ? g * 3 * D + D : heads * D + g * D; }
+  __device__ __forceinline__ int vOff(int g) const { return gen == 1 ? g * 3 * D + 2 * D : heads * D + kvHeads * D + g * D; }
+};
+
+// One block per new token. Rotates q in place and k into the cache row prefix + past + s; copies v.
+// v1 (chatglm.md 3): each half of a head (D/2 dims) is a rotate_half rotary of dim D/2, the first
+// half by position, the second by block position; pairs (i, i + D/4) share frequency invf[i].
+// v2 (chatglm.md 4): the first D/2 dims, interleaved pairs (2j, 2j+1) with frequency invf[j];
+// the other D/2 dims pass through.
+template <typename T>
+__global__ void rotary_cache_kernel(T* __restrict__ qkv, T* __restrict__ Kc, T* __restrict__ Vc,
+                                    const StepMeta* __restrict__ meta, const float* __restrict__ invf, Geom g) {
+  const int s = blockIdx.x;
+  const int* posblock = reinterpret_cast<const int*>(meta + 1);
+  const int pos = posblock[2 * s], blk = posblock[2 * s + 1];
+  const size_t cacheRow = (size_t)g.prefix + meta->past + s;
+  T* r = qkv + (size_t)s * g.nqkv;
+  const int D = g.D, quarter = D / 4;
+  const int pairsPerHead = D / 2;  // v1: D/2 pairs; v2: D/4 rotated pairs + D/4 pass-through pairs
+  const int items = (g.heads + g.kvHeads) * pairsPerHead;
+  for (int it = threadIdx.x; it < items; it += blockDim.x) {
+    const int hh = it / pairsPerHead, p = it % pairsPerHead;
+    const bool isQ = hh < g.heads;
+    const int head = isQ ? hh : hh - g.heads;
+    T* src = r + (isQ ? g.qOff(head) : g.kOff(head));
+    T* dst = isQ ? src : Kc + ((size_t)head * g.maxTotal + cacheRow) * D;
+    int ia, ib;
+    float c = 1.f, sn = 0.f;
+    bool rotate = true;
+    if (g.gen == 1) {
+      const int half = p / quarter, i = p % quarter;
+      ia = half * (D / 2) + i;
+      ib = ia + quarter;
+      const float ang = (float)(half ? blk : pos) * invf[i];
+      c = cosf(ang), sn = sinf(ang);
+    } else {
+      ia = 2 * p;
+      ib = 2 * p + 1;
+      if (p < quarter) {
+        const float ang = (float)pos * invf[p];
+        c = cosf(ang), sn = sinf(ang);
+      } else {
+        rotate = false;
+      }
+    }
+    const float xa = TT<T>::f(src[ia]), xb = TT<T>::f(src[ib]);
+    if (rotate) {
+      dst[ia] = TT<T>::t(xa * c - xb * sn);
+      dst[ib] = TT<T>::t(xb * c + xa * sn);
+    } else if (!isQ) {
+      dst[ia] = src[ia];
+      dst[ib] = src[ib];
+    }
+  }
+  for (int it = threadIdx.x; it < g.kvHeads * D; it += blockDim.x) {
+    const int head = it / D, d = it % D;
+    Vc[((size_t)head * g.maxTotal + cacheRow) * D + d] = r[g.vOff(head) + d];
+  }
+}
+
+// ---- attention, one new token (decode): split over the KV length, then combine ---------------
+
+// grid (heads, splits), 128 threads, D <= 128. Split j covers keys [j*chunk, (j+1)*chunk) of the
+// T = prefix + past + 1 visible ones (a single new token sees every cached entry and itself).
+// Writes the unnormalised output, the running max and the sum of exponentials.
+template <typename T>
+__global__ void __launch_bounds__(128) attn_decode_kernel(const T* __restrict__ qkv, const T* __restrict__ Kc,
+                                                          const T* __restrict__ Vc, const StepMeta* __restrict__ meta,
+                                                          Geom g, float scale, float* __restrict__ partO,
+                                                          float* __restrict__ partML) {
+  __shared__ float qs[128];
+  __shared__ float sc[128];
+  __shared__ float red[33];
+  const int h = blockIdx.x, split = blockIdx.y, nsplit = gridDim.y;
+  const int D = g.D;
+  const int kvh = h / (g.heads / g.kvHeads);
+  const int total = g.prefix + meta->past + 1;
+  const int chunk = (total + nsplit - 1) / nsplit;
+  const int t0 = split * chunk, t1 = min(total, t0 + chunk);
+  const int tid = threadIdx.x;
+  if (tid < D) qs[tid] = TT<T>::f(qkv[g.qOff(h) + tid]) * scale;
+  __syncthreads();
+  const T* Kh = Kc + (size_t)kvh * g.maxTotal * D;
+  const T* Vh = Vc + (size_t)kvh * g.maxTotal * D;
+  float m = -INFINITY, l = 0.f, acc = 0.f;
+  for (int base = t0; base < t1; base += blockDim.x) {
+    const int t = base + tid;
+    float s = -INFINITY;
+    if (t < t1) {
+      const uint4* kr = reinterpret_cast<const uint4*>(Kh + (size_t)t * D);
+      float d0 = 0.f, d1 = 0.f;
+      for (int c = 0; c < D / 8; c++) {
+        const uint4 kv = kr[c];
+        float2 a = TT<T>::f2(kv.x), b = TT<T>::f2(kv.y);
+        d0 = fmaf(a.x, qs[8 * c], d0);
+        d1 = fmaf(a.y, qs[8 * c + 1], d1);
+        d0 = fmaf(b.x, qs[8 * c + 2], d0);
+        d1 = fmaf(b.y, qs[8 * c + 3], d1);
+        a = TT<T>::f2(kv.z), b = TT<T>::f2(kv.w);
+        d0 = fmaf(a.x, qs[8 * c + 4], d0);
+        d1 = fmaf(a.y, qs[8 * c + 5], d1);
+        d0 = fmaf(b.x, qs[8 * c + 6], d0);
+        d1 = fmaf(b.y, qs[8 * c + 7], d1);
+      }
+      s = d0 + d1;
+    }
+    const float mNew = fmaxf(m, blockMax(s, red));
+    const float p = t < t1 ? expf(s - mNew) : 0.f;
+    sc[tid] = p;
+    const float tileSum = blockSum(p, red);  // its barriers also publish sc[]
+    const float corr = expf(m - mNew);
+    l = l * corr + tileSum;
+    if (tid < D) {
+      float a = acc * corr;
+      const int n = min((int)blockDim.x, t1 - base);
+      const T* vr = Vh + (size_t)base * D + tid;
+#pragma unroll 8
+      for (int j = 0; j < n; j++) a = fmaf(sc[j], TT<T>::f(vr[(size_t)j * D]), a);
+      acc = a;
+    }
+    m = mNew;
+    __syncthreads();
+  }
+  const size_t slot = (size_t)h * nsplit + split;
+  if (tid < D) partO[slot * D + tid] = acc;
+  if (tid == 0) {
+    partML[2 * slot] = m;
+    partML[2 * slot + 1] = l;
+  }
+}
+
+// grid heads, D threads: merge the splits, out[h*D + d].
+template <typename T>
+__global__ void attn_combine_kernel(const float* __restrict__ partO, const float* __restrict__ partML, int nsplit, int D,
+                                    T* __restrict__ out) {
+  const int h = blockIdx.x, d = threadIdx.x;
+  float M = -INFINITY;
+  for (int j = 0; j < nsplit; j++) M = fmaxf(M, partML[2 * ((size_t)h * nsplit + j)]);
+  float L = 0.f, o = 0.f;
+  for (int j = 0; j < nsplit; j++) {
+    const size_t slot = (size_t)h * nsplit + j;
+    const float w = expf(partML[2 * slot] - M);  // empty split: exp(-inf) = 0
+    L += partML[2 * slot + 1] * w;
+    o += partO[slot * D + d] * w;
+  }
+  out[(size_t)h * D + d] = TT<T>::t(o / L);
+}
+
+// ---- attention, several new tokens (prefill): masked softmax between two cuBLAS GEMMs --------
+
+// grid (rows, heads). Row r is query s0 + r at sequence index a = past + s0 + r; column t is a
+// cache row (t < prefix: a prefix entry, visible to all; else sequence index u = t - prefix).
+// Visible: u <= a, or both inside the first `bidirectional` tokens (v1's context).
+template <typename T>
+__global__ void softmax_mask_kernel(const float* __restrict__ scores, T* __restrict__ probs, int rows, int Tc, int s0,
+                                    int past, int prefix, int bidirectional) {
+  __shared__ float red[33];
+  const int r = blockIdx.x, h = blockIdx.y;
+  const size_t off = ((size_t)h * rows + r) * Tc;
+  const float* sr = scores + off;
+  T* pr = probs + off;
+  const int a = past + s0 + r;
+  auto visible = [&](int t) {
+    const int u = t - prefix;
+    return t < prefix || u <= a || (a < bidirectional && u < bidirectional);
+  };
+  float m = -INFINITY;
+  for (int t = threadIdx.x; t < Tc; t += blockDim.x)
+    if (visible(t)) m = fmaxf(m, sr[t]);
+  m = blockMax(m, red);
+  float sum = 0.f;
+  for (int t = threadIdx.x; t < Tc; t += blockDim.x)
+    if (visible(t)) sum += expf(sr[t] - m);
+  sum = blockSum(sum, red);
+  const float inv = 1.f / sum;
+  for (int t = threadIdx.x; t < Tc; t += blockDim.x) pr[t] = TT<T>::t(visible(t) ? expf(sr[t] - m) * inv : 0.f);
+}
+
+// ---- next-token choice on the GPU ------------------------------------------------------------
+
+// One block of 1024 threads over one logits row. Mirrors src/runtime/sampling.ts: a row with NaN
+// or Inf picks id 5 (the published InvalidScoreLogitsProcessor); greedy takes the first maximum;
+// otherwise temperature, then top-k and top-p as thresholds on the logit found by bisection
+// (the kept set is the same as sorting would give, ties at the threshold aside), then one draw
+// of meta->random over the kept tokens in id order.
+__global__ void __launch_bounds__(1024) sample_kernel(const float* __restrict__ logits, int V,
+                                                      const StepMeta* __restrict__ meta, int* __restrict__ token) {
+  __shared__ float red[33];
+  __shared__ float sv[32];
+  __shared__ int si[32];
+  __shared__ float scan[1024];
+  const int tid = threadIdx.x, nt = blockDim.x;
+  const int n = meta->vocabLimit > 0 && meta->vocabLimit < V ? meta->vocabLimit : V;
+  float best = -INFINITY, lo = INFINITY;
+  int bi = 0x7fffffff;
+  float bad = 0.f;
+  for (int i = tid; i < n; i += nt) {
+    const float x = logits[i];
+    if (!isfinite(x)) bad = 1.f;
+    if (x > best) best = x, bi = i;  // i increases: the first maximum of this thread
+    lo = fminf(lo, x);
+  }
+  // argmax across the block, lowest id among equal maxima
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (ov > best || (ov == best && oi < bi)) best = ov, bi = oi;
+  }
+  if ((tid & 31) == 0) sv[tid >> 5] = best, si[tid >> 5] = bi;
+  __syncthreads();
+  if (tid < 32) {
+    best = tid < (nt >> 5) ? sv[tid] : -INFINITY;
+    bi = tid < (nt >> 5) ? si[tid] : 0x7fffffff;
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+      if (ov > best || (ov == best && oi < bi)) best = ov, bi = oi;
+    }
+    if (tid == 0) sv[0] = best, si[0] = bi;
+  }
+  __syncthreads();
+  const float mx = sv[0];
+  const int amax = si[0];
+  const bool invalid = blockSum(bad, red) > 0.f;
+  lo = -blockMax(-lo, red);
+  if (invalid) {
+    if (tid == 0) *token = n > 5 ? 5 : 0;
+    return;
+  }
+  if (meta->greedy || meta->temperature <= 0.f) {
+    if (tid == 0) *token = amax;
+    return;
+  }
+  const float invT = 1.f / meta->temperature;
+  auto count = [&](float thr) {
+    float c = 0.f;
+    for (int i = tid; i < n; i += nt) c += logits[i] >= thr ? 1.f : 0.f;
+    return blockSum(c, red);
+  };
+  auto mass = [&](float thr) {
+    float c = 0.f;
+    for (int i = tid; i < n; i += nt) {
+      const float x = logits[i];
+      if (x >= thr) c += expf((x - mx) * invT);
+    }
+    return blockSum(c, red);
+  };
+  float thr = lo;  // keep everything
+  const int k = meta->topK;
+  if (k > 0 && k < n && count(mx) < k) {
+    float a = lo, b = mx;  // count(a) >= k > count(b)
+    for (int it = 0; it < 48 && a < b; it++) {
+      const float mid = 0.5f * (a + b);
+      if (mid <= a || mid >= b) break;
+      if (count(mid) >= k) a = mid; else b = mid;
+    }
+    thr = a;
+  } else if (k > 0 && k < n) {
+    thr = mx;
+  }
+  if (meta->topP < 1.f) {
+    const float Z = mass(thr), want = meta->topP * Z;
+    if (mass(mx) >= want) {
+      thr = mx;
+    } else {
+      float a = thr, b = mx;  // mass(a) >= want > mass(b)
+      for (int it = 0; it < 48 && a < b; it++) {
+        const float mid = 0.5f * (a + b);
+        if (mid <= a || mid >= b) break;
+        if (mass(mid) >= want) a = mid; else b = mid;
+      }
+      thr = a;
+    }
+  }
+  // one draw in id order: each thread sums a contiguous range, then a block scan
+  const int per = (n + nt - 1) / nt;
+  const int i0 = tid * per, i1 = min(n, i0 + per);
+  float mine = 0.f;
+  for (int i = i0; i < i1; i++) {
+    const float x = logits[i];
+    if (x >= thr) mine += expf((x - mx) * invT);
+  }
+  scan[tid] = mine;
+  __syncthreads();
+  for (int o = 1; o < nt; o <<= 1) {
+    const float add = tid >= o ? scan[tid - o] : 0.f;
+    __syncthreads();
+    scan[tid] += add;
+    __syncthreads();
+  }
+  const float totalMass = scan[nt - 1];
+  const float target = meta->random * totalMass;
+  const float before = scan[tid] - mine;
+  if (tid == 0) *token = amax;  // fallback (rounding at the very end of the range)
+  __syncthreads();
+  if (mine > 0.f && target >= before && target < before + mine) {
+    float run = before;
+    int pick = -1;
+    for (int i = i0; i < i1; i++) {
+      const float x = logits[i];
+      if (x >= thr) {
+        pick = i;
+        run += expf((x - mx) * invT);
+        if (target < run) break;
+      }
+    }
+    if (pick >= 0) *token = pick;
+  }
+}
+
+}  // namespace glm

@@ -1,0 +1,81 @@
+import {writeFile} from 'node:fs/promises'
+import {Args, Flags} from '@oclif/core'
+import Table from 'cli-table3'
+import {BaseCommand} from '../cli/base-command.js'
+import {formatBytes} from '../cli/progress.js'
+import {UsageError} from '../errors.js'
+import {type BenchResult, benchModel} from '../runtime/bench.js'
+
+export default class Bench extends BaseCommand {
+  static override summary = 'Measure load time, time to first token, prefill and decode speed, memory and the decode roofline'
+  static override description = 'Each model is loaded, run once to warm up, then --repeat times: a --prompt-tokens prompt (pseudo-random ids plus the generation\'s specials) and greedy decoding to --gen-tokens new tokens. Medians and p90s (the slower tail) over the repeats. Several models are measured one after another and compared side by side. On CUDA it also reports peak GPU memory (the engine\'s allocations and cudaMemGetInfo) and the roofline: weight (and KV) bytes read per decoded token over the GPU\'s memory bandwidth, and the fraction of it achieved.'
+  static override examples = [
+    '<%= config.bin %> bench ./chatglm2-6b-safetensors --backend cuda',
+    '<%= config.bin %> bench ./chatglm-6b-st ./chatglm2-6b-st --backend cuda --json bench.json',
+    '<%= config.bin %> bench ./tiny-v2 --backend cpu --prompt-tokens 32 --gen-tokens 8 --repeat 3',
+  ]
+
+  // --json takes a file here (the machine-readable copy); the table always goes to stdout.
+  static override enableJsonFlag = false
+  static override strict = false
+  static override args = {
+    model: Args.string({required: true, description: 'model directories (several: compared side by side)'}),
+  }
+
+  static override flags = {
+    backend: Flags.string({default: 'cuda', options: ['cuda', 'cpu'], description: 'cuda: glmtool\'s CUDA engine; cpu: onnxruntime-node'}),
+    'prompt-tokens': Flags.integer({default: 512, description: 'prompt length in tokens'}),
+    'gen-tokens': Flags.integer({default: 128, description: 'new tokens per run'}),
+    repeat: Flags.integer({default: 5, description: 'timed runs per model (after one warm-up run)'}),
+    warmup: Flags.integer({default: 1, description: 'untimed runs first'}),
+    'max-length': Flags.integer({default: 2048, description: 'KV cache length allocated (tokens)'}),
+    json: Flags.string({description: 'also write the results as JSON to this file'}),
+  }
+
+  async run() {
+    const {argv, flags} = await this.parse(Bench)
+    const models = argv as string[]
+    if (models.length === 0) throw new UsageError('give at least one model directory')
+    const results: BenchResult[] = []
+    for (const model of models) {
+      this.note(`bench: ${model} (${flags.backend}) ...`)
+      results.push(await benchModel(model, {
+        backend: flags.backend as 'cuda' | 'cpu', promptTokens: flags['prompt-tokens'], genTokens: flags['gen-tokens'],
+        repeat: flags.repeat, warmup: flags.warmup, maxLength: flags['max-length'], onNote: m => this.note(m),
+      }))
+    }
+    this.log(benchTable(results))
+    for (const r of results) if (r.roofline) this.log(rooflineLine(r))
+    if (flags.json) {
+      await writeFile(flags.json, JSON.stringify({date: new Date().toISOString(), node: process.version, results}, null, 2) + '\n')
+      this.note(`bench: wrote ${flags.json}`)
+    }
+    return results
+  }
+}
+
+const f1 = (x: number) => x.toFixed(1)
+
+/** One column per model, one row per measure. */
+export function benchTable(results: readonly BenchResult[]): string {
+  const table = new Table({head: ['', ...results.map(r => r.model)], style: {head: [], border: []}})
+  const row = (label: string, cell: (r: BenchResult) => string) => table.push([label, ...results.map(cell)])
+  row('architecture', r => `${r.architecture}${r.dtype ? ` ${r.dtype}` : ''}`)
+  row('backend', r => (r.device ? `${r.backend}: ${r.device.name}` : r.backend))
+  row('prompt / new tokens', r => `${r.promptTokens} / ${r.genTokens} (x${r.repeat})`)
+  row('load (s)', r => r.loadSeconds.toFixed(2))
+  row('time to first token (ms) median / p90', r => `${f1(r.ttftMs.median)} / ${f1(r.ttftMs.p90)}`)
+  row('prefill tok/s median / p90', r => `${f1(r.prefillTokensPerSecond.median)} / ${f1(r.prefillTokensPerSecond.p90)}`)
+  row('decode tok/s median / p90', r => `${f1(r.decodeTokensPerSecond.median)} / ${f1(r.decodeTokensPerSecond.p90)}`)
+  row('peak GPU memory: engine / device', r => (r.gpuMemory ? `${formatBytes(r.gpuMemory.peakAllocatedBytes)} / ${formatBytes(r.gpuMemory.peakDeviceUsedBytes)}` : 'n/a'))
+  row('GPU weights / KV cache', r => (r.gpuMemory ? `${formatBytes(r.gpuMemory.weightBytes)} / ${formatBytes(r.gpuMemory.kvCacheBytes)}` : 'n/a'))
+  row('peak host RSS', r => formatBytes(r.peakHostRssBytes))
+  row('decode roofline tok/s (achieved)', r => (r.roofline ? `${f1(r.roofline.rooflineTokensPerSecond)} (${(100 * r.roofline.achievedFraction).toFixed(1)}%)` : 'n/a'))
+  return table.toString()
+}
+
+export function rooflineLine(r: BenchResult): string {
+  const t = r.roofline!
+  const tb = (x: number) => `${(x / 1e12).toFixed(2)} TB/s`
+  return `roofline ${r.model}: ${formatBytes(t.weightBytesPerToken)} weights + ${formatBytes(t.kvBytesPerToken)} KV read per decoded token / ${tb(t.peakBandwidth)} peak = ${f1(t.rooflineTokensPerSecond)} tok/s; achieved ${f1(r.decodeTokensPerSecond.median)} tok/s = ${(100 * t.achievedFraction).toFixed(1)}% of it (${(100 * t.achievedFractionOfCopy).toFixed(1)}% at the measured copy rate ${tb(t.measuredCopyBandwidth)})`
+}

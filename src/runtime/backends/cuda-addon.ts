@@ -1,0 +1,190 @@
+/**
+ * The CUDA engine's native addon (native/, built by `npm run build:native` into
+ * build/native/glmtool_cuda.node): everything it exports, typed in one place, and the one loader
+ * that finds it and says plainly why the CUDA backend cannot run when it cannot (node-llama-cpp's
+ * AddonTypes + getLlama habit, STYLE.md). The addon is optional: glmtool installs, builds and
+ * runs on the CPU without it.
+ */
+import {existsSync} from 'node:fs'
+import {createRequire} from 'node:module'
+import {join, resolve} from 'node:path'
+import {GlmtoolError} from '../../errors.js'
+
+/** What `probe()` reports about the driver, the GPU and cuBLAS. */
+export interface CudaProbe {
+  /** True when the engine can run: driver, a GPU of compute capability >= 8.0, and cuBLAS 13. */
+  ok: boolean
+  /** Why not, when !ok: the first of driver, GPU, cuBLAS that is missing. */
+  reason: string
+  name: string
+  computeCapability: string
+  multiprocessors: number
+  totalMemory: number
+  freeMemory: number
+  l2Bytes: number
+  /** Bytes/s from the memory clock and bus width (the datasheet's peak). */
+  peakBandwidth: number
+  driverVersion: number
+  runtimeVersion: number
+  cublasPath: string
+  cublasVersion: number
+}
+
+/** Weight slots of the engine (native/engine.h WeightKind); per-layer kinds take a layer index. */
+export const WEIGHT_KINDS = {
+  W_QKV: 0, B_QKV: 1, W_DENSE: 2, B_DENSE: 3, W_UP: 4, B_UP: 5, W_DOWN: 6, B_DOWN: 7, W_LN1: 8, B_LN1: 9,
+  W_LN2: 10, B_LN2: 11, W_FINAL: 12, B_FINAL: 13, W_LMHEAD: 14, W_EMBED: 15, PREFIX_K: 16, PREFIX_V: 17,
+} as const
+export type WeightKindName = keyof typeof WEIGHT_KINDS
+
+export interface CudaEngineConfig {
+  /** 1: ChatGLM-6B, 2: ChatGLM2-6B. */
+  generation: 1 | 2
+  /** 0: float16, 1: bfloat16 (weights, activations and KV cache). */
+  dtype: 0 | 1
+  layers: number
+  hidden: number
+  heads: number
+  kvHeads: number
+  headDim: number
+  ffn: number
+  vocab: number
+  /** Tokens the KV cache holds (allocated up front). */
+  maxLength: number
+  /** P-Tuning v2 prefix entries kept in front of the cache. */
+  prefixLength: number
+  eps: number
+  qkvBias: boolean
+  denseBias: boolean
+  mlpBias: boolean
+  postLayerNorm: boolean
+  /** Capture the decode step once as a CUDA graph and replay it (default true). */
+  useGraph?: boolean
+}
+
+/** Next-token choice on the GPU (src/runtime/sampling.ts's rules, without repetition penalty). */
+export interface CudaSampling {
+  greedy: boolean
+  temperature: number
+  topK: number
+  topP: number
+  /** A uniform draw in [0, 1) from the caller's seeded generator. */
+  random: number
+  /** Only ids below this are candidates (the tokenizer's vocabulary; 0 = all rows). */
+  vocabLimit: number
+}
+
+export interface CudaMemoryStats {
+  /** Bytes this engine holds through cudaMalloc, now and at most. */
+  allocated: number
+  peakAllocated: number
+  /** total - free per cudaMemGetInfo (CUDA context, cuBLAS and anything else on the GPU), now and the largest seen. */
+  deviceUsed: number
+  peakDeviceUsed: number
+  deviceTotal: number
+  /** Weights on the GPU (all but the embedding table, which stays in host memory). */
+  weightBytes: number
+  hostEmbeddingBytes: number
+  kvCacheBytes: number
+  kvBytesPerToken: number
+}
+
+export type LogitsMode = 0 | 1 | 2
+
+export interface CudaEngine {
+  /** Bytes a weight slot holds; 0 when this configuration has no such slot. */
+  slotBytes(kind: number, layer: number): number
+  /** Copy part of a slot (at byte `offset`) through the engine's pinned staging buffers. */
+  upload(kind: number, layer: number, offset: number, bytes: Uint8Array): void
+  /** Wait for the copies and check that every slot was filled. */
+  finishLoad(): void
+  /**
+   * Run ids.length new tokens after `past` cached ones (their K/V go into the cache).
+   * logitsMode 0: none, 1: the last row, 2: every row, into `logits` (rows x vocab). Returns the
+   * next token chosen on the GPU from the last row (`sampling`, or greedy when null).
+   */
+  forward(ids: Int32Array, positions: Int32Array, blocks: Int32Array | null, past: number, bidirectional: number,
+    logitsMode: LogitsMode, logits: Float32Array | null, sampling: CudaSampling | null): number
+  memory(): CudaMemoryStats
+  info(): {maxChunk: number, decodeSplits: number, graphCaptured: boolean}
+  setUseGraph(on: boolean): void
+  /** Free the GPU memory now (also done when the object is collected). */
+  dispose(): void
+}
+
+/** Everything glmtool_cuda.node exports. */
+export interface CudaAddon {
+  readonly version: string
+  probe(): CudaProbe
+  /** Device-to-device copy rate in bytes/s, counting bytes read and written. */
+  measureCopyBandwidth(bytes?: number, iters?: number): number
+  readonly Engine: new (config: CudaEngineConfig) => CudaEngine
+  readonly kinds: Record<WeightKindName, number>
+}
+
+/** The addon interface version this code speaks (native/addon.cpp kAddonVersion). */
+export const ADDON_VERSION = '1'
+
+const PACKAGE_ROOT = resolve(import.meta.dirname, '..', '..', '..')
+
+/** Where the addon is looked for: $GLMTOOL_CUDA_ADDON, else build/native/glmtool_cuda.node in the package. */
+export function cudaAddonPath(): string {
+  return process.env.GLMTOOL_CUDA_ADDON || join(PACKAGE_ROOT, 'build', 'native', 'glmtool_cuda.node')
+}
+
+export class CudaUnavailableError extends GlmtoolError {
+  constructor(readonly reason: string) {
+    super('cuda-unavailable', `CUDA backend unavailable because ${reason}`)
+  }
+}
+
+let loaded: {addon: CudaAddon, device: CudaProbe} | CudaUnavailableError | undefined
+
+/**
+ * Load the addon and check the GPU, once per process. Throws CudaUnavailableError
+ * ('CUDA backend unavailable because ...') naming the real cause: the addon not built, built
+ * for another glmtool, no driver or GPU, or cuBLAS missing.
+ */
+export function loadCudaAddon(): {addon: CudaAddon, device: CudaProbe} {
+  loaded ??= tryLoad()
+  if (loaded instanceof CudaUnavailableError) throw loaded
+  return loaded
+}
+
+/** The reason the CUDA backend cannot run here, or undefined when it can. */
+export function cudaUnavailableReason(): string | undefined {
+  try {
+    loadCudaAddon()
+    return undefined
+  } catch (error) {
+    if (error instanceof CudaUnavailableError) return error.reason
+    throw error
+  }
+}
+
+function tryLoad(): {addon: CudaAddon, device: CudaProbe} | CudaUnavailableError {
+  const path = cudaAddonPath()
+  if (!existsSync(path)) {
+    return new CudaUnavailableError(`glmtool's CUDA engine is not built (no ${path}); build it with \`npm run build:native\`, which needs the CUDA toolkit (nvcc)`)
+  }
+  let addon: CudaAddon
+  try {
+    addon = createRequire(import.meta.url)(path) as CudaAddon
+  } catch (error) {
+    return new CudaUnavailableError(`${path} cannot be loaded (${(error as Error).message.split('\n')[0]})`)
+  }
+  if (addon.version !== ADDON_VERSION) {
+    return new CudaUnavailableError(`${path} is from another glmtool version (addon interface ${String(addon.version)}, this glmtool needs ${ADDON_VERSION}); rebuild it with \`npm run build:native\``)
+  }
+  for (const [name, value] of Object.entries(WEIGHT_KINDS)) {
+    if (addon.kinds?.[name as WeightKindName] !== value) return new CudaUnavailableError(`${path} numbers its weight kinds differently (${name}); rebuild it with \`npm run build:native\``)
+  }
+  let device: CudaProbe
+  try {
+    device = addon.probe()
+  } catch (error) {
+    return new CudaUnavailableError(`probing the GPU failed (${(error as Error).message})`)
+  }
+  if (!device.ok) return new CudaUnavailableError(device.reason)
+  return {addon, device}
+}

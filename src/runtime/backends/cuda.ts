@@ -1,0 +1,319 @@
+import {GlmtoolError, ModelError} from '../../errors.js'
+import {convertChunk} from '../../formats/dtype-convert.js'
+import {type DType, numel} from '../../formats/dtype.js'
+import {openModel} from '../../formats/model-dir.js'
+import type {TensorEntry} from '../../formats/tensor.js'
+import type {Arch, ModelConfig} from '../../models/index.js'
+import type {DecoderBackend, DeviceSampling, ForwardInput, ForwardOutput} from '../backend.js'
+import {type CudaAddon, type CudaEngine, type CudaEngineConfig, type CudaMemoryStats, type CudaProbe, loadCudaAddon, WEIGHT_KINDS} from './cuda-addon.js'
+
+export interface CudaBackendOptions {
+  /** Tokens the KV cache holds, allocated up front (default: the reference's max_length, 2048 v1 / 8192 v2, within the model's positions). */
+  maxLength?: number
+  /** Capture the decode step as a CUDA graph (default true; false runs the same kernels launch by launch). */
+  useGraph?: boolean
+  /** Bytes streamed so far / in all, while loading. */
+  onBytes?: (bytes: number) => void
+  onStart?: (totalBytes: number) => void
+}
+
+/** One tensor's place in the engine. */
+interface Placement {
+  tensor: TensorEntry
+  kind: number
+  layer: number
+}
+
+const K = WEIGHT_KINDS
+const PREFIX_RE = /^transformer\.prefix_cache\.(\d+)\.(key|value)$/
+
+/** Every tensor name a generation's engine needs, with its slot; prefix caches separately. */
+function tensorSlots(generation: 1 | 2, layers: number, config: ModelConfig): Map<string, {kind: number, layer: number}> {
+  const m = new Map<string, {kind: number, layer: number}>()
+  const put = (name: string, kind: number, layer = 0) => m.set(name, {kind, layer})
+  if (generation === 1) {
+    put('transformer.word_embeddings.weight', K.W_EMBED)
+    for (let i = 0; i < layers; i++) {
+      const p = `transformer.layers.${i}.`
+      put(`${p}input_layernorm.weight`, K.W_LN1, i)
+      put(`${p}input_layernorm.bias`, K.B_LN1, i)
+      put(`${p}attention.query_key_value.weight`, K.W_QKV, i)
+      put(`${p}attention.query_key_value.bias`, K.B_QKV, i)
+      put(`${p}attention.dense.weight`, K.W_DENSE, i)
+      put(`${p}attention.dense.bias`, K.B_DENSE, i)
+      put(`${p}post_attention_layernorm.weight`, K.W_LN2, i)
+      put(`${p}post_attention_layernorm.bias`, K.B_LN2, i)
+      put(`${p}mlp.dense_h_to_4h.weight`, K.W_UP, i)
+      put(`${p}mlp.dense_h_to_4h.bias`, K.B_UP, i)
+      put(`${p}mlp.dense_4h_to_h.weight`, K.W_DOWN, i)
+      put(`${p}mlp.dense_4h_to_h.bias`, K.B_DOWN, i)
+    }
+    put('transformer.final_layernorm.weight', K.W_FINAL)
+    put('transformer.final_layernorm.bias', K.B_FINAL)
+    put('lm_head.weight', K.W_LMHEAD)
+    return m
+  }
+  const bias = config.add_bias_linear === true
+  put('transformer.embedding.word_embeddings.weight', K.W_EMBED)
+  for (let i = 0; i < layers; i++) {
+    const p = `transformer.encoder.layers.${i}.`
+    put(`${p}input_layernorm.weight`, K.W_LN1, i)
+    put(`${p}self_attention.query_key_value.weight`, K.W_QKV, i)
+    if (config.add_qkv_bias !== false) put(`${p}self_attention.query_key_value.bias`, K.B_QKV, i)
+    put(`${p}self_attention.dense.weight`, K.W_DENSE, i)
+    put(`${p}post_attention_layernorm.weight`, K.W_LN2, i)
+    put(`${p}mlp.dense_h_to_4h.weight`, K.W_UP, i)
+    put(`${p}mlp.dense_4h_to_h.weight`, K.W_DOWN, i)
+    if (bias) {
+      put(`${p}self_attention.dense.bias`, K.B_DENSE, i)
+      put(`${p}mlp.dense_h_to_4h.bias`, K.B_UP, i)
+      put(`${p}mlp.dense_4h_to_h.bias`, K.B_DOWN, i)
+    }
+  }
+  if (config.post_layer_norm !== false) put('transformer.encoder.final_layernorm.weight', K.W_FINAL)
+  put('transformer.output_layer.weight', K.W_LMHEAD)
+  return m
+}
+
+function need(config: ModelConfig, key: string, fallback?: number): number {
+  const v = config[key] ?? fallback
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) {
+    throw new ModelError(`config.json: ${key} must be a positive integer (got ${JSON.stringify(config[key])})`, 'bad-config')
+  }
+  return v
+}
+
+/** The engine's sizes from config.json (chatglm.md sections 1-4); refuses layouts it does not implement. */
+export function engineDims(arch: Arch, config: ModelConfig): Omit<CudaEngineConfig, 'dtype' | 'maxLength' | 'prefixLength' | 'useGraph'> & {maxPositions: number} {
+  const unsupported = (why: string): never => {
+    throw new GlmtoolError('cuda-unsupported', `config.json: ${why} is not implemented by the CUDA backend`)
+  }
+  if (config.quantization_bit !== undefined && config.quantization_bit !== null) {
+    unsupported(`quantization_bit ${String(config.quantization_bit)} (quantized weights)`)
+  }
+  const eps = Number(config.layernorm_epsilon ?? 1e-5)
+  if (arch.generation === 1) {
+    if (config.position_encoding_2d === false) unsupported('position_encoding_2d false')
+    const hidden = need(config, 'hidden_size')
+    const heads = need(config, 'num_attention_heads')
+    return {
+      generation: 1, layers: need(config, 'num_layers'), hidden, heads, kvHeads: heads, headDim: hidden / heads,
+      ffn: need(config, 'inner_hidden_size', 4 * hidden), vocab: need(config, 'vocab_size'), eps,
+      qkvBias: true, denseBias: true, mlpBias: true, postLayerNorm: true,
+      maxPositions: need(config, 'max_sequence_length', 2048),
+    }
+  }
+  if (config.rmsnorm === false) unsupported('rmsnorm false')
+  if (config.apply_residual_connection_post_layernorm === true) unsupported('apply_residual_connection_post_layernorm true')
+  if (config.original_rope === false) unsupported('original_rope false')
+  const hidden = need(config, 'hidden_size')
+  const heads = need(config, 'num_attention_heads')
+  return {
+    generation: 2, layers: need(config, 'num_layers'), hidden, heads,
+    kvHeads: config.multi_query_attention === false ? heads : need(config, 'multi_query_group_num'),
+    headDim: need(config, 'kv_channels', hidden / heads), ffn: need(config, 'ffn_hidden_size'),
+    vocab: need(config, 'padded_vocab_size'), eps,
+    qkvBias: config.add_qkv_bias !== false, denseBias: config.add_bias_linear === true, mlpBias: config.add_bias_linear === true,
+    postLayerNorm: config.post_layer_norm !== false,
+    maxPositions: need(config, 'seq_length', 32768),
+  }
+}
+
+const ENGINE_DTYPES: Partial<Record<DType, 0 | 1>> = {F16: 0, BF16: 1}
+
+/**
+ * ChatGLM decoder on glmtool's CUDA engine (native/): weights of a safetensors (glmtool's
+ * convert output) or torch model directory stream tensor by tensor, in pieces, from disk through
+ * the engine's pinned staging buffers to the GPU; the model is never whole in host memory (only
+ * the embedding table stays there: one row per token goes up). fp16 and bf16 checkpoints; the
+ * KV cache is allocated for maxLength up front. A P-Tuning v2 prefix merged by `merge-adapter`
+ * (transformer.prefix_cache.<i>.key/value) is placed in front of the cache.
+ */
+export class CudaBackend implements DecoderBackend {
+  readonly name = 'cuda'
+  private tokens = 0
+  private disposed = false
+
+  private constructor(
+    private readonly engine: CudaEngine,
+    readonly arch: Arch,
+    readonly config: ModelConfig,
+    readonly maxLength: number,
+    readonly dtype: 'f16' | 'bf16',
+    readonly device: CudaProbe,
+    readonly addon: CudaAddon,
+    private readonly vocab: number,
+    private readonly maxChunk: number,
+    readonly loadSeconds: number,
+  ) {}
+
+  static async load(path: string, opts: CudaBackendOptions = {}): Promise<CudaBackend> {
+    const started = performance.now()
+    const {addon, device} = loadCudaAddon()
+    const model = await openModel(path)
+    try {
+      if (!model.arch || !model.config) throw new ModelError(`${path}: config.json is missing`, 'missing-file')
+      const arch = model.arch
+      const config = model.config
+      const dims = engineDims(arch, config)
+      if (opts.maxLength !== undefined && (!Number.isSafeInteger(opts.maxLength) || opts.maxLength < 1)) {
+        throw new GlmtoolError('usage', `maxLength must be a positive integer (got ${opts.maxLength})`)
+      }
+      const maxLength = Math.min(opts.maxLength ?? (arch.generation === 1 ? 2048 : 8192), dims.maxPositions)
+      const byName = new Map(model.tensors.map(t => [t.name, t]))
+      const qkv = byName.get(arch.generation === 1 ? 'transformer.layers.0.attention.query_key_value.weight' : 'transformer.encoder.layers.0.self_attention.query_key_value.weight')
+      if (!qkv) throw new ModelError(`${path}: no query_key_value weight of layer 0`, 'incomplete-model')
+      const dtypeCode = ENGINE_DTYPES[qkv.dtype]
+      if (dtypeCode === undefined) {
+        throw new GlmtoolError('cuda-unsupported', `${path}: weights are ${qkv.dtype}; the CUDA backend runs float16 and bfloat16 checkpoints (convert with \`glmtool convert --to safetensors --dtype f16\`)`)
+      }
+      const engineDtype: DType = dtypeCode === 0 ? 'F16' : 'BF16'
+      // placements: every needed tensor, prefix caches, and nothing unexpected
+      const slots = tensorSlots(arch.generation, dims.layers, config)
+      const placements: Placement[] = []
+      const unexpected: string[] = []
+      let prefixLength = 0
+      for (const t of model.tensors) {
+        const s = slots.get(t.name)
+        const prefix = PREFIX_RE.exec(t.name)
+        if (s) {
+          placements.push({tensor: t, ...s})
+          slots.delete(t.name)
+        } else if (prefix) {
+          const layer = Number(prefix[1])
+          if (t.shape.length !== 3 || layer >= dims.layers) throw new ModelError(`${path}: tensor ${t.name} has shape [${t.shape}], expected [kvHeads, pre_seq_len, headDim] of a layer below ${dims.layers}`, 'bad-prefix')
+          prefixLength = t.shape[1]
+          placements.push({tensor: t, kind: prefix[2] === 'key' ? K.PREFIX_K : K.PREFIX_V, layer})
+        } else if (!t.name.endsWith('inv_freq')) {
+          unexpected.push(t.name)
+        }
+      }
+      if (slots.size) {
+        const missing = [...slots.keys()]
+        throw new GlmtoolError('incomplete-model', `${path}: not a complete ${arch.id} checkpoint: missing ${missing.length} tensor(s): ${missing.slice(0, 4).join(', ')}${missing.length > 4 ? ` and ${missing.length - 4} more` : ''}`)
+      }
+      if (unexpected.length) {
+        throw new GlmtoolError('cuda-unsupported', `${path}: tensors the CUDA backend does not know: ${unexpected.slice(0, 4).join(', ')}${unexpected.length > 4 ? ` and ${unexpected.length - 4} more` : ''} (unmerged adapters? use \`glmtool merge-adapter\` first)`)
+      }
+      const {maxPositions: _unused, ...engineDimsOnly} = dims
+      void _unused
+      let engine: CudaEngine
+      try {
+        engine = new addon.Engine({...engineDimsOnly, dtype: dtypeCode, maxLength, prefixLength, useGraph: opts.useGraph ?? true})
+      } catch (error) {
+        throw new GlmtoolError('cuda-error', `CUDA engine for ${path}: ${(error as Error).message}`)
+      }
+      try {
+        for (const p of placements) {
+          const want = engine.slotBytes(p.kind, p.layer)
+          const have = numel(p.tensor.shape) * 2
+          if (want !== have) {
+            throw new ModelError(`${path}: tensor ${p.tensor.name} is [${p.tensor.shape}] (${have} bytes as ${engineDtype}), the config needs ${want} bytes`, 'bad-shape')
+          }
+        }
+        opts.onStart?.(placements.reduce((a, p) => a + numel(p.tensor.shape) * 2, 0))
+        for (const p of placements) {
+          let offset = 0
+          for await (const chunk of p.tensor.chunks()) {
+            const data = p.tensor.dtype === engineDtype ? chunk : convertChunk(chunk, p.tensor.dtype, engineDtype)
+            engine.upload(p.kind, p.layer, offset, data)
+            offset += data.length
+            opts.onBytes?.(data.length)
+          }
+        }
+        engine.finishLoad()
+      } catch (error) {
+        engine.dispose()
+        if (error instanceof GlmtoolError) throw error
+        throw new GlmtoolError('cuda-error', `loading ${path} onto the GPU: ${(error as Error).message}`)
+      }
+      return new CudaBackend(engine, arch, config, maxLength, dtypeCode === 0 ? 'f16' : 'bf16', device, addon, dims.vocab,
+        engine.info().maxChunk, (performance.now() - started) / 1000)
+    } finally {
+      await model.close()
+    }
+  }
+
+  get length(): number {
+    return this.tokens
+  }
+
+  reset(): void {
+    this.tokens = 0
+  }
+
+  memory(): CudaMemoryStats {
+    return this.live().memory()
+  }
+
+  info(): {maxChunk: number, decodeSplits: number, graphCaptured: boolean} {
+    return this.live().info()
+  }
+
+  /** Turn the decode graph on or off (tests compare both). */
+  setUseGraph(on: boolean): void {
+    this.live().setUseGraph(on)
+  }
+
+  async forward(input: ForwardInput): Promise<ForwardOutput> {
+    const rows = input.logits === 'last' ? 1 : input.ids.length
+    const logits = new Float32Array(rows * this.vocab)
+    this.run(input, input.logits === 'last' ? 1 : 2, logits, null)
+    return {logits, rows, vocab: this.vocab}
+  }
+
+  async forwardSample(input: Omit<ForwardInput, 'logits'>, sampling: DeviceSampling): Promise<number> {
+    return this.run({...input, logits: 'last'}, 0, null, sampling)
+  }
+
+  private run(input: ForwardInput, mode: 0 | 1 | 2, logits: Float32Array | null, sampling: DeviceSampling | null): number {
+    const engine = this.live()
+    this.check(input)
+    const S = input.ids.length
+    // v2's causal prompt may be longer than one engine call takes: run it in pieces. v1's
+    // bidirectional context must be one piece (earlier tokens see later ones).
+    const step = this.maxChunk
+    if (S > step && input.bidirectional > this.tokens) {
+      throw new GlmtoolError('prompt-too-long', `${this.name}: a ${S}-token prompt with a bidirectional context longer than ${step} tokens cannot be run in pieces`)
+    }
+    let token = -1
+    for (let s0 = 0; s0 < S; s0 += step) {
+      const s1 = Math.min(S, s0 + step)
+      const last = s1 === S
+      const pieceMode = mode === 2 ? 2 : last ? mode : 0
+      const out = pieceMode === 2 ? logits!.subarray(s0 * this.vocab, s1 * this.vocab) : pieceMode === 1 ? logits : null
+      try {
+        token = engine.forward(Int32Array.from(input.ids.slice(s0, s1)), Int32Array.from(input.positions.slice(s0, s1)),
+          input.blockPositions ? Int32Array.from(input.blockPositions.slice(s0, s1)) : null, this.tokens, input.bidirectional,
+          pieceMode, out, last ? sampling : null)
+      } catch (error) {
+        throw new GlmtoolError('cuda-error', `${this.name}: ${(error as Error).message}`)
+      }
+      this.tokens += s1 - s0
+    }
+    return token
+  }
+
+  private check(input: ForwardInput): void {
+    const S = input.ids.length
+    const bad = (why: string): never => {
+      throw new GlmtoolError('forward-input', `${this.name}: ${why}`)
+    }
+    if (S === 0) bad('forward needs at least one token')
+    if (input.positions.length !== S) bad(`${S} ids but ${input.positions.length} positions`)
+    if (this.arch.generation === 1 && input.blockPositions?.length !== S) bad(`${this.arch.id} needs one block position per id (got ${input.blockPositions?.length ?? 'none'})`)
+    if (this.tokens + S > this.maxLength) bad(`${this.tokens} cached + ${S} new tokens exceed the maximum length ${this.maxLength}`)
+    for (const id of input.ids) if (!Number.isInteger(id) || id < 0 || id >= this.vocab) bad(`token id ${id} is outside the vocabulary (0..${this.vocab - 1})`)
+  }
+
+  private live(): CudaEngine {
+    if (this.disposed) throw new GlmtoolError('cuda-error', `${this.name}: the backend was disposed`)
+    return this.engine
+  }
+
+  async dispose(): Promise<void> {
+    if (this.disposed) return
+    this.disposed = true
+    this.engine.dispose()
+  }
+}

@@ -1,0 +1,210 @@
+/**
+ * `glmtool bench`: load time, time to first token, prefill and decode speed, memory and the
+ * decode roofline of one model on one backend (issue 6). Pure measurement: the command only
+ * parses, calls and prints.
+ *
+ * Per model: load (timed), one warm-up run, then `repeat` runs of: reset, prefill a prompt of
+ * `promptTokens` ids (deterministic pseudo-random text ids plus the generation's specials), then
+ * greedy decode until `genTokens` new tokens exist. Time to first token = prefill + choosing the
+ * first token; decode tokens/s counts the genTokens - 1 decode steps after it (as generate() does).
+ * Medians and p90s are over the repeats; p90 is the slower tail (90th percentile of the time).
+ */
+import {GlmtoolError} from '../errors.js'
+import type {DecoderBackend, ForwardInput} from './backend.js'
+import type {CudaBackend} from './backends/cuda.js'
+import {type BackendKind, loadChatModel} from './chat-model.js'
+import {promptLayout} from './generate.js'
+import {argmax} from './sampling.js'
+import type {ChatTokenizer} from './tokenizer.js'
+
+export interface BenchOptions {
+  backend: BackendKind
+  promptTokens: number
+  genTokens: number
+  repeat: number
+  maxLength: number
+  warmup?: number
+  onNote?: (message: string) => void
+}
+
+export interface Spread {
+  median: number
+  p90: number
+}
+
+export interface BenchRun {
+  ttftMs: number
+  prefillTokensPerSecond: number
+  decodeTokensPerSecond: number
+}
+
+export interface BenchResult {
+  model: string
+  architecture: string
+  backend: string
+  dtype?: string
+  device?: {name: string, computeCapability: string, totalMemoryBytes: number, peakBandwidthBytesPerSecond: number, driverVersion: number, cublas: string}
+  promptTokens: number
+  genTokens: number
+  repeat: number
+  maxLength: number
+  loadSeconds: number
+  ttftMs: Spread
+  prefillTokensPerSecond: Spread
+  decodeTokensPerSecond: Spread
+  runs: BenchRun[]
+  /** The greedy tokens of the last run (same every run: a quick determinism check). */
+  generatedIds: number[]
+  gpuMemory?: {
+    peakAllocatedBytes: number
+    peakDeviceUsedBytes: number
+    deviceTotalBytes: number
+    weightBytes: number
+    kvCacheBytes: number
+    hostEmbeddingBytes: number
+  }
+  /** process.resourceUsage().maxRSS after this model's runs: the process's peak so far. */
+  peakHostRssBytes: number
+  roofline?: Roofline
+}
+
+export interface Roofline {
+  /** Weight bytes read per decoded token (everything on the GPU: every layer and the output layer). */
+  weightBytesPerToken: number
+  /** KV cache bytes read per decoded token, averaged over the decode steps. */
+  kvBytesPerToken: number
+  /** The GPU's peak memory bandwidth (memory clock x bus width), and a measured device-to-device copy rate. */
+  peakBandwidth: number
+  measuredCopyBandwidth: number
+  /** (weights + KV) / peak bandwidth, as tokens/s: the decode speed no implementation exceeds. */
+  rooflineTokensPerSecond: number
+  /** Median decode tokens/s over the roofline, and over the roofline at the measured copy rate. */
+  achievedFraction: number
+  achievedFractionOfCopy: number
+}
+
+export function spread(values: readonly number[], higherIsFaster: boolean): Spread {
+  const s = [...values].sort((a, b) => a - b)
+  const at = (q: number) => {
+    const i = (s.length - 1) * q
+    const lo = Math.floor(i)
+    return s[lo] + (s[Math.min(s.length - 1, lo + 1)] - s[lo]) * (i - lo)
+  }
+  return {median: at(0.5), p90: at(higherIsFaster ? 0.1 : 0.9)}
+}
+
+/** A prompt of exactly `n` ids: pseudo-random text ids the tokenizer knows, plus the specials. */
+export function benchPrompt(tokenizer: ChatTokenizer, n: number): number[] {
+  const specials = 2
+  if (n <= specials) throw new GlmtoolError('usage', `--prompt-tokens must be at least ${specials + 1}`)
+  let seed = 12345
+  const lo = 1000
+  const hi = Math.min(tokenizer.vocabSize, 60000)
+  const text = Array.from({length: n - specials}, () => {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31
+    return lo + (seed % (hi - lo))
+  })
+  const s = tokenizer.specials
+  return tokenizer.arch === 'chatglm-6b' ? [...text, s.gmask, s.sop] : [s.gmask, s.sop, ...text]
+}
+
+async function nextToken(backend: DecoderBackend, input: Omit<ForwardInput, 'logits'>, vocabLimit: number): Promise<number> {
+  if (backend.forwardSample) {
+    return backend.forwardSample(input, {greedy: true, temperature: 1, topK: 0, topP: 1, random: 0, vocabLimit})
+  }
+  const out = await backend.forward({...input, logits: 'last'})
+  return argmax(out.logits.subarray(0, Math.min(out.vocab, vocabLimit)))
+}
+
+async function oneRun(backend: DecoderBackend, tokenizer: ChatTokenizer, ids: number[], genTokens: number): Promise<BenchRun & {generated: number[]}> {
+  const layout = promptLayout(tokenizer, ids)
+  backend.reset()
+  const t0 = performance.now()
+  let token = await nextToken(backend, {ids, positions: layout.positions, blockPositions: layout.blockPositions, bidirectional: layout.bidirectional}, tokenizer.vocabSize)
+  const t1 = performance.now()
+  const generated = [token]
+  for (let k = 1; k < genTokens; k++) {
+    const next = layout.next(k)
+    token = await nextToken(backend, {
+      ids: [token], positions: [next.position], blockPositions: next.blockPosition === undefined ? undefined : [next.blockPosition],
+      bidirectional: layout.bidirectional,
+    }, tokenizer.vocabSize)
+    generated.push(token)
+  }
+  const t2 = performance.now()
+  return {
+    ttftMs: t1 - t0,
+    prefillTokensPerSecond: ids.length / ((t1 - t0) / 1000),
+    decodeTokensPerSecond: genTokens > 1 ? (genTokens - 1) / ((t2 - t1) / 1000) : 0,
+    generated,
+  }
+}
+
+let copyBandwidth: number | undefined
+
+/** Benchmark one model. The backend is loaded here and disposed before returning. */
+export async function benchModel(path: string, opts: BenchOptions): Promise<BenchResult> {
+  const {promptTokens, genTokens, repeat, maxLength} = opts
+  if (!(promptTokens >= 3 && genTokens >= 1 && repeat >= 1)) throw new GlmtoolError('usage', 'bench needs --prompt-tokens >= 3, --gen-tokens >= 1 and --repeat >= 1')
+  if (promptTokens + genTokens > maxLength) {
+    throw new GlmtoolError('usage', `--prompt-tokens ${promptTokens} + --gen-tokens ${genTokens} exceed --max-length ${maxLength}`)
+  }
+  if (opts.backend === 'cuda' && copyBandwidth === undefined) {
+    // Measured before any model is on the GPU (it takes 2 GiB for a moment).
+    const {loadCudaAddon} = await import('./backends/cuda-addon.js')
+    copyBandwidth = loadCudaAddon().addon.measureCopyBandwidth(1 << 30, 10)
+  }
+  const t0 = performance.now()
+  const model = await loadChatModel(path, {backend: opts.backend, maxLength, onNote: opts.onNote})
+  const loadSeconds = (performance.now() - t0) / 1000
+  const {backend, tokenizer} = model
+  try {
+    if (backend.maxLength < promptTokens + genTokens) {
+      throw new GlmtoolError('usage', `${path}: the model holds at most ${backend.maxLength} tokens, fewer than --prompt-tokens + --gen-tokens`)
+    }
+    const ids = benchPrompt(tokenizer, promptTokens)
+    for (let i = 0; i < (opts.warmup ?? 1); i++) await oneRun(backend, tokenizer, ids, genTokens)
+    const runs: BenchRun[] = []
+    let generated: number[] = []
+    for (let i = 0; i < repeat; i++) {
+      const r = await oneRun(backend, tokenizer, ids, genTokens)
+      generated = r.generated
+      runs.push({ttftMs: r.ttftMs, prefillTokensPerSecond: r.prefillTokensPerSecond, decodeTokensPerSecond: r.decodeTokensPerSecond})
+    }
+    const decode = spread(runs.map(r => r.decodeTokensPerSecond), true)
+    const result: BenchResult = {
+      model: path, architecture: backend.arch.id, backend: backend.name,
+      promptTokens, genTokens, repeat, maxLength, loadSeconds,
+      ttftMs: spread(runs.map(r => r.ttftMs), false),
+      prefillTokensPerSecond: spread(runs.map(r => r.prefillTokensPerSecond), true),
+      decodeTokensPerSecond: decode,
+      runs, generatedIds: generated,
+      peakHostRssBytes: process.resourceUsage().maxRSS * 1024,
+    }
+    if (backend.name === 'cuda') {
+      const cuda = backend as CudaBackend
+      const m = cuda.memory()
+      const d = cuda.device
+      result.dtype = cuda.dtype
+      result.device = {name: d.name, computeCapability: d.computeCapability, totalMemoryBytes: d.totalMemory, peakBandwidthBytesPerSecond: d.peakBandwidth, driverVersion: d.driverVersion, cublas: d.cublasPath}
+      result.gpuMemory = {
+        peakAllocatedBytes: m.peakAllocated, peakDeviceUsedBytes: m.peakDeviceUsed, deviceTotalBytes: m.deviceTotal,
+        weightBytes: m.weightBytes, kvCacheBytes: m.kvCacheBytes, hostEmbeddingBytes: m.hostEmbeddingBytes,
+      }
+      // Decode step k (1..genTokens-1) reads the K/V of promptTokens + k tokens.
+      const avgContext = promptTokens + genTokens / 2
+      const kv = m.kvBytesPerToken * avgContext
+      const perToken = m.weightBytes + kv
+      const roof = d.peakBandwidth / perToken
+      result.roofline = {
+        weightBytesPerToken: m.weightBytes, kvBytesPerToken: kv, peakBandwidth: d.peakBandwidth,
+        measuredCopyBandwidth: copyBandwidth ?? 0, rooflineTokensPerSecond: roof,
+        achievedFraction: decode.median / roof,
+        achievedFractionOfCopy: copyBandwidth ? decode.median / (copyBandwidth / perToken) : 0,
+      }
+    }
+    return result
+  } finally {
+    await backend.dispose()
+  }
+}

@@ -1,0 +1,77 @@
+/**
+ * `glmtool bench` on the CPU backend (tiny synth models, a short run), its JSON file, two models
+ * side by side, and the CUDA backend's refusal where no CUDA engine is available.
+ */
+import {mkdtempSync, readFileSync, rmSync} from 'node:fs'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
+import {afterAll, beforeAll, describe, expect, it} from 'vitest'
+import {benchPrompt, spread} from '../src/runtime/bench.js'
+import {loadTokenizer} from '../src/runtime/tokenizer.js'
+import {glmtool} from './helpers/cli.js'
+
+const work = mkdtempSync(join(tmpdir(), 'glmtool-bench-'))
+const env = {GLMTOOL_CACHE: join(work, 'cache')}
+afterAll(() => rmSync(work, {recursive: true, force: true}))
+const v1 = join(work, 'v1')
+const v2 = join(work, 'v2')
+
+beforeAll(() => {
+  for (const [arch, out] of [['chatglm-6b', v1], ['chatglm2-6b', v2]]) {
+    const r = glmtool(['synth', '--arch', arch, '--size', 'tiny', '--out', out])
+    if (r.code !== 0) throw new Error(r.stderr)
+  }
+})
+
+describe('glmtool bench --backend cpu', () => {
+  it('measures two models side by side: table on stdout, JSON in --json FILE', () => {
+    const json = join(work, 'bench.json')
+    const r = glmtool(['bench', v1, v2, '--backend', 'cpu', '--prompt-tokens', '12', '--gen-tokens', '4', '--repeat', '2', '--max-length', '32', '--json', json], {env})
+    expect(r.code, r.stderr).toBe(0)
+    for (const label of ['time to first token (ms)', 'prefill tok/s', 'decode tok/s', 'peak host RSS', v1, v2]) expect(r.stdout).toContain(label)
+    const out = JSON.parse(readFileSync(json, 'utf8'))
+    expect(out.results.map((x: {architecture: string}) => x.architecture)).toEqual(['chatglm-6b', 'chatglm2-6b'])
+    for (const x of out.results) {
+      expect(x.backend).toBe('onnx-cpu')
+      expect(x.runs).toHaveLength(2)
+      expect(x.generatedIds).toHaveLength(4)
+      expect(x.loadSeconds).toBeGreaterThan(0)
+      expect(x.ttftMs.median).toBeGreaterThan(0)
+      expect(x.prefillTokensPerSecond.median).toBeGreaterThan(0)
+      expect(x.decodeTokensPerSecond.median).toBeGreaterThan(0)
+      expect(x.peakHostRssBytes).toBeGreaterThan(0)
+      expect(x.roofline).toBeUndefined()
+    }
+  })
+
+  it('refuses lengths that do not fit --max-length', () => {
+    const r = glmtool(['bench', v2, '--backend', 'cpu', '--prompt-tokens', '30', '--gen-tokens', '8', '--max-length', '32'], {env})
+    expect(r.code).toBe(1)
+    expect(r.stderr).toContain('exceed --max-length 32')
+  })
+
+  it('--backend cuda without a CUDA engine says why', () => {
+    const r = glmtool(['bench', v2, '--backend', 'cuda'], {env: {...env, GLMTOOL_CUDA_ADDON: join(work, 'none.node')}})
+    expect(r.code).toBe(1)
+    expect(r.stderr).toContain('CUDA backend unavailable because glmtool\'s CUDA engine is not built')
+  })
+})
+
+describe('bench helpers', () => {
+  it('spread: median and the slower-tail p90', () => {
+    expect(spread([10, 20, 30, 40, 50], false)).toEqual({median: 30, p90: 46})
+    expect(spread([10, 20, 30, 40, 50], true)).toEqual({median: 30, p90: 14})
+  })
+
+  it('benchPrompt: exactly n ids, the generation\'s specials, known ids only', async () => {
+    for (const [arch, dir] of [['chatglm-6b', v1], ['chatglm2-6b', v2]] as const) {
+      const tok = await loadTokenizer(dir, arch)
+      const ids = benchPrompt(tok, 40)
+      expect(ids).toHaveLength(40)
+      const s = tok.specials
+      if (arch === 'chatglm-6b') expect(ids.slice(-2)).toEqual([s.gmask, s.sop])
+      else expect(ids.slice(0, 2)).toEqual([s.gmask, s.sop])
+      expect(ids.every(id => id >= 0 && id < tok.vocabSize)).toBe(true)
+    }
+  })
+})

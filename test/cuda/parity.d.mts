@@ -1,0 +1,31 @@
+/** Types of test/cuda/parity.mjs (plain JavaScript so that it runs on the GPU machine without tsx). */
+export declare const FP16_TOL: number
+export declare const BF16_TOL: number
+export declare const STEPS: number
+
+export interface ParityCaseResult {
+  model: string
+  dtype?: string
+  promptTokens: number
+  steps: number
+  tol: number
+  vsReference?: {prefill: number, decodeGraph: number, decodeNoGraph: number}
+  vsCpuRuntime?: number
+  cpuVsReference?: number
+  graphVsNoGraph?: number
+  greedyTeacherForced?: {same: number, of: number, misses: {step: number, cuda: number, reference: number, referenceMargin: number}[]}
+  freeRun?: {identical: boolean, firstDifference: number | null, tokens: number}
+  maxRel?: number
+  ok: boolean
+  tokensIdentical?: boolean
+  error?: string
+}
+
+export interface ParitySummary {
+  device: {name: string, computeCapability: string, driverVersion: number, cublas: string}
+  referenceDevice: string
+  results: ParityCaseResult[]
+}
+
+export declare function parityCases(quick?: boolean): {model: string, ids: number[]}[]
+export declare function runParity(opts?: {work?: string, quick?: boolean, only?: string[], refDevice?: string, log?: (line: string) => void}): Promise<ParitySummary>

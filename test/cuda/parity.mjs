@@ -1,0 +1,283 @@
+#!/usr/bin/env node
+// CUDA engine parity (issue 6): logits of glmtool's CUDA backend against the independent PyTorch
+// reference (test/reference/chatglm_ref.py, float32, on the GPU when it has one) and against
+// glmtool's CPU runtime (onnxruntime, float32), on tiny and small synth models of both
+// generations (plain, and "sharpened": query_key_value x16 so attention is peaked and rotary,
+// mask and cache mistakes show), plus one bfloat16 model.
+//
+// Per case: the prompt's logits (every row) and 64 decode steps fed the reference's greedy tokens
+// (teacher forcing, so every row compares like with like), once through the captured CUDA graph
+// and once launch by launch; then a free-running greedy generation with the token chosen on the
+// GPU, compared with the reference's tokens. Relative error of a row = max|a - b| / max|b|.
+//
+// Plain JavaScript over dist/ so it runs where only Node and the production modules are (the GPU
+// machine); test/cuda-parity.test.ts runs it under vitest where a GPU is present.
+//
+//   node test/cuda/parity.mjs [--json FILE] [--work DIR] [--quick] [--only MODEL,...]
+import {spawnSync} from 'node:child_process'
+import {copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
+import {parseArgs} from 'node:util'
+
+const ROOT = join(import.meta.dirname, '..', '..')
+const dist = p => import(join(ROOT, 'dist', p))
+
+export const FP16_TOL = 2e-2
+export const BF16_TOL = 6e-2
+export const STEPS = 64
+const SHARPEN = 16
+
+function glmtool(args) {
+  const r = spawnSync(process.execPath, [join(ROOT, 'bin/run.js'), ...args], {cwd: ROOT, encoding: 'utf8', maxBuffer: 64 << 20})
+  if (r.status !== 0) throw new Error(`glmtool ${args.join(' ')}: ${r.stderr || r.stdout}`)
+  return r.stdout
+}
+
+const text = (n, start) => Array.from({length: n}, (_, i) => start + 37 * i)
+
+/** The cases: model key -> how to make it, and prompts (text ids). */
+export function parityCases(quick = false) {
+  const all = [
+    {model: 'chatglm-6b-tiny', ids: text(6, 100)},
+    {model: 'chatglm-6b-tiny-sharp', ids: text(29, 20)},
+    {model: 'chatglm2-6b-tiny', ids: text(6, 100)},
+    {model: 'chatglm2-6b-tiny-sharp', ids: text(23, 40)},
+    {model: 'chatglm-6b-small', ids: text(17, 300)},
+    {model: 'chatglm2-6b-small', ids: text(17, 300)},
+    {model: 'chatglm2-6b-tiny-bf16', ids: text(9, 77)},
+  ]
+  return quick ? all.filter(c => c.model.endsWith('-tiny') || c.model.endsWith('-sharp')) : all
+}
+
+async function sharpen(src, out) {
+  const {openModel, isWeightFile, TORCH_SINGLE} = await dist('formats/model-dir.js')
+  const {decodeFloats, encodeFloats} = await dist('formats/dtype-convert.js')
+  const {memoryTensor, readTensor} = await dist('formats/tensor.js')
+  const {writeTorchCheckpoint} = await dist('formats/torch-writer.js')
+  mkdirSync(out, {recursive: true})
+  const model = await openModel(src)
+  try {
+    const tensors = []
+    for (const t of model.tensors) {
+      if (!t.name.endsWith('query_key_value.weight')) {
+        tensors.push(t)
+        continue
+      }
+      const values = decodeFloats(await readTensor(t), t.dtype).map(v => v * SHARPEN)
+      tensors.push(memoryTensor(t.name, t.dtype, t.shape, encodeFloats(values, t.dtype)))
+    }
+    await writeTorchCheckpoint(join(out, TORCH_SINGLE), tensors)
+  } finally {
+    await model.close()
+  }
+  for (const f of readdirSync(src)) if (!isWeightFile(f)) copyFileSync(join(src, f), join(out, f))
+}
+
+/** torch dir (reference), safetensors (CUDA) and ONNX (CPU) of one model key. */
+async function makeModel(work, key) {
+  const torch = join(work, key)
+  if (!existsSync(torch)) {
+    const m = /^(chatglm2?-6b)-(tiny|small)(-sharp|-bf16)?$/.exec(key)
+    if (!m) throw new Error(`unknown model key ${key}`)
+    const [, arch, size, variant] = m
+    if (variant === '-sharp') {
+      const base = await makeModel(work, `${arch}-${size}`)
+      await sharpen(base.torch, torch)
+    } else {
+      glmtool(['synth', '--arch', arch, '--size', size, '--out', torch, ...(variant === '-bf16' ? ['--dtype', 'bf16'] : [])])
+    }
+  }
+  const st = `${torch}-st`
+  const onnx = `${torch}-onnx`
+  if (!existsSync(st)) glmtool(['convert', torch, '--to', 'safetensors', '--out', st])
+  if (!existsSync(onnx)) glmtool(['convert', torch, '--to', 'onnx', '--dtype', 'f32', '--out', onnx])
+  return {torch, st, onnx}
+}
+
+/** Run the reference for every case in one Python process. */
+function runReferences(jobs, device) {
+  const python = process.env.GLMTOOL_REFERENCE_PYTHON || '/usr/bin/python3'
+  const list = jobs.map(j => ['--model', j.torch, '--ids', j.ids.join(','), '--steps', String(STEPS), '--all-logits', '--out', j.out, '--device', device])
+  const file = join(jobs[0].out, '..', 'ref-jobs.json')
+  writeFileSync(file, JSON.stringify(list))
+  const r = spawnSync(python, [join(ROOT, 'test/cuda/ref_batch.py'), file], {encoding: 'utf8', maxBuffer: 64 << 20, timeout: 600_000})
+  if (r.error) throw new Error(`reference: ${r.error.message}`)
+  return jobs.map((j, i) => {
+    const meta = existsSync(join(j.out, 'meta.json')) ? JSON.parse(readFileSync(join(j.out, 'meta.json'), 'utf8')) : undefined
+    if (!meta) throw new Error(`reference case ${i} (${j.torch}) failed: ${r.stderr.slice(-2000)}`)
+    const bytes = readFileSync(join(j.out, 'logits.f32'))
+    const logits = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4).slice()
+    return {meta, logits}
+  })
+}
+
+function relRows(a, b, vocab) {
+  const rows = b.length / vocab
+  let worst = 0
+  let worstRow = 0
+  for (let r = 0; r < rows; r++) {
+    let diff = 0
+    let scale = 0
+    for (let i = r * vocab; i < (r + 1) * vocab; i++) {
+      const d = Math.abs(a[i] - b[i])
+      if (!Number.isFinite(d)) {
+        diff = Infinity
+        break
+      }
+      if (d > diff) diff = d
+      const s = Math.abs(b[i])
+      if (s > scale) scale = s
+    }
+    const rel = diff / Math.max(scale, 1e-30)
+    if (rel > worst || Number.isNaN(rel)) {
+      worst = Number.isNaN(rel) ? Infinity : rel
+      worstRow = r
+    }
+  }
+  return {maxRel: worst, worstRow}
+}
+
+function argmax(x) {
+  let best = 0
+  for (let i = 1; i < x.length; i++) if (x[i] > x[best]) best = i
+  return best
+}
+
+/** Teacher-forced run of the reference's sequence: all prompt rows, then one row per step. */
+async function teacherForced(backend, meta) {
+  const v1 = meta.arch === 'chatglm-6b'
+  const [pos, block] = v1 ? meta.positions : [meta.positions, undefined]
+  const bidirectional = v1 ? meta.input_ids.indexOf(130004) : 0
+  const n = meta.prompt_len
+  backend.reset()
+  const out = new Float32Array((n + STEPS) * meta.vocab)
+  const first = await backend.forward({ids: meta.input_ids, positions: pos.slice(0, n), blockPositions: block?.slice(0, n), bidirectional, logits: 'all'})
+  out.set(first.logits, 0)
+  for (let k = 0; k < STEPS; k++) {
+    const o = await backend.forward({ids: [meta.generated[k]], positions: [pos[n + k]], blockPositions: block ? [block[n + k]] : undefined, bidirectional, logits: 'last'})
+    out.set(o.logits, (n + k) * meta.vocab)
+  }
+  return out
+}
+
+/** Free-running greedy generation with the token chosen on the GPU. */
+async function freeRun(backend, meta) {
+  const v1 = meta.arch === 'chatglm-6b'
+  const [pos, block] = v1 ? meta.positions : [meta.positions, undefined]
+  const bidirectional = v1 ? meta.input_ids.indexOf(130004) : 0
+  const n = meta.prompt_len
+  const sampling = {greedy: true, temperature: 1, topK: 0, topP: 1, random: 0, vocabLimit: meta.vocab}
+  backend.reset()
+  const tokens = [await backend.forwardSample({ids: meta.input_ids, positions: pos.slice(0, n), blockPositions: block?.slice(0, n), bidirectional}, sampling)]
+  for (let k = 0; k < STEPS; k++) {
+    // positions of the reference's k-th fed token (the same whatever the token is)
+    tokens.push(await backend.forwardSample({ids: [tokens[k]], positions: [pos[n + k]], blockPositions: block ? [block[n + k]] : undefined, bidirectional}, sampling))
+  }
+  return tokens
+}
+
+/** Greedy agreement of per-row argmax with the reference's tokens; near-tie margins of any misses. */
+function greedyAgreement(got, ref, meta) {
+  const n = meta.prompt_len
+  let same = 0
+  const misses = []
+  for (let k = 0; k <= STEPS; k++) {
+    const row = n - 1 + k
+    const g = got.subarray(row * meta.vocab, (row + 1) * meta.vocab)
+    const r = ref.subarray(row * meta.vocab, (row + 1) * meta.vocab)
+    const pick = argmax(g)
+    if (pick === meta.generated[k]) {
+      same++
+    } else {
+      let scale = 0
+      for (const x of r) scale = Math.max(scale, Math.abs(x))
+      misses.push({step: k, cuda: pick, reference: meta.generated[k], referenceMargin: (r[meta.generated[k]] - r[pick]) / scale})
+    }
+  }
+  return {same, of: STEPS + 1, misses}
+}
+
+export async function runParity({work, quick = false, only, refDevice, log = console.log} = {}) {
+  const {CudaBackend} = await dist('runtime/backends/cuda.js')
+  const {OnnxCpuBackend} = await dist('runtime/backends/onnx-cpu.js')
+  const {loadCudaAddon} = await dist('runtime/backends/cuda-addon.js')
+  const {device} = loadCudaAddon()
+  work ??= mkdtempSync(join(tmpdir(), 'glmtool-cuda-parity-'))
+  const cases = parityCases(quick).filter(c => !only || only.includes(c.model))
+  const models = {}
+  for (const c of cases) models[c.model] ??= await makeModel(work, c.model)
+  const device_ = refDevice ?? (process.env.GLMTOOL_REFERENCE_DEVICE || 'cuda')
+  const jobs = cases.map((c, i) => ({torch: models[c.model].torch, ids: c.ids, out: join(work, `ref-${i}`)}))
+  const t0 = performance.now()
+  const refs = runReferences(jobs, device_)
+  log(`reference (${device_}): ${cases.length} cases in ${((performance.now() - t0) / 1000).toFixed(1)} s`)
+  const results = []
+  for (const [i, c] of cases.entries()) {
+    const {meta, logits: ref} = refs[i]
+    const tol = c.model.endsWith('-bf16') ? BF16_TOL : FP16_TOL
+    const r = {model: c.model, promptTokens: meta.prompt_len, steps: STEPS, tol}
+    try {
+      const cuda = await CudaBackend.load(models[c.model].st, {maxLength: meta.prompt_len + STEPS + 8})
+      r.dtype = cuda.dtype
+      try {
+        const graph = await teacherForced(cuda, meta)
+        cuda.setUseGraph(false)
+        const plain = await teacherForced(cuda, meta)
+        cuda.setUseGraph(true)
+        const n = meta.prompt_len
+        const V = meta.vocab
+        r.vsReference = {
+          prefill: relRows(graph.subarray(0, n * V), ref.subarray(0, n * V), V).maxRel,
+          decodeGraph: relRows(graph.subarray(n * V), ref.subarray(n * V), V).maxRel,
+          decodeNoGraph: relRows(plain.subarray(n * V), ref.subarray(n * V), V).maxRel,
+        }
+        r.graphVsNoGraph = relRows(graph, plain, V).maxRel
+        r.greedyTeacherForced = greedyAgreement(graph, ref, meta)
+        const free = await freeRun(cuda, meta)
+        const firstDiff = free.findIndex((t, k) => t !== meta.generated[k])
+        r.freeRun = {identical: firstDiff < 0, firstDifference: firstDiff < 0 ? null : firstDiff, tokens: free.length}
+        const onnx = await OnnxCpuBackend.load(models[c.model].onnx, {maxLength: meta.prompt_len + STEPS + 8})
+        try {
+          const cpu = await teacherForced(onnx, meta)
+          r.vsCpuRuntime = relRows(graph, cpu, V).maxRel
+          r.cpuVsReference = relRows(cpu, ref, V).maxRel
+        } finally {
+          await onnx.dispose()
+        }
+      } finally {
+        await cuda.dispose()
+      }
+      const worst = Math.max(r.vsReference.prefill, r.vsReference.decodeGraph, r.vsReference.decodeNoGraph, r.vsCpuRuntime)
+      r.maxRel = worst
+      r.ok = worst <= tol && r.greedyTeacherForced.misses.every(m => m.referenceMargin <= 2 * tol) && r.graphVsNoGraph <= 1e-6
+      r.tokensIdentical = r.greedyTeacherForced.same === r.greedyTeacherForced.of && r.freeRun.identical
+    } catch (error) {
+      r.ok = false
+      r.error = error.stack ?? String(error)
+    }
+    results.push(r)
+    log(r.error
+      ? `FAIL ${c.model}: ${r.error.split('\n')[0]}`
+      : `${r.ok ? 'ok  ' : 'FAIL'} ${c.model} ${r.dtype} prompt ${r.promptTokens}: vs reference prefill ${r.vsReference.prefill.toExponential(2)}, decode ${r.vsReference.decodeGraph.toExponential(2)} (graph) ${r.vsReference.decodeNoGraph.toExponential(2)} (no graph); vs CPU runtime ${r.vsCpuRuntime.toExponential(2)}; graph vs no graph ${r.graphVsNoGraph.toExponential(2)}; greedy ${r.greedyTeacherForced.same}/${r.greedyTeacherForced.of} teacher-forced, free run ${r.freeRun.identical ? 'identical' : `differs from step ${r.freeRun.firstDifference}`}${r.greedyTeacherForced.misses.length ? `; misses ${JSON.stringify(r.greedyTeacherForced.misses.slice(0, 3))}` : ''}`)
+  }
+  return {device: {name: device.name, computeCapability: device.computeCapability, driverVersion: device.driverVersion, cublas: device.cublasPath}, referenceDevice: device_, results}
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const {values} = parseArgs({options: {
+    json: {type: 'string'}, work: {type: 'string'}, quick: {type: 'boolean', default: false}, keep: {type: 'boolean', default: false},
+    only: {type: 'string'},
+  }})
+  const work = values.work ?? mkdtempSync(join(tmpdir(), 'glmtool-cuda-parity-'))
+  let summary
+  try {
+    summary = await runParity({work, quick: values.quick, only: values.only?.split(',')})
+  } finally {
+    if (!values.keep && !values.work) rmSync(work, {recursive: true, force: true})
+  }
+  if (values.json) writeFileSync(values.json, JSON.stringify({date: new Date().toISOString(), ...summary}, null, 2) + '\n')
+  const failed = summary.results.filter(r => !r.ok)
+  console.log(`cuda parity: ${summary.results.length - failed.length}/${summary.results.length} cases ok on ${summary.device.name}`)
+  process.exitCode = failed.length ? 1 : 0
+}
