@@ -4,11 +4,10 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, describe, expect, it} from 'vitest'
 import {AdapterError} from '../src/formats/adapters/adapter-error.js'
-import {encodeFloatsFast, float16Bits} from '../src/formats/adapters/f16-encode.js'
 import {parseLoraConfig, mergedLoraTensor} from '../src/formats/adapters/lora.js'
 import {addLoraRows, loraScale} from '../src/formats/adapters/lora-math.js'
 import {mergeAdapter} from '../src/formats/adapters/merge-adapter.js'
-import {decodeFloats, encodeFloats, toFloat16Bits} from '../src/formats/dtype-convert.js'
+import {decodeFloats, encodeFloats} from '../src/formats/dtype-convert.js'
 import type {DType} from '../src/formats/dtype.js'
 import {openSafetensorsModel} from '../src/formats/safetensors-reader.js'
 import {memoryTensor, readTensor, type TensorEntry} from '../src/formats/tensor.js'
@@ -90,53 +89,6 @@ describe('LoRA math', () => {
     const ref = decodeFloats(encodeFloats(w, 'F16'), 'F16')
     addLoraRows(ref, 0, {a: decodeFloats(await readTensor(a), 'F32'), b: decodeFloats(await readTensor(b), 'F32'), rank: 2, rows, cols, scale: 2, fanInFanOut: false})
     expect([...got]).toEqual([...ref])
-  })
-})
-
-describe('fast float16 encoding', () => {
-  it('gives the same bits as dtype-convert on every float16, every rounding midpoint and its neighbours', () => {
-    const all = new Uint16Array(65536).map((_, i) => i)
-    const values = decodeFloats(Buffer.from(all.buffer), 'F16')
-    const f = new Float32Array(1)
-    const u = new Uint32Array(f.buffer)
-    const neighbour = (x: number, d: number) => {
-      f[0] = x
-      u[0] += d
-      return f[0]
-    }
-    let checked = 0
-    for (let i = 0; i < 65536; i++) {
-      const x = values[i]
-      if (Number.isNaN(x)) {
-        expect(Number.isNaN(decodeFloats(encodeFloatsFast(new Float32Array([x]), 'F16'), 'F16')[0])).toBe(true)
-        continue
-      }
-      expect(float16Bits(x)).toBe(i)
-      // the midpoint to the next float16 of larger magnitude (exact in float32), and one float32 ulp either side
-      if ((i & 0x7fff) >= 0x7c00) continue
-      const next = values[i + 1]
-      const mid = Math.fround((x + next) / 2)
-      for (const y of [mid, neighbour(mid, 1), neighbour(mid, -1)]) {
-        expect(float16Bits(y), `${y}`).toBe(toFloat16Bits(y))
-        checked++
-      }
-    }
-    expect(checked).toBeGreaterThan(180_000)
-    // random float32 bit patterns over the whole range
-    let seed = 12345
-    for (let k = 0; k < 100_000; k++) {
-      seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0
-      u[0] = seed
-      if (Number.isNaN(f[0])) continue
-      expect(float16Bits(f[0])).toBe(toFloat16Bits(f[0]))
-    }
-    expect([float16Bits(65520), float16Bits(-Infinity), float16Bits(2 ** -25), float16Bits(Math.fround(2 ** -25 * 1.0000001))]).toEqual([0x7c00, 0xfc00, 0, 1])
-  })
-
-  it('encodes buffers as encodeFloats does', () => {
-    const v = new Float32Array(1000).map((_, i) => Math.sin(i) * 10 ** ((i % 13) - 8))
-    expect(encodeFloatsFast(v, 'F16').equals(encodeFloats(v, 'F16'))).toBe(true)
-    expect(encodeFloatsFast(v, 'BF16').equals(encodeFloats(v, 'BF16'))).toBe(true)
   })
 })
 

@@ -10,36 +10,8 @@
  * operands a, b reproduces the GPU bit for bit, and so does rounding the double result directly.
  */
 
-const f32 = new Float32Array(1)
-const u32 = new Uint32Array(f32.buffer)
-
-/** Round a number to fp16 bits: first to f32 (as torch's f32 opmath does), then to nearest even fp16. */
-export function f32ToF16Bits(x: number): number {
-  f32[0] = x
-  const u = u32[0]
-  const sign = (u >>> 16) & 0x8000
-  const exp = (u >>> 23) & 0xff
-  const mant = u & 0x7fffff
-  if (exp === 0xff) return sign | 0x7c00 | (mant !== 0 ? 0x200 : 0) // inf, or a quiet NaN
-  const e = exp - 127 + 15
-  if (e >= 31) return sign | 0x7c00 // overflow to inf
-  if (e <= 0) {
-    // fp16 subnormal (or zero): units of 2^-24.
-    const shift = 14 - e
-    if (shift > 24) return sign
-    const m = mant | 0x800000
-    let h = m >>> shift
-    const rem = m & ((1 << shift) - 1)
-    const halfway = 1 << (shift - 1)
-    if (rem > halfway || (rem === halfway && (h & 1) === 1)) h++
-    return sign | h
-  }
-  let h = (e << 10) | (mant >>> 13)
-  const rem = mant & 0x1fff
-  // A carry out of the mantissa bumps the exponent, up to 0x7c00 (inf): both correct.
-  if (rem > 0x1000 || (rem === 0x1000 && (h & 1) === 1)) h++
-  return sign | h
-}
+/** Round a number to fp16 bits: first to f32, then to nearest even fp16 (one implementation, in formats). */
+export {toFloat16Bits as f32ToF16Bits} from '../formats/dtype-convert.js'
 
 let table: Float32Array | undefined
 

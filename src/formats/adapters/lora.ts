@@ -8,10 +8,9 @@ import {existsSync} from 'node:fs'
 import {join} from 'node:path'
 import type {Arch, ModelConfig} from '../../models/index.js'
 import {DTYPE_SIZE, type DType, isFloat} from '../dtype.js'
-import {decodeFloats} from '../dtype-convert.js'
+import {decodeFloats, encodeFloats} from '../dtype-convert.js'
 import {DEFAULT_CHUNK_BYTES, readTensor, type TensorEntry} from '../tensor.js'
 import {AdapterError} from './adapter-error.js'
-import {encodeFloatsFast} from './f16-encode.js'
 import {LORA_CONFIG, LORA_WEIGHTS, openTensorFile, readJsonObject, type TensorFile} from './adapter-source.js'
 import {addLoraRows, firstNonFinite, type LoraDelta, loraScale} from './lora-math.js'
 
@@ -287,7 +286,7 @@ export function mergedLoraTensor(w: TensorEntry, plan: {module: LoraModule, rows
           const values = decodeFloats(buf.subarray(r0 * inRow, (r0 + n) * inRow), w.dtype)
           addLoraRows(values, row, delta, scratch)
           row += n
-          const out = encodeFloatsFast(values, outDtype)
+          const out = encodeFloats(values, outDtype)
           for (let o = 0; o < out.length; o += outStep) yield out.subarray(o, Math.min(out.length, o + outStep))
         }
         const rest = buf.length - whole * inRow

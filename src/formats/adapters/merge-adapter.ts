@@ -12,15 +12,14 @@ import {GlmtoolError, ModelError, UsageError} from '../../errors.js'
 import {prefixCacheName} from '../../models/arch.js'
 import type {ModelConfig} from '../../models/index.js'
 import {VERSION} from '../../version.js'
-import {byteLength, type DType, isFloat} from '../dtype.js'
-import {convertChunk, decodeFloats, targetDtype} from '../dtype-convert.js'
+import {byteLength, type DType} from '../dtype.js'
+import {convertChunk, targetDtype} from '../dtype-convert.js'
 import {assertComplete, checkTensors, isWeightFile, openModel} from '../model-dir.js'
 import {writeOutputDir} from '../output-dir.js'
 import {writeSafetensorsModel} from '../safetensors-writer.js'
 import type {TensorEntry} from '../tensor.js'
 import {AdapterError} from './adapter-error.js'
 import {type AdapterType, locateAdapter} from './adapter-source.js'
-import {encodeFloatsFast} from './f16-encode.js'
 import {mergedLoraTensor, openLoraAdapter, planLora} from './lora.js'
 import {computePrefixCache, openPrefixCheckpoint} from './prefix.js'
 
@@ -66,7 +65,7 @@ function castTensor(t: TensorEntry, to: DType): TensorEntry {
     async *chunks(max) {
       const srcMax = max === undefined ? undefined : Math.max(byteLength(t.dtype, [1]), Math.floor(max * ratio))
       for await (const c of t.chunks(srcMax)) {
-        yield to === 'F16' && isFloat(t.dtype) ? encodeFloatsFast(decodeFloats(c, t.dtype), to) : convertChunk(c, t.dtype, to)
+        yield convertChunk(c, t.dtype, to)
       }
     },
   }
