@@ -9,6 +9,7 @@ import {inspectModel} from '../formats/inspect-model.js'
 import {exportOnnx} from '../formats/onnx/export-onnx.js'
 import {writeOutputDir} from '../formats/output-dir.js'
 import {archById} from '../models/index.js'
+import {quantizeModel} from '../quant/quantize-model.js'
 import {OnnxCpuBackend} from '../runtime/backends/onnx-cpu.js'
 import {chatPrompt} from '../runtime/chat-template.js'
 import {generate} from '../runtime/generate.js'
@@ -23,7 +24,7 @@ interface Step {
 
 export default class Demo extends BaseCommand {
   static override summary = 'Walk a tiny synthetic model through every glmtool command that exists'
-  static override description = 'Synthesises tiny ChatGLM-6B and ChatGLM2-6B models in the published layout, inspects them, converts them to safetensors and to ONNX, and runs one chat turn on the CPU runtime, printing what each step did. Needs no weights, no GPU and no Python. The weights are random, so the chat answer is gibberish: the point is that every stage runs.'
+  static override description = 'Synthesises tiny ChatGLM-6B and ChatGLM2-6B models in the published layout, inspects them, converts them to safetensors and to ONNX, runs one chat turn on the CPU runtime, quantizes to INT4 and chats with that, printing what each step did. Needs no weights, no GPU and no Python. The weights are random, so the chat answer is gibberish: the point is that every stage runs.'
   static override examples = ['<%= config.bin %> demo', '<%= config.bin %> demo --keep ./demo-models']
 
   static override flags = {
@@ -64,10 +65,10 @@ export default class Demo extends BaseCommand {
           const r = await exportOnnx({input: stDir, out: onnxDir, dtype: 'F32', force: true})
           return `exported one decoder graph with a KV cache (${r.tensors} weights, ${formatBytes(r.bytes)} in model.onnx.data) to ${onnxDir}`
         })
-        await step(`chat ${archId}`, async () => {
-          const backend = await OnnxCpuBackend.load(onnxDir, {maxLength: 128})
+        const chatTurn = async (dir: string) => {
+          const backend = await OnnxCpuBackend.load(dir, {maxLength: 128})
           try {
-            const tokenizer = await loadTokenizer(onnxDir, arch.id)
+            const tokenizer = await loadTokenizer(dir, arch.id)
             const query = '你好, glmtool!'
             const ids = tokenizer.encodePrompt(chatPrompt(arch.generation, query, []))
             const r = await generate(backend, tokenizer, ids, {greedy: true, temperature: 1, topP: 1, topK: 0, repetitionPenalty: 1, maxLength: 128, maxNewTokens: 12, seed: 0})
@@ -75,7 +76,17 @@ export default class Demo extends BaseCommand {
           } finally {
             await backend.dispose()
           }
+        }
+        await step(`chat ${archId}`, () => chatTurn(onnxDir))
+        const int4Dir = join(base, `${archId}-tiny-int4`)
+        await step(`quantize ${archId} --bits 4`, async () => {
+          const r = await quantizeModel({
+            input: stDir, out: int4Dir, bits: 4, groupSize: 0, method: 'rtn', lmHead: false, embeddings: false, format: 'both',
+            force: true, calibSamples: 32, evaluate: 'off',
+          })
+          return `RTN int4 (the published scheme) of ${r.quantized} layer weights, mean relative weight error ${(100 * r.summary.weightError.chosen).toFixed(1)}%; safetensors (int8-packed weight + fp16 weight_scale) and ONNX (MatMulNBits) in ${int4Dir}`
         })
+        await step(`chat ${archId}-int4`, () => chatTurn(int4Dir))
       }
     } finally {
       if (!flags.keep) await rm(base, {recursive: true, force: true})

@@ -38,9 +38,10 @@ export default class Inspect extends BaseCommand {
     }
     const c = report.check
     if (c) {
-      if (c.missing.length === 0 && c.misshaped.length === 0) this.log('tensors: complete')
+      if (c.missing.length === 0 && c.misshaped.length === 0 && c.wrongDtype.length === 0) this.log('tensors: complete')
       for (const n of c.missing) this.log(`missing: ${n}`)
       for (const m of c.misshaped) this.log(`wrong shape: ${m.name} is [${m.actual}], expected [${m.expected}]`)
+      for (const m of c.wrongDtype) this.log(`wrong dtype: ${m.name} is ${m.actual}, expected ${m.expected}`)
       for (const n of c.extra) this.log(`extra: ${n}`)
       if (c.absentOptional.length) this.log(`absent (recomputed, fine): ${c.absentOptional.length} rotary inv_freq buffer(s)`)
     }

@@ -22,12 +22,13 @@ export default class Synth extends BaseCommand {
     seed: Flags.integer({default: 0, description: 'random seed; the same seed gives the same bytes'}),
     dtype: Flags.string({default: 'f16', options: Object.keys(DTYPES), description: 'weight dtype'}),
     force: Flags.boolean({default: false, description: 'replace --out if it exists'}),
+    outliers: Flags.boolean({default: false, description: 'plant activation outliers: 4 hidden channels 20-100x larger, through the norm weights (to judge quantization calibration)'}),
   }
 
   async run() {
     const {flags} = await this.parse(Synth)
     const arch = archById(flags.arch)
-    const opts = {arch, size: flags.size as SynthSize, seed: flags.seed, dtype: DTYPES[flags.dtype as keyof typeof DTYPES]}
+    const opts = {arch, size: flags.size as SynthSize, seed: flags.seed, dtype: DTYPES[flags.dtype as keyof typeof DTYPES], outliers: flags.outliers}
     const started = Date.now()
     const {totalBytes} = planSynth(opts)
     const progress = byteProgress('synth', totalBytes, !this.jsonEnabled())
@@ -38,7 +39,7 @@ export default class Synth extends BaseCommand {
       progress.stop()
     }
     const result = {
-      out: flags.out, arch: arch.id, size: opts.size, dtype: flags.dtype, seed: flags.seed,
+      out: flags.out, arch: arch.id, size: opts.size, dtype: flags.dtype, seed: flags.seed, outliers: flags.outliers,
       tensors: plan.tensors.length, shards: plan.shards.length, bytes: plan.totalBytes,
       seconds: (Date.now() - started) / 1000,
       peakRssBytes: process.resourceUsage().maxRSS * 1024,

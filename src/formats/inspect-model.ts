@@ -1,6 +1,7 @@
 import {basename} from 'node:path'
 import {byteLength} from './dtype.js'
 import {checkTensors, openModel, type TensorCheck} from './model-dir.js'
+import {describeQuantLayout, quantLayoutOf} from '../models/quantized-layout.js'
 
 export interface InspectReport {
   path: string
@@ -30,7 +31,7 @@ export async function inspectModel(path: string): Promise<InspectReport> {
       format: model.format,
       files: model.files.map(f => basename(f)),
       architecture: model.arch?.id ?? null,
-      config: model.arch && model.config ? model.arch.summary(model.config) : null,
+      config: model.arch && model.config ? summarize(model.arch.summary(model.config), model.config) : null,
       tensors,
       totals: {tensors: tensors.length, bytes: tensors.reduce((a, t) => a + t.bytes, 0), parameters, byDtype},
       check: model.arch && model.config ? checkTensors(model.arch, model.config, model.tensors) : null,
@@ -39,4 +40,10 @@ export async function inspectModel(path: string): Promise<InspectReport> {
   } finally {
     await model.close()
   }
+}
+
+/** The architecture's summary plus, for a quantized checkpoint, how it is quantized. */
+function summarize(summary: Record<string, string | number | boolean>, config: Record<string, unknown>): Record<string, string | number | boolean> {
+  const q = quantLayoutOf(config)
+  return q ? {...summary, quantization: describeQuantLayout(q)} : summary
 }

@@ -3,8 +3,9 @@ import {readFile} from 'node:fs/promises'
 import {basename, join} from 'node:path'
 import {GlmtoolError, ModelError} from '../errors.js'
 import {type Arch, detectArch, type ModelConfig} from '../models/index.js'
+import {checkpointTensorSpecs} from '../models/quantized-layout.js'
 import {openSafetensorsModel} from './safetensors-reader.js'
-import {byteLength} from './dtype.js'
+import {byteLength, isFloat} from './dtype.js'
 import type {TensorEntry} from './tensor.js'
 import {TorchCheckpoint} from './torch-checkpoint.js'
 
@@ -15,6 +16,8 @@ export interface TensorCheck {
   missing: string[]
   extra: string[]
   misshaped: {name: string, expected: number[], actual: number[]}[]
+  /** Tensors of the wrong element type (a quantized checkpoint's int8 weights, float scales). */
+  wrongDtype: {name: string, expected: string, actual: string}[]
   /** Optional buffers (rotary inv_freq) that are absent: fine, they are recomputed. */
   absentOptional: string[]
 }
@@ -156,21 +159,26 @@ async function openTorchDir(dir: string, checkpoints: TorchCheckpoint[], warning
   return {tensors, files: shardNames}
 }
 
-/** Compare a checkpoint's tensors with what its architecture and config need. */
+/**
+ * Compare a checkpoint's tensors with what its architecture and config need (a config with
+ * `quantization_bit` needs the quantized layout: models/quantized-layout.ts).
+ */
 export function checkTensors(arch: Arch, config: ModelConfig, tensors: readonly TensorEntry[]): TensorCheck {
   let specs
   try {
-    specs = arch.tensors(config)
+    specs = checkpointTensorSpecs(arch, config)
   } catch (error) {
     throw new ModelError((error as Error).message, 'bad-config')
   }
   const have = new Map(tensors.map(t => [t.name, t]))
-  const check: TensorCheck = {missing: [], extra: [], misshaped: [], absentOptional: []}
+  const check: TensorCheck = {missing: [], extra: [], misshaped: [], wrongDtype: [], absentOptional: []}
   for (const [name, spec] of specs) {
     const t = have.get(name)
     if (!t) (spec.optional ? check.absentOptional : check.missing).push(name)
     else if (t.shape.length !== spec.shape.length || t.shape.some((d, i) => d !== spec.shape[i])) {
       check.misshaped.push({name, expected: [...spec.shape], actual: [...t.shape]})
+    } else if ((spec.dtype === 'int8' && t.dtype !== 'I8') || (spec.dtype === 'float' && !isFloat(t.dtype))) {
+      check.wrongDtype.push({name, expected: spec.dtype === 'int8' ? 'I8' : 'a float dtype', actual: t.dtype})
     }
   }
   for (const name of have.keys()) if (!specs.has(name)) check.extra.push(name)
@@ -185,5 +193,6 @@ export function assertComplete(arch: Arch, check: TensorCheck, source: string): 
   if (check.misshaped.length) {
     parts.push(`wrong shape: ${list(check.misshaped.map(m => `${m.name} is [${m.actual}], ${arch.id} needs [${m.expected}]`))}`)
   }
+  if (check.wrongDtype.length) parts.push(`wrong dtype: ${list(check.wrongDtype.map(m => `${m.name} is ${m.actual}, ${arch.id} needs ${m.expected}`))}`)
   if (parts.length) throw new GlmtoolError('incomplete-model', `${source}: not a complete ${arch.id} checkpoint: ${parts.join('; ')}`)
 }

@@ -1,7 +1,7 @@
 import {writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 import {byteLength, type DType, numel} from '../formats/dtype.js'
-import {toBFloat16Bits, toFloat16Bits} from '../formats/dtype-convert.js'
+import {decodeFloats, encodeFloats, toBFloat16Bits, toFloat16Bits} from '../formats/dtype-convert.js'
 import {TORCH_INDEX} from '../formats/model-dir.js'
 import {synthTokenizer} from '../formats/synth-tokenizer.js'
 import {DEFAULT_CHUNK_BYTES, type TensorEntry} from '../formats/tensor.js'
@@ -14,6 +14,8 @@ export interface SynthOptions {
   size: SynthSize
   seed: number
   dtype: DType
+  /** Plant activation outliers through the norm weights (see plantOutliers). */
+  outliers?: boolean
   onBytes?: (n: number) => void
 }
 
@@ -91,9 +93,56 @@ export function planShards<T extends {dtype: DType, shape: readonly number[]}>(t
   return shards
 }
 
+/** Which hidden channels get outliers and how much larger, from the seed: 4 channels (fewer when H < 64), 20x to 100x. */
+export function outlierChannels(hidden: number, seed: number): {channels: number[], factors: number[]} {
+  const n = Math.max(1, Math.min(4, Math.floor(hidden / 16)))
+  const channels: number[] = []
+  let h = hash32('outliers', seed)
+  while (channels.length < n) {
+    h = hash32(String(h), seed)
+    const c = h % hidden
+    if (!channels.includes(c)) channels.push(c)
+  }
+  const factors = channels.map((_, i) => 20 + Math.round((80 * i) / Math.max(1, n - 1)))
+  return {channels: channels.sort((a, b) => a - b), factors}
+}
+
+const OUTLIER_NORM = /\.layers\.\d+\.(input_layernorm|post_attention_layernorm)\.weight$/
+
+/**
+ * `synth --outliers`: trained LLMs have a few hidden channels whose activations are 20-100x the
+ * others', which is what makes per-channel weight quantization hard and activation-aware
+ * calibration worthwhile (Dettmers et al. 2022, LLM.int8(); Xiao et al. 2023, SmoothQuant;
+ * Lin et al. 2023, AWQ). Random weights have none, so they are planted where trained models
+ * show them: the norm weights of those channels (input_layernorm and post_attention_layernorm
+ * of every layer) are multiplied by the channel's factor, so every linear that reads a norm's
+ * output (query_key_value, dense_h_to_4h) sees those input channels 20-100x larger.
+ */
+function plantOutliers(t: TensorEntry, spec: TensorSpec, o: {channels: number[], factors: number[]}): TensorEntry {
+  if (!OUTLIER_NORM.test(t.name) || spec.shape.length !== 1) return t
+  return {
+    ...t,
+    async *chunks(max) {
+      const parts: Buffer[] = []
+      for await (const c of t.chunks(max)) parts.push(Buffer.from(c))
+      const values = decodeFloats(Buffer.concat(parts), t.dtype)
+      o.channels.forEach((c, i) => {
+        values[c] *= o.factors[i]
+      })
+      yield encodeFloats(values, t.dtype)
+    },
+  }
+}
+
 export function planSynth(opts: SynthOptions): SynthPlan {
-  const config = {...opts.arch.synthConfig(opts.size), torch_dtype: TORCH_DTYPE_NAME[opts.dtype]}
-  const tensors = [...opts.arch.tensors(config)].map(([name, spec]) => synthTensor(name, spec, opts.dtype, opts.seed))
+  const base: ModelConfig = {...opts.arch.synthConfig(opts.size), torch_dtype: TORCH_DTYPE_NAME[opts.dtype]}
+  const outliers = opts.outliers ? outlierChannels(Number(base.hidden_size), opts.seed) : undefined
+  // Recorded in config.json (transformers ignores unknown keys) so tests and reports can find them.
+  const config = outliers ? {...base, glmtool_synth_outliers: outliers} : base
+  const tensors = [...opts.arch.tensors(config)].map(([name, spec]) => {
+    const t = synthTensor(name, spec, opts.dtype, opts.seed)
+    return outliers ? plantOutliers(t, spec, outliers) : t
+  })
   const shards = planShards(tensors, opts.arch.shardCount)
   const totalBytes = tensors.reduce((a, t) => a + byteLength(t.dtype, t.shape), 0)
   return {config, tensors, shards, totalBytes}

@@ -77,6 +77,11 @@ export interface GraphContext {
   embed(name: string, ids: string): string
   /** A float32 table computed by the exporter (rotary cos/sin), stored beside the weights. */
   computed(name: string, dims: readonly number[], data: Float32Array): string
+  /**
+   * y = x W^T (+ bias) for the checkpoint's linear weight `weight` ([out, in]) and bias tensor:
+   * Gemm transB=1 on a float weight, com.microsoft.MatMulNBits on a weight-quantized one.
+   */
+  linear(x: string, weight: string, bias?: string): string
 }
 
 /** The graph's named inputs, declared per decoderIO. */
@@ -133,10 +138,10 @@ export function embedTokens(b: GraphBuilder, ctx: GraphContext, table: string, i
   return ctx.embed(table, ids)
 }
 
-/** Final hidden rows [S, H] -> logits [1, K, V] of the rows in logits_index. */
-export function logitsHead(b: GraphBuilder, hidden: string, logitsIndex: string, weight: string): string {
+/** Final hidden rows [S, H] -> logits [1, K, V] of the rows in logits_index; `weight` is the checkpoint's output layer. */
+export function logitsHead(b: GraphBuilder, ctx: GraphContext, hidden: string, logitsIndex: string, weight: string): string {
   const rows = b.op('Gather', [hidden, logitsIndex], {axis: 0})
-  const logits = linear(b, rows, weight)
+  const logits = ctx.linear(rows, weight)
   return b.op('Unsqueeze', [logits, b.int64([0])])
 }
 

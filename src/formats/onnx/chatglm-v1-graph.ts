@@ -1,6 +1,6 @@
 import {GlmtoolError} from '../../errors.js'
 import {
-  type ChatglmOnnxGraph, declareInputs, declareOutputs, type DecoderDims, embedTokens, eps, linear, logitsHead, need,
+  type ChatglmOnnxGraph, declareInputs, declareOutputs, type DecoderDims, embedTokens, eps, logitsHead, need,
   rotaryTables,
 } from './chatglm-graph.js'
 import {type GraphBuilder, MS_DOMAIN} from './onnx-builder.js'
@@ -40,7 +40,7 @@ export const chatglmV1Graph: ChatglmOnnxGraph = {
     rotary: 'com.microsoft.RotaryEmbedding (interleaved=0) on half-heads of D/2: first halves by position_id, second by block_position_id',
     attention: 'com.microsoft.MultiHeadAttention: attention_bias [1,1,S,T], past/present key/value [1,heads,P,D]',
     gelu: 'com.microsoft.FastGelu (tanh form) with the dense_h_to_4h bias',
-    linear: 'Gemm transB=1 on the [out, in] weights (no transposed copy)',
+    linear: 'Gemm transB=1 on the [out, in] weights (no transposed copy); com.microsoft.MatMulNBits on weight-quantized ones',
   },
 
   dims(config) {
@@ -85,7 +85,7 @@ export const chatglmV1Graph: ChatglmOnnxGraph = {
     for (let i = 0; i < layers; i++) {
       const p = `transformer.layers.${i}.`
       b.scope(`layers.${i}`, () => {
-        const qkv = linear(b, xln, ctx.weight(`${p}attention.query_key_value.weight`), ctx.weight(`${p}attention.query_key_value.bias`))
+        const qkv = ctx.linear(xln, `${p}attention.query_key_value.weight`, `${p}attention.query_key_value.bias`)
         // [S, 3H] -> [S, N, 3, D]: per-head (q | k | v) groups
         const grouped = b.op('Reshape', [qkv, b.int64([-1, N, 3, D])])
         const [qk, v] = b.node('Split', [grouped, b.int64([2, 1])], 2, {axis: 2})
@@ -107,15 +107,15 @@ export const chatglmV1Graph: ChatglmOnnxGraph = {
         ], 3, {num_heads: N}, MS_DOMAIN)
         presentKey.push(pk)
         presentValue.push(pv)
-        const dense = linear(b, b.op('Reshape', [attn, b.int64([-1, H])]), ctx.weight(`${p}attention.dense.weight`))
+        const dense = ctx.linear(b.op('Reshape', [attn, b.int64([-1, H])]), `${p}attention.dense.weight`)
         // h_ln = LN(dense + dense.bias + alpha * x_ln)
         const hln = b.node('SkipLayerNormalization', [
           dense, b.op('Mul', [xln, alpha]), ctx.weight(`${p}post_attention_layernorm.weight`),
           ctx.weight(`${p}post_attention_layernorm.bias`), ctx.weight(`${p}attention.dense.bias`),
         ], 1, {epsilon}, MS_DOMAIN)[0]
-        const up = linear(b, hln, ctx.weight(`${p}mlp.dense_h_to_4h.weight`))
+        const up = ctx.linear(hln, `${p}mlp.dense_h_to_4h.weight`)
         const act = b.ms('FastGelu', [up, ctx.weight(`${p}mlp.dense_h_to_4h.bias`)])
-        const down = linear(b, act, ctx.weight(`${p}mlp.dense_4h_to_h.weight`))
+        const down = ctx.linear(act, `${p}mlp.dense_4h_to_h.weight`)
         // next x_ln = LN_next(down + dense_4h_to_h.bias + alpha * h_ln); after the last layer
         // LN_next is final_layernorm.
         const next = i + 1 < layers ? `transformer.layers.${i + 1}.input_layernorm.` : 'transformer.final_layernorm.'
@@ -125,7 +125,7 @@ export const chatglmV1Graph: ChatglmOnnxGraph = {
         ], 1, {epsilon}, MS_DOMAIN)[0]
       })
     }
-    const logits = b.scope('lm_head', () => logitsHead(b, xln, io.logitsIndex, ctx.weight('lm_head.weight')))
+    const logits = b.scope('lm_head', () => logitsHead(b, ctx, xln, io.logitsIndex, 'lm_head.weight'))
     declareOutputs(b, d, logits, presentKey, presentValue)
   },
 }

@@ -1,6 +1,6 @@
 import {GlmtoolError} from '../../errors.js'
 import {
-  type ChatglmOnnxGraph, declareInputs, declareOutputs, type DecoderDims, embedTokens, eps, linear, logitsHead, need,
+  type ChatglmOnnxGraph, declareInputs, declareOutputs, type DecoderDims, embedTokens, eps, logitsHead, need,
   rotaryTables, zerosLike,
 } from './chatglm-graph.js'
 import {ELEM, float, type GraphBuilder, MS_DOMAIN} from './onnx-builder.js'
@@ -36,7 +36,7 @@ export const chatglmV2Graph: ChatglmOnnxGraph = {
     rotary: 'com.microsoft.RotaryEmbedding interleaved=1, rotary_embedding_dim=D/2 (other half passes through)',
     attention: 'com.microsoft.GroupQueryAttention: kv_num_heads=G, attention_bias [1,1,S,T], past/present key/value [1,G,P,D]',
     swiglu: 'Split + com.microsoft.QuickGelu(alpha=1) (= SiLU) + Mul',
-    linear: 'Gemm transB=1 on the [out, in] weights (no transposed copy)',
+    linear: 'Gemm transB=1 on the [out, in] weights (no transposed copy); com.microsoft.MatMulNBits on weight-quantized ones',
   },
 
   dims(config) {
@@ -91,8 +91,7 @@ export const chatglmV2Graph: ChatglmOnnxGraph = {
     for (let i = 0; i < layers; i++) {
       const p = `transformer.encoder.layers.${i}.`
       b.scope(`layers.${i}`, () => {
-        const qkv = linear(b, xn, ctx.weight(`${p}self_attention.query_key_value.weight`),
-          qkvBias ? ctx.weight(`${p}self_attention.query_key_value.bias`) : undefined)
+        const qkv = ctx.linear(xn, `${p}self_attention.query_key_value.weight`, qkvBias ? `${p}self_attention.query_key_value.bias` : undefined)
         const [q, k, v] = b.node('Split', [qkv, b.int64([N * D, G * D, G * D])], 3, {axis: 1})
         const toBSH = (t: string, width: number) => b.op('Reshape', [t, b.int64([1, -1, width])])
         const rope = (t: string, numHeads: number) => b.ms('RotaryEmbedding', [toBSH(t, numHeads * D), io.positionIds, cos, sin], {
@@ -104,14 +103,14 @@ export const chatglmV2Graph: ChatglmOnnxGraph = {
         ], 3, {num_heads: N, kv_num_heads: G}, MS_DOMAIN)
         presentKey.push(pk)
         presentValue.push(pv)
-        const dense = linear(b, b.op('Reshape', [attn, b.int64([-1, N * D])]), ctx.weight(`${p}self_attention.dense.weight`))
+        const dense = ctx.linear(b.op('Reshape', [attn, b.int64([-1, N * D])]), `${p}self_attention.dense.weight`)
         // h = residual + dense; hn = RMSNorm(h)
         const [hn, , , h] = b.node('SkipSimplifiedLayerNormalization', [dense, residual, ctx.weight(`${p}post_attention_layernorm.weight`)],
           [b.fresh('post_attention_layernorm'), '', '', b.fresh('residual')], {epsilon}, MS_DOMAIN)
-        const up = linear(b, hn, ctx.weight(`${p}mlp.dense_h_to_4h.weight`))
+        const up = ctx.linear(hn, `${p}mlp.dense_h_to_4h.weight`)
         const [gate, value] = b.node('Split', [up, b.int64([F, F])], 2, {axis: 1})
         const act = b.op('Mul', [b.ms('QuickGelu', [gate], {alpha: float(1)}), value])
-        const down = linear(b, act, ctx.weight(`${p}mlp.dense_4h_to_h.weight`))
+        const down = ctx.linear(act, `${p}mlp.dense_4h_to_h.weight`)
         if (i + 1 < layers) {
           ;[xn, , , residual] = b.node('SkipSimplifiedLayerNormalization', [down, h, ctx.weight(`transformer.encoder.layers.${i + 1}.input_layernorm.weight`)],
             [b.fresh('next_input_layernorm'), '', '', b.fresh('residual')], {epsilon}, MS_DOMAIN)
@@ -122,7 +121,7 @@ export const chatglmV2Graph: ChatglmOnnxGraph = {
         }
       })
     }
-    const logits = b.scope('output_layer', () => logitsHead(b, xn, io.logitsIndex, ctx.weight('transformer.output_layer.weight')))
+    const logits = b.scope('output_layer', () => logitsHead(b, ctx, xn, io.logitsIndex, 'transformer.output_layer.weight'))
     declareOutputs(b, d, logits, presentKey, presentValue)
   },
 }

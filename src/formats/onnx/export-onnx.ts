@@ -3,17 +3,20 @@ import {existsSync} from 'node:fs'
 import {join} from 'node:path'
 import {GlmtoolError, ModelError} from '../../errors.js'
 import type {Arch, ArchId, ModelConfig} from '../../models/index.js'
+import {isQuantizedWeight, type QuantLayout, quantLayoutOf, scaleNameOf} from '../../models/quantized-layout.js'
 import {VERSION} from '../../version.js'
 import {byteLength, type DType, isFloat, numel} from '../dtype.js'
 import {decodeFloats, encodeFloats} from '../dtype-convert.js'
-import {assertComplete, checkTensors, openModel} from '../model-dir.js'
+import {assertComplete, checkTensors, type ModelSource, openModel} from '../model-dir.js'
 import {writeOutputDir} from '../output-dir.js'
+import {writeSafetensorsFile} from '../safetensors-writer.js'
 import type {TensorEntry} from '../tensor.js'
-import {type ChatglmOnnxGraph, decoderIO, type DecoderDims, type DecoderIO, type GraphContext, MASKED} from './chatglm-graph.js'
+import {type ChatglmOnnxGraph, decoderIO, type DecoderDims, type DecoderIO, type GraphContext, linear, MASKED, type TensorIO} from './chatglm-graph.js'
 import {chatglmV1Graph} from './chatglm-v1-graph.js'
 import {chatglmV2Graph} from './chatglm-v2-graph.js'
 import {ExternalDataWriter, externalRangeOf} from './external-data.js'
-import {decodeModel, DEFAULT_OPSET, ELEM, elemTypeOf, GraphBuilder, IR_VERSION, MS_DOMAIN, MS_OPSET} from './onnx-builder.js'
+import {decodeModel, DEFAULT_OPSET, ELEM, type ElemType, elemTypeOf, GraphBuilder, IR_VERSION, MS_DOMAIN, MS_OPSET} from './onnx-builder.js'
+import {dequantEmbedding, matMulNBitsB, matMulNBitsScales, nbitsDims} from './quantized-weights.js'
 
 export const ONNX_MODEL_FILE = 'model.onnx'
 export const ONNX_DATA_FILE = 'model.onnx.data'
@@ -46,10 +49,19 @@ export interface OnnxExportOptions {
   /** Undefined: F16 when every weight of the checkpoint is float16, F32 otherwise (bf16 and f32 sources keep their precision). */
   dtype?: OnnxWeightDtype
   force: boolean
+  /**
+   * Calibration variant: the graph also outputs the input of every linear layer, named
+   * `linear_input.<weight name>` (float32 [rows, in]), after the decoder's own outputs
+   * (quantize's activation statistics run it; see quant/activation-stats.ts).
+   */
+  linearInputs?: boolean
   onStart?: (totalBytes: number) => void
   onBytes?: (n: number) => void
   onWarning?: (message: string) => void
 }
+
+/** Prefix of the calibration variant's extra outputs. */
+export const LINEAR_INPUT_PREFIX = 'linear_input.'
 
 export interface OnnxManifest {
   format: 'glmtool-onnx'
@@ -67,6 +79,8 @@ export interface OnnxManifest {
   outputs: DecoderIO['outputs']
   graph: string
   ops: Record<string, string>
+  /** Weight-quantized linears (MatMulNBits), as in the checkpoint's config.json; absent for float models. */
+  quantization?: {bits: 4 | 8, group_size: number, linears: number, lm_head: boolean, embeddings: boolean}
   glmtool_version: string
 }
 
@@ -107,6 +121,23 @@ async function* storedChunks(t: TensorEntry, to: DType): AsyncIterable<Buffer> {
   }
 }
 
+/** config.json's marker for a P-Tuning prefix stored as transformer.prefix_cache.* (merge-adapter). */
+const PREFIX_TENSORS = 'prefix_cache'
+/** The merged prefix's keys and values beside the graph; OnnxCpuBackend puts them in front of the KV cache. */
+export const ONNX_PREFIX_FILE = 'prefix_kv.safetensors'
+
+/**
+ * A merged P-Tuning v2 prefix is not part of the graph: it is past K/V that every query sees.
+ * Its tensors (transformer.prefix_cache.<i>.{key,value}, float32 [Hkv, pre_seq_len, D]) are
+ * copied as they are into prefix_kv.safetensors. Returns the file name, or undefined.
+ */
+async function writePrefixFile(model: ModelSource, dir: string): Promise<string | undefined> {
+  const tensors = model.tensors.filter(t => t.name.startsWith('transformer.prefix_cache.'))
+  if (tensors.length === 0) return undefined
+  await writeSafetensorsFile(join(dir, ONNX_PREFIX_FILE), tensors, {format: 'pt', glmtool_prefix: PREFIX_TENSORS})
+  return ONNX_PREFIX_FILE
+}
+
 /** Files that travel with the graph: config, tokenizer model and tokenizer config. */
 function companionFiles(arch: Arch): string[] {
   return ['config.json', arch.tokenizerFile, 'tokenizer_config.json']
@@ -123,125 +154,198 @@ export async function exportOnnx(opts: OnnxExportOptions): Promise<OnnxExportRes
   const started = Date.now()
   const model = await openModel(opts.input)
   try {
-    if (!model.dir || !model.arch || !model.config) {
-      throw new ModelError(`${opts.input}: ONNX export needs a model directory with config.json, not a single file`, 'not-a-model-dir')
-    }
-    const {arch, config, dir} = model
-    if (config.quantization_bit !== undefined) {
-      throw new GlmtoolError('onnx-unsupported', `${opts.input}: quantized checkpoints (quantization_bit ${String(config.quantization_bit)}) cannot be exported to ONNX; export the float16 model`)
-    }
-    if (config.pre_seq_len !== undefined && config.pre_seq_len !== null) {
-      // The graph takes a prefix as extra past K/V (OnnxCpuBackend's PrefixKV), but nothing
-      // carries it from a checkpoint into an ONNX directory yet; dropping it silently would
-      // change every answer.
-      throw new GlmtoolError('onnx-unsupported', `${opts.input}: config.json has pre_seq_len ${String(config.pre_seq_len)} (a P-Tuning v2 prefix); the ONNX export does not carry prefixes yet`)
-    }
-    const check = checkTensors(arch, config, model.tensors)
-    assertComplete(arch, check, opts.input)
-    for (const w of model.warnings) opts.onWarning?.(w)
-    for (const n of check.extra) opts.onWarning?.(`extra tensor ${n} (not part of ${arch.id}) is not exported`)
-
-    const graph = onnxGraphFor(arch)
-    const dims = graph.dims(config)
-    const byName = new Map(model.tensors.map(t => [t.name, t]))
-    const plan = planGraph(graph, dims, config, byName, opts.dtype)
-    const total = plan.weights.reduce((a, t) => a + byteLength(plan.dtype, t.shape), 0) + plan.computed.reduce((a, c) => a + c.data.byteLength, 0)
-    opts.onStart?.(total)
-
+    const plan = planExport(model, opts)
     return await writeOutputDir(opts.out, opts.force, async tmp => {
-      const writer = await ExternalDataWriter.create(join(tmp, ONNX_DATA_FILE), ONNX_DATA_FILE)
-      try {
-        for (const t of plan.weights) {
-          const len = byteLength(plan.dtype, t.shape)
-          plan.builder.initializer(await writer.add(t.name, elemTypeOf(plan.dtype), t.shape, len, storedChunks(t, plan.dtype)))
-          opts.onBytes?.(len)
-        }
-        for (const c of plan.computed) {
-          const bytes = Buffer.from(c.data.buffer, c.data.byteOffset, c.data.byteLength)
-          plan.builder.initializer(await writer.add(c.name, ELEM.FLOAT, c.dims, bytes.length, (async function* () {
-            yield bytes
-          })()))
-          opts.onBytes?.(bytes.length)
-        }
-      } finally {
-        await writer.close()
-      }
-      const weightsDtype = plan.dtype === 'F16' ? 'float16' : 'float32'
-      const io = decoderIO(dims)
-      const modelBytes = plan.builder.toModel({
-        graphName: `${arch.id} decoder`,
-        producerVersion: VERSION,
-        docString: graph.description,
-        metadata: {glmtool_architecture: arch.id, glmtool_weights_dtype: weightsDtype},
-      })
-      await writeFile(join(tmp, ONNX_MODEL_FILE), modelBytes)
-
-      const copied: string[] = []
-      for (const f of companionFiles(arch)) {
-        if (!existsSync(join(dir, f))) {
-          if (f !== 'config.json') opts.onWarning?.(`${f} is missing from ${dir}; the ONNX directory has no ${f}`)
-          continue
-        }
-        await copyFile(join(dir, f), join(tmp, f))
-        copied.push(f)
-      }
-      const manifest: OnnxManifest = {
-        format: 'glmtool-onnx',
-        version: 1,
-        architecture: arch.id,
-        model: ONNX_MODEL_FILE,
-        data: ONNX_DATA_FILE,
-        weights_dtype: weightsDtype,
-        compute_dtype: 'float32',
-        ir_version: IR_VERSION,
-        opset: {'ai.onnx': DEFAULT_OPSET, [MS_DOMAIN]: MS_OPSET},
-        dims,
-        mask: {visible: 0, masked: MASKED},
-        inputs: io.inputs,
-        outputs: io.outputs,
-        graph: graph.description,
-        ops: graph.ops,
-        glmtool_version: VERSION,
-      }
-      await writeFile(join(tmp, ONNX_MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n')
-      await verifyOnnxDir(tmp, plan.builder.initializers.length)
-      return {
-        input: opts.input, out: opts.out, architecture: arch.id, dtype: plan.dtype === 'F16' ? 'f16' : 'f32',
-        tensors: plan.weights.length, bytes: total, files: [ONNX_MODEL_FILE, ONNX_DATA_FILE, ONNX_MANIFEST_FILE, ...copied], copied, io,
-        seconds: (Date.now() - started) / 1000, peakRssBytes: process.resourceUsage().maxRSS * 1024,
-      }
+      const result = await writeOnnxFiles(plan, tmp, opts, started, true)
+      const prefix = await writePrefixFile(model, tmp)
+      return prefix ? {...result, files: [...result.files, prefix]} : result
     })
   } finally {
     await model.close()
   }
 }
 
+/**
+ * The same export written into an existing directory `dir` that already holds the model's
+ * config and tokenizer (quantize --format both puts the graph beside the safetensors it was
+ * made from). The caller owns the directory's atomicity.
+ */
+export async function exportOnnxInto(input: string, dir: string, opts: Omit<OnnxExportOptions, 'input' | 'out' | 'force'>): Promise<OnnxExportResult> {
+  const started = Date.now()
+  const model = await openModel(input)
+  try {
+    const o = {...opts, input, out: dir, force: true}
+    return await writeOnnxFiles(planExport(model, o), dir, o, started, false)
+  } finally {
+    await model.close()
+  }
+}
+
+interface ExportPlan {
+  arch: Arch
+  config: ModelConfig
+  dir: string
+  dims: DecoderDims
+  graph: ChatglmOnnxGraph
+  plan: GraphPlan
+  total: number
+}
+
+function planExport(model: ModelSource, opts: OnnxExportOptions): ExportPlan {
+  if (!model.dir || !model.arch || !model.config) {
+    throw new ModelError(`${opts.input}: ONNX export needs a model directory with config.json, not a single file`, 'not-a-model-dir')
+  }
+  const {arch, config, dir} = model
+  if (config.pre_seq_len !== undefined && config.pre_seq_len !== null && config.glmtool_prefix !== PREFIX_TENSORS) {
+    // Only a prefix merged by `glmtool merge-adapter` (precomputed keys/values) travels; a raw
+    // trainer config would otherwise be exported without its prefix, changing every answer.
+    throw new GlmtoolError('onnx-unsupported', `${opts.input}: config.json has pre_seq_len ${String(config.pre_seq_len)} but no merged prefix; merge the P-Tuning v2 checkpoint first with \`glmtool merge-adapter <base> --adapter <checkpoint> --type prefix\``)
+  }
+  const check = checkTensors(arch, config, model.tensors)
+  assertComplete(arch, check, opts.input)
+  for (const w of model.warnings) opts.onWarning?.(w)
+  for (const n of check.extra) opts.onWarning?.(`extra tensor ${n} (not part of ${arch.id}) is not exported`)
+
+  const graph = onnxGraphFor(arch)
+  const dims = graph.dims(config)
+  const byName = new Map(model.tensors.map(t => [t.name, t]))
+  const plan = planGraph(graph, dims, arch, config, byName, opts.dtype, opts.linearInputs ?? false)
+  const total = plan.entries.reduce((a, e) => a + e.length, 0) + plan.computed.reduce((a, c) => a + c.data.byteLength, 0)
+  return {arch, config, dir, dims, graph, plan, total}
+}
+
+async function writeOnnxFiles(p: ExportPlan, tmp: string, opts: OnnxExportOptions, started: number, copyCompanions: boolean): Promise<OnnxExportResult> {
+  const {arch, dir, dims, graph, plan, total} = p
+  opts.onStart?.(total)
+  const writer = await ExternalDataWriter.create(join(tmp, ONNX_DATA_FILE), ONNX_DATA_FILE)
+  try {
+    for (const e of plan.entries) {
+      plan.builder.initializer(await writer.add(e.name, e.elemType, e.dims, e.length, e.chunks()))
+      opts.onBytes?.(e.length)
+    }
+    for (const c of plan.computed) {
+      const bytes = Buffer.from(c.data.buffer, c.data.byteOffset, c.data.byteLength)
+      plan.builder.initializer(await writer.add(c.name, ELEM.FLOAT, c.dims, bytes.length, (async function* () {
+        yield bytes
+      })()))
+      opts.onBytes?.(bytes.length)
+    }
+  } finally {
+    await writer.close()
+  }
+  const weightsDtype = plan.dtype === 'F16' ? 'float16' : 'float32'
+  const io = decoderIO(dims)
+  const outputs = [...io.outputs, ...plan.extraOutputs]
+  const modelBytes = plan.builder.toModel({
+    graphName: `${arch.id} decoder`,
+    producerVersion: VERSION,
+    docString: graph.description,
+    metadata: {glmtool_architecture: arch.id, glmtool_weights_dtype: weightsDtype},
+  })
+  await writeFile(join(tmp, ONNX_MODEL_FILE), modelBytes)
+
+  const copied: string[] = []
+  for (const f of companionFiles(arch)) {
+    if (!copyCompanions) {
+      if (existsSync(join(tmp, f))) copied.push(f)
+      continue
+    }
+    if (!existsSync(join(dir, f))) {
+      if (f !== 'config.json') opts.onWarning?.(`${f} is missing from ${dir}; the ONNX directory has no ${f}`)
+      continue
+    }
+    await copyFile(join(dir, f), join(tmp, f))
+    copied.push(f)
+  }
+  const manifest: OnnxManifest = {
+    format: 'glmtool-onnx',
+    version: 1,
+    architecture: arch.id,
+    model: ONNX_MODEL_FILE,
+    data: ONNX_DATA_FILE,
+    weights_dtype: weightsDtype,
+    compute_dtype: 'float32',
+    ir_version: IR_VERSION,
+    opset: {'ai.onnx': DEFAULT_OPSET, [MS_DOMAIN]: MS_OPSET},
+    dims,
+    mask: {visible: 0, masked: MASKED},
+    inputs: io.inputs,
+    outputs,
+    graph: graph.description,
+    ops: graph.ops,
+    ...(plan.quant ? {quantization: {
+      bits: plan.quant.layout.bits, group_size: plan.quant.layout.groupSize, linears: plan.quant.linears,
+      lm_head: plan.quant.layout.lmHead, embeddings: plan.quant.layout.embeddings,
+    }} : {}),
+    glmtool_version: VERSION,
+  }
+  await writeFile(join(tmp, ONNX_MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n')
+  await verifyOnnxDir(tmp, plan.builder.initializers.length)
+  return {
+    input: opts.input, out: opts.out, architecture: arch.id, dtype: plan.dtype === 'F16' ? 'f16' : 'f32',
+    tensors: plan.sourceTensors, bytes: total, files: [ONNX_MODEL_FILE, ONNX_DATA_FILE, ONNX_MANIFEST_FILE, ...copied], copied, io,
+    seconds: (Date.now() - started) / 1000, peakRssBytes: process.resourceUsage().maxRSS * 1024,
+  }
+}
+
+/** One initializer of model.onnx.data, its bytes produced when written. */
+interface PlannedTensor {
+  name: string
+  elemType: ElemType
+  dims: readonly number[]
+  length: number
+  chunks(): AsyncIterable<Buffer>
+}
+
 interface GraphPlan {
   builder: GraphBuilder
   dtype: OnnxWeightDtype
-  /** Checkpoint tensors the graph uses, in the order it first uses them. */
-  weights: TensorEntry[]
+  /** Initializers from checkpoint tensors, in the order the graph first uses them. */
+  entries: PlannedTensor[]
+  /** How many checkpoint tensors the graph uses. */
+  sourceTensors: number
   computed: {name: string, dims: readonly number[], data: Float32Array}[]
+  /** Graph outputs beyond the decoder contract (the calibration variant's linear inputs). */
+  extraOutputs: TensorIO[]
+  quant?: {layout: QuantLayout, linears: number}
 }
 
 /** Build the graph (no tensor bytes read), recording which tensors it uses. */
-function planGraph(graph: ChatglmOnnxGraph, dims: DecoderDims, config: ModelConfig, byName: Map<string, TensorEntry>, requested?: OnnxWeightDtype): GraphPlan {
+function planGraph(graph: ChatglmOnnxGraph, dims: DecoderDims, arch: Arch, config: ModelConfig, byName: Map<string, TensorEntry>, requested: OnnxWeightDtype | undefined, linearInputs: boolean): GraphPlan {
   const b = new GraphBuilder()
   const used = new Set<string>()
   const asFloat = new Map<string, string>()
   const computed: GraphPlan['computed'] = []
+  const entries: PlannedTensor[] = []
+  const extraOutputs: TensorIO[] = []
+  const pendingOutputs: string[] = []
+  const layout = quantLayoutOf(config)
+  let quantLinears = 0
   let dtype: OnnxWeightDtype | undefined = requested
-  const source = (name: string): TensorEntry => {
+  const lookup = (name: string): TensorEntry => {
     const t = byName.get(name)
     if (!t) throw new ModelError(`the ${graph.arch} ONNX graph needs tensor ${name}, which the checkpoint lacks`, 'incomplete-model')
-    if (!isFloat(t.dtype)) throw new GlmtoolError('onnx-unsupported', `${t.file}: tensor ${name} is ${t.dtype}; ONNX export takes float checkpoints`)
+    return t
+  }
+  const isQuantized = (name: string) => layout !== undefined && isQuantizedWeight(arch, layout, name)
+  /** A float checkpoint tensor as an initializer in the storage dtype (once). */
+  const source = (name: string): TensorEntry => {
+    const t = lookup(name)
+    if (!isFloat(t.dtype)) throw new GlmtoolError('onnx-unsupported', `${t.file}: tensor ${name} is ${t.dtype}; ONNX export takes float weights (and the int8 weights of a quantized checkpoint)`)
     if (!used.has(name)) {
       used.add(name)
       b.reserve(name)
+      entries.push({name, elemType: elemTypeOf(storage), dims: t.shape, length: byteLength(storage, t.shape), chunks: () => storedChunks(t, storage)})
     }
     return t
   }
+  const int8 = (name: string): TensorEntry => {
+    const t = lookup(name)
+    if (t.dtype !== 'I8') throw new GlmtoolError('onnx-unsupported', `${t.file}: quantized weight ${name} is ${t.dtype}, not int8`)
+    return t
+  }
   // The storage dtype is decided before any node is added: it changes whether Casts exist.
+  // (Quantized weights are int8 whatever it is; their scales count as float weights.)
   if (!dtype) {
     const floats = [...byName.values()].filter(t => isFloat(t.dtype))
     dtype = floats.length > 0 && floats.every(t => t.dtype === 'F16') ? 'F16' : 'F32'
@@ -260,6 +364,16 @@ function planGraph(graph: ChatglmOnnxGraph, dims: DecoderDims, config: ModelConf
       return v
     },
     embed(name, ids) {
+      if (isQuantized(name)) {
+        const t = int8(name)
+        if (!used.has(name)) {
+          used.add(name)
+          b.reserve(name)
+          entries.push({name, elemType: ELEM.INT8, dims: t.shape, length: byteLength('I8', t.shape), chunks: () => t.chunks(CHUNK_BYTES)})
+        }
+        const hidden = layout!.bits === 4 ? t.shape[1] * 2 : t.shape[1]
+        return dequantEmbedding(b, name, ctx.weight(scaleNameOf(name)), ids, hidden, layout!.bits, layout!.groupSize)
+      }
       source(name)
       const rows = b.op('Gather', [name, ids], {axis: 0})
       return storage === 'F32' ? rows : b.op('Cast', [rows], {to: ELEM.FLOAT})
@@ -269,12 +383,42 @@ function planGraph(graph: ChatglmOnnxGraph, dims: DecoderDims, config: ModelConf
       computed.push({name: b.reserve(name), dims: shape, data})
       return name
     },
+    linear(x, weight, bias) {
+      let y: string
+      if (isQuantized(weight)) {
+        const w = int8(weight)
+        const scale = lookup(scaleNameOf(weight))
+        const d = nbitsDims(layout!, w)
+        const B = b.reserve(`${weight}.MatMulNBits.B`)
+        const scales = b.reserve(`${weight}.MatMulNBits.scales`)
+        used.add(weight)
+        used.add(scale.name)
+        quantLinears++
+        entries.push({name: B, elemType: ELEM.UINT8, dims: [d.N, d.kBlocks, d.blockSize * d.bits / 8], length: d.N * d.kBlocks * d.blockSize * d.bits / 8, chunks: () => matMulNBitsB(w, d)})
+        entries.push({name: scales, elemType: ELEM.FLOAT, dims: [d.N, d.kBlocks], length: d.N * d.kBlocks * 4, chunks: async function* () {
+          yield await matMulNBitsScales(scale, d)
+        }})
+        y = b.ms('MatMulNBits', [x, B, scales], {K: d.K, N: d.N, bits: d.bits, block_size: d.blockSize, accuracy_level: 0})
+        if (bias) y = b.op('Add', [y, ctx.weight(bias)])
+        if (linearInputs) extraOutputs.push({name: `${LINEAR_INPUT_PREFIX}${weight}`, dtype: 'float32', shape: ['rows', d.K]})
+      } else {
+        const t = source(weight)
+        y = linear(b, x, ctx.weight(weight), bias ? ctx.weight(bias) : undefined)
+        if (linearInputs) extraOutputs.push({name: `${LINEAR_INPUT_PREFIX}${weight}`, dtype: 'float32', shape: ['rows', t.shape[1]]})
+      }
+      if (linearInputs) pendingOutputs.push(x)
+      return y
+    },
   }
   graph.build(b, ctx, dims)
+  // After the decoder's outputs, so the contract's outputs keep their positions.
+  pendingOutputs.forEach((x, i) => b.output(x, extraOutputs[i].name, ELEM.FLOAT, extraOutputs[i].shape))
   // Graph order (layer by layer), whatever the source format or shard layout: the same model
   // gives the same model.onnx.data from torch shards or from safetensors.
-  const weights = [...used].map(n => byName.get(n)!)
-  return {builder: b, dtype: storage, weights, computed}
+  return {
+    builder: b, dtype: storage, entries, sourceTensors: used.size, computed, extraOutputs,
+    ...(layout ? {quant: {layout, linears: quantLinears}} : {}),
+  }
 }
 
 /**
@@ -294,7 +438,7 @@ export async function verifyOnnxDir(dir: string, expectedInitializers?: number):
   if (!g) return fail('no graph')
   const initializers = g.initializer ?? []
   if (expectedInitializers !== undefined && initializers.length !== expectedInitializers) fail(`${initializers.length} initializers, planned ${expectedInitializers}`)
-  const elemSize: Record<number, number> = {[ELEM.FLOAT]: 4, [ELEM.FLOAT16]: 2, [ELEM.BFLOAT16]: 2, [ELEM.INT32]: 4, [ELEM.INT64]: 8}
+  const elemSize: Record<number, number> = {[ELEM.FLOAT]: 4, [ELEM.UINT8]: 1, [ELEM.INT8]: 1, [ELEM.FLOAT16]: 2, [ELEM.BFLOAT16]: 2, [ELEM.INT32]: 4, [ELEM.INT64]: 8}
   for (const t of initializers) {
     const r = externalRangeOf(t)
     if (!r) continue

@@ -14,7 +14,7 @@ export type NodeProto = onnxProto.onnx.INodeProto
 export type ValueInfoProto = onnxProto.onnx.IValueInfoProto
 
 /** ONNX TensorProto.DataType numbers (onnx.proto). */
-export const ELEM = {FLOAT: 1, INT32: 6, INT64: 7, FLOAT16: 10, BFLOAT16: 16} as const
+export const ELEM = {FLOAT: 1, UINT8: 2, INT8: 3, INT32: 6, INT64: 7, FLOAT16: 10, BFLOAT16: 16} as const
 export type ElemType = typeof ELEM[keyof typeof ELEM]
 
 export function elemTypeOf(dtype: DType): ElemType {
@@ -22,6 +22,8 @@ export function elemTypeOf(dtype: DType): ElemType {
     case 'F32': return ELEM.FLOAT
     case 'F16': return ELEM.FLOAT16
     case 'BF16': return ELEM.BFLOAT16
+    case 'I8': return ELEM.INT8
+    case 'U8': return ELEM.UINT8
     case 'I32': return ELEM.INT32
     case 'I64': return ELEM.INT64
     default: throw new GlmtoolError('onnx-dtype', `no ONNX export for tensors of dtype ${dtype}`)

@@ -1,9 +1,12 @@
+import {existsSync} from 'node:fs'
 import {readFile} from 'node:fs/promises'
 import {join} from 'node:path'
 import * as ort from 'onnxruntime-node'
 import {GlmtoolError, ModelError} from '../../errors.js'
 import {MASKED, type DecoderDims} from '../../formats/onnx/chatglm-graph.js'
-import {type OnnxManifest, readOnnxManifest} from '../../formats/onnx/export-onnx.js'
+import {ONNX_PREFIX_FILE, type OnnxManifest, readOnnxManifest} from '../../formats/onnx/export-onnx.js'
+import {openSafetensors} from '../../formats/safetensors-reader.js'
+import {readTensor} from '../../formats/tensor.js'
 import {type Arch, archById, type ModelConfig} from '../../models/index.js'
 import type {DecoderBackend, ForwardInput, ForwardOutput} from '../backend.js'
 
@@ -12,13 +15,18 @@ export interface OnnxCpuOptions {
   maxLength?: number
   /** onnxruntime intra-op threads (default: onnxruntime's choice, the physical cores). */
   threads?: number
+  /**
+   * Called with every output of each run, the decoder's and any extra ones (the calibration
+   * variant's linear inputs, quant/activation-stats.ts), before forward() returns.
+   */
+  onOutputs?: (outputs: Readonly<Record<string, ort.Tensor>>) => void
 }
 
 /**
  * Per-layer key/value entries kept in front of the KV cache and seen by every query: the
  * extension point for P-Tuning v2 prefixes (chatglm.md section 7). Each tensor is
- * [1, kvHeads, prefixLength, headDim] float32; keys are used as stored (no rotary). Not
- * produced by anything yet: a later prefix loader passes it to OnnxCpuBackend.load.
+ * [1, kvHeads, prefixLength, headDim] float32; keys are used as stored (no rotary).
+ * `load` reads it from the export's prefix_kv.safetensors (a prefix merged by merge-adapter).
  */
 export interface PrefixKV {
   readonly length: number
@@ -65,6 +73,7 @@ export class OnnxCpuBackend implements DecoderBackend {
     readonly manifest: OnnxManifest,
     maxLength: number,
     private readonly prefix: PrefixKV | undefined,
+    private readonly onOutputs?: OnnxCpuOptions['onOutputs'],
   ) {
     this.maxLength = maxLength
     this.reset()
@@ -83,7 +92,8 @@ export class OnnxCpuBackend implements DecoderBackend {
     if (opts.maxLength !== undefined && (!Number.isSafeInteger(opts.maxLength) || opts.maxLength < 1)) {
       throw new GlmtoolError('usage', `maxLength must be a positive integer (got ${opts.maxLength})`)
     }
-    if (opts.prefix) checkPrefix(opts.prefix, d)
+    const prefix = opts.prefix ?? await readPrefixFile(onnxDir, d)
+    if (prefix) checkPrefix(prefix, d)
     let session: ort.InferenceSession
     try {
       session = await ort.InferenceSession.create(join(onnxDir, manifest.model), {
@@ -100,7 +110,7 @@ export class OnnxCpuBackend implements DecoderBackend {
       throw new GlmtoolError('onnx-load', `${join(onnxDir, manifest.model)}: graph inputs/outputs differ from ${join(onnxDir, 'glmtool-onnx.json')}`)
     }
     const maxLength = Math.min(opts.maxLength ?? d.maxPositions, d.maxPositions)
-    return new OnnxCpuBackend(session, arch, config, manifest, maxLength, opts.prefix)
+    return new OnnxCpuBackend(session, arch, config, manifest, maxLength, prefix, opts.onOutputs)
   }
 
   get length(): number {
@@ -137,6 +147,7 @@ export class OnnxCpuBackend implements DecoderBackend {
       feeds[`past_value_${i}`] = this.pastValues[i]
     }
     const out = await this.session.run(feeds)
+    this.onOutputs?.(out as Record<string, ort.Tensor>)
     for (let i = 0; i < d.layers; i++) {
       this.pastKeys[i] = out[`present_key_${i}`] as ort.Tensor
       this.pastValues[i] = out[`present_value_${i}`] as ort.Tensor
@@ -175,4 +186,25 @@ function checkPrefix(p: PrefixKV, d: DecoderDims): void {
   if (!Number.isSafeInteger(p.length) || p.length < 0 || !ok(p.keys) || !ok(p.values)) {
     throw new GlmtoolError('bad-prefix', `prefix KV must hold ${d.layers} layers of [1, ${d.kvHeads}, ${p.length}, ${d.headDim}] keys and values`)
   }
+}
+
+/** The merged P-Tuning prefix stored beside an ONNX export (export-onnx.ts), if there is one. */
+async function readPrefixFile(dir: string, d: DecoderDims): Promise<PrefixKV | undefined> {
+  const path = join(dir, ONNX_PREFIX_FILE)
+  if (!existsSync(path)) return undefined
+  const file = await openSafetensors(path)
+  const byName = new Map(file.tensors.map(t => [t.name, t]))
+  const keys: Float32Array[] = []
+  const values: Float32Array[] = []
+  let length = 0
+  for (let i = 0; i < d.layers; i++) {
+    for (const [kind, list] of [['key', keys], ['value', values]] as const) {
+      const t = byName.get(`transformer.prefix_cache.${i}.${kind}`)
+      if (!t || t.dtype !== 'F32' || t.shape.length !== 3) throw new GlmtoolError('bad-prefix', `${path}: transformer.prefix_cache.${i}.${kind} is missing or not float32 [kv_heads, pre_seq_len, head_dim]`)
+      length = t.shape[1]
+      const bytes = await readTensor(t)
+      list.push(new Float32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4).slice())
+    }
+  }
+  return {length, keys, values}
 }

@@ -1,0 +1,367 @@
+import {copyFile, mkdir, mkdtemp, readdir, rm, writeFile} from 'node:fs/promises'
+import {existsSync} from 'node:fs'
+import {totalmem, tmpdir} from 'node:os'
+import {join} from 'node:path'
+import {GlmtoolError, ModelError, UsageError} from '../errors.js'
+import {byteLength, isFloat, numel} from '../formats/dtype.js'
+import {assertComplete, checkTensors, isWeightFile, type ModelSource, openModel} from '../formats/model-dir.js'
+import {exportOnnx, exportOnnxInto, ONNX_MANIFEST_FILE} from '../formats/onnx/export-onnx.js'
+import {writeOutputDir} from '../formats/output-dir.js'
+import {writeSafetensorsModel} from '../formats/safetensors-writer.js'
+import type {TensorEntry} from '../formats/tensor.js'
+import type {Arch, ModelConfig} from '../models/index.js'
+import {GLMTOOL_QUANT_KEY, isQuantizedWeight, type QuantLayout, scaleNameOf} from '../models/quantized-layout.js'
+import {loadTokenizer} from '../runtime/tokenizer.js'
+import {VERSION} from '../version.js'
+import {collectActivationStats, type LinearStats} from './activation-stats.js'
+import {quantizeUnit, type LinearReport, type UnitResult} from './calibrated-unit.js'
+import {calibrationUnits} from './calibration-plan.js'
+import {splitParagraphs, tokenSequences} from './calibration-data.js'
+import {CALIBRATION_TEXT, HELD_OUT_TEXT} from './calibration-text.js'
+import {type EndToEnd, evaluateAgainst} from './evaluate.js'
+import {finiteChecked, rtnTensors} from './quantized-tensors.js'
+import {QuantizationError, type QuantBits} from './rtn.js'
+import {RtnPool} from './rtn-pool.js'
+
+/**
+ * `glmtool quantize`: a float ChatGLM checkpoint -> a weight-quantized model directory in the
+ * published layout (models/quantized-layout.ts), as safetensors, ONNX (MatMulNBits), or both.
+ *
+ * - rtn: the published round-to-nearest scheme, bit-identical to quantization.py for
+ *   per-channel scales, streamed tensor by tensor and row block by row block over worker
+ *   threads (quantized-tensors.ts), so any model size runs in bounded memory.
+ * - calibrated: the float model runs over calibration text in onnxruntime to collect each
+ *   linear's input statistics (activation-stats.ts); each layer then gets AWQ input scaling
+ *   (folded into the preceding norm or linear where the math allows, calibration-plan.ts) and
+ *   a clipping search (calibrate.ts), quantized with the same published arithmetic.
+ * The report has per-layer weight and activation-weighted output errors (RTN and the method
+ * used), and end to end, on held-out text, the KL divergence and top-1 agreement of the
+ * quantized model's next-token distributions against the float model's (evaluate.ts).
+ */
+
+export type QuantMethod = 'rtn' | 'calibrated'
+export type QuantFormat = 'safetensors' | 'onnx' | 'both'
+export const GROUP_SIZES: readonly number[] = [0, 32, 64, 128]
+
+export interface QuantizeOptions {
+  input: string
+  out: string
+  bits: number
+  /** 0: one scale per output channel (published); else input columns per scale. */
+  groupSize: number
+  method: QuantMethod
+  /** Also quantize the output layer / the word embeddings (the published checkpoints keep both float16). */
+  lmHead: boolean
+  embeddings: boolean
+  format: QuantFormat
+  force: boolean
+  /** Calibration text (default: the built-in set) and where it came from, for the report. */
+  calibration?: {text: string, source: string}
+  /** Calibration sequences used at most (each up to seqLen tokens). */
+  calibSamples: number
+  seqLen?: number
+  /** End-to-end evaluation on held-out text: auto = when the float model fits comfortably in memory. */
+  evaluate: 'auto' | 'on' | 'off'
+  /** Worker threads for RTN (default: every core). */
+  threads?: number
+  maxShardBytes?: number
+  onStage?: (message: string) => void
+  onStart?: (totalBytes: number) => void
+  onBytes?: (n: number) => void
+  onWarning?: (message: string) => void
+}
+
+export interface QuantizeResult {
+  input: string
+  out: string
+  architecture: string
+  bits: QuantBits
+  groupSize: number
+  method: QuantMethod
+  format: QuantFormat
+  lmHead: boolean
+  embeddings: boolean
+  /** Weights quantized. */
+  quantized: number
+  sourceBytes: number
+  /** Bytes of tensors written (safetensors), and the ONNX data file when written. */
+  bytes: number
+  onnxBytes?: number
+  files: string[]
+  layers: LinearReport[]
+  summary: {weightError: {rtn: number, chosen: number}, outputError?: {rtn: number, chosen: number}}
+  calibration?: {source: string, sequences: number, tokens: number, seconds: number}
+  endToEnd?: {text: string, sequences: number, positions: number, models: EndToEnd[], seconds: number} | {skipped: string}
+  threads: number
+  seconds: {total: number, quantize: number, calibration?: number, onnx?: number, evaluation?: number}
+  peakRssBytes: number
+}
+
+function checkOptions(o: QuantizeOptions): asserts o is QuantizeOptions & {bits: QuantBits} {
+  if (o.bits !== 4 && o.bits !== 8) throw new QuantizationError(`unsupported --bits ${o.bits}: glmtool quantizes weights to 4 or 8 bits`, 'quant-bits')
+  if (!GROUP_SIZES.includes(o.groupSize)) throw new QuantizationError(`unsupported --group-size ${o.groupSize}: use 0 (one scale per output channel, the published scheme), 32, 64 or 128`, 'quant-group')
+  if (!Number.isSafeInteger(o.calibSamples) || o.calibSamples < 1) throw new UsageError(`--calib-samples must be a positive integer, got ${o.calibSamples}`)
+}
+
+/** Float32 bytes of the model in onnxruntime: what calibration and evaluation need per float model. */
+function float32Bytes(model: ModelSource): number {
+  return model.tensors.reduce((a, t) => a + 4 * numel(t.shape), 0)
+}
+
+export async function quantizeModel(opts: QuantizeOptions): Promise<QuantizeResult> {
+  const started = Date.now()
+  checkOptions(opts)
+  const bits = opts.bits
+  const model = await openModel(opts.input)
+  const scratch = await mkdtemp(join(tmpdir(), 'glmtool-quantize-'))
+  const pool = RtnPool.create(opts.threads)
+  try {
+    if (!model.dir || !model.arch || !model.config) {
+      throw new ModelError(`${opts.input}: quantize needs a model directory with config.json, not a single file`, 'not-a-model-dir')
+    }
+    const {arch, config} = model
+    const dir = model.dir
+    if (config.quantization_bit !== undefined && config.quantization_bit !== null) {
+      throw new QuantizationError(`${opts.input} is already quantized (quantization_bit ${JSON.stringify(config.quantization_bit)} in config.json); quantize the float16 model instead`, 'already-quantized')
+    }
+    const check = checkTensors(arch, config, model.tensors)
+    assertComplete(arch, check, opts.input)
+    for (const w of model.warnings) opts.onWarning?.(w)
+    const layout: QuantLayout = {bits, groupSize: opts.groupSize, lmHead: opts.lmHead, embeddings: opts.embeddings, method: opts.method}
+    const targets = model.tensors.filter(t => t.shape.length === 2 && isQuantizedWeight(arch, layout, t.name))
+    checkTargets(targets, layout)
+
+    // Calibration and evaluation both run the float model in onnxruntime (float32).
+    const need = float32Bytes(model)
+    const candidates = opts.method === 'calibrated' ? 2 : 1
+    const fits = need * (1 + candidates) < 0.5 * totalmem()
+    // A P-Tuning prefix (pre_seq_len) is not carried into ONNX yet, so such a model cannot run there.
+    const prefixed = config.pre_seq_len !== undefined && config.pre_seq_len !== null
+    const evaluate = opts.evaluate === 'on' || (opts.evaluate === 'auto' && fits && !prefixed)
+    if (opts.method === 'calibrated' && need > 0.8 * totalmem()) {
+      throw new GlmtoolError('quant-memory', `calibration runs the float model in onnxruntime as float32 (~${(need / 1e9).toFixed(1)} GB), more than this machine's ${(totalmem() / 1e9).toFixed(1)} GB allow; use --method rtn`)
+    }
+    const seqLen = opts.seqLen ?? 128
+    let stats: Map<string, LinearStats> | undefined
+    let calibration: QuantizeResult['calibration']
+    const floatOnnx = join(scratch, 'float-onnx')
+    const tokenizer = opts.method === 'calibrated' || evaluate ? await loadTokenizer(dir, arch.id) : undefined
+    const seconds: QuantizeResult['seconds'] = {total: 0, quantize: 0}
+    if (tokenizer) {
+      const t0 = Date.now()
+      opts.onStage?.('exporting the float model for calibration (onnxruntime, float32) ...')
+      await exportOnnx({input: opts.input, out: floatOnnx, force: true, linearInputs: true})
+      const cal = opts.calibration ?? {text: CALIBRATION_TEXT.join('\n\n'), source: 'built-in bilingual calibration text'}
+      const sequences = tokenSequences(tokenizer, splitParagraphs(cal.text), seqLen, opts.calibSamples)
+      opts.onStage?.(`collecting activation statistics over ${sequences.length} sequence(s) of ${cal.source} ...`)
+      const r = await collectActivationStats(floatOnnx, tokenizer, sequences)
+      stats = r.stats
+      seconds.calibration = (Date.now() - t0) / 1000
+      calibration = {source: cal.source, sequences: r.sequences, tokens: r.tokens, seconds: seconds.calibration}
+    }
+
+    const quantConfig: ModelConfig = {
+      ...config,
+      quantization_bit: bits,
+      [GLMTOOL_QUANT_KEY]: {bits, group_size: opts.groupSize, method: opts.method, lm_head: opts.lmHead, embeddings: opts.embeddings},
+    }
+    const sourceBytes = model.tensors.reduce((a, t) => a + byteLength(t.dtype, t.shape), 0)
+    return await writeOutputDir(opts.out, opts.force, async tmp => {
+      const t0 = Date.now()
+      const stDir = opts.format === 'onnx' ? join(tmp, '.quantized-safetensors') : tmp
+      if (opts.format === 'onnx') await mkdir(stDir)
+      opts.onStage?.(`quantizing ${targets.length} weights to int${bits} (${opts.method}${opts.method === 'rtn' ? `, ${pool.threads} thread(s)` : ''}) ...`)
+      const q = await writeQuantizedDir(model, arch, quantConfig, stDir, layout, opts.method, stats, pool, opts)
+      seconds.quantize = (Date.now() - t0) / 1000
+      let onnxBytes: number | undefined
+      if (opts.format !== 'safetensors') {
+        const t1 = Date.now()
+        opts.onStage?.('exporting ONNX (MatMulNBits) ...')
+        if (opts.format === 'onnx') await copyCompanions(dir, tmp, quantConfig)
+        const r = await exportOnnxInto(stDir, tmp, {})
+        onnxBytes = r.bytes
+        seconds.onnx = (Date.now() - t1) / 1000
+      }
+      let endToEnd: QuantizeResult['endToEnd']
+      if (evaluate && tokenizer) {
+        const t2 = Date.now()
+        const models: {label: string, dir: string}[] = []
+        if (opts.method === 'calibrated') {
+          opts.onStage?.('quantizing the RTN baseline for comparison ...')
+          const rtnSt = join(scratch, 'rtn-safetensors')
+          await writeQuantizedDir(model, arch, {...quantConfig, [GLMTOOL_QUANT_KEY]: {...quantConfig[GLMTOOL_QUANT_KEY] as object, method: 'rtn'}}, rtnSt, layout, 'rtn', stats, pool, {...opts, onBytes: undefined, onStart: undefined})
+          await exportOnnx({input: rtnSt, out: join(scratch, 'rtn-onnx'), force: true})
+          models.push({label: 'rtn', dir: join(scratch, 'rtn-onnx')})
+        }
+        let chosenOnnx = tmp
+        if (opts.format === 'safetensors') {
+          chosenOnnx = join(scratch, 'quantized-onnx')
+          await exportOnnx({input: stDir, out: chosenOnnx, force: true})
+        }
+        models.push({label: opts.method, dir: chosenOnnx})
+        const sequences = tokenSequences(tokenizer, HELD_OUT_TEXT, seqLen, 8)
+        opts.onStage?.(`evaluating on ${sequences.length} held-out sequence(s) ...`)
+        const e = await evaluateAgainst(floatOnnx, models, tokenizer, sequences)
+        endToEnd = {text: 'built-in held-out text', sequences: e.sequences, positions: e.positions, models: e.models, seconds: e.seconds}
+        seconds.evaluation = (Date.now() - t2) / 1000
+      } else {
+        endToEnd = {skipped: opts.evaluate === 'off' ? '--evaluate off'
+          : prefixed ? 'the model has a P-Tuning prefix (pre_seq_len), which the ONNX runtime does not carry yet'
+          : `the float model needs ~${(need / 1e9).toFixed(1)} GB as float32 in onnxruntime per copy (${1 + candidates} copies); pass --evaluate on to run it anyway`}
+      }
+      if (opts.format === 'onnx') await rm(stDir, {recursive: true, force: true})
+      seconds.total = (Date.now() - started) / 1000
+      return {
+        input: opts.input, out: opts.out, architecture: arch.id, bits, groupSize: opts.groupSize, method: opts.method, format: opts.format,
+        lmHead: opts.lmHead, embeddings: opts.embeddings, quantized: targets.length, sourceBytes, bytes: q.bytes,
+        ...(onnxBytes !== undefined ? {onnxBytes} : {}),
+        files: (await readdir(tmp)).filter(f => !f.startsWith('.')).sort(),
+        layers: q.layers, summary: summarize(q.layers), ...(calibration ? {calibration} : {}), endToEnd,
+        threads: pool.threads, seconds, peakRssBytes: process.resourceUsage().maxRSS * 1024,
+      }
+    })
+  } finally {
+    await pool.close()
+    await rm(scratch, {recursive: true, force: true})
+    await model.close()
+  }
+}
+
+/** Every weight to quantize must be float, and its width must suit the bits and group size. */
+function checkTargets(targets: readonly TensorEntry[], layout: QuantLayout): void {
+  for (const t of targets) {
+    const cols = t.shape[1]
+    if (!isFloat(t.dtype)) throw new QuantizationError(`${t.file}: tensor ${t.name} is ${t.dtype}; only float weights can be quantized`, 'quant-dtype')
+    if (layout.bits === 4 && cols % 2 !== 0) throw new QuantizationError(`tensor ${t.name}: 4-bit packing needs an even input width, it has ${cols}`, 'quant-shape')
+    if (layout.groupSize !== 0 && cols % layout.groupSize !== 0) {
+      throw new QuantizationError(`--group-size ${layout.groupSize} does not divide the input width ${cols} of ${t.name}; use a group size that divides every quantized layer's width, or 0 (per output channel)`, 'quant-group')
+    }
+  }
+}
+
+function mean(xs: number[]): number {
+  return xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : 0
+}
+
+function summarize(layers: readonly LinearReport[]): QuantizeResult['summary'] {
+  const withOut = layers.filter(l => l.outputError)
+  return {
+    weightError: {rtn: mean(layers.map(l => l.weightError.rtn)), chosen: mean(layers.map(l => l.weightError.chosen))},
+    ...(withOut.length ? {outputError: {rtn: mean(withOut.map(l => l.outputError!.rtn)), chosen: mean(withOut.map(l => l.outputError!.chosen))}} : {}),
+  }
+}
+
+/** config.json (the quantized one) and the tokenizer and other non-weight files. */
+async function copyCompanions(from: string, to: string, config: ModelConfig): Promise<void> {
+  for (const e of await readdir(from, {withFileTypes: true})) {
+    if (!e.isFile() || isWeightFile(e.name) || e.name.startsWith('.') || e.name === ONNX_MANIFEST_FILE || e.name.startsWith('model.onnx')) continue
+    if (e.name === 'config.json') await writeFile(join(to, e.name), JSON.stringify(config, null, 2) + '\n')
+    else await copyFile(join(from, e.name), join(to, e.name))
+  }
+  if (!existsSync(join(to, 'config.json'))) await writeFile(join(to, 'config.json'), JSON.stringify(config, null, 2) + '\n')
+}
+
+/**
+ * Write the quantized safetensors model (tensors in the source's order; each quantized weight
+ * followed by its scale) and its companion files into `dir`, then re-open and check it.
+ */
+async function writeQuantizedDir(
+  model: ModelSource, arch: Arch, quantConfig: ModelConfig, dir: string, layout: QuantLayout, method: 'rtn' | 'calibrated',
+  stats: Map<string, LinearStats> | undefined, pool: RtnPool, opts: QuantizeOptions,
+): Promise<{bytes: number, layers: LinearReport[]}> {
+  await mkdir(dir, {recursive: true})
+  const byName = new Map(model.tensors.map(t => [t.name, t]))
+  const reports = new Map<string, LinearReport>()
+  const bits = layout.bits
+  const g = layout.groupSize
+
+  // Calibration units and the tensors each may rewrite.
+  const units = method === 'calibrated' ? calibrationUnits(arch, model.config!, layout.lmHead) : []
+  const unitOf = new Map<string, number>()
+  units.forEach((u, i) => {
+    for (const l of u.linears) {
+      unitOf.set(l.weight, i)
+      if (l.fold.kind === 'norm') {
+        unitOf.set(l.fold.weight, i)
+        if (l.fold.bias) unitOf.set(l.fold.bias, i)
+      } else if (l.fold.kind === 'rows' && l.fold.bias) {
+        unitOf.set(l.fold.bias, i)
+      }
+    }
+  })
+  const results = new Map<number, Promise<UnitResult>>()
+  const unitResult = (i: number): Promise<UnitResult> => {
+    let p = results.get(i)
+    if (!p) {
+      p = quantizeUnit(units[i], byName, stats!, {bits, groupSize: g}).then(r => {
+        for (const l of r.reports) reports.set(l.name, l)
+        return r
+      })
+      results.set(i, p)
+    }
+    return p
+  }
+  const fromUnit = (i: number, name: string, dtype: TensorEntry['dtype'], shape: readonly number[], fallback: TensorEntry): TensorEntry => ({
+    name, dtype, shape, file: fallback.file,
+    async *chunks(max = 64 * 1024 * 1024) {
+      const r = await unitResult(i)
+      const e = r.tensors.get(name)
+      if (!e) {
+        yield* finiteChecked(fallback).chunks(max) // a norm the unit left alone (no input scaling chosen)
+        return
+      }
+      r.tensors.delete(name) // written once; free it
+      for (let o = 0; o < e.data.length; o += max) yield e.data.subarray(o, Math.min(e.data.length, o + max))
+    },
+  })
+
+  const tensors: TensorEntry[] = []
+  for (const t of model.tensors) {
+    const quantize = t.shape.length === 2 && isQuantizedWeight(arch, layout, t.name)
+    const u = unitOf.get(t.name)
+    if (quantize && u !== undefined && stats) {
+      const [rows, cols] = t.shape
+      tensors.push(fromUnit(u, t.name, 'I8', [rows, bits === 4 ? cols / 2 : cols], t))
+      tensors.push(fromUnit(u, scaleNameOf(t.name), 'F16', g ? [rows, cols / g] : [rows], t))
+    } else if (quantize) {
+      const meanSq = stats?.get(t.name)?.meanSq
+      tensors.push(...rtnTensors(t, bits, g, pool, meanSq, s => {
+        const rel = (e: number, r: number) => (r === 0 ? (e === 0 ? 0 : Infinity) : Math.sqrt(e / r))
+        const we = rel(s.errSq, s.refSq)
+        reports.set(t.name, {
+          name: t.name, rows: s.rows, cols: s.cols, method: 'rtn', weightError: {rtn: we, chosen: we},
+          ...(meanSq ? {outputError: {rtn: rel(s.weightedErr, s.weightedRef), chosen: rel(s.weightedErr, s.weightedRef)}} : {}),
+        })
+      }))
+    } else if (u !== undefined) {
+      tensors.push(fromUnit(u, t.name, t.dtype, t.shape, t))
+    } else {
+      tensors.push(finiteChecked(t))
+    }
+  }
+  const total = tensors.reduce((a, t) => a + byteLength(t.dtype, t.shape), 0)
+  opts.onStart?.(total)
+  let last = 0
+  const written = await writeSafetensorsModel(dir, tensors, {
+    maxShardBytes: opts.maxShardBytes,
+    metadata: {
+      format: 'pt', source: `${model.format}:${model.files.length} file(s)`, glmtool_version: VERSION, glmtool_architecture: arch.id,
+      glmtool_quantization: JSON.stringify(quantConfig[GLMTOOL_QUANT_KEY]),
+    },
+    onProgress: done => {
+      opts.onBytes?.(done - last)
+      last = done
+    },
+  })
+  await copyCompanions(model.dir!, dir, quantConfig)
+  // Re-open: every format rule, and the quantized layout of config.json, checked again.
+  const out = await openModel(dir)
+  try {
+    assertComplete(arch, checkTensors(arch, quantConfig, out.tensors), dir)
+  } finally {
+    await out.close()
+  }
+  const order = new Map(model.tensors.map((t, i) => [t.name, i]))
+  const layers = [...reports.values()].sort((a, b) => order.get(a.name)! - order.get(b.name)!)
+  return {bytes: written.totalBytes, layers}
+}
