@@ -12,7 +12,7 @@
 # and run, with carry [".device", "dist", "build/native"]:
 #   bash bench/cuda-device.sh
 # Everything lands in $OUT (at most 8 files come back): steps.log, parity.log, parity.json,
-# bench.json, torch-v1.json, torch-v2.json.
+# bench.json, torch-v1.json, torch-v2.json (full-size reference check: in steps.log).
 set -u
 OUT=${OUT:-/tmp/glmtool-device-out}
 mkdir -p "$OUT"
@@ -47,7 +47,9 @@ mkdir -p "$M"
     t0=$(date +%s)
     node bin/run.js synth --arch $a --size full --out "$M/$a-torch" > /dev/null 2>&1 &&
       node bin/run.js convert "$M/$a-torch" --to safetensors --out "$M/$a" > /dev/null 2>&1 &&
-      rm -rf "$M/$a-torch" && echo "[bg] $a synth + convert: $(($(date +%s) - t0)) s, $(du -sh "$M/$a" | cut -f1)" >> "$LOG"
+      echo "[bg] $a synth + convert: $(($(date +%s) - t0)) s, $(du -sh "$M/$a" | cut -f1)" >> "$LOG"
+    # the torch copy of ChatGLM2-6B stays for the full-size reference check (disk: 64 GB)
+    [ "$a" = chatglm-6b ] && rm -rf "$M/$a-torch"
   done
 ) &
 SYNTH=$!
@@ -74,6 +76,21 @@ for a in chatglm2-6b chatglm-6b; do
   fi
 done
 [ -f "$OUT/torch-chatglm2-6b.json" ] && mv "$OUT/torch-chatglm2-6b.json" "$OUT/torch-v2.json"
+# Full size against the float32 reference (ChatGLM2-6B; the reference reads torch shards).
+if [ "$(left)" -gt 70 ] && [ -d "$M/chatglm2-6b-torch" ]; then
+  el "full-size reference check chatglm2-6b ..."
+  timeout $(($(left) - 10)) node test/cuda/fullsize-check.mjs --torch "$M/chatglm2-6b-torch" --st "$M/chatglm2-6b" --steps 8 \
+    --bench "$OUT/bench.json" --baseline "$OUT/torch-v2.json" >> "$LOG" 2>&1
+  el "full-size check rc=$?"
+fi
+# The same bench without programmatic dependent launch, to measure what it brings.
+if [ "$(left)" -gt 50 ]; then
+  el "bench without PDL ..."
+  GLMTOOL_CUDA_PDL=0 timeout $(($(left) - 10)) node bin/run.js bench "$M/chatglm-6b" "$M/chatglm2-6b" --backend cuda --repeat 3 > "$OUT/nopdl.log" 2>&1
+  el "bench without PDL rc=$?"
+  grep -E 'decode tok/s|time to first|backend' "$OUT/nopdl.log" | tee -a "$LOG"
+  rm -f "$OUT/nopdl.log"
+fi
 # Parity failed and time is left: look for bad memory accesses on the tiny models.
 if grep -q '^FAIL' "$OUT/parity.log" && [ "$(left)" -gt 50 ] && command -v compute-sanitizer > /dev/null; then
   el "compute-sanitizer memcheck on the tiny models ..."
@@ -84,3 +101,4 @@ el "done"
 echo "== bench table =="; sed -n '/┌/,/┘/p' "$LOG" | cut -c1-250; grep '^roofline' "$LOG" | cut -c1-300
 echo "== parity =="; grep -E '^(ok|FAIL|cuda parity)' "$OUT/parity.log" | cut -c1-330
 echo "== torch =="; grep -h '"architecture"' "$LOG" | cut -c1-400
+echo "== full size =="; grep -h '"referenceTokens"' "$LOG" | cut -c1-900

@@ -67,6 +67,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                            InstanceMethod("memory", &EngineWrap::Memory),
                            InstanceMethod("info", &EngineWrap::Info),
                            InstanceMethod("setUseGraph", &EngineWrap::SetUseGraph),
+                           InstanceMethod("setUsePdl", &EngineWrap::SetUsePdl),
                            InstanceMethod("dispose", &EngineWrap::Dispose),
                        });
   }
@@ -211,12 +212,19 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     o.Set("maxChunk", e.maxChunk());
     o.Set("decodeSplits", e.decodeSplits());
     o.Set("graphCaptured", e.graphCaptured());
+    o.Set("pdl", e.pdl());
     return o;
   }
 
   Napi::Value SetUseGraph(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     eng(env).setUseGraph(info.Length() > 0 && info[0].ToBoolean().Value());
+    return env.Undefined();
+  }
+
+  Napi::Value SetUsePdl(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    eng(env).setUsePdl(info.Length() > 0 && info[0].ToBoolean().Value());
     return env.Undefined();
   }
 

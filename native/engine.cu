@@ -200,6 +200,30 @@ struct Engine::Impl {
 
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t graphExec = nullptr;
+  bool pdlSupported = false;  // Hopper or newer, and not turned off (GLMTOOL_CUDA_PDL=0)
+  bool usePdl = true;
+  bool pdl = false;           // launch the next kernels with programmatic stream serialization
+
+  // Every kernel goes through here: in the decode step (pdl) with the programmatic-serialization
+  // attribute, so each kernel launches while its predecessor drains (kernels.cuh pdl_wait()).
+  template <typename... KArgs, typename... Args>
+  void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, Args... args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = pdl ? 1 : 0;
+    CK(cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...));
+  }
+  void dropGraph() {
+    if (graphExec) cudaGraphExecDestroy(graphExec), graphExec = nullptr;
+    if (graph) cudaGraphDestroy(graph), graph = nullptr;
+  }
 
   // -- memory ------------------------------------------------------------------------------------
   void sampleUsed() {
@@ -274,6 +298,10 @@ struct Engine::Impl {
     blas = loadCublas(&why);
     if (!blas) throw std::runtime_error(why);
     CK(cudaSetDevice(c.device));
+    int major = 0;
+    CK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, c.device));
+    const char* pdlEnv = std::getenv("GLMTOOL_CUDA_PDL");
+    pdlSupported = major >= 9 && !(pdlEnv && std::string(pdlEnv) == "0");
     CK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     CK(cudaStreamCreateWithFlags(&copyStream, cudaStreamNonBlocking));
     CB(blas->create(&handle));
@@ -369,8 +397,7 @@ struct Engine::Impl {
   }
 
   void release() {
-    if (graphExec) cudaGraphExecDestroy(graphExec), graphExec = nullptr;
-    if (graph) cudaGraphDestroy(graph), graph = nullptr;
+    dropGraph();
     if (stream) cudaStreamSynchronize(stream);
     if (copyStream) cudaStreamSynchronize(copyStream);
     for (auto& kvp : sizes) cudaFree(kvp.first);
@@ -470,12 +497,11 @@ struct Engine::Impl {
     const T* xt = static_cast<const T*>(x);
     const T* bt = static_cast<const T*>(b);
     switch (epi) {
-      case EPI_NONE: gemv_kernel<T, EPI_NONE><<<blocks, 128, 0, stream>>>(Wt, xt, bt, out, rows, K, F); break;
-      case EPI_GELU: gemv_kernel<T, EPI_GELU><<<blocks, 128, 0, stream>>>(Wt, xt, bt, out, rows, K, F); break;
-      case EPI_SWIGLU: gemv_kernel<T, EPI_SWIGLU><<<blocks, 128, 0, stream>>>(Wt, xt, bt, out, rows, K, F); break;
-      default: gemv_kernel<T, EPI_F32><<<blocks, 128, 0, stream>>>(Wt, xt, bt, out, rows, K, F); break;
+      case EPI_NONE: launch(gemv_kernel<T, EPI_NONE>, dim3(blocks), dim3(128), Wt, xt, bt, out, rows, K, F); break;
+      case EPI_GELU: launch(gemv_kernel<T, EPI_GELU>, dim3(blocks), dim3(128), Wt, xt, bt, out, rows, K, F); break;
+      case EPI_SWIGLU: launch(gemv_kernel<T, EPI_SWIGLU>, dim3(blocks), dim3(128), Wt, xt, bt, out, rows, K, F); break;
+      default: launch(gemv_kernel<T, EPI_F32>, dim3(blocks), dim3(128), Wt, xt, bt, out, rows, K, F); break;
     }
-    CKL();
   }
 
   // y[S, Nout] = x[S, K] W^T (+ b), W [Nout, K] row-major: column-major Y^T = W^T-op x^T.
@@ -501,11 +527,10 @@ struct Engine::Impl {
     T* yt = static_cast<T*>(y);
     const T* bt = static_cast<const T*>(b);
     switch (epi) {
-      case EPI_NONE: bias_act_kernel<T, EPI_NONE><<<blocks, 256, 0, stream>>>(yt, bt, nullptr, S, Nout, F); break;
-      case EPI_GELU: bias_act_kernel<T, EPI_GELU><<<blocks, 256, 0, stream>>>(yt, bt, nullptr, S, Nout, F); break;
-      default: bias_act_kernel<T, EPI_SWIGLU><<<blocks, 256, 0, stream>>>(yt, bt, static_cast<T*>(out), S, Nout, F); break;
+      case EPI_NONE: launch(bias_act_kernel<T, EPI_NONE>, dim3(blocks), dim3(256), yt, bt, (T*)nullptr, S, Nout, F); break;
+      case EPI_GELU: launch(bias_act_kernel<T, EPI_GELU>, dim3(blocks), dim3(256), yt, bt, (T*)nullptr, S, Nout, F); break;
+      default: launch(bias_act_kernel<T, EPI_SWIGLU>, dim3(blocks), dim3(256), yt, bt, static_cast<T*>(out), S, Nout, F); break;
     }
-    CKL();
   }
 
   template <typename T>
@@ -513,13 +538,12 @@ struct Engine::Impl {
     int threads = (H + NORM_PER_THREAD - 1) / NORM_PER_THREAD;
     threads = std::min(1024, std::max(32, (threads + 31) / 32 * 32));
     if (c.generation == 1) {
-      add_norm_kernel<T, false><<<S, threads, 0, stream>>>(static_cast<const T*>(a), static_cast<T*>(res), static_cast<T*>(out),
-                                                            static_cast<const T*>(wt), static_cast<const T*>(bs), alpha, H, c.eps);
+      launch(add_norm_kernel<T, false>, dim3(S), dim3(threads), static_cast<const T*>(a), static_cast<T*>(res), static_cast<T*>(out),
+             static_cast<const T*>(wt), static_cast<const T*>(bs), alpha, H, c.eps);
     } else {
-      add_norm_kernel<T, true><<<S, threads, 0, stream>>>(static_cast<const T*>(a), static_cast<T*>(res), static_cast<T*>(out),
-                                                           static_cast<const T*>(wt), static_cast<const T*>(bs), 1.f, H, c.eps);
+      launch(add_norm_kernel<T, true>, dim3(S), dim3(threads), static_cast<const T*>(a), static_cast<T*>(res), static_cast<T*>(out),
+             static_cast<const T*>(wt), static_cast<const T*>(bs), 1.f, H, c.eps);
     }
-    CKL();
   }
 
   void ensureScores(size_t bytes) {
@@ -560,8 +584,7 @@ struct Engine::Impl {
                                         CUBLAS_GEMM_DEFAULT));
         }
       }
-      softmax_mask_kernel<T><<<dim3(n, N), 256, 0, stream>>>(sc, pr, n, Tc, s0, past, P, bidirectional);
-      CKL();
+      launch(softmax_mask_kernel<T>, dim3(n, N), dim3(256), (const float*)sc, pr, n, Tc, s0, past, P, bidirectional);
       // ctx[s0 + r][h*D + d] = sum_t probs[h][r][t] v_h(t)[d]
       if (c.generation == 1) {
         CB(blas->gemmStridedBatchedEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, D, n, Tc, &one, Vv, dt(), D, cacheStride, pr, dt(), Tc,
@@ -581,12 +604,9 @@ struct Engine::Impl {
   template <typename T>
   void attentionDecode(int layer, const void* qkv, void* ctx) {
     const float scale = 1.f / std::sqrt((float)D);
-    attn_decode_kernel<T><<<dim3(N, nsplit), 128, 0, stream>>>(static_cast<const T*>(qkv), reinterpret_cast<const T*>(Kc(layer)),
-                                                              reinterpret_cast<const T*>(Vc(layer)),
-                                                              reinterpret_cast<const StepMeta*>(dMeta), geom, scale, partO, partML);
-    CKL();
-    attn_combine_kernel<T><<<N, D, 0, stream>>>(partO, partML, nsplit, D, static_cast<T*>(ctx));
-    CKL();
+    launch(attn_decode_kernel<T>, dim3(N, nsplit), dim3(128), static_cast<const T*>(qkv), reinterpret_cast<const T*>(Kc(layer)),
+           reinterpret_cast<const T*>(Vc(layer)), reinterpret_cast<const StepMeta*>(dMeta), geom, scale, partO, partML);
+    launch(attn_combine_kernel<T>, dim3(N), dim3(D), (const float*)partO, (const float*)partML, nsplit, D, static_cast<T*>(ctx));
   }
 
   // The decoder over S rows of `b` (x holds the embeddings); leaves the final normed rows in b.lnA.
@@ -595,11 +615,12 @@ struct Engine::Impl {
   void layers(const Bufs& b, int S, int past, int bidirectional) {
     const bool v1 = c.generation == 1;
     norm<T>(S, nullptr, b.x, b.lnA, w(W_LN1, 0), w(B_LN1, 0));
+    // the first kernel follows the step's host-to-device copies; the rest follow kernels
+    pdl = S == 1 && pdlSupported && usePdl;
     for (int l = 0; l < L; l++) {
       linear<T>(S, EPI_NONE, w(W_QKV, l), w(B_QKV, l), b.lnA, b.qkv, nullptr, nqkv, H);
-      rotary_cache_kernel<T><<<S, 128, 0, stream>>>(static_cast<T*>(b.qkv), reinterpret_cast<T*>(Kc(l)), reinterpret_cast<T*>(Vc(l)),
-                                                    reinterpret_cast<const StepMeta*>(dMeta), invf, geom);
-      CKL();
+      launch(rotary_cache_kernel<T>, dim3(S), dim3(128), static_cast<T*>(b.qkv), reinterpret_cast<T*>(Kc(l)), reinterpret_cast<T*>(Vc(l)),
+             reinterpret_cast<const StepMeta*>(dMeta), (const float*)invf, geom);
       if (S == 1) attentionDecode<T>(l, b.qkv, b.ctx);
       else attentionPrefill<T>(l, S, past, bidirectional, b.qkv, b.ctx);
       linear<T>(S, EPI_NONE, w(W_DENSE, l), w(B_DENSE, l), b.ctx, b.tmp, nullptr, H, attnDim);
@@ -626,15 +647,20 @@ struct Engine::Impl {
     CK(cudaMemcpyAsync(dec.x, hRows, (size_t)H * esz, cudaMemcpyHostToDevice, stream));
     layers<T>(dec, 1, 0, 0);
     gemv<T>(EPI_F32, w(W_LMHEAD, 0), dec.lnA, nullptr, logits, V, H);
-    sample_kernel<<<1, 1024, 0, stream>>>(logits, V, reinterpret_cast<const StepMeta*>(dMeta), dToken);
-    CKL();
+    launch(sample_kernel, dim3(1), dim3(1024), (const float*)logits, V, reinterpret_cast<const StepMeta*>(dMeta), dToken);
+    pdl = false;
     CK(cudaMemcpyAsync(hToken, dToken, sizeof(int), cudaMemcpyDeviceToHost, stream));
   }
 
   template <typename T>
   void decode() {
     if (!c.useGraph) {
-      enqueueDecode<T>();
+      try {
+        enqueueDecode<T>();
+      } catch (...) {
+        pdl = false;
+        throw;
+      }
       return;
     }
     if (!graphExec) {
@@ -642,6 +668,7 @@ struct Engine::Impl {
       try {
         enqueueDecode<T>();
       } catch (...) {
+        pdl = false;
         cudaGraph_t g = nullptr;
         cudaStreamEndCapture(stream, &g);
         if (g) cudaGraphDestroy(g);
@@ -693,8 +720,7 @@ struct Engine::Impl {
     layers<T>(pre, S, past, bidirectional);
     const char* lastRow = static_cast<const char*>(pre.lnA) + (size_t)(S - 1) * rowBytes;
     gemv<T>(EPI_F32, w(W_LMHEAD, 0), lastRow, nullptr, logits, V, H);
-    sample_kernel<<<1, 1024, 0, stream>>>(logits, V, reinterpret_cast<const StepMeta*>(dMeta), dToken);
-    CKL();
+    launch(sample_kernel, dim3(1), dim3(1024), (const float*)logits, V, reinterpret_cast<const StepMeta*>(dMeta), dToken);
     CK(cudaMemcpyAsync(hToken, dToken, sizeof(int), cudaMemcpyDeviceToHost, stream));
     if (logitsMode == 1) {
       CK(cudaMemcpyAsync(out, logits, (size_t)V * sizeof(float), cudaMemcpyDeviceToHost, stream));
@@ -788,5 +814,11 @@ int Engine::vocab() const { return need(impl_)->V; }
 int Engine::decodeSplits() const { return need(impl_)->nsplit; }
 bool Engine::graphCaptured() const { return need(impl_)->graphExec != nullptr; }
 void Engine::setUseGraph(bool on) { need(impl_)->c.useGraph = on; }
+bool Engine::pdl() const { return need(impl_)->pdlSupported && need(impl_)->usePdl; }
+void Engine::setUsePdl(bool on) {
+  Impl* p = need(impl_);
+  if (p->usePdl != on) p->dropGraph();  // the captured graph has the old launch attributes
+  p->usePdl = on;
+}
 
 }  // namespace glm

@@ -89,6 +89,9 @@ class Engine {
   int decodeSplits() const;
   bool graphCaptured() const;
   void setUseGraph(bool on);
+  // Programmatic dependent launch in the decode step (Hopper and newer; GLMTOOL_CUDA_PDL=0 turns it off).
+  bool pdl() const;
+  void setUsePdl(bool on);
   void dispose();
 
   struct Impl;

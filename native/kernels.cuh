@@ -60,6 +60,23 @@ template <typename T> __device__ __forceinline__ float dot8(const uint4& w, cons
   return acc;
 }
 
+// Programmatic dependent launch (Hopper): a kernel launched with the programmatic-serialization
+// attribute may start while its predecessor finishes. pdl_trigger() lets the next kernel launch
+// early; pdl_wait() blocks until the predecessor's writes are visible. Every kernel here waits
+// before it reads anything an earlier kernel wrote and before it writes anything; only weights
+// (never written during a step) are read before the wait. No-ops before sm_90 and for kernels
+// launched without the attribute.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
 __device__ __forceinline__ float warpSum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -128,27 +145,44 @@ static_assert(sizeof(StepMeta) == 64, "StepMeta is 64 bytes");
 enum Epi { EPI_NONE = 0, EPI_GELU = 1, EPI_SWIGLU = 2, EPI_F32 = 3 };
 
 // One warp per output row (EPI_SWIGLU: rows j and F + j, out[j] = silu(y_j) * y_{F+j}).
-// Each lane reads 16 bytes of the row per load, four loads in flight, fp32 accumulation.
+// Each lane reads 16 bytes of the row per load, four loads (eight with SwiGLU) in flight and the
+// next four issued before the current ones are used; fp32 accumulation. The first weights are
+// loaded before pdl_wait(): they do not depend on the previous kernel, so under programmatic
+// dependent launch their latency overlaps the previous kernel's tail.
 template <typename T, int EPI>
 __global__ void __launch_bounds__(128) gemv_kernel(const T* __restrict__ W, const T* __restrict__ x,
                                                    const T* __restrict__ bias, void* __restrict__ out, int rows,
                                                    int K, int F) {
+  pdl_trigger();
   const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
   const int lane = threadIdx.x & 31;
-  if (row >= rows) return;
+  if (row >= rows) {
+    pdl_wait();
+    return;
+  }
   const int K8 = K >> 3;
   const uint4* xv = reinterpret_cast<const uint4*>(x);
   const uint4* w0 = reinterpret_cast<const uint4*>(W + (size_t)row * K);
   const uint4* w1 = reinterpret_cast<const uint4*>(W + (size_t)(row + (EPI == EPI_SWIGLU ? F : 0)) * K);
   float a0 = 0.f, a1 = 0.f, b0 = 0.f, b1 = 0.f;
+  const uint4 z = make_uint4(0, 0, 0, 0);
+  uint4 p0 = z, p1 = z, p2 = z, p3 = z, q0 = z, q1 = z, q2 = z, q3 = z;
   int c = lane;
-  for (; c + 96 < K8; c += 128) {
-    uint4 p0 = ld_stream(w0 + c), p1 = ld_stream(w0 + c + 32), p2 = ld_stream(w0 + c + 64), p3 = ld_stream(w0 + c + 96);
-    uint4 q0, q1, q2, q3;
-    if (EPI == EPI_SWIGLU) {
-      q0 = ld_stream(w1 + c), q1 = ld_stream(w1 + c + 32), q2 = ld_stream(w1 + c + 64), q3 = ld_stream(w1 + c + 96);
-    }
+  bool full = c + 96 < K8;
+  if (full) {
+    p0 = ld_stream(w0 + c), p1 = ld_stream(w0 + c + 32), p2 = ld_stream(w0 + c + 64), p3 = ld_stream(w0 + c + 96);
+    if (EPI == EPI_SWIGLU) q0 = ld_stream(w1 + c), q1 = ld_stream(w1 + c + 32), q2 = ld_stream(w1 + c + 64), q3 = ld_stream(w1 + c + 96);
+  }
+  pdl_wait();
+  while (full) {
     const uint4 x0 = __ldg(xv + c), x1 = __ldg(xv + c + 32), x2 = __ldg(xv + c + 64), x3 = __ldg(xv + c + 96);
+    const int cn = c + 128;
+    const bool nfull = cn + 96 < K8;
+    uint4 n0 = z, n1 = z, n2 = z, n3 = z, m0 = z, m1 = z, m2 = z, m3 = z;
+    if (nfull) {
+      n0 = ld_stream(w0 + cn), n1 = ld_stream(w0 + cn + 32), n2 = ld_stream(w0 + cn + 64), n3 = ld_stream(w0 + cn + 96);
+      if (EPI == EPI_SWIGLU) m0 = ld_stream(w1 + cn), m1 = ld_stream(w1 + cn + 32), m2 = ld_stream(w1 + cn + 64), m3 = ld_stream(w1 + cn + 96);
+    }
     a0 = dot8<T>(p0, x0, a0);
     a1 = dot8<T>(p1, x1, a1);
     a0 = dot8<T>(p2, x2, a0);
@@ -159,6 +193,9 @@ __global__ void __launch_bounds__(128) gemv_kernel(const T* __restrict__ W, cons
       b0 = dot8<T>(q2, x2, b0);
       b1 = dot8<T>(q3, x3, b1);
     }
+    p0 = n0, p1 = n1, p2 = n2, p3 = n3, q0 = m0, q1 = m1, q2 = m2, q3 = m3;
+    c = cn;
+    full = nfull;
   }
   for (; c < K8; c += 32) {
     const uint4 x0 = __ldg(xv + c);
@@ -187,6 +224,8 @@ __global__ void __launch_bounds__(128) gemv_kernel(const T* __restrict__ W, cons
 // EPI_NONE: y += b; EPI_GELU: y = gelu(y + b) in place; EPI_SWIGLU: out[s, j] = silu(y[s, j]) * y[s, F + j].
 template <typename T, int EPI>
 __global__ void bias_act_kernel(T* __restrict__ y, const T* __restrict__ bias, T* __restrict__ out, int S, int N, int F) {
+  pdl_trigger();
+  pdl_wait();
   const size_t total = (size_t)S * (EPI == EPI_SWIGLU ? F : N);
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
     if (EPI == EPI_SWIGLU) {
@@ -216,6 +255,8 @@ template <typename T, bool RMS>
 __global__ void add_norm_kernel(const T* __restrict__ a, T* __restrict__ res, T* __restrict__ out, const T* __restrict__ w,
                                 const T* __restrict__ b, float alpha, int H, float eps) {
   __shared__ float red[33];
+  pdl_trigger();
+  pdl_wait();
   const size_t row = blockIdx.x;
   const T* ar = a ? a + row * H : nullptr;
   T* rr = res + row * H;
@@ -289,6 +330,8 @@ struct Geom {
 template <typename T>
 __global__ void rotary_cache_kernel(T* __restrict__ qkv, T* __restrict__ Kc, T* __restrict__ Vc,
                                     const StepMeta* __restrict__ meta, const float* __restrict__ invf, Geom g) {
+  pdl_trigger();
+  pdl_wait();
   const int s = blockIdx.x;
   const int* posblock = reinterpret_cast<const int*>(meta + 1);
   const int pos = posblock[2 * s], blk = posblock[2 * s + 1];
@@ -350,6 +393,8 @@ __global__ void __launch_bounds__(128) attn_decode_kernel(const T* __restrict__ 
   __shared__ float qs[128];
   __shared__ float sc[128];
   __shared__ float red[33];
+  pdl_trigger();
+  pdl_wait();
   const int h = blockIdx.x, split = blockIdx.y, nsplit = gridDim.y;
   const int D = g.D;
   const int kvh = h / (g.heads / g.kvHeads);
@@ -412,6 +457,8 @@ __global__ void __launch_bounds__(128) attn_decode_kernel(const T* __restrict__ 
 template <typename T>
 __global__ void attn_combine_kernel(const float* __restrict__ partO, const float* __restrict__ partML, int nsplit, int D,
                                     T* __restrict__ out) {
+  pdl_trigger();
+  pdl_wait();
   const int h = blockIdx.x, d = threadIdx.x;
   float M = -INFINITY;
   for (int j = 0; j < nsplit; j++) M = fmaxf(M, partML[2 * ((size_t)h * nsplit + j)]);
@@ -434,6 +481,8 @@ template <typename T>
 __global__ void softmax_mask_kernel(const float* __restrict__ scores, T* __restrict__ probs, int rows, int Tc, int s0,
                                     int past, int prefix, int bidirectional) {
   __shared__ float red[33];
+  pdl_trigger();
+  pdl_wait();
   const int r = blockIdx.x, h = blockIdx.y;
   const size_t off = ((size_t)h * rows + r) * Tc;
   const float* sr = scores + off;
@@ -464,6 +513,8 @@ __global__ void softmax_mask_kernel(const float* __restrict__ scores, T* __restr
 // of meta->random over the kept tokens in id order.
 __global__ void __launch_bounds__(1024) sample_kernel(const float* __restrict__ logits, int V,
                                                       const StepMeta* __restrict__ meta, int* __restrict__ token) {
+  pdl_trigger();
+  pdl_wait();
   __shared__ float red[33];
   __shared__ float sv[32];
   __shared__ int si[32];

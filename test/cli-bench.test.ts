@@ -13,6 +13,8 @@ import {glmtool} from './helpers/cli.js'
 const work = mkdtempSync(join(tmpdir(), 'glmtool-bench-'))
 const env = {GLMTOOL_CACHE: join(work, 'cache')}
 afterAll(() => rmSync(work, {recursive: true, force: true}))
+/** python3 -c "s=12345\nfor _ in range(3): s=(s*1103515245+12345)%2**31; print(1000+s%59000)" */
+const LCG_FIRST_THREE = [19606, 38775, 14924]
 const v1 = join(work, 'v1')
 const v2 = join(work, 'v2')
 
@@ -73,5 +75,8 @@ describe('bench helpers', () => {
       else expect(ids.slice(0, 2)).toEqual([s.gmask, s.sop])
       expect(ids.every(id => id >= 0 && id < tok.vocabSize)).toBe(true)
     }
+    // the same LCG as bench/peers/torch_baseline.py (Python's exact integers), so both run one prompt
+    const tok = await loadTokenizer(v2, 'chatglm2-6b')
+    expect(benchPrompt(tok, 5).slice(2)).toEqual(LCG_FIRST_THREE)
   })
 })

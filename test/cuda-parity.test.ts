@@ -6,8 +6,12 @@
  * each other); greedy tokens identical, a miss allowed only at a near-tie of the reference
  * (margin within the tolerance). bfloat16: 6e-2.
  */
-import {describe, expect, it} from 'vitest'
+import {mkdtempSync, rmSync} from 'node:fs'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
+import {afterAll, describe, expect, it} from 'vitest'
 import {cudaUnavailableReason} from '../src/runtime/backends/cuda-addon.js'
+import {glmtool} from './helpers/cli.js'
 import {hasTorch} from './helpers/reference.js'
 
 const reason = cudaUnavailableReason()
@@ -24,4 +28,21 @@ describe.skipIf(reason !== undefined || !torchOk)('CUDA engine parity', () => {
       expect(r.ok, JSON.stringify(r)).toBe(true)
     }
   }, 900_000)
+})
+
+describe.skipIf(reason !== undefined)('glmtool chat --backend cuda', () => {
+  const work = mkdtempSync(join(tmpdir(), 'glmtool-cuda-chat-'))
+  afterAll(() => rmSync(work, {recursive: true, force: true}))
+
+  it.each([['chatglm-6b'], ['chatglm2-6b']])('%s: a greedy turn from glmtool\'s safetensors output, tokens chosen on the GPU', arch => {
+    const model = join(work, arch)
+    expect(glmtool(['synth', '--arch', arch, '--size', 'tiny', '--out', `${model}-torch`]).code).toBe(0)
+    expect(glmtool(['convert', `${model}-torch`, '--to', 'safetensors', '--out', model]).code).toBe(0)
+    const r = glmtool(['chat', model, '--backend', 'cuda', '--prompt', 'hello', '--greedy', '--max-new-tokens', '8', '--json'], {env: {GLMTOOL_CACHE: join(work, 'cache')}})
+    expect(r.code, r.stderr).toBe(0)
+    const out = JSON.parse(r.stdout)
+    expect(out.backend).toBe('cuda')
+    expect(out.turns[0].generatedIds.length).toBeGreaterThan(0)
+    expect(out.turns[0].generatedIds.length).toBeLessThanOrEqual(8)
+  })
 })

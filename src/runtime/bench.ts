@@ -44,6 +44,8 @@ export interface BenchResult {
   backend: string
   dtype?: string
   device?: {name: string, computeCapability: string, totalMemoryBytes: number, peakBandwidthBytesPerSecond: number, driverVersion: number, cublas: string}
+  /** CUDA: how the decode step ran. */
+  decode?: {graph: boolean, pdl: boolean, splits: number}
   promptTokens: number
   genTokens: number
   repeat: number
@@ -101,7 +103,9 @@ export function benchPrompt(tokenizer: ChatTokenizer, n: number): number[] {
   const lo = 1000
   const hi = Math.min(tokenizer.vocabSize, 60000)
   const text = Array.from({length: n - specials}, () => {
-    seed = (seed * 1103515245 + 12345) % 2 ** 31
+    // (seed * 1103515245 + 12345) mod 2^31 in exact 32-bit integer arithmetic (a float product
+    // would round), so bench/peers/torch_baseline.py builds the very same prompt.
+    seed = (Math.imul(seed, 1103515245) + 12345) & 0x7fffffff
     return lo + (seed % (hi - lo))
   })
   const s = tokenizer.specials
@@ -186,6 +190,8 @@ export async function benchModel(path: string, opts: BenchOptions): Promise<Benc
       const m = cuda.memory()
       const d = cuda.device
       result.dtype = cuda.dtype
+      const info = cuda.info()
+      result.decode = {graph: info.graphCaptured, pdl: info.pdl, splits: info.decodeSplits}
       result.device = {name: d.name, computeCapability: d.computeCapability, totalMemoryBytes: d.totalMemory, peakBandwidthBytesPerSecond: d.peakBandwidth, driverVersion: d.driverVersion, cublas: d.cublasPath}
       result.gpuMemory = {
         peakAllocatedBytes: m.peakAllocated, peakDeviceUsedBytes: m.peakDeviceUsed, deviceTotalBytes: m.deviceTotal,

@@ -13,6 +13,7 @@ export interface ParityCaseResult {
   vsCpuRuntime?: number
   cpuVsReference?: number
   graphVsNoGraph?: number
+  pdl?: boolean
   greedyTeacherForced?: {same: number, of: number, misses: {step: number, cuda: number, reference: number, referenceMargin: number}[]}
   freeRun?: {identical: boolean, firstDifference: number | null, tokens: number}
   maxRel?: number

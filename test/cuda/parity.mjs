@@ -7,7 +7,7 @@
 //
 // Per case: the prompt's logits (every row) and 64 decode steps fed the reference's greedy tokens
 // (teacher forcing, so every row compares like with like), once through the captured CUDA graph
-// and once launch by launch; then a free-running greedy generation with the token chosen on the
+// (with programmatic dependent launch on Hopper) and once launch by launch without it; then a free-running greedy generation with the token chosen on the
 // GPU, compared with the reference's tokens. Relative error of a row = max|a - b| / max|b|.
 //
 // Plain JavaScript over dist/ so it runs where only Node and the production modules are (the GPU
@@ -221,10 +221,14 @@ export async function runParity({work, quick = false, only, refDevice, log = con
       const cuda = await CudaBackend.load(models[c.model].st, {maxLength: meta.prompt_len + STEPS + 8})
       r.dtype = cuda.dtype
       try {
+        r.pdl = cuda.info().pdl
         const graph = await teacherForced(cuda, meta)
+        // launch by launch, without programmatic dependent launch: the same kernels, plainly ordered
         cuda.setUseGraph(false)
+        cuda.setUsePdl(false)
         const plain = await teacherForced(cuda, meta)
         cuda.setUseGraph(true)
+        cuda.setUsePdl(true)
         const n = meta.prompt_len
         const V = meta.vocab
         r.vsReference = {
@@ -259,7 +263,7 @@ export async function runParity({work, quick = false, only, refDevice, log = con
     results.push(r)
     log(r.error
       ? `FAIL ${c.model}: ${r.error.split('\n')[0]}`
-      : `${r.ok ? 'ok  ' : 'FAIL'} ${c.model} ${r.dtype} prompt ${r.promptTokens}: vs reference prefill ${r.vsReference.prefill.toExponential(2)}, decode ${r.vsReference.decodeGraph.toExponential(2)} (graph) ${r.vsReference.decodeNoGraph.toExponential(2)} (no graph); vs CPU runtime ${r.vsCpuRuntime.toExponential(2)}; graph vs no graph ${r.graphVsNoGraph.toExponential(2)}; greedy ${r.greedyTeacherForced.same}/${r.greedyTeacherForced.of} teacher-forced, free run ${r.freeRun.identical ? 'identical' : `differs from step ${r.freeRun.firstDifference}`}${r.greedyTeacherForced.misses.length ? `; misses ${JSON.stringify(r.greedyTeacherForced.misses.slice(0, 3))}` : ''}`)
+      : `${r.ok ? 'ok  ' : 'FAIL'} ${c.model} ${r.dtype} prompt ${r.promptTokens}: vs reference prefill ${r.vsReference.prefill.toExponential(2)}, decode ${r.vsReference.decodeGraph.toExponential(2)} (graph) ${r.vsReference.decodeNoGraph.toExponential(2)} (no graph); vs CPU runtime ${r.vsCpuRuntime.toExponential(2)}; graph${r.pdl ? '+PDL' : ''} vs plain ${r.graphVsNoGraph.toExponential(2)}; greedy ${r.greedyTeacherForced.same}/${r.greedyTeacherForced.of} teacher-forced, free run ${r.freeRun.identical ? 'identical' : `differs from step ${r.freeRun.firstDifference}`}${r.greedyTeacherForced.misses.length ? `; misses ${JSON.stringify(r.greedyTeacherForced.misses.slice(0, 3))}` : ''}`)
   }
   return {device: {name: device.name, computeCapability: device.computeCapability, driverVersion: device.driverVersion, cublas: device.cublasPath}, referenceDevice: device_, results}
 }

@@ -91,6 +91,16 @@ export interface CudaMemoryStats {
 
 export type LogitsMode = 0 | 1 | 2
 
+export interface CudaEngineInfo {
+  /** Most tokens one forward() call takes. */
+  maxChunk: number
+  /** Pieces the decode attention splits the KV length into. */
+  decodeSplits: number
+  graphCaptured: boolean
+  /** Whether decode kernels launch with programmatic dependent launch. */
+  pdl: boolean
+}
+
 export interface CudaEngine {
   /** Bytes a weight slot holds; 0 when this configuration has no such slot. */
   slotBytes(kind: number, layer: number): number
@@ -106,8 +116,10 @@ export interface CudaEngine {
   forward(ids: Int32Array, positions: Int32Array, blocks: Int32Array | null, past: number, bidirectional: number,
     logitsMode: LogitsMode, logits: Float32Array | null, sampling: CudaSampling | null): number
   memory(): CudaMemoryStats
-  info(): {maxChunk: number, decodeSplits: number, graphCaptured: boolean}
+  info(): CudaEngineInfo
   setUseGraph(on: boolean): void
+  /** Programmatic dependent launch in the decode step (Hopper and newer; GLMTOOL_CUDA_PDL=0 turns it off). */
+  setUsePdl(on: boolean): void
   /** Free the GPU memory now (also done when the object is collected). */
   dispose(): void
 }

@@ -5,7 +5,9 @@ import {openModel} from '../../formats/model-dir.js'
 import type {TensorEntry} from '../../formats/tensor.js'
 import type {Arch, ModelConfig} from '../../models/index.js'
 import type {DecoderBackend, DeviceSampling, ForwardInput, ForwardOutput} from '../backend.js'
-import {type CudaAddon, type CudaEngine, type CudaEngineConfig, type CudaMemoryStats, type CudaProbe, loadCudaAddon, WEIGHT_KINDS} from './cuda-addon.js'
+import {
+  type CudaAddon, type CudaEngine, type CudaEngineConfig, type CudaEngineInfo, type CudaMemoryStats, type CudaProbe, loadCudaAddon, WEIGHT_KINDS,
+} from './cuda-addon.js'
 
 export interface CudaBackendOptions {
   /** Tokens the KV cache holds, allocated up front (default: the reference's max_length, 2048 v1 / 8192 v2, within the model's positions). */
@@ -246,13 +248,18 @@ export class CudaBackend implements DecoderBackend {
     return this.live().memory()
   }
 
-  info(): {maxChunk: number, decodeSplits: number, graphCaptured: boolean} {
+  info(): CudaEngineInfo {
     return this.live().info()
   }
 
   /** Turn the decode graph on or off (tests compare both). */
   setUseGraph(on: boolean): void {
     this.live().setUseGraph(on)
+  }
+
+  /** Turn programmatic dependent launch on or off (tests compare both). */
+  setUsePdl(on: boolean): void {
+    this.live().setUsePdl(on)
   }
 
   async forward(input: ForwardInput): Promise<ForwardOutput> {
