@@ -46,3 +46,42 @@ describe.skipIf(!torchOk)('merged adapters in the CPU runtime vs the PyTorch ref
     expect(moved.maxRel).toBeGreaterThan(1e-3)
   })
 })
+
+describe.skipIf(!torchOk)('merged P-Tuning v2 prefixes in the CPU runtime vs the PyTorch reference', () => {
+  const work = mkdtempSync(join(tmpdir(), 'glmtool-prefix-rt-'))
+  afterAll(() => rmSync(work, {recursive: true, force: true}))
+
+  it.each([
+    ['chatglm-6b', 'v1-embedding'],
+    ['chatglm-6b', 'v1-projection'],
+    ['chatglm2-6b', 'v2-embedding'],
+    ['chatglm2-6b', 'v2-projection'],
+  ] as const)('%s + prefix %s: every query attends to the prefix, positions unshifted', async (arch, checkpoint) => {
+    const base = synthTiny(work, arch)
+    const merged = join(work, `${arch}-${checkpoint}-merged`)
+    const ckpt = join(FIX, 'ptuning', checkpoint)
+    const m = glmtool(['merge-adapter', base, '--adapter', ckpt, '--out', merged])
+    expect(m.code, m.stderr).toBe(0)
+    const onnx = `${merged}-onnx`
+    const c = glmtool(['convert', merged, '--to', 'onnx', '--out', onnx, '--json'])
+    expect(c.code, c.stderr).toBe(0)
+    expect(JSON.parse(c.stdout).files).toContain('prefix_kv.safetensors')
+    const ids = Array.from({length: 7}, (_, i) => 300 + 17 * i)
+    // The reference runs the trainer's prefix encoder itself, from the checkpoint.
+    const ref = runReference(base, ids, {steps: STEPS, allLogits: true, prefix: ckpt})
+    expect(ref.meta.prefix_len).toBeGreaterThan(0)
+    const got = await runOnnxLikeReference(onnx, ref)
+    const cmp = compareLogits(got.logits, ref.logits, 1e-4, ref.meta.vocab)
+    console.log(`prefix ${arch} ${checkpoint}: max rel ${cmp.maxRel.toExponential(2)} over ${cmp.rows} rows (prefix ${ref.meta.prefix_len})`)
+    expect(cmp.ok, `max rel ${cmp.maxRel} at row ${cmp.worstRow}`).toBe(true)
+    expect(got.generated).toEqual(ref.meta.generated)
+    const plain = runReference(base, ids, {steps: 0, allLogits: true})
+    expect(compareLogits(plain.logits, ref.logits.subarray(0, plain.logits.length), 1e-4, ref.meta.vocab).maxRel).toBeGreaterThan(1e-3)
+  })
+
+  it('a raw trainer config with pre_seq_len but no merged prefix is refused by the ONNX export', () => {
+    const r = glmtool(['convert', join(FIX, 'ptuning', 'v1-embedding'), '--to', 'onnx', '--out', join(work, 'raw-onnx')])
+    expect(r.code).not.toBe(0)
+    expect(r.stderr.trim().split('\n')).toHaveLength(1)
+  })
+})
