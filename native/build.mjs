@@ -35,6 +35,7 @@ function which(cmd) {
 
 const nvcc = process.env.NVCC || which('nvcc') || ['/usr/local/cuda/bin/nvcc'].find(p => existsSync(p))
 if (!nvcc) skip('nvcc (the CUDA toolkit compiler) was not found on PATH or in /usr/local/cuda/bin; set NVCC to use another')
+if (!existsSync(nvcc)) skip(`NVCC is set to ${nvcc}, which does not exist`)
 // nvcc may be a wrapper script: ask it where its toolkit is (the TOP of its dry run).
 let cudaHome = process.env.CUDA_HOME
 if (!cudaHome) {
