@@ -1,14 +1,11 @@
-import {copyFile, readdir, readFile, writeFile} from 'node:fs/promises'
-import {join} from 'node:path'
-import {GlmtoolError, ModelError} from '../errors.js'
+import {ModelError} from '../errors.js'
 import {VERSION} from '../version.js'
-import {byteLength, type DType} from './dtype.js'
-import {convertChunk, targetDtype} from './dtype-convert.js'
-import {assertComplete, checkTensors, isWeightFile, openModel} from './model-dir.js'
+import {byteLength, type DType, TORCH_DTYPE_OF} from './dtype.js'
+import {targetDtype} from './dtype-convert.js'
+import {assertComplete, checkTensors, openModel} from './model-dir.js'
+import {castTensor, verifyModelOutput, writeCompanionFiles} from './model-output.js'
 import {writeOutputDir} from './output-dir.js'
-import {openSafetensorsModel} from './safetensors-reader.js'
 import {writeSafetensorsModel} from './safetensors-writer.js'
-import type {TensorEntry} from './tensor.js'
 
 export interface ConvertOptions {
   input: string
@@ -35,21 +32,6 @@ export interface ConvertResult {
   peakRssBytes: number
 }
 
-const TORCH_DTYPE: Partial<Record<DType, string>> = {F16: 'float16', BF16: 'bfloat16', F32: 'float32'}
-
-/** A view of `t` whose chunks are converted to `to` on the fly (chunk by chunk, bounded memory). */
-function castTensor(t: TensorEntry, to: DType): TensorEntry {
-  if (t.dtype === to) return t
-  const scale = byteLength(t.dtype, [1]) / byteLength(to, [1])
-  return {
-    name: t.name, dtype: to, shape: t.shape, file: t.file,
-    async *chunks(max) {
-      // Read pieces sized so the converted piece stays within the caller's limit.
-      const srcMax = max === undefined ? undefined : Math.max(byteLength(t.dtype, [1]), Math.floor(max * scale))
-      for await (const c of t.chunks(srcMax)) yield convertChunk(c, t.dtype, to)
-    },
-  }
-}
 
 /**
  * torch (or safetensors) model directory -> safetensors model directory, streamed tensor by
@@ -84,8 +66,9 @@ export async function convertToSafetensors(opts: ConvertOptions): Promise<Conver
           }
         })(),
       })
-      const copied = await copyCompanionFiles(inputDir, tmp, config, opts.dtype === 'keep' ? undefined : TORCH_DTYPE[opts.dtype])
-      await verifyOutput(tmp, tensors)
+      const torchDtype = opts.dtype === 'keep' ? undefined : TORCH_DTYPE_OF[opts.dtype]
+      const copied = await writeCompanionFiles(inputDir, tmp, torchDtype ? {...config, torch_dtype: torchDtype} : config)
+      await verifyModelOutput(tmp, tensors)
       return {
         input: opts.input, out: opts.out, architecture: model.arch!.id, tensors: tensors.length, bytes: written.totalBytes,
         files: [...written.files, ...copied], copied, seconds: (Date.now() - started) / 1000,
@@ -95,33 +78,4 @@ export async function convertToSafetensors(opts: ConvertOptions): Promise<Conver
   } finally {
     await model.close()
   }
-}
-
-/** config, tokenizer and code files travel with the weights; config gets the new torch_dtype. */
-async function copyCompanionFiles(from: string, to: string, config: Record<string, unknown>, torchDtype: string | undefined): Promise<string[]> {
-  const copied: string[] = []
-  for (const e of await readdir(from, {withFileTypes: true})) {
-    if (!e.isFile() || isWeightFile(e.name) || e.name.startsWith('.')) continue
-    if (e.name === 'config.json' && torchDtype) {
-      await writeFile(join(to, e.name), JSON.stringify({...config, torch_dtype: torchDtype}, null, 2) + '\n')
-    } else {
-      await copyFile(join(from, e.name), join(to, e.name))
-    }
-    copied.push(e.name)
-  }
-  return copied
-}
-
-/** Re-open what was written (every format rule re-validated) and compare it with the plan. */
-async function verifyOutput(dir: string, planned: readonly TensorEntry[]): Promise<void> {
-  const out = await openSafetensorsModel(dir)
-  const got = new Map(out.tensors.map(t => [t.name, t]))
-  for (const t of planned) {
-    const o = got.get(t.name)
-    if (!o || o.dtype !== t.dtype || o.shape.join() !== t.shape.join()) {
-      throw new GlmtoolError('verify-failed', `${dir}: written output does not match the plan at tensor ${t.name}`)
-    }
-  }
-  if (got.size !== planned.length) throw new GlmtoolError('verify-failed', `${dir}: written output has ${got.size} tensors, planned ${planned.length}`)
-  JSON.parse(await readFile(join(dir, 'config.json'), 'utf8'))
 }

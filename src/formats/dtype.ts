@@ -51,3 +51,6 @@ export function numel(shape: readonly number[]): number {
 export function byteLength(dtype: DType, shape: readonly number[]): number {
   return numel(shape) * DTYPE_SIZE[dtype]
 }
+
+/** dtype -> config.json's `torch_dtype` value, for the float dtypes a checkpoint is stored in. */
+export const TORCH_DTYPE_OF: Partial<Record<DType, string>> = {F16: 'float16', BF16: 'bfloat16', F32: 'float32'}

@@ -1,6 +1,6 @@
 import {writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
-import {byteLength, type DType, numel} from '../formats/dtype.js'
+import {byteLength, type DType, numel, TORCH_DTYPE_OF} from '../formats/dtype.js'
 import {decodeFloats, encodeFloats, toBFloat16Bits, toFloat16Bits} from '../formats/dtype-convert.js'
 import {TORCH_INDEX} from '../formats/model-dir.js'
 import {synthTokenizer} from '../formats/synth-tokenizer.js'
@@ -26,7 +26,6 @@ export interface SynthPlan {
   totalBytes: number
 }
 
-const TORCH_DTYPE_NAME: Partial<Record<DType, string>> = {F16: 'float16', BF16: 'bfloat16', F32: 'float32'}
 
 /** Standard deviations "like a trained model's" (issue 2): linears N(0, 0.02), norms 1 +- 0.02. */
 const INIT: Record<TensorSpec['init'], {mean: number, std: number}> = {
@@ -135,7 +134,7 @@ function plantOutliers(t: TensorEntry, spec: TensorSpec, o: {channels: number[],
 }
 
 export function planSynth(opts: SynthOptions): SynthPlan {
-  const base: ModelConfig = {...opts.arch.synthConfig(opts.size), torch_dtype: TORCH_DTYPE_NAME[opts.dtype]}
+  const base: ModelConfig = {...opts.arch.synthConfig(opts.size), torch_dtype: TORCH_DTYPE_OF[opts.dtype]}
   const outliers = opts.outliers ? outlierChannels(Number(base.hidden_size), opts.seed) : undefined
   // Recorded in config.json (transformers ignores unknown keys) so tests and reports can find them.
   const config = outliers ? {...base, glmtool_synth_outliers: outliers} : base

@@ -6,15 +6,15 @@
  * written and re-opened as a complete model; every check on the adapter runs first.
  */
 import {existsSync} from 'node:fs'
-import {copyFile, readdir, writeFile} from 'node:fs/promises'
-import {basename, join, resolve} from 'node:path'
-import {GlmtoolError, ModelError, UsageError} from '../../errors.js'
+import {basename, resolve} from 'node:path'
+import {ModelError, UsageError} from '../../errors.js'
 import {prefixCacheName} from '../../models/arch.js'
 import type {ModelConfig} from '../../models/index.js'
 import {VERSION} from '../../version.js'
-import {byteLength, type DType} from '../dtype.js'
-import {convertChunk, targetDtype} from '../dtype-convert.js'
-import {assertComplete, checkTensors, isWeightFile, openModel} from '../model-dir.js'
+import {byteLength, type DType, TORCH_DTYPE_OF} from '../dtype.js'
+import {targetDtype} from '../dtype-convert.js'
+import {assertComplete, checkTensors, openModel} from '../model-dir.js'
+import {castTensor, verifyModelOutput, writeCompanionFiles} from '../model-output.js'
 import {writeOutputDir} from '../output-dir.js'
 import {writeSafetensorsModel} from '../safetensors-writer.js'
 import type {TensorEntry} from '../tensor.js'
@@ -54,22 +54,6 @@ export interface MergeAdapterResult {
   prefix?: {preSeqLen: number, prefixProjection: boolean, layers: number, kvHeads: number, headDim: number, shape: number[], tensors: string[]}
 }
 
-const TORCH_DTYPE: Partial<Record<DType, string>> = {F16: 'float16', BF16: 'bfloat16', F32: 'float32'}
-
-/** A view of `t` converted to `to` chunk by chunk (as convert does; bounded memory; fast float16 encoding). */
-function castTensor(t: TensorEntry, to: DType): TensorEntry {
-  if (t.dtype === to) return t
-  const ratio = byteLength(t.dtype, [1]) / byteLength(to, [1])
-  return {
-    name: t.name, dtype: to, shape: t.shape, file: t.file,
-    async *chunks(max) {
-      const srcMax = max === undefined ? undefined : Math.max(byteLength(t.dtype, [1]), Math.floor(max * ratio))
-      for await (const c of t.chunks(srcMax)) {
-        yield convertChunk(c, t.dtype, to)
-      }
-    },
-  }
-}
 
 export async function mergeAdapter(opts: MergeAdapterOptions): Promise<MergeAdapterResult> {
   const started = Date.now()
@@ -126,7 +110,7 @@ export async function mergeAdapter(opts: MergeAdapterOptions): Promise<MergeAdap
       }
       metadata = {glmtool_adapter: 'prefix', glmtool_adapter_source: basename(resolve(ck.files[0])), glmtool_prefix_layout: `${prefixCacheName(0, 'key')}: F32 [kv_heads, pre_seq_len, head_dim]`}
     }
-    if (opts.dtype !== 'keep' && TORCH_DTYPE[opts.dtype]) config.torch_dtype = TORCH_DTYPE[opts.dtype]
+    if (opts.dtype !== 'keep' && TORCH_DTYPE_OF[opts.dtype]) config.torch_dtype = TORCH_DTYPE_OF[opts.dtype]
     for (const n of check.extra) opts.onWarning?.(`extra tensor ${n} (not part of ${arch.id}) is copied as is`)
 
     const total = tensors.reduce((a, t) => a + byteLength(t.dtype, t.shape), 0)
@@ -142,8 +126,8 @@ export async function mergeAdapter(opts: MergeAdapterOptions): Promise<MergeAdap
           last = done
         },
       })
-      const copied = await copyCompanionFiles(baseDir, tmp, config)
-      await verifyOutput(tmp, tensors)
+      const copied = await writeCompanionFiles(baseDir, tmp, config)
+      await verifyModelOutput(tmp, tensors)
       return {
         base: opts.base, adapter: opts.adapter, type: loc.type, out: opts.out, architecture: arch.id,
         tensors: tensors.length, bytes: written.totalBytes, files: [...written.files, ...copied], copied,
@@ -153,37 +137,5 @@ export async function mergeAdapter(opts: MergeAdapterOptions): Promise<MergeAdap
     })
   } finally {
     for (const close of closers.reverse()) await close()
-  }
-}
-
-/** Tokenizer and code files travel with the weights; config.json is written anew. */
-async function copyCompanionFiles(from: string, to: string, config: ModelConfig): Promise<string[]> {
-  const copied = ['config.json']
-  await writeFile(join(to, 'config.json'), JSON.stringify(config, null, 2) + '\n')
-  for (const e of await readdir(from, {withFileTypes: true})) {
-    if (!e.isFile() || isWeightFile(e.name) || e.name.startsWith('.') || e.name === 'config.json') continue
-    await copyFile(join(from, e.name), join(to, e.name))
-    copied.push(e.name)
-  }
-  return copied
-}
-
-/** Re-open the output as any command would, and hold it to the plan and to its architecture. */
-async function verifyOutput(dir: string, planned: readonly TensorEntry[]): Promise<void> {
-  const out = await openModel(dir)
-  try {
-    if (!out.arch || !out.config) throw new GlmtoolError('verify-failed', `${dir}: written output has no recognisable config.json`)
-    const check = checkTensors(out.arch, out.config, out.tensors)
-    assertComplete(out.arch, check, dir)
-    const got = new Map(out.tensors.map(t => [t.name, t]))
-    for (const t of planned) {
-      const o = got.get(t.name)
-      if (!o || o.dtype !== t.dtype || o.shape.join() !== t.shape.join()) {
-        throw new GlmtoolError('verify-failed', `${dir}: written output does not match the plan at tensor ${t.name}`)
-      }
-    }
-    if (got.size !== planned.length) throw new GlmtoolError('verify-failed', `${dir}: written output has ${got.size} tensors, planned ${planned.length}`)
-  } finally {
-    await out.close()
   }
 }
