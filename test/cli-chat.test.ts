@@ -73,3 +73,43 @@ describe.each([['chatglm-6b'], ['chatglm2-6b']] as const)('glmtool chat on a tin
     expect(r.stderr).toContain(`CUDA backend unavailable because ${cudaReason}`)
   })
 })
+
+describe('glmtool chat interrupts', () => {
+  it('Ctrl-C (SIGINT) stops the answer in progress, keeps the session, and the next turn runs', async () => {
+    const {spawn} = await import('node:child_process')
+    const {ROOT} = await import('./helpers/cli.js')
+    const model = join(work, 'chatglm2-6b-interrupt')
+    expect(glmtool(['synth', '--arch', 'chatglm2-6b', '--size', 'tiny', '--out', model]).code).toBe(0)
+    let err = ''
+    const child = spawn(process.execPath, [join(ROOT, 'bin/run.js'), 'chat', model, '--greedy', '--max-length', '4000'], {env: {...process.env, ...env}, stdio: ['pipe', 'pipe', 'pipe']})
+    let out = ''
+    child.stdout.on('data', d => (out += d))
+    child.stderr.on('data', d => (err += d))
+    child.on('exit', () => (out += '\n[exited]'))
+    child.stdin.write('hello\n')
+    // Wait until the answer is streaming, then interrupt it.
+    await new Promise<void>(res => {
+      const t = setInterval(() => {
+        if (out.length > 20 || out.includes('[exited]')) {
+          clearInterval(t)
+          res()
+        }
+      }, 20)
+    })
+    expect(out, err).not.toContain('[exited]')
+    child.kill('SIGINT')
+    await new Promise<void>(res => {
+      const t = setInterval(() => {
+        if (out.includes('[interrupted]') || out.includes('[exited]')) {
+          clearInterval(t)
+          res()
+        }
+      }, 20)
+    })
+    const exited = new Promise(res => child.on('exit', res))
+    child.stdin.write('exit\n')
+    const code = await exited
+    expect(code).toBe(0)
+    expect(out).toMatch(/\[interrupted\]\n/)
+  })
+})
