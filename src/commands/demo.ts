@@ -1,4 +1,4 @@
-import {mkdtemp, rm} from 'node:fs/promises'
+import {mkdtemp, readFile, rm} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {Flags} from '@oclif/core'
@@ -6,6 +6,7 @@ import {BaseCommand} from '../cli/base-command.js'
 import {formatBytes} from '../cli/progress.js'
 import {convertToSafetensors} from '../formats/convert-safetensors.js'
 import {inspectModel} from '../formats/inspect-model.js'
+import {mergeAdapter} from '../formats/adapters/merge-adapter.js'
 import {exportOnnx} from '../formats/onnx/export-onnx.js'
 import {writeOutputDir} from '../formats/output-dir.js'
 import {archById} from '../models/index.js'
@@ -14,6 +15,7 @@ import {OnnxCpuBackend} from '../runtime/backends/onnx-cpu.js'
 import {chatPrompt} from '../runtime/chat-template.js'
 import {generate} from '../runtime/generate.js'
 import {loadTokenizer} from '../runtime/tokenizer.js'
+import {writeSynthLora} from '../synth/synth-lora.js'
 import {writeSynthModel} from '../synth/synth-model.js'
 
 interface Step {
@@ -24,7 +26,7 @@ interface Step {
 
 export default class Demo extends BaseCommand {
   static override summary = 'Walk a tiny synthetic model through every glmtool command that exists'
-  static override description = 'Synthesises tiny ChatGLM-6B and ChatGLM2-6B models in the published layout, inspects them, converts them to safetensors and to ONNX, runs one chat turn on the CPU runtime, quantizes to INT4 and chats with that, printing what each step did. Needs no weights, no GPU and no Python. The weights are random, so the chat answer is gibberish: the point is that every stage runs.'
+  static override description = 'Synthesises tiny ChatGLM-6B and ChatGLM2-6B models in the published layout, inspects them, converts them to safetensors and to ONNX, runs one chat turn on the CPU runtime, merges a synthesised LoRA adapter, quantizes the merged model to INT4 and chats with that, printing what each step did. Needs no weights, no GPU and no Python. The weights are random, so the chat answer is gibberish: the point is that every stage runs.'
   static override examples = ['<%= config.bin %> demo', '<%= config.bin %> demo --keep ./demo-models']
 
   static override flags = {
@@ -78,13 +80,21 @@ export default class Demo extends BaseCommand {
           }
         }
         await step(`chat ${archId}`, () => chatTurn(onnxDir))
+        const loraDir = join(base, `${archId}-tiny-lora`)
+        const mergedDir = join(base, `${archId}-tiny-merged`)
+        await step(`merge-adapter ${archId}`, async () => {
+          const config = await readConfig(stDir)
+          const lora = await writeSynthLora(loraDir, arch, config, {r: 4, seed: 1})
+          const r = await mergeAdapter({base: stDir, adapter: loraDir, out: mergedDir, dtype: 'keep', force: true})
+          return `synthesised a PEFT LoRA adapter (r=${lora.r} on ${lora.modules} query_key_value layers) and merged it: ${r.lora?.merged.length ?? 0} weights changed, ${r.tensors} tensors to ${mergedDir}`
+        })
         const int4Dir = join(base, `${archId}-tiny-int4`)
         await step(`quantize ${archId} --bits 4`, async () => {
           const r = await quantizeModel({
-            input: stDir, out: int4Dir, bits: 4, groupSize: 0, method: 'rtn', lmHead: false, embeddings: false, format: 'both',
+            input: mergedDir, out: int4Dir, bits: 4, groupSize: 0, method: 'rtn', lmHead: false, embeddings: false, format: 'both',
             force: true, calibSamples: 32, evaluate: 'off',
           })
-          return `RTN int4 (the published scheme) of ${r.quantized} layer weights, mean relative weight error ${(100 * r.summary.weightError.chosen).toFixed(1)}%; safetensors (int8-packed weight + fp16 weight_scale) and ONNX (MatMulNBits) in ${int4Dir}`
+          return `RTN int4 (the published scheme) of the merged model's ${r.quantized} layer weights, mean relative weight error ${(100 * r.summary.weightError.chosen).toFixed(1)}%; safetensors (int8-packed weight + fp16 weight_scale) and ONNX (MatMulNBits) in ${int4Dir}`
         })
         await step(`chat ${archId}-int4`, () => chatTurn(int4Dir))
       }
@@ -94,4 +104,8 @@ export default class Demo extends BaseCommand {
     this.log(flags.keep ? `models kept in ${flags.keep}` : 'done; the demo models were in a temporary directory, now removed (use --keep DIR to keep them)')
     return {steps, dir: flags.keep ?? null}
   }
+}
+
+async function readConfig(dir: string): Promise<Record<string, unknown>> {
+  return JSON.parse(await readFile(join(dir, 'config.json'), 'utf8'))
 }
