@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 6 on the GPU machine, in one device call (results recorded in bench/RESULTS.md):
-#   probe -> CUDA parity (test/cuda/parity.mjs: tiny/small synth models of both generations vs
+#   probe -> decode-kernel micro-benchmark (build/native/stepbench, when built) -> CUDA parity (test/cuda/parity.mjs: tiny/small synth models of both generations vs
 #   the PyTorch reference on the GPU and the CPU runtime) -> full-size synth + convert of both
 #   generations (in the background, during parity) -> `glmtool bench` of both side by side ->
 #   the PyTorch eager fp16 baseline (bench/peers/torch_baseline.py) of each.
@@ -11,8 +11,10 @@
 #   # replace .device/modules.tar.xz with the production modules only: see bench/RESULTS.md)
 # and run, with carry [".device", "dist", "build/native"]:
 #   bash bench/cuda-device.sh
-# Everything lands in $OUT (at most 8 files come back): steps.log, parity.log, parity.json,
-# bench.json, torch-v1.json, torch-v2.json (full-size reference check: in steps.log).
+#   (and nvcc -std=c++17 -O3 -arch=sm_90 -o build/native/stepbench native/stepbench.cu)
+# Everything lands in $OUT (at most 8 files come back): steps.log, stepbench.log, parity.log,
+# parity.json, bench.json, torch-v1.json, torch-v2.json (full-size reference check and the A/B
+# benches of the decode-kernel switches: in steps.log).
 set -u
 OUT=${OUT:-/tmp/glmtool-device-out}
 mkdir -p "$OUT"
@@ -54,6 +56,11 @@ mkdir -p "$M"
 ) &
 SYNTH=$!
 
+if [ -x build/native/stepbench ]; then
+  el "stepbench ..."
+  timeout 90 build/native/stepbench > "$OUT/stepbench.log" 2>&1
+  el "stepbench rc=$?"
+fi
 el "parity ..."
 timeout "${PARITY_TIMEOUT:-240}" node test/cuda/parity.mjs --json "$OUT/parity.json" > "$OUT/parity.log" 2>&1
 el "parity rc=$?"
@@ -83,14 +90,18 @@ if [ "$(left)" -gt 70 ] && [ -d "$M/chatglm2-6b-torch" ]; then
     --bench "$OUT/bench.json" --baseline "$OUT/torch-v2.json" >> "$LOG" 2>&1
   el "full-size check rc=$?"
 fi
-# The same bench without programmatic dependent launch, to measure what it brings.
-if [ "$(left)" -gt 50 ]; then
-  el "bench without PDL ..."
-  GLMTOOL_CUDA_PDL=0 timeout $(($(left) - 10)) node bin/run.js bench "$M/chatglm-6b" "$M/chatglm2-6b" --backend cuda --repeat 3 > "$OUT/nopdl.log" 2>&1
-  el "bench without PDL rc=$?"
-  grep -E 'decode tok/s|time to first|backend' "$OUT/nopdl.log" | tee -a "$LOG"
-  rm -f "$OUT/nopdl.log"
-fi
+# The earlier decode kernels on the same lease (GLMTOOL_CUDA_DECODE=0: plain GEMV, rotary
+# kernel, attention + combine). Run 4 also benched GLMTOOL_CUDA_FUSE_NORM=0 here (a fused-norm
+# experiment, removed after it: bench/RESULTS.md).
+for sw in GLMTOOL_CUDA_DECODE=0; do
+  if [ "$(left)" -gt 40 ]; then
+    el "bench $sw ..."
+    env $sw timeout $(($(left) - 10)) node bin/run.js bench "$M/chatglm-6b" "$M/chatglm2-6b" --backend cuda --prompt-tokens 512 --gen-tokens 128 \
+      --repeat 3 --max-length 2048 > "$OUT/ab.log" 2>&1
+    el "bench $sw rc=$? $(grep -E 'decode tok/s|time to first' "$OUT/ab.log" | tr -s ' ' | tr '\n' ' ')"
+    rm -f "$OUT/ab.log"
+  fi
+done
 # Parity failed and time is left: look for bad memory accesses on the tiny models.
 if grep -q '^FAIL' "$OUT/parity.log" && [ "$(left)" -gt 50 ] && command -v compute-sanitizer > /dev/null; then
   el "compute-sanitizer memcheck on the tiny models ..."
@@ -98,6 +109,7 @@ if grep -q '^FAIL' "$OUT/parity.log" && [ "$(left)" -gt 50 ] && command -v compu
     node test/cuda/parity.mjs --only chatglm-6b-tiny,chatglm2-6b-tiny 2>&1 | grep -v '^mock' | tail -40 | cut -c1-300 >> "$LOG"
 fi
 el "done"
+echo "== stepbench =="; cat "$OUT/stepbench.log" 2>/dev/null
 echo "== bench table =="; sed -n '/┌/,/┘/p' "$LOG" | cut -c1-250; grep '^roofline' "$LOG" | cut -c1-300
 echo "== parity =="; grep -E '^(ok|FAIL|cuda parity)' "$OUT/parity.log" | cut -c1-330
 echo "== torch =="; grep -h '"architecture"' "$LOG" | cut -c1-400

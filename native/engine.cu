@@ -161,6 +161,9 @@ struct Engine::Impl {
   cublasHandle_t handle = nullptr;
   cudaStream_t stream = nullptr, copyStream = nullptr;
   int D, H, N, G, F, V, L, P, maxTotal, nqkv, attnDim, fup, esz, nsplit;
+  // Decode kernels: 1 (default) the v2 GEMV with rotary + KV write fused into the QKV projection
+  // and the split combine fused into attention; 0 the earlier kernels (GLMTOOL_CUDA_DECODE=0).
+  int variant = 1;
   float alpha;  // v1 DeepNorm: sqrt(2 * layers)
   Geom geom;
 
@@ -179,6 +182,7 @@ struct Engine::Impl {
 
   Bufs dec{};  // decode buffers (one token)
   float *partO = nullptr, *partML = nullptr, *logits = nullptr;
+  unsigned* attnCounter = nullptr;  // per head: splits finished (attn_decode2_kernel)
   int* dToken = nullptr;
   float* invf = nullptr;
   void* blasWs = nullptr;
@@ -291,6 +295,8 @@ struct Engine::Impl {
     esz = 2;
     maxTotal = P + c.maxLength;
     alpha = std::sqrt(2.0f * L);
+    if (const char* v = std::getenv("GLMTOOL_CUDA_DECODE")) variant = std::atoi(v) == 0 ? 0 : 1;
+    // 256 keys per split at the full length (32 splits of 64 measured slower at 576 keys: 12.7 vs 9.0 us)
     nsplit = std::min(32, std::max(4, (maxTotal + 255) / 256));
     geom = Geom{c.generation, N, G, D, nqkv, P, maxTotal};
 
@@ -367,6 +373,8 @@ struct Engine::Impl {
     dec.act = dmalloc((size_t)F * esz);
     partO = static_cast<float*>(dmalloc((size_t)N * nsplit * D * sizeof(float)));
     partML = static_cast<float*>(dmalloc((size_t)N * nsplit * 2 * sizeof(float)));
+    attnCounter = static_cast<unsigned*>(dmalloc((size_t)N * sizeof(unsigned)));
+    CK(cudaMemset(attnCounter, 0, (size_t)N * sizeof(unsigned)));
     logits = static_cast<float*>(dmalloc((size_t)V * sizeof(float)));
     dToken = static_cast<int*>(dmalloc(sizeof(int)));
 
@@ -490,8 +498,34 @@ struct Engine::Impl {
     preCap = cap;
   }
 
+  template <typename T, int EPI, int RPW, int U, bool PF>
+  void gemv2Launch(const void* W, const void* x, const void* b, void* out, int rows, int K, const RopeCtx& rc) {
+    const int warps = (rows + RPW - 1) / RPW;
+    const int blocks = (warps + GEMV2_THREADS / 32 - 1) / (GEMV2_THREADS / 32);
+    launch(gemv2_kernel<T, EPI, RPW, U, PF>, dim3(blocks), dim3(GEMV2_THREADS), static_cast<const T*>(W),
+           static_cast<const T*>(x), static_cast<const T*>(b), out, rows, K, F, rc);
+  }
+  // The v2 GEMV: one output per warp, 8 loads per row per step (4 per row for SwiGLU / rotary
+  // pairs), the next step prefetched. Measured against 2 outputs per warp and 16 loads without
+  // prefetch (bench/RESULTS.md, 2026-11-28 run 3): 194.1 vs 184.3 / 188.8 tok/s (ChatGLM-6B).
+  template <typename T, int EPI>
+  void gemv2(const void* W, const void* x, const void* b, void* out, int rows, int K, const RopeCtx& rc) {
+    constexpr bool pair = EPI == EPI_SWIGLU || EPI == EPI_ROPE;
+    gemv2Launch<T, EPI, 1, pair ? 4 : 8, true>(W, x, b, out, rows, K, rc);
+  }
+
   template <typename T>
   void gemv(int epi, const void* W, const void* x, const void* b, void* out, int rows, int K) {
+    if (variant) {
+      const RopeCtx rc{};
+      switch (epi) {
+        case EPI_NONE: gemv2<T, EPI_NONE>(W, x, b, out, rows, K, rc); break;
+        case EPI_GELU: gemv2<T, EPI_GELU>(W, x, b, out, rows, K, rc); break;
+        case EPI_SWIGLU: gemv2<T, EPI_SWIGLU>(W, x, b, out, rows, K, rc); break;
+        default: gemv2<T, EPI_F32>(W, x, b, out, rows, K, rc); break;
+      }
+      return;
+    }
     const int blocks = (rows + 3) / 4;
     const T* Wt = static_cast<const T*>(W);
     const T* xt = static_cast<const T*>(x);
@@ -604,6 +638,12 @@ struct Engine::Impl {
   template <typename T>
   void attentionDecode(int layer, const void* qkv, void* ctx) {
     const float scale = 1.f / std::sqrt((float)D);
+    if (variant) {
+      launch(attn_decode2_kernel<T>, dim3(N, nsplit), dim3(128), static_cast<const T*>(qkv), reinterpret_cast<const T*>(Kc(layer)),
+             reinterpret_cast<const T*>(Vc(layer)), reinterpret_cast<const StepMeta*>(dMeta), geom, scale, partO, partML,
+             attnCounter, static_cast<T*>(ctx));
+      return;
+    }
     launch(attn_decode_kernel<T>, dim3(N, nsplit), dim3(128), static_cast<const T*>(qkv), reinterpret_cast<const T*>(Kc(layer)),
            reinterpret_cast<const T*>(Vc(layer)), reinterpret_cast<const StepMeta*>(dMeta), geom, scale, partO, partML);
     launch(attn_combine_kernel<T>, dim3(N), dim3(D), (const float*)partO, (const float*)partML, nsplit, D, static_cast<T*>(ctx));
@@ -618,9 +658,15 @@ struct Engine::Impl {
     // the first kernel follows the step's host-to-device copies; the rest follow kernels
     pdl = S == 1 && pdlSupported && usePdl;
     for (int l = 0; l < L; l++) {
-      linear<T>(S, EPI_NONE, w(W_QKV, l), w(B_QKV, l), b.lnA, b.qkv, nullptr, nqkv, H);
-      launch(rotary_cache_kernel<T>, dim3(S), dim3(128), static_cast<T*>(b.qkv), reinterpret_cast<T*>(Kc(l)), reinterpret_cast<T*>(Vc(l)),
-             reinterpret_cast<const StepMeta*>(dMeta), (const float*)invf, geom);
+      if (S == 1 && variant) {
+        // QKV projection, rotary and the KV-cache write in one kernel
+        const RopeCtx rc{Kc(l), Vc(l), reinterpret_cast<const StepMeta*>(dMeta), invf, geom};
+        gemv2<T, EPI_ROPE>(w(W_QKV, l), b.lnA, w(B_QKV, l), b.qkv, nqkv / 2, H, rc);
+      } else {
+        linear<T>(S, EPI_NONE, w(W_QKV, l), w(B_QKV, l), b.lnA, b.qkv, nullptr, nqkv, H);
+        launch(rotary_cache_kernel<T>, dim3(S), dim3(128), static_cast<T*>(b.qkv), reinterpret_cast<T*>(Kc(l)),
+               reinterpret_cast<T*>(Vc(l)), reinterpret_cast<const StepMeta*>(dMeta), (const float*)invf, geom);
+      }
       if (S == 1) attentionDecode<T>(l, b.qkv, b.ctx);
       else attentionPrefill<T>(l, S, past, bidirectional, b.qkv, b.ctx);
       linear<T>(S, EPI_NONE, w(W_DENSE, l), w(B_DENSE, l), b.ctx, b.tmp, nullptr, H, attnDim);

@@ -219,48 +219,28 @@ __global__ void __launch_bounds__(128) gemv_kernel(const T* __restrict__ W, cons
   }
 }
 
-// ---- bias / activation after a cuBLAS GEMM (prefill) -----------------------------------------
-
-// EPI_NONE: y += b; EPI_GELU: y = gelu(y + b) in place; EPI_SWIGLU: out[s, j] = silu(y[s, j]) * y[s, F + j].
-template <typename T, int EPI>
-__global__ void bias_act_kernel(T* __restrict__ y, const T* __restrict__ bias, T* __restrict__ out, int S, int N, int F) {
-  pdl_trigger();
-  pdl_wait();
-  const size_t total = (size_t)S * (EPI == EPI_SWIGLU ? F : N);
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
-    if (EPI == EPI_SWIGLU) {
-      const size_t s = i / F, j = i % F;
-      float g = TT<T>::f(y[s * 2 * F + j]), v = TT<T>::f(y[s * 2 * F + F + j]);
-      if (bias) g = rnd<T>(g + TT<T>::f(bias[j])), v = rnd<T>(v + TT<T>::f(bias[F + j]));
-      out[i] = TT<T>::t(rnd<T>(silu(g)) * v);
-    } else {
-      const size_t n = i % N;
-      float v = TT<T>::f(y[i]);
-      if (bias) v = rnd<T>(v + TT<T>::f(bias[n]));
-      if (EPI == EPI_GELU) v = gelu_tanh(v);
-      y[i] = TT<T>::t(v);
-    }
-  }
-}
+// Attention / cache geometry (also the rotary pairs of the fused QKV GEMV below).
+struct Geom {
+  int gen;         // 1 or 2
+  int heads, kvHeads, D, nqkv;
+  int prefix;      // prefix entries in front of the cache
+  int maxTotal;    // cache rows per head (prefix + maxLength)
+  __device__ __forceinline__ int qOff(int h) const { return gen == 1 ? h * 3 * D : h * D; }
+  __device__ __forceinline__ int kOff(int g) const { return gen == 1 ? g * 3 * D + D : heads * D + g * D; }
+  __device__ __forceinline__ int vOff(int g) const { return gen == 1 ? g * 3 * D + 2 * D : heads * D + kvHeads * D + g * D; }
+};
 
 // ---- residual + norm -------------------------------------------------------------------------
 
 constexpr int NORM_PER_THREAD = 16;
 
-// One block per row. v = the row's pre-norm value:
+// One row, one block. v = the row's pre-norm value:
 //   LN (v1, post-DeepNorm): v = a + alpha * res        (a == nullptr: v = res)
 //   RMS (v2, pre-norm):     v = res + a, stored back into res (the residual stream)
 // out = norm(v) * w (+ b); w == nullptr: out = v (ChatGLM2 without post_layer_norm).
 template <typename T, bool RMS>
-__global__ void add_norm_kernel(const T* __restrict__ a, T* __restrict__ res, T* __restrict__ out, const T* __restrict__ w,
-                                const T* __restrict__ b, float alpha, int H, float eps) {
-  __shared__ float red[33];
-  pdl_trigger();
-  pdl_wait();
-  const size_t row = blockIdx.x;
-  const T* ar = a ? a + row * H : nullptr;
-  T* rr = res + row * H;
-  T* orow = out + row * H;
+__device__ __forceinline__ void add_norm_row(const T* ar, T* __restrict__ rr, T* __restrict__ orow, const T* __restrict__ w,
+                                             const T* __restrict__ b, float alpha, int H, float eps, float* red) {
   float v[NORM_PER_THREAD];
   float sum = 0.f;
 #pragma unroll
@@ -270,11 +250,12 @@ __global__ void add_norm_kernel(const T* __restrict__ a, T* __restrict__ res, T*
     if (i < H) {
       float x = TT<T>::f(rr[i]);
       if (ar) {
+        const T av = ar[i];
         if (RMS) {
-          x = rnd<T>(x + TT<T>::f(ar[i]));
+          x = rnd<T>(x + TT<T>::f(av));
           rr[i] = TT<T>::t(x);
         } else {
-          x = rnd<T>(rnd<T>(alpha * x) + TT<T>::f(ar[i]));
+          x = rnd<T>(rnd<T>(alpha * x) + TT<T>::f(av));
         }
       }
       v[k] = x;
@@ -310,17 +291,234 @@ __global__ void add_norm_kernel(const T* __restrict__ a, T* __restrict__ res, T*
   }
 }
 
+// One block per row (see add_norm_row).
+template <typename T, bool RMS>
+__global__ void add_norm_kernel(const T* __restrict__ a, T* __restrict__ res, T* __restrict__ out, const T* __restrict__ w,
+                                const T* __restrict__ b, float alpha, int H, float eps) {
+  __shared__ float red[33];
+  pdl_trigger();
+  pdl_wait();
+  const size_t row = blockIdx.x;
+  add_norm_row<T, RMS>(a ? a + row * H : nullptr, res + row * H, out + row * H, w, b, alpha, H, eps, red);
+}
+
+// ---- GEMV, decode step (v2): rows per warp, U 16-byte loads per row issued together -----------
+
+// Each warp computes RPW outputs; an output reads one weight row, two with EPI_SWIGLU (rows j and
+// F + j) and EPI_ROPE (a rotary pair, rope_pair()). Per step of 32 * U vectors a lane loads the
+// x vectors, issues the next step's weight loads (PF) and then does the FMAs on the current ones;
+// tails are predicated, so any K that is a multiple of 8 works. The first step's weights are
+// loaded before pdl_wait() (weights are never written during a step).
+constexpr int EPI_ROPE = 4;
+constexpr int GEMV2_THREADS = 256;
+
+// EPI_ROPE, the decode step's QKV projection with the rotary embedding and the KV-cache write
+// fused: output j of nqkv / 2 is a pair of rows of the fused QKV output that rotate together
+// (v1: d, d + D/4 within each half of a head; v2: 2p, 2p + 1); value rows pair the same way and
+// are copied. q goes back into the QKV buffer (attention reads it there), k and v into the cache.
+struct RopePair {
+  int ia, ib;    // rows of the QKV output
+  int type;      // 0 q, 1 k, 2 v
+  int head;      // q head or KV group
+  int d, delta;  // dim of ia within its head; ib = ia + delta
+  int fi;        // frequency index, -1: passes through
+  int useBlock;  // v1, second half of a head: rotated by the block position
+};
+__device__ __forceinline__ RopePair rope_pair(const Geom& g, int j) {
+  const int D = g.D, half = D / 2, quarter = D / 4;
+  const int blk = j / half, p = j % half;
+  RopePair r;
+  if (g.gen == 1) {
+    r.head = blk / 3, r.type = blk % 3;
+    const int h2 = p / quarter, i = p % quarter;
+    r.d = h2 * half + i, r.delta = quarter;
+    r.fi = r.type < 2 ? i : -1;
+    r.useBlock = h2;
+  } else {
+    if (blk < g.heads) r.type = 0, r.head = blk;
+    else if (blk < g.heads + g.kvHeads) r.type = 1, r.head = blk - g.heads;
+    else r.type = 2, r.head = blk - g.heads - g.kvHeads;
+    r.d = 2 * p, r.delta = 1;
+    r.fi = r.type < 2 && p < quarter ? p : -1;
+    r.useBlock = 0;
+  }
+  r.ia = blk * D + r.d;
+  r.ib = r.ia + r.delta;
+  return r;
+}
+struct RopeCtx {
+  void* Kc;
+  void* Vc;
+  const StepMeta* meta;
+  const float* invf;
+  Geom g;
+};
+
+template <typename T, int EPI, int RPW, int U, bool PF>
+__device__ __forceinline__ void gemv2_rows(const T* __restrict__ W, const T* __restrict__ x, const T* __restrict__ bias,
+                                           void* __restrict__ out, int rows, int K, int F, const RopeCtx& rc) {
+  constexpr int PR = (EPI == EPI_SWIGLU || EPI == EPI_ROPE) ? 2 : 1;
+  constexpr int NR = RPW * PR;
+  pdl_trigger();
+  const int row0 = ((blockIdx.x * GEMV2_THREADS + threadIdx.x) >> 5) * RPW;
+  const int lane = threadIdx.x & 31;
+  if (row0 >= rows) {
+    pdl_wait();
+    return;
+  }
+  const int K8 = K >> 3;
+  const uint4* xv = reinterpret_cast<const uint4*>(x);
+  const uint4* wp[NR];
+  int orow[RPW];
+#pragma unroll
+  for (int r = 0; r < RPW; r++) {
+    const int rr = row0 + r < rows ? row0 + r : row0;  // past the end: recompute row0, not stored
+    orow[r] = rr;
+    if (EPI == EPI_ROPE) {
+      const RopePair q = rope_pair(rc.g, rr);
+      wp[2 * r] = reinterpret_cast<const uint4*>(W + (size_t)q.ia * K);
+      wp[2 * r + 1] = reinterpret_cast<const uint4*>(W + (size_t)q.ib * K);
+    } else if (EPI == EPI_SWIGLU) {
+      wp[2 * r] = reinterpret_cast<const uint4*>(W + (size_t)rr * K);
+      wp[2 * r + 1] = reinterpret_cast<const uint4*>(W + (size_t)(rr + F) * K);
+    } else {
+      wp[r] = reinterpret_cast<const uint4*>(W + (size_t)rr * K);
+    }
+  }
+  float acc[NR];
+  uint4 cur[NR][U];
+  const uint4 z = make_uint4(0, 0, 0, 0);
+#pragma unroll
+  for (int i = 0; i < NR; i++) {
+    acc[i] = 0.f;
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int c = lane + 32 * u;
+      cur[i][u] = c < K8 ? ld_stream(wp[i] + c) : z;
+    }
+  }
+  pdl_wait();
+  for (int base = 0; base < K8; base += 32 * U) {
+    uint4 xs[U];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int c = base + lane + 32 * u;
+      xs[u] = c < K8 ? __ldg(xv + c) : z;
+    }
+    const int nb = base + 32 * U;
+    if (PF) {
+      uint4 nxt[NR][U];
+#pragma unroll
+      for (int i = 0; i < NR; i++)
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+          const int c = nb + lane + 32 * u;
+          nxt[i][u] = c < K8 ? ld_stream(wp[i] + c) : z;
+        }
+#pragma unroll
+      for (int i = 0; i < NR; i++)
+#pragma unroll
+        for (int u = 0; u < U; u++) acc[i] = dot8<T>(cur[i][u], xs[u], acc[i]);
+#pragma unroll
+      for (int i = 0; i < NR; i++)
+#pragma unroll
+        for (int u = 0; u < U; u++) cur[i][u] = nxt[i][u];
+    } else {
+#pragma unroll
+      for (int i = 0; i < NR; i++)
+#pragma unroll
+        for (int u = 0; u < U; u++) acc[i] = dot8<T>(cur[i][u], xs[u], acc[i]);
+      if (nb < K8) {
+#pragma unroll
+        for (int i = 0; i < NR; i++)
+#pragma unroll
+          for (int u = 0; u < U; u++) {
+            const int c = nb + lane + 32 * u;
+            cur[i][u] = c < K8 ? ld_stream(wp[i] + c) : z;
+          }
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < NR; i++) acc[i] = warpSum(acc[i]);
+  if (lane != 0) return;
+#pragma unroll
+  for (int r = 0; r < RPW; r++) {
+    if (row0 + r >= rows) break;
+    const int row = orow[r];
+    if (EPI == EPI_ROPE) {
+      const RopePair q = rope_pair(rc.g, row);
+      float xa = acc[2 * r], xb = acc[2 * r + 1];
+      if (bias) xa += TT<T>::f(bias[q.ia]), xb += TT<T>::f(bias[q.ib]);
+      xa = rnd<T>(xa), xb = rnd<T>(xb);
+      float ya = xa, yb = xb;
+      if (q.fi >= 0) {
+        const int* posblock = reinterpret_cast<const int*>(rc.meta + 1);
+        const float ang = (float)(q.useBlock ? posblock[1] : posblock[0]) * rc.invf[q.fi];
+        const float c = cosf(ang), sn = sinf(ang);
+        ya = xa * c - xb * sn;
+        yb = xb * c + xa * sn;
+      }
+      T* dst;
+      if (q.type == 0) {
+        dst = static_cast<T*>(out) + q.ia;
+      } else {
+        const size_t cacheRow = (size_t)rc.g.prefix + rc.meta->past;
+        dst = static_cast<T*>(q.type == 1 ? rc.Kc : rc.Vc) + ((size_t)q.head * rc.g.maxTotal + cacheRow) * rc.g.D + q.d;
+      }
+      dst[0] = TT<T>::t(ya);
+      dst[q.delta] = TT<T>::t(yb);
+    } else if (EPI == EPI_F32) {
+      float a = acc[r];
+      if (bias) a += TT<T>::f(bias[row]);
+      static_cast<float*>(out)[row] = a;
+    } else if (EPI == EPI_SWIGLU) {
+      float a = acc[2 * r], b = acc[2 * r + 1];
+      if (bias) a += TT<T>::f(bias[row]), b += TT<T>::f(bias[row + F]);
+      const float gl = rnd<T>(silu(rnd<T>(a)));
+      static_cast<T*>(out)[row] = TT<T>::t(gl * rnd<T>(b));
+    } else {
+      float a = acc[r];
+      if (bias) a += TT<T>::f(bias[row]);
+      if (EPI == EPI_GELU) a = gelu_tanh(rnd<T>(a));
+      static_cast<T*>(out)[row] = TT<T>::t(a);
+    }
+  }
+}
+
+template <typename T, int EPI, int RPW, int U, bool PF>
+__global__ void __launch_bounds__(GEMV2_THREADS) gemv2_kernel(const T* __restrict__ W, const T* __restrict__ x,
+                                                              const T* __restrict__ bias, void* __restrict__ out,
+                                                              int rows, int K, int F, RopeCtx rc) {
+  gemv2_rows<T, EPI, RPW, U, PF>(W, x, bias, out, rows, K, F, rc);
+}
+
+// ---- bias / activation after a cuBLAS GEMM (prefill) -----------------------------------------
+
+// EPI_NONE: y += b; EPI_GELU: y = gelu(y + b) in place; EPI_SWIGLU: out[s, j] = silu(y[s, j]) * y[s, F + j].
+template <typename T, int EPI>
+__global__ void bias_act_kernel(T* __restrict__ y, const T* __restrict__ bias, T* __restrict__ out, int S, int N, int F) {
+  pdl_trigger();
+  pdl_wait();
+  const size_t total = (size_t)S * (EPI == EPI_SWIGLU ? F : N);
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+    if (EPI == EPI_SWIGLU) {
+      const size_t s = i / F, j = i % F;
+      float g = TT<T>::f(y[s * 2 * F + j]), v = TT<T>::f(y[s * 2 * F + F + j]);
+      if (bias) g = rnd<T>(g + TT<T>::f(bias[j])), v = rnd<T>(v + TT<T>::f(bias[F + j]));
+      out[i] = TT<T>::t(rnd<T>(silu(g)) * v);
+    } else {
+      const size_t n = i % N;
+      float v = TT<T>::f(y[i]);
+      if (bias) v = rnd<T>(v + TT<T>::f(bias[n]));
+      if (EPI == EPI_GELU) v = gelu_tanh(v);
+      y[i] = TT<T>::t(v);
+    }
+  }
+}
+
 // ---- rotary embedding + KV cache write --------------------------------------------------------
 
-struct Geom {
-  int gen;         // 1 or 2
-  int heads, kvHeads, D, nqkv;
-  int prefix;      // prefix entries in front of the cache
-  int maxTotal;    // cache rows per head (prefix + maxLength)
-  __device__ __forceinline__ int qOff(int h) const { return gen == 1 ? h * 3 * D : h * D; }
-  __device__ __forceinline__ int kOff(int g) const { return gen == 1 ? g * 3 * D + D : heads * D + g * D; }
-  __device__ __forceinline__ int vOff(int g) const { return gen == 1 ? g * 3 * D + 2 * D : heads * D + kvHeads * D + g * D; }
-};
 
 // One block per new token. Rotates q in place and k into the cache row prefix + past + s; copies v.
 // v1 (chatglm.md 3): each half of a head (D/2 dims) is a rotate_half rotary of dim D/2, the first
@@ -470,6 +668,105 @@ __global__ void attn_combine_kernel(const float* __restrict__ partO, const float
     o += partO[slot * D + d] * w;
   }
   out[(size_t)h * D + d] = TT<T>::t(o / L);
+}
+
+// Decode attention (v2): as attn_decode_kernel, with the key loads of a row issued together and
+// the combine fused: the last split of a head to finish (counter[h], reset by it) merges the
+// head's splits. grid (heads, splits), 128 threads, D <= 128.
+template <typename T>
+__global__ void __launch_bounds__(128) attn_decode2_kernel(const T* __restrict__ qkv, const T* __restrict__ Kc,
+                                                           const T* __restrict__ Vc, const StepMeta* __restrict__ meta,
+                                                           Geom g, float scale, float* __restrict__ partO,
+                                                           float* __restrict__ partML, unsigned* __restrict__ counter,
+                                                           T* __restrict__ out) {
+  __shared__ float qs[128];
+  __shared__ float sc[128];
+  __shared__ float red[33];
+  __shared__ int amLast;
+  pdl_trigger();
+  pdl_wait();
+  const int h = blockIdx.x, split = blockIdx.y, nsplit = gridDim.y;
+  const int D = g.D;
+  const int kvh = h / (g.heads / g.kvHeads);
+  const int total = g.prefix + meta->past + 1;
+  const int chunk = (total + nsplit - 1) / nsplit;
+  const int t0 = split * chunk, t1 = min(total, t0 + chunk);
+  const int tid = threadIdx.x;
+  if (tid < D) qs[tid] = TT<T>::f(qkv[g.qOff(h) + tid]) * scale;
+  __syncthreads();
+  const T* Kh = Kc + (size_t)kvh * g.maxTotal * D;
+  const T* Vh = Vc + (size_t)kvh * g.maxTotal * D;
+  float m = -INFINITY, l = 0.f, acc = 0.f;
+  for (int base = t0; base < t1; base += blockDim.x) {
+    const int t = base + tid;
+    float s = -INFINITY;
+    if (t < t1) {
+      const uint4* kr = reinterpret_cast<const uint4*>(Kh + (size_t)t * D);
+      uint4 kv[16];
+#pragma unroll
+      for (int c = 0; c < 16; c++)
+        if (c < D / 8) kv[c] = kr[c];
+      float d0 = 0.f, d1 = 0.f;
+#pragma unroll
+      for (int c = 0; c < 16; c++) {
+        if (c < D / 8) {
+          float2 a = TT<T>::f2(kv[c].x), b = TT<T>::f2(kv[c].y);
+          d0 = fmaf(a.x, qs[8 * c], d0);
+          d1 = fmaf(a.y, qs[8 * c + 1], d1);
+          d0 = fmaf(b.x, qs[8 * c + 2], d0);
+          d1 = fmaf(b.y, qs[8 * c + 3], d1);
+          a = TT<T>::f2(kv[c].z), b = TT<T>::f2(kv[c].w);
+          d0 = fmaf(a.x, qs[8 * c + 4], d0);
+          d1 = fmaf(a.y, qs[8 * c + 5], d1);
+          d0 = fmaf(b.x, qs[8 * c + 6], d0);
+          d1 = fmaf(b.y, qs[8 * c + 7], d1);
+        }
+      }
+      s = d0 + d1;
+    }
+    const float mNew = fmaxf(m, blockMax(s, red));
+    const float p = t < t1 ? expf(s - mNew) : 0.f;
+    sc[tid] = p;
+    const float tileSum = blockSum(p, red);  // its barriers also publish sc[]
+    const float corr = expf(m - mNew);
+    l = l * corr + tileSum;
+    if (tid < D) {
+      float a = acc * corr;
+      const int n = min((int)blockDim.x, t1 - base);
+      const T* vr = Vh + (size_t)base * D + tid;
+#pragma unroll 8
+      for (int j = 0; j < n; j++) a = fmaf(sc[j], TT<T>::f(vr[(size_t)j * D]), a);
+      acc = a;
+    }
+    m = mNew;
+    __syncthreads();
+  }
+  const size_t slot = (size_t)h * nsplit + split;
+  if (tid < D) partO[slot * D + tid] = acc;
+  if (tid == 0) {
+    partML[2 * slot] = m;
+    partML[2 * slot + 1] = l;
+  }
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) amLast = atomicAdd(&counter[h], 1u) == (unsigned)nsplit - 1;
+  __syncthreads();
+  if (!amLast) return;
+  __threadfence();
+  if (tid < D) {
+    const float* po = partO + (size_t)h * nsplit * D;
+    const float* pml = partML + (size_t)h * nsplit * 2;
+    float M = -INFINITY;
+    for (int j = 0; j < nsplit; j++) M = fmaxf(M, __ldcg(pml + 2 * j));
+    float L = 0.f, o = 0.f;
+    for (int j = 0; j < nsplit; j++) {
+      const float w = expf(__ldcg(pml + 2 * j) - M);  // empty split: exp(-inf) = 0
+      L += __ldcg(pml + 2 * j + 1) * w;
+      o += __ldcg(po + (size_t)j * D + tid) * w;
+    }
+    out[(size_t)h * D + tid] = TT<T>::t(o / L);
+  }
+  if (tid == 0) counter[h] = 0;
 }
 
 // ---- attention, several new tokens (prefill): masked softmax between two cuBLAS GEMMs --------

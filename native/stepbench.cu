@@ -1,0 +1,258 @@
+// Decode-kernel micro-benchmark (issue 6): times each kernel class of the decode step in
+// isolation at full ChatGLM-6B / ChatGLM2-6B sizes, the earlier kernels against the v2 ones, and
+// checks the v2 kernels against the earlier ones on random data. Not part of the addon:
+//   nvcc -std=c++17 -O3 -arch=sm_90 -o build/native/stepbench native/stepbench.cu
+//   build/native/stepbench            (one GPU; ~30 s)
+// Timing: a CUDA graph of `reps` back-to-back launches (no PDL), rotating over enough weight
+// copies to exceed L2, replayed 5 times; median replay / reps. Includes the launch gaps.
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+#include <algorithm>
+#include <functional>
+#include <cmath>
+#include "kernels.cuh"
+using namespace glm;
+
+#define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { fprintf(stderr, "%s: %s (line %d)\n", #x, cudaGetErrorString(e), __LINE__); exit(1); } } while (0)
+
+__global__ void fill_kernel(half* p, size_t n, uint32_t seed, float scale) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    uint32_t h = (uint32_t)i * 2654435761u ^ seed;
+    h ^= h >> 15; h *= 2246822519u; h ^= h >> 13; h *= 3266489917u; h ^= h >> 16;
+    p[i] = __float2half((((h & 0xffffff) / 16777216.f) - 0.5f) * 2.f * scale);
+  }
+}
+static void fill(void* p, size_t n, uint32_t seed, float scale) {
+  fill_kernel<<<1024, 256>>>((half*)p, n, seed, scale);
+  CK(cudaGetLastError());
+}
+static void* dalloc(size_t bytes) { void* p; CK(cudaMalloc(&p, bytes)); return p; }
+
+static cudaStream_t st;
+// time fn(i) for i in [0, reps) captured in a graph; returns microseconds per call
+static double timeGraph(int reps, const std::function<void(int)>& fn) {
+  for (int i = 0; i < reps; i++) fn(i);  // warm
+  CK(cudaStreamSynchronize(st));
+  cudaGraph_t g; cudaGraphExec_t ge;
+  CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < reps; i++) fn(i);
+  CK(cudaStreamEndCapture(st, &g));
+  CK(cudaGraphInstantiate(&ge, g, 0));
+  cudaEvent_t a, b; cudaEventCreate(&a); cudaEventCreate(&b);
+  std::vector<float> ts;
+  CK(cudaGraphLaunch(ge, st));
+  for (int k = 0; k < 5; k++) {
+    cudaEventRecord(a, st); CK(cudaGraphLaunch(ge, st)); cudaEventRecord(b, st);
+    CK(cudaEventSynchronize(b));
+    float ms; cudaEventElapsedTime(&ms, a, b); ts.push_back(ms);
+  }
+  std::sort(ts.begin(), ts.end());
+  cudaGraphExecDestroy(ge); cudaGraphDestroy(g);
+  return ts[2] * 1000.0 / reps;
+}
+
+static float maxRel(const std::vector<float>& a, const std::vector<float>& b) {
+  double md = 0, mb = 0;
+  for (size_t i = 0; i < a.size(); i++) { md = std::max(md, (double)std::fabs(a[i] - b[i])); mb = std::max(mb, (double)std::fabs(b[i])); if (!std::isfinite(a[i])) return INFINITY; }
+  return (float)(md / (mb > 0 ? mb : 1));
+}
+static std::vector<float> toHost(const void* p, size_t n, bool isF32) {
+  std::vector<float> r(n);
+  if (isF32) { CK(cudaMemcpy(r.data(), p, n * 4, cudaMemcpyDeviceToHost)); return r; }
+  std::vector<half> h(n); CK(cudaMemcpy(h.data(), p, n * 2, cudaMemcpyDeviceToHost));
+  for (size_t i = 0; i < n; i++) r[i] = __half2float(h[i]);
+  return r;
+}
+
+template <int EPI, int RPW, int U, bool PF>
+static void launch2(const half* W, const half* x, const half* b, void* out, int rows, int K, int F, RopeCtx rc) {
+  const int warps = (rows + RPW - 1) / RPW;
+  const int blocks = (warps + 7) / 8;
+  gemv2_kernel<half, EPI, RPW, U, PF><<<blocks, GEMV2_THREADS, 0, st>>>(W, x, b, out, rows, K, F, rc);
+}
+template <int EPI>
+static void launchOld(const half* W, const half* x, const half* b, void* out, int rows, int K, int F) {
+  gemv_kernel<half, EPI><<<(rows + 3) / 4, 128, 0, st>>>(W, x, b, out, rows, K, F);
+}
+template <int EPI>
+static void launchCfg(int cfg, const half* W, const half* x, const half* b, void* out, int rows, int K, int F, RopeCtx rc) {
+  constexpr bool pair = EPI == EPI_SWIGLU || EPI == EPI_ROPE;
+  if (cfg == 0) launch2<EPI, 1, pair ? 4 : 8, true>(W, x, b, out, rows, K, F, rc);
+  else if (cfg == 1) launch2<EPI, 2, pair ? 2 : 4, true>(W, x, b, out, rows, K, F, rc);
+  else launch2<EPI, 1, pair ? 8 : 16, false>(W, x, b, out, rows, K, F, rc);
+}
+
+struct Shape { const char* name; int epi; int N; int K; };  // N: weight rows
+
+int main() {
+  CK(cudaStreamCreate(&st));
+  cudaDeviceProp p; CK(cudaGetDeviceProperties(&p, 0));
+  printf("device %s, %d SMs, L2 %d MB\n", p.name, p.multiProcessorCount, p.l2CacheSize >> 20);
+  // copy rate
+  {
+    const size_t n = 1ull << 30;
+    void* a = dalloc(n); void* b = dalloc(n);
+    CK(cudaMemset(a, 1, n));
+    double us = timeGraph(10, [&](int) { CK(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice, st)); });
+    printf("copy 1 GiB: %.1f us, %.3f TB/s (read + write)\n", us, 2.0 * n / us / 1e6);
+    cudaFree(a); cudaFree(b);
+  }
+  const size_t pool = 1400ull << 20;  // weights rotate over this much (> 50 MB L2)
+  half* Wp = (half*)dalloc(pool);
+  fill(Wp, pool / 2, 1, 0.05f);
+  half* x = (half*)dalloc(65536 * 2); fill(x, 65536, 2, 1.f);
+  half* bias = (half*)dalloc(300000 * 2); fill(bias, 300000, 3, 0.1f);
+  void* outA = dalloc(300000 * 4); void* outB = dalloc(300000 * 4);
+  const Shape shapes[] = {
+    {"v1 qkv 12288x4096", EPI_NONE, 12288, 4096}, {"v1 dense 4096x4096", EPI_NONE, 4096, 4096},
+    {"v1 up+gelu 16384x4096", EPI_GELU, 16384, 4096}, {"v1 down 4096x16384", EPI_NONE, 4096, 16384},
+    {"v1 lm_head 130528x4096", EPI_F32, 130528, 4096},
+    {"v2 qkv 4608x4096", EPI_NONE, 4608, 4096}, {"v2 up+swiglu 27392x4096", EPI_SWIGLU, 27392, 4096},
+    {"v2 down 4096x13696", EPI_NONE, 4096, 13696}, {"v2 lm_head 65024x4096", EPI_F32, 65024, 4096},
+  };
+  printf("\n%-26s %9s %9s %9s %9s   (us per call; GB/s of weights)  maxrel v2/old\n", "gemv", "old", "cfg0", "cfg1", "cfg2");
+  double sumOld = 0, sumBest = 0;
+  for (const Shape& s : shapes) {
+    const size_t bytes = (size_t)s.N * s.K * 2;
+    const int copies = std::max<int>(1, (int)std::min<size_t>(pool / bytes, 16));
+    const int reps = std::max(4, std::min(40, copies * 4));
+    const int rows = s.epi == EPI_SWIGLU ? s.N / 2 : s.N, F = s.N / 2;
+    auto Wi = [&](int i) { return Wp + (size_t)(i % copies) * s.N * s.K; };
+    const half* b = s.epi == EPI_F32 ? nullptr : bias;
+    double t[4];
+    RopeCtx rc{};
+    t[0] = timeGraph(reps, [&](int i) {
+      switch (s.epi) { case EPI_NONE: launchOld<EPI_NONE>(Wi(i), x, b, outA, rows, s.K, F); break;
+        case EPI_GELU: launchOld<EPI_GELU>(Wi(i), x, b, outA, rows, s.K, F); break;
+        case EPI_SWIGLU: launchOld<EPI_SWIGLU>(Wi(i), x, b, outA, rows, s.K, F); break;
+        default: launchOld<EPI_F32>(Wi(i), x, b, outA, rows, s.K, F); }
+    });
+    CK(cudaStreamSynchronize(st));
+    const bool f32 = s.epi == EPI_F32;
+    auto ref = toHost(outA, rows, f32);
+    float err = 0;
+    for (int cfg = 0; cfg < 3; cfg++) {
+      t[cfg + 1] = timeGraph(reps, [&](int i) {
+        switch (s.epi) { case EPI_NONE: launchCfg<EPI_NONE>(cfg, Wi(i), x, b, outB, rows, s.K, F, rc); break;
+          case EPI_GELU: launchCfg<EPI_GELU>(cfg, Wi(i), x, b, outB, rows, s.K, F, rc); break;
+          case EPI_SWIGLU: launchCfg<EPI_SWIGLU>(cfg, Wi(i), x, b, outB, rows, s.K, F, rc); break;
+          default: launchCfg<EPI_F32>(cfg, Wi(i), x, b, outB, rows, s.K, F, rc); }
+      });
+      CK(cudaStreamSynchronize(st));
+      // compare the same weight copy: the last call used Wi(reps - 1), as did old's
+      err = std::max(err, maxRel(toHost(outB, rows, f32), ref));
+    }
+    printf("%-26s %9.1f %9.1f %9.1f %9.1f   %6.0f %6.0f %6.0f %6.0f  %.1e\n", s.name, t[0], t[1], t[2], t[3],
+           bytes / t[0] / 1e3, bytes / t[1] / 1e3, bytes / t[2] / 1e3, bytes / t[3] / 1e3, err);
+    sumOld += t[0]; sumBest += std::min(t[1], std::min(t[2], t[3]));
+  }
+  // the same GEMV over a pool the size of the model's weights (12 GB): TLB reach vs 1.4 GB
+  {
+    const size_t big = 12ull << 30;
+    half* Wb = nullptr;
+    if (cudaMalloc(&Wb, big) == cudaSuccess) {
+      fill(Wb, big / 2, 7, 0.05f);
+      const int N = 27392, K = 4096;
+      const size_t bytes = (size_t)N * K * 2;
+      const int copies = (int)(big / bytes);
+      double tb = timeGraph(copies, [&](int i) { launch2<EPI_SWIGLU, 1, 4, true>(Wb + (size_t)i * N * K, x, bias, outB, N / 2, K, N / 2, RopeCtx{}); });
+      double ts = timeGraph(copies, [&](int i) { launch2<EPI_SWIGLU, 1, 4, true>(Wb + (size_t)(i % 8) * N * K, x, bias, outB, N / 2, K, N / 2, RopeCtx{}); });
+      printf("v2 up+swiglu cfg0 over %d copies (%.1f GB): %.1f us (%.0f GB/s); over 8 copies (%.1f GB): %.1f us (%.0f GB/s)\n", copies,
+             copies * bytes / 1e9, tb, bytes / tb / 1e3, 8 * bytes / 1e9, ts, bytes / ts / 1e3);
+      cudaFree(Wb);
+    } else {
+      cudaGetLastError();
+    }
+  }
+  CK(cudaGetLastError());
+
+  // rotary + KV write: old (QKV gemv + rotary kernel) vs fused, and attention old vs v2, at 576 cached tokens
+  for (int gen = 1; gen <= 2; gen++) {
+    const int H = 4096, N = 32, D = 128, G = gen == 1 ? 32 : 2, maxTotal = 2048;
+    const int nqkv = gen == 1 ? 3 * H : N * D + 2 * G * D;
+    Geom g{gen, N, G, D, nqkv, 0, maxTotal};
+    const size_t kvBytes = (size_t)G * maxTotal * D * 2;
+    half *Kc = (half*)dalloc(kvBytes), *Vc = (half*)dalloc(kvBytes), *Kc2 = (half*)dalloc(kvBytes), *Vc2 = (half*)dalloc(kvBytes);
+    fill(Kc, kvBytes / 2, 11, 1.f); fill(Vc, kvBytes / 2, 12, 1.f);
+    CK(cudaMemcpy(Kc2, Kc, kvBytes, cudaMemcpyDeviceToDevice)); CK(cudaMemcpy(Vc2, Vc, kvBytes, cudaMemcpyDeviceToDevice));
+    const int past = 575;
+    std::vector<char> hm(sizeof(StepMeta) + 8, 0);
+    StepMeta* m = (StepMeta*)hm.data(); m->past = past; m->S = 1;
+    int* pb = (int*)(m + 1); pb[0] = gen == 1 ? 574 : past; pb[1] = gen == 1 ? 2 : 0;
+    StepMeta* dm = (StepMeta*)dalloc(hm.size()); CK(cudaMemcpy(dm, hm.data(), hm.size(), cudaMemcpyHostToDevice));
+    std::vector<float> th(D / 4); for (int j = 0; j < D / 4; j++) th[j] = (float)(1.0 / std::pow(10000.0, (2.0 * j) / (D / 2)));
+    float* invf = (float*)dalloc(th.size() * 4); CK(cudaMemcpy(invf, th.data(), th.size() * 4, cudaMemcpyHostToDevice));
+    half *qkvA = (half*)dalloc(nqkv * 2), *qkvB = (half*)dalloc(nqkv * 2);
+    const size_t wb = (size_t)nqkv * H * 2;
+    const int copies = std::min<int>(16, pool / wb);
+    auto Wi = [&](int i) { return Wp + (size_t)(i % copies) * nqkv * H; };
+    double tOld = timeGraph(copies * 2, [&](int i) {
+      launchOld<EPI_NONE>(Wi(i), x, bias, qkvA, nqkv, H, 0);
+      rotary_cache_kernel<half><<<1, 128, 0, st>>>(qkvA, Kc, Vc, dm, invf, g);
+    });
+    RopeCtx rc{Kc2, Vc2, dm, invf, g};
+    double tNew[3];
+    for (int cfg = 0; cfg < 3; cfg++) tNew[cfg] = timeGraph(copies * 2, [&](int i) { launchCfg<EPI_ROPE>(cfg, Wi(i), x, bias, qkvB, nqkv / 2, H, 0, rc); });
+    CK(cudaStreamSynchronize(st));
+    // compare q and the cache rows just written
+    float eq = maxRel(toHost(qkvB, N * D, false), toHost(qkvA, N * D, false));  // v1 q is interleaved: compare q rows
+    if (gen == 1) {
+      auto a = toHost(qkvA, nqkv, false), b = toHost(qkvB, nqkv, false);
+      std::vector<float> qa, qb;
+      for (int h = 0; h < N; h++) for (int d = 0; d < D; d++) qa.push_back(a[h * 3 * D + d]), qb.push_back(b[h * 3 * D + d]);
+      eq = maxRel(qb, qa);
+    }
+    std::vector<float> ka, kb, va, vb;
+    {
+      auto K1 = toHost(Kc, kvBytes / 2, false), K2 = toHost(Kc2, kvBytes / 2, false), V1 = toHost(Vc, kvBytes / 2, false), V2 = toHost(Vc2, kvBytes / 2, false);
+      for (int hh = 0; hh < G; hh++) for (int d = 0; d < D; d++) {
+        const size_t o = ((size_t)hh * maxTotal + past) * D + d;
+        ka.push_back(K1[o]); kb.push_back(K2[o]); va.push_back(V1[o]); vb.push_back(V2[o]);
+      }
+    }
+    printf("\nv%d qkv+rotary: old gemv+rotary %.1f us; fused cfg0/1/2 %.1f / %.1f / %.1f us; maxrel q %.1e k %.1e v %.1e\n", gen, tOld,
+           tNew[0], tNew[1], tNew[2], eq, maxRel(kb, ka), maxRel(vb, va));
+    // attention at past = 575 (576 keys), fill the cache fully random
+    fill(Kc, kvBytes / 2, 21, 1.f); fill(Vc, kvBytes / 2, 22, 1.f);
+    fill(qkvA, nqkv, 23, 1.f);
+    const float scale = 1.f / std::sqrt((float)D);
+    half *ctxA = (half*)dalloc(N * D * 2), *ctxB = (half*)dalloc(N * D * 2);
+    unsigned* counter = (unsigned*)dalloc(N * 4); CK(cudaMemset(counter, 0, N * 4));
+    for (int ns : {8, 32}) {
+      float* partO = (float*)dalloc((size_t)N * ns * D * 4); float* partML = (float*)dalloc((size_t)N * ns * 2 * 4);
+      double ta = timeGraph(28, [&](int) {
+        attn_decode_kernel<half><<<dim3(N, ns), 128, 0, st>>>(qkvA, Kc, Vc, dm, g, scale, partO, partML);
+        attn_combine_kernel<half><<<N, D, 0, st>>>(partO, partML, ns, D, ctxA);
+      });
+      double tb = timeGraph(28, [&](int) {
+        attn_decode2_kernel<half><<<dim3(N, ns), 128, 0, st>>>(qkvA, Kc, Vc, dm, g, scale, partO, partML, counter, ctxB);
+      });
+      CK(cudaStreamSynchronize(st));
+      printf("v%d attention 576 keys, %d splits: old (decode + combine) %.1f us, v2 (fused combine) %.1f us; maxrel %.1e\n", gen, ns, ta, tb,
+             maxRel(toHost(ctxB, N * D, false), toHost(ctxA, N * D, false)));
+      cudaFree(partO); cudaFree(partML);
+    }
+    // the small kernels
+    half *res = (half*)dalloc(H * 2), *nout = (half*)dalloc(H * 2), *nw = (half*)dalloc(H * 2);
+    fill(res, H, 31, 1.f); fill(nw, H, 32, 1.f);
+    double tn = timeGraph(56, [&](int) {
+      if (gen == 1) add_norm_kernel<half, false><<<1, 256, 0, st>>>(x, res, nout, nw, bias, 7.48f, H, 1e-5f);
+      else add_norm_kernel<half, true><<<1, 256, 0, st>>>(nullptr, res, nout, nw, nullptr, 1.f, H, 1e-5f);
+    });
+    printf("v%d add_norm %.1f us\n", gen, tn);
+    cudaFree(Kc); cudaFree(Vc); cudaFree(Kc2); cudaFree(Vc2);
+  }
+  {
+    float* lg = (float*)dalloc(130528 * 4);
+    fill(lg, 130528, 41, 1.f);
+    int* tok = (int*)dalloc(4);
+    std::vector<char> hm(sizeof(StepMeta) + 8, 0); StepMeta* m = (StepMeta*)hm.data(); m->greedy = 1;
+    StepMeta* dm = (StepMeta*)dalloc(hm.size()); CK(cudaMemcpy(dm, hm.data(), hm.size(), cudaMemcpyHostToDevice));
+    double ts = timeGraph(20, [&](int) { sample_kernel<<<1, 1024, 0, st>>>(lg, 130528, dm, tok); });
+    printf("sample (greedy, V 130528) %.1f us\n", ts);
+  }
+  CK(cudaDeviceSynchronize());
+  printf("\ngemv sum over shapes: old %.1f us, best v2 %.1f us\n", sumOld, sumBest);
+  return 0;
+}
