@@ -80,3 +80,16 @@ describe('model directories', () => {
     await m.close()
   })
 })
+
+describe('memoryTensor', () => {
+  it('yields whole elements whatever the requested piece size', async () => {
+    const {memoryTensor} = await import('../src/formats/tensor.js')
+    const t = memoryTensor('x', 'F32', [5], Buffer.alloc(20, 1))
+    const sizes: number[] = []
+    for await (const c of t.chunks(6)) sizes.push(c.length)
+    expect(sizes).toEqual([4, 4, 4, 4, 4])
+    const big: number[] = []
+    for await (const c of t.chunks(1)) big.push(c.length)
+    expect(big).toEqual([4, 4, 4, 4, 4])
+  })
+})
