@@ -10,7 +10,7 @@
 
 namespace {
 
-constexpr const char* kAddonVersion = "1";
+constexpr const char* kAddonVersion = "2";
 
 template <typename F>
 auto guard(const Napi::Env& env, F&& f) -> decltype(f()) {
@@ -64,6 +64,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                            InstanceMethod("upload", &EngineWrap::Upload),
                            InstanceMethod("finishLoad", &EngineWrap::FinishLoad),
                            InstanceMethod("forward", &EngineWrap::Forward),
+                           InstanceMethod("decodeMany", &EngineWrap::DecodeMany),
                            InstanceMethod("memory", &EngineWrap::Memory),
                            InstanceMethod("info", &EngineWrap::Info),
                            InstanceMethod("setUseGraph", &EngineWrap::SetUseGraph),
@@ -187,6 +188,48 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     }
     const int token = guard(env, [&] { return eng(env).forward(ids.Data(), pos.Data(), blocks, S, past, bidi, mode, out, sp); });
     return Napi::Number::New(env, token);
+  }
+
+  // decodeMany(firstId, positions, blocks|null, past, bidirectional, sampling, randoms|null, tokensOut) -> undefined
+  Napi::Value DecodeMany(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 8 || !info[1].IsTypedArray() || !info[7].IsTypedArray() || !info[5].IsObject())
+      throw Napi::TypeError::New(env, "decodeMany(firstId, positions, blocks, past, bidirectional, sampling, randoms, tokens)");
+    const int first = intArg(info, 0, "firstId");
+    Napi::Int32Array pos = info[1].As<Napi::Int32Array>();
+    const int n = (int)pos.ElementLength();
+    const int32_t* blocks = nullptr;
+    if (info[2].IsTypedArray()) {
+      Napi::Int32Array b = info[2].As<Napi::Int32Array>();
+      if ((int)b.ElementLength() != n) throw Napi::RangeError::New(env, "blocks must have one entry per step");
+      blocks = b.Data();
+    }
+    const int past = intArg(info, 3, "past"), bidi = intArg(info, 4, "bidirectional");
+    Napi::Object o = info[5].As<Napi::Object>();
+    auto num = [&](const char* k, double d) {
+      Napi::Value v = o.Get(k);
+      return v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : d;
+    };
+    glm::Sampling s;
+    s.greedy = o.Get("greedy").ToBoolean().Value() ? 1 : 0;
+    s.temperature = (float)num("temperature", 1);
+    s.topK = (int)num("topK", 0);
+    s.topP = (float)num("topP", 1);
+    s.random = 0;
+    s.vocabLimit = (int)num("vocabLimit", 0);
+    const float* randoms = nullptr;
+    if (info[6].IsTypedArray()) {
+      Napi::Float32Array r = info[6].As<Napi::Float32Array>();
+      if ((int)r.ElementLength() != n) throw Napi::RangeError::New(env, "randoms must have one entry per step");
+      randoms = r.Data();
+    }
+    Napi::Int32Array out = info[7].As<Napi::Int32Array>();
+    if ((int)out.ElementLength() < n) throw Napi::RangeError::New(env, "the tokens output holds fewer entries than steps");
+    guard(env, [&] {
+      eng(env).decodeMany(first, pos.Data(), blocks, n, past, bidi, s, randoms, out.Data());
+      return 0;
+    });
+    return env.Undefined();
   }
 
   Napi::Value Memory(const Napi::CallbackInfo& info) {

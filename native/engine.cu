@@ -40,6 +40,8 @@ constexpr size_t kBlasWorkspace = 32ull << 20;
 constexpr int kMaxChunk = 2048;                 // most tokens one forward() takes
 constexpr size_t kLogitsChunkBytes = 64ull << 20;
 
+static_assert(2 + 4 * MANY_MAX <= 2 * kMaxChunk, "decodeMany's plan fits the step metadata buffer");
+
 bool isPerLayer(int kind) { return kind <= B_LN2 || kind == PREFIX_K || kind == PREFIX_V; }
 
 }  // namespace
@@ -173,7 +175,8 @@ struct Engine::Impl {
   // weights: one arena for every device slot
   char* arena = nullptr;
   std::vector<size_t> slotOffset, slotSize, slotFilled;  // [kind * L + layer]
-  char* hostEmbedding = nullptr;
+  char* hostEmbedding = nullptr;   // pinned and mapped: decodeMany's gather kernel reads rows from it
+  const void* dEmbed = nullptr;    // its device address
   std::vector<void*> prefixStage;  // [2 * L]: keys, values of layer i at 2i, 2i+1
   bool loaded = false;
 
@@ -204,6 +207,8 @@ struct Engine::Impl {
 
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t graphExec = nullptr;
+  cudaGraph_t graphMany = nullptr;  // decodeMany's step: gather, decoder, sampling, advance
+  cudaGraphExec_t graphManyExec = nullptr;
   bool pdlSupported = false;  // Hopper or newer, and not turned off (GLMTOOL_CUDA_PDL=0)
   bool usePdl = true;
   bool pdl = false;           // launch the next kernels with programmatic stream serialization
@@ -227,6 +232,8 @@ struct Engine::Impl {
   void dropGraph() {
     if (graphExec) cudaGraphExecDestroy(graphExec), graphExec = nullptr;
     if (graph) cudaGraphDestroy(graph), graph = nullptr;
+    if (graphManyExec) cudaGraphExecDestroy(graphManyExec), graphManyExec = nullptr;
+    if (graphMany) cudaGraphDestroy(graphMany), graphMany = nullptr;
   }
 
   // -- memory ------------------------------------------------------------------------------------
@@ -353,8 +360,21 @@ struct Engine::Impl {
     }
     arena = static_cast<char*>(dmalloc(arenaBytes));
     const size_t embBytes = slot(slotSize, W_EMBED, 0);
-    hostEmbedding = static_cast<char*>(std::malloc(embBytes));
-    if (!hostEmbedding) throw std::runtime_error("cannot allocate the host embedding table");
+    // Pinned and mapped (no GPU memory): the per-step path copies a row from it on the host,
+    // decodeMany's gather kernel reads the row over PCIe itself.
+    {
+      void* h = nullptr;
+      cudaError_t e = cudaHostAlloc(&h, std::max<size_t>(embBytes, 256), cudaHostAllocMapped);
+      if (e != cudaSuccess) {
+        cudaGetLastError();
+        throw std::runtime_error(std::string("cannot allocate the pinned host embedding table (") + std::to_string(embBytes >> 20) +
+                                 " MiB): " + cudaGetErrorString(e));
+      }
+      hostEmbedding = static_cast<char*>(h);
+      void* d = nullptr;
+      CK(cudaHostGetDevicePointer(&d, h, 0));
+      dEmbed = d;
+    }
     if (P > 0) {
       prefixStage.assign(2 * L, nullptr);
       for (int l = 0; l < 2 * L; l++) prefixStage[l] = dmalloc((size_t)G * P * D * esz);
@@ -419,8 +439,8 @@ struct Engine::Impl {
     if (hMeta) cudaFreeHost(hMeta), hMeta = nullptr;
     if (hRows) cudaFreeHost(hRows), hRows = nullptr;
     if (hToken) cudaFreeHost(hToken), hToken = nullptr;
-    std::free(hostEmbedding);
-    hostEmbedding = nullptr;
+    if (hostEmbedding) cudaFreeHost(hostEmbedding), hostEmbedding = nullptr;
+    dEmbed = nullptr;
     if (stream) cudaStreamDestroy(stream), stream = nullptr;
     if (copyStream) cudaStreamDestroy(copyStream), copyStream = nullptr;
   }
@@ -698,6 +718,85 @@ struct Engine::Impl {
     CK(cudaMemcpyAsync(hToken, dToken, sizeof(int), cudaMemcpyDeviceToHost, stream));
   }
 
+  // One decodeMany step: everything on the GPU, the input token from the previous step's sampling.
+  template <typename T>
+  void enqueueManyStep() {
+    pdl = false;
+    launch(embed_gather_kernel<T>, dim3(1), dim3(256), static_cast<const T*>(dEmbed), (const int*)dToken, V, static_cast<T*>(dec.x), H);
+    layers<T>(dec, 1, 0, 0);
+    gemv<T>(EPI_F32, w(W_LMHEAD, 0), dec.lnA, nullptr, logits, V, H);
+    launch(sample_kernel, dim3(1), dim3(1024), (const float*)logits, V, reinterpret_cast<const StepMeta*>(dMeta), dToken);
+    pdl = false;
+    launch(decode_advance_kernel, dim3(1), dim3(32), reinterpret_cast<StepMeta*>(dMeta), (const int*)dToken);
+  }
+
+  template <typename T>
+  void decodeManyT(int firstId, const int32_t* positions, const int32_t* blocks, int n, int past, int bidirectional,
+                   const Sampling& sampling, const float* randoms, int32_t* out) {
+    if (!loaded) throw std::runtime_error("decodeMany before the weights finished loading");
+    if (n < 1 || n > MANY_MAX) throw std::runtime_error("decodeMany takes 1.." + std::to_string(MANY_MAX) + " steps, got " + std::to_string(n));
+    if (past < 0 || past + n > c.maxLength)
+      throw std::runtime_error(std::to_string(past) + " cached + " + std::to_string(n) + " new tokens exceed the maximum length " +
+                               std::to_string(c.maxLength));
+    if (firstId < 0 || firstId >= V) throw std::runtime_error("token id " + std::to_string(firstId) + " outside the vocabulary");
+    StepMeta* m = reinterpret_cast<StepMeta*>(hMeta);
+    std::memset(m, 0, sizeof(StepMeta));
+    m->past = past;
+    m->S = 1;
+    m->bidirectional = bidirectional;
+    m->greedy = sampling.greedy;
+    m->topK = sampling.topK;
+    m->vocabLimit = sampling.vocabLimit;
+    m->temperature = sampling.temperature;
+    m->topP = sampling.topP;
+    m->random = randoms ? randoms[0] : 0.f;
+    m->step = 0;
+    int* pb = reinterpret_cast<int*>(m + 1);
+    int* plan = manyPlan(pb);
+    float* rnd = manyRandom(pb);
+    for (int i = 0; i < MANY_MAX; i++) {
+      const int k = std::min(i, n - 1);
+      plan[2 * i] = positions[k];
+      plan[2 * i + 1] = blocks ? blocks[k] : 0;
+      rnd[i] = randoms ? randoms[k] : 0.f;
+    }
+    pb[0] = plan[0];
+    pb[1] = plan[1];
+    *hToken = firstId;
+    const size_t metaBytes = sizeof(StepMeta) + (size_t)(2 + 3 * MANY_MAX) * sizeof(int);
+    CK(cudaMemcpyAsync(dMeta, hMeta, metaBytes, cudaMemcpyHostToDevice, stream));
+    CK(cudaMemcpyAsync(dToken, hToken, sizeof(int), cudaMemcpyHostToDevice, stream));
+    if (!c.useGraph) {
+      try {
+        for (int i = 0; i < n; i++) enqueueManyStep<T>();
+      } catch (...) {
+        pdl = false;
+        throw;
+      }
+    } else {
+      if (!graphManyExec) {
+        CK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+        try {
+          enqueueManyStep<T>();
+        } catch (...) {
+          pdl = false;
+          cudaGraph_t g = nullptr;
+          cudaStreamEndCapture(stream, &g);
+          if (g) cudaGraphDestroy(g);
+          cudaGetLastError();
+          throw;
+        }
+        CK(cudaStreamEndCapture(stream, &graphMany));
+        CK(cudaGraphInstantiate(&graphManyExec, graphMany, 0));
+      }
+      for (int i = 0; i < n; i++) CK(cudaGraphLaunch(graphManyExec, stream));
+    }
+    const size_t tokOff = sizeof(StepMeta) + (size_t)(2 + 3 * MANY_MAX) * sizeof(int);
+    CK(cudaMemcpyAsync(hMeta + tokOff, dMeta + tokOff, (size_t)n * sizeof(int), cudaMemcpyDeviceToHost, stream));
+    CK(cudaStreamSynchronize(stream));
+    std::memcpy(out, hMeta + tokOff, (size_t)n * sizeof(int));
+  }
+
   template <typename T>
   void decode() {
     if (!c.useGraph) {
@@ -834,6 +933,13 @@ int Engine::forward(const int32_t* ids, const int32_t* positions, const int32_t*
   Impl* p = need(impl_);
   if (p->c.dtype == 0) return p->forwardT<half>(ids, positions, blocks, S, past, bidirectional, logitsMode, logits, sampling);
   return p->forwardT<__nv_bfloat16>(ids, positions, blocks, S, past, bidirectional, logitsMode, logits, sampling);
+}
+
+void Engine::decodeMany(int firstId, const int32_t* positions, const int32_t* blocks, int n, int past, int bidirectional,
+                        const Sampling& sampling, const float* randoms, int32_t* tokens) {
+  Impl* p = need(impl_);
+  if (p->c.dtype == 0) return p->decodeManyT<half>(firstId, positions, blocks, n, past, bidirectional, sampling, randoms, tokens);
+  return p->decodeManyT<__nv_bfloat16>(firstId, positions, blocks, n, past, bidirectional, sampling, randoms, tokens);
 }
 
 MemoryStats Engine::memory() {

@@ -83,6 +83,13 @@ class Engine {
   int forward(const int32_t* ids, const int32_t* positions, const int32_t* blocks, int S, int past, int bidirectional,
               int logitsMode, float* logits, const Sampling* sampling);
 
+  // n decode steps back to back without the host: step i feeds (i == 0 ? firstId : tokens[i - 1])
+  // at positions[i] / blocks[i] (blocks may be null for v2) after past + i cached tokens, samples
+  // with `sampling` and randoms[i] (may be null when greedy), and writes its token to tokens[i].
+  // The input row is gathered on the GPU from the pinned, mapped host embedding table; one sync
+  // at the end. Every step's K/V goes into the cache (a caller that stops early keeps its length).
+  void decodeMany(int firstId, const int32_t* positions, const int32_t* blocks, int n, int past, int bidirectional,
+                  const Sampling& sampling, const float* randoms, int32_t* tokens);
   MemoryStats memory();
   int maxChunk() const;
   int vocab() const;

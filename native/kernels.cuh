@@ -135,10 +135,18 @@ struct StepMeta {
   float temperature;
   float topP;
   float random;
-  int pad[7];
+  int step;            // decodeMany: the step running now (index into its plan)
+  int pad[6];
 };
 static_assert(sizeof(StepMeta) == 64, "StepMeta is 64 bytes");
 // After the StepMeta: int posblock[2 * S] (position, block position) per new token.
+// decodeMany (S == 1, n steps without the host): posblock[0..1] the running step's, then its
+// plan, each of MANY_MAX entries: int plan[2 * MANY_MAX] (position, block position of step i),
+// float random[MANY_MAX], int tokens[MANY_MAX] (the token step i chose).
+constexpr int MANY_MAX = 512;
+__host__ __device__ __forceinline__ int* manyPlan(int* pb) { return pb + 2; }
+__host__ __device__ __forceinline__ float* manyRandom(int* pb) { return reinterpret_cast<float*>(pb + 2 + 2 * MANY_MAX); }
+__host__ __device__ __forceinline__ int* manyTokens(int* pb) { return pb + 2 + 3 * MANY_MAX; }
 
 // ---- GEMV: y = W x (+ b) for one token, W [N, K] row-major ------------------------------------
 
@@ -932,6 +940,37 @@ __global__ void __launch_bounds__(1024) sample_kernel(const float* __restrict__ 
       }
     }
     if (pick >= 0) *token = pick;
+  }
+}
+
+// ---- decode steps without the host (decodeMany) -----------------------------------------------
+
+// The step's input row: the embedding of the token the previous step chose (*token), gathered by
+// the GPU from the host-resident table (pinned, mapped: read over PCIe, H * 2 bytes).
+template <typename T>
+__global__ void __launch_bounds__(256) embed_gather_kernel(const T* __restrict__ table, const int* __restrict__ token, int V,
+                                                           T* __restrict__ x, int H) {
+  int id = *token;
+  id = id < 0 ? 0 : id >= V ? V - 1 : id;
+  const uint4* src = reinterpret_cast<const uint4*>(table + (size_t)id * H);
+  uint4* dst = reinterpret_cast<uint4*>(x);
+  for (int i = threadIdx.x; i < (H >> 3); i += blockDim.x) dst[i] = src[i];
+}
+
+// After a step's sampling: record its token, move the step's values (past, positions, random) to
+// the next step of the plan.
+__global__ void decode_advance_kernel(StepMeta* __restrict__ meta, const int* __restrict__ token) {
+  if (threadIdx.x != 0) return;
+  int* pb = reinterpret_cast<int*>(meta + 1);
+  const int s = meta->step;
+  if (s >= 0 && s < MANY_MAX) manyTokens(pb)[s] = *token;
+  const int n = s + 1;
+  meta->step = n;
+  meta->past += 1;
+  if (n < MANY_MAX) {
+    pb[0] = manyPlan(pb)[2 * n];
+    pb[1] = manyPlan(pb)[2 * n + 1];
+    meta->random = manyRandom(pb)[n];
   }
 }
 

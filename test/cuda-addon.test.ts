@@ -49,16 +49,16 @@ describe('loadCudaAddon', () => {
 
   it('an addon of another interface version: rebuild', async () => {
     const m = await loader(mock('old.cjs', `module.exports = {version: '0', kinds: ${KINDS}, probe: () => ({ok: true})}`))
-    expect(m.cudaUnavailableReason()).toMatch(/is from another glmtool version \(addon interface 0, this glmtool needs 1\); rebuild it/)
+    expect(m.cudaUnavailableReason()).toMatch(/is from another glmtool version \(addon interface 0, this glmtool needs 2\); rebuild it/)
   })
 
   it('no driver or GPU: the probe\'s reason, verbatim', async () => {
-    const m = await loader(mock('nogpu.cjs', `module.exports = {version: '1', kinds: ${KINDS}, probe: () => ({ok: false, reason: 'no NVIDIA driver was found (libcuda.so.1 could not be loaded)'})}`))
+    const m = await loader(mock('nogpu.cjs', `module.exports = {version: '2', kinds: ${KINDS}, probe: () => ({ok: false, reason: 'no NVIDIA driver was found (libcuda.so.1 could not be loaded)'})}`))
     expect(() => m.loadCudaAddon()).toThrow('CUDA backend unavailable because no NVIDIA driver was found (libcuda.so.1 could not be loaded)')
   })
 
   it('a usable addon loads once and reports the device', async () => {
-    const m = await loader(mock('ok.cjs', `module.exports = {version: '1', kinds: ${KINDS}, probe: () => ({ok: true, reason: '', name: 'Mock GPU'})}`))
+    const m = await loader(mock('ok.cjs', `module.exports = {version: '2', kinds: ${KINDS}, probe: () => ({ok: true, reason: '', name: 'Mock GPU'})}`))
     expect(m.cudaUnavailableReason()).toBeUndefined()
     expect(m.loadCudaAddon().device.name).toBe('Mock GPU')
   })

@@ -45,6 +45,16 @@ export interface DeviceSampling {
   vocabLimit: number
 }
 
+/** Several decode steps in one backend call: step i > 0 feeds the token step i - 1 chose. */
+export interface DecodeManyInput {
+  /** The first step's input token. */
+  id: number
+  /** One entry per step (and one block position per step for ChatGLM-6B). */
+  positions: number[]
+  blockPositions?: number[]
+  bidirectional: number
+}
+
 export interface DecoderBackend {
   readonly name: string
   readonly arch: Arch
@@ -56,6 +66,17 @@ export interface DecoderBackend {
   forward(input: ForwardInput): Promise<ForwardOutput>
   /** Optional: run the step and choose the next token in the backend; only its id comes back. */
   forwardSample?(input: Omit<ForwardInput, 'logits'>, sampling: DeviceSampling): Promise<number>
+  /** Optional: decode steps per decodeMany call this backend wants; absent or below 2: one call per token. */
+  readonly decodeBatch?: number
+  /**
+   * Optional: positions.length decode steps, each choosing its token in the backend (CUDA: back
+   * to back on the GPU, no host round trip between them); returns the chosen ids. randoms: one
+   * draw per step (unused when greedy). Every step's K/V stays in the cache: a caller that uses
+   * fewer steps calls truncate().
+   */
+  decodeMany?(input: DecodeManyInput, sampling: Omit<DeviceSampling, 'random'>, randoms: readonly number[]): Promise<number[]>
+  /** Optional: keep only the first `length` cache entries (after decodeMany ran past a stop). */
+  truncate?(length: number): void
   /** Empty the KV cache (a new conversation turn re-encodes its whole prompt). */
   reset(): void
   dispose(): Promise<void>

@@ -6,8 +6,8 @@
  * Per model: load (timed), one warm-up run, then `repeat` runs of: reset, prefill a prompt of
  * `promptTokens` ids (deterministic pseudo-random text ids plus the generation's specials), then
  * greedy decode until `genTokens` new tokens exist. Time to first token = prefill + choosing the
- * first token; decode tokens/s counts the genTokens - 1 decode steps after it (as generate() does).
- * Medians and p90s are over the repeats; p90 is the slower tail (90th percentile of the time).
+ * first token; decode tokens/s counts the genTokens - 1 decode steps after it (as generate() does;
+ * on CUDA in decodeMany batches of GLMTOOL_CUDA_STEPS steps, as generate() runs them). Medians and p90s are over the repeats; p90 is the slower tail (90th percentile of the time).
  */
 import {GlmtoolError} from '../errors.js'
 import type {DecoderBackend, ForwardInput} from './backend.js'
@@ -45,7 +45,7 @@ export interface BenchResult {
   dtype?: string
   device?: {name: string, computeCapability: string, totalMemoryBytes: number, peakBandwidthBytesPerSecond: number, driverVersion: number, cublas: string}
   /** CUDA: how the decode step ran. */
-  decode?: {graph: boolean, pdl: boolean, splits: number}
+  decode?: {graph: boolean, pdl: boolean, splits: number, stepsPerCall: number}
   promptTokens: number
   genTokens: number
   repeat: number
@@ -127,7 +127,24 @@ async function oneRun(backend: DecoderBackend, tokenizer: ChatTokenizer, ids: nu
   let token = await nextToken(backend, {ids, positions: layout.positions, blockPositions: layout.blockPositions, bidirectional: layout.bidirectional}, tokenizer.vocabSize)
   const t1 = performance.now()
   const generated = [token]
-  for (let k = 1; k < genTokens; k++) {
+  const batch = backend.decodeMany !== undefined && (backend.decodeBatch ?? 0) > 1 ? backend.decodeBatch! : 0
+  // Batches of decode steps on the device (GLMTOOL_CUDA_STEPS), as generate() runs them.
+  for (let k = 1; batch && k < genTokens;) {
+    const n = Math.min(batch, genTokens - k)
+    const positions: number[] = []
+    const blocks: number[] = []
+    for (let i = 0; i < n; i++) {
+      const next = layout.next(k + i)
+      positions.push(next.position)
+      if (next.blockPosition !== undefined) blocks.push(next.blockPosition)
+    }
+    const got = await backend.decodeMany!({id: token, positions, blockPositions: blocks.length ? blocks : undefined, bidirectional: layout.bidirectional},
+      {greedy: true, temperature: 1, topK: 0, topP: 1, vocabLimit: tokenizer.vocabSize}, [])
+    generated.push(...got)
+    token = got[got.length - 1]
+    k += n
+  }
+  for (let k = batch ? genTokens : 1; k < genTokens; k++) {
     const next = layout.next(k)
     token = await nextToken(backend, {
       ids: [token], positions: [next.position], blockPositions: next.blockPosition === undefined ? undefined : [next.blockPosition],
@@ -191,7 +208,7 @@ export async function benchModel(path: string, opts: BenchOptions): Promise<Benc
       const d = cuda.device
       result.dtype = cuda.dtype
       const info = cuda.info()
-      result.decode = {graph: info.graphCaptured, pdl: info.pdl, splits: info.decodeSplits}
+      result.decode = {graph: info.graphCaptured, pdl: info.pdl, splits: info.decodeSplits, stepsPerCall: cuda.decodeBatch}
       result.device = {name: d.name, computeCapability: d.computeCapability, totalMemoryBytes: d.totalMemory, peakBandwidthBytesPerSecond: d.peakBandwidth, driverVersion: d.driverVersion, cublas: d.cublasPath}
       result.gpuMemory = {
         peakAllocatedBytes: m.peakAllocated, peakDeviceUsedBytes: m.peakDeviceUsed, deviceTotalBytes: m.deviceTotal,

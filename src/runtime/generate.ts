@@ -65,6 +65,11 @@ export async function generate(
     // 130528, v2 64794 of 65024) are never produced.
     return selectToken(out.logits.slice(0, Math.min(out.vocab, tokenizer.vocabSize)), seen, opts, random)
   }
+  // Batches of decode steps in one backend call (CUDA: back to back on the GPU); the tokens
+  // come back together and are handled here one by one, as the per-step path does.
+  const batch = onDevice && backend.decodeMany !== undefined && (backend.decodeBatch ?? 0) > 1 ? backend.decodeBatch! : 0
+  let pending: number[] = []
+  let fed = 0
   const t0 = performance.now()
   let token = await step({
     ids: promptIds, positions: layout.positions, blockPositions: layout.blockPositions, bidirectional: layout.bidirectional,
@@ -85,12 +90,32 @@ export async function generate(
       break
     }
     if (promptIds.length + generated.length >= limit) break
+    if (batch) {
+      if (!pending.length) {
+        const n = Math.min(batch, limit - promptIds.length - generated.length)
+        const positions: number[] = []
+        const blocks: number[] = []
+        for (let i = 0; i < n; i++) {
+          const next = layout.next(generated.length + i)
+          positions.push(next.position)
+          if (next.blockPosition !== undefined) blocks.push(next.blockPosition)
+        }
+        const greedy = opts.greedy || opts.temperature <= 0
+        const randoms = Array.from({length: n}, () => greedy ? 0 : random())
+        pending = await backend.decodeMany!({id: token, positions, blockPositions: blocks.length ? blocks : undefined, bidirectional: layout.bidirectional},
+          {greedy, temperature: opts.temperature, topK: opts.topK, topP: opts.topP, vocabLimit: tokenizer.vocabSize}, randoms)
+      }
+      token = pending.shift()!
+      fed++
+      continue
+    }
     const next = layout.next(generated.length)
     token = await step({
       ids: [token], positions: [next.position], blockPositions: next.blockPosition === undefined ? undefined : [next.blockPosition],
       bidirectional: layout.bidirectional,
     })
   }
+  if (batch) backend.truncate?.(promptIds.length + fed)
   const rest = stream.flush()
   if (rest) onText(rest)
   const t3 = performance.now()

@@ -16,6 +16,8 @@ export interface ParityCaseResult {
   pdl?: boolean
   greedyTeacherForced?: {same: number, of: number, misses: {step: number, cuda: number, reference: number, referenceMargin: number}[]}
   freeRun?: {identical: boolean, firstDifference: number | null, tokens: number}
+  /** decodeMany (steps back to back on the GPU) vs the per-step path: greedy (graph / launch by launch) and sampled tokens identical. */
+  decodeMany?: {greedyGraph: boolean, greedyPlain: boolean, sampled: boolean, identical: boolean}
   maxRel?: number
   ok: boolean
   tokensIdentical?: boolean

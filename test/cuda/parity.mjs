@@ -177,6 +177,36 @@ async function freeRun(backend, meta) {
   return tokens
 }
 
+/** The same free run through decodeMany (batches of `batch` steps back to back on the GPU, the
+ * input row gathered there); per-step forwardSample when batch is 0. sampling null: greedy;
+ * otherwise one seeded draw per step. */
+async function manyRun(backend, meta, batch, sampling = null) {
+  const v1 = meta.arch === 'chatglm-6b'
+  const [pos, block] = v1 ? meta.positions : [meta.positions, undefined]
+  const bidirectional = v1 ? meta.input_ids.indexOf(130004) : 0
+  const n = meta.prompt_len
+  const s = sampling ?? {greedy: true, temperature: 1, topK: 0, topP: 1, vocabLimit: meta.vocab}
+  let seed = 7
+  const draws = Array.from({length: STEPS}, () => {
+    seed = (Math.imul(seed, 1103515245) + 12345) & 0x7fffffff
+    return seed / 0x80000000
+  })
+  backend.reset()
+  const tokens = [await backend.forwardSample({ids: meta.input_ids, positions: pos.slice(0, n), blockPositions: block?.slice(0, n), bidirectional}, {...s, random: 0.5})]
+  for (let k = 0; k < STEPS;) {
+    if (!batch) {
+      tokens.push(await backend.forwardSample({ids: [tokens[k]], positions: [pos[n + k]], blockPositions: block ? [block[n + k]] : undefined, bidirectional}, {...s, random: draws[k]}))
+      k++
+      continue
+    }
+    const m = Math.min(batch, STEPS - k)
+    const got = await backend.decodeMany({id: tokens[k], positions: pos.slice(n + k, n + k + m), blockPositions: block?.slice(n + k, n + k + m), bidirectional}, s, draws.slice(k, k + m))
+    tokens.push(...got)
+    k += m
+  }
+  return tokens
+}
+
 /** Greedy agreement of per-row argmax with the reference's tokens; near-tie margins of any misses. */
 function greedyAgreement(got, ref, meta) {
   const n = meta.prompt_len
@@ -241,6 +271,18 @@ export async function runParity({work, quick = false, only, refDevice, log = con
         const free = await freeRun(cuda, meta)
         const firstDiff = free.findIndex((t, k) => t !== meta.generated[k])
         r.freeRun = {identical: firstDiff < 0, firstDifference: firstDiff < 0 ? null : firstDiff, tokens: free.length}
+        // decodeMany (steps back to back on the GPU) against the per-step path: greedy in batches of
+        // 24 (graph) and 7 (launch by launch), and top-k/top-p sampling with the same draws
+        const same = (a, b) => a.length === b.length && a.every((t, k) => t === b[k])
+        const manyGraph = await manyRun(cuda, meta, 24)
+        cuda.setUseGraph(false)
+        const manyPlain = await manyRun(cuda, meta, 7)
+        cuda.setUseGraph(true)
+        const sampled = {greedy: false, temperature: 0.8, topK: 40, topP: 0.8, vocabLimit: meta.vocab}
+        const sampledStep = await manyRun(cuda, meta, 0, sampled)
+        const sampledMany = await manyRun(cuda, meta, 16, sampled)
+        r.decodeMany = {greedyGraph: same(manyGraph, free), greedyPlain: same(manyPlain, free), sampled: same(sampledMany, sampledStep)}
+        r.decodeMany.identical = r.decodeMany.greedyGraph && r.decodeMany.greedyPlain && r.decodeMany.sampled
         const onnx = await OnnxCpuBackend.load(models[c.model].onnx, {maxLength: meta.prompt_len + STEPS + 8})
         try {
           const cpu = await teacherForced(onnx, meta)
@@ -254,7 +296,7 @@ export async function runParity({work, quick = false, only, refDevice, log = con
       }
       const worst = Math.max(r.vsReference.prefill, r.vsReference.decodeGraph, r.vsReference.decodeNoGraph, r.vsCpuRuntime)
       r.maxRel = worst
-      r.ok = worst <= tol && r.greedyTeacherForced.misses.every(m => m.referenceMargin <= 2 * tol) && r.graphVsNoGraph <= 1e-6
+      r.ok = worst <= tol && r.greedyTeacherForced.misses.every(m => m.referenceMargin <= 2 * tol) && r.graphVsNoGraph <= 1e-6 && r.decodeMany.identical
       r.tokensIdentical = r.greedyTeacherForced.same === r.greedyTeacherForced.of && r.freeRun.identical
     } catch (error) {
       r.ok = false
@@ -263,7 +305,7 @@ export async function runParity({work, quick = false, only, refDevice, log = con
     results.push(r)
     log(r.error
       ? `FAIL ${c.model}: ${r.error.split('\n')[0]}`
-      : `${r.ok ? 'ok  ' : 'FAIL'} ${c.model} ${r.dtype} prompt ${r.promptTokens}: vs reference prefill ${r.vsReference.prefill.toExponential(2)}, decode ${r.vsReference.decodeGraph.toExponential(2)} (graph) ${r.vsReference.decodeNoGraph.toExponential(2)} (no graph); vs CPU runtime ${r.vsCpuRuntime.toExponential(2)}; graph${r.pdl ? '+PDL' : ''} vs plain ${r.graphVsNoGraph.toExponential(2)}; greedy ${r.greedyTeacherForced.same}/${r.greedyTeacherForced.of} teacher-forced, free run ${r.freeRun.identical ? 'identical' : `differs from step ${r.freeRun.firstDifference}`}${r.greedyTeacherForced.misses.length ? `; misses ${JSON.stringify(r.greedyTeacherForced.misses.slice(0, 3))}` : ''}`)
+      : `${r.ok ? 'ok  ' : 'FAIL'} ${c.model} ${r.dtype} prompt ${r.promptTokens}: vs reference prefill ${r.vsReference.prefill.toExponential(2)}, decode ${r.vsReference.decodeGraph.toExponential(2)} (graph) ${r.vsReference.decodeNoGraph.toExponential(2)} (no graph); vs CPU runtime ${r.vsCpuRuntime.toExponential(2)}; graph${r.pdl ? '+PDL' : ''} vs plain ${r.graphVsNoGraph.toExponential(2)}; greedy ${r.greedyTeacherForced.same}/${r.greedyTeacherForced.of} teacher-forced, free run ${r.freeRun.identical ? 'identical' : `differs from step ${r.freeRun.firstDifference}`}; decodeMany ${r.decodeMany.identical ? 'identical to per-step' : JSON.stringify(r.decodeMany)}${r.greedyTeacherForced.misses.length ? `; misses ${JSON.stringify(r.greedyTeacherForced.misses.slice(0, 3))}` : ''}`)
   }
   return {device: {name: device.name, computeCapability: device.computeCapability, driverVersion: device.driverVersion, cublas: device.cublasPath}, referenceDevice: device_, results}
 }

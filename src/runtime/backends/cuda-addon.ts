@@ -115,6 +115,14 @@ export interface CudaEngine {
    */
   forward(ids: Int32Array, positions: Int32Array, blocks: Int32Array | null, past: number, bidirectional: number,
     logitsMode: LogitsMode, logits: Float32Array | null, sampling: CudaSampling | null): number
+  /**
+   * positions.length decode steps back to back on the GPU, no host round trip between them: step i
+   * feeds (i === 0 ? firstId : tokens[i - 1]) at positions[i] (blocks[i]) after past + i cached
+   * tokens and writes its chosen token to tokens[i] (randoms[i]: its draw; null when greedy).
+   * At most 512 steps a call.
+   */
+  decodeMany(firstId: number, positions: Int32Array, blocks: Int32Array | null, past: number, bidirectional: number,
+    sampling: CudaSampling, randoms: Float32Array | null, tokens: Int32Array): void
   memory(): CudaMemoryStats
   info(): CudaEngineInfo
   setUseGraph(on: boolean): void
@@ -135,7 +143,7 @@ export interface CudaAddon {
 }
 
 /** The addon interface version this code speaks (native/addon.cpp kAddonVersion). */
-export const ADDON_VERSION = '1'
+export const ADDON_VERSION = '2'
 
 const PACKAGE_ROOT = resolve(import.meta.dirname, '..', '..', '..')
 

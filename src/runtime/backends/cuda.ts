@@ -4,7 +4,7 @@ import {type DType, numel} from '../../formats/dtype.js'
 import {openModel} from '../../formats/model-dir.js'
 import type {TensorEntry} from '../../formats/tensor.js'
 import type {Arch, ModelConfig} from '../../models/index.js'
-import type {DecoderBackend, DeviceSampling, ForwardInput, ForwardOutput} from '../backend.js'
+import type {DecodeManyInput, DecoderBackend, DeviceSampling, ForwardInput, ForwardOutput} from '../backend.js'
 import {
   type CudaAddon, type CudaEngine, type CudaEngineConfig, type CudaEngineInfo, type CudaMemoryStats, type CudaProbe, loadCudaAddon, WEIGHT_KINDS,
 } from './cuda-addon.js'
@@ -121,18 +121,38 @@ export function engineDims(arch: Arch, config: ModelConfig): Omit<CudaEngineConf
   }
 }
 
+/** Most steps one decodeMany call takes (native/kernels.cuh MANY_MAX). */
+export const DECODE_MANY_MAX = 512
+
+/**
+ * Decode steps per host call (GLMTOOL_CUDA_STEPS, default 16): that many steps run back to back
+ * on the GPU, the next token's embedding row gathered by the GPU; 1: one engine call per token
+ * (the earlier path, kept for same-lease A/B). 16 steps keep streamed text responsive (about
+ * 80 ms of tokens at a time on an H100).
+ */
+export function cudaDecodeBatch(env: NodeJS.ProcessEnv = process.env): number {
+  const raw = env.GLMTOOL_CUDA_STEPS
+  if (raw === undefined || raw === '') return 16
+  const n = Number(raw)
+  if (!Number.isSafeInteger(n) || n < 1 || n > DECODE_MANY_MAX) {
+    throw new GlmtoolError('usage', `GLMTOOL_CUDA_STEPS must be an integer 1..${DECODE_MANY_MAX} (got ${JSON.stringify(raw)})`)
+  }
+  return n
+}
+
 const ENGINE_DTYPES: Partial<Record<DType, 0 | 1>> = {F16: 0, BF16: 1}
 
 /**
  * ChatGLM decoder on glmtool's CUDA engine (native/): weights of a safetensors (glmtool's
  * convert output) or torch model directory stream tensor by tensor, in pieces, from disk through
  * the engine's pinned staging buffers to the GPU; the model is never whole in host memory (only
- * the embedding table stays there: one row per token goes up). fp16 and bf16 checkpoints; the
+ * the embedding table stays there, pinned: the GPU reads one row per token from it). fp16 and bf16 checkpoints; the
  * KV cache is allocated for maxLength up front. A P-Tuning v2 prefix merged by `merge-adapter`
  * (transformer.prefix_cache.<i>.key/value) is placed in front of the cache.
  */
 export class CudaBackend implements DecoderBackend {
   readonly name = 'cuda'
+  readonly decodeBatch = cudaDecodeBatch()
   private tokens = 0
   private disposed = false
 
@@ -271,6 +291,32 @@ export class CudaBackend implements DecoderBackend {
 
   async forwardSample(input: Omit<ForwardInput, 'logits'>, sampling: DeviceSampling): Promise<number> {
     return this.run({...input, logits: 'last'}, 0, null, sampling)
+  }
+
+  async decodeMany(input: DecodeManyInput, sampling: Omit<DeviceSampling, 'random'>, randoms: readonly number[]): Promise<number[]> {
+    const engine = this.live()
+    const n = input.positions.length
+    const bad = (why: string): never => {
+      throw new GlmtoolError('forward-input', `${this.name}: ${why}`)
+    }
+    if (n < 1 || n > DECODE_MANY_MAX) bad(`decodeMany takes 1..${DECODE_MANY_MAX} steps (got ${n})`)
+    if (this.arch.generation === 1 && input.blockPositions?.length !== n) bad(`${this.arch.id} needs one block position per step (got ${input.blockPositions?.length ?? 'none'})`)
+    if (!sampling.greedy && randoms.length !== n) bad(`decodeMany needs one random draw per step (got ${randoms.length} for ${n})`)
+    if (this.tokens + n > this.maxLength) bad(`${this.tokens} cached + ${n} new tokens exceed the maximum length ${this.maxLength}`)
+    if (!Number.isInteger(input.id) || input.id < 0 || input.id >= this.vocab) bad(`token id ${input.id} is outside the vocabulary (0..${this.vocab - 1})`)
+    const out = new Int32Array(n)
+    try {
+      engine.decodeMany(input.id, Int32Array.from(input.positions), input.blockPositions ? Int32Array.from(input.blockPositions) : null,
+        this.tokens, input.bidirectional, {...sampling, random: 0}, sampling.greedy ? null : Float32Array.from(randoms), out)
+    } catch (error) {
+      throw new GlmtoolError('cuda-error', `${this.name}: ${(error as Error).message}`)
+    }
+    this.tokens += n
+    return Array.from(out)
+  }
+
+  truncate(length: number): void {
+    if (Number.isSafeInteger(length) && length >= 0 && length < this.tokens) this.tokens = length
   }
 
   private run(input: ForwardInput, mode: 0 | 1 | 2, logits: Float32Array | null, sampling: DeviceSampling | null): number {
