@@ -9,6 +9,7 @@ import {existsSync} from 'node:fs'
 import {createRequire} from 'node:module'
 import {join, resolve} from 'node:path'
 import {GlmtoolError} from '../../errors.js'
+import type {DeviceSampling} from '../backend.js'
 
 /** What `probe()` reports about the driver, the GPU and cuBLAS. */
 export interface CudaProbe {
@@ -62,17 +63,11 @@ export interface CudaEngineConfig {
   useGraph?: boolean
 }
 
-/** Next-token choice on the GPU (src/runtime/sampling.ts's rules, without repetition penalty). */
-export interface CudaSampling {
-  greedy: boolean
-  temperature: number
-  topK: number
-  topP: number
-  /** A uniform draw in [0, 1) from the caller's seeded generator. */
-  random: number
-  /** Only ids below this are candidates (the tokenizer's vocabulary; 0 = all rows). */
-  vocabLimit: number
-}
+/**
+ * Next-token choice on the GPU (src/runtime/sampling.ts's rules, without repetition penalty):
+ * the backend interface's DeviceSampling, passed to the addon as is (vocabLimit 0 = all rows).
+ */
+export type CudaSampling = DeviceSampling
 
 export interface CudaMemoryStats {
   /** Bytes this engine holds through cudaMalloc, now and at most. */
