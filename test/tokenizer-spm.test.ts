@@ -12,6 +12,7 @@ import {ModelError} from '../src/errors.js'
 import {encodeModelProto, ModelType, PieceType, type SentencePieceModel} from '../src/runtime/sentencepiece-model.js'
 import {SentencePieceProcessor} from '../src/runtime/sentencepiece.js'
 import {fixtureModel, miscFixture, show, strings, wrapperFixture} from './fixtures/tokenizer/load.js'
+import {parity} from './helpers/parity.js'
 
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/
 
@@ -31,18 +32,6 @@ function casesOf(name: 'v1' | 'v2' | 'misc-a' | 'misc-b'): {model: string, cases
   return {model: fx.model, library: fx.library, cases: fx.cases.map((c) => ({text: texts[c.index], ids: c.ids, decoded: c.decoded}))}
 }
 
-/** Run `check` over all items, collecting up to 5 failures, and report the counts. */
-function parity<T>(label: string, items: T[], check: (item: T) => string | null): void {
-  const failures: string[] = []
-  let bad = 0
-  for (const item of items) {
-    const failure = check(item)
-    if (failure !== null && bad++ < 5) failures.push(failure)
-  }
-  console.log(`${label}: ${items.length} compared, ${bad} mismatches`)
-  expect(failures).toEqual([])
-  expect(bad).toBe(0)
-}
 
 describe.each(['v1', 'v2', 'misc-a', 'misc-b'] as const)('SentencePieceProcessor vs the library: %s', (name) => {
   const {model, cases, library} = casesOf(name)

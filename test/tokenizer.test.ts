@@ -14,20 +14,10 @@ import {SentencePieceProcessor} from '../src/runtime/sentencepiece.js'
 import {postprocessV1, preprocessV1} from '../src/runtime/tokenizer-v1.js'
 import {loadTokenizer, tokenizerFromBytes, type ChatTokenizer} from '../src/runtime/tokenizer.js'
 import {fixtureModel, show, strings, wrapperFixture} from './fixtures/tokenizer/load.js'
+import {parity} from './helpers/parity.js'
 
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/
 
-function parity<T>(label: string, items: T[], check: (item: T) => string | null): void {
-  const failures: string[] = []
-  let bad = 0
-  for (const item of items) {
-    const failure = check(item)
-    if (failure !== null && bad++ < 5) failures.push(failure)
-  }
-  console.log(`${label}: ${items.length} compared, ${bad} mismatches`)
-  expect(failures).toEqual([])
-  expect(bad).toBe(0)
-}
 
 /**
  * Stream `ids` through a fresh decoder and check the contract: pushes + flush == decode(ids),
