@@ -16,29 +16,13 @@
 # parity.json, bench.json, torch-v1.json, torch-v2.json (full-size reference check and the A/B
 # benches of the decode-kernel switches: in steps.log).
 set -u
-OUT=${OUT:-/tmp/glmtool-device-out}
-mkdir -p "$OUT"
-LOG=$OUT/steps.log
-START=$(date +%s)
-BUDGET=${BUDGET:-540}
-el() { echo "[$(($(date +%s) - START))s] $*" | tee -a "$LOG"; }
-left() { echo $((BUDGET - ($(date +%s) - START))); }
-
-source .device/unpack.sh >> "$LOG" 2>&1
-export PYTHONUNBUFFERED=1
-export GLMTOOL_REFERENCE_PYTHON=${GLMTOOL_REFERENCE_PYTHON:-$(command -v python3)}
+source bench/device-env.sh
 {
-  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.memory,clocks.max.sm,power.limit --format=csv
   ldconfig -p | grep -i 'cublas' || echo 'no cuBLAS on the linker path'
   python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
   df -h /tmp | tail -1
   nproc
 } >> "$LOG" 2>&1
-if ! ldconfig -p | grep -q 'libcublas.so.13'; then
-  GLMTOOL_CUBLAS=$(find / -name 'libcublas.so.13' -not -path '/proc/*' 2>/dev/null | head -1)
-  export GLMTOOL_CUBLAS
-  el "cuBLAS not on the linker path; using $GLMTOOL_CUBLAS"
-fi
 el "probe: $(node -e "console.log(JSON.stringify(require('./build/native/glmtool_cuda.node').probe()))" 2>&1)"
 
 # Full-size models, one after the other, in the background (synth is one CPU core; about 1 min each).

@@ -8,19 +8,7 @@
 # Carry [".device", "dist", "build/native"]; build here first (npm run build && npm run
 # build:native && nvcc -std=c++17 -O3 -arch=sm_90 -o build/native/stepbench native/stepbench.cu).
 set -u
-OUT=${OUT:-/tmp/glmtool-device-out}
-mkdir -p "$OUT"
-LOG=$OUT/steps.log
-START=$(date +%s)
-el() { echo "[$(($(date +%s) - START))s] $*" | tee -a "$LOG"; }
-source .device/unpack.sh >> "$LOG" 2>&1
-export PYTHONUNBUFFERED=1
-export GLMTOOL_REFERENCE_PYTHON=${GLMTOOL_REFERENCE_PYTHON:-$(command -v python3)}
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.memory,clocks.max.sm --format=csv >> "$LOG" 2>&1
-if ! ldconfig -p | grep -q 'libcublas.so.13'; then
-  GLMTOOL_CUBLAS=$(find / -name 'libcublas.so.13' -not -path '/proc/*' 2>/dev/null | head -1)
-  export GLMTOOL_CUBLAS
-fi
+source bench/device-env.sh
 M=${MODELS:-/tmp/glm}
 mkdir -p "$M"
 (

@@ -7,24 +7,9 @@
 # decode in one call (GLMTOOL_CUDA_STEPS=128), then the per-step path again, as time allows.
 # Carry [".device", "dist", "build/native"]; build here first (npm run build && npm run build:native).
 set -u
-OUT=${OUT:-/tmp/glmtool-device-out}
-mkdir -p "$OUT"
-LOG=$OUT/steps.log
-START=$(date +%s)
 BUDGET=${BUDGET:-280}
-el() { echo "[$(($(date +%s) - START))s] $*" | tee -a "$LOG"; }
-left() { echo $((BUDGET - ($(date +%s) - START))); }
-source .device/unpack.sh >> "$LOG" 2>&1
-export PYTHONUNBUFFERED=1
-export GLMTOOL_REFERENCE_PYTHON=${GLMTOOL_REFERENCE_PYTHON:-$(command -v python3)}
-{
-  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.memory,clocks.max.sm --format=csv
-  df -h /tmp | tail -1
-} >> "$LOG" 2>&1
-if ! ldconfig -p | grep -q 'libcublas.so.13'; then
-  GLMTOOL_CUBLAS=$(find / -name 'libcublas.so.13' -not -path '/proc/*' 2>/dev/null | head -1)
-  export GLMTOOL_CUBLAS
-fi
+source bench/device-env.sh
+df -h /tmp | tail -1 >> "$LOG" 2>&1
 M=${MODELS:-/tmp/glm}
 mkdir -p "$M"
 # both full-size models at once (synth is one CPU core each; peak disk ~51 GB of 64)
