@@ -254,6 +254,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     glm::Engine& e = eng(env);
     o.Set("maxChunk", e.maxChunk());
     o.Set("decodeSplits", e.decodeSplits());
+    o.Set("decodeHeadsPerBlock", e.decodeHeadsPerBlock());
+    o.Set("decodeFusedNorm", e.decodeFusedNorm());
     o.Set("graphCaptured", e.graphCaptured());
     o.Set("pdl", e.pdl());
     return o;

@@ -11,6 +11,7 @@
 
 #include "cublas_dl.h"
 #include "engine.h"
+#include "decode_attention.cuh"
 #include "kernels.cuh"
 
 namespace glm {
@@ -163,9 +164,13 @@ struct Engine::Impl {
   cublasHandle_t handle = nullptr;
   cudaStream_t stream = nullptr, copyStream = nullptr;
   int D, H, N, G, F, V, L, P, maxTotal, nqkv, attnDim, fup, esz, nsplit;
-  // Decode kernels: 1 (default) the v2 GEMV with rotary + KV write fused into the QKV projection
-  // and the split combine fused into attention; 0 the earlier kernels (GLMTOOL_CUDA_DECODE=0).
-  int variant = 1;
+  // Decode attention: 2 (default) one block per few heads of a KV group and key split, cached
+  // rows copied before the QKV projection finishes (decode_attention.cuh); 1 one block per
+  // query head and split (GLMTOOL_CUDA_ATTN=head, for A/B runs).
+  int attnMode = 2;
+  int gqaTile = 64, gqaSplits = 1, gqaHeads = 1;
+  // Decode norms fused into the GEMVs (layersFusedNorm); GLMTOOL_CUDA_NORM=fused|kernel overrides the default.
+  bool fuseNorm = true;
   float alpha;  // v1 DeepNorm: sqrt(2 * layers)
   Geom geom;
 
@@ -302,9 +307,32 @@ struct Engine::Impl {
     esz = 2;
     maxTotal = P + c.maxLength;
     alpha = std::sqrt(2.0f * L);
-    if (const char* v = std::getenv("GLMTOOL_CUDA_DECODE")) variant = std::atoi(v) == 0 ? 0 : 1;
     // 256 keys per split at the full length (32 splits of 64 measured slower at 576 keys: 12.7 vs 9.0 us)
     nsplit = std::min(32, std::max(4, (maxTotal + 255) / 256));
+    if (const char* v = std::getenv("GLMTOOL_CUDA_ATTN")) attnMode = std::string(v) == "head" ? 1 : 2;
+    // Norms fused into the decode GEMVs: RMSNorm (v2) by default; LayerNorm (v1: two reductions
+    // and a bias per block of 2048) measured slower (bench/RESULTS.md, H200 run 6).
+    fuseNorm = c.generation == 2;
+    if (const char* v = std::getenv("GLMTOOL_CUDA_NORM")) fuseNorm = std::string(v) == "fused";
+    fuseNorm = fuseNorm && H <= NORM_FUSED_MAX;
+    if (attnMode == 2 && D > DA_DMAX)
+      throw std::runtime_error("head dimension " + std::to_string(D) + " is not supported by the decode attention (at most " +
+                               std::to_string(DA_DMAX) + ")");
+    // heads per block: the largest divisor of the group's heads up to 2 (ChatGLM2-6B, H200 run 6:
+    // 2 heads 280.3 tok/s, 4 heads 277.3, one per head 279.1)
+    for (int h = std::min(2, N / G); h >= 1; h--)
+      if ((N / G) % h == 0) {
+        gqaHeads = h;
+        break;
+      }
+    if (const char* v = std::getenv("GLMTOOL_CUDA_ATTN_HEADS")) {
+      const int h = std::atoi(v);
+      if (h >= 1 && h <= DA_HEADS && (N / G) % h == 0) gqaHeads = h;
+    }
+    gqaTile = 64;
+    if (const char* v = std::getenv("GLMTOOL_CUDA_ATTN_TILE")) gqaTile = std::min(DA_TILE_MAX, std::max(8, std::atoi(v)));
+    // at most DA_TILE_MAX splits and ~1024 blocks (whole tiles per split beyond that)
+    gqaSplits = std::max(1, std::min({(maxTotal + gqaTile - 1) / gqaTile, DA_TILE_MAX, std::max(1, 1024 / (N / gqaHeads))}));
     geom = Geom{c.generation, N, G, D, nqkv, P, maxTotal};
 
     std::string why;
@@ -391,8 +419,9 @@ struct Engine::Impl {
     dec.tmp = dmalloc((size_t)H * esz);
     dec.up = dmalloc((size_t)fup * esz);
     dec.act = dmalloc((size_t)F * esz);
-    partO = static_cast<float*>(dmalloc((size_t)N * nsplit * D * sizeof(float)));
-    partML = static_cast<float*>(dmalloc((size_t)N * nsplit * 2 * sizeof(float)));
+    const int parts = std::max(nsplit, gqaSplits);
+    partO = static_cast<float*>(dmalloc((size_t)N * parts * D * sizeof(float)));
+    partML = static_cast<float*>(dmalloc((size_t)N * parts * 2 * sizeof(float)));
     attnCounter = static_cast<unsigned*>(dmalloc((size_t)N * sizeof(unsigned)));
     CK(cudaMemset(attnCounter, 0, (size_t)N * sizeof(unsigned)));
     logits = static_cast<float*>(dmalloc((size_t)V * sizeof(float)));
@@ -518,43 +547,54 @@ struct Engine::Impl {
     preCap = cap;
   }
 
-  template <typename T, int EPI, int RPW, int U, bool PF>
-  void gemv2Launch(const void* W, const void* x, const void* b, void* out, int rows, int K, const RopeCtx& rc) {
+  template <typename T, int EPI, int RPW, int U, bool PF, bool NORM>
+  void gemv2Launch(const void* W, const void* x, const void* b, void* out, int rows, int K, const RopeCtx& rc, const NormCtx& nc) {
     const int warps = (rows + RPW - 1) / RPW;
     const int blocks = (warps + GEMV2_THREADS / 32 - 1) / (GEMV2_THREADS / 32);
-    launch(gemv2_kernel<T, EPI, RPW, U, PF>, dim3(blocks), dim3(GEMV2_THREADS), static_cast<const T*>(W),
-           static_cast<const T*>(x), static_cast<const T*>(b), out, rows, K, F, rc);
+    launch(gemv2_kernel<T, EPI, RPW, U, PF, NORM>, dim3(blocks), dim3(GEMV2_THREADS), static_cast<const T*>(W),
+           static_cast<const T*>(x), static_cast<const T*>(b), out, rows, K, F, rc, nc);
   }
   // The v2 GEMV: one output per warp, 8 loads per row per step (4 per row for SwiGLU / rotary
   // pairs), the next step prefetched. Measured against 2 outputs per warp and 16 loads without
   // prefetch (bench/RESULTS.md, 2026-11-28 run 3): 194.1 vs 184.3 / 188.8 tok/s (ChatGLM-6B).
-  template <typename T, int EPI>
-  void gemv2(const void* W, const void* x, const void* b, void* out, int rows, int K, const RopeCtx& rc) {
+  // NORM: x is the pre-norm row, normalised per block first (kernels.cuh NormCtx).
+  // The two other shapes per call site (two outputs per warp for dense / down / QKV, 16 loads
+  // without prefetch for up / lm_head, the fastest in stepbench on the H200) were slower in every
+  // combination in `glmtool bench` (H200 run 6: 232.5-255.1 vs 257.7 tok/s ChatGLM-6B).
+  template <typename T, int EPI, bool NORM = false>
+  void gemv2(const void* W, const void* x, const void* b, void* out, int rows, int K, const RopeCtx& rc,
+             const NormCtx& nc = NormCtx{}) {
     constexpr bool pair = EPI == EPI_SWIGLU || EPI == EPI_ROPE;
-    gemv2Launch<T, EPI, 1, pair ? 4 : 8, true>(W, x, b, out, rows, K, rc);
+    gemv2Launch<T, EPI, 1, pair ? 4 : 8, true, NORM>(W, x, b, out, rows, K, rc, nc);
+  }
+  // The norm of the decode step's QKV (slot W_LN1) or up (W_LN2) GEMV, fused into it; normOut
+  // receives the normalised row (v1's next residual).
+  NormCtx normCtx(int wkind, int layer, void* normOut) {
+    NormCtx nc{};
+    nc.rms = c.generation == 2;
+    nc.alpha = c.generation == 1 ? alpha : 1.f;
+    nc.w = w(wkind, layer);
+    nc.b = w(wkind + 1, layer);
+    nc.normOut = normOut;
+    nc.eps = c.eps;
+    return nc;
+  }
+  NormCtx resCtx(const void* res) {
+    NormCtx nc{};
+    nc.rms = c.generation == 2;
+    nc.alpha = c.generation == 1 ? alpha : 1.f;
+    nc.res = res;
+    return nc;
   }
 
   template <typename T>
   void gemv(int epi, const void* W, const void* x, const void* b, void* out, int rows, int K) {
-    if (variant) {
-      const RopeCtx rc{};
-      switch (epi) {
-        case EPI_NONE: gemv2<T, EPI_NONE>(W, x, b, out, rows, K, rc); break;
-        case EPI_GELU: gemv2<T, EPI_GELU>(W, x, b, out, rows, K, rc); break;
-        case EPI_SWIGLU: gemv2<T, EPI_SWIGLU>(W, x, b, out, rows, K, rc); break;
-        default: gemv2<T, EPI_F32>(W, x, b, out, rows, K, rc); break;
-      }
-      return;
-    }
-    const int blocks = (rows + 3) / 4;
-    const T* Wt = static_cast<const T*>(W);
-    const T* xt = static_cast<const T*>(x);
-    const T* bt = static_cast<const T*>(b);
+    const RopeCtx rc{};
     switch (epi) {
-      case EPI_NONE: launch(gemv_kernel<T, EPI_NONE>, dim3(blocks), dim3(128), Wt, xt, bt, out, rows, K, F); break;
-      case EPI_GELU: launch(gemv_kernel<T, EPI_GELU>, dim3(blocks), dim3(128), Wt, xt, bt, out, rows, K, F); break;
-      case EPI_SWIGLU: launch(gemv_kernel<T, EPI_SWIGLU>, dim3(blocks), dim3(128), Wt, xt, bt, out, rows, K, F); break;
-      default: launch(gemv_kernel<T, EPI_F32>, dim3(blocks), dim3(128), Wt, xt, bt, out, rows, K, F); break;
+      case EPI_NONE: gemv2<T, EPI_NONE>(W, x, b, out, rows, K, rc); break;
+      case EPI_GELU: gemv2<T, EPI_GELU>(W, x, b, out, rows, K, rc); break;
+      case EPI_SWIGLU: gemv2<T, EPI_SWIGLU>(W, x, b, out, rows, K, rc); break;
+      default: gemv2<T, EPI_F32>(W, x, b, out, rows, K, rc); break;
     }
   }
 
@@ -658,15 +698,43 @@ struct Engine::Impl {
   template <typename T>
   void attentionDecode(int layer, const void* qkv, void* ctx) {
     const float scale = 1.f / std::sqrt((float)D);
-    if (variant) {
-      launch(attn_decode2_kernel<T>, dim3(N, nsplit), dim3(128), static_cast<const T*>(qkv), reinterpret_cast<const T*>(Kc(layer)),
-             reinterpret_cast<const T*>(Vc(layer)), reinterpret_cast<const StepMeta*>(dMeta), geom, scale, partO, partML,
-             attnCounter, static_cast<T*>(ctx));
+    if (attnMode == 2) {
+      launch(attn_decode_gqa_kernel<T>, dim3(N / gqaHeads, gqaSplits), dim3(DA_THREADS), static_cast<const T*>(qkv),
+             reinterpret_cast<const T*>(Kc(layer)), reinterpret_cast<const T*>(Vc(layer)), reinterpret_cast<const StepMeta*>(dMeta),
+             geom, scale, gqaTile, gqaHeads, partO, partML, attnCounter, static_cast<T*>(ctx));
       return;
     }
-    launch(attn_decode_kernel<T>, dim3(N, nsplit), dim3(128), static_cast<const T*>(qkv), reinterpret_cast<const T*>(Kc(layer)),
-           reinterpret_cast<const T*>(Vc(layer)), reinterpret_cast<const StepMeta*>(dMeta), geom, scale, partO, partML);
-    launch(attn_combine_kernel<T>, dim3(N), dim3(D), (const float*)partO, (const float*)partML, nsplit, D, static_cast<T*>(ctx));
+    launch(attn_decode2_kernel<T>, dim3(N, nsplit), dim3(128), static_cast<const T*>(qkv), reinterpret_cast<const T*>(Kc(layer)),
+           reinterpret_cast<const T*>(Vc(layer)), reinterpret_cast<const StepMeta*>(dMeta), geom, scale, partO, partML,
+           attnCounter, static_cast<T*>(ctx));
+  }
+
+  // The decode step's decoder with the norms fused into the GEMVs (fuseNorm): the attention
+  // output and down projections add the residual in their epilogue (v2: into x in place; v1:
+  // alpha * the previous norm output, into tmp), the QKV and up projections normalise that row
+  // themselves (v1: block 0 keeps the normalised row in lnA / lnB, the next residual). Only the
+  // final norm stays a kernel. Same arithmetic as layers(), bit for bit.
+  template <typename T>
+  void layersFusedNorm(const Bufs& b) {
+    const bool v1 = c.generation == 1;
+    void* v = v1 ? b.tmp : b.x;  // the pre-norm row after each residual add
+    pdl = false;  // the first kernel follows the step's host-to-device copies / the embedding gather
+    for (int l = 0; l < L; l++) {
+      const RopeCtx rc{Kc(l), Vc(l), reinterpret_cast<const StepMeta*>(dMeta), invf, geom};
+      gemv2<T, EPI_ROPE, true>(w(W_QKV, l), l == 0 ? b.x : v, w(B_QKV, l), b.qkv, nqkv / 2, H, rc,
+                               normCtx(W_LN1, l, v1 ? b.lnA : nullptr));
+      pdl = pdlSupported && usePdl;
+      attentionDecode<T>(l, b.qkv, b.ctx);
+      gemv2<T, EPI_RES>(w(W_DENSE, l), b.ctx, w(B_DENSE, l), v, H, attnDim, RopeCtx{}, resCtx(v1 ? b.lnA : b.x));
+      if (v1) {
+        gemv2<T, EPI_GELU, true>(w(W_UP, l), v, w(B_UP, l), b.up, fup, H, RopeCtx{}, normCtx(W_LN2, l, b.lnB));
+        gemv2<T, EPI_RES>(w(W_DOWN, l), b.up, w(B_DOWN, l), v, H, F, RopeCtx{}, resCtx(b.lnB));
+      } else {
+        gemv2<T, EPI_SWIGLU, true>(w(W_UP, l), v, w(B_UP, l), b.act, F, H, RopeCtx{}, normCtx(W_LN2, l, nullptr));
+        gemv2<T, EPI_RES>(w(W_DOWN, l), b.act, w(B_DOWN, l), v, H, F, RopeCtx{}, resCtx(b.x));
+      }
+    }
+    norm<T>(1, nullptr, v, b.lnA, w(W_FINAL, 0), w(B_FINAL, 0));
   }
 
   // The decoder over S rows of `b` (x holds the embeddings); leaves the final normed rows in b.lnA.
@@ -674,11 +742,15 @@ struct Engine::Impl {
   template <typename T>
   void layers(const Bufs& b, int S, int past, int bidirectional) {
     const bool v1 = c.generation == 1;
+    if (S == 1 && fuseNorm) {
+      layersFusedNorm<T>(b);
+      return;
+    }
     norm<T>(S, nullptr, b.x, b.lnA, w(W_LN1, 0), w(B_LN1, 0));
     // the first kernel follows the step's host-to-device copies; the rest follow kernels
     pdl = S == 1 && pdlSupported && usePdl;
     for (int l = 0; l < L; l++) {
-      if (S == 1 && variant) {
+      if (S == 1) {
         // QKV projection, rotary and the KV-cache write in one kernel
         const RopeCtx rc{Kc(l), Vc(l), reinterpret_cast<const StepMeta*>(dMeta), invf, geom};
         gemv2<T, EPI_ROPE>(w(W_QKV, l), b.lnA, w(B_QKV, l), b.qkv, nqkv / 2, H, rc);
@@ -963,7 +1035,15 @@ MemoryStats Engine::memory() {
 
 int Engine::maxChunk() const { return std::min(kMaxChunk, need(impl_)->c.maxLength); }
 int Engine::vocab() const { return need(impl_)->V; }
-int Engine::decodeSplits() const { return need(impl_)->nsplit; }
+int Engine::decodeHeadsPerBlock() const {
+  const Engine::Impl* p = need(impl_);
+  return p->attnMode == 2 ? p->gqaHeads : 0;
+}
+bool Engine::decodeFusedNorm() const { return need(impl_)->fuseNorm; }
+int Engine::decodeSplits() const {
+  const Engine::Impl* p = need(impl_);
+  return p->attnMode == 2 ? p->gqaSplits : p->nsplit;
+}
 bool Engine::graphCaptured() const { return need(impl_)->graphExec != nullptr; }
 void Engine::setUseGraph(bool on) { need(impl_)->c.useGraph = on; }
 bool Engine::pdl() const { return need(impl_)->pdlSupported && need(impl_)->usePdl; }

@@ -94,6 +94,11 @@ class Engine {
   int maxChunk() const;
   int vocab() const;
   int decodeSplits() const;
+  // Query heads per block of the decode attention (decode_attention.cuh); 0: one block per
+  // query head (attn_decode2_kernel, GLMTOOL_CUDA_ATTN=head).
+  int decodeHeadsPerBlock() const;
+  // Whether the decode step's norms are fused into its GEMVs (GLMTOOL_CUDA_NORM).
+  bool decodeFusedNorm() const;
   bool graphCaptured() const;
   void setUseGraph(bool on);
   // Programmatic dependent launch in the decode step (Hopper and newer; GLMTOOL_CUDA_PDL=0 turns it off).

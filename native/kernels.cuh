@@ -152,81 +152,6 @@ __host__ __device__ __forceinline__ int* manyTokens(int* pb) { return pb + 2 + 3
 
 enum Epi { EPI_NONE = 0, EPI_GELU = 1, EPI_SWIGLU = 2, EPI_F32 = 3 };
 
-// One warp per output row (EPI_SWIGLU: rows j and F + j, out[j] = silu(y_j) * y_{F+j}).
-// Each lane reads 16 bytes of the row per load, four loads (eight with SwiGLU) in flight and the
-// next four issued before the current ones are used; fp32 accumulation. The first weights are
-// loaded before pdl_wait(): they do not depend on the previous kernel, so under programmatic
-// dependent launch their latency overlaps the previous kernel's tail.
-template <typename T, int EPI>
-__global__ void __launch_bounds__(128) gemv_kernel(const T* __restrict__ W, const T* __restrict__ x,
-                                                   const T* __restrict__ bias, void* __restrict__ out, int rows,
-                                                   int K, int F) {
-  pdl_trigger();
-  const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-  const int lane = threadIdx.x & 31;
-  if (row >= rows) {
-    pdl_wait();
-    return;
-  }
-  const int K8 = K >> 3;
-  const uint4* xv = reinterpret_cast<const uint4*>(x);
-  const uint4* w0 = reinterpret_cast<const uint4*>(W + (size_t)row * K);
-  const uint4* w1 = reinterpret_cast<const uint4*>(W + (size_t)(row + (EPI == EPI_SWIGLU ? F : 0)) * K);
-  float a0 = 0.f, a1 = 0.f, b0 = 0.f, b1 = 0.f;
-  const uint4 z = make_uint4(0, 0, 0, 0);
-  uint4 p0 = z, p1 = z, p2 = z, p3 = z, q0 = z, q1 = z, q2 = z, q3 = z;
-  int c = lane;
-  bool full = c + 96 < K8;
-  if (full) {
-    p0 = ld_stream(w0 + c), p1 = ld_stream(w0 + c + 32), p2 = ld_stream(w0 + c + 64), p3 = ld_stream(w0 + c + 96);
-    if (EPI == EPI_SWIGLU) q0 = ld_stream(w1 + c), q1 = ld_stream(w1 + c + 32), q2 = ld_stream(w1 + c + 64), q3 = ld_stream(w1 + c + 96);
-  }
-  pdl_wait();
-  while (full) {
-    const uint4 x0 = __ldg(xv + c), x1 = __ldg(xv + c + 32), x2 = __ldg(xv + c + 64), x3 = __ldg(xv + c + 96);
-    const int cn = c + 128;
-    const bool nfull = cn + 96 < K8;
-    uint4 n0 = z, n1 = z, n2 = z, n3 = z, m0 = z, m1 = z, m2 = z, m3 = z;
-    if (nfull) {
-      n0 = ld_stream(w0 + cn), n1 = ld_stream(w0 + cn + 32), n2 = ld_stream(w0 + cn + 64), n3 = ld_stream(w0 + cn + 96);
-      if (EPI == EPI_SWIGLU) m0 = ld_stream(w1 + cn), m1 = ld_stream(w1 + cn + 32), m2 = ld_stream(w1 + cn + 64), m3 = ld_stream(w1 + cn + 96);
-    }
-    a0 = dot8<T>(p0, x0, a0);
-    a1 = dot8<T>(p1, x1, a1);
-    a0 = dot8<T>(p2, x2, a0);
-    a1 = dot8<T>(p3, x3, a1);
-    if (EPI == EPI_SWIGLU) {
-      b0 = dot8<T>(q0, x0, b0);
-      b1 = dot8<T>(q1, x1, b1);
-      b0 = dot8<T>(q2, x2, b0);
-      b1 = dot8<T>(q3, x3, b1);
-    }
-    p0 = n0, p1 = n1, p2 = n2, p3 = n3, q0 = m0, q1 = m1, q2 = m2, q3 = m3;
-    c = cn;
-    full = nfull;
-  }
-  for (; c < K8; c += 32) {
-    const uint4 x0 = __ldg(xv + c);
-    a0 = dot8<T>(ld_stream(w0 + c), x0, a0);
-    if (EPI == EPI_SWIGLU) b0 = dot8<T>(ld_stream(w1 + c), x0, b0);
-  }
-  float acc = warpSum(a0 + a1);
-  float accB = EPI == EPI_SWIGLU ? warpSum(b0 + b1) : 0.f;
-  if (lane != 0) return;
-  if (EPI == EPI_F32) {
-    if (bias) acc += TT<T>::f(bias[row]);
-    static_cast<float*>(out)[row] = acc;
-  } else if (EPI == EPI_SWIGLU) {
-    if (bias) acc += TT<T>::f(bias[row]), accB += TT<T>::f(bias[row + F]);
-    const float g = rnd<T>(silu(rnd<T>(acc)));
-    static_cast<T*>(out)[row] = TT<T>::t(g * rnd<T>(accB));
-  } else {
-    if (bias) acc += TT<T>::f(bias[row]);
-    if (EPI == EPI_GELU) acc = gelu_tanh(rnd<T>(acc));
-    static_cast<T*>(out)[row] = TT<T>::t(acc);
-  }
-}
-
 // Attention / cache geometry (also the rotary pairs of the fused QKV GEMV below).
 struct Geom {
   int gen;         // 1 or 2
@@ -362,20 +287,85 @@ struct RopeCtx {
   Geom g;
 };
 
-template <typename T, int EPI, int RPW, int U, bool PF>
+// The decode step's norms without norm kernels. EPI_RES (the attention output and MLP down
+// projections): the epilogue adds the residual, v = res + y (v2) or alpha * res + y (v1), rounded
+// as add_norm_row() rounds, and stores v (row j only touches element j, so v2 updates its
+// residual stream in place). NORM (the GEMVs that read a norm's output: QKV, up): every block
+// first normalises x = v into shared memory with add_norm_row()'s arithmetic (bit-identical to
+// the norm kernel), block 0 also storing it to normOut (v1: the next residual).
+constexpr int EPI_RES = 5;
+struct NormCtx {
+  const void* res;  // EPI_RES: the residual
+  float alpha;      // EPI_RES: v1's DeepNorm alpha, 1 for v2
+  int rms;          // 1: RMSNorm (v2), 0: LayerNorm (v1)
+  const void* w;    // NORM: weight and bias (bias null for RMSNorm)
+  const void* b;
+  void* normOut;    // NORM: where block 0 stores the normalised row (may be null)
+  float eps;
+};
+constexpr int NORM_FUSED_MAX = NORM_PER_THREAD * GEMV2_THREADS;  // the largest hidden size a NORM GEMV normalises
+
+// v's norm into xs (shared), every thread of the block; block 0 also stores it to nc.normOut.
+template <typename T>
+__device__ __forceinline__ void norm_into_shared(const T* __restrict__ v, int H, const NormCtx& nc, T* xs, float* red) {
+  float val[NORM_PER_THREAD];
+  float sum = 0.f;
+#pragma unroll
+  for (int k = 0; k < NORM_PER_THREAD; k++) {
+    const int i = threadIdx.x + k * blockDim.x;
+    val[k] = i < H ? TT<T>::f(v[i]) : 0.f;
+    sum += nc.rms ? val[k] * val[k] : val[k];
+  }
+  sum = blockSum(sum, red);
+  float mean = 0.f, rstd;
+  if (nc.rms) {
+    rstd = rsqrtf(sum / H + nc.eps);
+  } else {
+    mean = sum / H;
+    float sq = 0.f;
+#pragma unroll
+    for (int k = 0; k < NORM_PER_THREAD; k++) {
+      const int i = threadIdx.x + k * blockDim.x;
+      if (i < H) sq += (val[k] - mean) * (val[k] - mean);
+    }
+    sq = blockSum(sq, red);
+    rstd = rsqrtf(sq / H + nc.eps);
+  }
+  const T* w = static_cast<const T*>(nc.w);
+  const T* b = static_cast<const T*>(nc.b);
+  T* o = blockIdx.x == 0 ? static_cast<T*>(nc.normOut) : nullptr;
+#pragma unroll
+  for (int k = 0; k < NORM_PER_THREAD; k++) {
+    const int i = threadIdx.x + k * blockDim.x;
+    if (i < H) {
+      float y = (val[k] - mean) * rstd * TT<T>::f(w[i]);
+      if (b) y += TT<T>::f(b[i]);
+      xs[i] = TT<T>::t(y);
+      if (o) o[i] = xs[i];
+    }
+  }
+  __syncthreads();
+}
+
+template <typename T, int EPI, int RPW, int U, bool PF, bool NORM = false>
 __device__ __forceinline__ void gemv2_rows(const T* __restrict__ W, const T* __restrict__ x, const T* __restrict__ bias,
-                                           void* __restrict__ out, int rows, int K, int F, const RopeCtx& rc) {
+                                           void* __restrict__ out, int rows, int K, int F, const RopeCtx& rc,
+                                           const NormCtx& nc = NormCtx{}) {
   constexpr int PR = (EPI == EPI_SWIGLU || EPI == EPI_ROPE) ? 2 : 1;
   constexpr int NR = RPW * PR;
+  constexpr int XS = NORM ? NORM_FUSED_MAX : 1;
+  __shared__ __align__(16) T xsh[XS];
+  __shared__ float red[NORM ? 33 : 1];
   pdl_trigger();
   const int row0 = ((blockIdx.x * GEMV2_THREADS + threadIdx.x) >> 5) * RPW;
   const int lane = threadIdx.x & 31;
-  if (row0 >= rows) {
+  if (!NORM && row0 >= rows) {
     pdl_wait();
     return;
   }
+  const bool active = row0 < rows;  // NORM: every thread normalises first, idle warps then leave
   const int K8 = K >> 3;
-  const uint4* xv = reinterpret_cast<const uint4*>(x);
+  const uint4* xv = reinterpret_cast<const uint4*>(NORM ? xsh : x);
   const uint4* wp[NR];
   int orow[RPW];
 #pragma unroll
@@ -402,16 +392,20 @@ __device__ __forceinline__ void gemv2_rows(const T* __restrict__ W, const T* __r
 #pragma unroll
     for (int u = 0; u < U; u++) {
       const int c = lane + 32 * u;
-      cur[i][u] = c < K8 ? ld_stream(wp[i] + c) : z;
+      cur[i][u] = c < K8 && active ? ld_stream(wp[i] + c) : z;
     }
   }
   pdl_wait();
+  if (NORM) {
+    norm_into_shared<T>(x, K, nc, xsh, red);
+    if (!active) return;
+  }
   for (int base = 0; base < K8; base += 32 * U) {
     uint4 xs[U];
 #pragma unroll
     for (int u = 0; u < U; u++) {
       const int c = base + lane + 32 * u;
-      xs[u] = c < K8 ? __ldg(xv + c) : z;
+      xs[u] = c < K8 ? (NORM ? xv[c] : __ldg(xv + c)) : z;
     }
     const int nb = base + 32 * U;
     if (PF) {
@@ -485,6 +479,13 @@ __device__ __forceinline__ void gemv2_rows(const T* __restrict__ W, const T* __r
       if (bias) a += TT<T>::f(bias[row]), b += TT<T>::f(bias[row + F]);
       const float gl = rnd<T>(silu(rnd<T>(a)));
       static_cast<T*>(out)[row] = TT<T>::t(gl * rnd<T>(b));
+    } else if (EPI == EPI_RES) {
+      float a = acc[r];
+      if (bias) a += TT<T>::f(bias[row]);
+      a = rnd<T>(a);
+      const float rv = TT<T>::f(static_cast<const T*>(nc.res)[row]);
+      const float v = nc.rms ? rnd<T>(rv + a) : rnd<T>(rnd<T>(nc.alpha * rv) + a);
+      static_cast<T*>(out)[row] = TT<T>::t(v);
     } else {
       float a = acc[r];
       if (bias) a += TT<T>::f(bias[row]);
@@ -494,11 +495,11 @@ __device__ __forceinline__ void gemv2_rows(const T* __restrict__ W, const T* __r
   }
 }
 
-template <typename T, int EPI, int RPW, int U, bool PF>
+template <typename T, int EPI, int RPW, int U, bool PF, bool NORM = false>
 __global__ void __launch_bounds__(GEMV2_THREADS) gemv2_kernel(const T* __restrict__ W, const T* __restrict__ x,
                                                               const T* __restrict__ bias, void* __restrict__ out,
-                                                              int rows, int K, int F, RopeCtx rc) {
-  gemv2_rows<T, EPI, RPW, U, PF>(W, x, bias, out, rows, K, F, rc);
+                                                              int rows, int K, int F, RopeCtx rc, NormCtx nc) {
+  gemv2_rows<T, EPI, RPW, U, PF, NORM>(W, x, bias, out, rows, K, F, rc, nc);
 }
 
 // ---- bias / activation after a cuBLAS GEMM (prefill) -----------------------------------------
@@ -586,100 +587,12 @@ __global__ void rotary_cache_kernel(T* __restrict__ qkv, T* __restrict__ Kc, T* 
   }
 }
 
-// ---- attention, one new token (decode): split over the KV length, then combine ---------------
+// ---- attention, one new token (decode), one block per query head and key split ----------------
 
-// grid (heads, splits), 128 threads, D <= 128. Split j covers keys [j*chunk, (j+1)*chunk) of the
-// T = prefix + past + 1 visible ones (a single new token sees every cached entry and itself).
-// Writes the unnormalised output, the running max and the sum of exponentials.
-template <typename T>
-__global__ void __launch_bounds__(128) attn_decode_kernel(const T* __restrict__ qkv, const T* __restrict__ Kc,
-                                                          const T* __restrict__ Vc, const StepMeta* __restrict__ meta,
-                                                          Geom g, float scale, float* __restrict__ partO,
-                                                          float* __restrict__ partML) {
-  __shared__ float qs[128];
-  __shared__ float sc[128];
-  __shared__ float red[33];
-  pdl_trigger();
-  pdl_wait();
-  const int h = blockIdx.x, split = blockIdx.y, nsplit = gridDim.y;
-  const int D = g.D;
-  const int kvh = h / (g.heads / g.kvHeads);
-  const int total = g.prefix + meta->past + 1;
-  const int chunk = (total + nsplit - 1) / nsplit;
-  const int t0 = split * chunk, t1 = min(total, t0 + chunk);
-  const int tid = threadIdx.x;
-  if (tid < D) qs[tid] = TT<T>::f(qkv[g.qOff(h) + tid]) * scale;
-  __syncthreads();
-  const T* Kh = Kc + (size_t)kvh * g.maxTotal * D;
-  const T* Vh = Vc + (size_t)kvh * g.maxTotal * D;
-  float m = -INFINITY, l = 0.f, acc = 0.f;
-  for (int base = t0; base < t1; base += blockDim.x) {
-    const int t = base + tid;
-    float s = -INFINITY;
-    if (t < t1) {
-      const uint4* kr = reinterpret_cast<const uint4*>(Kh + (size_t)t * D);
-      float d0 = 0.f, d1 = 0.f;
-      for (int c = 0; c < D / 8; c++) {
-        const uint4 kv = kr[c];
-        float2 a = TT<T>::f2(kv.x), b = TT<T>::f2(kv.y);
-        d0 = fmaf(a.x, qs[8 * c], d0);
-        d1 = fmaf(a.y, qs[8 * c + 1], d1);
-        d0 = fmaf(b.x, qs[8 * c + 2], d0);
-        d1 = fmaf(b.y, qs[8 * c + 3], d1);
-        a = TT<T>::f2(kv.z), b = TT<T>::f2(kv.w);
-        d0 = fmaf(a.x, qs[8 * c + 4], d0);
-        d1 = fmaf(a.y, qs[8 * c + 5], d1);
-        d0 = fmaf(b.x, qs[8 * c + 6], d0);
-        d1 = fmaf(b.y, qs[8 * c + 7], d1);
-      }
-      s = d0 + d1;
-    }
-    const float mNew = fmaxf(m, blockMax(s, red));
-    const float p = t < t1 ? expf(s - mNew) : 0.f;
-    sc[tid] = p;
-    const float tileSum = blockSum(p, red);  // its barriers also publish sc[]
-    const float corr = expf(m - mNew);
-    l = l * corr + tileSum;
-    if (tid < D) {
-      float a = acc * corr;
-      const int n = min((int)blockDim.x, t1 - base);
-      const T* vr = Vh + (size_t)base * D + tid;
-#pragma unroll 8
-      for (int j = 0; j < n; j++) a = fmaf(sc[j], TT<T>::f(vr[(size_t)j * D]), a);
-      acc = a;
-    }
-    m = mNew;
-    __syncthreads();
-  }
-  const size_t slot = (size_t)h * nsplit + split;
-  if (tid < D) partO[slot * D + tid] = acc;
-  if (tid == 0) {
-    partML[2 * slot] = m;
-    partML[2 * slot + 1] = l;
-  }
-}
-
-// grid heads, D threads: merge the splits, out[h*D + d].
-template <typename T>
-__global__ void attn_combine_kernel(const float* __restrict__ partO, const float* __restrict__ partML, int nsplit, int D,
-                                    T* __restrict__ out) {
-  pdl_trigger();
-  pdl_wait();
-  const int h = blockIdx.x, d = threadIdx.x;
-  float M = -INFINITY;
-  for (int j = 0; j < nsplit; j++) M = fmaxf(M, partML[2 * ((size_t)h * nsplit + j)]);
-  float L = 0.f, o = 0.f;
-  for (int j = 0; j < nsplit; j++) {
-    const size_t slot = (size_t)h * nsplit + j;
-    const float w = expf(partML[2 * slot] - M);  // empty split: exp(-inf) = 0
-    L += partML[2 * slot + 1] * w;
-    o += partO[slot * D + d] * w;
-  }
-  out[(size_t)h * D + d] = TT<T>::t(o / L);
-}
-
-// Decode attention (v2): as attn_decode_kernel, with the key loads of a row issued together and
-// the combine fused: the last split of a head to finish (counter[h], reset by it) merges the
+// The split-KV attention per query head (GLMTOOL_CUDA_ATTN=head; the default is
+// decode_attention.cuh): block (h, j) covers keys [j*chunk, (j+1)*chunk) of the T = prefix +
+// past + 1 visible ones (a single new token sees every cached entry and itself), key loads of a
+// row issued together; the last split of a head to finish (counter[h], reset by it) merges the
 // head's splits. grid (heads, splits), 128 threads, D <= 128.
 template <typename T>
 __global__ void __launch_bounds__(128) attn_decode2_kernel(const T* __restrict__ qkv, const T* __restrict__ Kc,

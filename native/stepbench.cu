@@ -1,6 +1,7 @@
 // Decode-kernel micro-benchmark (issue 6): times each kernel class of the decode step in
-// isolation at full ChatGLM-6B / ChatGLM2-6B sizes, the earlier kernels against the v2 ones, and
-// checks the v2 kernels against the earlier ones on random data. Not part of the addon:
+// isolation at full ChatGLM-6B / ChatGLM2-6B sizes, and checks each fused kernel against the
+// unfused kernels it replaces on random data (the GEMV shapes, rotary + KV write, the attention
+// per block of heads against per head, the norms fused into the GEMVs). Not part of the addon:
 //   nvcc -std=c++17 -O3 -arch=sm_90 -o build/native/stepbench native/stepbench.cu
 //   build/native/stepbench            (one GPU; ~30 s)
 // Timing: a CUDA graph of `reps` back-to-back launches (no PDL), rotating over enough weight
@@ -11,6 +12,7 @@
 #include <algorithm>
 #include <functional>
 #include <cmath>
+#include "decode_attention.cuh"
 #include "kernels.cuh"
 using namespace glm;
 
@@ -69,11 +71,7 @@ template <int EPI, int RPW, int U, bool PF>
 static void launch2(const half* W, const half* x, const half* b, void* out, int rows, int K, int F, RopeCtx rc) {
   const int warps = (rows + RPW - 1) / RPW;
   const int blocks = (warps + 7) / 8;
-  gemv2_kernel<half, EPI, RPW, U, PF><<<blocks, GEMV2_THREADS, 0, st>>>(W, x, b, out, rows, K, F, rc);
-}
-template <int EPI>
-static void launchOld(const half* W, const half* x, const half* b, void* out, int rows, int K, int F) {
-  gemv_kernel<half, EPI><<<(rows + 3) / 4, 128, 0, st>>>(W, x, b, out, rows, K, F);
+  gemv2_kernel<half, EPI, RPW, U, PF><<<blocks, GEMV2_THREADS, 0, st>>>(W, x, b, out, rows, K, F, rc, NormCtx{});
 }
 template <int EPI>
 static void launchCfg(int cfg, const half* W, const half* x, const half* b, void* out, int rows, int K, int F, RopeCtx rc) {
@@ -111,8 +109,7 @@ int main() {
     {"v2 qkv 4608x4096", EPI_NONE, 4608, 4096}, {"v2 up+swiglu 27392x4096", EPI_SWIGLU, 27392, 4096},
     {"v2 down 4096x13696", EPI_NONE, 4096, 13696}, {"v2 lm_head 65024x4096", EPI_F32, 65024, 4096},
   };
-  printf("\n%-26s %9s %9s %9s %9s   (us per call; GB/s of weights)  maxrel v2/old\n", "gemv", "old", "cfg0", "cfg1", "cfg2");
-  double sumOld = 0, sumBest = 0;
+  printf("\n%-26s %9s %9s %9s   (us per call; GB/s of weights)  maxrel cfg1,2/cfg0\n", "gemv", "cfg0", "cfg1", "cfg2");
   for (const Shape& s : shapes) {
     const size_t bytes = (size_t)s.N * s.K * 2;
     const int copies = std::max<int>(1, (int)std::min<size_t>(pool / bytes, 16));
@@ -120,32 +117,25 @@ int main() {
     const int rows = s.epi == EPI_SWIGLU ? s.N / 2 : s.N, F = s.N / 2;
     auto Wi = [&](int i) { return Wp + (size_t)(i % copies) * s.N * s.K; };
     const half* b = s.epi == EPI_F32 ? nullptr : bias;
-    double t[4];
-    RopeCtx rc{};
-    t[0] = timeGraph(reps, [&](int i) {
-      switch (s.epi) { case EPI_NONE: launchOld<EPI_NONE>(Wi(i), x, b, outA, rows, s.K, F); break;
-        case EPI_GELU: launchOld<EPI_GELU>(Wi(i), x, b, outA, rows, s.K, F); break;
-        case EPI_SWIGLU: launchOld<EPI_SWIGLU>(Wi(i), x, b, outA, rows, s.K, F); break;
-        default: launchOld<EPI_F32>(Wi(i), x, b, outA, rows, s.K, F); }
-    });
-    CK(cudaStreamSynchronize(st));
     const bool f32 = s.epi == EPI_F32;
-    auto ref = toHost(outA, rows, f32);
+    double t[3];
+    RopeCtx rc{};
+    std::vector<float> ref;
     float err = 0;
     for (int cfg = 0; cfg < 3; cfg++) {
-      t[cfg + 1] = timeGraph(reps, [&](int i) {
+      t[cfg] = timeGraph(reps, [&](int i) {
         switch (s.epi) { case EPI_NONE: launchCfg<EPI_NONE>(cfg, Wi(i), x, b, outB, rows, s.K, F, rc); break;
           case EPI_GELU: launchCfg<EPI_GELU>(cfg, Wi(i), x, b, outB, rows, s.K, F, rc); break;
           case EPI_SWIGLU: launchCfg<EPI_SWIGLU>(cfg, Wi(i), x, b, outB, rows, s.K, F, rc); break;
           default: launchCfg<EPI_F32>(cfg, Wi(i), x, b, outB, rows, s.K, F, rc); }
       });
       CK(cudaStreamSynchronize(st));
-      // compare the same weight copy: the last call used Wi(reps - 1), as did old's
-      err = std::max(err, maxRel(toHost(outB, rows, f32), ref));
+      // every configuration's last call used the same weight copy, Wi(reps - 1)
+      if (cfg == 0) ref = toHost(outB, rows, f32);
+      else err = std::max(err, maxRel(toHost(outB, rows, f32), ref));
     }
-    printf("%-26s %9.1f %9.1f %9.1f %9.1f   %6.0f %6.0f %6.0f %6.0f  %.1e\n", s.name, t[0], t[1], t[2], t[3],
-           bytes / t[0] / 1e3, bytes / t[1] / 1e3, bytes / t[2] / 1e3, bytes / t[3] / 1e3, err);
-    sumOld += t[0]; sumBest += std::min(t[1], std::min(t[2], t[3]));
+    printf("%-26s %9.1f %9.1f %9.1f   %6.0f %6.0f %6.0f  %.1e\n", s.name, t[0], t[1], t[2], bytes / t[0] / 1e3, bytes / t[1] / 1e3,
+           bytes / t[2] / 1e3, err);
   }
   // the same GEMV over a pool the size of the model's weights (12 GB): TLB reach vs 1.4 GB
   {
@@ -167,7 +157,7 @@ int main() {
   }
   CK(cudaGetLastError());
 
-  // rotary + KV write: old (QKV gemv + rotary kernel) vs fused, and attention old vs v2, at 576 cached tokens
+  // rotary + KV write: QKV gemv + rotary kernel vs fused, then the attention kernels, at 576 cached tokens
   for (int gen = 1; gen <= 2; gen++) {
     const int H = 4096, N = 32, D = 128, G = gen == 1 ? 32 : 2, maxTotal = 2048;
     const int nqkv = gen == 1 ? 3 * H : N * D + 2 * G * D;
@@ -188,7 +178,7 @@ int main() {
     const int copies = std::min<int>(16, pool / wb);
     auto Wi = [&](int i) { return Wp + (size_t)(i % copies) * nqkv * H; };
     double tOld = timeGraph(copies * 2, [&](int i) {
-      launchOld<EPI_NONE>(Wi(i), x, bias, qkvA, nqkv, H, 0);
+      launchCfg<EPI_NONE>(0, Wi(i), x, bias, qkvA, nqkv, H, 0, RopeCtx{});
       rotary_cache_kernel<half><<<1, 128, 0, st>>>(qkvA, Kc, Vc, dm, invf, g);
     });
     RopeCtx rc{Kc2, Vc2, dm, invf, g};
@@ -211,7 +201,7 @@ int main() {
         ka.push_back(K1[o]); kb.push_back(K2[o]); va.push_back(V1[o]); vb.push_back(V2[o]);
       }
     }
-    printf("\nv%d qkv+rotary: old gemv+rotary %.1f us; fused cfg0/1/2 %.1f / %.1f / %.1f us; maxrel q %.1e k %.1e v %.1e\n", gen, tOld,
+    printf("\nv%d qkv+rotary: gemv + rotary kernel %.1f us; fused cfg0/1/2 %.1f / %.1f / %.1f us; maxrel q %.1e k %.1e v %.1e\n", gen, tOld,
            tNew[0], tNew[1], tNew[2], eq, maxRel(kb, ka), maxRel(vb, va));
     // attention at past = 575 (576 keys), fill the cache fully random
     fill(Kc, kvBytes / 2, 21, 1.f); fill(Vc, kvBytes / 2, 22, 1.f);
@@ -219,18 +209,33 @@ int main() {
     const float scale = 1.f / std::sqrt((float)D);
     half *ctxA = (half*)dalloc(N * D * 2), *ctxB = (half*)dalloc(N * D * 2);
     unsigned* counter = (unsigned*)dalloc(N * 4); CK(cudaMemset(counter, 0, N * 4));
-    for (int ns : {8, 32}) {
-      float* partO = (float*)dalloc((size_t)N * ns * D * 4); float* partML = (float*)dalloc((size_t)N * ns * 2 * 4);
-      double ta = timeGraph(28, [&](int) {
-        attn_decode_kernel<half><<<dim3(N, ns), 128, 0, st>>>(qkvA, Kc, Vc, dm, g, scale, partO, partML);
-        attn_combine_kernel<half><<<N, D, 0, st>>>(partO, partML, ns, D, ctxA);
-      });
-      double tb = timeGraph(28, [&](int) {
-        attn_decode2_kernel<half><<<dim3(N, ns), 128, 0, st>>>(qkvA, Kc, Vc, dm, g, scale, partO, partML, counter, ctxB);
-      });
-      CK(cudaStreamSynchronize(st));
-      printf("v%d attention 576 keys, %d splits: old (decode + combine) %.1f us, v2 (fused combine) %.1f us; maxrel %.1e\n", gen, ns, ta, tb,
-             maxRel(toHost(ctxB, N * D, false), toHost(ctxA, N * D, false)));
+    // attention per KV group (decode_attention.cuh) against per head (attn_decode2_kernel): several
+    // lengths, with and without a prefix, and few splits (several tiles per split)
+    {
+      const int hpbDef = gen == 1 ? 1 : 4;
+      struct Case { int past, prefix, tile, grid, hpb; };
+      const Case cases[] = {{575, 0, 64, 32, hpbDef}, {575, 0, 32, 32, hpbDef}, {575, 0, 64, 32, gen == 1 ? 1 : 2},
+                            {575, 0, 64, 32, 1}, {1500, 16, 64, 32, hpbDef}, {1500, 16, 64, 4, hpbDef},
+                            {0, 0, 64, 32, hpbDef}, {40, 3, 16, 2, hpbDef}};
+      float* partO = (float*)dalloc((size_t)N * 64 * D * 4); float* partML = (float*)dalloc((size_t)N * 64 * 2 * 4);
+      for (const Case& cs : cases) {
+        Geom gc = g; gc.prefix = cs.prefix;
+        m->past = cs.past; CK(cudaMemcpy(dm, hm.data(), hm.size(), cudaMemcpyHostToDevice));
+        const int ns = 8;
+        double tb = timeGraph(28, [&](int) {
+          attn_decode2_kernel<half><<<dim3(N, ns), 128, 0, st>>>(qkvA, Kc, Vc, dm, gc, scale, partO, partML, counter, ctxA);
+        });
+        double tg = timeGraph(28, [&](int) {
+          attn_decode_gqa_kernel<half><<<dim3(N / cs.hpb, cs.grid), DA_THREADS, 0, st>>>(qkvA, Kc, Vc, dm, gc, scale, cs.tile, cs.hpb, partO, partML,
+                                                                                          counter, ctxB);
+        });
+        CK(cudaStreamSynchronize(st));
+        const DecodeSplits sp(cs.prefix + cs.past + 1, cs.tile, cs.grid);
+        printf("v%d attention %d keys (prefix %d), tile %d, %d heads/block, %d of %d splits: per head %.1f us, per block of heads %.1f us; maxrel %.1e\n",
+               gen, cs.prefix + cs.past + 1, cs.prefix, cs.tile, cs.hpb, sp.active, cs.grid, tb, tg,
+               maxRel(toHost(ctxB, N * D, false), toHost(ctxA, N * D, false)));
+      }
+      m->past = past; CK(cudaMemcpy(dm, hm.data(), hm.size(), cudaMemcpyHostToDevice));
       cudaFree(partO); cudaFree(partML);
     }
     // the small kernels
@@ -241,6 +246,53 @@ int main() {
       else add_norm_kernel<half, true><<<1, 256, 0, st>>>(nullptr, res, nout, nw, nullptr, 1.f, H, 1e-5f);
     });
     printf("v%d add_norm %.1f us\n", gen, tn);
+    // norms fused into the GEMVs (engine layersFusedNorm) against dense GEMV + norm kernel + up GEMV:
+    // bit-identical outputs, and the time of the three kernels against the two
+    {
+      const int F = gen == 1 ? 16384 : 13696, fup = gen == 1 ? F : 2 * F, upRows = gen == 1 ? F : F;
+      const float alpha = gen == 1 ? 7.483315f : 1.f;
+      half *ctx = (half*)dalloc(H * 2), *resA = (half*)dalloc(H * 2), *resB = (half*)dalloc(H * 2), *tmp = (half*)dalloc(H * 2);
+      half *lnB = (half*)dalloc(H * 2), *lnB2 = (half*)dalloc(H * 2), *nb = (half*)dalloc(H * 2);
+      half *upA = (half*)dalloc((size_t)fup * 2), *upB = (half*)dalloc((size_t)fup * 2);
+      fill(ctx, H, 51, 1.f); fill(resA, H, 52, 1.f); fill(nb, H, 53, 0.1f);
+      const size_t dB = (size_t)H * H * 2, uB = (size_t)fup * H * 2;
+      half* Wd = (half*)dalloc(dB); half* Wu = (half*)dalloc(uB);
+      fill(Wd, dB / 2, 54, 0.02f); fill(Wu, uB / 2, 55, 0.02f);
+      const half* bd = gen == 1 ? bias : nullptr;
+      const half* nbias = gen == 1 ? nb : nullptr;
+      NormCtx rc0{}; rc0.rms = gen == 2; rc0.alpha = alpha;
+      NormCtx ncu = rc0; ncu.w = nw; ncu.b = nbias; ncu.normOut = lnB2; ncu.eps = 1e-5f;
+      NormCtx ncr = rc0;
+      auto runA = [&]() {
+        gemv2_kernel<half, EPI_NONE, 1, 8, true, false><<<H / 8, GEMV2_THREADS, 0, st>>>(Wd, ctx, bd, tmp, H, H, F, RopeCtx{}, NormCtx{});
+        if (gen == 1) add_norm_kernel<half, false><<<1, 256, 0, st>>>(tmp, resA, lnB, nw, nbias, alpha, H, 1e-5f);
+        else add_norm_kernel<half, true><<<1, 256, 0, st>>>(tmp, resA, lnB, nw, nullptr, 1.f, H, 1e-5f);
+        if (gen == 1) gemv2_kernel<half, EPI_GELU, 1, 8, true, false><<<(upRows + 7) / 8, GEMV2_THREADS, 0, st>>>(Wu, lnB, bias, upA, upRows, H, F, RopeCtx{}, NormCtx{});
+        else gemv2_kernel<half, EPI_SWIGLU, 1, 4, true, false><<<(upRows + 7) / 8, GEMV2_THREADS, 0, st>>>(Wu, lnB, nullptr, upA, upRows, H, F, RopeCtx{}, NormCtx{});
+      };
+      // B: v1 residual is resA (alpha * res + y into tmp), v2 updates resB in place
+      auto runB = [&]() {
+        half* v = gen == 1 ? tmp : resB;
+        ncr.res = gen == 1 ? (const void*)resA : (const void*)resB;
+        gemv2_kernel<half, EPI_RES, 1, 8, true, false><<<H / 8, GEMV2_THREADS, 0, st>>>(Wd, ctx, bd, v, H, H, F, RopeCtx{}, ncr);
+        if (gen == 1) gemv2_kernel<half, EPI_GELU, 1, 8, true, true><<<(upRows + 7) / 8, GEMV2_THREADS, 0, st>>>(Wu, v, bias, upB, upRows, H, F, RopeCtx{}, ncu);
+        else gemv2_kernel<half, EPI_SWIGLU, 1, 4, true, true><<<(upRows + 7) / 8, GEMV2_THREADS, 0, st>>>(Wu, v, nullptr, upB, upRows, H, F, RopeCtx{}, ncu);
+      };
+      // one pass each from the same residual, compared bit for bit
+      CK(cudaMemcpy(resB, resA, H * 2, cudaMemcpyDeviceToDevice));
+      half* res0 = (half*)dalloc(H * 2); CK(cudaMemcpy(res0, resA, H * 2, cudaMemcpyDeviceToDevice));
+      runA(); runB(); CK(cudaStreamSynchronize(st));
+      const auto ua = toHost(upA, upRows, false), ub = toHost(upB, upRows, false);
+      size_t diff = 0; for (int i = 0; i < upRows; i++) diff += ua[i] != ub[i];
+      const auto ra = toHost(gen == 1 ? lnB : resA, H, false), rb = toHost(gen == 1 ? lnB2 : resB, H, false);
+      size_t rdiff = 0; for (int i = 0; i < H; i++) rdiff += ra[i] != rb[i];
+      // the residual of A was updated in place (v2); time from copies of the starting residual
+      double tA = timeGraph(28, [&](int) { CK(cudaMemcpyAsync(resA, res0, H * 2, cudaMemcpyDeviceToDevice, st)); runA(); });
+      double tB = timeGraph(28, [&](int) { CK(cudaMemcpyAsync(resB, res0, H * 2, cudaMemcpyDeviceToDevice, st)); runB(); });
+      printf("v%d dense + norm + up: kernels %.1f us, norm fused %.1f us (incl. a 8 KB copy each); up outputs differing %zu of %d, %s differing %zu\n",
+             gen, tA, tB, diff, upRows, gen == 1 ? "normalised row" : "residual", rdiff);
+      for (void* q : {(void*)ctx, (void*)resA, (void*)resB, (void*)tmp, (void*)lnB, (void*)lnB2, (void*)nb, (void*)upA, (void*)upB, (void*)Wd, (void*)Wu, (void*)res0}) cudaFree(q);
+    }
     cudaFree(Kc); cudaFree(Vc); cudaFree(Kc2); cudaFree(Vc2);
   }
   {
@@ -253,6 +305,5 @@ int main() {
     printf("sample (greedy, V 130528) %.1f us\n", ts);
   }
   CK(cudaDeviceSynchronize());
-  printf("\ngemv sum over shapes: old %.1f us, best v2 %.1f us\n", sumOld, sumBest);
   return 0;
 }

@@ -45,7 +45,7 @@ export interface BenchResult {
   dtype?: string
   device?: {name: string, computeCapability: string, totalMemoryBytes: number, peakBandwidthBytesPerSecond: number, driverVersion: number, cublas: string}
   /** CUDA: how the decode step ran. */
-  decode?: {graph: boolean, pdl: boolean, splits: number, stepsPerCall: number}
+  decode?: {graph: boolean, pdl: boolean, splits: number, headsPerBlock: number, fusedNorm: boolean, stepsPerCall: number}
   promptTokens: number
   genTokens: number
   repeat: number
@@ -208,7 +208,10 @@ export async function benchModel(path: string, opts: BenchOptions): Promise<Benc
       const d = cuda.device
       result.dtype = cuda.dtype
       const info = cuda.info()
-      result.decode = {graph: info.graphCaptured, pdl: info.pdl, splits: info.decodeSplits, stepsPerCall: cuda.decodeBatch}
+      result.decode = {
+        graph: info.graphCaptured, pdl: info.pdl, splits: info.decodeSplits, headsPerBlock: info.decodeHeadsPerBlock,
+        fusedNorm: info.decodeFusedNorm, stepsPerCall: cuda.decodeBatch,
+      }
       result.device = {name: d.name, computeCapability: d.computeCapability, totalMemoryBytes: d.totalMemory, peakBandwidthBytesPerSecond: d.peakBandwidth, driverVersion: d.driverVersion, cublas: d.cublasPath}
       result.gpuMemory = {
         peakAllocatedBytes: m.peakAllocated, peakDeviceUsedBytes: m.peakDeviceUsed, deviceTotalBytes: m.deviceTotal,

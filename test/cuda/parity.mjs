@@ -251,7 +251,9 @@ export async function runParity({work, quick = false, only, refDevice, log = con
       const cuda = await CudaBackend.load(models[c.model].st, {maxLength: meta.prompt_len + STEPS + 8})
       r.dtype = cuda.dtype
       try {
-        r.pdl = cuda.info().pdl
+        const info = cuda.info()
+        r.pdl = info.pdl
+        r.decodeKernels = `attention ${info.decodeHeadsPerBlock ? `${info.decodeHeadsPerBlock} heads/block` : 'per head'}, norms ${info.decodeFusedNorm ? 'fused' : 'kernels'}`
         const graph = await teacherForced(cuda, meta)
         // launch by launch, without programmatic dependent launch: the same kernels, plainly ordered
         cuda.setUseGraph(false)
@@ -305,7 +307,7 @@ export async function runParity({work, quick = false, only, refDevice, log = con
     results.push(r)
     log(r.error
       ? `FAIL ${c.model}: ${r.error.split('\n')[0]}`
-      : `${r.ok ? 'ok  ' : 'FAIL'} ${c.model} ${r.dtype} prompt ${r.promptTokens}: vs reference prefill ${r.vsReference.prefill.toExponential(2)}, decode ${r.vsReference.decodeGraph.toExponential(2)} (graph) ${r.vsReference.decodeNoGraph.toExponential(2)} (no graph); vs CPU runtime ${r.vsCpuRuntime.toExponential(2)}; graph${r.pdl ? '+PDL' : ''} vs plain ${r.graphVsNoGraph.toExponential(2)}; greedy ${r.greedyTeacherForced.same}/${r.greedyTeacherForced.of} teacher-forced, free run ${r.freeRun.identical ? 'identical' : `differs from step ${r.freeRun.firstDifference}`}; decodeMany ${r.decodeMany.identical ? 'identical to per-step' : JSON.stringify(r.decodeMany)}${r.greedyTeacherForced.misses.length ? `; misses ${JSON.stringify(r.greedyTeacherForced.misses.slice(0, 3))}` : ''}`)
+      : `${r.ok ? 'ok  ' : 'FAIL'} ${c.model} ${r.dtype} prompt ${r.promptTokens} (${r.decodeKernels}): vs reference prefill ${r.vsReference.prefill.toExponential(2)}, decode ${r.vsReference.decodeGraph.toExponential(2)} (graph) ${r.vsReference.decodeNoGraph.toExponential(2)} (no graph); vs CPU runtime ${r.vsCpuRuntime.toExponential(2)}; graph${r.pdl ? '+PDL' : ''} vs plain ${r.graphVsNoGraph.toExponential(2)}; greedy ${r.greedyTeacherForced.same}/${r.greedyTeacherForced.of} teacher-forced, free run ${r.freeRun.identical ? 'identical' : `differs from step ${r.freeRun.firstDifference}`}; decodeMany ${r.decodeMany.identical ? 'identical to per-step' : JSON.stringify(r.decodeMany)}${r.greedyTeacherForced.misses.length ? `; misses ${JSON.stringify(r.greedyTeacherForced.misses.slice(0, 3))}` : ''}`)
   }
   return {device: {name: device.name, computeCapability: device.computeCapability, driverVersion: device.driverVersion, cublas: device.cublasPath}, referenceDevice: device_, results}
 }

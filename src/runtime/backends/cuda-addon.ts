@@ -91,6 +91,10 @@ export interface CudaEngineInfo {
   maxChunk: number
   /** Pieces the decode attention splits the KV length into. */
   decodeSplits: number
+  /** Query heads per block of the decode attention; 0 when each block computes one head (GLMTOOL_CUDA_ATTN=head). */
+  decodeHeadsPerBlock: number
+  /** Whether the decode step's norms are fused into its GEMVs (GLMTOOL_CUDA_NORM=fused|kernel). */
+  decodeFusedNorm: boolean
   graphCaptured: boolean
   /** Whether decode kernels launch with programmatic dependent launch. */
   pdl: boolean
