@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # Issue 6 on the GPU machine, in one device call (results recorded in bench/RESULTS.md):
-#   probe -> decode-kernel micro-benchmark (build/native/stepbench, when built) -> CUDA parity (test/cuda/parity.mjs: tiny/small synth models of both generations vs
-#   the PyTorch reference on the GPU and the CPU runtime) -> full-size synth + convert of both
-#   generations (in the background, during parity) -> `glmtool bench` of both side by side ->
-#   the PyTorch eager fp16 baseline (bench/peers/torch_baseline.py) of each.
+#   probe -> decode-kernel micro-benchmark (build/native/stepbench, when built) -> CUDA parity
+#   (test/cuda/parity.mjs: tiny/small synth models of both generations vs the PyTorch reference on
+#   the GPU and the CPU runtime) -> full-size synth + convert of both generations (in the
+#   background, during parity) -> `glmtool bench` of both side by side -> the PyTorch eager fp16
+#   baseline (bench/peers/torch_baseline.py) of each -> the full-size reference check -> A/B
+#   benches of decode-kernel switches (AB) -> parity under other switches (PARITY_ALT).
 #
 # Prepare here (the GPU machine has no Node, no registry, no nvcc-built addon of ours):
 #   npm run build && npm run build:native
+#   nvcc -std=c++17 -O3 -arch=sm_90 -o build/native/stepbench native/stepbench.cu
 #   bash ../shared/device/pack.sh      # .device/: Node + node_modules (then, to fit 64 MiB,
 #   # replace .device/modules.tar.xz with the production modules only: see bench/RESULTS.md)
 # and run, with carry [".device", "dist", "build/native"]:
-#   bash bench/cuda-device.sh
-#   (and nvcc -std=c++17 -O3 -arch=sm_90 -o build/native/stepbench native/stepbench.cu)
+#   BUDGET=540 bash bench/cuda-device.sh        (PEERS=0: no PyTorch baseline / full-size check)
 # Everything lands in $OUT (at most 8 files come back): steps.log, stepbench.log, parity.log,
-# parity.json, bench.json, torch-v1.json, torch-v2.json (full-size reference check and the A/B
-# benches of the decode-kernel switches: in steps.log).
+# parity.json, bench.json, torch-v1.json, torch-v2.json, parity-alt<i>.log (the full-size
+# reference check and the A/B benches: in steps.log).
 set -u
 source bench/device-env.sh
 {
@@ -58,8 +60,9 @@ if [ "$(left)" -gt 60 ]; then
     --repeat 5 --max-length 2048 --json "$OUT/bench.json" >> "$LOG" 2>&1
   el "bench rc=$?"
 fi
+# PEERS=0 skips the PyTorch baseline and the full-size reference check (A/B-only calls).
 for a in chatglm2-6b chatglm-6b; do
-  if [ "$(left)" -gt 45 ] && [ -d "$M/$a" ]; then
+  if [ "${PEERS:-1}" = 1 ] && [ "$(left)" -gt 45 ] && [ -d "$M/$a" ]; then
     el "torch baseline $a ..."
     timeout $(($(left) - 10)) python3 bench/peers/torch_baseline.py "$M/$a" --prompt-tokens 512 --gen-tokens 128 --repeat 3 \
       --json "$OUT/torch-${a/chatglm-6b/v1}.json" >> "$LOG" 2>&1
@@ -68,22 +71,40 @@ for a in chatglm2-6b chatglm-6b; do
 done
 [ -f "$OUT/torch-chatglm2-6b.json" ] && mv "$OUT/torch-chatglm2-6b.json" "$OUT/torch-v2.json"
 # Full size against the float32 reference (ChatGLM2-6B; the reference reads torch shards).
-if [ "$(left)" -gt 70 ] && [ -d "$M/chatglm2-6b-torch" ]; then
+if [ "${PEERS:-1}" = 1 ] && [ "$(left)" -gt 70 ] && [ -d "$M/chatglm2-6b-torch" ]; then
   el "full-size reference check chatglm2-6b ..."
   timeout $(($(left) - 10)) node test/cuda/fullsize-check.mjs --torch "$M/chatglm2-6b-torch" --st "$M/chatglm2-6b" --steps 8 \
     --bench "$OUT/bench.json" --baseline "$OUT/torch-v2.json" >> "$LOG" 2>&1
   el "full-size check rc=$?"
 fi
-# The earlier decode kernels on the same lease (GLMTOOL_CUDA_DECODE=0: plain GEMV, rotary
-# kernel, attention + combine). Run 4 also benched GLMTOOL_CUDA_FUSE_NORM=0 here (a fused-norm
-# experiment, removed after it: bench/RESULTS.md).
-for sw in GLMTOOL_CUDA_DECODE=0; do
+# A/B of the decode-step switches on the same lease (3 repeats each). Run 6 (H200, second call):
+# the attention per query head (GLMTOOL_CUDA_ATTN=head), the norm kernels for ChatGLM2-6B
+# (GLMTOOL_CUDA_NORM=kernel), the fused norms for ChatGLM-6B (=fused), 2 heads per attention
+# block, 32-key tiles; this call: GEMV shapes per call site (GLMTOOL_CUDA_GEMV). AB names the set
+# (space-separated; `+` joins two switches); PARITY_ALT the switches of a second parity run.
+AB=${AB:-"GLMTOOL_CUDA_GEMV=dense:1,down:1 GLMTOOL_CUDA_GEMV=up:2,lm:2 GLMTOOL_CUDA_GEMV=qkv:1,dense:1,up:2,down:1,lm:2 GLMTOOL_CUDA_GEMV=dense:1,up:2,down:1,lm:2 default"}
+for sw in $AB; do
   if [ "$(left)" -gt 40 ]; then
     el "bench $sw ..."
-    env $sw timeout $(($(left) - 10)) node bin/run.js bench "$M/chatglm-6b" "$M/chatglm2-6b" --backend cuda --prompt-tokens 512 --gen-tokens 128 \
-      --repeat 3 --max-length 2048 > "$OUT/ab.log" 2>&1
+    [ "$sw" = default ] && vars=() || IFS=+ read -r -a vars <<< "$sw"
+    env "${vars[@]}" timeout $(($(left) - 10)) node bin/run.js bench "$M/chatglm-6b" "$M/chatglm2-6b" --backend cuda --prompt-tokens 512 \
+      --gen-tokens 128 --repeat 3 --max-length 2048 > "$OUT/ab.log" 2>&1
     el "bench $sw rc=$? $(grep -E 'decode tok/s|time to first' "$OUT/ab.log" | tr -s ' ' | tr '\n' ' ')"
     rm -f "$OUT/ab.log"
+  fi
+done
+# Parity of other decode paths, as time allows (PARITY_ALT: `;` between runs, `+` between switches).
+PARITY_ALT=${PARITY_ALT:-"GLMTOOL_CUDA_ATTN=head+GLMTOOL_CUDA_NORM=fused"}
+IFS=';' read -r -a alts <<< "$PARITY_ALT"
+i=0
+for alt in "${alts[@]}"; do
+  i=$((i + 1))
+  if [ "$(left)" -gt 60 ]; then
+    el "parity $alt ..."
+    IFS=+ read -r -a vars <<< "$alt"
+    env "${vars[@]}" timeout $(($(left) - 10)) node test/cuda/parity.mjs > "$OUT/parity-alt$i.log" 2>&1
+    el "parity ($alt) rc=$?"
+    grep -E '^(ok|FAIL|cuda parity)' "$OUT/parity-alt$i.log" | cut -c1-200 | tee -a "$LOG"
   fi
 done
 # Parity failed and time is left: look for bad memory accesses on the tiny models.
