@@ -83,6 +83,7 @@ fi
 # block, 32-key tiles; this call: GEMV shapes per call site (GLMTOOL_CUDA_GEMV). AB names the set
 # (space-separated; `+` joins two switches); PARITY_ALT the switches of a second parity run.
 AB=${AB:-"GLMTOOL_CUDA_GEMV=dense:1,down:1 GLMTOOL_CUDA_GEMV=up:2,lm:2 GLMTOOL_CUDA_GEMV=qkv:1,dense:1,up:2,down:1,lm:2 GLMTOOL_CUDA_GEMV=dense:1,up:2,down:1,lm:2 default"}
+[ "$AB" = - ] && AB=""  # - : none
 for sw in $AB; do
   if [ "$(left)" -gt 40 ]; then
     el "bench $sw ..."
@@ -95,6 +96,7 @@ for sw in $AB; do
 done
 # Parity of other decode paths, as time allows (PARITY_ALT: `;` between runs, `+` between switches).
 PARITY_ALT=${PARITY_ALT:-"GLMTOOL_CUDA_ATTN=head+GLMTOOL_CUDA_NORM=fused"}
+[ "$PARITY_ALT" = - ] && PARITY_ALT=""  # - : none
 IFS=';' read -r -a alts <<< "$PARITY_ALT"
 i=0
 for alt in "${alts[@]}"; do
