@@ -1044,7 +1044,10 @@ int Engine::decodeSplits() const {
   const Engine::Impl* p = need(impl_);
   return p->attnMode == 2 ? p->gqaSplits : p->nsplit;
 }
-bool Engine::graphCaptured() const { return need(impl_)->graphExec != nullptr; }
+bool Engine::graphCaptured() const {
+  const Engine::Impl* p = need(impl_);
+  return p->graphExec != nullptr || p->graphManyExec != nullptr;  // per-step or decodeMany graph
+}
 void Engine::setUseGraph(bool on) { need(impl_)->c.useGraph = on; }
 bool Engine::pdl() const { return need(impl_)->pdlSupported && need(impl_)->usePdl; }
 void Engine::setUsePdl(bool on) {

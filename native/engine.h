@@ -99,7 +99,7 @@ class Engine {
   int decodeHeadsPerBlock() const;
   // Whether the decode step's norms are fused into its GEMVs (GLMTOOL_CUDA_NORM).
   bool decodeFusedNorm() const;
-  bool graphCaptured() const;
+  bool graphCaptured() const;  // the per-step or the decodeMany step graph has been captured
   void setUseGraph(bool on);
   // Programmatic dependent launch in the decode step (Hopper and newer; GLMTOOL_CUDA_PDL=0 turns it off).
   bool pdl() const;

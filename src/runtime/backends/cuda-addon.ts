@@ -95,6 +95,7 @@ export interface CudaEngineInfo {
   decodeHeadsPerBlock: number
   /** Whether the decode step's norms are fused into its GEMVs (GLMTOOL_CUDA_NORM=fused|kernel). */
   decodeFusedNorm: boolean
+  /** Whether a decode step graph (per-step or decodeMany) has been captured. */
   graphCaptured: boolean
   /** Whether decode kernels launch with programmatic dependent launch. */
   pdl: boolean
