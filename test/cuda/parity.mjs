@@ -3,7 +3,7 @@
 // reference (test/reference/chatglm_ref.py, float32, on the GPU when it has one) and against
 // glmtool's CPU runtime (onnxruntime, float32), on tiny and small synth models of both
 // generations (plain, and "sharpened": query_key_value x16 so attention is peaked and rotary,
-// mask and cache mistakes show), plus one bfloat16 model.
+// mask and cache mistakes show), plus one bfloat16 model and merged P-Tuning v2 prefixes of both.
 //
 // Per case: the prompt's logits (every row) and 64 decode steps fed the reference's greedy tokens
 // (teacher forcing, so every row compares like with like), once through the captured CUDA graph
@@ -46,6 +46,10 @@ export function parityCases(quick = false) {
     {model: 'chatglm-6b-small', ids: text(17, 300)},
     {model: 'chatglm2-6b-small', ids: text(17, 300)},
     {model: 'chatglm2-6b-tiny-bf16', ids: text(9, 77)},
+    // P-Tuning v2 prefixes merged by `merge-adapter` (committed trainer checkpoints of the tiny synth
+    // models, with the projection); the reference runs the trainer's prefix encoder itself
+    {model: 'chatglm-6b-tiny-prefix', ids: text(7, 300)},
+    {model: 'chatglm2-6b-tiny-prefix', ids: text(7, 300)},
   ]
   return quick ? all.filter(c => c.model.endsWith('-tiny') || c.model.endsWith('-sharp')) : all
 }
@@ -74,8 +78,19 @@ async function sharpen(src, out) {
   for (const f of readdirSync(src)) if (!isWeightFile(f)) copyFileSync(join(src, f), join(out, f))
 }
 
-/** torch dir (reference), safetensors (CUDA) and ONNX (CPU) of one model key. */
-async function makeModel(work, key) {
+/** torch dir (reference), safetensors (CUDA) and ONNX (CPU) of one model key; with a prefix, the
+ * torch dir is the base model and `prefix` the P-Tuning checkpoint the reference runs. */
+export async function makeModel(work, key) {
+  const pm = /^(chatglm2?-6b)-tiny-prefix$/.exec(key)
+  if (pm) {
+    const base = await makeModel(work, `${pm[1]}-tiny`)
+    const prefix = join(ROOT, 'test/fixtures/adapters/ptuning', `${pm[1] === 'chatglm-6b' ? 'v1' : 'v2'}-projection`)
+    const st = join(work, key)
+    const onnx = `${st}-onnx`
+    if (!existsSync(st)) glmtool(['merge-adapter', base.torch, '--adapter', prefix, '--out', st])
+    if (!existsSync(onnx)) glmtool(['convert', st, '--to', 'onnx', '--dtype', 'f32', '--out', onnx])
+    return {torch: base.torch, st, onnx, prefix}
+  }
   const torch = join(work, key)
   if (!existsSync(torch)) {
     const m = /^(chatglm2?-6b)-(tiny|small)(-sharp|-bf16)?$/.exec(key)
@@ -96,9 +111,10 @@ async function makeModel(work, key) {
 }
 
 /** Run the reference for every case in one Python process. */
-function runReferences(jobs, device) {
+export function runReferences(jobs, device) {
   const python = process.env.GLMTOOL_REFERENCE_PYTHON || '/usr/bin/python3'
-  const list = jobs.map(j => ['--model', j.torch, '--ids', j.ids.join(','), '--steps', String(STEPS), '--all-logits', '--out', j.out, '--device', device])
+  const list = jobs.map(j => ['--model', j.torch, '--ids', j.ids.join(','), '--steps', String(STEPS), '--all-logits', '--out', j.out, '--device', device,
+    ...(j.prefix ? ['--prefix', j.prefix] : [])])
   const file = join(jobs[0].out, '..', 'ref-jobs.json')
   writeFileSync(file, JSON.stringify(list))
   const r = spawnSync(python, [join(ROOT, 'test/cuda/ref_batch.py'), file], {encoding: 'utf8', maxBuffer: 64 << 20, timeout: 600_000})
@@ -238,7 +254,7 @@ export async function runParity({work, quick = false, only, refDevice, log = con
   const models = {}
   for (const c of cases) models[c.model] ??= await makeModel(work, c.model)
   const device_ = refDevice ?? (process.env.GLMTOOL_REFERENCE_DEVICE || 'cuda')
-  const jobs = cases.map((c, i) => ({torch: models[c.model].torch, ids: c.ids, out: join(work, `ref-${i}`)}))
+  const jobs = cases.map((c, i) => ({torch: models[c.model].torch, prefix: models[c.model].prefix, ids: c.ids, out: join(work, `ref-${i}`)}))
   const t0 = performance.now()
   const refs = runReferences(jobs, device_)
   log(`reference (${device_}): ${cases.length} cases in ${((performance.now() - t0) / 1000).toFixed(1)} s`)
