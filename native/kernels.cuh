@@ -167,6 +167,28 @@ struct Geom {
 
 constexpr int NORM_PER_THREAD = 16;
 
+// The norm statistics of one row spread over the block, NORM_PER_THREAD values per thread (v,
+// zero past the row's end); `partial` is this thread's sum of v (LayerNorm) or v^2 (RMSNorm).
+// LayerNorm: mean, then 1/std from the centred squares; RMSNorm: mean 0, 1/rms.
+__device__ __forceinline__ void norm_stats(const float (&v)[NORM_PER_THREAD], float partial, bool rms, int H, float eps, float* red,
+                                           float& mean, float& rstd) {
+  const float sum = blockSum(partial, red);
+  mean = 0.f;
+  if (rms) {
+    rstd = rsqrtf(sum / H + eps);
+    return;
+  }
+  mean = sum / H;
+  float sq = 0.f;
+#pragma unroll
+  for (int k = 0; k < NORM_PER_THREAD; k++) {
+    const int i = threadIdx.x + k * blockDim.x;
+    if (i < H) sq += (v[k] - mean) * (v[k] - mean);
+  }
+  sq = blockSum(sq, red);
+  rstd = rsqrtf(sq / H + eps);
+}
+
 // One row, one block. v = the row's pre-norm value:
 //   LN (v1, post-DeepNorm): v = a + alpha * res        (a == nullptr: v = res)
 //   RMS (v2, pre-norm):     v = res + a, stored back into res (the residual stream)
@@ -195,21 +217,8 @@ __device__ __forceinline__ void add_norm_row(const T* ar, T* __restrict__ rr, T*
       sum += RMS ? x * x : x;
     }
   }
-  sum = blockSum(sum, red);
-  float mean = 0.f, rstd;
-  if (RMS) {
-    rstd = rsqrtf(sum / H + eps);
-  } else {
-    mean = sum / H;
-    float sq = 0.f;
-#pragma unroll
-    for (int k = 0; k < NORM_PER_THREAD; k++) {
-      const int i = threadIdx.x + k * blockDim.x;
-      if (i < H) sq += (v[k] - mean) * (v[k] - mean);
-    }
-    sq = blockSum(sq, red);
-    rstd = rsqrtf(sq / H + eps);
-  }
+  float mean, rstd;
+  norm_stats(v, sum, RMS, H, eps, red, mean, rstd);
 #pragma unroll
   for (int k = 0; k < NORM_PER_THREAD; k++) {
     const int i = threadIdx.x + k * blockDim.x;
@@ -316,21 +325,8 @@ __device__ __forceinline__ void norm_into_shared(const T* __restrict__ v, int H,
     val[k] = i < H ? TT<T>::f(v[i]) : 0.f;
     sum += nc.rms ? val[k] * val[k] : val[k];
   }
-  sum = blockSum(sum, red);
-  float mean = 0.f, rstd;
-  if (nc.rms) {
-    rstd = rsqrtf(sum / H + nc.eps);
-  } else {
-    mean = sum / H;
-    float sq = 0.f;
-#pragma unroll
-    for (int k = 0; k < NORM_PER_THREAD; k++) {
-      const int i = threadIdx.x + k * blockDim.x;
-      if (i < H) sq += (val[k] - mean) * (val[k] - mean);
-    }
-    sq = blockSum(sq, red);
-    rstd = rsqrtf(sq / H + nc.eps);
-  }
+  float mean, rstd;
+  norm_stats(val, sum, nc.rms, H, nc.eps, red, mean, rstd);
   const T* w = static_cast<const T*>(nc.w);
   const T* b = static_cast<const T*>(nc.b);
   T* o = blockIdx.x == 0 ? static_cast<T*>(nc.normOut) : nullptr;
