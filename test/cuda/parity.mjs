@@ -80,7 +80,7 @@ async function sharpen(src, out) {
 
 /** torch dir (reference), safetensors (CUDA) and ONNX (CPU) of one model key; with a prefix, the
  * torch dir is the base model and `prefix` the P-Tuning checkpoint the reference runs. */
-export async function makeModel(work, key) {
+async function makeModel(work, key) {
   const pm = /^(chatglm2?-6b)-tiny-prefix$/.exec(key)
   if (pm) {
     const base = await makeModel(work, `${pm[1]}-tiny`)
@@ -111,7 +111,7 @@ export async function makeModel(work, key) {
 }
 
 /** Run the reference for every case in one Python process. */
-export function runReferences(jobs, device) {
+function runReferences(jobs, device) {
   const python = process.env.GLMTOOL_REFERENCE_PYTHON || '/usr/bin/python3'
   const list = jobs.map(j => ['--model', j.torch, '--ids', j.ids.join(','), '--steps', String(STEPS), '--all-logits', '--out', j.out, '--device', device,
     ...(j.prefix ? ['--prefix', j.prefix] : [])])
