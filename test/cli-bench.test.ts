@@ -1,6 +1,7 @@
 /**
  * `glmtool bench` on the CPU backend (tiny synth models, a short run), its JSON file, two models
- * side by side, and the CUDA backend's refusal where no CUDA engine is available.
+ * side by side, FP16 / INT8 / INT4 copies of one model side by side, and the CUDA backend's
+ * refusal where no CUDA engine is available.
  */
 import {mkdtempSync, readFileSync, rmSync} from 'node:fs'
 import {tmpdir} from 'node:os'
@@ -44,6 +45,22 @@ describe('glmtool bench --backend cpu', () => {
       expect(x.peakHostRssBytes).toBeGreaterThan(0)
       expect(x.roofline).toBeUndefined()
     }
+  })
+
+  it('compares FP16 / INT8 / INT4 copies of one model, each labelled with its stored weights', () => {
+    const quantized = ([8, 4] as const).map(bits => {
+      const out = join(work, `v2-int${bits}`)
+      const q = glmtool(['quantize', v2, '--bits', String(bits), '--group-size', bits === 4 ? '32' : '0', '--evaluate', 'off', '--out', out])
+      expect(q.code, q.stderr).toBe(0)
+      return out
+    })
+    const json = join(work, 'bench-quant.json')
+    const r = glmtool(['bench', v2, ...quantized, '--backend', 'cpu', '--prompt-tokens', '12', '--gen-tokens', '3', '--repeat', '1', '--max-length', '32', '--json', json], {env})
+    expect(r.code, r.stderr).toBe(0)
+    for (const label of ['chatglm2-6b f16', 'chatglm2-6b int8', 'chatglm2-6b int4 g32']) expect(r.stdout).toContain(label)
+    const out = JSON.parse(readFileSync(json, 'utf8'))
+    expect(out.results.map((x: {weights: string}) => x.weights)).toEqual(['f16', 'int8', 'int4 g32'])
+    for (const x of out.results) expect(x.decodeTokensPerSecond.median).toBeGreaterThan(0)
   })
 
   it('refuses lengths that do not fit --max-length', () => {

@@ -9,7 +9,12 @@
  * first token; decode tokens/s counts the genTokens - 1 decode steps after it (as generate() does;
  * on CUDA in decodeMany batches of GLMTOOL_CUDA_STEPS steps, as generate() runs them). Medians and p90s are over the repeats; p90 is the slower tail (90th percentile of the time).
  */
+import {readFileSync} from 'node:fs'
+import {join} from 'node:path'
 import {GlmtoolError} from '../errors.js'
+import {TORCH_DTYPE_OF} from '../formats/dtype.js'
+import type {ModelConfig} from '../models/arch.js'
+import {quantLayoutOf} from '../models/quantized-layout.js'
 import type {DecoderBackend, ForwardInput} from './backend.js'
 import type {CudaBackend} from './backends/cuda.js'
 import {type BackendKind, loadChatModel} from './chat-model.js'
@@ -43,6 +48,8 @@ export interface BenchResult {
   architecture: string
   backend: string
   dtype?: string
+  /** How the model directory stores its weights (config.json): f16, bf16, f32, int8, int4 (g<group size>). */
+  weights?: string
   device?: {name: string, computeCapability: string, totalMemoryBytes: number, peakBandwidthBytesPerSecond: number, driverVersion: number, cublas: string}
   /** CUDA: how the decode step ran. */
   decode?: {graph: boolean, pdl: boolean, splits: number, headsPerBlock: number, fusedNorm: boolean, stepsPerCall: number}
@@ -163,6 +170,21 @@ async function oneRun(backend: DecoderBackend, tokenizer: ChatTokenizer, ids: nu
 
 let copyBandwidth: number | undefined
 
+/** The stored weight format a model directory's config.json declares, for telling FP16 / INT8 /
+ * INT4 copies of one model apart side by side; undefined when it says nothing. */
+export function weightsLabel(dir: string): string | undefined {
+  let config: ModelConfig
+  try {
+    config = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as ModelConfig
+  } catch {
+    return undefined
+  }
+  const q = quantLayoutOf(config)
+  if (q) return `int${q.bits}${q.groupSize ? ` g${q.groupSize}` : ''}`
+  const dtype = Object.entries(TORCH_DTYPE_OF).find(([, name]) => name === config.torch_dtype)?.[0]
+  return dtype?.toLowerCase()
+}
+
 /** Benchmark one model. The backend is loaded here and disposed before returning. */
 export async function benchModel(path: string, opts: BenchOptions): Promise<BenchResult> {
   const {promptTokens, genTokens, repeat, maxLength} = opts
@@ -202,6 +224,8 @@ export async function benchModel(path: string, opts: BenchOptions): Promise<Benc
       runs, generatedIds: generated,
       peakHostRssBytes: process.resourceUsage().maxRSS * 1024,
     }
+    const weights = weightsLabel(path)
+    if (weights) result.weights = weights
     if (backend.name === 'cuda') {
       const cuda = backend as CudaBackend
       const m = cuda.memory()
