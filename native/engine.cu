@@ -169,8 +169,9 @@ struct Engine::Impl {
   // query head and split (GLMTOOL_CUDA_ATTN=head, for A/B runs).
   int attnMode = 2;
   int gqaTile = 64, gqaSplits = 1, gqaHeads = 1;
-  // Decode norms fused into the GEMVs (layersFusedNorm); GLMTOOL_CUDA_NORM=fused|kernel overrides the default.
-  bool fuseNorm = true;
+  // Decode norms fused into the GEMVs (layersFusedNorm): ChatGLM2-6B's RMSNorm by default, not
+  // ChatGLM-6B's LayerNorm (init()); GLMTOOL_CUDA_NORM=fused|kernel overrides.
+  bool fuseNorm = false;
   float alpha;  // v1 DeepNorm: sqrt(2 * layers)
   Geom geom;
 
