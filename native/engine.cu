@@ -839,65 +839,49 @@ struct Engine::Impl {
     const size_t metaBytes = sizeof(StepMeta) + (size_t)(2 + 3 * MANY_MAX) * sizeof(int);
     CK(cudaMemcpyAsync(dMeta, hMeta, metaBytes, cudaMemcpyHostToDevice, stream));
     CK(cudaMemcpyAsync(dToken, hToken, sizeof(int), cudaMemcpyHostToDevice, stream));
-    if (!c.useGraph) {
-      try {
-        for (int i = 0; i < n; i++) enqueueManyStep<T>();
-      } catch (...) {
-        pdl = false;
-        throw;
-      }
-    } else {
-      if (!graphManyExec) {
-        CK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-        try {
-          enqueueManyStep<T>();
-        } catch (...) {
-          pdl = false;
-          cudaGraph_t g = nullptr;
-          cudaStreamEndCapture(stream, &g);
-          if (g) cudaGraphDestroy(g);
-          cudaGetLastError();
-          throw;
-        }
-        CK(cudaStreamEndCapture(stream, &graphMany));
-        CK(cudaGraphInstantiate(&graphManyExec, graphMany, 0));
-      }
-      for (int i = 0; i < n; i++) CK(cudaGraphLaunch(graphManyExec, stream));
-    }
-    const size_t tokOff = sizeof(StepMeta) + (size_t)(2 + 3 * MANY_MAX) * sizeof(int);
-    CK(cudaMemcpyAsync(hMeta + tokOff, dMeta + tokOff, (size_t)n * sizeof(int), cudaMemcpyDeviceToHost, stream));
+    runStep(graphMany, graphManyExec, n, [&] { enqueueManyStep<T>(); });
+    // the tokens the steps chose follow the plan (manyTokens())
+    CK(cudaMemcpyAsync(hMeta + metaBytes, dMeta + metaBytes, (size_t)n * sizeof(int), cudaMemcpyDeviceToHost, stream));
     CK(cudaStreamSynchronize(stream));
-    std::memcpy(out, hMeta + tokOff, (size_t)n * sizeof(int));
+    std::memcpy(out, hMeta + metaBytes, (size_t)n * sizeof(int));
   }
 
-  template <typename T>
-  void decode() {
+  // Runs a decode step's launches `times` times: plainly (useGraph off), or captured into g / ge
+  // on first use and replayed. A failed enqueue leaves PDL off and no half-captured graph.
+  template <typename F>
+  void runStep(cudaGraph_t& g, cudaGraphExec_t& ge, int times, F enqueue) {
     if (!c.useGraph) {
       try {
-        enqueueDecode<T>();
+        for (int i = 0; i < times; i++) enqueue();
       } catch (...) {
         pdl = false;
         throw;
       }
       return;
     }
-    if (!graphExec) {
+    if (!ge) {
       CK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
       try {
-        enqueueDecode<T>();
+        enqueue();
       } catch (...) {
         pdl = false;
-        cudaGraph_t g = nullptr;
-        cudaStreamEndCapture(stream, &g);
-        if (g) cudaGraphDestroy(g);
+        cudaGraph_t failed = nullptr;
+        cudaStreamEndCapture(stream, &failed);
+        if (failed) cudaGraphDestroy(failed);
         cudaGetLastError();
         throw;
       }
-      CK(cudaStreamEndCapture(stream, &graph));
-      CK(cudaGraphInstantiate(&graphExec, graph, 0));
+      CK(cudaStreamEndCapture(stream, &g));
+      CK(cudaGraphInstantiate(&ge, g, 0));
     }
-    CK(cudaGraphLaunch(graphExec, stream));
+    for (int i = 0; i < times; i++) CK(cudaGraphLaunch(ge, stream));
   }
+
+  template <typename T>
+  void decode() {
+    runStep(graph, graphExec, 1, [&] { enqueueDecode<T>(); });
+  }
+
 
   template <typename T>
   int forwardT(const int32_t* ids, const int32_t* positions, const int32_t* blocks, int S, int past, int bidirectional,
