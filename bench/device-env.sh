@@ -1,4 +1,4 @@
-# Sourced at the start of the GPU-machine scripts (cuda-device.sh, decode-many.sh),
+# Sourced at the start of the GPU-machine scripts (cuda-device.sh),
 # from the project root with .device carried: $OUT and $LOG (its steps.log), `el` (a timestamped
 # log line), `left` (seconds of $BUDGET remaining), Node from .device, the Python the reference
 # runs with, the GPU's name in the log, and GLMTOOL_CUBLAS when cuBLAS is not on the linker path.
