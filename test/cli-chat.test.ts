@@ -3,6 +3,7 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {cudaUnavailableReason} from '../src/runtime/backends/cuda-addon.js'
+import {chatResponse} from '../src/runtime/chat-response.js'
 import {chatPromptV1, chatPromptV2} from '../src/runtime/chat-template.js'
 import {loadTokenizer} from '../src/runtime/tokenizer.js'
 import {glmtool} from './helpers/cli.js'
@@ -32,7 +33,9 @@ describe.each([['chatglm-6b'], ['chatglm2-6b']] as const)('glmtool chat on a tin
     expect(t0.promptIds).toEqual(tok.encodePrompt(template('你好', [])))
     // The second turn's prompt carries the first turn in its history.
     expect(t1.promptIds).toEqual(tok.encodePrompt(template('what is 1+1?', [['你好', t0.text]])))
-    expect(t0.text).toBe(tok.decode(t0.generatedIds))
+    // text: the published chat()'s (decode, then process_response); decoded: the plain decode.
+    expect(t0.decoded).toBe(tok.decode(t0.generatedIds))
+    expect(t0.text).toBe(chatResponse(arch, t0.decoded))
     expect(t0.generatedIds.length).toBeLessThanOrEqual(12)
     expect(t1.generatedIds.length + t1.promptIds.length).toBeLessThanOrEqual(96)
     expect(t0.timing.promptTokensPerSecond).toBeGreaterThan(0)

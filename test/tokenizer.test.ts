@@ -12,7 +12,7 @@ import {afterAll, describe, expect, it} from 'vitest'
 import {ModelError} from '../src/errors.js'
 import {SentencePieceProcessor} from '../src/runtime/sentencepiece.js'
 import {postprocessV1, preprocessV1} from '../src/runtime/tokenizer-v1.js'
-import {loadTokenizer, tokenizerFromBytes, type ChatTokenizer} from '../src/runtime/tokenizer.js'
+import {loadTokenizer, loadTokenizerFiles, tokenizerFromBytes, type ChatTokenizer} from '../src/runtime/tokenizer.js'
 import {fixtureModel, show, strings, wrapperFixture} from './fixtures/tokenizer/load.js'
 import {parity} from './helpers/parity.js'
 
@@ -210,6 +210,7 @@ describe('loadTokenizer', () => {
   it('reads ice_text.model / tokenizer.model from a model directory', async () => {
     writeFileSync(join(dir, 'ice_text.model'), fixtureModel('v1-bpe.model'))
     writeFileSync(join(dir, 'tokenizer.model'), fixtureModel('v2-bpe.model'))
+    writeFileSync(join(dir, 'tokenizer_config.json'), JSON.stringify({num_image_tokens: 0}))
     const v1 = await loadTokenizer(dir, 'chatglm-6b')
     const v2 = await loadTokenizer(dir, 'chatglm2-6b')
     expect([v1.arch, v1.vocabSize, v2.arch, v2.vocabSize]).toEqual(['chatglm-6b', 3000, 'chatglm2-6b', 2505])
@@ -225,7 +226,16 @@ describe('loadTokenizer', () => {
     writeFileSync(join(d, 'tokenizer_config.json'), JSON.stringify({num_image_tokens: 0}))
     expect((await loadTokenizer(d, 'chatglm-6b')).specials.gmask).toBe(5)
     writeFileSync(join(d, 'tokenizer_config.json'), '{"num_image_tokens": -1}')
-    await expect(loadTokenizer(d, 'chatglm-6b')).rejects.toThrow(/num_image_tokens must be a non-negative integer/)
+    await expect(loadTokenizer(d, 'chatglm-6b')).rejects.toThrow(/num_image_tokens must be an integer from 0/)
+  })
+
+  it('uses the published default num_image_tokens = 20000 when tokenizer_config.json does not say (v1)', async () => {
+    const d = mkdtempSync(join(dir, 'default-'))
+    writeFileSync(join(d, 'ice_text.model'), fixtureModel('v1-bpe.model'))
+    expect((await loadTokenizer(d, 'chatglm-6b')).specials.gmask).toBe(20005)
+    writeFileSync(join(d, 'tokenizer_config.json'), JSON.stringify({tokenizer_class: 'ChatGLMTokenizer'}))
+    const t = await loadTokenizerFiles(d, 'chatglm-6b')
+    expect([t.tokenizer.specials.gmask, t.numImageTokens]).toEqual([20005, {value: 20000}])
   })
 
   it('names the missing file', async () => {

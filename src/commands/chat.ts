@@ -3,6 +3,7 @@ import {Args, Flags} from '@oclif/core'
 import {BaseCommand} from '../cli/base-command.js'
 import {UsageError} from '../errors.js'
 import {loadChatModel} from '../runtime/chat-model.js'
+import {chatResponse, ResponseStream} from '../runtime/chat-response.js'
 import {chatPrompt} from '../runtime/chat-template.js'
 import {generate, type GenerateResult} from '../runtime/generate.js'
 
@@ -66,12 +67,18 @@ export default class Chat extends BaseCommand {
       seed,
     }
     const history: [string, string][] = []
-    const turn = async (query: string, signal?: AbortSignal, stream = true): Promise<GenerateResult> => {
+    // A turn's text is what the published chat() returns for the generated ids (decode, then
+    // process_response), streamed as it becomes final; the history keeps that text, as chat() does.
+    const turn = async (query: string, signal?: AbortSignal, stream = true): Promise<GenerateResult & {response: string}> => {
       const ids = model.tokenizer.encodePrompt(chatPrompt(gen, query, history))
+      const response = new ResponseStream(model.tokenizer.arch)
       const r = await generate(model.backend, model.tokenizer, ids, {...opts, signal}, t => {
-        if (stream) process.stdout.write(t)
+        const out = response.push(t)
+        if (stream && out) process.stdout.write(out)
       })
-      return r
+      const rest = response.flush()
+      if (stream && rest) process.stdout.write(rest)
+      return {...r, response: chatResponse(model.tokenizer.arch, r.text)}
     }
     try {
       if (flags.prompt?.length) {
@@ -79,9 +86,9 @@ export default class Chat extends BaseCommand {
         for (const query of flags.prompt) {
           const r = await turn(query, undefined, !this.jsonEnabled())
           if (!this.jsonEnabled()) process.stdout.write('\n')
-          history.push([query, r.text])
+          history.push([query, r.response])
           turns.push({
-            prompt: query, promptIds: r.promptIds, generatedIds: r.generatedIds, text: r.text, stoppedBy: r.stoppedBy,
+            prompt: query, promptIds: r.promptIds, generatedIds: r.generatedIds, text: r.response, decoded: r.text, stoppedBy: r.stoppedBy,
             timing: {promptSeconds: r.promptSeconds, generateSeconds: r.generateSeconds, promptTokensPerSecond: r.promptTokensPerSecond, generatedTokensPerSecond: r.generatedTokensPerSecond},
           })
         }
@@ -95,7 +102,7 @@ export default class Chat extends BaseCommand {
   }
 
   /** The read-eval loop: one turn per line; Ctrl-C stops the answer, not the session. */
-  private async interactive(turn: (q: string, signal?: AbortSignal) => Promise<GenerateResult>, history: [string, string][]): Promise<void> {
+  private async interactive(turn: (q: string, signal?: AbortSignal) => Promise<GenerateResult & {response: string}>, history: [string, string][]): Promise<void> {
     const rl = createInterface({input: process.stdin, output: process.stdout, terminal: process.stdin.isTTY})
     let current: AbortController | undefined
     const onInterrupt = () => {
@@ -126,7 +133,7 @@ export default class Chat extends BaseCommand {
         current = undefined
         process.stdout.write(r.stoppedBy === 'interrupted' ? ' [interrupted]\n' : '\n')
         // An interrupted answer is not kept: the history holds only complete turns.
-        if (r.stoppedBy !== 'interrupted') history.push([query, r.text])
+        if (r.stoppedBy !== 'interrupted') history.push([query, r.response])
       }
     } finally {
       process.off('SIGINT', onInterrupt)

@@ -3,6 +3,8 @@ import Table from 'cli-table3'
 import {BaseCommand} from '../cli/base-command.js'
 import {formatBytes} from '../cli/progress.js'
 import {inspectModel} from '../formats/inspect-model.js'
+import {archById} from '../models/index.js'
+import {inspectTokenizer} from '../runtime/model-tokenizer.js'
 
 export default class Inspect extends BaseCommand {
   static override summary = 'Show the tensors, totals, generation and config of a model, shard or safetensors file'
@@ -22,7 +24,10 @@ export default class Inspect extends BaseCommand {
 
   async run() {
     const {args, flags} = await this.parse(Inspect)
-    const report = await inspectModel(args.path)
+    const model = await inspectModel(args.path)
+    const tokenizer = model.architecture && model.dir && model.rawConfig
+      ? await inspectTokenizer(model.dir, archById(model.architecture), model.rawConfig) : null
+    const {rawConfig: _raw, ...report} = {...model, tokenizer}
     if (this.jsonEnabled()) return report
     if (!flags['no-tensors']) {
       const table = new Table({head: ['name', 'dtype', 'shape', 'bytes', 'file'], style: {head: [], border: []}})
@@ -45,6 +50,15 @@ export default class Inspect extends BaseCommand {
       for (const n of c.extra) this.log(`extra: ${n}`)
       if (c.absentOptional.length) this.log(`absent (recomputed, fine): ${c.absentOptional.length} rotary inv_freq buffer(s)`)
     }
+    if (tokenizer && 'error' in tokenizer) this.log(`tokenizer: ${tokenizer.error}`)
+    else if (tokenizer) {
+      const t = tokenizer
+      this.log(`tokenizer: ${t.file}: SentencePiece ${t.type}, ${t.pieces} pieces (${t.controlPieces} control, ${t.userDefinedPieces} user-defined, ${t.bytePieces} byte), normalizer ${t.normalizer}, byte_fallback ${t.byteFallback}`)
+      if (t.numImageTokens !== undefined) this.log(`  num_image_tokens: ${t.numImageTokens} (${t.numImageTokensFrom})`)
+      this.log(`  vocabulary: ${t.vocabSize} ids; word embedding ${t.embeddingRows} rows: ${t.fitsEmbedding ? 'fits' : 'does NOT fit'}`)
+      this.log(`  specials: ${Object.entries(t.specials).map(([k, v]) => `${k} ${v}`).join(', ')}`)
+      if (t.problem) this.log(`  problem: ${t.problem}`)
+    } else if (report.architecture) this.log('tokenizer: none in this directory')
     for (const w of report.warnings) this.log(`warning: ${w}`)
     return report
   }

@@ -13,6 +13,10 @@ export interface InspectReport {
   totals: {tensors: number, bytes: number, parameters: number, byDtype: Record<string, number>}
   check: TensorCheck | null
   warnings: string[]
+  /** The model directory, when the path is one. */
+  dir?: string
+  /** config.json as read (for callers that look further; not printed). */
+  rawConfig?: Record<string, unknown>
 }
 
 /** Everything `glmtool inspect` shows, as one data structure (the table and --json print it). */
@@ -36,6 +40,8 @@ export async function inspectModel(path: string): Promise<InspectReport> {
       totals: {tensors: tensors.length, bytes: tensors.reduce((a, t) => a + t.bytes, 0), parameters, byDtype},
       check: model.arch && model.config ? checkTensors(model.arch, model.config, model.tensors) : null,
       warnings: model.warnings,
+      dir: model.dir,
+      rawConfig: model.config,
     }
   } finally {
     await model.close()

@@ -26,6 +26,13 @@ export interface Arch {
   tensors(config: ModelConfig): Map<string, TensorSpec>
   /** config.json of a synth model of this size, with the real keys. */
   synthConfig(size: SynthSize): ModelConfig
+  /** Rows of the word embedding (and output layer) that config.json gives. */
+  embeddingRows(config: ModelConfig): number
+  /**
+   * The config.json keys that the published modeling code reads as special-token ids, each with
+   * the tokenizer special it must equal (absent keys take the published defaults, unchecked).
+   */
+  readonly configSpecials: Readonly<Record<string, 'gmask' | 'mask' | 'sop' | 'eop' | 'eos'>>
   /** A few lines describing the config, for inspect. */
   summary(config: ModelConfig): Record<string, string | number | boolean>
 }

@@ -51,6 +51,14 @@ export const chatglmV1: Arch = {
     return m
   },
 
+  embeddingRows(config) {
+    return configInt(config, 'vocab_size')
+  },
+
+  // modeling_chatglm.py takes <sop> from bos_token_id and [MASK]/[gMASK] from the config when it
+  // lays out positions, and stops at eos_token_id.
+  configSpecials: {bos_token_id: 'sop', eos_token_id: 'eop', mask_token_id: 'mask', gmask_token_id: 'gmask'},
+
   synthConfig(size): ModelConfig {
     const s = SIZES[size]
     return {

@@ -46,6 +46,13 @@ export const chatglmV2: Arch = {
     return m
   },
 
+  embeddingRows(config) {
+    return configInt(config, 'padded_vocab_size')
+  },
+
+  // Generation stops at eos_token_id (</s>).
+  configSpecials: {eos_token_id: 'eos'},
+
   synthConfig(size): ModelConfig {
     const s = SIZES[size]
     return {

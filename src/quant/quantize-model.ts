@@ -11,7 +11,7 @@ import {writeSafetensorsModel} from '../formats/safetensors-writer.js'
 import type {TensorEntry} from '../formats/tensor.js'
 import type {Arch, ModelConfig} from '../models/index.js'
 import {GLMTOOL_QUANT_KEY, isQuantizedWeight, type QuantLayout, scaleNameOf} from '../models/quantized-layout.js'
-import {loadTokenizer} from '../runtime/tokenizer.js'
+import {loadModelTokenizer} from '../runtime/model-tokenizer.js'
 import {VERSION} from '../version.js'
 import {collectActivationStats, type LinearStats} from './activation-stats.js'
 import {quantizeUnit, type LinearReport, type UnitResult} from './calibrated-unit.js'
@@ -137,7 +137,10 @@ export async function quantizeModel(opts: QuantizeOptions): Promise<QuantizeResu
     const fits = need * (1 + candidates) < 0.5 * totalmem()
     // A P-Tuning prefix (pre_seq_len) is not carried into ONNX yet, so such a model cannot run there.
     const prefixed = config.pre_seq_len !== undefined && config.pre_seq_len !== null
-    const evaluate = opts.evaluate === 'on' || (opts.evaluate === 'auto' && fits && !prefixed)
+    // --evaluate auto skips (and says why) rather than fail when there is no tokenizer to make text with.
+    const tokenizerPath = join(dir, arch.tokenizerFile)
+    const noTokenizer = opts.method !== 'calibrated' && opts.evaluate === 'auto' && !existsSync(tokenizerPath)
+    const evaluate = opts.evaluate === 'on' || (opts.evaluate === 'auto' && fits && !prefixed && !noTokenizer)
     if (opts.method === 'calibrated' && need > 0.8 * totalmem()) {
       throw new GlmtoolError('quant-memory', `calibration runs the float model in onnxruntime as float32 (~${(need / 1e9).toFixed(1)} GB), more than this machine's ${(totalmem() / 1e9).toFixed(1)} GB allow; use --method rtn`)
     }
@@ -145,7 +148,8 @@ export async function quantizeModel(opts: QuantizeOptions): Promise<QuantizeResu
     let stats: Map<string, LinearStats> | undefined
     let calibration: QuantizeResult['calibration']
     const floatOnnx = join(scratch, 'float-onnx')
-    const tokenizer = opts.method === 'calibrated' || evaluate ? await loadTokenizer(dir, arch.id) : undefined
+    // Loaded and checked against config.json before any heavy work, so a bad tokenizer fails at once.
+    const tokenizer = opts.method === 'calibrated' || evaluate ? (await loadModelTokenizer(dir, {arch, config})).tokenizer : undefined
     const seconds: QuantizeResult['seconds'] = {total: 0, quantize: 0}
     if (tokenizer) {
       const t0 = Date.now()
@@ -206,6 +210,7 @@ export async function quantizeModel(opts: QuantizeOptions): Promise<QuantizeResu
         seconds.evaluation = (Date.now() - t2) / 1000
       } else {
         endToEnd = {skipped: opts.evaluate === 'off' ? '--evaluate off'
+          : noTokenizer ? `no tokenizer to make evaluation text with (${tokenizerPath} is missing)`
           : prefixed ? 'the model has a P-Tuning prefix (pre_seq_len), which the ONNX runtime does not carry yet'
           : `the float model needs ~${(need / 1e9).toFixed(1)} GB as float32 in onnxruntime per copy (${1 + candidates} copies); pass --evaluate on to run it anyway`}
       }

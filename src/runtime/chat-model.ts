@@ -2,12 +2,14 @@ import {createHash} from 'node:crypto'
 import {existsSync, readdirSync, statSync} from 'node:fs'
 import {homedir} from 'node:os'
 import {join, resolve} from 'node:path'
+import {ModelError} from '../errors.js'
 import {exportOnnx} from '../formats/onnx/export-onnx.js'
 import {VERSION} from '../version.js'
 import type {DecoderBackend} from './backend.js'
 import {CudaBackend} from './backends/cuda.js'
 import {OnnxCpuBackend} from './backends/onnx-cpu.js'
-import {type ChatTokenizer, loadTokenizer} from './tokenizer.js'
+import {loadModelTokenizer} from './model-tokenizer.js'
+import type {ChatTokenizer} from './tokenizer.js'
 
 export interface ChatModel {
   backend: DecoderBackend
@@ -43,14 +45,12 @@ function sourceKey(dir: string): string {
  * torch directory) is streamed straight onto the GPU.
  */
 export async function loadChatModel(path: string, opts: {maxLength?: number, backend?: BackendKind, onNote?: (m: string) => void} = {}): Promise<ChatModel> {
+  // The tokenizer is loaded and checked against config.json first, from the user's directory:
+  // a bad tokenizer fails in a second, naming the user's file, before any conversion or GPU load.
+  const {tokenizer, arch} = await loadModelTokenizer(path)
   if (opts.backend === 'cuda') {
     const backend = await CudaBackend.load(path, {maxLength: opts.maxLength})
-    try {
-      return {backend, tokenizer: await loadTokenizer(path, backend.arch.id)}
-    } catch (error) {
-      await backend.dispose()
-      throw error
-    }
+    return {backend, tokenizer}
   }
   let onnxDir = path
   if (!existsSync(join(path, 'model.onnx'))) {
@@ -63,6 +63,9 @@ export async function loadChatModel(path: string, opts: {maxLength?: number, bac
     }
   }
   const backend = await OnnxCpuBackend.load(onnxDir, {maxLength: opts.maxLength})
-  const tokenizer = await loadTokenizer(onnxDir, backend.arch.id)
+  if (backend.arch.id !== arch.id) {
+    await backend.dispose()
+    throw new ModelError(`${onnxDir}: holds a ${backend.arch.id} graph, but ${join(path, 'config.json')} describes ${arch.id}`, 'arch-mismatch')
+  }
   return {backend, tokenizer, onnxDir}
 }

@@ -97,6 +97,12 @@ export class ChatGLM6BTokenizer implements ChatTokenizer {
     return ids
   }
 
+  encodeWithPieces(text: string): {ids: number[], pieces: string[]} {
+    const {ids, pieces} = this.sp.encodeBoth(preprocessV1(text))
+    if (this.numImageTokens !== 0) for (let i = 0; i < ids.length; i++) ids[i] += this.numImageTokens
+    return {ids, pieces}
+  }
+
   encodePrompt(text: string): number[] {
     return [...this.encode(text), this.specials.gmask, this.specials.sop]
   }

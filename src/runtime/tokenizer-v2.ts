@@ -38,12 +38,16 @@ export class ChatGLM2Tokenizer implements ChatTokenizer {
   }
 
   encode(text: string): number[] {
+    return this.encodeWithPieces(text).ids
+  }
+
+  encodeWithPieces(text: string): {ids: number[], pieces: string[]} {
     const {ids, pieces} = this.sp.encodeBoth(text)
     for (let i = 0; i < ids.length; i++) {
       const special = this.specialByName.get(pieces[i])
       if (special !== undefined) ids[i] = special
     }
-    return ids
+    return {ids, pieces}
   }
 
   encodePrompt(text: string): number[] {

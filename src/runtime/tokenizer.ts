@@ -53,6 +53,8 @@ export interface ChatTokenizer {
   readonly vocabSize: number
   /** Text -> ids exactly as the published tokenizer's encode(text, add_special_tokens=False). */
   encode(text: string): number[]
+  /** The ids of encode(text) with the SentencePiece piece each came from (the published tokenize()). */
+  encodeWithPieces(text: string): {ids: number[], pieces: string[]}
   /** ids of a model input: v1 text ids + [gMASK, <sop>]; v2 [gMASK, sop] + text ids. */
   encodePrompt(text: string): number[]
   /** Ids -> text as the published tokenizer's decode. Throws RangeError for an unknown id. */
@@ -88,12 +90,37 @@ export function tokenizerFromBytes(bytes: Uint8Array, arch: TokenizerArch, opts:
     : new ChatGLM2Tokenizer(sp, source)
 }
 
+/** The published ChatGLMTokenizer's num_image_tokens when tokenizer_config.json does not say. */
+export const DEFAULT_NUM_IMAGE_TOKENS = 20000
+
+/** Where a v1 tokenizer's num_image_tokens came from. */
+export interface NumImageTokens {
+  value: number
+  /** The tokenizer_config.json that set it, or undefined for the published default. */
+  from?: string
+}
+
+/** A model directory's tokenizer, with the files it came from (for messages and inspect). */
+export interface LoadedTokenizer {
+  tokenizer: ChatTokenizer
+  /** The SentencePiece file. */
+  path: string
+  bytes: Uint8Array
+  /** v1 only. */
+  numImageTokens?: NumImageTokens
+}
+
 /**
  * Load the tokenizer of a model directory: ice_text.model (v1) or tokenizer.model (v2), and for
- * v1 num_image_tokens from tokenizer_config.json when that file is there (0 otherwise).
+ * v1 num_image_tokens from tokenizer_config.json, or the published class default (20000) when
+ * that file or its key is absent (ChatGLMTokenizer(num_image_tokens=20000)).
  */
 export async function loadTokenizer(modelDir: string, arch: TokenizerArch): Promise<ChatTokenizer> {
-  const file = TOKENIZER_FILE[arch]
+  return (await loadTokenizerFiles(modelDir, arch)).tokenizer
+}
+
+/** `file`: the SentencePiece file's name in `modelDir` (default: the generation's). */
+export async function loadTokenizerFiles(modelDir: string, arch: TokenizerArch, file: string = TOKENIZER_FILE[arch]): Promise<LoadedTokenizer> {
   if (!file) throw new ModelError(`no tokenizer for architecture ${String(arch)}`, 'unknown-arch')
   const path = join(modelDir, file)
   let bytes: Buffer
@@ -106,16 +133,17 @@ export async function loadTokenizer(modelDir: string, arch: TokenizerArch): Prom
       'missing-file',
     )
   }
-  const numImageTokens = arch === 'chatglm-6b' ? await readNumImageTokens(join(modelDir, 'tokenizer_config.json')) : 0
-  return tokenizerFromBytes(bytes, arch, {source: path, numImageTokens})
+  if (arch !== 'chatglm-6b') return {tokenizer: tokenizerFromBytes(bytes, arch, {source: path}), path, bytes}
+  const numImageTokens = await readNumImageTokens(join(modelDir, 'tokenizer_config.json'))
+  return {tokenizer: tokenizerFromBytes(bytes, arch, {source: path, numImageTokens: numImageTokens.value}), path, bytes, numImageTokens}
 }
 
-async function readNumImageTokens(path: string): Promise<number> {
+async function readNumImageTokens(path: string): Promise<NumImageTokens> {
   let text: string
   try {
     text = await readFile(path, 'utf8')
   } catch {
-    return 0
+    return {value: DEFAULT_NUM_IMAGE_TOKENS}
   }
   let config: unknown
   try {
@@ -124,9 +152,9 @@ async function readNumImageTokens(path: string): Promise<number> {
     throw new ModelError(`${path}: invalid JSON (${(error as Error).message})`, 'bad-json')
   }
   const n = (config as Record<string, unknown> | null)?.num_image_tokens
-  if (n === undefined) return 0
-  if (typeof n !== 'number' || !Number.isInteger(n) || n < 0) {
-    throw new ModelError(`${path}: num_image_tokens must be a non-negative integer, not ${JSON.stringify(n)}`, 'bad-config')
+  if (n === undefined) return {value: DEFAULT_NUM_IMAGE_TOKENS}
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 0 || n > 1_000_000) {
+    throw new ModelError(`${path}: num_image_tokens must be an integer from 0 to 1000000, not ${JSON.stringify(n)}`, 'bad-config')
   }
-  return n
+  return {value: n, from: path}
 }
