@@ -4,7 +4,7 @@ import {BaseCommand} from '../cli/base-command.js'
 import {UsageError} from '../errors.js'
 import {loadChatModel} from '../runtime/chat-model.js'
 import {chatResponse, ResponseStream} from '../runtime/chat-response.js'
-import {chatPrompt} from '../runtime/chat-template.js'
+import {defaultReserve, fitChatPrompt} from '../runtime/chat-prompt.js'
 import {generate, type GenerateResult} from '../runtime/generate.js'
 
 /** Reference defaults of model.chat (chatglm.md sections 3, 4). */
@@ -69,8 +69,13 @@ export default class Chat extends BaseCommand {
     const history: [string, string][] = []
     // A turn's text is what the published chat() returns for the generated ids (decode, then
     // process_response), streamed as it becomes final; the history keeps that text, as chat() does.
-    const turn = async (query: string, signal?: AbortSignal, stream = true): Promise<GenerateResult & {response: string}> => {
-      const ids = model.tokenizer.encodePrompt(chatPrompt(gen, query, history))
+    // History that no longer fits the context loses its oldest turns (said on stderr), as
+    // chatglm.cpp does; only a query too long on its own is an error.
+    const turn = async (query: string, signal?: AbortSignal, stream = true): Promise<GenerateResult & {response: string, droppedTurns: number}> => {
+      const context = Math.min(opts.maxLength, model.backend.maxLength)
+      const fitted = fitChatPrompt(model.tokenizer, gen, query, history, context, defaultReserve(context, opts.maxNewTokens))
+      if (fitted.droppedTurns > 0) this.note(`(left out the ${fitted.droppedTurns} oldest turn(s) of the history to fit the maximum length ${context})`)
+      const ids = fitted.ids
       const response = new ResponseStream(model.tokenizer.arch)
       const r = await generate(model.backend, model.tokenizer, ids, {...opts, signal}, t => {
         const out = response.push(t)
@@ -78,7 +83,7 @@ export default class Chat extends BaseCommand {
       })
       const rest = response.flush()
       if (stream && rest) process.stdout.write(rest)
-      return {...r, response: chatResponse(model.tokenizer.arch, r.text)}
+      return {...r, response: chatResponse(model.tokenizer.arch, r.text), droppedTurns: fitted.droppedTurns}
     }
     try {
       if (flags.prompt?.length) {
@@ -88,7 +93,7 @@ export default class Chat extends BaseCommand {
           if (!this.jsonEnabled()) process.stdout.write('\n')
           history.push([query, r.response])
           turns.push({
-            prompt: query, promptIds: r.promptIds, generatedIds: r.generatedIds, text: r.response, decoded: r.text, stoppedBy: r.stoppedBy,
+            prompt: query, promptIds: r.promptIds, generatedIds: r.generatedIds, text: r.response, decoded: r.text, stoppedBy: r.stoppedBy, droppedTurns: r.droppedTurns,
             timing: {promptSeconds: r.promptSeconds, generateSeconds: r.generateSeconds, promptTokensPerSecond: r.promptTokensPerSecond, generatedTokensPerSecond: r.generatedTokensPerSecond},
           })
         }

@@ -16,6 +16,8 @@
  */
 import type {TokenizerArch} from './tokenizer.js'
 
+const TRAINING_TIME = '[[训练时间]]'
+
 /**
  * Python's str.isspace() characters, which str.strip() removes. JavaScript's trim() differs:
  * it also strips U+FEFF, and keeps U+001C..U+001F and U+0085.
@@ -66,7 +68,6 @@ export function publishedDecode(arch: TokenizerArch, text: string): string {
   return arch === 'chatglm-6b' ? cleanUpTokenization(text) : text
 }
 
-const TRAINING_TIME = '[[训练时间]]'
 
 /** v1 process_response's punctuation: [ascii, full-width], in the published order. */
 const PUNCTS: readonly (readonly [RegExp, RegExp, string])[] = [',', '!', ':', ';', '?'].map((p) => {
@@ -93,18 +94,25 @@ export function chatResponse(arch: TokenizerArch, raw: string): string {
 }
 
 /**
- * No rule matches across a "\n" (none of their patterns holds one, and "\n" is not CJK), so the
- * text up to a newline after the first non-space character is processed once and kept; only the
- * line being written is processed again per chunk.
+ * Streaming rests on split points: a position in the raw text after a character that no rule can
+ * touch (it is in no pattern and not whitespace). No match can span such a point, so the text up to
+ * it is processed once and final, whatever follows. The one rule that looks across it is v1's
+ * "CJK then ASCII punctuation", which changes only the character after the point; so each piece
+ * is processed with the character before it as context.
  */
-const MARGIN = 10
+const V1_UNSAFE = new Set([...' .?!,\'ntmsvre:;', ...TRAINING_TIME])
+const V2_UNSAFE = new Set([...TRAINING_TIME])
+
+function isSplitChar(arch: TokenizerArch, ch: string): boolean {
+  if (isPySpace(ch) || isHighSurrogate(ch.charCodeAt(0))) return false
+  return !(arch === 'chatglm-6b' ? V1_UNSAFE : V2_UNSAFE).has(ch)
+}
 
 export class ResponseStream {
-  /** Raw text before `cut` is processed into `donePrefix`. */
   private raw = ''
+  /** raw[0, cut) is processed into `done`, which has been handed out. */
   private cut = 0
-  private donePrefix = ''
-  private emitted = 0
+  private done = ''
 
   constructor(private readonly arch: TokenizerArch) {}
 
@@ -112,30 +120,19 @@ export class ResponseStream {
   push(text: string): string {
     if (!text) return ''
     this.raw += text
-    // Advance the cut to the last newline once the leading strip is over (some non-space seen).
-    const nl = this.raw.lastIndexOf('\n')
-    if (nl > this.cut && pyLstrip(this.raw.slice(0, nl)) !== '') {
-      this.donePrefix += processBody(this.arch, this.raw.slice(this.cut, nl), this.cut === 0)
-      this.cut = nl
-    }
-    const body = this.donePrefix + processBody(this.arch, this.raw.slice(this.cut), this.cut === 0)
-    // The last MARGIN characters may still change (a pattern can complete with the next chunk);
-    // trailing whitespace may still be stripped.
-    let end = Math.max(0, body.length - MARGIN)
-    // Never end a chunk between the two halves of a surrogate pair.
-    if (end > 0 && end < body.length && isHighSurrogate(body.charCodeAt(end - 1))) end--
-    return this.take(pyRstrip(body.slice(0, end)))
+    let p = this.raw.length
+    while (p > this.cut && !isSplitChar(this.arch, this.raw[p - 1])) p--
+    if (p <= this.cut) return ''
+    const context = this.cut === 0 ? '' : this.raw[this.cut - 1]
+    const piece = processBody(this.arch, context + this.raw.slice(this.cut, p), this.cut === 0).slice(context.length)
+    this.cut = p
+    this.done += piece
+    return piece
   }
 
   /** The rest of the response. */
   flush(): string {
-    return this.take(chatResponse(this.arch, this.raw))
-  }
-
-  private take(upTo: string): string {
-    if (upTo.length <= this.emitted) return ''
-    const out = upTo.slice(this.emitted)
-    this.emitted = upTo.length
-    return out
+    const all = chatResponse(this.arch, this.raw)
+    return all.slice(this.done.length)
   }
 }

@@ -37,6 +37,8 @@ export function promptLayout(tokenizer: ChatTokenizer, ids: readonly number[]): 
 export async function generate(
   backend: DecoderBackend, tokenizer: ChatTokenizer, promptIds: readonly number[], opts: GenerateOptions,
   onText: (text: string) => void = () => {},
+  /** Awaited after every generated token (a server's pacing hook); undefined: none. */
+  afterToken?: () => Promise<void>,
 ): Promise<GenerateResult> {
   const layout = promptLayout(tokenizer, promptIds)
   const stop = new Set(tokenizer.specials.stop)
@@ -85,6 +87,7 @@ export async function generate(
     seen.push(token)
     const piece = stream.push(token)
     if (piece) onText(piece)
+    if (afterToken) await afterToken()
     if (opts.signal?.aborted) {
       stoppedBy = 'interrupted'
       break
