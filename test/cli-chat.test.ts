@@ -60,6 +60,17 @@ describe.each([['chatglm-6b'], ['chatglm2-6b']] as const)('glmtool chat on a tin
     expect(turn.generatedIds.slice(0, n)).toEqual(ref.meta.generated.slice(0, n))
   })
 
+  it('leaves out the oldest turns when the history no longer fits --max-length, and says so', () => {
+    const q = 'tell me a long story about the sea and the sky '
+    const r = glmtool(['chat', model, '--prompt', q, '--prompt', q, '--greedy', '--max-length', '80', '--json'], {env})
+    expect(r.code, r.stderr).toBe(0)
+    const [t0, t1] = JSON.parse(r.stdout).turns
+    expect(t0.droppedTurns).toBe(0)
+    expect(t1.droppedTurns).toBe(1)
+    // The second prompt is the query alone, as if there were no history.
+    expect(t1.promptIds).toEqual(t0.promptIds)
+  })
+
   it('reads turns from stdin: clear empties the history, exit ends', () => {
     const r = glmtool(['chat', model, '--greedy', '--max-length', '64'], {env, input: 'hi\nclear\nhi\nexit\nnever\n'})
     expect(r.code, r.stderr).toBe(0)
