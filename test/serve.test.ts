@@ -203,6 +203,21 @@ describe('glmtool serve: bad input, limits, faults and load (chatglm2-6b)', () =
     expect(slow.log().match(/ 200: /g)).toHaveLength(2)
   })
 
+  it('bounds a request by --timeout: a slow answer ends with finish_reason length', async () => {
+    const slow = await startServer(model, ['--timeout', '1'], {GLMTOOL_TEST_TOKEN_DELAY_MS: '50'})
+    try {
+      const t0 = Date.now()
+      const r = await post(`${slow.url}/v1/chat/completions`, {...user('slow'), max_tokens: 200, temperature: 0})
+      const j = await r.json()
+      expect([r.status, j.choices[0].finish_reason]).toEqual([200, 'length'])
+      expect(j.usage.completion_tokens).toBeLessThan(200)
+      expect(Date.now() - t0).toBeLessThan(8000)
+    } finally {
+      await slow.stop()
+    }
+    expect(slow.log()).toContain('timed out after 1 s')
+  })
+
   it('stops a stream within a step when its client disconnects, and frees the backend', async () => {
     const slow = await startServer(model, [], {GLMTOOL_TEST_TOKEN_DELAY_MS: '30'})
     try {
