@@ -8,11 +8,11 @@
 // prefill `prompt` tokens (random ids from the vocabulary, v1 with its [gMASK] <sop> layout),
 // then `gen` greedy decode steps. Reports the median prefill tok/s and decode tok/s.
 // Needs `npm run build` first.
-import {spawnSync} from 'node:child_process'
 import {existsSync} from 'node:fs'
 import {cpus} from 'node:os'
 import {join} from 'node:path'
 import {parseArgs} from 'node:util'
+import {cli, median, root} from './lib.mjs'
 
 const {values: opt} = parseArgs({options: {
   dir: {type: 'string', default: '/tmp/glmtool-bench-cpu'},
@@ -21,19 +21,10 @@ const {values: opt} = parseArgs({options: {
   repeat: {type: 'string', default: '3'},
   size: {type: 'string', default: 'small'},
 }})
-const root = new URL('..', import.meta.url).pathname
 const {OnnxCpuBackend} = await import(join(root, 'dist/runtime/backends/onnx-cpu.js'))
 const {layoutV1, layoutV2} = await import(join(root, 'dist/runtime/positions.js'))
 const {argmax} = await import(join(root, 'dist/runtime/sampling.js'))
 
-const cli = (args) => {
-  const r = spawnSync(process.execPath, [join(root, 'bin/run.js'), ...args], {encoding: 'utf8'})
-  if (r.status !== 0) throw new Error(`glmtool ${args.join(' ')}: ${r.stderr}`)
-}
-const median = xs => {
-  const s = [...xs].sort((a, b) => a - b)
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2
-}
 const P = Number(opt.prompt), G = Number(opt.gen)
 console.log(JSON.stringify({machine: `${cpus().length} x ${cpus()[0].model}`, node: process.version, prompt: P, gen: G, repeat: Number(opt.repeat)}))
 for (const arch of ['chatglm-6b', 'chatglm2-6b']) {

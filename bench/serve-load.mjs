@@ -11,11 +11,12 @@
 //
 //   node bench/serve-load.mjs [--dir /tmp/glmtool-bench-serve] [--size small] [--gen 64] [--repeat 5] [--sequential 300]
 // Needs `npm run build` first.
-import {spawn, spawnSync} from 'node:child_process'
+import {spawn} from 'node:child_process'
 import {existsSync} from 'node:fs'
 import {cpus} from 'node:os'
 import {join} from 'node:path'
 import {parseArgs} from 'node:util'
+import {cli, median, root} from './lib.mjs'
 
 const {values: opt} = parseArgs({options: {
   dir: {type: 'string', default: '/tmp/glmtool-bench-serve'},
@@ -25,19 +26,10 @@ const {values: opt} = parseArgs({options: {
   sequential: {type: 'string', default: '300'},
   arch: {type: 'string', default: 'chatglm2-6b'},
 }})
-const root = new URL('..', import.meta.url).pathname
 const {OnnxCpuBackend} = await import(join(root, 'dist/runtime/backends/onnx-cpu.js'))
 const {loadTokenizer} = await import(join(root, 'dist/runtime/tokenizer.js'))
 const {generate} = await import(join(root, 'dist/runtime/generate.js'))
 const {chatPrompt} = await import(join(root, 'dist/runtime/chat-template.js'))
-const cli = (args) => {
-  const r = spawnSync(process.execPath, [join(root, 'bin/run.js'), ...args], {encoding: 'utf8'})
-  if (r.status !== 0) throw new Error(`glmtool ${args.join(' ')}: ${r.stderr}`)
-}
-const median = xs => {
-  const s = [...xs].sort((a, b) => a - b)
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2
-}
 const G = Number(opt.gen), R = Number(opt.repeat)
 const torch = join(opt.dir, `${opt.arch}-${opt.size}`)
 const model = `${torch}-onnx`

@@ -8,23 +8,14 @@ import {spawnSync} from 'node:child_process'
 import {join} from 'node:path'
 import {describe, expect, it} from 'vitest'
 import {chatResponse, cleanUpTokenization, ResponseStream} from '../src/runtime/chat-response.js'
+import {seededRandom} from '../src/runtime/sampling.js'
 import type {TokenizerArch} from '../src/runtime/tokenizer.js'
 import {REFERENCE_PYTHON} from './helpers/reference.js'
 
 const SCRIPT = join(import.meta.dirname, 'crosscheck/chat_response.py')
 const hasPython = spawnSync(REFERENCE_PYTHON, ['-c', 'import json, re'], {stdio: 'ignore'}).status === 0
 
-/** A deterministic generator (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+const rng = seededRandom
 
 const ATOMS = [
   ' ', ' ', '  ', '\n', '\n\n', '\t', '\u3000', '\u00a0', '\u0085', '\u001c', '\ufeff', '\r\n',

@@ -5,13 +5,8 @@ import {UsageError} from '../errors.js'
 import {loadChatModel} from '../runtime/chat-model.js'
 import {chatResponse, ResponseStream} from '../runtime/chat-response.js'
 import {defaultReserve, fitChatPrompt} from '../runtime/chat-prompt.js'
+import {CHAT_DEFAULTS} from '../runtime/chat-template.js'
 import {generate, type GenerateResult} from '../runtime/generate.js'
-
-/** Reference defaults of model.chat (chatglm.md sections 3, 4). */
-const DEFAULTS = {
-  1: {temperature: 0.95, topP: 0.7, maxLength: 2048},
-  2: {temperature: 0.8, topP: 0.8, maxLength: 8192},
-} as const
 
 export default class Chat extends BaseCommand {
   static override summary = 'Chat with a ChatGLM model, streaming the answer as it is generated'
@@ -54,7 +49,7 @@ export default class Chat extends BaseCommand {
       onNote: m => this.note(m),
     })
     const gen = model.backend.arch.generation
-    const d = DEFAULTS[gen]
+    const d = CHAT_DEFAULTS[gen]
     const seed = flags.seed ?? Math.floor(Math.random() * 2 ** 31)
     const opts = {
       temperature: num(flags.temperature, 'temperature') ?? d.temperature,

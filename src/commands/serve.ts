@@ -3,14 +3,9 @@ import {Args, Flags} from '@oclif/core'
 import {BaseCommand} from '../cli/base-command.js'
 import {UsageError} from '../errors.js'
 import {loadChatModel} from '../runtime/chat-model.js'
+import {CHAT_DEFAULTS} from '../runtime/chat-template.js'
 import {buildServer} from '../server/app.js'
 import {chatPage} from '../server/page.js'
-
-/** Reference defaults of model.chat (chatglm.md sections 3, 4), as `chat` uses them. */
-const DEFAULTS = {
-  1: {temperature: 0.95, topP: 0.7, maxLength: 2048},
-  2: {temperature: 0.8, topP: 0.8, maxLength: 8192},
-} as const
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|localhost|::1|\[::1\])$/
 
@@ -48,7 +43,7 @@ export default class Serve extends BaseCommand {
     }
     if (flags.port > 65535) throw new UsageError(`--port must be at most 65535, got ${flags.port}`)
     const model = await loadChatModel(args.model, {maxLength: flags['max-length'], backend: flags.backend as 'cpu' | 'cuda', onNote: m => this.note(m)})
-    const d = DEFAULTS[model.backend.arch.generation]
+    const d = CHAT_DEFAULTS[model.backend.arch.generation]
     const maxLength = Math.min(flags['max-length'] ?? d.maxLength, model.backend.maxLength)
     const modelId = flags.name ?? basename(resolve(args.model))
     const log = (line: string) => process.stderr.write(`glmtool serve: ${line}\n`)

@@ -26,3 +26,9 @@ export function chatPromptV2(query: string, history: History): string {
 export function chatPrompt(generation: 1 | 2, query: string, history: History): string {
   return generation === 1 ? chatPromptV1(query, history) : chatPromptV2(query, history)
 }
+
+/** The published chat()'s sampling defaults per generation (chatglm.md sections 3, 4). */
+export const CHAT_DEFAULTS = {
+  1: {temperature: 0.95, topP: 0.7, maxLength: 2048},
+  2: {temperature: 0.8, topP: 0.8, maxLength: 8192},
+} as const
