@@ -23,7 +23,7 @@ if (!haveSpm) console.log('synthetic tokenizer cross-check skipped: python3-sent
 
 interface PyReply {
   vocab_size: number
-  encode: Array<{ids: number[], text_ids: number[], decoded: string}>
+  encode: Array<{ids: number[], text_ids: number[], text_pieces: string[], decoded: string}>
   decode: string[]
 }
 
@@ -104,7 +104,7 @@ describe.each(['chatglm-6b', 'chatglm2-6b'] as const)('synthetic %s tokenizer', 
     expect(py.vocab_size).toBe(tok.vocabSize)
 
     const failures: string[] = []
-    const counts = {ids: 0, textIds: 0, decoded: 0, stream: 0, sequences: 0}
+    const counts = {ids: 0, textIds: 0, textPieces: 0, decoded: 0, stream: 0, sequences: 0}
     const fail = (kind: keyof typeof counts, message: string): void => {
       if (counts[kind]++ < 3) failures.push(`${kind}: ${message}`)
     }
@@ -112,7 +112,9 @@ describe.each(['chatglm-6b', 'chatglm2-6b'] as const)('synthetic %s tokenizer', 
       const want = py.encode[i]
       const ids = tok.encode(text)
       if (JSON.stringify(ids) !== JSON.stringify(want.ids)) fail('ids', `${show(text)}: ${JSON.stringify(ids).slice(0, 200)}`)
-      if (JSON.stringify(sp.encode(text)) !== JSON.stringify(want.text_ids)) fail('textIds', show(text))
+      const plain = sp.encodeBoth(text)
+      if (JSON.stringify(plain.ids) !== JSON.stringify(want.text_ids)) fail('textIds', show(text))
+      if (JSON.stringify(plain.pieces) !== JSON.stringify(want.text_pieces)) fail('textPieces', show(text))
       if (tok.decode(want.ids) !== want.decoded) fail('decoded', show(text))
       const d = tok.streamDecoder()
       const streamed = want.ids.map((id) => d.push(id)).join('') + d.flush()
