@@ -1,22 +1,26 @@
 /**
- * A SentencePiece BPE processor: the ids, pieces and decoded text of the `sentencepiece` library
- * (0.1.97, Debian bookworm's; checked id for id by test/tokenizer-spm.test.ts) for a BPE
- * ModelProto, with no native code. ChatGLM-6B's ice_text.model and ChatGLM2-6B's
- * tokenizer.model are BPE models (spec/chatglm.md section 5).
+ * A SentencePiece processor: the ids, pieces and decoded text of the `sentencepiece` library
+ * (0.1.97, Debian bookworm's) for a UNIGRAM or BPE ModelProto, with no native code. ChatGLM-6B's
+ * ice_text.model is UNIGRAM, ChatGLM2-6B's (and ChatGLM3-6B's) tokenizer.model is BPE
+ * (spec/chatglm.md section 5). Checked id for id on the real files by
+ * test/tokenizer-real.test.ts, and on library-trained BPE fixtures by test/tokenizer-spm.test.ts.
  *
- * Encoding, as the library does it (sentencepiece_processor.cc Encode, bpe_model.cc Encode):
+ * Encoding, as the library does it (sentencepiece_processor.cc Encode):
  * 1. Normalize (./sentencepiece-normalizer.ts).
- * 2. Split the normalized bytes into symbols: a user-defined symbol where one starts (longest
- *    match; it is frozen and never merges), else one UTF-8 character.
- * 3. Merge: repeatedly join the adjacent pair whose concatenation is a piece (NORMAL,
- *    USER_DEFINED or UNUSED) with the highest score, the leftmost on ties; a priority queue over
- *    adjacent pairs with lazy deletion keeps this O(n log n). Pieces of type UNUSED merge like any
- *    other and are then split back into the pair they were made from.
- * 4. Map pieces to ids (CONTROL/UNKNOWN/BYTE names first, then the others, else <unk>). An
+ * 2. Segment the normalized bytes:
+ *    - UNIGRAM (unigram_model.cc EncodeOptimized): Viterbi over the piece scores, see
+ *      ./sentencepiece-unigram.ts (user-defined pieces win, UNUSED/CONTROL/BYTE pieces are never
+ *      candidates, a character no piece covers is <unk>).
+ *    - BPE (bpe_model.cc Encode): split into symbols (a user-defined symbol where one starts,
+ *      longest match, frozen, never merges; else one UTF-8 character), then repeatedly join the
+ *      adjacent pair whose concatenation is a piece (NORMAL, USER_DEFINED or UNUSED) with the
+ *      highest score, the leftmost on ties; a priority queue over adjacent pairs with lazy
+ *      deletion keeps this O(n log n). Pieces of type UNUSED merge like any other and are then
+ *      split back into the pair they were made from.
+ * 3. Map pieces to ids (CONTROL/UNKNOWN/BYTE names first, then the others, else <unk>). An
  *    unknown piece becomes its UTF-8 bytes as <0xXX> pieces when the trainer spec sets
  *    byte_fallback; otherwise consecutive unknown pieces collapse into one <unk>.
- * Control pieces (<s>, [gMASK], ...) are never produced from text: only NORMAL, USER_DEFINED and
- * UNUSED pieces take part in merging.
+ * Control pieces (<s>, [gMASK], ...) are never produced from text.
  *
  * Decoding (sentencepiece_processor.cc Decode): control pieces vanish, <unk> becomes
  * trainer_spec.unk_surface (" ⁇ "), "▁" becomes a space, runs of byte pieces are reassembled as
@@ -24,7 +28,7 @@
  * dropped (add_dummy_prefix): with remove_extra_whitespaces every piece's leading "▁" is dropped
  * while nothing has been output yet; without it, only the first such "▁" is.
  *
- * Unigram, word and char models are refused (ModelError 'tokenizer-unsupported').
+ * Word and char models are refused (ModelError 'tokenizer-unsupported').
  */
 import {ModelError} from '../errors.js'
 import {
@@ -32,6 +36,7 @@ import {
   type EffectiveNormalizerSpec, type SentencePieceModel,
 } from './sentencepiece-model.js'
 import {decodeUtf8Char, Normalizer, oneCharLen, PrefixMatcher} from './sentencepiece-normalizer.js'
+import {UnigramModel} from './sentencepiece-unigram.js'
 
 const META = '\u2581'
 const REPLACEMENT = '\ufffd'
@@ -77,13 +82,15 @@ export class SentencePieceProcessor {
   private readonly normalizerSpec: EffectiveNormalizerSpec
   private readonly byteFallback: boolean
   private readonly unkSurface: string
+  /** The UNIGRAM segmenter; null for BPE. */
+  private readonly unigram: UnigramModel | null
 
   private constructor(model: SentencePieceModel, source: string) {
     this.model = model
     const trainer = effectiveTrainerSpec(model)
-    if (trainer.modelType !== ModelType.BPE) {
+    if (trainer.modelType !== ModelType.BPE && trainer.modelType !== ModelType.UNIGRAM) {
       const name = Object.entries(ModelType).find(([, v]) => v === trainer.modelType)?.[0] ?? String(trainer.modelType)
-      throw new ModelError(`${source}: SentencePiece model type ${name} is not supported; glmtool reads BPE models only (ChatGLM's are BPE)`, 'tokenizer-unsupported')
+      throw new ModelError(`${source}: SentencePiece model type ${name} is not supported; glmtool reads UNIGRAM and BPE models only`, 'tokenizer-unsupported')
     }
     const n = model.pieces.length
     this.vocabSize = n
@@ -92,11 +99,13 @@ export class SentencePieceProcessor {
     this.byteOfId = new Int16Array(n).fill(-1)
     let unk = -1
     const userDefined: Uint8Array[] = []
+    const keys = new Array<string>(n)
     for (let i = 0; i < n; i++) {
       const p = model.pieces[i]
       this.types[i] = p.type
       this.scores[i] = p.score
       const key = byteKey(p.piece)
+      keys[i] = key
       const isMergeable = p.type === PieceType.NORMAL || p.type === PieceType.USER_DEFINED || p.type === PieceType.UNUSED
       const map = isMergeable ? this.mergeable : this.reserved
       // model_interface.cc InitializePieces: the same refusals.
@@ -117,6 +126,7 @@ export class SentencePieceProcessor {
     }
     if (unk < 0) throw new ModelError(`${source}: no <unk> piece`, 'tokenizer-model')
     this.unkId = unk
+    this.unigram = trainer.modelType === ModelType.UNIGRAM ? new UnigramModel(model.pieces, keys, unk) : null
     this.byteFallback = trainer.byteFallback
     this.unkSurface = trainer.unkSurface
     const controlId = (piece: string): number => {
@@ -241,6 +251,12 @@ export class SentencePieceProcessor {
     const end = normalized.length
     if (end === 0) return []
     const text = Buffer.from(normalized.buffer, normalized.byteOffset, normalized.byteLength).toString('latin1')
+    if (this.unigram) {
+      const {starts, ids} = this.unigram.encode(normalized)
+      const out = new Array<[string, number]>(ids.length)
+      for (let k = 0; k < ids.length; k++) out[k] = [text.slice(starts[k], k + 1 < ids.length ? starts[k + 1] : end), ids[k]]
+      return out
+    }
 
     // Symbols: byte offset and length, links, frozen flag (user-defined symbols never merge).
     const start: number[] = []
