@@ -14,8 +14,7 @@ import protobuf from 'protobufjs'
 import {afterAll, describe, expect, it} from 'vitest'
 import {ModelError} from '../src/errors.js'
 import {
-  SYNTH_WORDS, synthTokenizer, synthTokenizerModel, V1_DEFAULT_KIND, V1_PIECE_COUNT, V2_PIECE_COUNT,
-  type SynthTokenizerArch, type V1ModelKind,
+  SYNTH_WORDS, synthTokenizer, synthTokenizerModel, V1_PIECE_COUNT, V2_PIECE_COUNT, type SynthTokenizerArch,
 } from '../src/formats/synth-tokenizer.js'
 import {
   decodeModelProto, effectiveNormalizerSpec, effectiveTrainerSpec, encodeModelProto, ModelType, PieceType,
@@ -142,19 +141,12 @@ const EXPECT: Record<SynthTokenizerArch, {
   },
 }
 
-/** The synthetic models: v1 of both kinds until glmtool encodes UNIGRAM (V1_DEFAULT_KIND), v2. */
-const CASES: Array<{name: string, arch: SynthTokenizerArch, kind: V1ModelKind}> = [
-  {name: 'chatglm-6b UNIGRAM', arch: 'chatglm-6b', kind: 'unigram'},
-  {name: 'chatglm-6b BPE', arch: 'chatglm-6b', kind: 'bpe'},
-  {name: 'chatglm2-6b', arch: 'chatglm2-6b', kind: V1_DEFAULT_KIND},
-]
-
-describe.each(CASES)('synthTokenizer($name)', ({arch, kind}) => {
+describe.each(['chatglm-6b', 'chatglm2-6b'] as const)('synthTokenizer(%s)', (arch) => {
   const exp = EXPECT[arch]
-  const tok = synthTokenizer(arch, kind)
+  const tok = synthTokenizer(arch)
   const model = decodeModelProto(tok.bytes, tok.fileName)
   const ids = new Map(model.pieces.map((p, i) => [p.piece, i]))
-  const unigram = arch === 'chatglm-6b' && kind === 'unigram'
+  const unigram = arch === 'chatglm-6b'
 
   it('has the real vocabulary size and special ids', () => {
     expect(tok.fileName).toBe(exp.file)
@@ -197,7 +189,8 @@ describe.each(CASES)('synthTokenizer($name)', ({arch, kind}) => {
     if (arch === 'chatglm-6b') expect(normal.filter((p) => /^\u2581+$/.test(p.piece)).map((p) => p.piece)).toEqual(['\u2581'])
   })
 
-  it.skipIf(!unigram)('scores NORMAL pieces as log-probabilities, descending within four runs', () => {
+  // UNIGRAM (v1) scores are log-probabilities; BPE (v2) scores are merge priorities.
+  if (unigram) it('scores NORMAL pieces as log-probabilities, descending within four runs', () => {
     const normal = model.pieces.filter((p) => p.type === PieceType.NORMAL)
     let runs = 1
     let mass = 0
@@ -210,7 +203,7 @@ describe.each(CASES)('synthTokenizer($name)', ({arch, kind}) => {
     expect(model.pieces.filter((p) => p.type !== PieceType.NORMAL && p.score !== 0)).toEqual([])
   })
 
-  it.skipIf(unigram)('has strictly descending BPE scores, each multi-character piece buildable', () => {
+  else it('has strictly descending BPE scores, each multi-character piece buildable', () => {
     const normal = model.pieces.filter((p) => p.type === PieceType.NORMAL)
     for (let i = 1; i < normal.length; i++) {
       if (!(normal[i].score < normal[i - 1].score)) expect.fail(`score of ${normal[i].piece} does not descend`)
@@ -229,8 +222,8 @@ describe.each(CASES)('synthTokenizer($name)', ({arch, kind}) => {
   })
 
   it('is deterministic and serializes what synthTokenizerModel builds', () => {
-    expect(model).toEqual(synthTokenizerModel(arch, kind))
-    expect(synthTokenizer(arch, kind).bytes.equals(tok.bytes)).toBe(true)
+    expect(model).toEqual(synthTokenizerModel(arch))
+    expect(synthTokenizer(arch).bytes.equals(tok.bytes)).toBe(true)
   })
 
   it('ships the published tokenizer_config.json keys', () => {
@@ -292,7 +285,7 @@ describe('against the sentencepiece library (python3-sentencepiece)', () => {
   })
 
   it.skipIf(!haveSpm)('loads synthetic ice_text.model (v1, UNIGRAM) with the real layout and NFKC', () => {
-    const tok = synthTokenizer('chatglm-6b', 'unigram')
+    const tok = synthTokenizer('chatglm-6b')
     const path = join(dir, tok.fileName)
     writeFileSync(path, tok.bytes)
     const specials = Object.keys(EXPECT['chatglm-6b'].pieces)
@@ -319,8 +312,8 @@ describe('against the sentencepiece library (python3-sentencepiece)', () => {
   })
 
   it.skipIf(!haveSpm)('segments v1 (UNIGRAM) text by Viterbi: every listed word whole, no <unk> anywhere', () => {
-    const tok = synthTokenizer('chatglm-6b', 'unigram')
-    const path = join(dir, 'unigram-' + tok.fileName)
+    const tok = synthTokenizer('chatglm-6b')
+    const path = join(dir, 'viterbi-' + tok.fileName)
     writeFileSync(path, tok.bytes)
     const cap = (w: string): string => w[0].toUpperCase() + w.slice(1)
     const words = [...new Set([...SYNTH_WORDS.english, ...SYNTH_WORDS.english.map(cap)])]
@@ -398,10 +391,9 @@ describe('synthetic tokenizers against the real files (../shared/real), as the l
   const dir = mkdtempSync(join(tmpdir(), 'glmtool-spm-real-'))
   afterAll(() => rmSync(dir, {recursive: true, force: true}))
 
-  it.skipIf(!haveSpm || !haveReal).each([
-    {arch: 'chatglm-6b', kind: 'unigram'}, {arch: 'chatglm2-6b', kind: V1_DEFAULT_KIND},
-  ] as const)('$arch: the same settings, piece types id for id, special pieces and piece shapes', ({arch, kind}) => {
-    const tok = synthTokenizer(arch, kind)
+  it.skipIf(!haveSpm || !haveReal).each(['chatglm-6b', 'chatglm2-6b'] as const)(
+    '%s: the same settings, piece types id for id, special pieces and piece shapes', (arch) => {
+    const tok = synthTokenizer(arch)
     const path = join(dir, tok.fileName)
     writeFileSync(path, tok.bytes)
     const [synth, real] = layouts([path, REAL_FILES[arch]])

@@ -438,51 +438,6 @@ function v2Model(): SentencePieceModel {
   return {pieces: [...head, ...normal], trainerSpec, normalizerSpec}
 }
 
-// ---------------------------------------------------------------------------------------------
-// The BPE ice_text.model synth wrote before it wrote UNIGRAM (kept as the default only until
-// glmtool's own SentencePiece encodes UNIGRAM models; then it goes).
-
-/** A word and all its prefixes of two or more characters, shortest first. */
-function* prefixChain(word: string): Generator<string> {
-  yield* properPrefixes(word)
-  if ([...word].length >= 2) yield word
-}
-
-/** v1 BPE pieces in merge-priority order; each multi-character one extends an earlier one. */
-function* v1BpePieces(): Generator<string> {
-  const lower = range(0x61, 0x7a)
-  const upper = range(0x41, 0x5a)
-  yield META
-  yield* [...range(0x21, 0x7e), ...otherChars(), ...CJK_PUNCT, ...KANA, ...CJK_BLOCK]
-  for (const c of [...lower, ...upper]) yield META + c
-  for (const a of lower) for (const b of lower) yield a + b
-  for (const a of lower) for (const b of lower) yield META + a + b
-  for (const w of ENGLISH_WORDS) {
-    yield* prefixChain(w)
-    yield* prefixChain(META + w)
-    yield* prefixChain(META + capitalized(w))
-  }
-  const ranking = hanziRanking()
-  for (const w of CHINESE_WORDS) yield* prefixChain(w)
-  const bigrams = hanziBigrams(ranking)
-  for (let i = 0; i < 20000; i++) yield bigrams.next().value as string
-  for (const a of lower) for (const b of lower) for (const c of lower) yield* [a + b + c, META + a + b + c]
-  yield* bigrams // filler: as many as the vocabulary size needs
-}
-
-function v1BpeModel(): SentencePieceModel {
-  const unigram = v1Model()
-  const head = unigram.pieces.slice(0, 5)
-  const tail = unigram.pieces.slice(V1_PIECE_COUNT - 344)
-  const [normal] = layoutRuns([{pieces: v1BpePieces(), filler: true}], V1_PIECE_COUNT - head.length - tail.length,
-    new Set([...head, ...tail].map((p) => p.piece)), (p) => p.normalize('NFKC') === p)
-  return {
-    pieces: [...head, ...normal.map((piece, k) => ({piece, score: -k, type: PieceType.NORMAL})), ...tail],
-    trainerSpec: {...unigram.trainerSpec, modelType: ModelType.BPE},
-    normalizerSpec: unigram.normalizerSpec,
-  }
-}
-
 /** tokenizer_config.json of THUDM/chatglm-6b, key for key as the repository publishes it. */
 function v1TokenizerConfig(): Record<string, unknown> {
   return {
@@ -513,29 +468,20 @@ function v2TokenizerConfig(): Record<string, unknown> {
   }
 }
 
-/**
- * What kind of SentencePiece model synth writes for ChatGLM-6B: UNIGRAM is the real kind; BPE
- * stays the default until glmtool's own SentencePiece encodes UNIGRAM models.
- */
-export type V1ModelKind = 'unigram' | 'bpe'
-export const V1_DEFAULT_KIND: V1ModelKind = 'bpe'
-
 /** The structured model, before serialization (for tests and tools that want the pieces). */
-export function synthTokenizerModel(arch: SynthTokenizerArch, v1Kind: V1ModelKind = V1_DEFAULT_KIND): SentencePieceModel {
-  if (arch === 'chatglm2-6b') return v2Model()
-  return v1Kind === 'unigram' ? v1Model() : v1BpeModel()
+export function synthTokenizerModel(arch: SynthTokenizerArch): SentencePieceModel {
+  return arch === 'chatglm-6b' ? v1Model() : v2Model()
 }
 
-const built = new Map<string, Buffer>()
+const built = new Map<SynthTokenizerArch, Buffer>()
 
 /** Synthetic tokenizer files for `arch`: the model bytes and tokenizer_config.json contents. */
-export function synthTokenizer(arch: SynthTokenizerArch, v1Kind: V1ModelKind = V1_DEFAULT_KIND): SynthTokenizer {
-  const key = arch === 'chatglm-6b' ? `${arch}/${v1Kind}` : arch
-  let bytes = built.get(key)
+export function synthTokenizer(arch: SynthTokenizerArch): SynthTokenizer {
+  let bytes = built.get(arch)
   if (!bytes) {
     // Building takes a second (130k pieces, an NFKC table); the result never changes.
-    bytes = encodeModelProto(synthTokenizerModel(arch, v1Kind))
-    built.set(key, bytes)
+    bytes = encodeModelProto(synthTokenizerModel(arch))
+    built.set(arch, bytes)
   }
   return arch === 'chatglm-6b'
     ? {fileName: 'ice_text.model', bytes: Buffer.from(bytes), tokenizerConfig: v1TokenizerConfig()}
