@@ -6,7 +6,7 @@
  * descriptor, and the synthetic models as the library loads and encodes them.
  */
 import {spawnSync} from 'node:child_process'
-import {existsSync, mkdtempSync, rmSync, writeFileSync} from 'node:fs'
+import {existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {fileURLToPath} from 'node:url'
@@ -237,6 +237,14 @@ describe.each(['chatglm-6b', 'chatglm2-6b'] as const)('synthTokenizer(%s)', (arc
         bos_token: '<sop>', eos_token: '<eop>', end_token: '</s>', gmask_token: '[gMASK]', mask_token: '[MASK]',
         pad_token: '<pad>', unk_token: '<unk>', num_image_tokens: 0,
       })
+    }
+    // Key for key the published file where ../shared/real has it (name_or_path aside: that copy
+    // was saved from a local directory).
+    const real = join(REAL, `${arch}_tokenizer_config.json`)
+    if (existsSync(real)) {
+      const {name_or_path: _ours, ...mine} = c
+      const {name_or_path: _theirs, ...theirs} = JSON.parse(readFileSync(real, 'utf8')) as Record<string, unknown>
+      expect(mine).toEqual(theirs)
     }
     // Every token the config names is a piece of the model.
     for (const key of ['bos_token', 'eos_token', 'end_token', 'gmask_token', 'mask_token', 'pad_token', 'unk_token']) {
