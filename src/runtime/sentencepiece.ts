@@ -159,6 +159,15 @@ export class SentencePieceProcessor {
   private readonly merges: IntPairMap | null = null
   /** BPE: a one-character mergeable piece's id by (byte length, charCode() of its bytes). */
   private readonly charIds: IntPairMap | null = null
+  /**
+   * BPE: every pair of adjacent characters (charCode() of each) inside some mergeable piece. No
+   * merge can cross between two symbols whose touching characters are not such a pair, so the
+   * text splits there into parts that merge independently (the same result as one queue over
+   * the whole text: a merge only ever involves adjacent symbols of one part, and the order of
+   * merges inside a part, by score then position, does not depend on the other parts).
+   */
+  private readonly bigrams: IntPairMap | null = null
+  private readonly hasUnused: boolean
   /** Mergeable ids whose string is also a reserved piece, which PieceToId answers first. */
   private readonly reservedOfMergeable: Map<number, number> | null = null
 
@@ -203,20 +212,28 @@ export class SentencePieceProcessor {
     }
     if (unk < 0) throw new ModelError(`${source}: no <unk> piece`, 'tokenizer-model')
     this.unkId = unk
+    this.hasUnused = this.types.includes(PieceType.UNUSED)
     this.unigram = trainer.modelType === ModelType.UNIGRAM ? new UnigramModel(model.pieces, keys, unk) : null
     if (!this.unigram) {
       const pairs: number[] = []
       const chars: number[] = []
+      const bigrams: number[] = []
       for (const [key, id] of this.mergeable) {
         const first = oneCharLen(key.charCodeAt(0))
         if (first >= key.length && key.length <= 4) chars.push(key.length, charCodeOfKey(key), id)
         // Every split at a character boundary into two mergeable pieces.
+        let before = 0
         for (let at = first; at < key.length; at += oneCharLen(key.charCodeAt(at))) {
+          bigrams.push(charCodeOfKey(key.slice(before, at)), charCodeOfKey(key.slice(at, Math.min(key.length, at + oneCharLen(key.charCodeAt(at))))))
+          before = at
           const l = this.mergeable.get(key.slice(0, at))
           const r = l === undefined ? undefined : this.mergeable.get(key.slice(at))
           if (l !== undefined && r !== undefined) pairs.push(l, r, id)
         }
       }
+      const bigramSet = new IntPairMap(bigrams.length / 2)
+      for (let i = 0; i < bigrams.length; i += 2) bigramSet.set(bigrams[i], bigrams[i + 1], 0)
+      this.bigrams = bigramSet
       const merges = new IntPairMap(pairs.length / 3)
       for (let i = 0; i < pairs.length; i += 3) merges.set(pairs[i], pairs[i + 1], pairs[i + 2])
       const charIds = new IntPairMap(chars.length / 3)
@@ -402,6 +419,7 @@ export class SentencePieceProcessor {
     const len = new Int32Array(end)
     const sid = new Int32Array(end)
     const frozen = new Uint8Array(end)
+    const code = new Int32Array(end)
     const charIds = this.charIds!
     for (let pos = 0; pos < end;) {
       let n = this.matcher.size > 0 ? this.matcher.match(normalized, pos, end) : 0
@@ -410,7 +428,8 @@ export class SentencePieceProcessor {
         sid[count] = this.mergeable.get(Buffer.from(normalized.buffer, normalized.byteOffset + pos, n).toString('latin1')) ?? -1
       } else {
         n = Math.min(end - pos, oneCharLen(normalized[pos]))
-        sid[count] = charIds.get(n, charCode(normalized, pos, n))
+        code[count] = charCode(normalized, pos, n)
+        sid[count] = charIds.get(n, code[count])
       }
       start[count] = pos
       len[count] = n
@@ -437,23 +456,32 @@ export class SentencePieceProcessor {
       agenda.push(left, right, scores[id], size, id)
       if (types[id] === PieceType.UNUSED) revMerge.set(id, [len[left], sid[left], sid[right]])
     }
-    for (let i = 1; i < count; i++) maybeAdd(i - 1, i)
-
-    while (agenda.length > 0) {
-      const left = agenda.topLeft()
-      const right = agenda.topRight()
-      const size = agenda.topSize()
-      const id = agenda.topId()
-      agenda.pop()
-      // Stale entries: a side merged away (empty) or grew since the pair was queued.
-      if (len[left] === 0 || len[right] === 0 || len[left] + len[right] !== size) continue
-      len[left] = size
-      sid[left] = id
-      next[left] = next[right]
-      if (next[right] >= 0) prev[next[right]] = left
-      len[right] = 0
-      maybeAdd(prev[left], left)
-      maybeAdd(left, next[left])
+    // Parts that merge independently (see `bigrams`), one queue after the other. With UNUSED
+    // pieces the whole text is one part: which pair made an UNUSED piece is the last one queued,
+    // and that order must stay the library's.
+    const bigrams = this.hasUnused ? null : this.bigrams!
+    for (let from = 0; from < count;) {
+      let to = from + 1
+      if (bigrams) while (to < count && !frozen[to - 1] && !frozen[to] && bigrams.get(code[to - 1], code[to]) >= 0) to++
+      else to = count
+      for (let i = from + 1; i < to; i++) maybeAdd(i - 1, i)
+      from = to
+      while (agenda.length > 0) {
+        const left = agenda.topLeft()
+        const right = agenda.topRight()
+        const size = agenda.topSize()
+        const id = agenda.topId()
+        agenda.pop()
+        // Stale entries: a side merged away (empty) or grew since the pair was queued.
+        if (len[left] === 0 || len[right] === 0 || len[left] + len[right] !== size) continue
+        len[left] = size
+        sid[left] = id
+        next[left] = next[right]
+        if (next[right] >= 0) prev[next[right]] = left
+        len[right] = 0
+        maybeAdd(prev[left], left)
+        maybeAdd(left, next[left])
+      }
     }
 
     const outStart: number[] = []
