@@ -18,8 +18,8 @@
 import {ModelError} from '../errors.js'
 import type {EffectiveNormalizerSpec} from './sentencepiece-model.js'
 
-/** U+2581 LOWER ONE EIGHTH BLOCK, SentencePiece's visible space, as UTF-8. */
-const SPACE_SYMBOL = [0xe2, 0x96, 0x81]
+// U+2581 LOWER ONE EIGHTH BLOCK, SentencePiece's visible space, is E2 96 81 in UTF-8 (written
+// byte by byte below).
 const SPACE = 0x20
 /** U+FFFD as UTF-8. */
 export const REPLACEMENT_UTF8 = [0xef, 0xbf, 0xbd]
