@@ -44,8 +44,11 @@ const utf8 = new TextEncoder()
 
 /** A piece's UTF-8 bytes as a "binary" string (one char per byte): the key of the piece maps. */
 function byteKey(s: string): string {
-  return Buffer.from(s, 'utf8').toString('latin1')
+  // ASCII is its own byte key; most of a vocabulary's English pieces skip the Buffer round trip.
+  return ASCII.test(s) ? s : Buffer.from(s, 'utf8').toString('latin1')
 }
+
+const ASCII = /^[\x00-\x7f]*$/
 
 /** The UTF-8 text of bytes[from..to). */
 function utf8Slice(bytes: Uint8Array, from: number, to: number): string {
@@ -185,13 +188,11 @@ export class SentencePieceProcessor {
     this.byteOfId = new Int16Array(n).fill(-1)
     let unk = -1
     const userDefined: Uint8Array[] = []
-    const keys = new Array<string>(n)
     for (let i = 0; i < n; i++) {
       const p = model.pieces[i]
       this.types[i] = p.type
       this.scores[i] = p.score
       const key = byteKey(p.piece)
-      keys[i] = key
       const isMergeable = p.type === PieceType.NORMAL || p.type === PieceType.USER_DEFINED || p.type === PieceType.UNUSED
       const map = isMergeable ? this.mergeable : this.reserved
       // model_interface.cc InitializePieces: the same refusals.
@@ -213,7 +214,7 @@ export class SentencePieceProcessor {
     if (unk < 0) throw new ModelError(`${source}: no <unk> piece`, 'tokenizer-model')
     this.unkId = unk
     this.hasUnused = this.types.includes(PieceType.UNUSED)
-    this.unigram = trainer.modelType === ModelType.UNIGRAM ? new UnigramModel(model.pieces, keys, unk) : null
+    this.unigram = trainer.modelType === ModelType.UNIGRAM ? new UnigramModel(model.pieces, this.mergeable, unk) : null
     if (!this.unigram) {
       const pairs: number[] = []
       const chars: number[] = []
