@@ -42,13 +42,13 @@ const META = '\u2581'
 const REPLACEMENT = '\ufffd'
 const utf8 = new TextEncoder()
 
+const PRINTABLE_ASCII = /^[ -~]*$/
+
 /** A piece's UTF-8 bytes as a "binary" string (one char per byte): the key of the piece maps. */
 function byteKey(s: string): string {
-  // ASCII is its own byte key; most of a vocabulary's English pieces skip the Buffer round trip.
-  return ASCII.test(s) ? s : Buffer.from(s, 'utf8').toString('latin1')
+  // Printable ASCII is its own byte key; most English pieces skip the Buffer round trip.
+  return PRINTABLE_ASCII.test(s) ? s : Buffer.from(s, 'utf8').toString('latin1')
 }
-
-const ASCII = /^[\x00-\x7f]*$/
 
 /** The UTF-8 text of bytes[from..to). */
 function utf8Slice(bytes: Uint8Array, from: number, to: number): string {
