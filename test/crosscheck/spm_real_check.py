@@ -3,7 +3,8 @@
 wrappers, on a corpus generated from a seed, as JSON for test/tokenizer-real.test.ts.
 
     spm_real_check.py REAL_DIR SEED COUNT
-    spm_real_check.py REAL_DIR SEED --bench REPEAT   # bench/tokenizer-speed.mjs
+    spm_real_check.py REAL_DIR SEED --bench REPEAT   # best of REPEAT encodes, one JSON line
+    spm_real_check.py REAL_DIR SEED --serve          # bench/tokenizer-speed.mjs: see serve()
 
 The corpus (make_corpus) is COUNT varied strings plus the empty string and one 100 KB text, all
 drawn from random.Random(SEED), so it can grow without changing what it holds so far.
@@ -309,7 +310,27 @@ def bench(real, seed, repeat):
     return out
 
 
+def serve(real, seed):
+    """Print {"text": the 100 KB text} as one line, then for each line "v1" / "v2" read from
+    stdin encode that text once and print {"seconds", "tokens"}: the caller alternates these
+    with its own encodes, so that both sides are timed under the same load."""
+    big = make_corpus(seed, 0)[-1]
+    sps = {
+        "v1": (spm.SentencePieceProcessor(model_file=real + "/chatglm-6b_ice_text.model"), True),
+        "v2": (spm.SentencePieceProcessor(model_file=real + "/chatglm2-6b_tokenizer.model"), False),
+    }
+    print(json.dumps({"library": "sentencepiece " + spm.__version__, "text": big}, ensure_ascii=False), flush=True)
+    for line in sys.stdin:
+        sp, v1 = sps[line.strip()]
+        t0 = time.perf_counter()
+        ids = sp.encode(v1_preprocess(big) if v1 else big, out_type=int)
+        print(json.dumps({"seconds": time.perf_counter() - t0, "tokens": len(ids)}), flush=True)
+
+
 def main(argv):
+    if len(argv) == 4 and argv[3] == "--serve":
+        serve(argv[1], int(argv[2]))
+        return 0
     if len(argv) == 5 and argv[3] == "--bench":
         json.dump(bench(argv[1], int(argv[2]), int(argv[4])), sys.stdout, ensure_ascii=False)
         sys.stdout.write("\n")
