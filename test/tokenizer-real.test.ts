@@ -17,6 +17,7 @@ import {beforeAll, describe, expect, it} from 'vitest'
 import {decodeModelProto} from '../src/runtime/sentencepiece-model.js'
 import {SentencePieceProcessor} from '../src/runtime/sentencepiece.js'
 import {chatglm6bModel, ChatGLM6BTokenizer, loadChatGLM6BSentencePiece, preprocessV1} from '../src/runtime/tokenizer-v1.js'
+import {tokenizerFromBytes} from '../src/runtime/tokenizer.js'
 import {show} from './fixtures/tokenizer/load.js'
 import {parity} from './helpers/parity.js'
 
@@ -137,5 +138,15 @@ describe.skipIf(reason !== undefined)('tokenizers on the real files vs the sente
     expect(reply.appended_equals_current).toBe(true)
     // And the current file is taken as it is.
     expect(chatglm6bModel(current, CURRENT)).toBe(current)
+  })
+
+  it('through tokenizerFromBytes, the first-release file with num_image_tokens 20000 has the first release\'s specials', () => {
+    // The first-release modeling code hard-codes MASK, gMASK = 150000, 150001.
+    const tok = tokenizerFromBytes(readFileSync(OLD), 'chatglm-6b', {source: OLD, numImageTokens: 20000})
+    expect(tok.vocabSize).toBe(150344)
+    expect(tok.specials).toMatchObject({mask: 150000, gmask: 150001, sop: 150004, eop: 150005, pad: 20003})
+    const cur = tokenizerFromBytes(readFileSync(CURRENT), 'chatglm-6b', {source: CURRENT})
+    const text = reply.texts[20]
+    expect(tok.encode(text)).toEqual(cur.encode(text).map((id) => id + 20000))
   })
 })

@@ -15,6 +15,8 @@ import {fileURLToPath} from 'node:url'
 import {afterAll, describe, expect, it} from 'vitest'
 import {encodeModelProto, ModelType, PieceType, type SentencePiece, type SentencePieceModel} from '../src/runtime/sentencepiece-model.js'
 import {SentencePieceProcessor} from '../src/runtime/sentencepiece.js'
+import {chatglm6bModel, firstReleaseAppendedPieces} from '../src/runtime/tokenizer-v1.js'
+import {ModelError} from '../src/errors.js'
 import {show} from './fixtures/tokenizer/load.js'
 import {parity} from './helpers/parity.js'
 
@@ -107,5 +109,39 @@ describe.skipIf(!haveSpm)('UNIGRAM rules vs the sentencepiece library', () => {
     expect(ids('ab')).toContain(id('ab'))
     expect(ids('kmn')).toContain(id('km'))
     expect(ids('a<u>b')).toContain(id('<u>'))
+  })
+})
+
+describe('the first-release 130000-piece ice_text.model (chatglm6bModel)', () => {
+  const base = (extra: SentencePiece[] = []): SentencePieceModel => {
+    const pieces: SentencePiece[] = [{piece: '<unk>', score: 0, type: PieceType.UNKNOWN}]
+    for (let i = 1; pieces.length < 130000 - extra.length; i++) pieces.push({piece: `p${i}`, score: -i, type: N})
+    return {pieces: [...pieces, ...extra], trainerSpec: {modelType: ModelType.UNIGRAM, byteFallback: false}}
+  }
+
+  it('gets the 344 pieces appended in the published order and byte_fallback on', () => {
+    const m = base()
+    const up = chatglm6bModel(m, 'old/ice_text.model')
+    expect(up.pieces.length).toBe(130344)
+    expect(up.pieces.slice(0, 130000)).toEqual(m.pieces)
+    expect(up.pieces.slice(130000).map((p) => p.piece).slice(0, 10)).toEqual(
+      ['[MASK]', '[gMASK]', '[sMASK]', '<unused_0>', '<sop>', '<eop>', '<ENC>', '<dBLOCK>', '<|tab|>', '<|blank_2|>'])
+    expect(up.pieces[130087]).toEqual({piece: '<|blank_80|>', score: 0, type: PieceType.USER_DEFINED})
+    expect(up.pieces[130088]).toEqual({piece: '<0x00>', score: 0, type: PieceType.BYTE})
+    expect(up.pieces[130343]).toEqual({piece: '<0xFF>', score: 0, type: PieceType.BYTE})
+    expect(up.trainerSpec?.byteFallback).toBe(true)
+    expect(m.pieces.length).toBe(130000) // the input is not modified
+    expect(firstReleaseAppendedPieces().length).toBe(344)
+  })
+
+  it('refuses a 130000-piece file that already holds some of them, naming the file', () => {
+    const m = base([{piece: '[gMASK]', score: 0, type: PieceType.CONTROL}])
+    expect(() => chatglm6bModel(m, 'x/ice_text.model')).toThrow(ModelError)
+    expect(() => chatglm6bModel(m, 'x/ice_text.model')).toThrow(/^x\/ice_text\.model: a 130000-piece ChatGLM-6B tokenizer that already holds 1 of the 344 pieces/)
+  })
+
+  it('leaves files of any other size alone', () => {
+    const m: SentencePieceModel = {pieces: [{piece: '<unk>', score: 0, type: PieceType.UNKNOWN}]}
+    expect(chatglm6bModel(m, 'm')).toBe(m)
   })
 })
