@@ -112,6 +112,17 @@ describe.skipIf(!haveSpm)('UNIGRAM rules vs the sentencepiece library', () => {
   })
 })
 
+describe('UNIGRAM models the library refuses', () => {
+  it('one with nothing but <unk> and control pieces: "no pieces are loaded", naming the file', () => {
+    const bytes = encodeModelProto({
+      pieces: [{piece: '<unk>', score: 0, type: PieceType.UNKNOWN}, {piece: '<s>', score: 0, type: PieceType.CONTROL}],
+      trainerSpec: {modelType: ModelType.UNIGRAM},
+    })
+    expect(() => SentencePieceProcessor.load(bytes, 'd/ice_text.model')).toThrow(ModelError)
+    expect(() => SentencePieceProcessor.load(bytes, 'd/ice_text.model')).toThrow(/^d\/ice_text\.model: no pieces are loaded/)
+  })
+})
+
 describe('the first-release 130000-piece ice_text.model (chatglm6bModel)', () => {
   const base = (extra: SentencePiece[] = []): SentencePieceModel => {
     const pieces: SentencePiece[] = [{piece: '<unk>', score: 0, type: PieceType.UNKNOWN}]

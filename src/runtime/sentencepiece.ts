@@ -214,6 +214,8 @@ export class SentencePieceProcessor {
     if (unk < 0) throw new ModelError(`${source}: no <unk> piece`, 'tokenizer-model')
     this.unkId = unk
     this.hasUnused = this.types.includes(PieceType.UNUSED)
+    // unigram_model.cc BuildTrie: the same refusal, the same words.
+    if (trainer.modelType === ModelType.UNIGRAM && this.mergeable.size === 0) throw new ModelError(`${source}: no pieces are loaded (a UNIGRAM model needs normal or user-defined pieces)`, 'tokenizer-model')
     this.unigram = trainer.modelType === ModelType.UNIGRAM ? new UnigramModel(model.pieces, this.mergeable, unk) : null
     if (!this.unigram) {
       const pairs: number[] = []
