@@ -24,8 +24,9 @@ import {parity} from './helpers/parity.js'
 const PYTHON = '/usr/bin/python3'
 const SCRIPT = fileURLToPath(new URL('crosscheck/spm_real_check.py', import.meta.url))
 const REAL = fileURLToPath(new URL('../../shared/real', import.meta.url))
-const SEED = 20260412
-const COUNT = 2400
+// The corpus grows or changes with TOKENIZER_REAL_COUNT / TOKENIZER_REAL_SEED (CI: the defaults).
+const SEED = Number(process.env.TOKENIZER_REAL_SEED ?? 20260412)
+const COUNT = Number(process.env.TOKENIZER_REAL_COUNT ?? 2400)
 
 const CURRENT = `${REAL}/chatglm-6b_ice_text.model`
 const OLD = `${REAL}/chatglm-6b_ice_text.model.pre-20230406_130000pieces`
