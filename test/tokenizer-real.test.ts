@@ -17,14 +17,16 @@ import {beforeAll, describe, expect, it} from 'vitest'
 import {decodeModelProto} from '../src/runtime/sentencepiece-model.js'
 import {SentencePieceProcessor} from '../src/runtime/sentencepiece.js'
 import {chatglm6bModel, ChatGLM6BTokenizer, loadChatGLM6BSentencePiece, preprocessV1} from '../src/runtime/tokenizer-v1.js'
+import {tokenizerFromBytes} from '../src/runtime/tokenizer.js'
 import {show} from './fixtures/tokenizer/load.js'
 import {parity} from './helpers/parity.js'
 
 const PYTHON = '/usr/bin/python3'
 const SCRIPT = fileURLToPath(new URL('crosscheck/spm_real_check.py', import.meta.url))
 const REAL = fileURLToPath(new URL('../../shared/real', import.meta.url))
-const SEED = 20260412
-const COUNT = 2400
+// The corpus grows or changes with TOKENIZER_REAL_COUNT / TOKENIZER_REAL_SEED (CI: the defaults).
+const SEED = Number(process.env.TOKENIZER_REAL_SEED ?? 20260412)
+const COUNT = Number(process.env.TOKENIZER_REAL_COUNT ?? 2400)
 
 const CURRENT = `${REAL}/chatglm-6b_ice_text.model`
 const OLD = `${REAL}/chatglm-6b_ice_text.model.pre-20230406_130000pieces`
@@ -137,5 +139,15 @@ describe.skipIf(reason !== undefined)('tokenizers on the real files vs the sente
     expect(reply.appended_equals_current).toBe(true)
     // And the current file is taken as it is.
     expect(chatglm6bModel(current, CURRENT)).toBe(current)
+  })
+
+  it('through tokenizerFromBytes, the first-release file with num_image_tokens 20000 has the first release\'s specials', () => {
+    // The first-release modeling code hard-codes MASK, gMASK = 150000, 150001.
+    const tok = tokenizerFromBytes(readFileSync(OLD), 'chatglm-6b', {source: OLD, numImageTokens: 20000})
+    expect(tok.vocabSize).toBe(150344)
+    expect(tok.specials).toMatchObject({mask: 150000, gmask: 150001, sop: 150004, eop: 150005, pad: 20003})
+    const cur = tokenizerFromBytes(readFileSync(CURRENT), 'chatglm-6b', {source: CURRENT})
+    const text = reply.texts[20]
+    expect(tok.encode(text)).toEqual(cur.encode(text).map((id) => id + 20000))
   })
 })

@@ -49,10 +49,10 @@ export class UnigramModel {
   private readonly unkScore: number
 
   /**
-   * `keys[i]` is piece i's UTF-8 bytes as a latin1 string (one char per byte); `pieces` their
-   * types and scores.
+   * `pieces` is the vocabulary; `trieKeys` maps the UTF-8 bytes (as a latin1 string, one char
+   * per byte) of each NORMAL, USER_DEFINED and UNUSED piece to its id (the library's pieces_).
    */
-  constructor(pieces: readonly SentencePiece[], keys: readonly string[], private readonly unkId: number) {
+  constructor(pieces: readonly SentencePiece[], trieKeys: ReadonlyMap<string, number>, private readonly unkId: number) {
     let minScore = FLT_MAX
     let maxScore = FLT_MIN
     for (const p of pieces) {
@@ -64,29 +64,28 @@ export class UnigramModel {
     // float arithmetic: min_score() - kUnkPenalty.
     this.unkScore = fround(minScore - UNK_PENALTY)
 
-    const ids: number[] = []
-    for (let i = 0; i < pieces.length; i++) {
-      const t = pieces[i].type
-      if (t === PieceType.NORMAL || t === PieceType.USER_DEFINED || t === PieceType.UNUSED) ids.push(i)
-    }
-    ids.sort((a, b) => (keys[a] < keys[b] ? -1 : keys[a] > keys[b] ? 1 : 0))
-
+    // Sorted byte strings (the default sort compares UTF-16 units, here bytes).
+    const keys = [...trieKeys.keys()].sort()
     let bound = 1
-    for (const i of ids) bound += keys[i].length
+    for (const k of keys) bound += k.length
     const value = new Int32Array(bound).fill(-1)
     const first = new Int32Array(bound)
     const count = new Int32Array(bound)
     const label = new Uint8Array(bound)
     const score = new Float64Array(bound)
-    // Breadth-first: a node is [its range of sorted ids sharing its prefix, its depth]; its
-    // children are allocated together when it is expanded.
+    // Breadth-first: a node is its range of sorted keys sharing its prefix, and its depth; its
+    // children are allocated together when it is expanded. The queue is the node order itself.
+    const qLo = new Int32Array(bound)
+    const qHi = new Int32Array(bound)
+    const qDepth = new Int32Array(bound)
+    qHi[0] = keys.length
     let nodes = 1
-    const queue: Array<[node: number, lo: number, hi: number, depth: number]> = [[0, 0, ids.length, 0]]
-    for (let q = 0; q < queue.length; q++) {
-      const [node, lo0, hi, depth] = queue[q]
-      let lo = lo0
-      if (lo < hi && keys[ids[lo]].length === depth) {
-        const id = ids[lo]
+    for (let node = 0; node < nodes; node++) {
+      let lo = qLo[node]
+      const hi = qHi[node]
+      const depth = qDepth[node]
+      if (lo < hi && keys[lo].length === depth) {
+        const id = trieKeys.get(keys[lo])!
         const p = pieces[id]
         if (p.type !== PieceType.UNUSED) {
           value[node] = id
@@ -97,14 +96,16 @@ export class UnigramModel {
       }
       first[node] = nodes
       while (lo < hi) {
-        const b = keys[ids[lo]].charCodeAt(depth)
+        const b = keys[lo].charCodeAt(depth)
         let end = lo + 1
-        while (end < hi && keys[ids[end]].charCodeAt(depth) === b) end++
+        while (end < hi && keys[end].charCodeAt(depth) === b) end++
         const child = nodes++
         label[child] = b
         count[node]++
         if (node === 0) this.rootNext[b] = child
-        queue.push([child, lo, end, depth + 1])
+        qLo[child] = lo
+        qHi[child] = end
+        qDepth[child] = depth + 1
         lo = end
       }
     }

@@ -12,6 +12,10 @@
  *   replaces in the decoded string, so a stand-in spelled across several pieces counts too.
  * - Specials are looked up by name in the model: [MASK], [gMASK], <sop> (bos), <eop> (eos: it
  *   ends generation, config.json eos_token_id 130005), <pad> (PieceToId, so <unk> when absent).
+ * - ice_text.model is a SentencePiece UNIGRAM model. The first-release file (130000 pieces,
+ *   before 2023-04-06) lacks the specials, <|tab|>, <|blank_k|> and byte pieces: its
+ *   tokenization_chatglm.py appended them at load time (chatglm6bModel below does the same),
+ *   and its checkpoints count num_image_tokens = 20000 image ids in front ([MASK] = 150000).
  */
 import {ModelError} from '../errors.js'
 import {decodeModelProto, PieceType, type SentencePiece, type SentencePieceModel} from './sentencepiece-model.js'

@@ -2,7 +2,9 @@
 """The real ChatGLM tokenizer files through the `sentencepiece` library and the published
 wrappers, on a corpus generated from a seed, as JSON for test/tokenizer-real.test.ts.
 
-    spm_real_check.py REAL_DIR SEED COUNT [--bench REPEAT]
+    spm_real_check.py REAL_DIR SEED COUNT
+    spm_real_check.py REAL_DIR SEED --bench REPEAT   # best of REPEAT encodes, one JSON line
+    spm_real_check.py REAL_DIR SEED --serve          # bench/tokenizer-speed.mjs: see serve()
 
 The corpus (make_corpus) is COUNT varied strings plus the empty string and one 100 KB text, all
 drawn from random.Random(SEED), so it can grow without changing what it holds so far.
@@ -21,7 +23,9 @@ The three tokenizers, restated here from the published code (not from glmtool):
   glmtool's v2 wrapper is checked elsewhere).
 
 Output: {"library", "texts", "models": {name: {"vocab", "offset", "encode": [[ids, pieces]],
-"decode": [[ids, text]]}}, "appended_equals_current": bool, "bench": {...}}.
+"decode": [[ids, text]]}}, "appended_equals_current": bool}. With --bench: {"library", "text"
+(the 100 KB text), "bench": {"v1" | "v2": {"tokens", "seconds", "runs"}}}, the best of REPEAT
+encodes of that text (v1 with the published preprocessing inside the timing, as glmtool's is).
 """
 import json
 import random
@@ -289,9 +293,49 @@ class Wrapper:
         return self.sp.decode(ids)
 
 
+def bench(real, seed, repeat):
+    big = make_corpus(seed, 0)[-1]
+    sps = {
+        "v1": (spm.SentencePieceProcessor(model_file=real + "/chatglm-6b_ice_text.model"), True),
+        "v2": (spm.SentencePieceProcessor(model_file=real + "/chatglm2-6b_tokenizer.model"), False),
+    }
+    out = {"library": "sentencepiece " + spm.__version__, "text": big, "bench": {}}
+    for name, (sp, v1) in sps.items():
+        best = float("inf")
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            ids = sp.encode(v1_preprocess(big) if v1 else big, out_type=int)
+            best = min(best, time.perf_counter() - t0)
+        out["bench"][name] = {"tokens": len(ids), "seconds": best, "runs": repeat}
+    return out
+
+
+def serve(real, seed):
+    """Print {"text": the 100 KB text} as one line, then for each line "v1" / "v2" read from
+    stdin encode that text once and print {"seconds", "tokens"}: the caller alternates these
+    with its own encodes, so that both sides are timed under the same load."""
+    big = make_corpus(seed, 0)[-1]
+    sps = {
+        "v1": (spm.SentencePieceProcessor(model_file=real + "/chatglm-6b_ice_text.model"), True),
+        "v2": (spm.SentencePieceProcessor(model_file=real + "/chatglm2-6b_tokenizer.model"), False),
+    }
+    print(json.dumps({"library": "sentencepiece " + spm.__version__, "text": big}, ensure_ascii=False), flush=True)
+    for line in sys.stdin:
+        sp, v1 = sps[line.strip()]
+        t0 = time.perf_counter()
+        ids = sp.encode(v1_preprocess(big) if v1 else big, out_type=int)
+        print(json.dumps({"seconds": time.perf_counter() - t0, "tokens": len(ids)}), flush=True)
+
+
 def main(argv):
+    if len(argv) == 4 and argv[3] == "--serve":
+        serve(argv[1], int(argv[2]))
+        return 0
+    if len(argv) == 5 and argv[3] == "--bench":
+        json.dump(bench(argv[1], int(argv[2]), int(argv[4])), sys.stdout, ensure_ascii=False)
+        sys.stdout.write("\n")
+        return 0
     real, seed, count = argv[1], int(argv[2]), int(argv[3])
-    bench = int(argv[5]) if len(argv) > 5 and argv[4] == "--bench" else 0
     texts = make_corpus(seed, count)
     cur_path = real + "/chatglm-6b_ice_text.model"
     old_path = real + "/chatglm-6b_ice_text.model.pre-20230406_130000pieces"
@@ -317,17 +361,6 @@ def main(argv):
             "encode": enc,
             "decode": [[ids, w.decode(ids)] for ids in seqs],
         }
-    if bench:
-        big = texts[-1]
-        out["bench"] = {}
-        for name in ("v1", "v2"):
-            w = wrappers[name]
-            best = float("inf")
-            for _ in range(bench):
-                t0 = time.perf_counter()
-                ids = w.sp.encode(v1_preprocess(big) if w.v1 else big, out_type=int)
-                best = min(best, time.perf_counter() - t0)
-            out["bench"][name] = {"tokens": len(ids), "seconds": best}
     json.dump(out, sys.stdout, ensure_ascii=False)
     sys.stdout.write("\n")
     return 0
