@@ -6,7 +6,7 @@
  * descriptor, and the synthetic models as the library loads and encodes them.
  */
 import {spawnSync} from 'node:child_process'
-import {mkdtempSync, rmSync, writeFileSync} from 'node:fs'
+import {existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {fileURLToPath} from 'node:url'
@@ -14,15 +14,18 @@ import protobuf from 'protobufjs'
 import {afterAll, describe, expect, it} from 'vitest'
 import {ModelError} from '../src/errors.js'
 import {
-  synthTokenizer, synthTokenizerModel, V1_PIECE_COUNT, V2_PIECE_COUNT, type SynthTokenizerArch,
+  SYNTH_WORDS, synthTokenizer, synthTokenizerModel, V1_PIECE_COUNT, V2_PIECE_COUNT, type SynthTokenizerArch,
 } from '../src/formats/synth-tokenizer.js'
 import {
   decodeModelProto, effectiveNormalizerSpec, effectiveTrainerSpec, encodeModelProto, ModelType, PieceType,
   sentencepieceRoot, type SentencePieceModel,
 } from '../src/runtime/sentencepiece-model.js'
+import {show, strings} from './fixtures/tokenizer/load.js'
 
 const PYTHON = '/usr/bin/python3'
 const SPM_CHECK = fileURLToPath(new URL('crosscheck/spm_check.py', import.meta.url))
+const SPM_LAYOUT = fileURLToPath(new URL('crosscheck/spm_layout.py', import.meta.url))
+const REAL = fileURLToPath(new URL('../../shared/real', import.meta.url))
 const haveSpm = spawnSync(PYTHON, ['-c', 'import sentencepiece'], {stdio: 'ignore'}).status === 0
 if (!haveSpm) {
   console.log('sentencepiece cross-check skipped: python3-sentencepiece not installed; .ci/run installs it')
@@ -143,11 +146,11 @@ describe.each(['chatglm-6b', 'chatglm2-6b'] as const)('synthTokenizer(%s)', (arc
   const tok = synthTokenizer(arch)
   const model = decodeModelProto(tok.bytes, tok.fileName)
   const ids = new Map(model.pieces.map((p, i) => [p.piece, i]))
+  const unigram = arch === 'chatglm-6b'
 
   it('has the real vocabulary size and special ids', () => {
     expect(tok.fileName).toBe(exp.file)
     expect(model.pieces.length).toBe(exp.count)
-    expect(model.trainerSpec?.vocabSize).toBe(exp.count)
     for (const [piece, id] of Object.entries(exp.pieces)) expect([piece, ids.get(piece)]).toEqual([piece, id])
     for (const piece of exp.absent) expect(ids.has(piece)).toBe(false)
     for (let b = 0; b < 256; b++) {
@@ -159,7 +162,7 @@ describe.each(['chatglm-6b', 'chatglm2-6b'] as const)('synthTokenizer(%s)', (arc
 
   it('matches its trainer and normalizer specs to the pieces', () => {
     const t = effectiveTrainerSpec(model)
-    expect(t.modelType).toBe(ModelType.BPE)
+    expect(t.modelType).toBe(unigram ? ModelType.UNIGRAM : ModelType.BPE)
     expect(t.byteFallback).toBe(true)
     for (const [field, piece] of [['unkId', '<unk>'], ['bosId', '<s>'], ['eosId', '</s>'], ['padId', '<pad>']] as const) {
       expect([field, t[field]]).toEqual([field, ids.get(piece) ?? -1])
@@ -168,7 +171,9 @@ describe.each(['chatglm-6b', 'chatglm2-6b'] as const)('synthTokenizer(%s)', (arc
     expect(n.addDummyPrefix).toBe(true)
     expect(n.escapeWhitespaces).toBe(true)
     if (arch === 'chatglm-6b') {
+      expect(t.userDefinedSymbols).toEqual(['<n>'])
       expect(n.name).toBe('nmt_nfkc')
+      expect(n.removeExtraWhitespaces).toBe(true)
       expect(n.precompiledCharsmap.length).toBeGreaterThan(4)
     } else {
       expect({name: n.name, remove: n.removeExtraWhitespaces, charsmap: n.precompiledCharsmap.length})
@@ -176,8 +181,29 @@ describe.each(['chatglm-6b', 'chatglm2-6b'] as const)('synthTokenizer(%s)', (arc
     }
   })
 
-  it('has unique pieces and strictly descending NORMAL scores, each multi-character one buildable', () => {
+  it('has unique pieces, at most 16 characters, no two digits in a row, no inner "▁" but runs of it', () => {
     expect(ids.size).toBe(model.pieces.length)
+    const normal = model.pieces.filter((p) => p.type === PieceType.NORMAL)
+    expect(normal.filter((p) => [...p.piece].length > 16 || /\d\d/.test(p.piece)).map((p) => p.piece)).toEqual([])
+    expect(normal.filter((p) => p.piece.slice(1).includes('\u2581') && !/^\u2581+$/.test(p.piece)).map((p) => p.piece)).toEqual([])
+    if (arch === 'chatglm-6b') expect(normal.filter((p) => /^\u2581+$/.test(p.piece)).map((p) => p.piece)).toEqual(['\u2581'])
+  })
+
+  // UNIGRAM (v1) scores are log-probabilities; BPE (v2) scores are merge priorities.
+  if (unigram) it('scores NORMAL pieces as log-probabilities, descending within four runs', () => {
+    const normal = model.pieces.filter((p) => p.type === PieceType.NORMAL)
+    let runs = 1
+    let mass = 0
+    for (let i = 0; i < normal.length; i++) {
+      mass += Math.exp(normal[i].score)
+      if (i > 0 && normal[i].score > normal[i - 1].score) runs++
+    }
+    expect(mass).toBeCloseTo(1, 4)
+    expect(runs).toBe(4)
+    expect(model.pieces.filter((p) => p.type !== PieceType.NORMAL && p.score !== 0)).toEqual([])
+  })
+
+  else it('has strictly descending BPE scores, each multi-character piece buildable', () => {
     const normal = model.pieces.filter((p) => p.type === PieceType.NORMAL)
     for (let i = 1; i < normal.length; i++) {
       if (!(normal[i].score < normal[i - 1].score)) expect.fail(`score of ${normal[i].piece} does not descend`)
@@ -209,8 +235,16 @@ describe.each(['chatglm-6b', 'chatglm2-6b'] as const)('synthTokenizer(%s)', (arc
     if (arch === 'chatglm-6b') {
       expect(c).toMatchObject({
         bos_token: '<sop>', eos_token: '<eop>', end_token: '</s>', gmask_token: '[gMASK]', mask_token: '[MASK]',
-        pad_token: '<pad>', unk_token: '<unk>', num_image_tokens: 0, padding_side: 'left',
+        pad_token: '<pad>', unk_token: '<unk>', num_image_tokens: 0,
       })
+    }
+    // Key for key the published file where ../shared/real has it (name_or_path aside: that copy
+    // was saved from a local directory).
+    const real = join(REAL, `${arch}_tokenizer_config.json`)
+    if (existsSync(real)) {
+      const {name_or_path: _ours, ...mine} = c
+      const {name_or_path: _theirs, ...theirs} = JSON.parse(readFileSync(real, 'utf8')) as Record<string, unknown>
+      expect(mine).toEqual(theirs)
     }
     // Every token the config names is a piece of the model.
     for (const key of ['bos_token', 'eos_token', 'end_token', 'gmask_token', 'mask_token', 'pad_token', 'unk_token']) {
@@ -258,7 +292,7 @@ describe('against the sentencepiece library (python3-sentencepiece)', () => {
     expect(extras.filter((e) => !NEWER_FIELDS.includes(e))).toEqual([])
   })
 
-  it.skipIf(!haveSpm)('loads synthetic ice_text.model (v1) with the real layout and NFKC', () => {
+  it.skipIf(!haveSpm)('loads synthetic ice_text.model (v1, UNIGRAM) with the real layout and NFKC', () => {
     const tok = synthTokenizer('chatglm-6b')
     const path = join(dir, tok.fileName)
     writeFileSync(path, tok.bytes)
@@ -283,6 +317,25 @@ describe('against the sentencepiece library (python3-sentencepiece)', () => {
     expect(enc['<|blank_4|>print("hi")<n>x'].ids).toEqual(expect.arrayContaining([130011, 4]))
     expect(enc['hello world'].pieces).toEqual(['\u2581hello', '\u2581world'])
     for (const e of out.encode) expect([e.text, e.ids.includes(0)]).toEqual([e.text, false])
+  })
+
+  it.skipIf(!haveSpm)('segments v1 (UNIGRAM) text by Viterbi: every listed word whole, no <unk> anywhere', () => {
+    const tok = synthTokenizer('chatglm-6b')
+    const path = join(dir, 'viterbi-' + tok.fileName)
+    writeFileSync(path, tok.bytes)
+    const cap = (w: string): string => w[0].toUpperCase() + w.slice(1)
+    const words = [...new Set([...SYNTH_WORDS.english, ...SYNTH_WORDS.english.map(cap)])]
+    const texts = [...words, ...SYNTH_WORDS.chinese, ...strings()]
+    const [out] = layouts([path], texts)
+    const encoded = out.encode ?? []
+    const split = encoded.slice(0, words.length).filter(([w, pieces]) => pieces.join(' ') !== '\u2581' + w)
+    expect(split.map(([, pieces]) => pieces.join(' '))).toEqual([])
+    const chinese = encoded.slice(words.length, words.length + SYNTH_WORDS.chinese.length)
+    expect(chinese.filter(([w, pieces]) => pieces.join(' ') !== `\u2581 ${w}`).map(([, pieces]) => pieces.join(' '))).toEqual([])
+    // Byte fallback: a character outside the vocabulary becomes bytes, never <unk> (id 0).
+    const unk = encoded.filter(([, , ids]) => ids.includes(0))
+    expect(unk.map(([t]) => show(t))).toEqual([])
+    console.log(`synthetic v1 UNIGRAM: ${words.length + SYNTH_WORDS.chinese.length} listed words whole, ${strings().length} test strings without <unk>`)
   })
 
   it.skipIf(!haveSpm)('loads synthetic tokenizer.model (v2): byte fallback, no <unk> for emoji', () => {
@@ -310,6 +363,67 @@ describe('against the sentencepiece library (python3-sentencepiece)', () => {
     expect(enc['答：你好！'].pieces).toContain('\uff1a') // identity normalizer: "：" stays
     expect(enc['    print("hi")'].pieces[0]).toBe('\u2581'.repeat(5)) // whitespace kept
     for (const e of out.encode) expect([e.text, e.ids.includes(0)]).toEqual([e.text, false])
+  })
+})
+
+/** What test/crosscheck/spm_layout.py reports of a model file (the library's own protobuf view). */
+interface Layout {
+  top_fields: string[]
+  trainer: Record<string, unknown>
+  normalizer: Record<string, unknown>
+  types: Array<[number, number]>
+  specials: Array<[number, string, number, number]>
+  normal: {
+    count: number, exp_sum: number, runs: Array<[number, number, number, number]>, first_single: [number, string],
+    max_len: number, multi_digit: number, inner_meta: number, meta_only: number,
+  }
+  encode?: Array<[string, string[], number[]]>
+}
+
+function layouts(paths: string[], texts?: string[]): Layout[] {
+  const r = spawnSync(PYTHON, [SPM_LAYOUT, ...paths, ...(texts ? ['--encode'] : [])], {
+    input: texts ? JSON.stringify(texts) : '', encoding: 'utf8', maxBuffer: 256 << 20,
+  })
+  if (r.status !== 0) throw new Error(`spm_layout.py failed: ${r.stderr}`)
+  return JSON.parse(r.stdout) as Layout[]
+}
+
+const REAL_FILES: Record<SynthTokenizerArch, string> = {
+  'chatglm-6b': join(REAL, 'chatglm-6b_ice_text.model'),
+  'chatglm2-6b': join(REAL, 'chatglm2-6b_tokenizer.model'),
+}
+const haveReal = existsSync(REAL_FILES['chatglm-6b']) && existsSync(REAL_FILES['chatglm2-6b'])
+if (!haveReal) console.log(`synthetic-vs-real tokenizer layout skipped: ${REAL} has no real tokenizer files`)
+
+describe('synthetic tokenizers against the real files (../shared/real), as the library reads both', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'glmtool-spm-real-'))
+  afterAll(() => rmSync(dir, {recursive: true, force: true}))
+
+  it.skipIf(!haveSpm || !haveReal).each(['chatglm-6b', 'chatglm2-6b'] as const)(
+    '%s: the same settings, piece types id for id, special pieces and piece shapes', (arch) => {
+    const tok = synthTokenizer(arch)
+    const path = join(dir, tok.fileName)
+    writeFileSync(path, tok.bytes)
+    const [synth, real] = layouts([path, REAL_FILES[arch]])
+    expect(synth.top_fields).toEqual(real.top_fields)
+    // Every trainer field the real file sets, with its value, but where the real one was trained.
+    const {input: _input, model_prefix: _prefix, ...realTrainer} = real.trainer
+    expect(synth.trainer).toEqual(realTrainer)
+    // The normalizer too; the charsmap is synth's own NFKC table, so only its presence compares.
+    const charsmap = (l: Layout): boolean => (l.normalizer.precompiled_charsmap as number) > 0
+    const {precompiled_charsmap: _a, ...synthNorm} = synth.normalizer
+    const {precompiled_charsmap: _b, ...realNorm} = real.normalizer
+    expect([synthNorm, charsmap(synth)]).toEqual([realNorm, charsmap(real)])
+    expect(synth.types).toEqual(real.types)
+    expect(synth.specials).toEqual(real.specials)
+    const shape = (l: Layout) => ({
+      count: l.normal.count, runs: l.normal.runs.length, firstScore: l.normal.runs[0][2] === 0 ? 0 : 'log-probability',
+      mass: arch === 'chatglm-6b' ? Math.round(l.normal.exp_sum * 100) / 100 : 'BPE',
+      firstSingle: arch === 'chatglm-6b' ? l.normal.first_single : l.normal.first_single[1],
+      mergesFirst: l.normal.first_single[0] > 259 + 1000,
+      maxLen: l.normal.max_len, multiDigit: l.normal.multi_digit, innerMeta: l.normal.inner_meta, metaOnly: l.normal.meta_only,
+    })
+    expect(shape(synth)).toEqual(shape(real))
   })
 })
 

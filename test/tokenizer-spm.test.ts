@@ -175,14 +175,16 @@ describe('SentencePieceProcessor API', () => {
     ...over,
   })
 
-  it('refuses unigram and other non-BPE models with a clear error', () => {
-    for (const modelType of [ModelType.UNIGRAM, ModelType.WORD, ModelType.CHAR]) {
+  it('refuses word and char models with a clear error, reads unigram ones', () => {
+    for (const modelType of [ModelType.WORD, ModelType.CHAR]) {
       const load = (): unknown => SentencePieceProcessor.load(model({trainerSpec: {modelType}}), 'x/tokenizer.model')
       expect(load).toThrow(ModelError)
-      expect(load).toThrow(/x\/tokenizer\.model: SentencePiece model type (UNIGRAM|WORD|CHAR) is not supported; glmtool reads BPE models only/)
+      expect(load).toThrow(/x\/tokenizer\.model: SentencePiece model type (WORD|CHAR) is not supported; glmtool reads UNIGRAM and BPE models only/)
     }
-    // No trainer spec: the proto default, unigram.
-    expect(() => SentencePieceProcessor.load(model({trainerSpec: undefined}))).toThrow(/UNIGRAM is not supported/)
+    // UNIGRAM, explicit or as the proto default when there is no trainer spec: "aa" is two "a".
+    for (const trainerSpec of [{modelType: ModelType.UNIGRAM}, undefined]) {
+      expect(SentencePieceProcessor.load(model({trainerSpec, normalizerSpec: {addDummyPrefix: false}})).encode('aab')).toEqual([1, 1, 0])
+    }
   })
 
   it('refuses models the library refuses', () => {

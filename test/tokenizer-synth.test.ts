@@ -13,6 +13,7 @@ import {fileURLToPath} from 'node:url'
 import {afterAll, describe, expect, it} from 'vitest'
 import {synthTokenizer} from '../src/formats/synth-tokenizer.js'
 import {SentencePieceProcessor} from '../src/runtime/sentencepiece.js'
+import {decodeModelProto, PieceType} from '../src/runtime/sentencepiece-model.js'
 import {tokenizerFromBytes, type TokenizerArch} from '../src/runtime/tokenizer.js'
 import {show, strings} from './fixtures/tokenizer/load.js'
 
@@ -23,20 +24,24 @@ if (!haveSpm) console.log('synthetic tokenizer cross-check skipped: python3-sent
 
 interface PyReply {
   vocab_size: number
-  encode: Array<{ids: number[], text_ids: number[], decoded: string}>
+  encode: Array<{ids: number[], text_ids: number[], text_pieces: string[], decoded: string}>
   decode: string[]
 }
 
-/** Deterministic id sequences over the whole vocabulary, weighted towards specials and bytes. */
-function randomSequences(vocabSize: number, special: number[], bytes: [number, number], count: number): number[][] {
-  let state = 0x9e3779b9
-  const rand = (n: number): number => {
-    // xorshift32
+/** A seeded xorshift32: rand(n) in [0, n). */
+function generator(seed: number): (n: number) => number {
+  let state = seed
+  return (n) => {
     state ^= state << 13
     state ^= state >>> 17
     state ^= state << 5
     return (state >>> 0) % n
   }
+}
+
+/** Deterministic id sequences over the whole vocabulary, weighted towards specials and bytes. */
+function randomSequences(vocabSize: number, special: number[], bytes: [number, number], count: number): number[][] {
+  const rand = generator(0x9e3779b9)
   const out: number[][] = []
   for (let i = 0; i < count; i++) {
     const seq: number[] = []
@@ -46,6 +51,30 @@ function randomSequences(vocabSize: number, special: number[], bytes: [number, n
       seq.push(r < 3 ? bytes[0] + rand(bytes[1] - bytes[0]) : r < 4 ? special[rand(special.length)] : rand(vocabSize))
     }
     out.push(seq)
+  }
+  return out
+}
+
+/**
+ * Texts made of the model's own pieces, so that segmentations compete (UNIGRAM: many lattice
+ * paths of close scores; BPE: many merge candidates): 1-12 random NORMAL pieces ("▁" as a
+ * space), sometimes glued without the space, mixed with characters outside the vocabulary, runs
+ * of spaces, newlines, tabs and special-like text. Seeded, so it can grow.
+ */
+function vocabularyTexts(normal: string[], count: number, seed: number): string[] {
+  const rand = generator(seed)
+  const extras = ['\u{20000}', '\u{1F600}', '\uFF0C', '\u3000', '\t', '\n', '\r\n', '   ', ' '.repeat(81), '<n>', '[gMASK]', '<sop>', '<|blank_3|>', '\u0301', '\u200b']
+  const out: string[] = []
+  for (let i = 0; i < count; i++) {
+    let text = ''
+    const n = 1 + rand(12)
+    for (let k = 0; k < n; k++) {
+      const r = rand(10)
+      let piece = r < 8 ? normal[rand(normal.length)].replaceAll('\u2581', ' ') : extras[rand(extras.length)]
+      if (rand(3) === 0) piece = piece.trimStart() // glue onto the previous piece
+      text += piece
+    }
+    out.push(text)
   }
   return out
 }
@@ -92,7 +121,9 @@ describe.each(['chatglm-6b', 'chatglm2-6b'] as const)('synthetic %s tokenizer', 
   it.skipIf(!haveSpm)('gives the library\'s ids and text for every test string and random id sequence', () => {
     const path = join(dir, file.fileName)
     writeFileSync(path, file.bytes)
-    const texts = strings()
+    const model = decodeModelProto(file.bytes, file.fileName)
+    const normal = model.pieces.filter((p) => p.type === PieceType.NORMAL).map((p) => p.piece)
+    const texts = [...strings(), ...vocabularyTexts(normal, 1500, 0x2545f491)]
     const sp = SentencePieceProcessor.load(file.bytes)
     const specialIds = Object.values(tok.specials).filter((v): v is number => typeof v === 'number')
     const sequences = randomSequences(tok.vocabSize, [...specialIds, 0, 1, 2], exp.bytes, 500)
@@ -104,7 +135,7 @@ describe.each(['chatglm-6b', 'chatglm2-6b'] as const)('synthetic %s tokenizer', 
     expect(py.vocab_size).toBe(tok.vocabSize)
 
     const failures: string[] = []
-    const counts = {ids: 0, textIds: 0, decoded: 0, stream: 0, sequences: 0}
+    const counts = {ids: 0, textIds: 0, textPieces: 0, decoded: 0, stream: 0, sequences: 0}
     const fail = (kind: keyof typeof counts, message: string): void => {
       if (counts[kind]++ < 3) failures.push(`${kind}: ${message}`)
     }
@@ -112,7 +143,9 @@ describe.each(['chatglm-6b', 'chatglm2-6b'] as const)('synthetic %s tokenizer', 
       const want = py.encode[i]
       const ids = tok.encode(text)
       if (JSON.stringify(ids) !== JSON.stringify(want.ids)) fail('ids', `${show(text)}: ${JSON.stringify(ids).slice(0, 200)}`)
-      if (JSON.stringify(sp.encode(text)) !== JSON.stringify(want.text_ids)) fail('textIds', show(text))
+      const plain = sp.encodeBoth(text)
+      if (JSON.stringify(plain.ids) !== JSON.stringify(want.text_ids)) fail('textIds', show(text))
+      if (JSON.stringify(plain.pieces) !== JSON.stringify(want.text_pieces)) fail('textPieces', show(text))
       if (tok.decode(want.ids) !== want.decoded) fail('decoded', show(text))
       const d = tok.streamDecoder()
       const streamed = want.ids.map((id) => d.push(id)).join('') + d.flush()

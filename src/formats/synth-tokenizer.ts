@@ -1,33 +1,53 @@
 /**
- * Synthetic tokenizer files for synthetic model directories: a SentencePiece BPE model with the
- * real vocabulary size, the real special-token ids and the real normalizer settings of each
- * generation, filled with plausible pieces, plus the tokenizer_config.json the published repos
- * ship. Deterministic: the same arch always gives the same bytes (for v1, on the same Node
- * version: its NFKC table comes from the runtime's Unicode data).
+ * Synthetic tokenizer files for synthetic model directories, of the same kind as the real ones:
+ * ChatGLM-6B's ice_text.model a SentencePiece UNIGRAM model, ChatGLM2-6B's tokenizer.model a
+ * BPE model, each with the real piece count, piece layout and types, special-token ids, and
+ * trainer and normalizer settings of its generation, filled with plausible pieces of glmtool's
+ * own (no piece, score or charsmap byte of the real files is copied), plus the
+ * tokenizer_config.json the published repos ship. Deterministic: the same arch always gives the
+ * same bytes (for v1, on the same Node version: its NFKC table comes from the runtime's Unicode
+ * data).
  *
- * Facts about the real files, and where they come from:
- * - ChatGLM-6B ice_text.model has 130344 pieces (ChatGLM-6B issue #987: len(get_vocab()) with
- *   num_image_tokens 0). chatglm.cpp's tokenizer test cases (real model, real ids) pin the layout:
- *   "你好" -> [5, 74874, ...] so 5 is a lone "▁"; "\n" -> 4 (<n>); four spaces -> 130011 and a tab
- *   -> 130008, so <|tab|> is 130008 and <|blank_k|> is 130007 + k; the emoji 👋 (F0 9F 91 8B) ->
- *   130328 130247 130233 130227, so <0xXX> is 130088 + XX. [MASK] 130000, [gMASK] 130001,
- *   <sop> 130004, <eop> 130005 are in config.json (spec section 1); the published
- *   tokenization_chatglm.py lists its specials as [MASK] [gMASK] [sMASK] <unused_0> <sop> <eop>
- *   <ENC> <dBLOCK>, then <|tab|>, <|blank_2..80|> and 256 bytes, which fills 130000..130343
- *   exactly; so 130003 is <unused_0>, 130006 <ENC>, 130007 <dBLOCK>.
- * - ice_text.model normalizes with NFKC (maintainers, ChatGLM-6B issue #8: "，" comes out as ",";
- *   chatglm.cpp: "问：" -> 问 + the id of ":"). So v1 here carries an nmt_nfkc-style
- *   precompiled_charsmap built below.
- * - ChatGLM2-6B tokenizer.model: 64789 pieces, the five wrapper specials following at 64789..64793
- *   (spec section 4; ChatGLM2-6B issue #288: vocab 64794). chatglm.cpp's tests: "\n" -> 13 and
- *   👋 -> 243 162 148 142, so <0xXX> is 3 + XX; "\t" -> 12 (byte fallback, no tab piece);
- *   "你好" -> "▁你" + "好"; "：" and "！" keep their own ids (no NFKC: identity normalizer); four
- *   spaces of indentation survive (remove_extra_whitespaces false); "1" is its own piece after
- *   "▁" in both generations (split digits: no multi-digit pieces here).
- * Guessed (no public source found): ice_text.model's remove_extra_whitespaces is taken as
- * sentencepiece's default (true), consistent with the wrapper turning every run of spaces, tabs
- * and newlines into its own tokens before SentencePiece sees the text; the [MASK]-style
- * specials are CONTROL pieces, as the published v1 tokenizer appends them.
+ * Facts, read from the real files with the `sentencepiece` library (0.1.97) and its
+ * sentencepiece_model_pb2 (../shared/real; provenance in its SOURCES.txt):
+ * - ChatGLM-6B ice_text.model (current, 130344 pieces). trainer_spec sets only input,
+ *   model_prefix, vocab_size 130000 (the trainer's size; the 344 pieces from 130000 on were
+ *   appended later), character_coverage 0.9999, split_digits, user_defined_symbols ["<n>"],
+ *   byte_fallback, pad_id 3 and train_extremely_large_corpus; model_type is left unset, i.e.
+ *   the proto default UNIGRAM. normalizer_spec sets only name "nmt_nfkc" and a
+ *   precompiled_charsmap (237539 bytes): add_dummy_prefix, remove_extra_whitespaces and
+ *   escape_whitespaces are the defaults (true). No denormalizer, no self-test data.
+ *   Layout: <unk> 0 (UNKNOWN), <s> 1, </s> 2, <pad> 3 (CONTROL), <n> 4 (USER_DEFINED), "▁" 5,
+ *   NORMAL pieces 5..129999 (129995), then [MASK] [gMASK] [sMASK] <unused_0> <sop> <eop> <ENC>
+ *   <dBLOCK> 130000..130007 (CONTROL), <|tab|> 130008 and <|blank_k|> 130007+k for k = 2..80
+ *   (USER_DEFINED), <0xXX> 130088+XX (BYTE). Non-NORMAL pieces score 0. NORMAL scores are
+ *   log-probabilities (exp sums to 0.997), -2.62 ("▁") to -19.91, descending within four runs
+ *   that look like vocabularies merged in order: ids 5..99 "▁", punctuation and digits (-2.6 to
+ *   -9.0); 100..63822 English and code, word pieces mostly with a leading "▁" (-3.9 to -14.9);
+ *   63823..125652 Chinese (punctuation, characters, words, without "▁" but for 714; -4.8 to
+ *   -19.9, the rarest characters last); 125653..129999 everything else: code punctuation runs,
+ *   Cyrillic, Latin, Greek, Arabic, Hangul, emoji (-9.0 to -16.8). No multi-digit piece, no
+ *   "▁" inside a piece, "▁" the only whitespace-only piece, at most 16 characters a piece.
+ * - ChatGLM2-6B tokenizer.model (64789 pieces; ChatGLM3-6B's is the same bytes). trainer_spec
+ *   sets every field (a llama-style BPE run: model_type BPE, vocab_size 32000, split_digits,
+ *   allow_whitespace_only_pieces, byte_fallback, max_sentencepiece_length 16, pad_id -1, ...);
+ *   normalizer_spec sets name "identity", an empty charsmap, add_dummy_prefix true,
+ *   remove_extra_whitespaces false and an empty rule tsv. Layout: <unk> 0 (UNKNOWN), <s> 1,
+ *   </s> 2 (CONTROL), <0xXX> 3+XX (BYTE), then NORMAL from 259 with BPE scores -0, -1, -2, ...
+ *   (merge order; a few gaps): merges first ("▁t", "▁a", "in", ..., runs of "▁" among them),
+ *   the single characters from 30910 ("▁" first), then the merges and characters added for
+ *   Chinese after id 32000. The wrapper's five specials follow the model at 64789..64793.
+ * - chatglm.cpp's tokenizer tests (real models, real ids) agree: "你好" -> [5, 74874, ...] in v1
+ *   (a lone "▁", then one piece), "\n" -> 4, four spaces -> 130011, a tab -> 130008, 👋 -> 5
+ *   130328 130247 130233 130227 (byte fallback); in v2 "\n" -> 13, "\t" -> 12, 👋 -> 243 162
+ *   148 142, "你好" -> "▁你" + "好", "：" keeps its id (identity normalizer), and four spaces of
+ *   indentation survive.
+ * What synth builds from those facts: the same specs field for field (minus the trainer's input
+ * path and model prefix), the same layout and types; v1 NORMAL pieces in the same four runs,
+ * scored as a normalized Zipf distribution per run (see v1Normal), so that Viterbi keeps a
+ * listed word whole; v2 NORMAL pieces as merges, then characters, then Chinese merges, each
+ * multi-character piece buildable from two earlier-listed ones. The charsmap is glmtool's own
+ * NFKC table (nmtNfkcRules), not the library's built-in nmt_nfkc bytes.
  */
 import {
   encodeModelProto, ModelType, PieceType,
@@ -101,6 +121,26 @@ const CHINESE_WORDS = (
   '就是 也是 都是 不是 可能 能够 希望 觉得 认为 开始 结束 继续 智能 高兴 问我 见到你'
 ).split(' ')
 
+/** The whole words the synthetic vocabularies carry (tests check that they encode whole). */
+export const SYNTH_WORDS: {readonly english: readonly string[], readonly chinese: readonly string[]} = {
+  english: ENGLISH_WORDS, chinese: CHINESE_WORDS,
+}
+
+/** Punctuation and code pieces, "▁"-led ones with them (split_digits: never two digits). */
+const SYMBOL_PIECES = (
+  '▁( ▁" ▁= ▁- ▁{ ▁+ ▁* ▁[ ▁\' ▁< ▁/ ▁# ▁$ ▁& ▁@ ▁| ▁: ▁} ▁) ▁% ▁! ▁> ' +
+  '() ): ), ", =" // /* */ -> => == != <= >= :: .. ... :// (); {} [] (" ") (\' \') ." ,"'
+).split(' ')
+
+/** More code and markup pieces, for the last run of v1 and the merges of v2. */
+const CODE_PIECES = [
+  ...'▁=> ▁== ▁!= ▁<= ▁>= ▁-> ▁// ▁/* ▁*/ ▁:: ▁... ▁() ▁{} ▁[] ▁</ ▁/> ▁** ▁-- ▁++ ▁&& ▁||'.split(' '),
+  ...')) ){ )} ]) ]; ], ]. }} }, }; {{ \'] [" "] ") "; "> "/ </ /> <! ** ++ -- && || ## %) %, $( ${'.split(' '),
+  ...'{\\ \\\\ \\n `` ``` \'\' \'\'\' "" """'.split(' '),
+  // Runs of a repeated character, each twice the one before, so BPE can build them.
+  ...[...'-=*_~#'].flatMap((c) => [2, 4, 8, 16].map((k) => c.repeat(k))),
+]
+
 // ---------------------------------------------------------------------------------------------
 // Pieces.
 
@@ -110,42 +150,38 @@ function range(from: number, to: number): string[] {
   return out
 }
 
-const LOWER = range(0x61, 0x7a)
-const UPPER = range(0x41, 0x5a)
+const ASCII_SYMBOLS = range(0x21, 0x7e).filter((c) => !/[0-9A-Za-z]/.test(c))
+const DIGITS = range(0x30, 0x39)
+/** Letters by English frequency, so rank-ordered n-grams start with the common ones. */
+const LOWER = [...'etaoinshrdlcumwfgypbvkjxqz']
+const UPPER = LOWER.map((c) => c.toUpperCase())
 
-/** Single characters every vocabulary starts from. */
-function singleChars(): string[] {
+/** Non-Chinese single characters beyond ASCII. */
+function otherChars(): string[] {
   return [
-    ...range(0x21, 0x7e), // printable ASCII; the space is "▁" after escaping
+    '\u2019', '\u201c', '\u201d', '\u2018', '\u2013', '\u2014', '\u00b7', // ’ “ ” ‘ – — ·
     ...range(0xa1, 0xff).filter((c) => c !== '\u00ad'), // Latin-1 (minus the invisible soft hyphen)
     ...range(0x100, 0x17f), // Latin Extended-A
     ...range(0x391, 0x3a9), ...range(0x3b1, 0x3c9), // Greek
     ...range(0x410, 0x44f), // Cyrillic
     ...range(0x2010, 0x2027), ...range(0x2030, 0x203a), '\u20ac', // general punctuation, €
-    ...range(0x3001, 0x3011), ...range(0x3014, 0x301f), // CJK punctuation 、。〈〉《》「」『』【】...
-    ...range(0x3041, 0x3096), ...range(0x30a1, 0x30fa), // kana
-    ...range(0x4e00, 0x9fa5), // CJK Unified Ideographs, the GB-era block both vocabularies cover
-    ...range(0xff01, 0xff5e), // full-width forms (v1 drops them: NFKC maps them to ASCII)
   ]
 }
 
-/** A word and all its prefixes of two or more characters, shortest first. */
-function* prefixChain(word: string): Generator<string> {
+const CJK_PUNCT = [...range(0x3001, 0x3011), ...range(0x3014, 0x301f)] // 、。〈〉《》「」『』【】...
+const KANA = [...range(0x3041, 0x3096), ...range(0x30a1, 0x30fa)]
+const CJK_BLOCK = range(0x4e00, 0x9fa5) // CJK Unified Ideographs, the GB-era block both vocabularies cover
+const FULL_WIDTH = range(0xff01, 0xff5e) // v1 has none: NFKC maps them to ASCII
+
+/** A word's prefixes of two or more characters, shortest first, the word itself excluded. */
+function* properPrefixes(word: string): Generator<string> {
   const chars = [...word]
-  for (let k = 2; k <= chars.length; k++) yield chars.slice(0, k).join('')
+  for (let k = 2; k < chars.length; k++) yield chars.slice(0, k).join('')
 }
 
 /** Chinese characters by rank: COMMON_HANZI first, then the rest of the CJK block in code order. */
 function hanziRanking(): string[] {
-  const seen = new Set<string>()
-  const out: string[] = []
-  for (const c of [...COMMON_HANZI, ...range(0x4e00, 0x9fa5)]) {
-    if (!seen.has(c)) {
-      seen.add(c)
-      out.push(c)
-    }
-  }
-  return out
+  return [...new Set([...COMMON_HANZI, ...CJK_BLOCK])]
 }
 
 /** Bigrams of ranked characters, most frequent pairs first (anti-diagonals of rank i + j). */
@@ -157,41 +193,86 @@ function* hanziBigrams(ranking: string[]): Generator<string> {
   }
 }
 
-/**
- * NORMAL pieces in merge-priority order (score descending). Every multi-character piece is
- * one character longer than a piece listed before it, so BPE can always build it.
- */
-function* normalPieces(v1: boolean): Generator<string> {
-  yield META
-  yield* singleChars()
-  if (!v1) {
-    // Indentation pieces; v2 keeps runs of spaces (v1's wrapper turns them into <|blank_k|>).
-    for (let k = 2; k <= 16; k++) yield META.repeat(k)
-  }
-  for (const c of [...LOWER, ...UPPER]) yield META + c
-  for (const a of LOWER) for (const b of LOWER) yield a + b
-  for (const a of LOWER) for (const b of LOWER) yield META + a + b
-  for (const w of ENGLISH_WORDS) {
-    const cap = w[0].toUpperCase() + w.slice(1)
-    yield* prefixChain(w)
-    yield* prefixChain(META + w)
-    yield* prefixChain(META + cap)
-  }
-  const ranking = hanziRanking()
-  // v2 merges the dummy-prefix space into a following common character ("▁你"); v1 never does.
-  if (!v1) for (const c of ranking.slice(0, 600)) yield META + c
-  for (const w of CHINESE_WORDS) yield* prefixChain(w)
-  const bigrams = hanziBigrams(ranking)
-  for (let i = 0; i < 20000; i++) yield bigrams.next().value as string
-  for (const a of LOWER) {
-    for (const b of LOWER) {
-      for (const c of LOWER) {
-        yield a + b + c
-        yield META + a + b + c
-      }
+/** Letter n-grams ordered by the sum of their letters' frequency ranks (common ones first). */
+function letterGrams(n: 2 | 3): string[] {
+  const out: Array<[number, string]> = []
+  const L = LOWER.length
+  for (let i = 0; i < L; i++) {
+    for (let j = 0; j < L; j++) {
+      if (n === 2) out.push([i + j, LOWER[i] + LOWER[j]])
+      else for (let k = 0; k < L; k++) out.push([i + j + k, LOWER[i] + LOWER[j] + LOWER[k]])
     }
   }
-  yield* bigrams // filler: as many as the vocabulary size needs
+  // Stable: equal sums keep their (i, j, k) order.
+  return out.sort((a, b) => a[0] - b[0]).map(([, g]) => g)
+}
+
+const capitalized = (w: string): string => w[0].toUpperCase() + w.slice(1)
+
+/** English and code pieces, most probable first: "▁word", "▁Word", bare words, then fragments. */
+function englishPieces(): string[] {
+  const pairs = letterGrams(2)
+  const triples = letterGrams(3)
+  return [
+    ...ENGLISH_WORDS.map((w) => META + w),
+    ...ENGLISH_WORDS.map((w) => META + capitalized(w)),
+    ...ENGLISH_WORDS,
+    ...ENGLISH_WORDS.map(capitalized),
+    ...LOWER, ...UPPER,
+    ...LOWER.map((c) => META + c), ...UPPER.map((c) => META + c),
+    ...ENGLISH_WORDS.flatMap((w) => [
+      ...properPrefixes(META + w), ...properPrefixes(w), ...properPrefixes(META + capitalized(w)),
+    ]),
+    ...pairs, ...pairs.map((g) => META + g),
+    ...triples.flatMap((g) => [g, META + g]),
+  ]
+}
+
+/**
+ * English and code merges for BPE, in priority order: every multi-character piece is one
+ * character longer than a piece merged before it, so BPE can always build it.
+ */
+function englishMerges(trigrams: number): string[] {
+  const pairs = letterGrams(2)
+  return [
+    ...LOWER.map((c) => META + c), ...UPPER.map((c) => META + c),
+    ...pairs, ...pairs.map((g) => META + g),
+    ...ENGLISH_WORDS.flatMap((w) => [
+      ...properPrefixes(w), w, ...properPrefixes(META + w), META + w,
+      ...properPrefixes(META + capitalized(w)), META + capitalized(w),
+    ]),
+    ...letterGrams(3).slice(0, trigrams).flatMap((g) => [g, META + g]),
+  ]
+}
+
+/**
+ * Pieces in runs: the order is the file's, the filler run is sized so that the total is `total`.
+ * Duplicates keep their first place in `order` of materialisation (fixed runs before the
+ * filler); `accept` drops pieces the normalizer could never produce.
+ */
+function layoutRuns(
+  runs: Array<{pieces: Iterable<string>, filler?: boolean}>, total: number, taken: Set<string>,
+  accept: (piece: string) => boolean,
+): string[][] {
+  const seen = new Set(taken)
+  const take = (pieces: Iterable<string>, limit: number): string[] => {
+    const out: string[] = []
+    for (const p of pieces) {
+      if (out.length === limit) break
+      if (seen.has(p) || !accept(p)) continue
+      seen.add(p)
+      out.push(p)
+    }
+    return out
+  }
+  const out = runs.map((r) => (r.filler ? [] : take(r.pieces, Infinity)))
+  const fixed = out.reduce((n, r) => n + r.length, 0)
+  const k = runs.findIndex((r) => r.filler)
+  out[k] = take(runs[k].pieces, total - fixed)
+  if (fixed + out[k].length !== total) {
+    throw new Error(`synth tokenizer: only ${fixed + out[k].length} of ${total} normal pieces could be generated`)
+  }
+  return out
 }
 
 function bytePieces(): SentencePiece[] {
@@ -200,34 +281,46 @@ function bytePieces(): SentencePiece[] {
   }))
 }
 
-/** Append `count` NORMAL pieces not already in `seen`, with strictly decreasing scores. */
-function appendNormal(out: SentencePiece[], seen: Set<string>, count: number, v1: boolean): void {
-  let k = 0
-  for (const piece of normalPieces(v1)) {
-    if (k === count) return
-    // v1 text is NFKC-normalized before segmentation: a non-NFKC piece could never match.
-    if (seen.has(piece) || (v1 && piece.normalize('NFKC') !== piece)) continue
-    seen.add(piece)
-    // BPE's merge priority; sentencepiece's BPE trainer also scores pieces -0, -1, -2, ...
-    out.push({piece, score: k === 0 ? 0 : -k, type: PieceType.NORMAL})
-    k++
-  }
-  if (k < count) throw new Error(`synth tokenizer: only ${k} of ${count} normal pieces could be generated`)
-}
-
 function special(piece: string, type: PieceType): SentencePiece {
   return {piece, score: 0, type}
 }
 
+/**
+ * Log-probability scores for v1's runs (UNIGRAM): within a run, piece i has probability
+ * mass * (1 + i)^-exponent / H (a Zipf law; H normalizes the run), so scores descend within a
+ * run and exp(score) sums to 1 over all NORMAL pieces, as a trained unigram model's do. The
+ * masses and exponents put the runs near the real file's ranges ("▁" about -2.6, the rarest
+ * Chinese characters about -16). Within a run a listed word always outscores any split of it
+ * into later-listed pieces, which is what keeps "▁hello" and "你好" whole under Viterbi.
+ */
+const V1_RUN_SHAPE = [
+  {mass: 0.20, exponent: 1.3}, // "▁", punctuation, digits
+  {mass: 0.38, exponent: 1.0}, // English and code
+  {mass: 0.38, exponent: 1.1}, // Chinese
+  {mass: 0.04, exponent: 1.0}, // everything else
+]
+
+function scoreRuns(runs: string[][], shape: typeof V1_RUN_SHAPE): SentencePiece[] {
+  const out: SentencePiece[] = []
+  runs.forEach((run, r) => {
+    const {mass, exponent} = shape[r]
+    let h = 0
+    for (let i = 0; i < run.length; i++) h += (1 + i) ** -exponent
+    const top = Math.log(mass / h)
+    // float32, as the file stores them, so that the model equals its own serialization.
+    run.forEach((piece, i) => out.push({piece, score: Math.fround(top - exponent * Math.log1p(i)), type: PieceType.NORMAL}))
+  })
+  return out
+}
+
 function v1Model(): SentencePieceModel {
-  const pieces: SentencePiece[] = [
+  const head: SentencePiece[] = [
     special('<unk>', PieceType.UNKNOWN),
     special('<s>', PieceType.CONTROL),
     special('</s>', PieceType.CONTROL),
     special('<pad>', PieceType.CONTROL), // config.json pad_token_id 3
     special('<n>', PieceType.USER_DEFINED), // the wrapper's stand-in for "\n"
   ]
-  const seen = new Set(pieces.map((p) => p.piece))
   const tail: SentencePiece[] = [
     ...['[MASK]', '[gMASK]', '[sMASK]', '<unused_0>', '<sop>', '<eop>', '<ENC>', '<dBLOCK>']
       .map((p) => special(p, PieceType.CONTROL)),
@@ -235,29 +328,43 @@ function v1Model(): SentencePieceModel {
     ...Array.from({length: 79}, (_, i) => special(`<|blank_${i + 2}|>`, PieceType.USER_DEFINED)),
     ...bytePieces(),
   ]
-  for (const p of tail) seen.add(p.piece)
-  appendNormal(pieces, seen, V1_PIECE_COUNT - pieces.length - tail.length, true)
-  pieces.push(...tail)
+  const ranking = hanziRanking()
+  const common = [...new Set(COMMON_HANZI)]
+  const taken = new Set([...head, ...tail].map((p) => p.piece))
+  // v1 text is NFKC-normalized before segmentation: a non-NFKC piece could never match.
+  const accept = (p: string): boolean => p.normalize('NFKC') === p
+  const [symbols, english, chinese, bigrams, rare, other] = layoutRuns([
+    {pieces: [META, ',', '.', ...DIGITS, ...ASCII_SYMBOLS, ...SYMBOL_PIECES]},
+    {pieces: englishPieces()},
+    {pieces: [
+      '\u3002', '\u3001', ...common.slice(0, 10), ...CHINESE_WORDS, ...common, ...CJK_PUNCT, ...KANA,
+      ...CHINESE_WORDS.flatMap((w) => [...properPrefixes(w)]),
+    ]},
+    {pieces: hanziBigrams(ranking), filler: true},
+    {pieces: CJK_BLOCK}, // the rarest characters close the Chinese run, as in the real file
+    {pieces: [...CODE_PIECES, ...otherChars()]},
+  ], V1_PIECE_COUNT - head.length - tail.length, taken, accept)
+  const normal = scoreRuns([symbols, english, [...chinese, ...bigrams, ...rare], other], V1_RUN_SHAPE)
   const trainerSpec: TrainerSpec = {
-    modelType: ModelType.BPE,
-    vocabSize: V1_PIECE_COUNT,
+    // model_type unset: the proto default, UNIGRAM, as in the real file.
+    vocabSize: 130000, // the trainer's size; the 344 pieces from 130000 on were appended after training
+    characterCoverage: Math.fround(0.9999),
     splitDigits: true,
     userDefinedSymbols: ['<n>'],
     byteFallback: true, // published SPTokenizer: byte_fallback=True
-    unkId: 0, bosId: 1, eosId: 2, padId: 3,
+    padId: 3,
+    trainExtremelyLargeCorpus: true,
   }
   const normalizerSpec: NormalizerSpec = {
+    // add_dummy_prefix, remove_extra_whitespaces, escape_whitespaces unset (true), as in the real file.
     name: 'nmt_nfkc',
     precompiledCharsmap: buildPrecompiledCharsmap(nmtNfkcRules()),
-    addDummyPrefix: true,
-    removeExtraWhitespaces: true,
-    escapeWhitespaces: true,
   }
-  return {pieces, trainerSpec, normalizerSpec}
+  return {pieces: [...head, ...normal, ...tail], trainerSpec, normalizerSpec}
 }
 
 function v2Model(): SentencePieceModel {
-  const pieces: SentencePiece[] = [
+  const head: SentencePiece[] = [
     special('<unk>', PieceType.UNKNOWN),
     special('<s>', PieceType.CONTROL),
     special('</s>', PieceType.CONTROL),
@@ -265,29 +372,73 @@ function v2Model(): SentencePieceModel {
   ]
   // The wrapper's own specials (ids 64789..64793) are kept out of the model, so that a piece
   // lookup can never confuse "sop" the special with "sop" the letters.
-  const seen = new Set([...pieces.map((p) => p.piece), '[MASK]', '[gMASK]', '[sMASK]', 'sop', 'eop'])
-  appendNormal(pieces, seen, V2_PIECE_COUNT - pieces.length, false)
+  const taken = new Set([...head.map((p) => p.piece), '[MASK]', '[gMASK]', '[sMASK]', 'sop', 'eop'])
+  const ranking = hanziRanking()
+  const top = ranking.slice(0, 600)
+  const [merges, chars, chinese, bigrams, rare] = layoutRuns([
+    // Merges in priority order, each one character longer than a piece merged before it (or
+    // two characters), so BPE can always build it. Runs of "▁" (indentation) come early, as in
+    // the real file; v1's wrapper turns them into <|blank_k|> instead.
+    {pieces: [
+      ...Array.from({length: 15}, (_, k) => META.repeat(k + 2)),
+      ...englishMerges(11000),
+      ...SYMBOL_PIECES, ...CODE_PIECES,
+    ]},
+    // The single characters follow the merges ("▁" first), as in the real file.
+    {pieces: [META, ...DIGITS, ...LOWER, ...UPPER, ...ASCII_SYMBOLS, ...otherChars(), ...CJK_PUNCT, ...KANA, ...FULL_WIDTH, ...top]},
+    // Then the Chinese merges: the dummy-prefix space into a common character ("▁你") first.
+    {pieces: [...top.map((c) => META + c), ...CHINESE_WORDS.flatMap((w) => [...properPrefixes(w), w])]},
+    {pieces: hanziBigrams(ranking), filler: true},
+    {pieces: ranking.slice(600)},
+  ], V2_PIECE_COUNT - head.length, taken, () => true)
+  // BPE's merge priority; sentencepiece's BPE trainer scores pieces -0, -1, -2, ... in order.
+  const normal = [...merges, ...chars, ...chinese, ...bigrams, ...rare]
+    .map((piece, k) => ({piece, score: -k, type: PieceType.NORMAL}))
+  // Every field the real file sets, with its values, but for the trainer's input and model prefix.
   const trainerSpec: TrainerSpec = {
     modelType: ModelType.BPE,
-    vocabSize: V2_PIECE_COUNT,
+    vocabSize: 32000, // the trainer's size; the pieces from 32000 on were added after training
+    selfTestSampleSize: 0,
+    inputFormat: '',
+    characterCoverage: Math.fround(0.9999),
+    inputSentenceSize: 0,
+    seedSentencepieceSize: 1000000,
+    shrinkingFactor: 0.75,
+    numThreads: 80,
+    numSubIterations: 2,
+    maxSentenceLength: 4192,
+    shuffleInputSentence: true,
+    maxSentencepieceLength: 16,
+    splitByUnicodeScript: true,
+    splitByWhitespace: true,
+    splitByNumber: true,
+    treatWhitespaceAsSuffix: false,
     splitDigits: true,
     allowWhitespaceOnlyPieces: true,
+    vocabularyOutputPieceScore: true,
+    hardVocabLimit: true,
+    useAllVocab: false,
     byteFallback: true,
+    requiredChars: '',
     unkId: 0, bosId: 1, eosId: 2, padId: -1, // the wrapper pads with <unk> (pad_token_id 0)
+    unkSurface: ' \u2047 ',
+    unkPiece: '<unk>', bosPiece: '<s>', eosPiece: '</s>', padPiece: '<pad>',
+    trainExtremelyLargeCorpus: true,
+    enableDifferentialPrivacy: false,
+    differentialPrivacyNoiseLevel: 0,
+    differentialPrivacyClippingThreshold: 0,
   }
   const normalizerSpec: NormalizerSpec = {
     name: 'identity',
+    precompiledCharsmap: new Uint8Array(0),
     addDummyPrefix: true,
     removeExtraWhitespaces: false,
-    escapeWhitespaces: true,
+    normalizationRuleTsv: '',
   }
-  return {pieces, trainerSpec, normalizerSpec}
+  return {pieces: [...head, ...normal], trainerSpec, normalizerSpec}
 }
 
-/**
- * tokenizer_config.json of THUDM/chatglm-6b: the token names and flags the published
- * ChatGLMTokenizer takes (its __init__ defaults); the file itself was not at hand to compare.
- */
+/** tokenizer_config.json of THUDM/chatglm-6b, key for key as the repository publishes it. */
 function v1TokenizerConfig(): Record<string, unknown> {
   return {
     name_or_path: 'THUDM/chatglm-6b',
@@ -300,9 +451,8 @@ function v1TokenizerConfig(): Record<string, unknown> {
     unk_token: '<unk>',
     remove_space: false,
     do_lower_case: false,
-    num_image_tokens: 0,
-    padding_side: 'left',
     tokenizer_class: 'ChatGLMTokenizer',
+    num_image_tokens: 0,
     auto_map: structuredClone(AUTO_MAP),
   }
 }

@@ -18,11 +18,12 @@
 import {ModelError} from '../errors.js'
 import type {EffectiveNormalizerSpec} from './sentencepiece-model.js'
 
-/** U+2581 LOWER ONE EIGHTH BLOCK, SentencePiece's visible space, as UTF-8. */
-const SPACE_SYMBOL = [0xe2, 0x96, 0x81]
+// U+2581 LOWER ONE EIGHTH BLOCK, SentencePiece's visible space, is E2 96 81 in UTF-8 (written
+// byte by byte below).
 const SPACE = 0x20
 /** U+FFFD as UTF-8. */
 export const REPLACEMENT_UTF8 = [0xef, 0xbf, 0xbd]
+const REPLACEMENT = Uint8Array.from(REPLACEMENT_UTF8)
 
 /**
  * One character from `bytes[pos..end)`, by sentencepiece's DecodeUTF8 (util.cc): the code point
@@ -45,6 +46,33 @@ export function decodeUtf8Char(bytes: Uint8Array, pos: number, end: number): [co
     if (trail(1) && trail(2) && trail(3) && cp >= 0x10000 && cp <= 0x10ffff) return [cp, 4]
   }
   return [-1, 1]
+}
+
+/** decodeUtf8Char's length for a valid character at bytes[pos], 0 for a malformed one. */
+export function validCharLen(bytes: Uint8Array, pos: number, end: number): number {
+  const b0 = bytes[pos]
+  if (b0 < 0x80) return 1
+  const len = end - pos
+  if (len >= 2 && (b0 & 0xe0) === 0xc0) {
+    const b1 = bytes[pos + 1]
+    return (b1 & 0xc0) === 0x80 && (((b0 & 0x1f) << 6) | (b1 & 0x3f)) >= 0x80 ? 2 : 0
+  }
+  if (len >= 3 && (b0 & 0xf0) === 0xe0) {
+    const b1 = bytes[pos + 1]
+    const b2 = bytes[pos + 2]
+    if ((b1 & 0xc0) !== 0x80 || (b2 & 0xc0) !== 0x80) return 0
+    const cp = ((b0 & 0x0f) << 12) | ((b1 & 0x3f) << 6) | (b2 & 0x3f)
+    return cp >= 0x800 && (cp < 0xd800 || cp > 0xdfff) ? 3 : 0
+  }
+  if (len >= 4 && (b0 & 0xf8) === 0xf0) {
+    const b1 = bytes[pos + 1]
+    const b2 = bytes[pos + 2]
+    const b3 = bytes[pos + 3]
+    if ((b1 & 0xc0) !== 0x80 || (b2 & 0xc0) !== 0x80 || (b3 & 0xc0) !== 0x80) return 0
+    const cp = ((b0 & 0x07) << 18) | ((b1 & 0x3f) << 12) | ((b2 & 0x3f) << 6) | (b3 & 0x3f)
+    return cp >= 0x10000 && cp <= 0x10ffff ? 4 : 0
+  }
+  return 0
 }
 
 /**
@@ -81,6 +109,11 @@ export class PrefixMatcher {
       node.terminal = true
     }
     this.size = n
+  }
+
+  /** Whether some symbol starts with byte `b`. */
+  startsWith(b: number): boolean {
+    return this.root.next.has(b)
   }
 
   /** Length of the longest symbol that `bytes[pos..end)` starts with, or 0. */
@@ -129,8 +162,26 @@ export class CharsMap {
    * 2^8 when bit 9 is set); a leaf's value is its low 31 bits.
    */
   longestMatch(bytes: Uint8Array, pos: number, end: number): [number, number, number] | null {
+    const n = this.matchLength(bytes, pos, end)
+    return n === 0 ? null : [n, this.matchStart, this.matchStop]
+  }
+
+  /** Whether some key starts with byte `b` (the first step of the trie walk succeeds). */
+  startsWith(b: number): boolean {
     const units = this.units
-    if (units.length === 0) return null
+    if (units.length === 0) return false
+    const nodePos = offsetOf(units[0]) ^ b
+    return nodePos < units.length && (units[nodePos] & 0x800000ff) >>> 0 === b
+  }
+
+  /** Start and end (in replacementBytes) of the last matchLength's replacement. */
+  matchStart = 0
+  matchStop = 0
+
+  /** longestMatch without the allocation: the key length (0: none), replacement in matchStart/matchStop. */
+  matchLength(bytes: Uint8Array, pos: number, end: number): number {
+    const units = this.units
+    if (units.length === 0) return 0
     let nodePos = offsetOf(units[0])
     let bestLen = 0
     let bestValue = 0
@@ -147,10 +198,17 @@ export class CharsMap {
         bestValue = units[nodePos] & 0x7fffffff
       }
     }
-    if (bestLen === 0) return null
+    if (bestLen === 0) return 0
     let stop = bestValue
-    while (stop < this.replacements.length && this.replacements[stop] !== 0) stop++
-    return [bestLen, bestValue, stop]
+    const r = this.replacements
+    while (stop < r.length && r[stop] !== 0) stop++
+    this.matchStart = bestValue
+    this.matchStop = stop
+    return bestLen
+  }
+
+  get replacementBytes(): Uint8Array {
+    return this.replacements
   }
 
   replacement(start: number, stop: number): Uint8Array {
@@ -198,6 +256,8 @@ export class ByteSink {
 
 export class Normalizer {
   private readonly charsMap: CharsMap | null
+  /** ASCII bytes that a user-defined symbol or a charsmap key starts with (1) or not (0). */
+  private readonly specialStart = new Uint8Array(128)
 
   /**
    * `matcher` holds the user-defined symbols, which pass through unnormalized;
@@ -210,79 +270,133 @@ export class Normalizer {
     source: string,
   ) {
     this.charsMap = spec.precompiledCharsmap.length > 0 ? new CharsMap(spec.precompiledCharsmap, source) : null
+    for (let b = 0; b < 128; b++) {
+      if (matcher?.startsWith(b) || this.charsMap?.startsWith(b)) this.specialStart[b] = 1
+    }
   }
 
   /** The normalized UTF-8 bytes of `input` (UTF-8). */
   normalize(input: Uint8Array): Uint8Array {
-    const out = new ByteSink()
     const end = input.length
     let pos = 0
     const removeExtra = this.spec.removeExtraWhitespaces
     const escape = this.spec.escapeWhitespaces
-    // One step of NormalizePrefix: [bytes to emit, bytes consumed].
-    let emit: ArrayLike<number> = []
+    const matcher = this.matcher && this.matcher.size > 0 ? this.matcher : null
+    const charsMap = this.charsMap
+    const replacements = charsMap ? charsMap.replacementBytes : REPLACEMENT
+    // One step of NormalizePrefix: emit src[from..to), consume the returned byte count. No
+    // per-character allocation: this runs once per input character.
+    let src: Uint8Array = input
+    let from = 0
+    let to = 0
     const step = (): number => {
-      if (this.matcher) {
-        const n = this.matcher.match(input, pos, end)
+      if (matcher) {
+        const n = matcher.match(input, pos, end)
         if (n > 0) {
-          emit = input.subarray(pos, pos + n)
+          src = input
+          from = pos
+          to = pos + n
           return n
         }
       }
-      if (this.charsMap) {
-        const m = this.charsMap.longestMatch(input, pos, end)
-        if (m) {
-          emit = this.charsMap.replacement(m[1], m[2])
-          return m[0]
+      if (charsMap) {
+        const n = charsMap.matchLength(input, pos, end)
+        if (n > 0) {
+          src = replacements
+          from = charsMap.matchStart
+          to = charsMap.matchStop
+          return n
         }
       }
-      const [cp, n] = decodeUtf8Char(input, pos, end)
+      const n = validCharLen(input, pos, end)
       // Malformed (IsValidDecodeUTF8 false): U+FFFD for this one byte. A U+FFFD spelled
       // EF BF BD in the input is a valid character and is copied like any other.
-      if (cp === -1) {
-        emit = REPLACEMENT_UTF8
+      if (n === 0) {
+        src = REPLACEMENT
+        from = 0
+        to = 3
         return 1
       }
-      emit = input.subarray(pos, pos + n)
+      src = input
+      from = pos
+      to = pos + n
       return n
     }
 
     if (removeExtra) {
       while (pos < end) {
         const n = step()
-        if (!(emit.length === 1 && emit[0] === SPACE)) break
+        if (!(to - from === 1 && src[from] === SPACE)) break
         pos += n
       }
     }
     if (pos >= end) return new Uint8Array(0)
 
+    // Each input byte gives at most 3 output bytes unless the charsmap expands it further; the
+    // buffer grows when it must.
+    let out = new Uint8Array(end * 3 + 8)
+    let length = 0
+    const reserve = (extra: number): void => {
+      if (length + extra <= out.length) return
+      let cap = out.length * 2
+      while (cap < length + extra) cap *= 2
+      const next = new Uint8Array(cap)
+      next.set(out.subarray(0, length))
+      out = next
+    }
     const addSpace = (): void => {
-      if (escape) out.pushAll(SPACE_SYMBOL)
-      else out.push(SPACE)
+      reserve(3)
+      if (escape) {
+        out[length++] = 0xe2
+        out[length++] = 0x96
+        out[length++] = 0x81
+      } else {
+        out[length++] = SPACE
+      }
     }
     if (!this.whitespaceAsSuffix && this.spec.addDummyPrefix) addSpace()
 
     let prevSpace = removeExtra
     while (pos < end) {
+      const b = input[pos]
+      // Fast path: a plain ASCII byte other than a space that no user-defined symbol or charsmap
+      // key starts with is copied as it is.
+      if (b < 0x80 && b !== SPACE && !this.specialStart[b]) {
+        reserve(1)
+        out[length++] = b
+        prevSpace = false
+        pos++
+        continue
+      }
       const n = step()
-      let from = 0
-      if (prevSpace) while (from < emit.length && emit[from] === SPACE) from++
-      if (from < emit.length) {
-        for (let k = from; k < emit.length; k++) {
-          if (escape && emit[k] === SPACE) out.pushAll(SPACE_SYMBOL)
-          else out.push(emit[k])
+      let k = from
+      if (prevSpace) while (k < to && src[k] === SPACE) k++
+      if (k < to) {
+        reserve(3 * (to - k))
+        for (; k < to; k++) {
+          const c = src[k]
+          if (escape && c === SPACE) {
+            out[length++] = 0xe2
+            out[length++] = 0x96
+            out[length++] = 0x81
+          } else {
+            out[length++] = c
+          }
         }
-        prevSpace = emit[emit.length - 1] === SPACE
+        prevSpace = src[to - 1] === SPACE
       }
       pos += n
       if (!removeExtra) prevSpace = false
     }
 
     if (removeExtra) {
-      const tail = escape ? SPACE_SYMBOL : [SPACE]
-      while (out.endsWith(tail)) out.length -= tail.length
+      if (escape) {
+        while (length >= 3 && out[length - 3] === 0xe2 && out[length - 2] === 0x96 && out[length - 1] === 0x81) length -= 3
+      } else {
+        while (length >= 1 && out[length - 1] === SPACE) length--
+      }
     }
     if (this.whitespaceAsSuffix && this.spec.addDummyPrefix) addSpace()
-    return out.view()
+    return out.subarray(0, length)
   }
 }

@@ -12,12 +12,68 @@
  *   replaces in the decoded string, so a stand-in spelled across several pieces counts too.
  * - Specials are looked up by name in the model: [MASK], [gMASK], <sop> (bos), <eop> (eos: it
  *   ends generation, config.json eos_token_id 130005), <pad> (PieceToId, so <unk> when absent).
+ * - ice_text.model is a SentencePiece UNIGRAM model. The first-release file (130000 pieces,
+ *   before 2023-04-06) lacks the specials, <|tab|>, <|blank_k|> and byte pieces: its
+ *   tokenization_chatglm.py appended them at load time (chatglm6bModel below does the same),
+ *   and its checkpoints count num_image_tokens = 20000 image ids in front ([MASK] = 150000).
  */
 import {ModelError} from '../errors.js'
-import type {SentencePieceProcessor} from './sentencepiece.js'
+import {decodeModelProto, PieceType, type SentencePiece, type SentencePieceModel} from './sentencepiece-model.js'
+import {SentencePieceProcessor} from './sentencepiece.js'
 import type {ChatTokenizer, StreamDecoder, TokenizerSpecials} from './tokenizer.js'
 
 const MAX_BLANK = 80
+
+/**
+ * The pieces the first-release tokenization_chatglm.py (THUDM/chatglm-6b before 2023-04-06,
+ * with icetk's TextTokenizer) appended to its 130000-piece ice_text.model at load time, in
+ * order, each with score 0: the 8 specials as CONTROL, <|tab|> and <|blank_2..80|> as
+ * USER_DEFINED, and <0x00>..<0xFF> as BYTE (it also set trainer_spec.byte_fallback). The
+ * current file carries exactly these 344 pieces at ids 130000..130343.
+ */
+export function firstReleaseAppendedPieces(): SentencePiece[] {
+  const out: SentencePiece[] = []
+  for (const piece of ['[MASK]', '[gMASK]', '[sMASK]', '<unused_0>', '<sop>', '<eop>', '<ENC>', '<dBLOCK>']) {
+    out.push({piece, score: 0, type: PieceType.CONTROL})
+  }
+  out.push({piece: '<|tab|>', score: 0, type: PieceType.USER_DEFINED})
+  for (let k = 2; k <= MAX_BLANK; k++) out.push({piece: `<|blank_${k}|>`, score: 0, type: PieceType.USER_DEFINED})
+  for (let b = 0; b < 256; b++) {
+    out.push({piece: `<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`, score: 0, type: PieceType.BYTE})
+  }
+  return out
+}
+
+/** Pieces in the first-release file (it has all 130000 of the current file's first pieces). */
+export const FIRST_RELEASE_PIECES = 130000
+
+/**
+ * A ChatGLM-6B SentencePiece model as its checkpoints use it. The first-release ice_text.model
+ * (130000 pieces, none of the 344 above, byte_fallback off) gets the pieces appended and
+ * byte_fallback set, as its own tokenizer code did; its checkpoints put num_image_tokens (20000)
+ * in front, which the caller adds. Any other file is used as it is. A file with 130000 pieces
+ * that holds only some of the 344 is neither layout: refused, naming the file.
+ */
+export function chatglm6bModel(model: SentencePieceModel, source: string): SentencePieceModel {
+  if (model.pieces.length !== FIRST_RELEASE_PIECES) return model
+  const appended = firstReleaseAppendedPieces()
+  const names = new Set(model.pieces.map((p) => p.piece))
+  const present = appended.filter((p) => names.has(p.piece)).length
+  if (present === appended.length) return model
+  if (present > 0) {
+    throw new ModelError(`${source}: a 130000-piece ChatGLM-6B tokenizer that already holds ${present} of the 344 pieces the first-release code appends; neither the first-release nor the current ice_text.model`, 'tokenizer-model')
+  }
+  return {
+    ...model,
+    pieces: [...model.pieces, ...appended],
+    trainerSpec: {...model.trainerSpec, byteFallback: true},
+  }
+}
+
+/** The SentencePiece processor of a ChatGLM-6B ice_text.model's bytes (see chatglm6bModel). */
+export function loadChatGLM6BSentencePiece(bytes: Uint8Array, source: string): SentencePieceProcessor {
+  return SentencePieceProcessor.fromModel(chatglm6bModel(decodeModelProto(bytes, source), source), source)
+}
 
 /** "\n", "\t" and space runs as the reference's _preprocess writes them. */
 export function preprocessV1(text: string): string {

@@ -17,7 +17,7 @@ import {join} from 'node:path'
 
 import {ModelError} from '../errors.js'
 import {SentencePieceProcessor} from './sentencepiece.js'
-import {ChatGLM6BTokenizer} from './tokenizer-v1.js'
+import {ChatGLM6BTokenizer, loadChatGLM6BSentencePiece} from './tokenizer-v1.js'
 import {ChatGLM2Tokenizer} from './tokenizer-v2.js'
 
 export type TokenizerArch = 'chatglm-6b' | 'chatglm2-6b'
@@ -84,10 +84,9 @@ export interface TokenizerOptions {
 /** A tokenizer from the bytes of its SentencePiece model. */
 export function tokenizerFromBytes(bytes: Uint8Array, arch: TokenizerArch, opts: TokenizerOptions = {}): ChatTokenizer {
   const source = opts.source ?? TOKENIZER_FILE[arch]
-  const sp = SentencePieceProcessor.load(bytes, source)
   return arch === 'chatglm-6b'
-    ? new ChatGLM6BTokenizer(sp, source, opts.numImageTokens ?? 0)
-    : new ChatGLM2Tokenizer(sp, source)
+    ? new ChatGLM6BTokenizer(loadChatGLM6BSentencePiece(bytes, source), source, opts.numImageTokens ?? 0)
+    : new ChatGLM2Tokenizer(SentencePieceProcessor.load(bytes, source), source)
 }
 
 /** The published ChatGLMTokenizer's num_image_tokens when tokenizer_config.json does not say. */

@@ -20,9 +20,9 @@ Used two ways:
     chatglm_tokenizers.py < request.json           # by test/tokenizer-synth.test.ts
 request: {"model": PATH, "arch": "chatglm-6b" | "chatglm2-6b",
           "texts": [...], "decode": [[id, ...], ...]}
-reply:   {"vocab_size", "encode": [{"ids", "text_ids", "decoded"}], "decode": [text, ...]}
-where "ids" is the wrapper's encode, "text_ids" plain SentencePiece EncodeAsIds of the text and
-"decoded" the wrapper's decode of "ids".
+reply:   {"vocab_size", "encode": [{"ids", "text_ids", "text_pieces", "decoded"}], "decode": [text, ...]}
+where "ids" is the wrapper's encode, "text_ids" / "text_pieces" plain SentencePiece
+EncodeAsIds / EncodeAsPieces of the text and "decoded" the wrapper's decode of "ids".
 """
 import json
 import sys
@@ -119,7 +119,8 @@ def main():
     out = {"vocab_size": tok.vocab_size, "encode": [], "decode": []}
     for text in req.get("texts", []):
         ids = tok.encode(text)
-        out["encode"].append({"ids": ids, "text_ids": tok.sp.encode(text), "decoded": tok.decode(ids)})
+        out["encode"].append({"ids": ids, "text_ids": tok.sp.encode(text),
+                              "text_pieces": tok.sp.encode(text, out_type=str), "decoded": tok.decode(ids)})
     for ids in req.get("decode", []):
         out["decode"].append(tok.decode(ids))
     json.dump(out, sys.stdout, ensure_ascii=False)
