@@ -83,7 +83,7 @@ describe('the tokenizer is checked against the model before heavy work', () => {
     unlinkSync(join(d, 'tokenizer_config.json'))
     const r = glmtool(['chat', d, '--prompt', 'hi', '--max-new-tokens', '2'], {env: {GLMTOOL_CACHE: join(work, 'cache-a')}})
     expect(r.code).toBe(1)
-    expect(r.stderr.trim()).toBe(`glmtool: ${join(d, 'ice_text.model')} with num_image_tokens 20000 (the published default: no tokenizer_config.json sets it) has ids up to 150343, but ${join(d, 'config.json')} gives the word embedding 130528 rows; the tokenizer does not belong to this model`)
+    expect(r.stderr.trim()).toBe(`glmtool: ${join(d, 'ice_text.model')} with num_image_tokens 20000 (the published default: no tokenizer_config.json sets it) has ids up to 150343, but ${join(d, 'config.json')} gives the word embedding 130528 rows; the tokenizer does not belong to this model; if the model has no image tokens, set "num_image_tokens": 0 in ${join(d, 'tokenizer_config.json')}`)
     // Failed before converting: nothing was written to the cache.
     expect(existsSync(join(work, 'cache-a'))).toBe(false)
   })
@@ -145,5 +145,35 @@ describe.skipIf(!haveReal || !haveSpm)('glmtool tokenize on the real ChatGLM2-6B
     const py = spawnSync(PYTHON, [CHECK], {input: JSON.stringify({model: path, arch: 'chatglm2-6b', texts: TEXTS}), encoding: 'utf8'})
     expect(py.status, py.stderr).toBe(0)
     expect(out.map(o => o.ids)).toEqual((JSON.parse(py.stdout) as {encode: {ids: number[]}[]}).encode.map(e => e.ids))
+  })
+})
+
+describe.skipIf(!haveReal || !haveSpm)('the real ChatGLM-6B tokenizers in model directories', () => {
+  const current = join(work, 'real-v1')
+  const first = join(work, 'real-v1-first-release')
+  beforeAll(() => {
+    for (const d of [current, first]) rmSync(d, {recursive: true, force: true})
+    cpSync(join(REAL, 'chatglm-6b_ice_text.model'), join(current, 'ice_text.model'))
+    cpSync(join(REAL, 'chatglm-6b_tokenizer_config.json'), join(current, 'tokenizer_config.json'))
+    cpSync(join(REAL, 'chatglm-6b_config.json'), join(current, 'config.json'))
+    // A first-release checkpoint: the 130000-piece file, no num_image_tokens (so 20000), 150528 rows.
+    cpSync(join(REAL, 'chatglm-6b_ice_text.model.pre-20230406_130000pieces'), join(first, 'ice_text.model'))
+    const config = JSON.parse(readFileSync(join(REAL, 'chatglm-6b_config.json'), 'utf8'))
+    writeFileSync(join(first, 'config.json'), JSON.stringify({...config, vocab_size: 150528, bos_token_id: 150004, eos_token_id: 150005, mask_token_id: 150000, gmask_token_id: 150001}))
+  })
+
+  it('the current file: the library\'s ids through the published v1 wrapper, checked against the real config', () => {
+    const out = json(glmtool(['tokenize', current, ...TEXTS.flatMap(t => ['--text', t]), '--json'])) as {ids: number[]}[]
+    const py = spawnSync(PYTHON, [CHECK], {input: JSON.stringify({model: join(current, 'ice_text.model'), arch: 'chatglm-6b', texts: TEXTS}), encoding: 'utf8'})
+    expect(py.status, py.stderr).toBe(0)
+    expect(out.map(o => o.ids)).toEqual((JSON.parse(py.stdout) as {encode: {ids: number[]}[]}).encode.map(e => e.ids))
+  })
+
+  it('the first-release file: the same ids 20000 higher, its specials at 150000.., and inspect says it fits', () => {
+    const now = json(glmtool(['tokenize', current, ...TEXTS.flatMap(t => ['--text', t]), '--json'])) as {ids: number[]}[]
+    const old = json(glmtool(['tokenize', first, ...TEXTS.flatMap(t => ['--text', t]), '--json'])) as {ids: number[]}[]
+    expect(old.map(o => o.ids)).toEqual(now.map(o => o.ids.map(i => i + 20000)))
+    const dec = json(glmtool(['tokenize', first, '--decode', '150001,150004,20005,5', '--json'])) as {text: string}[]
+    expect(dec[0].text).toBe('')
   })
 })

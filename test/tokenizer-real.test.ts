@@ -55,8 +55,8 @@ interface Under {
   stream(ids: number[]): string
 }
 
-function v1(sp: SentencePieceProcessor, numImageTokens: number): Under {
-  const tok = new ChatGLM6BTokenizer(sp, 'ice_text.model', numImageTokens)
+function v1(sp: SentencePieceProcessor, numImageTokens: number, firstRelease = false): Under {
+  const tok = new ChatGLM6BTokenizer(sp, 'ice_text.model', numImageTokens, firstRelease)
   return {
     encode: (text) => ({ids: tok.encode(text), pieces: sp.encodePieces(preprocessV1(text))}),
     decode: (ids) => tok.decode(ids),
@@ -76,7 +76,8 @@ describe.skipIf(reason !== undefined)('tokenizers on the real files vs the sente
     if (run.status !== 0) throw new Error(`spm_real_check.py failed: ${run.stderr}`)
     reply = JSON.parse(run.stdout) as Reply
     unders.v1 = v1(loadChatGLM6BSentencePiece(readFileSync(CURRENT), CURRENT), 0)
-    unders['v1-old'] = v1(loadChatGLM6BSentencePiece(readFileSync(OLD), OLD), 20000)
+    // The first release's own decode (SPTokenizer.decode) drops image ids.
+    unders['v1-old'] = v1(loadChatGLM6BSentencePiece(readFileSync(OLD), OLD), 20000, true)
     const sp2 = SentencePieceProcessor.load(readFileSync(V2), V2)
     unders.v2 = {
       encode: (text) => sp2.encodeBoth(text),
@@ -116,6 +117,11 @@ describe.skipIf(reason !== undefined)('tokenizers on the real files vs the sente
       const streamed = u.stream(ids)
       return streamed === text ? null : `${JSON.stringify(ids.slice(0, 40))}: streamed ${show(streamed.slice(0, 200))} != ${show(text.slice(0, 200))}`
     })
+  })
+
+  it('the first-release file is told apart at load: its decode has no transformers clean-up', () => {
+    expect(tokenizerFromBytes(readFileSync(OLD), 'chatglm-6b', {numImageTokens: 20000}).responseStyle).toBe('chatglm-6b-first-release')
+    expect(tokenizerFromBytes(readFileSync(CURRENT), 'chatglm-6b').responseStyle).toBe('chatglm-6b')
   })
 
   it('the random id sequences reach specials, byte pieces and (v1-old) image tokens', () => {

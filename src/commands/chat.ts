@@ -71,14 +71,14 @@ export default class Chat extends BaseCommand {
       const fitted = fitChatPrompt(model.tokenizer, gen, query, history, context, defaultReserve(context, opts.maxNewTokens))
       if (fitted.droppedTurns > 0) this.note(`(left out the ${fitted.droppedTurns} oldest turn(s) of the history to fit the maximum length ${context})`)
       const ids = fitted.ids
-      const response = new ResponseStream(model.tokenizer.arch)
+      const response = new ResponseStream(model.tokenizer.responseStyle)
       const r = await generate(model.backend, model.tokenizer, ids, {...opts, signal}, t => {
         const out = response.push(t)
         if (stream && out) process.stdout.write(out)
       })
       const rest = response.flush()
       if (stream && rest) process.stdout.write(rest)
-      return {...r, response: chatResponse(model.tokenizer.arch, r.text), droppedTurns: fitted.droppedTurns}
+      return {...r, response: chatResponse(model.tokenizer.responseStyle, r.text), droppedTurns: fitted.droppedTurns}
     }
     try {
       if (flags.prompt?.length) {

@@ -75,7 +75,7 @@ export default class Demo extends BaseCommand {
             const query = '你好, glmtool!'
             const ids = tokenizer.encodePrompt(chatPrompt(arch.generation, query, []))
             const r = await generate(backend, tokenizer, ids, {greedy: true, temperature: 1, topP: 1, topK: 0, repetitionPenalty: 1, maxLength: 128, maxNewTokens: 12, seed: 0})
-            return `asked ${JSON.stringify(query)} (${ids.length} prompt tokens), got ${r.generatedIds.length} tokens: ${JSON.stringify(chatResponse(tokenizer.arch, r.text))} (random weights), prefill ${r.promptTokensPerSecond.toFixed(0)} tok/s`
+            return `asked ${JSON.stringify(query)} (${ids.length} prompt tokens), got ${r.generatedIds.length} tokens: ${JSON.stringify(chatResponse(tokenizer.responseStyle, r.text))} (random weights), prefill ${r.promptTokensPerSecond.toFixed(0)} tok/s`
           } finally {
             await backend.dispose()
           }

@@ -14,7 +14,7 @@
  * `ResponseStream` hands the text out as it is generated: every chunk is final (never taken back)
  * and the chunks concatenate to exactly `chatResponse(raw)`.
  */
-import type {TokenizerArch} from './tokenizer.js'
+import type {ResponseStyle} from './tokenizer.js'
 
 const TRAINING_TIME = '[[训练时间]]'
 
@@ -64,8 +64,8 @@ export function cleanUpTokenization(text: string): string {
  * goes through transformers' clean-up (4.27 default clean_up_tokenization_spaces=True);
  * ChatGLM2-6B's tokenizer turns it off.
  */
-export function publishedDecode(arch: TokenizerArch, text: string): string {
-  return arch === 'chatglm-6b' ? cleanUpTokenization(text) : text
+export function publishedDecode(style: ResponseStyle, text: string): string {
+  return style === 'chatglm-6b' ? cleanUpTokenization(text) : text
 }
 
 
@@ -76,11 +76,11 @@ const PUNCTS: readonly (readonly [RegExp, RegExp, string])[] = [',', '!', ':', '
 })
 
 /** Everything but the trailing strip: each step looks at most 8 characters around a point. */
-function processBody(arch: TokenizerArch, text: string, atStart: boolean): string {
+function processBody(arch: ResponseStyle, text: string, atStart: boolean): string {
   let s = publishedDecode(arch, text)
   if (atStart) s = pyLstrip(s)
   s = s.replaceAll(TRAINING_TIME, '2023年')
-  if (arch === 'chatglm-6b') {
+  if (arch !== 'chatglm2-6b') {
     for (const [before, after, full] of PUNCTS) {
       s = s.replace(before, `$1${full}`).replace(after, `${full}$1`)
     }
@@ -89,7 +89,7 @@ function processBody(arch: TokenizerArch, text: string, atStart: boolean): strin
 }
 
 /** The published chat()'s text for the decoded ids (`raw` = the tokenizer's decode). */
-export function chatResponse(arch: TokenizerArch, raw: string): string {
+export function chatResponse(arch: ResponseStyle, raw: string): string {
   return pyRstrip(processBody(arch, raw, true))
 }
 
@@ -103,9 +103,9 @@ export function chatResponse(arch: TokenizerArch, raw: string): string {
 const V1_UNSAFE = new Set([...' .?!,\'ntmsvre:;', ...TRAINING_TIME])
 const V2_UNSAFE = new Set([...TRAINING_TIME])
 
-function isSplitChar(arch: TokenizerArch, ch: string): boolean {
+function isSplitChar(arch: ResponseStyle, ch: string): boolean {
   if (isPySpace(ch) || isHighSurrogate(ch.charCodeAt(0))) return false
-  return !(arch === 'chatglm-6b' ? V1_UNSAFE : V2_UNSAFE).has(ch)
+  return !(arch === 'chatglm2-6b' ? V2_UNSAFE : V1_UNSAFE).has(ch)
 }
 
 export class ResponseStream {
@@ -114,7 +114,7 @@ export class ResponseStream {
   private cut = 0
   private done = ''
 
-  constructor(private readonly arch: TokenizerArch) {}
+  constructor(private readonly arch: ResponseStyle) {}
 
   /** Add decoded text; returns the part of the response that is now final. */
   push(text: string): string {

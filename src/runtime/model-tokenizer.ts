@@ -8,7 +8,7 @@
  */
 import {existsSync} from 'node:fs'
 import {readFile} from 'node:fs/promises'
-import {join} from 'node:path'
+import {dirname, join} from 'node:path'
 import {ModelError} from '../errors.js'
 import {type Arch, detectArch, type ModelConfig} from '../models/index.js'
 import {decodeModelProto, ModelType, PieceType} from './sentencepiece-model.js'
@@ -59,7 +59,10 @@ export function checkTokenizerFits(t: ModelTokenizer): void {
   const rows = t.arch.embeddingRows(t.config)
   const vocab = t.tokenizer.vocabSize
   if (vocab > rows) {
-    throw new ModelError(`${t.path}${imageTokensNote(t)} has ids up to ${vocab - 1}, but ${t.configPath} gives the word embedding ${rows} rows; the tokenizer does not belong to this model`, 'tokenizer-mismatch')
+    const n = t.numImageTokens
+    // A model whose embedding has room for the text ids alone has no image tokens: say how to tell glmtool.
+    const hint = n && n.value > 0 && vocab - n.value <= rows ? `; if the model has no image tokens, set "num_image_tokens": 0 in ${join(dirname(t.path), 'tokenizer_config.json')}` : ''
+    throw new ModelError(`${t.path}${imageTokensNote(t)} has ids up to ${vocab - 1}, but ${t.configPath} gives the word embedding ${rows} rows; the tokenizer does not belong to this model${hint}`, 'tokenizer-mismatch')
   }
   for (const [key, special] of Object.entries(t.arch.configSpecials)) {
     const want = t.config[key]

@@ -653,6 +653,19 @@ export class SentencePieceDecoder {
     return this.out(text)
   }
 
+  /**
+   * Text that is no piece of the model, as DecodePieces decodes a piece string it does not know:
+   * the string itself (after the byte run it ends). ChatGLM-6B's decode turns image ids into
+   * "<image_k>" strings and decodes them so.
+   */
+  pushLiteral(literal: string): string {
+    const text = this.takeBytes(true)
+    if (this.droppedSpace || this.emittedAny) this.atStart = false
+    this.droppedSpace = false
+    this.emittedAny ||= literal.length > 0 || text.length > 0
+    return this.out(text + literal)
+  }
+
   /** The rest: an unfinished byte run decodes to U+FFFD per byte. */
   flush(): string {
     const text = this.out(this.takeBytes(true))

@@ -75,5 +75,5 @@ export function encodeTexts(tok: ChatTokenizer, texts: readonly string[]): Encod
 export function decodeIds(tok: ChatTokenizer, ids: readonly number[], source: string): {ids: number[], text: string} {
   const bad = ids.find(id => id >= tok.vocabSize)
   if (bad !== undefined) throw new ModelError(`--decode: id ${bad} is outside ${source}'s vocabulary (ids 0..${tok.vocabSize - 1})`, 'usage')
-  return {ids: [...ids], text: publishedDecode(tok.arch, tok.decode(ids))}
+  return {ids: [...ids], text: publishedDecode(tok.responseStyle, tok.decode(ids))}
 }

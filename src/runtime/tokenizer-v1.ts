@@ -72,7 +72,14 @@ export function chatglm6bModel(model: SentencePieceModel, source: string): Sente
 
 /** The SentencePiece processor of a ChatGLM-6B ice_text.model's bytes (see chatglm6bModel). */
 export function loadChatGLM6BSentencePiece(bytes: Uint8Array, source: string): SentencePieceProcessor {
-  return SentencePieceProcessor.fromModel(chatglm6bModel(decodeModelProto(bytes, source), source), source)
+  return loadChatGLM6BModel(bytes, source).sp
+}
+
+/** The processor, and whether the file was the first release's (upgraded at load). */
+export function loadChatGLM6BModel(bytes: Uint8Array, source: string): {sp: SentencePieceProcessor, firstRelease: boolean} {
+  const model = decodeModelProto(bytes, source)
+  const upgraded = chatglm6bModel(model, source)
+  return {sp: SentencePieceProcessor.fromModel(upgraded, source), firstRelease: upgraded !== model}
 }
 
 /** "\n", "\t" and space runs as the reference's _preprocess writes them. */
@@ -124,11 +131,20 @@ export class ChatGLM6BTokenizer implements ChatTokenizer {
   readonly vocabSize: number
   readonly specials: TokenizerSpecials
 
+  /**
+   * What the published decode does after SentencePiece: the current release's is transformers'
+   * (clean-up of spaces before punctuation); the first release's called SPTokenizer.decode directly.
+   */
+  readonly responseStyle: 'chatglm-6b' | 'chatglm-6b-first-release'
+
   constructor(
     private readonly sp: SentencePieceProcessor,
     source: string,
     private readonly numImageTokens = 0,
+    /** The first-release 130000-piece file, upgraded at load (chatglm6bModel). */
+    private readonly firstRelease = false,
   ) {
+    this.responseStyle = firstRelease ? 'chatglm-6b-first-release' : 'chatglm-6b'
     const id = (piece: string): number => {
       if (!sp.hasPiece(piece)) throw new ModelError(`${source}: has no ${piece} piece; not a ChatGLM-6B tokenizer`, 'tokenizer-model')
       return sp.pieceToId(piece) + numImageTokens
@@ -178,9 +194,14 @@ export class ChatGLM6BTokenizer implements ChatTokenizer {
     return {
       push: (id: number): string => {
         // Pad ids are filtered before SentencePiece sees the sequence: they do not even end a
-        // run of byte pieces. Ids below num_image_tokens (image tokens) are dropped likewise.
-        if (id === pad || id - offset < 0) return ''
-        const [done, rest] = splitPartialStandin(held + sp.push(id - offset))
+        // run of byte pieces. Ids below num_image_tokens (image tokens): the first release's
+        // SPTokenizer.decode drops them likewise; the current release's decode goes through
+        // _convert_id_to_token, which names them "<image_k>", and DecodePieces, which gives a
+        // string it does not know back as it is.
+        if (id === pad) return ''
+        if (id - offset < 0 && (this.firstRelease || id < 0)) return ''
+        const decoded = id - offset < 0 ? sp.pushLiteral(`<image_${id}>`) : sp.push(id - offset)
+        const [done, rest] = splitPartialStandin(held + decoded)
         held = rest
         return postprocessV1(done)
       },

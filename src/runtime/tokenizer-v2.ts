@@ -21,6 +21,7 @@ export const V2_SPECIAL_NAMES = ['[MASK]', '[gMASK]', '[sMASK]', 'sop', 'eop'] a
 
 export class ChatGLM2Tokenizer implements ChatTokenizer {
   readonly arch = 'chatglm2-6b' as const
+  readonly responseStyle = 'chatglm2-6b' as const
   readonly vocabSize: number
   readonly specials: TokenizerSpecials
   private readonly specialByName: ReadonlyMap<string, number>

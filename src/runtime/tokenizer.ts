@@ -17,10 +17,11 @@ import {join} from 'node:path'
 
 import {ModelError} from '../errors.js'
 import {SentencePieceProcessor} from './sentencepiece.js'
-import {ChatGLM6BTokenizer, loadChatGLM6BSentencePiece} from './tokenizer-v1.js'
+import {ChatGLM6BTokenizer, loadChatGLM6BModel} from './tokenizer-v1.js'
 import {ChatGLM2Tokenizer} from './tokenizer-v2.js'
 
 export type TokenizerArch = 'chatglm-6b' | 'chatglm2-6b'
+export type ResponseStyle = TokenizerArch | 'chatglm-6b-first-release'
 
 /** Incremental decoding for streaming output. */
 export interface StreamDecoder {
@@ -61,6 +62,12 @@ export interface ChatTokenizer {
   decode(ids: readonly number[]): string
   /** Incremental decoding for streaming output. */
   streamDecoder(): StreamDecoder
+  /**
+   * Which published text rules follow the decode (src/runtime/chat-response.ts): ChatGLM-6B's
+   * current release (transformers' clean-up, then its process_response), its first release (no
+   * clean-up), ChatGLM2-6B's.
+   */
+  readonly responseStyle: ResponseStyle
   /** Special ids: gmask, mask, sop (bos), eop, eos (v1: eop 130005 stops; v2: </s> 2 stops), pad. */
   readonly specials: TokenizerSpecials
 }
@@ -81,11 +88,16 @@ export interface TokenizerOptions {
   numImageTokens?: number
 }
 
+function v1FromBytes(bytes: Uint8Array, source: string, numImageTokens: number): ChatTokenizer {
+  const {sp, firstRelease} = loadChatGLM6BModel(bytes, source)
+  return new ChatGLM6BTokenizer(sp, source, numImageTokens, firstRelease)
+}
+
 /** A tokenizer from the bytes of its SentencePiece model. */
 export function tokenizerFromBytes(bytes: Uint8Array, arch: TokenizerArch, opts: TokenizerOptions = {}): ChatTokenizer {
   const source = opts.source ?? TOKENIZER_FILE[arch]
   return arch === 'chatglm-6b'
-    ? new ChatGLM6BTokenizer(loadChatGLM6BSentencePiece(bytes, source), source, opts.numImageTokens ?? 0)
+    ? v1FromBytes(bytes, source, opts.numImageTokens ?? 0)
     : new ChatGLM2Tokenizer(SentencePieceProcessor.load(bytes, source), source)
 }
 

@@ -290,7 +290,7 @@ export async function buildServer(model: ChatModel, opts: ServeOptions): Promise
   }
 
   const runGeneration = async (prompt: {ids: number[], droppedTurns: number}, r: SamplingRequest, maxLength: number, kind: 'chat' | 'completion', abort: AbortController, query: string, emit: (text: string) => void): Promise<Run> => {
-    const response = kind === 'chat' ? new ResponseStream(tokenizer.arch) : undefined
+    const response = kind === 'chat' ? new ResponseStream(tokenizer.responseStyle) : undefined
     const stops = new StopFilter(r.stop)
     let text = ''
     const put = (t: string) => {
