@@ -45,7 +45,9 @@ SPEC vs PUBLISHED CODE (the published code wins; what this file does is the publ
    column).  With a P-Tuning prefix every row also sees the pre_seq_len prefix columns.
    Matches spec.
 8. v1 residuals (alpha * NORMED input), GeLU tanh form, (layer_id+1) score scaling that
-   cancels, softmax in fp32: match spec.  v2 RMSNorm (fp32 variance; x*rsqrt(var+eps) then
+   cancels, softmax in fp32: match spec, except alpha: the spec says sqrt(2 * num_layers),
+   the published code computes sqrt(2 * 28) at every depth (its get_layer() never passes
+   num_layers to GLMBlock, whose default is 28); this file follows the code.  v2 RMSNorm (fp32 variance; x*rsqrt(var+eps) then
    *weight, cast back), MQA grouping h // (heads/G), interleaved-pair rotary on the first
    D/2 dims, SwiGLU silu(y[:F])*y[F:]: match spec.
 9. P-Tuning v2 prefix: both generations view the encoder output as
@@ -282,7 +284,10 @@ class ChatGLMRef:
             self.mask_id = int(c.get("mask_token_id", 130000))
             self.sop = int(c.get("bos_token_id", 130004))
             self.vocab = self.need("lm_head.weight").shape[0]
-            self.alpha = math.sqrt(2 * self.L)
+            # Published get_layer() never passes num_layers to GLMBlock (default 28), so
+            # alpha is sqrt(2 * 28) whatever the depth; the spec's sqrt(2 * num_layers) is not
+            # what the published code computes (note 8).
+            self.alpha = math.sqrt(2 * 28)
         else:
             if c.get("rmsnorm", True) is not True:
                 raise RefError("ChatGLM2-6B with rmsnorm=false is not supported")
