@@ -40,10 +40,13 @@ describe.skipIf(!torchOk)('merged adapters in the CPU runtime vs the PyTorch ref
     console.log(`lora ${arch} ${adapter}: max rel ${cmp.maxRel.toExponential(2)} over ${cmp.rows} rows`)
     expect(cmp.ok, `max rel ${cmp.maxRel} at row ${cmp.worstRow}`).toBe(true)
     expect(got.generated).toEqual(ref.meta.generated)
-    // The adapter must matter, or the comparison proves nothing.
+    // The adapter must matter, or the comparison proves nothing: it moves the logits well past
+    // the comparison's 1e-4 tolerance (v1 with the published DeepNorm alpha sqrt(2 * 28), whose
+    // residual outweighs the tiny model's branches: about 5e-4 for v1-all-modules).
     const plain = runReference(base, ids, {steps: 0, allLogits: true})
     const moved = compareLogits(plain.logits, ref.logits.subarray(0, plain.logits.length), 1e-4, ref.meta.vocab)
-    expect(moved.maxRel).toBeGreaterThan(1e-3)
+    console.log(`lora ${arch} ${adapter}: the adapter moves the logits by ${moved.maxRel.toExponential(2)} relative`)
+    expect(moved.maxRel).toBeGreaterThan(3e-4)
   })
 })
 
@@ -54,7 +57,8 @@ describe.skipIf(!torchOk)('merged P-Tuning v2 prefixes in the CPU runtime vs the
   it.each([
     ['chatglm-6b', 'v1-embedding'],
     ['chatglm-6b', 'v1-projection'],
-    ['chatglm2-6b', 'v2-embedding'],
+    ['chatglm2-6b', 'v2-tuple'],
+    ['chatglm2-6b', 'v3-embedding'],
     ['chatglm2-6b', 'v2-projection'],
   ] as const)('%s + prefix %s: every query attends to the prefix, positions unshifted', async (arch, checkpoint) => {
     const base = synthTiny(work, arch)

@@ -57,7 +57,7 @@ export const chatglmV1: Arch = {
     m.set('transformer.final_layernorm.bias', {shape: [H], init: 'zeros'})
     m.set('lm_head.weight', {shape: [V, H], init: 'normal'})
     // P-Tuning v2 prefix keys/values: one per attention head, as get_prompt views them.
-    addPrefixCacheSpecs(m, config, L, heads, headDim)
+    addPrefixCacheSpecs(m, config, L, heads, headDim, 1, H)
     return m
   },
 
