@@ -1,5 +1,5 @@
 import {createHash} from 'node:crypto'
-import {existsSync, mkdtempSync, readFileSync, rmSync} from 'node:fs'
+import {cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, describe, expect, it} from 'vitest'
@@ -22,6 +22,17 @@ const torchExpected: Record<string, {sha256: string}> = JSON.parse(readFileSync(
 const work = mkdtempSync(join(tmpdir(), 'glmtool-prefix-'))
 afterAll(() => rmSync(work, {recursive: true, force: true}))
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
+/** The torch fixture base; for a ChatGLM3-6B checkpoint (v3-*) a copy whose config names chatglm3. */
+function baseFor(variant: string, base: string): string {
+  if (!variant.startsWith('v3-')) return join(FIX, 'torch', base)
+  const dir = join(work, `base-${variant}`)
+  if (!existsSync(dir)) {
+    cpSync(join(FIX, 'torch', base), dir, {recursive: true})
+    const c = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'))
+    writeFileSync(join(dir, 'config.json'), JSON.stringify({...c, _name_or_path: 'THUDM/chatglm3-6b'}))
+  }
+  return dir
+}
 
 describe('prefix math', () => {
   it('cuts [P, L*2*kvHeads*D] as get_prompt does: index 2i keys, 2i+1 values, stored [kvHeads, P, D]', () => {
@@ -62,7 +73,7 @@ describe('P-Tuning v2 checkpoints from torch', () => {
   for (const [variant, e] of Object.entries(expected.prefix)) {
     it(`${variant}: prefix keys and values ${e.exact ? 'equal' : 'match, within float32 rounding,'} torch's get_prompt`, async () => {
       const out = join(work, variant)
-      const r = await mergeAdapter({base: join(FIX, 'torch', e.base), adapter: join(ADAPTERS, e.checkpoint), out, dtype: 'keep', force: false})
+      const r = await mergeAdapter({base: baseFor(variant, e.base), adapter: join(ADAPTERS, e.checkpoint), out, dtype: 'keep', force: false})
       expect(r.type).toBe('prefix')
       expect(r.prefix).toMatchObject({preSeqLen: e.pre_seq_len, prefixProjection: e.prefix_projection, layers: e.num_layers, kvHeads: e.kv_heads, headDim: e.head_dim})
       const model = await openModel(out)
@@ -143,6 +154,11 @@ describe('ChatGLM2-6B P-Tuning checkpoints as the published code loads them', ()
     await expect(mergeAdapter({base: join(FIX, 'torch/tiny-v2'), adapter: ck, out, dtype: 'keep', force: false}))
       .rejects.toMatchObject({code: 'adapter-unloadable', message: expect.stringMatching(/v2-no-trans\/pytorch_model\.bin: no transformer\.prefix_encoder\.trans\.\* .*tuple, always true/)})
     expect(existsSync(out)).toBe(false)
+  })
+
+  it('refuses a ChatGLM3-6B checkpoint for a ChatGLM2-6B base (their published configs read the flag differently)', async () => {
+    await expect(mergeAdapter({base: join(FIX, 'torch/tiny-v2'), adapter: join(ADAPTERS, 'ptuning/v3-embedding'), out: join(work, 'v3-into-v2'), dtype: 'keep', force: false}))
+      .rejects.toMatchObject({code: 'adapter-generation', message: expect.stringMatching(/trained on ChatGLM3-6B .*the base model is ChatGLM2-6B/)})
   })
 
   it('applies trans.* whatever the flag says (v2-tuple: [false]), and warns of nothing', async () => {

@@ -5,7 +5,7 @@
  * and 32 greedy steps, both generations. Adapters are the torch-written fixtures of
  * test/fixtures/adapters (made for the tiny dims that `synth --size tiny` also has).
  */
-import {mkdtempSync, rmSync} from 'node:fs'
+import {cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, describe, expect, it} from 'vitest'
@@ -61,7 +61,17 @@ describe.skipIf(!torchOk)('merged P-Tuning v2 prefixes in the CPU runtime vs the
     ['chatglm2-6b', 'v3-embedding'],
     ['chatglm2-6b', 'v2-projection'],
   ] as const)('%s + prefix %s: every query attends to the prefix, positions unshifted', async (arch, checkpoint) => {
-    const base = synthTiny(work, arch)
+    let base = synthTiny(work, arch)
+    if (checkpoint.startsWith('v3-')) {
+      // a ChatGLM3-6B checkpoint goes into a ChatGLM3-6B base: the same model, its config named so
+      const b3 = join(work, 'chatglm3-base')
+      if (!existsSync(b3)) {
+        cpSync(base, b3, {recursive: true})
+        const c = JSON.parse(readFileSync(join(b3, 'config.json'), 'utf8'))
+        writeFileSync(join(b3, 'config.json'), JSON.stringify({...c, _name_or_path: 'THUDM/chatglm3-6b'}))
+      }
+      base = b3
+    }
     const merged = join(work, `${arch}-${checkpoint}-merged`)
     const ckpt = join(FIX, 'ptuning', checkpoint)
     const m = glmtool(['merge-adapter', base, '--adapter', ckpt, '--out', merged])

@@ -166,9 +166,17 @@ export async function computePrefixCache(ck: PrefixCheckpoint, arch: Arch, baseC
     throw new AdapterError('shape', `${file}: ${ENC}embedding.weight is [${emb.shape}], but config.json says pre_seq_len ${P}`)
   }
   const E = emb.shape[1]
-  // The published model's rule: the checkpoint's config when it has the keys that tell
-  // ChatGLM2-6B from ChatGLM3-6B, else the base's.
-  const chatglm3 = isChatglm3Config(ck.config) || (ck.config._name_or_path === undefined && isChatglm3Config(baseConfig))
+  // ChatGLM2-6B or ChatGLM3-6B (the same tensors; their published configs read the flag
+  // differently): the checkpoint's _name_or_path, else the base's. The base's code is what loads
+  // the merged model, so the two must agree where both say.
+  const named = (c: ModelConfig) => (typeof c._name_or_path === 'string' ? isChatglm3Config(c) : undefined)
+  const ck3 = named(ck.config)
+  const base3 = named(baseConfig)
+  if (arch.generation === 2 && ck3 !== undefined && base3 !== undefined && ck3 !== base3) {
+    const which = (v3: boolean) => (v3 ? 'ChatGLM3-6B' : 'ChatGLM2-6B')
+    throw new AdapterError('generation', `${ck.dir}: P-Tuning checkpoint was trained on ${which(ck3)} (its config.json _name_or_path ${JSON.stringify(ck.config._name_or_path)}); the base model is ${which(base3)} (${JSON.stringify(baseConfig._name_or_path)})`)
+  }
+  const chatglm3 = ck3 ?? base3 ?? false
   const projects = arch.generation === 1 || chatglm3 ? ck.projection : true // ChatGLM2-6B's tuple (publishedPrefixProjection)
   const hasTrans = ck.tensors.has('trans.0.weight')
   // v2's embedding is n wide whether it projects or not: a wrong width says more than "no trans.*".
