@@ -172,7 +172,7 @@ struct Engine::Impl {
   // Decode norms fused into the GEMVs (layersFusedNorm): ChatGLM2-6B's RMSNorm by default, not
   // ChatGLM-6B's LayerNorm (init()); GLMTOOL_CUDA_NORM=fused|kernel overrides.
   bool fuseNorm = false;
-  float alpha;  // v1 DeepNorm: sqrt(2 * layers)
+  float alpha;  // v1 DeepNorm: sqrt(2 * 28) whatever the depth, as published (see init())
   Geom geom;
 
   std::map<void*, size_t> sizes;
@@ -307,7 +307,9 @@ struct Engine::Impl {
     fup = c.generation == 1 ? F : 2 * F;
     esz = 2;
     maxTotal = P + c.maxLength;
-    alpha = std::sqrt(2.0f * L);
+    // ChatGLM-6B's DeepNorm alpha is sqrt(2 * 28) at every depth: the published get_layer() never
+    // passes num_layers to GLMBlock, whose default is 28 (src/models/chatglm-v1.ts V1_DEEPNORM_ALPHA).
+    alpha = std::sqrt(2.0f * 28);
     // 256 keys per split at the full length (32 splits of 64 measured slower at 576 keys: 12.7 vs 9.0 us)
     nsplit = std::min(32, std::max(4, (maxTotal + 255) / 256));
     if (const char* v = std::getenv("GLMTOOL_CUDA_ATTN")) attnMode = std::string(v) == "head" ? 1 : 2;

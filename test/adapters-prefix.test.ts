@@ -1,5 +1,5 @@
 import {createHash} from 'node:crypto'
-import {mkdtempSync, readFileSync, rmSync} from 'node:fs'
+import {cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, describe, expect, it} from 'vitest'
@@ -15,13 +15,24 @@ const FIX = join(import.meta.dirname, 'fixtures')
 const ADAPTERS = join(FIX, 'adapters')
 interface PrefixExpectation {
   base: string, checkpoint: string, pre_seq_len: number, prefix_projection: boolean, kv_heads: number, head_dim: number,
-  num_layers: number, exact: boolean, file: string, sha256: string
+  num_layers: number, exact: boolean, file: string, sha256: string, merged_prefix_projection: boolean
 }
 const expected: {prefix: Record<string, PrefixExpectation>} = JSON.parse(readFileSync(join(ADAPTERS, 'expected.json'), 'utf8'))
 const torchExpected: Record<string, {sha256: string}> = JSON.parse(readFileSync(join(FIX, 'torch/expected.json'), 'utf8'))
 const work = mkdtempSync(join(tmpdir(), 'glmtool-prefix-'))
 afterAll(() => rmSync(work, {recursive: true, force: true}))
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
+/** The torch fixture base; for a ChatGLM3-6B checkpoint (v3-*) a copy whose config names chatglm3. */
+function baseFor(variant: string, base: string): string {
+  if (!variant.startsWith('v3-')) return join(FIX, 'torch', base)
+  const dir = join(work, `base-${variant}`)
+  if (!existsSync(dir)) {
+    cpSync(join(FIX, 'torch', base), dir, {recursive: true})
+    const c = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'))
+    writeFileSync(join(dir, 'config.json'), JSON.stringify({...c, _name_or_path: 'THUDM/chatglm3-6b'}))
+  }
+  return dir
+}
 
 describe('prefix math', () => {
   it('cuts [P, L*2*kvHeads*D] as get_prompt does: index 2i keys, 2i+1 values, stored [kvHeads, P, D]', () => {
@@ -62,13 +73,13 @@ describe('P-Tuning v2 checkpoints from torch', () => {
   for (const [variant, e] of Object.entries(expected.prefix)) {
     it(`${variant}: prefix keys and values ${e.exact ? 'equal' : 'match, within float32 rounding,'} torch's get_prompt`, async () => {
       const out = join(work, variant)
-      const r = await mergeAdapter({base: join(FIX, 'torch', e.base), adapter: join(ADAPTERS, e.checkpoint), out, dtype: 'keep', force: false})
+      const r = await mergeAdapter({base: baseFor(variant, e.base), adapter: join(ADAPTERS, e.checkpoint), out, dtype: 'keep', force: false})
       expect(r.type).toBe('prefix')
       expect(r.prefix).toMatchObject({preSeqLen: e.pre_seq_len, prefixProjection: e.prefix_projection, layers: e.num_layers, kvHeads: e.kv_heads, headDim: e.head_dim})
       const model = await openModel(out)
       try {
         expect(model.format).toBe('safetensors')
-        expect(model.config).toMatchObject({pre_seq_len: e.pre_seq_len, prefix_projection: false, glmtool_prefix: 'prefix_cache'})
+        expect(model.config).toMatchObject({pre_seq_len: e.pre_seq_len, prefix_projection: e.merged_prefix_projection, glmtool_prefix: 'prefix_cache'})
         // the architecture table expects exactly these tensors: complete, nothing extra
         const check = checkTensors(model.arch!, model.config!, model.tensors)
         expect(check.missing).toEqual([])
@@ -99,15 +110,63 @@ describe('P-Tuning v2 checkpoints from torch', () => {
           for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]))
           expect(worst).toBeLessThanOrEqual(maxAbs * 2 ** -19)
         }
+        // The published encoder's tensors, for the published code: run as its PrefixEncoder runs
+        // them (embedding, then trans.* when config.json's prefix_projection says so), they give
+        // torch's get_prompt output again, in get_prompt's [P, L*2*kvHeads*D] layout.
+        const enc = (n: string) => byName.get(`transformer.prefix_encoder.${n}`)
+        const f32 = async (n: string) => decodeFloats(await readTensor(enc(n)!), 'F32')
+        const width = e.num_layers * 2 * e.kv_heads * e.head_dim
+        expect(enc('trans.0.weight') !== undefined).toBe(e.merged_prefix_projection)
+        const emb = enc('embedding.weight')!
+        const E = emb.shape[1]
+        const linear = async (i: number) => {
+          const w = enc(`trans.${i}.weight`)!
+          return {weight: await f32(`trans.${i}.weight`), bias: await f32(`trans.${i}.bias`), inFeatures: w.shape[1], outFeatures: w.shape[0]}
+        }
+        const rows = runPrefixEncoder({
+          preSeqLen: e.pre_seq_len, embedding: await f32('embedding.weight'), embeddingWidth: E,
+          projection: e.merged_prefix_projection ? {first: await linear(0), second: await linear(2)} : undefined,
+        })
+        expect(rows.width).toBe(width)
+        const again = splitPrefixKeyValues(rows.values, e.pre_seq_len, e.num_layers, e.kv_heads, e.head_dim)
+          .flatMap(l => [l.key, l.value])
+        const wantF = decodeFloats(want, 'F32')
+        const againF = Float32Array.from(again.flatMap(a => [...a]))
+        const scale = wantF.reduce((m, x) => Math.max(m, Math.abs(x)), 0)
+        let off = 0
+        for (let i = 0; i < wantF.length; i++) off = Math.max(off, Math.abs(againF[i] - wantF[i]))
+        expect(off).toBeLessThanOrEqual(e.exact ? 0 : scale * 2 ** -19)
         // base weights pass through unchanged
         const digests = new Map(Object.entries(torchExpected).filter(([k]) => k.startsWith(`${e.base}/`)).map(([k, v]) => [k.split('::')[1], v.sha256]))
         for (const [name, digest] of digests) expect(sha(await readTensor(byName.get(name)!)), name).toBe(digest)
-        expect(model.tensors.length).toBe(digests.size + 2 * e.num_layers)
+        expect(model.tensors.length).toBe(digests.size + 2 * e.num_layers + (e.merged_prefix_projection ? 5 : 1))
       } finally {
         await model.close()
       }
     })
   }
+})
+
+describe('ChatGLM2-6B P-Tuning checkpoints as the published code loads them', () => {
+  it('refuses one without trans.*: the published ChatGLM2-6B model always builds the projection', async () => {
+    const ck = join(ADAPTERS, 'ptuning/v2-no-trans')
+    const out = join(work, 'v2-no-trans')
+    await expect(mergeAdapter({base: join(FIX, 'torch/tiny-v2'), adapter: ck, out, dtype: 'keep', force: false}))
+      .rejects.toMatchObject({code: 'adapter-unloadable', message: expect.stringMatching(/v2-no-trans\/pytorch_model\.bin: no transformer\.prefix_encoder\.trans\.\* .*tuple, always true/)})
+    expect(existsSync(out)).toBe(false)
+  })
+
+  it('refuses a ChatGLM3-6B checkpoint for a ChatGLM2-6B base (their published configs read the flag differently)', async () => {
+    await expect(mergeAdapter({base: join(FIX, 'torch/tiny-v2'), adapter: join(ADAPTERS, 'ptuning/v3-embedding'), out: join(work, 'v3-into-v2'), dtype: 'keep', force: false}))
+      .rejects.toMatchObject({code: 'adapter-generation', message: expect.stringMatching(/trained on ChatGLM3-6B .*the base model is ChatGLM2-6B/)})
+  })
+
+  it('applies trans.* whatever the flag says (v2-tuple: [false]), and warns of nothing', async () => {
+    const warnings: string[] = []
+    const r = await mergeAdapter({base: join(FIX, 'torch/tiny-v2'), adapter: join(ADAPTERS, 'ptuning/v2-tuple'), out: join(work, 'v2-tuple-w'), dtype: 'keep', force: false, onWarning: w => warnings.push(w)})
+    expect(r.prefix!.prefixProjection).toBe(true)
+    expect(warnings).toEqual([])
+  })
 })
 
 describe('architecture tables with pre_seq_len', () => {
@@ -121,5 +180,16 @@ describe('architecture tables with pre_seq_len', () => {
     const v2 = chatglmV2.tensors({...chatglmV2.synthConfig('tiny'), pre_seq_len: 5, glmtool_prefix: 'prefix_cache'})
     expect(v2.get('transformer.prefix_cache.1.key')!.shape).toEqual([2, 5, 16])
     expect([...chatglmV2.tensors(chatglmV2.synthConfig('tiny')).keys()].some(n => n.includes('prefix_cache'))).toBe(false)
+    // the published encoder, optional, in the shapes the published model builds: v1 as the flag
+    // says; ChatGLM2-6B always with trans.* (its config's tuple); ChatGLM3-6B as the flag says
+    expect(specs.get('transformer.prefix_encoder.embedding.weight')).toMatchObject({shape: [8, 2 * 2 * 64], optional: true})
+    expect(specs.has('transformer.prefix_encoder.trans.0.weight')).toBe(false)
+    const v1p = chatglmV1.tensors({...v1, prefix_projection: true})
+    expect(v1p.get('transformer.prefix_encoder.embedding.weight')!.shape).toEqual([8, 64])
+    expect(v1p.get('transformer.prefix_encoder.trans.2.weight')!.shape).toEqual([256, 64])
+    expect(v2.get('transformer.prefix_encoder.embedding.weight')!.shape).toEqual([5, 2 * 2 * 2 * 16])
+    expect(v2.get('transformer.prefix_encoder.trans.0.weight')).toMatchObject({shape: [64, 128], optional: true})
+    const v3 = chatglmV2.tensors({...chatglmV2.synthConfig('tiny'), _name_or_path: 'THUDM/chatglm3-6b', pre_seq_len: 5, prefix_projection: false})
+    expect(v3.has('transformer.prefix_encoder.trans.0.weight')).toBe(false)
   })
 })

@@ -5,7 +5,7 @@
  * and 32 greedy steps, both generations. Adapters are the torch-written fixtures of
  * test/fixtures/adapters (made for the tiny dims that `synth --size tiny` also has).
  */
-import {mkdtempSync, rmSync} from 'node:fs'
+import {cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, describe, expect, it} from 'vitest'
@@ -40,10 +40,13 @@ describe.skipIf(!torchOk)('merged adapters in the CPU runtime vs the PyTorch ref
     console.log(`lora ${arch} ${adapter}: max rel ${cmp.maxRel.toExponential(2)} over ${cmp.rows} rows`)
     expect(cmp.ok, `max rel ${cmp.maxRel} at row ${cmp.worstRow}`).toBe(true)
     expect(got.generated).toEqual(ref.meta.generated)
-    // The adapter must matter, or the comparison proves nothing.
+    // The adapter must matter, or the comparison proves nothing: it moves the logits well past
+    // the comparison's 1e-4 tolerance (v1 with the published DeepNorm alpha sqrt(2 * 28), whose
+    // residual outweighs the tiny model's branches: about 5e-4 for v1-all-modules).
     const plain = runReference(base, ids, {steps: 0, allLogits: true})
     const moved = compareLogits(plain.logits, ref.logits.subarray(0, plain.logits.length), 1e-4, ref.meta.vocab)
-    expect(moved.maxRel).toBeGreaterThan(1e-3)
+    console.log(`lora ${arch} ${adapter}: the adapter moves the logits by ${moved.maxRel.toExponential(2)} relative`)
+    expect(moved.maxRel).toBeGreaterThan(3e-4)
   })
 })
 
@@ -54,10 +57,21 @@ describe.skipIf(!torchOk)('merged P-Tuning v2 prefixes in the CPU runtime vs the
   it.each([
     ['chatglm-6b', 'v1-embedding'],
     ['chatglm-6b', 'v1-projection'],
-    ['chatglm2-6b', 'v2-embedding'],
+    ['chatglm2-6b', 'v2-tuple'],
+    ['chatglm2-6b', 'v3-embedding'],
     ['chatglm2-6b', 'v2-projection'],
   ] as const)('%s + prefix %s: every query attends to the prefix, positions unshifted', async (arch, checkpoint) => {
-    const base = synthTiny(work, arch)
+    let base = synthTiny(work, arch)
+    if (checkpoint.startsWith('v3-')) {
+      // a ChatGLM3-6B checkpoint goes into a ChatGLM3-6B base: the same model, its config named so
+      const b3 = join(work, 'chatglm3-base')
+      if (!existsSync(b3)) {
+        cpSync(base, b3, {recursive: true})
+        const c = JSON.parse(readFileSync(join(b3, 'config.json'), 'utf8'))
+        writeFileSync(join(b3, 'config.json'), JSON.stringify({...c, _name_or_path: 'THUDM/chatglm3-6b'}))
+      }
+      base = b3
+    }
     const merged = join(work, `${arch}-${checkpoint}-merged`)
     const ckpt = join(FIX, 'ptuning', checkpoint)
     const m = glmtool(['merge-adapter', base, '--adapter', ckpt, '--out', merged])

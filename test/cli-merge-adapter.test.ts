@@ -83,6 +83,10 @@ describe('glmtool merge-adapter', () => {
     const insp = JSON.parse(glmtool(['inspect', out, '--json']).stdout)
     expect(insp.check).toMatchObject({missing: [], extra: [], misshaped: [], absentOptional: []})
     expect(insp.tensors.filter((t: {name: string}) => t.name.startsWith('transformer.prefix_cache.'))).toHaveLength(4)
+    // the published encoder too, collapsed for v1: embedding = the projected prefix, prefix_projection false
+    expect(insp.tensors.filter((t: {name: string}) => t.name.startsWith('transformer.prefix_encoder.')).map((t: {name: string, shape: number[]}) => [t.name, t.shape]))
+      .toEqual([['transformer.prefix_encoder.embedding.weight', [3, 256]]])
+    expect(JSON.parse(readFileSync(join(out, 'config.json'), 'utf8'))).toMatchObject({pre_seq_len: 3, prefix_projection: false, glmtool_prefix: 'prefix_cache'})
     const conv = glmtool(['convert', out, '--to', 'safetensors', '--out', join(work, 'v1-prefix-f16'), '--dtype', 'f16', '--json'])
     expect(conv.code, conv.stderr).toBe(0)
     expect(conv.stderr).not.toMatch(/extra tensor/)
@@ -177,6 +181,16 @@ describe('merge-adapter refuses bad adapters with one clear line and writes noth
         return d
       },
       code: 'adapter-shape', message: /embedding\.weight is \[4,256\]; the base chatglm2-6b needs \[4, 128\] \(2 layers x 2 x 2 groups x 16 = 128\)/,
+    },
+    {
+      name: 'a ChatGLM2-6B P-Tuning checkpoint without trans.* (the published ChatGLM2-6B model cannot load it)', base: V2,
+      adapter: () => join(PTUNING, 'v2-no-trans'),
+      code: 'adapter-unloadable', message: /v2-no-trans\/pytorch_model\.bin: no transformer\.prefix_encoder\.trans\.\* \(config\.json prefix_projection false\); the published ChatGLM2-6B config stores prefix_projection as a tuple, always true/,
+    },
+    {
+      name: 'a P-Tuning prefix_projection that no published config writes', base: V2,
+      adapter: () => adapterCopy(join(PTUNING, 'v2-tuple'), 'pp-string', c => { c.prefix_projection = 'yes' }, 'config.json'),
+      code: 'adapter-bad-config', message: /config\.json: prefix_projection must be true, false or a one-element list of either \(got "yes"\)/,
     },
     {
       name: 'something that is no adapter', base: V1, adapter: () => adapterCopy(join(FIX, 'torch/edge'), 'not-adapter'),

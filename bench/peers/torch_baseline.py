@@ -75,7 +75,7 @@ class V1:
         self.heads = c["num_attention_heads"]
         self.D = self.H // self.heads
         self.eps = c.get("layernorm_epsilon", 1e-5)
-        self.alpha = math.sqrt(2 * self.L)
+        self.alpha = math.sqrt(2 * 28)  # published get_layer() never passes num_layers: 28 at every depth
         rot = self.D // 2
         inv = (1.0 / (10000 ** (torch.arange(0, rot, 2, device=device).float() / rot))).half()
         t = torch.arange(c.get("max_sequence_length", 2048), device=device, dtype=torch.half if dt == torch.half else torch.float)

@@ -48,7 +48,12 @@ export default class Inspect extends BaseCommand {
       for (const m of c.misshaped) this.log(`wrong shape: ${m.name} is [${m.actual}], expected [${m.expected}]`)
       for (const m of c.wrongDtype) this.log(`wrong dtype: ${m.name} is ${m.actual}, expected ${m.expected}`)
       for (const n of c.extra) this.log(`extra: ${n}`)
-      if (c.absentOptional.length) this.log(`absent (recomputed, fine): ${c.absentOptional.length} rotary inv_freq buffer(s)`)
+      const invFreq = c.absentOptional.filter(n => n.endsWith('inv_freq')).length
+      if (invFreq) this.log(`absent (recomputed, fine): ${invFreq} rotary inv_freq buffer(s)`)
+      const other = c.absentOptional.filter(n => !n.endsWith('inv_freq'))
+      // P-Tuning tensors listed as optional: the prefix cache of a trainer config, the published
+      // prefix encoder of a merge-adapter output made before it carried one
+      if (other.length) this.log(`absent (optional): ${other.length} P-Tuning tensor(s), e.g. ${other[0]}`)
     }
     if (tokenizer && 'error' in tokenizer) this.log(`tokenizer: ${tokenizer.error}`)
     else if (tokenizer) {

@@ -58,11 +58,44 @@ export function prefixCacheName(layer: number, part: 'key' | 'value'): string {
 }
 
 /**
- * Add the prefix-cache tensors to an architecture's table when config.json has pre_seq_len.
- * They are required when the config says glmtool stored them (glmtool_prefix), optional
- * otherwise (a trainer's config with pre_seq_len describes a prefix kept elsewhere).
+ * config.json's prefix_projection as the published code reads it: Python truthiness, so a
+ * one-element list (how save_pretrained writes ChatGLM2-6B's tuple, `[false]`) is true.
+ * Undefined for a value no published config writes (a number, a string, an object).
  */
-export function addPrefixCacheSpecs(m: Map<string, TensorSpec>, config: ModelConfig, layers: number, kvHeads: number, headDim: number): void {
+export function prefixProjectionFlag(value: unknown): boolean | undefined {
+  if (value === undefined || value === null || typeof value === 'boolean') return value === true
+  if (Array.isArray(value) && value.length === 1 && typeof value[0] === 'boolean') return true
+  return undefined
+}
+
+/**
+ * A ChatGLM3-6B config: the same keys and tensors as ChatGLM2-6B, told apart only by the
+ * `_name_or_path` that save_pretrained records (THUDM/chatglm3-6b, or a local copy's path).
+ */
+export function isChatglm3Config(config: ModelConfig): boolean {
+  return typeof config._name_or_path === 'string' && /chatglm3/i.test(config._name_or_path)
+}
+
+/**
+ * Whether the published model builds and applies the P-Tuning projection MLP (trans.*).
+ * ChatGLM-6B and ChatGLM3-6B: as config.json's prefix_projection says. ChatGLM2-6B: always,
+ * because its published configuration_chatglm.py stores `self.prefix_projection =
+ * prefix_projection,`, a one-element tuple that is true whatever the flag (ChatGLM3-6B's
+ * configuration does not have the comma).
+ */
+export function publishedPrefixProjection(generation: 1 | 2, config: ModelConfig): boolean {
+  if (generation === 2 && !isChatglm3Config(config)) return true
+  return prefixProjectionFlag(config.prefix_projection) === true
+}
+
+/**
+ * Add the P-Tuning tensors to an architecture's table when config.json has pre_seq_len: the
+ * prefix cache (required when the config says glmtool stored it, glmtool_prefix; optional
+ * otherwise: a trainer's config with pre_seq_len describes a prefix kept elsewhere) and,
+ * optional, the published prefix encoder (transformer.prefix_encoder.*: what a whole-model
+ * trainer save and merge-adapter's output carry) in the shapes the published model builds.
+ */
+export function addPrefixCacheSpecs(m: Map<string, TensorSpec>, config: ModelConfig, layers: number, kvHeads: number, headDim: number, generation: 1 | 2, hidden: number): void {
   if (config.pre_seq_len === undefined || config.pre_seq_len === null) return
   const P = configInt(config, 'pre_seq_len')
   const optional = config.glmtool_prefix !== PREFIX_CACHE_MARKER
@@ -70,5 +103,17 @@ export function addPrefixCacheSpecs(m: Map<string, TensorSpec>, config: ModelCon
     for (const part of ['key', 'value'] as const) {
       m.set(prefixCacheName(i, part), {shape: [kvHeads, P, headDim], init: 'normal', ...(optional ? {optional} : {})})
     }
+  }
+  const n = layers * 2 * kvHeads * headDim
+  const projects = publishedPrefixProjection(generation, config)
+  // v1's projected encoder embeds to hidden_size; v2's to n (kv_size) in both cases.
+  const width = projects && generation === 1 ? hidden : n
+  const enc = 'transformer.prefix_encoder.'
+  m.set(`${enc}embedding.weight`, {shape: [P, width], init: 'normal', optional: true})
+  if (projects) {
+    m.set(`${enc}trans.0.weight`, {shape: [hidden, width], init: 'normal', optional: true})
+    m.set(`${enc}trans.0.bias`, {shape: [hidden], init: 'zeros', optional: true})
+    m.set(`${enc}trans.2.weight`, {shape: [n, hidden], init: 'normal', optional: true})
+    m.set(`${enc}trans.2.bias`, {shape: [n], init: 'zeros', optional: true})
   }
 }

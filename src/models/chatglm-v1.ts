@@ -7,6 +7,16 @@ const SIZES: Record<SynthSize, {hidden: number, inner: number, layers: number, h
   full: {hidden: 4096, inner: 16384, layers: 28, heads: 32},
 }
 
+/**
+ * ChatGLM-6B's DeepNorm alpha, sqrt(2 * 28), whatever num_layers says. The published
+ * modeling_chatglm.py computes alpha = (2 * self.num_layers) ** 0.5 in GLMBlock, but
+ * ChatGLMModel's get_layer() never passes num_layers, so every block keeps GLMBlock's default
+ * num_layers=28. The spec (chatglm.md section 3) says sqrt(2 * num_layers); the published code
+ * is followed. Real 28-layer checkpoints are the same either way; other depths (synth tiny and
+ * small) differ.
+ */
+export const V1_DEEPNORM_ALPHA = Math.sqrt(2 * 28)
+
 /** ChatGLM-6B: GLM with 2D rotary and post-DeepNorm (chatglm.md sections 1-3). */
 export const chatglmV1: Arch = {
   id: 'chatglm-6b',
@@ -47,7 +57,7 @@ export const chatglmV1: Arch = {
     m.set('transformer.final_layernorm.bias', {shape: [H], init: 'zeros'})
     m.set('lm_head.weight', {shape: [V, H], init: 'normal'})
     // P-Tuning v2 prefix keys/values: one per attention head, as get_prompt views them.
-    addPrefixCacheSpecs(m, config, L, heads, headDim)
+    addPrefixCacheSpecs(m, config, L, heads, headDim, 1, H)
     return m
   },
 

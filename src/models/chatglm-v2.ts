@@ -42,7 +42,7 @@ export const chatglmV2: Arch = {
     if (config.post_layer_norm !== false) m.set('transformer.encoder.final_layernorm.weight', {shape: [H], init: 'ones'})
     m.set('transformer.output_layer.weight', {shape: [V, H], init: 'normal'})
     // P-Tuning v2 prefix keys/values: one per multi-query group, as get_prompt views them.
-    addPrefixCacheSpecs(m, config, L, G, D)
+    addPrefixCacheSpecs(m, config, L, G, D, 2, H)
     return m
   },
 

@@ -45,14 +45,23 @@ SPEC vs PUBLISHED CODE (the published code wins; what this file does is the publ
    column).  With a P-Tuning prefix every row also sees the pre_seq_len prefix columns.
    Matches spec.
 8. v1 residuals (alpha * NORMED input), GeLU tanh form, (layer_id+1) score scaling that
-   cancels, softmax in fp32: match spec.  v2 RMSNorm (fp32 variance; x*rsqrt(var+eps) then
-   *weight, cast back), MQA grouping h // (heads/G), interleaved-pair rotary on the first
+   cancels, softmax in fp32: match spec, except alpha: the spec says sqrt(2 * num_layers),
+   the published code computes sqrt(2 * 28) at every depth (its get_layer() never passes
+   num_layers to GLMBlock, whose default is 28); this file follows the code.  v2 RMSNorm
+   (fp32 variance; x*rsqrt(var+eps) then *weight, cast back), MQA grouping h // (heads/G), interleaved-pair rotary on the first
    D/2 dims, SwiGLU silu(y[:F])*y[F:]: match spec.
 9. P-Tuning v2 prefix: both generations view the encoder output as
    [pre_seq_len, num_layers*2, heads_or_groups, head_dim]; index 2i = layer i keys, 2i+1
    values; cast to the model dtype (`.type(dtype)`; older v1 revisions: `.half()`); dropout
    is inactive in eval; keys are not rotated; positions are not shifted; every query sees
    every prefix entry.  Matches spec.
+10. Whether the prefix encoder projects (trans.*): published v1 and ChatGLM3-6B as config.json's
+   prefix_projection says; published ChatGLM2-6B ALWAYS, because its configuration_chatglm.py
+   stores `self.prefix_projection = prefix_projection,` (a one-element tuple, truthy), so its
+   PrefixEncoder always has trans.* and load_state_dict fails on a checkpoint without them.
+   Spec section 7 is silent.  This file reads the checkpoint's config.json (beside
+   pytorch_model.bin) and follows that rule; ChatGLM3-6B is told apart by a _name_or_path naming
+   chatglm3.  Without a config.json the tensors decide (trans.* present: projected).
 
 HOW IT WAS CHECKED (besides test/reference/test_chatglm_ref.py)
 ----------------------------------------------------------------
@@ -282,7 +291,10 @@ class ChatGLMRef:
             self.mask_id = int(c.get("mask_token_id", 130000))
             self.sop = int(c.get("bos_token_id", 130004))
             self.vocab = self.need("lm_head.weight").shape[0]
-            self.alpha = math.sqrt(2 * self.L)
+            # Published get_layer() never passes num_layers to GLMBlock (default 28), so
+            # alpha is sqrt(2 * 28) whatever the depth; the spec's sqrt(2 * num_layers) is not
+            # what the published code computes (note 8).
+            self.alpha = math.sqrt(2 * 28)
         else:
             if c.get("rmsnorm", True) is not True:
                 raise RefError("ChatGLM2-6B with rmsnorm=false is not supported")
@@ -637,9 +649,21 @@ class ChatGLMRef:
     # -- P-Tuning v2 ---------------------------------------------------------------------------
 
     def set_prefix(self, prefix):
-        """prefix: dict with 'embedding' [P, w] and optional 'trans0_w/b', 'trans2_w/b'."""
+        """prefix: dict with 'embedding' [P, w], optional 'trans0_w/b', 'trans2_w/b', and
+        'config' (the checkpoint's config.json, or None): note 10 decides whether it projects."""
+        cfg = prefix.get("config")
+        if cfg is None:
+            projects = "trans0_w" in prefix
+        elif self.arch == V2 and "chatglm3" not in str(cfg.get("_name_or_path", "")).lower():
+            projects = bool((cfg.get("prefix_projection", False),))  # the published tuple: always
+        else:
+            projects = bool(cfg.get("prefix_projection", False))
+        if projects and "trans0_w" not in prefix:
+            raise RefError("prefix checkpoint has no prefix_encoder.trans.*, which the published "
+                           + ("ChatGLM2-6B model always builds (its config's prefix_projection tuple)"
+                              if self.arch == V2 else "model builds with prefix_projection true"))
         emb = prefix["embedding"].float().to(self.device)
-        if "trans0_w" in prefix:
+        if projects:
             h = torch.tanh(emb @ prefix["trans0_w"].float().to(self.device).t()
                            + prefix["trans0_b"].float().to(self.device))
             out = h @ prefix["trans2_w"].float().to(self.device).t() + prefix["trans2_b"].float().to(self.device)
@@ -687,6 +711,11 @@ def load_prefix_checkpoint(path):
         raise RefError(f"{path}: prefix_encoder.trans is incomplete (has {present})")
     if present:
         out.update(parts)
+    cfg_path = os.path.join(os.path.dirname(path), "config.json")
+    out["config"] = None
+    if os.path.exists(cfg_path):
+        with open(cfg_path, encoding="utf-8") as f:
+            out["config"] = json.load(f)
     return out
 
 

@@ -235,6 +235,41 @@ def check_prefix(model_dir, arch, tmp):
     r = proj.self_check(proj.build_prompt([9, 8, 7]), steps=4)
     record(f"{arch} self-check with projected prefix", r["max_rel"] <= 1e-5, max_rel=r["max_rel"])
 
+    # 6. config.json beside the checkpoint decides as the published config does (note 10):
+    #    prefix_projection false with trans.* -> v1 and ChatGLM3 use the embedding as is (here
+    #    [P, H] for v1: the wrong width, refused), ChatGLM2 projects anyway (the tuple); a
+    #    ChatGLM2 checkpoint without trans.* does not load.
+    with open(os.path.join(tmp, f"ckpt-{arch}", "config.json"), "w") as f:
+        json.dump({**ref.config, "pre_seq_len": P, "prefix_projection": False}, f)
+    if arch == R.V2:
+        tup = R.ChatGLMRef(model_dir, prefix=os.path.join(tmp, f"ckpt-{arch}"))
+        err = max(float((tup.prefix_k[i] - proj.prefix_k[i]).abs().max()) for i in range(L))
+        record(f"{arch} prefix_projection false still projects (ChatGLM2-6B's tuple)", err == 0, max_abs=err)
+        with open(os.path.join(tmp, f"ckpt-{arch}", "config.json"), "w") as f:
+            json.dump({**ref.config, "_name_or_path": "THUDM/chatglm3-6b", "pre_seq_len": P, "prefix_projection": False}, f)
+        v3 = R.ChatGLMRef(model_dir, prefix=os.path.join(tmp, f"ckpt-{arch}"))
+        err = max(float((v3.prefix_k[i] - emb.view(P, L * 2, ref.kv_heads, ref.D)[:, 2 * i].transpose(0, 1)).abs().max())
+                  for i in range(L))
+        record(f"{arch} ChatGLM3-6B config: prefix_projection false uses the embedding", err == 0, max_abs=err)
+        nt = os.path.join(tmp, "ckpt-v2-no-trans")
+        os.makedirs(nt, exist_ok=True)
+        torch.save({"transformer.prefix_encoder.embedding.weight": torch.randn(P, w)}, os.path.join(nt, "pytorch_model.bin"))
+        with open(os.path.join(nt, "config.json"), "w") as f:
+            json.dump({**ref.config, "pre_seq_len": P, "prefix_projection": False}, f)
+        try:
+            R.ChatGLMRef(model_dir, prefix=nt)
+            refused = False
+        except R.RefError:
+            refused = True
+        record(f"{arch} ChatGLM2-6B checkpoint without trans.* is refused", refused)
+    else:
+        try:
+            R.ChatGLMRef(model_dir, prefix=os.path.join(tmp, f"ckpt-{arch}"))
+            refused = False
+        except R.RefError:
+            refused = True
+        record(f"{arch} prefix_projection false ignores trans.* (embedding [P, H] refused)", refused)
+
 
 # --------------------------------------------------------------------------------------------
 

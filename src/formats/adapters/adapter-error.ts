@@ -13,6 +13,7 @@ export type AdapterErrorKind =
   | 'shape' // factor shapes that do not fit the base weight (hidden size, ...)
   | 'rank' // lora_A / lora_B / r disagree
   | 'non-finite' // NaN or Inf in the adapter
+  | 'unloadable' // the published code itself cannot load it (a ChatGLM2-6B P-Tuning checkpoint without trans.*)
   | 'base' // the base model cannot take this adapter (already has a prefix, quantized weight, ...)
 
 /** An adapter that cannot be merged; the message names the file and, where there is one, the tensor. */

@@ -101,7 +101,7 @@ export async function mergeAdapter(opts: MergeAdapterOptions): Promise<MergeAdap
       closers.push(() => ck.close())
       const prefix = await computePrefixCache(ck, arch, base.config)
       for (const w of prefix.warnings) opts.onWarning?.(w)
-      tensors = [...base.tensors.map(t => castTensor(t, outDtype(t))), ...prefix.tensors]
+      tensors = [...base.tensors.map(t => castTensor(t, outDtype(t))), ...prefix.tensors, ...prefix.encoderTensors]
       config = {...config, ...prefix.configKeys}
       const g = prefix.geometry
       result.prefix = {

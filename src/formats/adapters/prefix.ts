@@ -8,10 +8,21 @@
  * are read from the tensors, not assumed: ChatGLM-6B embeds to hidden_size and maps
  * Linear(H, H) -> Tanh -> Linear(H, L*2*H); ChatGLM2-6B embeds to kv_size = L*2*G*D and maps
  * Linear(kv_size, H) -> Tanh -> Linear(H, kv_size).
+ *
+ * Whether the encoder projects follows the published code, not only the flag: ChatGLM2-6B's
+ * configuration_chatglm.py stores prefix_projection as a one-element tuple, always true, so the
+ * published v2 model always builds and applies trans.* (publishedPrefixProjection). A v2
+ * checkpoint without trans.* does not load there (load_state_dict: missing trans.0.weight ...),
+ * so merge-adapter refuses it rather than guess; ChatGLM3-6B's configuration honours the flag.
+ *
+ * The merged model carries the prefix twice: glmtool's transformer.prefix_cache.* (the keys and
+ * values, computed once) and the published encoder's own tensors, so that the published
+ * modeling_chatglm.py, which builds a PrefixEncoder whenever config.json has pre_seq_len, loads
+ * the same prefix instead of a randomly initialised one (encoderTensors).
  */
 import {existsSync} from 'node:fs'
 import {join} from 'node:path'
-import {prefixCacheName, PREFIX_CACHE_MARKER} from '../../models/arch.js'
+import {isChatglm3Config, prefixCacheName, PREFIX_CACHE_MARKER, prefixProjectionFlag} from '../../models/arch.js'
 import {type Arch, detectArch, type ModelConfig} from '../../models/index.js'
 import {isFloat} from '../dtype.js'
 import {decodeFloats, encodeFloats} from '../dtype-convert.js'
@@ -31,6 +42,7 @@ export interface PrefixCheckpoint {
   readonly config: ModelConfig
   readonly arch: Arch | undefined
   readonly preSeqLen: number
+  /** config.json's prefix_projection, truthy as Python reads it (`[false]` is true). */
   readonly projection: boolean
   /** Encoder tensors by their name after `transformer.prefix_encoder.` (`embedding.weight`, `trans.0.weight`, ...). */
   readonly tensors: Map<string, TensorEntry>
@@ -71,8 +83,8 @@ export async function openPrefixCheckpoint(dir: string, file?: string): Promise<
     throw new AdapterError('bad-config', `${configPath}: no pre_seq_len, so this is not a P-Tuning v2 checkpoint (the ptuning trainer writes pre_seq_len and prefix_projection)`)
   }
   if (typeof P !== 'number' || !Number.isSafeInteger(P) || P <= 0) throw new AdapterError('bad-config', `${configPath}: pre_seq_len must be a positive integer (got ${JSON.stringify(P)})`)
-  const pp = config.prefix_projection ?? false
-  if (typeof pp !== 'boolean') throw new AdapterError('bad-config', `${configPath}: prefix_projection must be true or false (got ${JSON.stringify(pp)})`)
+  const pp = prefixProjectionFlag(config.prefix_projection)
+  if (pp === undefined) throw new AdapterError('bad-config', `${configPath}: prefix_projection must be true, false or a one-element list of either (got ${JSON.stringify(config.prefix_projection)})`)
   let arch: Arch | undefined
   try {
     arch = detectArch(config, [], configPath)
@@ -119,7 +131,10 @@ export interface PrefixCache {
   readonly tensors: TensorEntry[]
   readonly geometry: KvGeometry
   readonly preSeqLen: number
+  /** Whether the published model applies the projection MLP (what was computed). */
   readonly projection: boolean
+  /** The published encoder's tensors for the output, in the shapes the published model builds from configKeys. */
+  readonly encoderTensors: TensorEntry[]
   /** The config.json keys that say the model carries the prefix. */
   readonly configKeys: ModelConfig
   readonly warnings: string[]
@@ -151,13 +166,31 @@ export async function computePrefixCache(ck: PrefixCheckpoint, arch: Arch, baseC
     throw new AdapterError('shape', `${file}: ${ENC}embedding.weight is [${emb.shape}], but config.json says pre_seq_len ${P}`)
   }
   const E = emb.shape[1]
+  // ChatGLM2-6B or ChatGLM3-6B (the same tensors; their published configs read the flag
+  // differently): the checkpoint's _name_or_path, else the base's. The base's code is what loads
+  // the merged model, so the two must agree where both say.
+  const named = (c: ModelConfig) => (typeof c._name_or_path === 'string' ? isChatglm3Config(c) : undefined)
+  const ck3 = named(ck.config)
+  const base3 = named(baseConfig)
+  if (arch.generation === 2 && ck3 !== undefined && base3 !== undefined && ck3 !== base3) {
+    const which = (v3: boolean) => (v3 ? 'ChatGLM3-6B' : 'ChatGLM2-6B')
+    throw new AdapterError('generation', `${ck.dir}: P-Tuning checkpoint was trained on ${which(ck3)} (its config.json _name_or_path ${JSON.stringify(ck.config._name_or_path)}); the base model is ${which(base3)} (${JSON.stringify(baseConfig._name_or_path)})`)
+  }
+  const chatglm3 = ck3 ?? base3 ?? false
+  const projects = arch.generation === 1 || chatglm3 ? ck.projection : true // ChatGLM2-6B's tuple (publishedPrefixProjection)
+  const hasTrans = ck.tensors.has('trans.0.weight')
+  // v2's embedding is n wide whether it projects or not: a wrong width says more than "no trans.*".
+  if (arch.generation === 2 && E !== n) throw new AdapterError('shape', `${file}: ${ENC}embedding.weight is [${emb.shape}]; the base ${arch.id} needs [${P}, ${n}] (${need})`)
+  if (projects && !ck.projection && !hasTrans) {
+    throw new AdapterError('unloadable', `${file}: no ${ENC}trans.* (config.json prefix_projection ${JSON.stringify(ck.config.prefix_projection ?? false)}); the published ChatGLM2-6B config stores prefix_projection as a tuple, always true, so its model always builds the projection MLP and cannot load this checkpoint (a ChatGLM3-6B checkpoint names chatglm3 in config.json's _name_or_path)`)
+  }
   const tensor = (name: string) => {
     const t = ck.tensors.get(name)
-    if (!t) throw new AdapterError('not-found', `${file}: prefix_projection is true but ${ENC}${name} is missing`)
+    if (!t) throw new AdapterError('not-found', `${file}: ${ck.projection ? 'prefix_projection is true' : `the published ${arch.id} always projects`} but ${ENC}${name} is missing`)
     return t
   }
   let projection: {first: LinearWeights, second: LinearWeights} | undefined
-  if (ck.projection) {
+  if (projects) {
     const [w1, b1, w2, b2] = ['trans.0.weight', 'trans.0.bias', 'trans.2.weight', 'trans.2.bias'].map(tensor)
     const M = w1.shape[0]
     const ok = w1.shape.length === 2 && w1.shape[1] === E && b1.shape.join() === `${M}` &&
@@ -174,9 +207,10 @@ export async function computePrefixCache(ck: PrefixCheckpoint, arch: Arch, baseC
     }
   } else {
     if (E !== n) throw new AdapterError('shape', `${file}: ${ENC}embedding.weight is [${emb.shape}]; the base ${arch.id} needs [${P}, ${n}] (${need})`)
-    if (ck.tensors.has('trans.0.weight')) warnings.push(`${file}: has prefix_encoder.trans.* but config.json says prefix_projection false; they are ignored, as the published model ignores them`)
+    if (hasTrans) warnings.push(`${file}: has prefix_encoder.trans.* but config.json says prefix_projection false; they are ignored, as the published ${chatglm3 ? 'ChatGLM3-6B' : arch.id} model (which builds no projection then) ignores them`)
   }
-  const {values} = runPrefixEncoder({preSeqLen: P, embedding: await floats(emb, file), embeddingWidth: E, projection})
+  const embedding = await floats(emb, file)
+  const {values} = runPrefixEncoder({preSeqLen: P, embedding, embeddingWidth: E, projection})
   const bad = firstNonFinite(values)
   if (bad >= 0) throw new AdapterError('non-finite', `${file}: the prefix encoder's output holds ${values[bad]} at element ${bad}`)
   const layers = splitPrefixKeyValues(values, P, g.layers, g.kvHeads, g.headDim)
@@ -186,9 +220,26 @@ export async function computePrefixCache(ck: PrefixCheckpoint, arch: Arch, baseC
     memoryTensor(prefixCacheName(i, 'key'), 'F32', shape, bytes(l.key)),
     memoryTensor(prefixCacheName(i, 'value'), 'F32', shape, bytes(l.value)),
   ])
+  // The published encoder's tensors. Where the published model honours prefix_projection false
+  // (ChatGLM-6B, ChatGLM3-6B) the prefix is stored collapsed: embedding = the encoder's output,
+  // [P, n], which that model uses as is (for v1's projection this is 117 MB at full size instead
+  // of the 3.8 GB trans.2). ChatGLM2-6B always projects, so its output carries the checkpoint's
+  // own embedding and trans.*, and the published model computes from them what it computes from
+  // the checkpoint.
+  const f32 = (name: string, shape: readonly number[], v: Float32Array) => memoryTensor(`${ENC}${name}`, 'F32', shape, bytes(v))
+  const keepsProjection = projection !== undefined && arch.generation === 2 && !chatglm3
+  const encoderTensors = keepsProjection && projection
+    ? [
+        f32('embedding.weight', emb.shape, embedding),
+        f32('trans.0.weight', [projection.first.outFeatures, projection.first.inFeatures], projection.first.weight),
+        f32('trans.0.bias', [projection.first.outFeatures], projection.first.bias),
+        f32('trans.2.weight', [projection.second.outFeatures, projection.second.inFeatures], projection.second.weight),
+        f32('trans.2.bias', [projection.second.outFeatures], projection.second.bias),
+      ]
+    : [f32('embedding.weight', [P, n], values)]
   return {
-    tensors, geometry: g, preSeqLen: P, projection: ck.projection, warnings,
-    // The prefix is stored already projected, so a reader must not project it again.
-    configKeys: {pre_seq_len: P, prefix_projection: false, glmtool_prefix: PREFIX_CACHE_MARKER},
+    tensors, encoderTensors, geometry: g, preSeqLen: P, projection: projects, warnings,
+    // glmtool reads the prefix cache (already projected); prefix_projection describes encoderTensors.
+    configKeys: {pre_seq_len: P, prefix_projection: keepsProjection, glmtool_prefix: PREFIX_CACHE_MARKER},
   }
 }

@@ -1,4 +1,5 @@
 import {GlmtoolError} from '../../errors.js'
+import {V1_DEEPNORM_ALPHA} from '../../models/chatglm-v1.js'
 import {
   type ChatglmOnnxGraph, declareInputs, declareOutputs, type DecoderDims, embedTokens, eps, logitsHead, need,
   rotaryTables,
@@ -8,7 +9,8 @@ import {type GraphBuilder, MS_DOMAIN} from './onnx-builder.js'
 /**
  * ChatGLM-6B (GLM: 2D rotary, post-DeepNorm) as one ONNX decoder graph (chatglm.md section 3).
  *
- * Per layer, alpha = sqrt(2 * num_layers):
+ * Per layer, alpha = sqrt(2 * 28) whatever the depth (V1_DEEPNORM_ALPHA: the published get_layer()
+ * never passes num_layers to GLMBlock, whose default is 28):
  *   x_ln = LN(x); h = x_ln * alpha + Attn(x_ln); h_ln = LN(h); x' = h_ln * alpha + MLP(h_ln)
  * The residual is the *normed* input, so each LN takes (branch output, alpha * previous LN
  * output) and SkipLayerNormalization computes LN(input + skip + bias) in one kernel; the dense
@@ -66,7 +68,7 @@ export const chatglmV1Graph: ChatglmOnnxGraph = {
   build(b: GraphBuilder, ctx, d: DecoderDims) {
     const {layers, hidden: H, heads: N, headDim: D} = d
     const epsilon = eps(ctx.config)
-    const alpha = b.float32([Math.sqrt(2 * layers)], [])
+    const alpha = b.float32([V1_DEEPNORM_ALPHA], [])
     const io = declareInputs(b, d)
 
     const x = b.scope('embedding', () => embedTokens(b, ctx, 'transformer.word_embeddings.weight', io.inputIds))

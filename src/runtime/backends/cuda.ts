@@ -4,6 +4,7 @@ import {type DType, numel} from '../../formats/dtype.js'
 import {openModel} from '../../formats/model-dir.js'
 import type {TensorEntry} from '../../formats/tensor.js'
 import type {Arch, ModelConfig} from '../../models/index.js'
+import {PREFIX_CACHE_MARKER} from '../../models/arch.js'
 import type {DecodeManyInput, DecoderBackend, DeviceSampling, ForwardInput, ForwardOutput} from '../backend.js'
 import {
   type CudaAddon, type CudaEngine, type CudaEngineConfig, type CudaEngineInfo, type CudaMemoryStats, type CudaProbe, loadCudaAddon, WEIGHT_KINDS,
@@ -194,6 +195,9 @@ export class CudaBackend implements DecoderBackend {
       const slots = tensorSlots(arch.generation, dims.layers, config)
       const placements: Placement[] = []
       const unexpected: string[] = []
+      // merge-adapter's output carries the published prefix encoder beside the prefix cache, for
+      // the published modeling code; the engine runs the cache. Elsewhere the encoder is refused.
+      const publishedEncoderCopy = config.glmtool_prefix === PREFIX_CACHE_MARKER
       let prefixLength = 0
       for (const t of model.tensors) {
         const s = slots.get(t.name)
@@ -206,7 +210,7 @@ export class CudaBackend implements DecoderBackend {
           if (t.shape.length !== 3 || layer >= dims.layers) throw new ModelError(`${path}: tensor ${t.name} has shape [${t.shape}], expected [kvHeads, pre_seq_len, headDim] of a layer below ${dims.layers}`, 'bad-prefix')
           prefixLength = t.shape[1]
           placements.push({tensor: t, kind: prefix[2] === 'key' ? K.PREFIX_K : K.PREFIX_V, layer})
-        } else if (!t.name.endsWith('inv_freq')) {
+        } else if (!t.name.endsWith('inv_freq') && !(publishedEncoderCopy && t.name.startsWith('transformer.prefix_encoder.'))) {
           unexpected.push(t.name)
         }
       }

@@ -1,0 +1,14 @@
+class LogitsProcessorList(list):
+    pass
+
+
+class StoppingCriteriaList(list):
+    pass
+
+
+class GenerationConfig:
+    pass
+
+
+class ModelOutput(dict):
+    pass
