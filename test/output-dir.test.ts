@@ -226,6 +226,32 @@ describe('Ctrl-C: the build stops at its next checkpoint, the temp dir is remove
     expect(leftovers(d)).toEqual([])
   })
 
+  it('a second Ctrl-C stops a build that does not reach a checkpoint at once, with the same clean-up', async () => {
+    const d = fresh('sigint-twice')
+    const out = join(d, 'm')
+    const script = `
+      import {writeFileSync} from 'node:fs'
+      const {writeOutputDir} = await import(${JSON.stringify(join(ROOT, 'dist/formats/output-dir.js'))})
+      await writeOutputDir(${JSON.stringify(out)}, {force: false}, async d => {
+        writeFileSync(d + '/shard', 'partial')
+        writeFileSync(${JSON.stringify(join(d, 'building'))}, '')
+        await new Promise(() => setInterval(() => {}, 1000)) // busy in code with no checkpoint
+      })`
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script], {stdio: ['ignore', 'pipe', 'pipe']})
+    let stderr = ''
+    child.stderr.on('data', b => (stderr += b))
+    const exited = new Promise(res => child.on('close', res))
+    const run = {child, done: exited.then(() => ({code: null, signal: null, stdout: '', stderr}))}
+    await reached(run, join(d, 'building'))
+    child.kill('SIGINT')
+    while (!stderr.includes('stopping at the next safe point')) await new Promise(r => setTimeout(r, 20))
+    expect(leftovers(d).length).toBe(2) // the first Ctrl-C removes nothing under the running build
+    child.kill('SIGINT')
+    expect(await exited).toBe(130)
+    expect(stderr).toMatch(/glmtool: interrupted \(SIGINT\); removed the partial output, \S+ was not written\n$/)
+    expect(readdirSync(d)).toEqual(['building'])
+  })
+
   it('quantize: SIGINT during calibration removes its scratch directory (float ONNX) too', async () => {
     const d = fresh('sigint-quantize')
     const model = join(d, 'tiny')

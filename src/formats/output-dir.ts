@@ -205,6 +205,8 @@ function fsyncDirSync(dir: string): void {
 /** fsync every file and directory under `dir`, then `dir` itself: the data is on disk before the rename makes it visible. */
 export async function fsyncTree(dir: string): Promise<void> {
   for (const e of await readdir(dir, {withFileTypes: true})) {
+    // Flushing gigabytes takes a while: Ctrl-C meanwhile still means "not written".
+    if (interruptedBy !== undefined) throw interrupted()
     const p = join(dir, e.name)
     if (e.isDirectory()) {
       await fsyncTree(p)
