@@ -148,6 +148,16 @@ describe('what dead runs leave beside a target is cleaned up by the next run, an
     expect(leftovers(d)).toEqual([])
   })
 
+  it('a dead run that had put its output in place: its old output is removed, never put back over a target the user removed since', async () => {
+    const d = fresh('journal-swapped')
+    const dead = deadPid()
+    const old = `.m.glmtool-old-${dead}-w1`
+    mkdirSync(join(d, old))
+    writeFileSync(join(d, '.m.glmtool-lock'), JSON.stringify({glmtool: 'output-lock', pid: dead, host: hostname(), since: 'then', target: 'm', state: 'swapped', old}))
+    await writeOutputDir(join(d, 'sibling'), {force: false}, async () => {})
+    expect(readdirSync(d)).toEqual(['sibling'])
+  })
+
   it('a live run\'s lock is respected: the second run fails, naming the owner, and touches nothing', async () => {
     const d = fresh('live-lock')
     const lock = JSON.stringify({glmtool: 'output-lock', pid: process.ppid, host: hostname(), since: 'now', target: 'm', state: 'building'})

@@ -144,8 +144,8 @@ interface Journal extends Owner {
   glmtool: 'output-lock'
   target: string
   since: string
-  /** building: temporary directories only; placing: the target was claimed empty (mkdir) and the build is being renamed onto it; swapping: the old target is (being) moved to `old`. */
-  state: 'building' | 'placing' | 'swapping'
+  /** building: temporary directories only; placing: the target was claimed empty (mkdir) and the build is being renamed onto it; swapping: the old target is (being) moved to `old`; swapped: the new output is in place, `old` is to be removed. */
+  state: 'building' | 'placing' | 'swapping' | 'swapped'
   old?: string
 }
 
@@ -230,7 +230,8 @@ export async function fsyncTree(dir: string): Promise<void> {
 function recoverJournal(dir: string, base: string, j: Journal): void {
   const target = join(dir, base)
   if (j.old && lexists(join(dir, j.old))) {
-    if (!lexists(target)) {
+    // (After `swapped`, a missing target is one the user removed: the old output stays removed too.)
+    if (j.state === 'swapping' && !lexists(target)) {
       renameSync(join(dir, j.old), target)
     } else {
       rmSync(join(dir, j.old), {recursive: true, force: true})
@@ -565,6 +566,7 @@ export class OutputClaim {
       }
       this.committed = true
       fsyncDirSync(this.dir)
+      this.writeJournal({state: 'swapped'})
       testHookSync('swapped')
       rmSync(join(this.dir, old), {recursive: true, force: true})
       ACTIVE_NAMES.delete(old)
