@@ -48,3 +48,15 @@ export class UsageError extends GlmtoolError {
     super('usage', message)
   }
 }
+
+/** Ctrl-C / SIGTERM stopped the run; the CLI exits 130 / 143 as a shell does for the signal. */
+export class InterruptedError extends GlmtoolError {
+  readonly signal: NodeJS.Signals
+  readonly exitCode: number
+
+  constructor(signal: NodeJS.Signals, message: string) {
+    super('interrupted', message)
+    this.signal = signal
+    this.exitCode = signal === 'SIGINT' ? 130 : 143
+  }
+}

@@ -1,5 +1,5 @@
 import {Command, Errors} from '@oclif/core'
-import {GlmtoolError} from '../errors.js'
+import {GlmtoolError, InterruptedError} from '../errors.js'
 
 /**
  * Every glmtool command: `--json` (oclif prints run()'s return value and nothing else on
@@ -15,7 +15,7 @@ export abstract class BaseCommand extends Command {
 
   protected override async catch(err: Error & {exitCode?: number, code?: string}): Promise<unknown> {
     const message = describeError(err)
-    const exitCode = err instanceof GlmtoolError ? 1 : err instanceof Errors.CLIError ? (err.oclif?.exit ?? 2) : 1
+    const exitCode = err instanceof InterruptedError ? err.exitCode : err instanceof GlmtoolError ? 1 : err instanceof Errors.CLIError ? (err.oclif?.exit ?? 2) : 1
     if (err instanceof Errors.ExitError) throw err
     if (this.jsonEnabled()) {
       process.stdout.write(JSON.stringify({error: {code: err instanceof GlmtoolError ? err.code : (err.code ?? 'error'), message}}) + '\n')

@@ -34,7 +34,6 @@ export default class Convert extends BaseCommand {
   async run() {
     const {args, flags} = await this.parse(Convert)
     const out = flags.out ?? `${args.model.replace(/\/+$/, '')}-${flags.to}`
-    if (out.replace(/\/+$/, '') === args.model.replace(/\/+$/, '')) throw new UsageError('--out must differ from the input model directory')
     let progress: Progress | undefined
     const onStart = (total: number) => {
       progress = byteProgress('convert', total, !this.jsonEnabled())

@@ -51,7 +51,7 @@ export default class Demo extends BaseCommand {
         const torchDir = join(base, `${archId}-tiny`)
         const stDir = join(base, `${archId}-tiny-safetensors`)
         await step(`synth ${archId}`, async () => {
-          const plan = await writeOutputDir(torchDir, true, d => writeSynthModel(d, {arch, size: 'tiny', seed: 0, dtype: 'F16'}))
+          const plan = await writeOutputDir(torchDir, {force: true}, d => writeSynthModel(d, {arch, size: 'tiny', seed: 0, dtype: 'F16'}))
           return `wrote ${plan.tensors.length} tensors in ${plan.shards.length} torch.save shards (${formatBytes(plan.totalBytes)}) + config.json + ${arch.tokenizerFile} to ${torchDir}`
         })
         await step(`inspect ${archId}`, async () => {

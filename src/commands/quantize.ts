@@ -49,8 +49,7 @@ The report gives each layer's weight error and activation-weighted output error 
     if (flags.calib !== undefined && flags.method === 'rtn') throw new UsageError('--calib is calibration text for --method calibrated; --method rtn uses no data')
     const method = (flags.method ?? (flags.calib !== undefined ? 'calibrated' : 'rtn')) as QuantMethod
     const out = flags.out ?? `${args.model.replace(/\/+$/, '')}-int${flags.bits}`
-    if (out.replace(/\/+$/, '') === args.model.replace(/\/+$/, '')) throw new UsageError('--out must differ from the input model directory')
-    const calibration = flags.calib === undefined ? undefined : {text: await readCalibrationFile(flags.calib), source: flags.calib}
+    const calibration = flags.calib === undefined ? undefined : {text: await readCalibrationFile(flags.calib), source: flags.calib, file: flags.calib}
     let progress: Progress | undefined
     let result: QuantizeResult
     try {

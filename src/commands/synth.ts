@@ -34,7 +34,7 @@ export default class Synth extends BaseCommand {
     const progress = byteProgress('synth', totalBytes, !this.jsonEnabled())
     let plan
     try {
-      plan = await writeOutputDir(flags.out, flags.force, dir => writeSynthModel(dir, {...opts, onBytes: n => progress.add(n)}))
+      plan = await writeOutputDir(flags.out, {force: flags.force}, dir => writeSynthModel(dir, {...opts, onBytes: n => progress.add(n)}))
     } finally {
       progress.stop()
     }

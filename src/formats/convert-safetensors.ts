@@ -4,7 +4,7 @@ import {byteLength, type DType, TORCH_DTYPE_OF} from './dtype.js'
 import {targetDtype} from './dtype-convert.js'
 import {assertComplete, checkTensors, openModel} from './model-dir.js'
 import {castTensor, verifyModelOutput, writeCompanionFiles} from './model-output.js'
-import {writeOutputDir} from './output-dir.js'
+import {claimOutput, openClaimed} from './output-dir.js'
 import {writeSafetensorsModel} from './safetensors-writer.js'
 
 export interface ConvertOptions {
@@ -40,7 +40,8 @@ export interface ConvertResult {
  */
 export async function convertToSafetensors(opts: ConvertOptions): Promise<ConvertResult> {
   const started = Date.now()
-  const model = await openModel(opts.input)
+  const output = await claimOutput(opts.out, {force: opts.force, inputs: [{what: 'input model', path: opts.input}]})
+  const model = await openClaimed(output, () => openModel(opts.input))
   try {
     if (!model.dir || !model.arch || !model.config) {
       throw new ModelError(`${opts.input}: convert needs a model directory with config.json, not a single file`, 'not-a-model-dir')
@@ -54,7 +55,7 @@ export async function convertToSafetensors(opts: ConvertOptions): Promise<Conver
     opts.onStart?.(total)
     const inputDir = model.dir
     const config = model.config
-    return await writeOutputDir(opts.out, opts.force, async tmp => {
+    return await output.write(async tmp => {
       const written = await writeSafetensorsModel(tmp, tensors, {
         maxShardBytes: opts.maxShardBytes,
         metadata: {format: 'pt', source: `${model.format}:${model.files.length} file(s)`, glmtool_version: VERSION, glmtool_architecture: model.arch!.id},
@@ -77,5 +78,6 @@ export async function convertToSafetensors(opts: ConvertOptions): Promise<Conver
     })
   } finally {
     await model.close()
+    output.release()
   }
 }

@@ -6,6 +6,7 @@
 import {open, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 import {SafetensorsError} from '../errors.js'
+import {checkpoint} from './output-dir.js'
 import {DTYPE_SIZE, isDType, type DType} from './dtype.js'
 import {INDEX_FILE, MAX_HEADER_BYTES, SINGLE_FILE} from './safetensors-reader.js'
 import {DEFAULT_CHUNK_BYTES, type TensorEntry} from './tensor.js'
@@ -143,6 +144,7 @@ async function writeFileStreaming(path: string, tensors: readonly TensorEntry[],
   try {
     await writeAll(fh, header)
     for (const t of tensors) {
+      await checkpoint()
       const expected = tensorBytes(t)
       let got = 0
       // Each chunk is written before the next is pulled: pieces may be reused buffers.

@@ -1,6 +1,7 @@
 import {open} from 'node:fs/promises'
 import {basename} from 'node:path'
 import {byteLength, DTYPE_TORCH_STORAGE, numel} from './dtype.js'
+import {checkpoint} from './output-dir.js'
 import type {TensorEntry} from './tensor.js'
 import {ZipWriter} from './zip-writer.js'
 
@@ -125,6 +126,7 @@ export async function writeTorchCheckpoint(path: string, tensors: readonly Tenso
     await zip.addEntry(`${root}/data.pkl`, pkl.length, pkl)
     await zip.addEntry(`${root}/byteorder`, 6, Buffer.from('little'))
     for (let i = 0; i < tensors.length; i++) {
+      await checkpoint()
       const t = tensors[i]
       const counted = async function* () {
         for await (const c of t.chunks()) {

@@ -1,5 +1,6 @@
 import type * as ort from 'onnxruntime-node'
 import {LINEAR_INPUT_PREFIX} from '../formats/onnx/export-onnx.js'
+import {checkpoint} from '../formats/output-dir.js'
 import {OnnxCpuBackend} from '../runtime/backends/onnx-cpu.js'
 import {promptLayout} from '../runtime/generate.js'
 import type {ChatTokenizer} from '../runtime/tokenizer.js'
@@ -57,6 +58,7 @@ export async function collectActivationStats(onnxDir: string, tokenizer: ChatTok
   let tokens = 0
   try {
     for (const ids of sequences) {
+      await checkpoint()
       backend.reset()
       const layout = promptLayout(tokenizer, ids)
       // 'all': the output layer's input is the rows that get logits.

@@ -1,3 +1,4 @@
+import {checkpoint} from '../formats/output-dir.js'
 import {OnnxCpuBackend} from '../runtime/backends/onnx-cpu.js'
 import {promptLayout} from '../runtime/generate.js'
 import type {ChatTokenizer} from '../runtime/tokenizer.js'
@@ -36,6 +37,7 @@ export async function evaluateAgainst(referenceDir: string, candidates: readonly
     const kl = candidates.map(() => ({sum: 0, max: 0, agree: 0}))
     let positions = 0
     for (const ids of sequences) {
+      await checkpoint()
       const layout = promptLayout(tokenizer, ids)
       const input = {ids, positions: layout.positions, blockPositions: layout.blockPositions, bidirectional: layout.bidirectional, logits: 'all' as const}
       ref.reset()

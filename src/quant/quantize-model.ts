@@ -1,12 +1,12 @@
-import {copyFile, mkdir, mkdtemp, readdir, rm, writeFile} from 'node:fs/promises'
+import {copyFile, mkdir, readdir, rm, writeFile} from 'node:fs/promises'
 import {existsSync} from 'node:fs'
-import {totalmem, tmpdir} from 'node:os'
+import {totalmem} from 'node:os'
 import {join} from 'node:path'
 import {GlmtoolError, ModelError, UsageError} from '../errors.js'
 import {byteLength, isFloat, numel} from '../formats/dtype.js'
 import {assertComplete, checkTensors, isWeightFile, type ModelSource, openModel} from '../formats/model-dir.js'
 import {exportOnnx, exportOnnxInto, ONNX_MANIFEST_FILE} from '../formats/onnx/export-onnx.js'
-import {writeOutputDir} from '../formats/output-dir.js'
+import {claimOutput, openClaimed} from '../formats/output-dir.js'
 import {writeSafetensorsModel} from '../formats/safetensors-writer.js'
 import type {TensorEntry} from '../formats/tensor.js'
 import type {Arch, ModelConfig} from '../models/index.js'
@@ -56,7 +56,7 @@ export interface QuantizeOptions {
   format: QuantFormat
   force: boolean
   /** Calibration text (default: the built-in set) and where it came from, for the report. */
-  calibration?: {text: string, source: string}
+  calibration?: {text: string, source: string, file?: string}
   /** Calibration sequences used at most (each up to seqLen tokens). */
   calibSamples: number
   seqLen?: number
@@ -112,9 +112,22 @@ export async function quantizeModel(opts: QuantizeOptions): Promise<QuantizeResu
   const started = Date.now()
   checkOptions(opts)
   const bits = opts.bits
-  const model = await openModel(opts.input)
-  const scratch = await mkdtemp(join(tmpdir(), 'glmtool-quantize-'))
-  const pool = RtnPool.create(opts.threads)
+  const inputs = [{what: 'input model', path: opts.input}, ...(opts.calibration?.file ? [{what: 'calibration file', path: opts.calibration.file}] : [])]
+  const output = await claimOutput(opts.out, {force: opts.force, inputs})
+  const model = await openClaimed(output, () => openModel(opts.input))
+  // Scratch (float ONNX for calibration, RTN baseline) beside the target: same disk as the
+  // output rather than a small /tmp, and removed with the claim, also after Ctrl-C or (by the
+  // next run) SIGKILL.
+  let scratch: string
+  let pool: RtnPool
+  try {
+    scratch = await output.tempDir()
+    pool = RtnPool.create(opts.threads)
+  } catch (error) {
+    await model.close()
+    output.release()
+    throw error
+  }
   try {
     if (!model.dir || !model.arch || !model.config) {
       throw new ModelError(`${opts.input}: quantize needs a model directory with config.json, not a single file`, 'not-a-model-dir')
@@ -170,7 +183,7 @@ export async function quantizeModel(opts: QuantizeOptions): Promise<QuantizeResu
       [GLMTOOL_QUANT_KEY]: {bits, group_size: opts.groupSize, method: opts.method, lm_head: opts.lmHead, embeddings: opts.embeddings},
     }
     const sourceBytes = model.tensors.reduce((a, t) => a + byteLength(t.dtype, t.shape), 0)
-    return await writeOutputDir(opts.out, opts.force, async tmp => {
+    return await output.write(async tmp => {
       const t0 = Date.now()
       const stDir = opts.format === 'onnx' ? join(tmp, '.quantized-safetensors') : tmp
       if (opts.format === 'onnx') await mkdir(stDir)
@@ -227,8 +240,8 @@ export async function quantizeModel(opts: QuantizeOptions): Promise<QuantizeResu
     })
   } finally {
     await pool.close()
-    await rm(scratch, {recursive: true, force: true})
     await model.close()
+    output.release()
   }
 }
 

@@ -5,9 +5,8 @@
  * tensor by tensor into a temporary directory that is renamed into place only once it is
  * written and re-opened as a complete model; every check on the adapter runs first.
  */
-import {existsSync} from 'node:fs'
 import {basename, resolve} from 'node:path'
-import {ModelError, UsageError} from '../../errors.js'
+import {ModelError} from '../../errors.js'
 import {prefixCacheName} from '../../models/arch.js'
 import type {ModelConfig} from '../../models/index.js'
 import {VERSION} from '../../version.js'
@@ -15,7 +14,7 @@ import {byteLength, type DType, TORCH_DTYPE_OF} from '../dtype.js'
 import {targetDtype} from '../dtype-convert.js'
 import {assertComplete, checkTensors, openModel} from '../model-dir.js'
 import {castTensor, verifyModelOutput, writeCompanionFiles} from '../model-output.js'
-import {writeOutputDir} from '../output-dir.js'
+import {claimOutput, openClaimed} from '../output-dir.js'
 import {writeSafetensorsModel} from '../safetensors-writer.js'
 import type {TensorEntry} from '../tensor.js'
 import {AdapterError} from './adapter-error.js'
@@ -57,14 +56,11 @@ export interface MergeAdapterResult {
 
 export async function mergeAdapter(opts: MergeAdapterOptions): Promise<MergeAdapterResult> {
   const started = Date.now()
-  if (resolve(opts.out) === resolve(opts.base) || resolve(opts.out) === resolve(opts.adapter)) {
-    throw new UsageError('--out must differ from the base model and the adapter')
-  }
-  // writeOutputDir checks this too; checking first spares reading the base and the adapter.
-  if (existsSync(opts.out) && !opts.force) throw new UsageError(`output ${opts.out} already exists; pass --force to replace it`)
-  const loc = locateAdapter(opts.adapter, opts.type)
-  const base = await openModel(opts.base)
-  const closers: (() => Promise<void>)[] = [() => base.close()]
+  // Before reading anything: --out apart from the base and the adapter, the lock, an existing output.
+  const output = await claimOutput(opts.out, {force: opts.force, inputs: [{what: 'base model', path: opts.base}, {what: 'adapter', path: opts.adapter}]})
+  const loc = await openClaimed(output, async () => locateAdapter(opts.adapter, opts.type))
+  const base = await openClaimed(output, () => openModel(opts.base))
+  const closers: (() => Promise<void>)[] = [async () => output.release(), () => base.close()]
   try {
     if (!base.dir || !base.arch || !base.config) {
       throw new ModelError(`${opts.base}: merge-adapter needs a model directory with config.json, not a single file`, 'not-a-model-dir')
@@ -116,7 +112,7 @@ export async function mergeAdapter(opts: MergeAdapterOptions): Promise<MergeAdap
     const total = tensors.reduce((a, t) => a + byteLength(t.dtype, t.shape), 0)
     opts.onStart?.(total)
     const baseDir = base.dir
-    return await writeOutputDir(opts.out, opts.force, async tmp => {
+    return await output.write(async tmp => {
       let last = 0
       const written = await writeSafetensorsModel(tmp, tensors, {
         maxShardBytes: opts.maxShardBytes,

@@ -8,7 +8,7 @@ import {VERSION} from '../../version.js'
 import {byteLength, type DType, isFloat, numel} from '../dtype.js'
 import {decodeFloats, encodeFloats} from '../dtype-convert.js'
 import {assertComplete, checkTensors, type ModelSource, openModel} from '../model-dir.js'
-import {writeOutputDir} from '../output-dir.js'
+import {checkpoint, claimOutput, openClaimed} from '../output-dir.js'
 import {writeSafetensorsFile} from '../safetensors-writer.js'
 import type {TensorEntry} from '../tensor.js'
 import {type ChatglmOnnxGraph, decoderIO, type DecoderDims, type DecoderIO, type GraphContext, linear, MASKED, type TensorIO} from './chatglm-graph.js'
@@ -152,16 +152,18 @@ function companionFiles(arch: Arch): string[] {
  */
 export async function exportOnnx(opts: OnnxExportOptions): Promise<OnnxExportResult> {
   const started = Date.now()
-  const model = await openModel(opts.input)
+  const output = await claimOutput(opts.out, {force: opts.force, inputs: [{what: 'input model', path: opts.input}]})
+  const model = await openClaimed(output, () => openModel(opts.input))
   try {
     const plan = planExport(model, opts)
-    return await writeOutputDir(opts.out, opts.force, async tmp => {
+    return await output.write(async tmp => {
       const result = await writeOnnxFiles(plan, tmp, opts, started, true)
       const prefix = await writePrefixFile(model, tmp)
       return prefix ? {...result, files: [...result.files, prefix]} : result
     })
   } finally {
     await model.close()
+    output.release()
   }
 }
 
@@ -220,6 +222,7 @@ async function writeOnnxFiles(p: ExportPlan, tmp: string, opts: OnnxExportOption
   const writer = await ExternalDataWriter.create(join(tmp, ONNX_DATA_FILE), ONNX_DATA_FILE)
   try {
     for (const e of plan.entries) {
+      await checkpoint()
       plan.builder.initializer(await writer.add(e.name, e.elemType, e.dims, e.length, e.chunks()))
       opts.onBytes?.(e.length)
     }
