@@ -114,8 +114,8 @@ export function maxRelative(a: Float32Array[], b: Float32Array[], n = Math.min(a
   return worst
 }
 
-export async function onnxOf(modelDir: string, out: string): Promise<string> {
-  if (!existsSync(out)) await exportOnnx({input: modelDir, out, dtype: 'F32', force: false})
+export async function onnxOf(modelDir: string, out: string, dtype: 'F16' | 'F32' = 'F32'): Promise<string> {
+  if (!existsSync(out)) await exportOnnx({input: modelDir, out, dtype, force: false})
   return out
 }
 

@@ -26,17 +26,23 @@ const f = Math.fround
 /** Quantize `x` (a whole number of 32-value blocks) into `out` at `offset`; returns bytes written. */
 export function quantizeQ8_0(x: Float32Array, out: Buffer, offset = 0): number {
   if (x.length % QK !== 0) throw new RangeError(`Q8_0 needs a multiple of ${QK} values, got ${x.length}`)
+  const q = new Int8Array(out.buffer, out.byteOffset, out.byteLength)
   let o = offset
   for (let b = 0; b < x.length; b += QK) {
     let amax = 0
-    for (let j = 0; j < QK; j++) amax = Math.max(amax, Math.abs(x[b + j]))
+    for (let j = 0; j < QK; j++) {
+      const a = Math.abs(x[b + j])
+      if (a > amax) amax = a
+    }
     const d = f(amax / 127)
     const id = d ? f(1 / d) : 0
-    out.writeUInt16LE(toFloat16Bits(d), o)
+    const h = toFloat16Bits(d)
+    out[o] = h & 0xff
+    out[o + 1] = h >>> 8
     for (let j = 0; j < QK; j++) {
       const v = f(x[b + j] * id)
-      // roundf: half away from zero.
-      out.writeInt8(Math.sign(v) * Math.round(Math.abs(v)), o + 2 + j)
+      // roundf: half away from zero (v + 0.5 is exact in a double for |v| <= 127).
+      q[o + 2 + j] = Math.trunc(v < 0 ? v - 0.5 : v + 0.5)
     }
     o += Q8_0_BLOCK_BYTES
   }
@@ -58,7 +64,9 @@ export function quantizeQ4_0(x: Float32Array, out: Buffer, offset = 0): number {
     }
     const d = f(max / -8)
     const id = d ? f(1 / d) : 0
-    out.writeUInt16LE(toFloat16Bits(d), o)
+    const h = toFloat16Bits(d)
+    out[o] = h & 0xff
+    out[o + 1] = h >>> 8
     for (let j = 0; j < QK / 2; j++) {
       // (int8_t) truncates toward zero; the sums lie in [0.5, 16.5].
       const lo = Math.min(15, Math.trunc(f(f(x[b + j] * id) + 8.5)))
