@@ -6,7 +6,7 @@
  * no tokenizer); quantization streamed across chunk boundaries gives the bytes of one pass.
  */
 import {createHash} from 'node:crypto'
-import {cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync} from 'node:fs'
+import {cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
@@ -94,6 +94,20 @@ describe('convert --to gguf (CLI)', () => {
     const got = new Map((info.fullTensorInfo ?? []).map(t => [t.name, [t.dimensions.map(Number), t.ggmlType as number] as [number[], number]]))
     expect(got).toEqual(expected)
   }, 60_000)
+
+  it('a ChatGLM3 config (_name_or_path THUDM/chatglm3-6b) adds its role tokens after the five specials, as the converter does', async () => {
+    const v3 = join(work, 'v3')
+    cpSync(v2, v3, {recursive: true})
+    const cfg = JSON.parse(readFileSync(join(v3, 'config.json'), 'utf8'))
+    writeFileSync(join(v3, 'config.json'), JSON.stringify({...cfg, _name_or_path: 'THUDM/chatglm3-6b', rope_ratio: 2}))
+    const out = join(work, 'v3.gguf')
+    await convertToGguf({input: v3, out, type: 'q4_0', force: false})
+    const {readGgufFileInfo} = await import('node-llama-cpp')
+    const md = (await readGgufFileInfo(out)).metadata as unknown as {tokenizer: {ggml: {tokens: string[], token_type: number[]}}, chatglm: {rope: {freq_base: number}}}
+    expect(md.tokenizer.ggml.tokens.slice(64793, 64799)).toEqual(['eop', '<|system|>', '<|user|>', '<|assistant|>', '<|observation|>', '[PAD64798]'])
+    expect(md.tokenizer.ggml.token_type.slice(64793, 64799)).toEqual([3, 3, 3, 3, 3, 5])
+    expect(md.chatglm.rope.freq_base).toBe(20000) // 10000 * rope_ratio
+  }, 30_000)
 
   it('refuses ChatGLM-6B in one line, saying llama.cpp has no architecture for it, and writes nothing', () => {
     const out = join(work, 'v1.gguf')
