@@ -19,7 +19,7 @@
  * default is F16) so that the cache's rounding, which peaked attention magnifies, stays out.
  * Skips, saying why, where node-llama-cpp's prebuilt binary cannot load.
  */
-import {existsSync, mkdtempSync, rmSync} from 'node:fs'
+import {copyFileSync, cpSync, existsSync, mkdtempSync, rmSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
@@ -100,6 +100,27 @@ describe.skipIf(skip !== undefined)('llama.cpp (node-llama-cpp) runs glmtool\'s 
       await model.dispose()
     }
   }, 60_000)
+
+  const real = join(import.meta.dirname, '../../shared/real/chatglm2-6b_tokenizer.model')
+  it.skipIf(!existsSync(real))('with the real ChatGLM2-6B tokenizer.model (../shared/real), tokenizes to glmtool\'s ids', async () => {
+    if ('reason' in ll) return
+    const dir = join(work, 'real-tok')
+    cpSync(dirs.tiny, dir, {recursive: true})
+    copyFileSync(real, join(dir, 'tokenizer.model'))
+    const f = join(work, 'real-tok.gguf')
+    await convertToGguf({input: dir, out: f, type: 'q4_0', force: false})
+    const tk = await loadTokenizer(dir, 'chatglm2-6b')
+    const model = await ll.llama.loadModel({modelPath: f, vocabOnly: true})
+    try {
+      // Not "<sop>": llama.cpp's SPM merger turns the text "sop" there into the control token
+      // 64792 (its bigram lookup sees control tokens too); sentencepiece gives "s" + "op".
+      const texts = [...TEXTS, '你好', 'def f():\n\treturn    1\r\n', '  两个空格  and 80+ spaces' + ' '.repeat(85) + 'end', '晚上睡不着应该怎么办', 'eop sop soprano', '👋 𠀀 ，！']
+      for (const text of texts) expect([...model.tokenize(text)].map(Number), JSON.stringify(text)).toEqual(tk.encode(text))
+    } finally {
+      await model.dispose()
+    }
+  }, 60_000)
+  if (!existsSync(real)) console.warn(`gguf-llama: ${real} is absent; the real-tokenizer case is skipped`)
 
   const cases: {model: string, type: GgufFileType}[] = [
     // One quantized type per size keeps the suite inside its budget (small q8_0 alone takes
