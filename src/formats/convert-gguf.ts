@@ -1,0 +1,134 @@
+import {existsSync, statSync} from 'node:fs'
+import {open, readFile} from 'node:fs/promises'
+import {basename, join, resolve} from 'node:path'
+import {ModelError} from '../errors.js'
+import {configInt} from '../models/arch.js'
+import {decodeModelProto} from '../runtime/sentencepiece-model.js'
+import {numel} from './dtype.js'
+import {checkGgufConfig, GGUF_FILE_TYPES, type GgufFileType, ggufMetadata, ggufTensorName, ggufTensorType, ggufVocab, isChatglm3} from './gguf/chatglm2.js'
+import {type GgmlType, type GgufTensorPlan, ggmlByteSize, writeGguf} from './gguf/gguf-writer.js'
+import {writeOutputFile} from './gguf/output-file.js'
+import {ggufTensorData} from './gguf/tensor-data.js'
+import {assertComplete, checkTensors, openModel} from './model-dir.js'
+import {writeOutputDir} from './output-dir.js'
+
+export interface GgufConvertOptions {
+  input: string
+  /** A directory (the GGUF goes inside it) or a path ending in .gguf. */
+  out: string
+  type: GgufFileType
+  force: boolean
+  onStart?: (totalBytes: number) => void
+  onBytes?: (n: number) => void
+  onWarning?: (message: string) => void
+}
+
+export interface GgufConvertResult {
+  input: string
+  /** The GGUF file written. */
+  file: string
+  architecture: string
+  type: GgufFileType
+  tensors: number
+  /** GGUF tensor types and how many tensors have each. */
+  tensorTypes: Partial<Record<GgmlType, number>>
+  bytes: number
+  seconds: number
+  peakRssBytes: number
+}
+
+/** Is `out` meant as a file (ends in .gguf and is not an existing directory)? */
+export function ggufOutIsFile(out: string): boolean {
+  return /\.gguf$/i.test(out) && !(existsSync(out) && statSync(out).isDirectory())
+}
+
+/**
+ * ChatGLM2-6B (torch or safetensors directory) -> one GGUF file as llama.cpp's converter writes
+ * it for the `chatglm` architecture, streamed tensor by tensor, written atomically. The input
+ * is only read.
+ */
+export async function convertToGguf(opts: GgufConvertOptions): Promise<GgufConvertResult> {
+  const started = Date.now()
+  const model = await openModel(opts.input)
+  try {
+    if (!model.dir || !model.arch || !model.config) {
+      throw new ModelError(`${opts.input}: convert needs a model directory with config.json, not a single file`, 'not-a-model-dir')
+    }
+    if (model.arch.id === 'chatglm-6b') {
+      throw new ModelError(`${opts.input}: ChatGLM-6B (v1) cannot be written as GGUF: llama.cpp has no architecture for it (its "chatglm" architecture is ChatGLM2/ChatGLM3: RMSNorm, multi-query attention, 1-D rotary); use --to safetensors or --to onnx`, 'gguf-unsupported')
+    }
+    const config = model.config
+    checkGgufConfig(config, join(model.dir, 'config.json'))
+    const check = checkTensors(model.arch, config, model.tensors)
+    assertComplete(model.arch, check, opts.input)
+    for (const w of model.warnings) opts.onWarning?.(w)
+
+    const plans: GgufTensorPlan[] = []
+    let parameters = 0
+    for (const t of model.tensors) {
+      const name = ggufTensorName(t.name)
+      if (name === undefined) {
+        // inv_freq is recomputed by llama.cpp from rope.freq_base, as the converter drops it.
+        if (!t.name.endsWith('.rotary_pos_emb.inv_freq')) opts.onWarning?.(`tensor ${t.name} has no GGUF counterpart; not written`)
+        continue
+      }
+      const type = ggufTensorType(name, t.shape, opts.type)
+      plans.push({name, dims: [...t.shape].reverse(), type, data: () => ggufTensorData(t, type)})
+      parameters += numel(t.shape)
+    }
+
+    const spPath = join(model.dir, model.arch.tokenizerFile)
+    let spBytes: Buffer
+    try {
+      spBytes = await readFile(spPath)
+    } catch (error) {
+      throw new ModelError(`${spPath}: cannot read the tokenizer (${(error as NodeJS.ErrnoException).code ?? (error as Error).message}); a GGUF carries its vocabulary`, 'missing-file')
+    }
+    const vocab = ggufVocab(decodeModelProto(spBytes, spPath), configInt(config, 'padded_vocab_size'), isChatglm3(config), spPath)
+    const chatTemplate = await readChatTemplate(join(model.dir, 'tokenizer_config.json'))
+    const name = basename(resolve(model.dir))
+    const metadata = ggufMetadata({config, name, fileType: opts.type, parameters, vocab, chatTemplate})
+    const total = plans.reduce((a, p) => a + ggmlByteSize(p.type, p.dims), 0)
+    opts.onStart?.(total)
+    const tensorTypes: Partial<Record<GgmlType, number>> = {}
+    for (const p of plans) tensorTypes[p.type] = (tensorTypes[p.type] ?? 0) + 1
+
+    const fileName = `${name}-${GGUF_FILE_TYPES[opts.type].label}.gguf`
+    const write = async (fh: Parameters<Parameters<typeof writeOutputFile>[2]>[0]) => writeGguf(fh, metadata, plans, opts.onBytes)
+    let file: string
+    let bytes: number
+    if (ggufOutIsFile(opts.out)) {
+      file = opts.out
+      bytes = await writeOutputFile(opts.out, opts.force, write)
+    } else {
+      file = join(opts.out, fileName)
+      bytes = await writeOutputDir(opts.out, opts.force, async tmp => {
+        const fh = await open(join(tmp, fileName), 'wx')
+        try {
+          const n = await write(fh)
+          await fh.sync()
+          return n
+        } finally {
+          await fh.close()
+        }
+      })
+    }
+    return {
+      input: opts.input, file, architecture: model.arch.id, type: opts.type, tensors: plans.length, tensorTypes, bytes,
+      seconds: (Date.now() - started) / 1000, peakRssBytes: process.resourceUsage().maxRSS * 1024,
+    }
+  } finally {
+    await model.close()
+  }
+}
+
+/** tokenizer_config.json's chat_template (a string), as gguf-py's SpecialVocab carries it. */
+async function readChatTemplate(path: string): Promise<string | undefined> {
+  if (!existsSync(path)) return undefined
+  try {
+    const v = JSON.parse(await readFile(path, 'utf8')) as Record<string, unknown>
+    return typeof v.chat_template === 'string' ? v.chat_template : undefined
+  } catch (error) {
+    throw new ModelError(`${path}: invalid JSON (${(error as Error).message})`, 'bad-json')
+  }
+}
