@@ -9,7 +9,9 @@
 /** The path (`a.b`) of the first key that appears twice in one object, or undefined. */
 export function findDuplicateKey(text: string): string | undefined {
   // One entry per open bracket: the keys seen so far in an object, null for an array.
-  const open: ({keys: Set<string>, last: string} | null)[] = []
+  // Small objects (a tensor entry has three keys) keep an array: a Set per object costs more
+  // than the scan itself on a million-tensor header.
+  const open: ({keys: string[] | Set<string>, last: string} | null)[] = []
   let i = 0
   const n = text.length
   while (i < n) {
@@ -27,22 +29,26 @@ export function findDuplicateKey(text: string): string | undefined {
         escaped = true
         end++
       }
-      const raw = text.slice(i + 1, end)
+      const start = i + 1
       i = end + 1
       while (i < n && (text.charCodeAt(i) === 0x20 || text.charCodeAt(i) === 0x0a || text.charCodeAt(i) === 0x0d || text.charCodeAt(i) === 0x09)) i++
       const top = open[open.length - 1]
       if (text.charCodeAt(i) === 0x3a && top) { // ':' after a string inside an object: a key
         // Escapes are decoded, so "a" and "\u0061" are the same key, as for JSON.parse.
+        const raw = text.slice(start, end)
         const key = escaped || raw.includes('\\') ? JSON.parse(`"${raw}"`) as string : raw
-        if (top.keys.has(key)) {
+        const keys = top.keys
+        if (Array.isArray(keys) ? keys.includes(key) : keys.has(key)) {
           return [...open.filter(o => o !== null).slice(0, -1).map(o => o!.last), key].join('.')
         }
-        top.keys.add(key)
+        if (!Array.isArray(keys)) keys.add(key)
+        else if (keys.length < 16) keys.push(key)
+        else top.keys = new Set([...keys, key])
         top.last = key
       }
       continue
     }
-    if (c === 0x7b) open.push({keys: new Set(), last: ''})
+    if (c === 0x7b) open.push({keys: [], last: ''})
     else if (c === 0x5b) open.push(null)
     else if (c === 0x7d || c === 0x5d) open.pop()
     i++
