@@ -110,6 +110,16 @@ describe('hostile pickles: bounded time and memory, one-line errors naming the f
     expect([...d.values()]).toEqual(['v', 'v'])
   })
 
+  it('refuses a LONG4 of 10 MB (decoding it is quadratic) at once', () => {
+    const n = 10_000_000
+    const len = Buffer.alloc(4)
+    len.writeInt32LE(n)
+    const data = Buffer.concat([Buffer.from([0x80, 2, 0x8b]), len, Buffer.alloc(n, 1), Buffer.from([0x2e])])
+    const t0 = Date.now()
+    oneLine(run(data), /a 10000000-byte integer/)
+    expect(Date.now() - t0).toBeLessThan(1000)
+  })
+
   it('names the file when a tensor rebuild is malformed', () => {
     // _rebuild_tensor_v2 called with a non-storage: the stand-in's error gets the file name.
     const data = b([0x80, 2], 'ctorch._utils\n_rebuild_tensor_v2\n', [0x4e, 0x85, 0x52, 0x2e])

@@ -184,7 +184,13 @@ export function unpickle(data: Buffer, hooks: UnpickleHooks, source = 'pickle'):
       case 0x4b: stack.push(u8()); break // BININT1
       case 0x4d: stack.push(u16()); break // BININT2
       case 0x8a: stack.push(signedLE(bytes(u8()))); break // LONG1
-      case 0x8b: { const n = i32(); if (n < 0) fail('negative LONG4 size'); stack.push(signedLE(bytes(n))); break }
+      case 0x8b: { // LONG4: torch.save never needs more than 8 bytes; decoding is quadratic in the size
+        const n = i32()
+        if (n < 0) fail('negative LONG4 size')
+        if (n > 1024) hostile(`a ${n}-byte integer`)
+        stack.push(signedLE(bytes(n)))
+        break
+      }
       case 0x49: { // INT (text)
         const s = line()
         stack.push(s === '01' ? true : s === '00' ? false : Number.parseInt(s, 10))
