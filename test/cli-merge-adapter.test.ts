@@ -1,5 +1,5 @@
 import {createHash} from 'node:crypto'
-import {cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync} from 'node:fs'
+import {cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, truncateSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
@@ -159,6 +159,15 @@ describe('merge-adapter refuses bad adapters with one clear line and writes noth
       name: 'a ReDoS regex target_modules (nested quantifiers)', base: V2,
       adapter: () => adapterCopy(join(LORA, 'v2-qkv-random'), 'redos', c => { c.target_modules = '(\\w+\\.?)+query_key_valueX' }),
       code: 'adapter-bad-config', message: /target_modules regex "\(\\\\w\+\\\\\.\?\)\+query_key_valueX" is refused: a repeated group holds a repetition \(nested quantifiers backtrack exponentially\); list the module names instead/,
+    },
+    {
+      name: 'a 600 MB adapter_config.json', base: V2,
+      adapter: () => {
+        const d = adapterCopy(join(LORA, 'v2-qkv-random'), 'huge-config')
+        truncateSync(join(d, 'adapter_config.json'), 600 * 1024 * 1024) // sparse
+        return d
+      },
+      code: 'adapter-bad-config', message: /adapter_config\.json: 629145600 bytes, over the 16777216-byte limit for an adapter config/,
     },
     {
       name: 'r above min(in, out) of the layer', base: V2,

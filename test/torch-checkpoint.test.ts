@@ -4,6 +4,7 @@ import {join} from 'node:path'
 import {describe, expect, it} from 'vitest'
 import {readTensor} from '../src/formats/tensor.js'
 import {TorchCheckpoint} from '../src/formats/torch-checkpoint.js'
+import {hasTorch, NO_TORCH_REASON, REFERENCE_PYTHON} from './helpers/reference.js'
 
 /**
  * glmtool's torch reader against checkpoints that real torch 1.13 wrote
@@ -134,6 +135,24 @@ describe('hostile torch files: bounded, refused with one line naming the file', 
     expect([...await get(tied, 'view')]).toEqual(arange.slice(4))
     await tied.close()
   })
+
+  it.skipIf(!hasTorch())('refuses thousands of full views of one storage (the bytes multiply), written by torch', async () => {
+    const {mkdtempSync, rmSync} = await import('node:fs')
+    const {tmpdir} = await import('node:os')
+    const {spawnSync} = await import('node:child_process')
+    const dir = mkdtempSync(join(tmpdir(), 'glmtool-views-'))
+    try {
+      const f = join(dir, 'views.pt')
+      // 16 KB of storage, 4200 distinct full views of it: 67 MB of tensors from a ~300 KB file.
+      const py = `import torch\nb = torch.zeros(4096)\ntorch.save({f"v{i}": b[:] for i in range(4200)}, ${JSON.stringify(f)})`
+      const r = spawnSync(REFERENCE_PYTHON, ['-c', py], {encoding: 'utf8'})
+      expect(r.status, r.stderr).toBe(0)
+      await refusal(f, /tensor v\d+: the tensors so far view \d+ bytes of 16384 bytes of storage; views may repeat storage at most 4x/)
+    } finally {
+      rmSync(dir, {recursive: true, force: true})
+    }
+  })
+  if (!hasTorch()) console.warn(`torch-checkpoint: ${NO_TORCH_REASON}; the many-views case is skipped`)
 
   it('refuses a zip with a record stored twice', async () => {
     await refusal(join(H, 'duplicate-entry.pt'), /zip entry archive\/data\/0 appears twice/)

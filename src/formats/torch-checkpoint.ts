@@ -21,6 +21,14 @@ const MAX_GATHER_SPAN = 256 * 1024 * 1024
  */
 export const MAX_EXPANSION_BYTES = 64 * 1024 * 1024
 
+/**
+ * Many views of one storage multiply bytes too (ten thousand full views of a 1 MB storage
+ * would write 10 GB from a 1 MB file): all tensors of a file together may hold at most this
+ * many times the bytes of the records they view, plus MAX_EXPANSION_BYTES. A tensor saved
+ * under two names (tied weights) is 2x.
+ */
+export const MAX_VIEW_FACTOR = 4
+
 /** Largest data.pkl we read (it is held in memory whole): a 6B state dict's is ~50 KB. */
 export const MAX_PICKLE_BYTES = 256 * 1024 * 1024
 
@@ -65,6 +73,9 @@ export class TorchCheckpoint {
       const tensors: TorchTensorEntry[] = []
       const verified = new Set<string>()
       let expansion = 0
+      let viewed = 0
+      const records = new Set<string>()
+      let recordBytes = 0
       for (const [name, ref] of refs) {
         const rec = entries.get(`${root}data/${ref.storage.key}`)
         if (!rec) throw new TorchFormatError(`${path}: tensor ${name}: storage record data/${ref.storage.key} is missing`, 'torch-storage-missing')
@@ -72,6 +83,14 @@ export class TorchCheckpoint {
         expansion += Math.max(0, numel(ref.shape) * DTYPE_SIZE[ref.storage.dtype] - rec.size)
         if (expansion > MAX_EXPANSION_BYTES) {
           throw new TorchFormatError(`${path}: tensor ${name}: a [${ref.shape}] view with strides [${ref.stride}] of the ${rec.size}-byte storage data/${ref.storage.key}; expanded views may repeat storage bytes by at most ${MAX_EXPANSION_BYTES} bytes per file`, 'torch-expanded-view')
+        }
+        if (!records.has(rec.name)) {
+          records.add(rec.name)
+          recordBytes += rec.size
+        }
+        viewed += numel(ref.shape) * DTYPE_SIZE[ref.storage.dtype]
+        if (viewed > MAX_VIEW_FACTOR * recordBytes + MAX_EXPANSION_BYTES) {
+          throw new TorchFormatError(`${path}: tensor ${name}: the tensors so far view ${viewed} bytes of ${recordBytes} bytes of storage; views may repeat storage at most ${MAX_VIEW_FACTOR}x (+${MAX_EXPANSION_BYTES} bytes) per file`, 'torch-expanded-view')
         }
         tensors.push(torchTensor(fh, path, name, ref, rec, verified))
       }
