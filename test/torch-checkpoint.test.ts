@@ -162,6 +162,42 @@ describe('hostile torch files: bounded, refused with one line naming the file', 
     await refusal(join(H, 'lora-stride0/adapter_model.bin'), /lora_A\.weight: a \[2097152,64\] view/)
   })
 
+  it('verifies the CRC-32 of multi-megabyte records on the worker thread, piece by piece', async () => {
+    const {mkdtempSync, writeFileSync, rmSync} = await import('node:fs')
+    const {tmpdir} = await import('node:os')
+    const {memoryTensor} = await import('../src/formats/tensor.js')
+    const {writeTorchCheckpoint} = await import('../src/formats/torch-writer.js')
+    const {readZipIndex} = await import('../src/formats/zip-reader.js')
+    const dir = mkdtempSync(join(tmpdir(), 'glmtool-crcw-'))
+    try {
+      const data = createHash('sha512').update('seed').digest()
+      const big = Buffer.alloc(6 << 20)
+      for (let o = 0; o < big.length; o += data.length) data.copy(big, o)
+      const f = join(dir, 'big.bin')
+      await writeTorchCheckpoint(f, [memoryTensor('w', 'F32', [big.length / 4], big), memoryTensor('v', 'F32', [big.length / 4], big)])
+      const read = async (path: string) => {
+        const ck = await TorchCheckpoint.open(path)
+        try {
+          const parts: Buffer[] = []
+          // 1 MB pieces: each goes to the worker (crc-worker.ts INLINE_BYTES).
+          for (const t of ck.tensors) for await (const c of t.chunks(1 << 20)) parts.push(Buffer.from(c))
+          return Buffer.concat(parts)
+        } finally {
+          await ck.close()
+        }
+      }
+      expect((await read(f)).equals(Buffer.concat([big, big]))).toBe(true)
+      const rec = [...(await readZipIndex(f)).values()].find(e => e.name.endsWith('/data/1'))!
+      const bytes = readFileSync(f)
+      bytes[rec.dataOffset + (5 << 20) + 3] ^= 0x80 // in the sixth piece of the second tensor
+      const bad = join(dir, 'bad.bin')
+      writeFileSync(bad, bytes)
+      await expect(read(bad)).rejects.toThrow(/tensor v: record big\/data\/1 fails its CRC-32 check/)
+    } finally {
+      rmSync(dir, {recursive: true, force: true})
+    }
+  })
+
   it('verifies CRC-32 while streaming: a flipped byte in a tensor or in data.pkl is refused', async () => {
     const {mkdtempSync, writeFileSync, rmSync} = await import('node:fs')
     const {tmpdir} = await import('node:os')

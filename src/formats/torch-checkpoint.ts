@@ -4,6 +4,7 @@ import {TorchFormatError, withPath} from '../errors.js'
 import {DTYPE_SIZE, type DType, numel} from './dtype.js'
 import {DEFAULT_CHUNK_BYTES, type TensorEntry} from './tensor.js'
 import {readStateDict, type TensorRef} from './torch-pickle.js'
+import {crc32Async} from './crc-worker.js'
 import {crc32, readZipIndex, type ZipEntry} from './zip-reader.js'
 
 /** A tensor of a torch checkpoint, with the pickle-level facts (storage, offset, strides). */
@@ -160,7 +161,8 @@ const bufferPool: Buffer[][] = []
 function takeBuffers(size: number): Buffer[] {
   const i = bufferPool.findIndex(p => p[0].length >= size)
   if (i >= 0) return bufferPool.splice(i, 1)[0]
-  return [Buffer.allocUnsafeSlow(size), Buffer.allocUnsafeSlow(size)]
+  // Shared memory, so the CRC worker reads the pieces in place.
+  return [Buffer.from(new SharedArrayBuffer(size)), Buffer.from(new SharedArrayBuffer(size))]
 }
 function returnBuffers(bufs: Buffer[]): void {
   bufferPool.push(bufs)
@@ -198,21 +200,26 @@ function torchTensor(fh: FileHandle, path: string, name: string, ref: TensorRef,
         const start = ref.storageOffset * elem
         const readPiece = (o: number, i: number) => readRange(fh, path, rec, start + o, Math.min(step, total - o), bufs[i].subarray(0, Math.min(step, total - o)))
         let pending = readPiece(0, 0)
-        let crc = 0
+        // The record's running CRC-32, computed on a worker while the caller writes each piece
+        // (crc-worker.ts). A piece's buffer is read into again only once its CRC is done.
+        let crc: Promise<number> = Promise.resolve(0)
         try {
           for (let o = 0, i = 0; o < total; o += step, i ^= 1) {
             const piece = await pending
-            if (o + step < total) pending = readPiece(o + step, i ^ 1)
-            // Checked before the last piece is handed out, so a corrupt record never gets whole into an output.
-            if (wholeRecord) {
-              crc = crc32(piece, crc)
-              if (o + step >= total && crc !== rec.crc32) throw crcError(path, rec, name)
+            if (o + step < total) {
+              if (wholeRecord) await crc // the other buffer's piece
+              pending = readPiece(o + step, i ^ 1)
             }
+            if (wholeRecord) crc = crc.then(c => crc32Async(piece, c))
             yield piece
           }
+          // After the last piece: the caller may have written the bytes, but the stream fails
+          // before it ends, so the output (written to a temporary directory) is discarded.
+          if (wholeRecord && (await crc) !== rec.crc32) throw crcError(path, rec, name)
         } finally {
-          // A consumer that stops early leaves a read in flight: let it land before reuse.
+          // A consumer that stops early leaves a read (and a CRC) in flight: let them land before reuse.
           await pending.catch(() => undefined)
+          await crc.catch(() => undefined)
           returnBuffers(bufs)
         }
         return
