@@ -60,3 +60,17 @@ export class InterruptedError extends GlmtoolError {
     this.exitCode = signal === 'SIGINT' ? 130 : 143
   }
 }
+
+/**
+ * Run `fn`, giving any system error it throws without a path (a read or write on an open
+ * handle: ENOSPC, EISDIR, EIO) the path it was about, so the one-line message can name it.
+ */
+export async function withPath<T>(path: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn()
+  } catch (error) {
+    const e = error as NodeJS.ErrnoException
+    if (!(error instanceof GlmtoolError) && typeof e?.code === 'string' && /^E[A-Z]+$/.test(e.code) && !e.path) e.path = path
+    throw error
+  }
+}

@@ -193,3 +193,43 @@ describe('merging the torch-made adapters equals torch', () => {
     })
   }
 })
+
+describe('regex target_modules are screened for catastrophic backtracking (ReDoS)', async () => {
+  const {unsafeRegexReason, MAX_REPEATS} = await import('../src/formats/adapters/safe-regex.js')
+  const {chatglmV2} = await import('../src/models/chatglm-v2.js')
+  // Every module of the full-size ChatGLM2-6B: what the pattern is matched against.
+  const modules = [...chatglmV2.tensors(chatglmV2.synthConfig('full')).keys()].map(n => n.replace(/\.weight$|\.bias$/, ''))
+
+  it('accepts the patterns PEFT users write', () => {
+    for (const p of ['.*\\.(query_key_value|dense)', '.*layers\\.\\d+\\.mlp\\..*', 'transformer\\.encoder\\.layers\\.(0|1|2)\\.self_attention\\.query_key_value',
+      '.*decoder.*(SelfAttention|EncDecAttention).*(q|o|v)$', '(?:.*\\.)?dense_h_to_4h', '[a-z_.0-9]+query_key_value', 'a{2}(b|c)?']) {
+      expect(unsafeRegexReason(p), p).toBeUndefined()
+    }
+  })
+
+  it('refuses nested quantifiers, repeated alternations, backreferences, lookarounds and long patterns', () => {
+    const cases: [string, RegExp][] = [
+      ['(a+)+b', /repeated group holds a repetition/],
+      ['(\\w+\\.?)*x', /repeated group holds a repetition/],
+      ['((a|ab))*c', /repeated group holds an alternation/],
+      ['(x|x){2,}y', /alternation/],
+      ['(?:a*){1,10}', /repetition/],
+      ['(a)\\1', /backreference/],
+      ['.*(?=dense)', /lookahead/],
+      ['.*(?<!x)dense', /lookahead or lookbehind/],
+      ['.*.*.*.*.*x', new RegExp(`more than ${MAX_REPEATS} repetitions`)],
+      ['a'.repeat(600), /600 characters long/],
+    ]
+    for (const [p, why] of cases) expect(unsafeRegexReason(p), p).toMatch(why)
+  })
+
+  it('what it accepts matches every module of the full model quickly, even with no match', () => {
+    // The worst accepted shape: MAX_REPEATS overlapping wildcards that never match (polynomial).
+    const worst = `${'.*'.repeat(MAX_REPEATS)}#`
+    expect(unsafeRegexReason(worst)).toBeUndefined()
+    const re = new RegExp(`^(?:${worst})$`)
+    const t0 = Date.now()
+    expect(modules.some(m => re.test(m))).toBe(false)
+    expect(Date.now() - t0).toBeLessThan(3000)
+  })
+})

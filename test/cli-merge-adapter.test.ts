@@ -1,5 +1,5 @@
 import {createHash} from 'node:crypto'
-import {cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync} from 'node:fs'
+import {cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, truncateSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
@@ -158,6 +158,49 @@ describe('merge-adapter refuses bad adapters with one clear line and writes noth
         {name: 'base_model.model.transformer.encoder.layers.1.self_attention.query_key_value.lora_B.default.weight', shape: [128, 4], fill: i => (i === 77 ? NaN : 1e-3)},
       ], 'bin'),
       code: 'adapter-non-finite', message: /tensor base_model\.model\.transformer\.encoder\.layers\.1\.self_attention\.query_key_value\.lora_B\.default\.weight holds NaN at element 77/,
+    },
+    {
+      name: 'a ReDoS regex target_modules (nested quantifiers)', base: V2,
+      adapter: () => adapterCopy(join(LORA, 'v2-qkv-random'), 'redos', c => { c.target_modules = '(\\w+\\.?)+query_key_valueX' }),
+      code: 'adapter-bad-config', message: /target_modules regex "\(\\\\w\+\\\\\.\?\)\+query_key_valueX" is refused: a repeated group holds a repetition \(nested quantifiers backtrack exponentially\); list the module names instead/,
+    },
+    {
+      name: 'a 600 MB adapter_config.json', base: V2,
+      adapter: () => {
+        const d = adapterCopy(join(LORA, 'v2-qkv-random'), 'huge-config')
+        truncateSync(join(d, 'adapter_config.json'), 600 * 1024 * 1024) // sparse
+        return d
+      },
+      code: 'adapter-bad-config', message: /adapter_config\.json: 629145600 bytes, over the 16777216-byte limit for an adapter config/,
+    },
+    {
+      name: 'r above min(in, out) of the layer', base: V2,
+      adapter: () => madeAdapter('rank-huge', [
+        {name: 'base_model.model.transformer.encoder.layers.0.self_attention.query_key_value.lora_A.weight', shape: [200, 64], fill: () => 1e-3},
+        {name: 'base_model.model.transformer.encoder.layers.0.self_attention.query_key_value.lora_B.weight', shape: [128, 200], fill: () => 1e-3},
+      ], 'safetensors', 200),
+      code: 'adapter-rank', message: /query_key_value: adapter_config\.json says r = 200, more than min\(out, in\) = 64 of the base weight \[128, 64\]/,
+    },
+    {
+      name: 'a 1 KB adapter of stride-0 factors with r = 2^21', base: V2, adapter: () => join(FIX, 'torch/hostile/lora-stride0'),
+      code: 'torch-expanded-view', message: /adapter_model\.bin: tensor .*lora_A\.weight: a \[2097152,64\] view with strides \[0,0\]/,
+    },
+    {
+      name: 'finite factors whose merged product overflows F16', base: V1,
+      adapter: () => madeAdapter('overflow-f16', [
+        {name: 'base_model.model.transformer.layers.1.attention.query_key_value.lora_A.weight', shape: [4, 64], fill: () => 200},
+        {name: 'base_model.model.transformer.layers.1.attention.query_key_value.lora_B.weight', shape: [192, 4], fill: i => (i >= 8 ? 200 : 0)},
+      ], 'safetensors'),
+      // 2 * 4 * 200 * 200 = 320000 > 65504 from row 2 on: row 0-1 of B are zero.
+      code: 'adapter-non-finite', message: /adapter_model\.safetensors: merging into tensor transformer\.layers\.1\.attention\.query_key_value\.weight gives 3\d{5}(\.\d+)? \(beyond F16\) at \[2, 0\]; the adapter's update overflows, nothing was written/,
+    },
+    {
+      name: 'finite factors whose product is Inf in float32', base: V2,
+      adapter: () => madeAdapter('overflow-f32', [
+        {name: 'base_model.model.transformer.encoder.layers.0.self_attention.query_key_value.lora_A.weight', shape: [4, 64], fill: () => 1e20},
+        {name: 'base_model.model.transformer.encoder.layers.0.self_attention.query_key_value.lora_B.weight', shape: [128, 4], fill: () => -1e20},
+      ], 'bin'),
+      code: 'adapter-non-finite', message: /adapter_model\.bin: merging into tensor transformer\.encoder\.layers\.0\.self_attention\.query_key_value\.weight gives -Infinity at \[0, 0\]/,
     },
     {
       name: 'bias other than "none"', base: V1,

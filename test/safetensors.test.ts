@@ -369,3 +369,50 @@ describe('parseSize', () => {
     }
   })
 })
+
+describe('hostile safetensors input (issue 11)', () => {
+  const e16 = (begin: number) => entry('F16', [1], begin)
+
+  it('refuses duplicate keys in the header JSON, which JSON.parse would silently merge', async () => {
+    // Two "w" entries: JSON.parse keeps the second; a reader that keeps the first sees other bytes.
+    const dup = `{"w":${JSON.stringify(e16(0))},"w":${JSON.stringify(entry('F16', [2], 0))}}`
+    expect(Object.keys(JSON.parse(dup))).toEqual(['w'])
+    const e = await expectError(await rawFile(dup, Buffer.alloc(4)), 'duplicate-key')
+    expect(e.message).toMatch(/the key "w" twice/)
+    // An escape spelling of the same key, and a duplicate field inside one entry.
+    await expectError(await rawFile(`{"a":${JSON.stringify(e16(0))},"\\u0061":${JSON.stringify(e16(0))}}`, Buffer.alloc(2)), 'duplicate-key')
+    const nested = await expectError(await rawFile('{"w":{"dtype":"F16","dtype":"F32","shape":[1],"data_offsets":[0,4]}}', Buffer.alloc(4)), 'duplicate-key')
+    expect(nested.message).toMatch(/"w\.dtype" twice/)
+  })
+
+  it('does not mistake repeated strings for repeated keys', async () => {
+    const header = `{"__metadata__":{"note":"\\"w\\":","other":"w"},"w":${JSON.stringify(e16(0))},"v":${JSON.stringify(e16(2))}}`
+    const f = await openSafetensors(await rawFile(header, Buffer.alloc(4)))
+    expect(f.tensors.map(t => t.name)).toEqual(['w', 'v'])
+  })
+
+  it('caps the index size with a clear message instead of "Invalid string length"', async () => {
+    const dir = tmpPath('big-index')
+    await mkdir(dir)
+    const index = join(dir, 'model.safetensors.index.json')
+    await writeFile(index, '{}')
+    // Sparse: 600 MB claimed, nothing written.
+    const {truncateSync} = await import('node:fs')
+    truncateSync(index, 600 * 1024 * 1024)
+    const err = await openSafetensorsModel(dir).then(() => undefined, (e: Error) => e)
+    expect(err).toBeInstanceOf(SafetensorsError)
+    expect(err!.message).toMatch(new RegExp(`^${index.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: 629145600 bytes, over the \\d+-byte limit`))
+  })
+
+  it('names the path in system errors: EISDIR on read, ENOSPC on write', async () => {
+    const {describeError} = await import('../src/cli/base-command.js')
+    const dir = tmpPath('dir.safetensors')
+    await mkdir(dir)
+    const rd = await openSafetensors(dir).then(() => undefined, (e: Error) => e)
+    expect(describeError(rd!)).toBe(`${dir}: is a directory (EISDIR)`)
+    const t = memoryTensor('w', 'F32', [1024], Buffer.alloc(4096))
+    const wr = await writeSafetensorsFile('/dev/full', [t]).then(() => undefined, (e: Error) => e)
+    expect(wr, 'writing to /dev/full must fail').toBeInstanceOf(Error)
+    expect(describeError(wr!)).toBe('/dev/full: disk full (ENOSPC)')
+  })
+})

@@ -6,6 +6,14 @@ import {inspectModel} from '../formats/inspect-model.js'
 import {archById} from '../models/index.js'
 import {inspectTokenizer} from '../runtime/model-tokenizer.js'
 
+/**
+ * Rows of the tensor table, and lines of each kind of check, printed before the rest are
+ * counted: cli-table3 lays a table out in memory and overflows the call stack on a legal
+ * header of a million tensors, and nobody reads that many lines. --json has them all.
+ */
+export const MAX_TABLE_ROWS = 1000
+const MAX_CHECK_LINES = 20
+
 export default class Inspect extends BaseCommand {
   static override summary = 'Show the tensors, totals, generation and config of a model, shard or safetensors file'
   static override examples = [
@@ -31,8 +39,9 @@ export default class Inspect extends BaseCommand {
     if (this.jsonEnabled()) return report
     if (!flags['no-tensors']) {
       const table = new Table({head: ['name', 'dtype', 'shape', 'bytes', 'file'], style: {head: [], border: []}})
-      for (const t of report.tensors) table.push([t.name, t.dtype, `[${t.shape.join(', ')}]`, formatBytes(t.bytes), t.file])
+      for (const t of report.tensors.slice(0, MAX_TABLE_ROWS)) table.push([t.name, t.dtype, `[${t.shape.join(', ')}]`, formatBytes(t.bytes), t.file])
       this.log(table.toString())
+      if (report.tensors.length > MAX_TABLE_ROWS) this.log(`... and ${report.tensors.length - MAX_TABLE_ROWS} more tensors (--json lists them all)`)
     }
     this.log(`${report.format} ${report.files.length === 1 ? 'file' : `model, ${report.files.length} files`}: ${report.totals.tensors} tensors, ${report.totals.parameters.toLocaleString('en-US')} parameters, ${formatBytes(report.totals.bytes)} (${Object.entries(report.totals.byDtype).map(([d, b]) => `${d} ${formatBytes(b)}`).join(', ')})`)
     if (report.architecture && report.config) {
@@ -44,10 +53,14 @@ export default class Inspect extends BaseCommand {
     const c = report.check
     if (c) {
       if (c.missing.length === 0 && c.misshaped.length === 0 && c.wrongDtype.length === 0) this.log('tensors: complete')
-      for (const n of c.missing) this.log(`missing: ${n}`)
-      for (const m of c.misshaped) this.log(`wrong shape: ${m.name} is [${m.actual}], expected [${m.expected}]`)
-      for (const m of c.wrongDtype) this.log(`wrong dtype: ${m.name} is ${m.actual}, expected ${m.expected}`)
-      for (const n of c.extra) this.log(`extra: ${n}`)
+      const some = <T>(xs: T[], line: (x: T) => string, what: string) => {
+        for (const x of xs.slice(0, MAX_CHECK_LINES)) this.log(line(x))
+        if (xs.length > MAX_CHECK_LINES) this.log(`... and ${xs.length - MAX_CHECK_LINES} more ${what} (--json lists them all)`)
+      }
+      some(c.missing, n => `missing: ${n}`, 'missing tensors')
+      some(c.misshaped, m => `wrong shape: ${m.name} is [${m.actual}], expected [${m.expected}]`, 'mis-shaped tensors')
+      some(c.wrongDtype, m => `wrong dtype: ${m.name} is ${m.actual}, expected ${m.expected}`, 'tensors of the wrong dtype')
+      some(c.extra, n => `extra: ${n}`, 'extra tensors')
       const invFreq = c.absentOptional.filter(n => n.endsWith('inv_freq')).length
       if (invFreq) this.log(`absent (recomputed, fine): ${invFreq} rotary inv_freq buffer(s)`)
       const other = c.absentOptional.filter(n => !n.endsWith('inv_freq'))

@@ -1,7 +1,8 @@
 import {existsSync, statSync} from 'node:fs'
-import {readFile} from 'node:fs/promises'
+import {readFile, stat} from 'node:fs/promises'
 import {basename, join} from 'node:path'
 import {GlmtoolError, ModelError} from '../errors.js'
+import {checkConfigSizes} from '../models/arch.js'
 import {type Arch, detectArch, type ModelConfig} from '../models/index.js'
 import {checkpointTensorSpecs} from '../models/quantized-layout.js'
 import {openSafetensorsModel} from './safetensors-reader.js'
@@ -39,11 +40,24 @@ export interface ModelSource {
 export const TORCH_INDEX = 'pytorch_model.bin.index.json'
 export const TORCH_SINGLE = 'pytorch_model.bin'
 
+/**
+ * Largest config or index JSON we read. The 6B models' index is ~30 KB; even a legal index of
+ * a million tensors is ~60 MB. Past ~512 MB V8 cannot even hold the text ("Invalid string
+ * length"), and parsing costs several times the size in memory.
+ */
+export const MAX_JSON_BYTES = 128 * 1024 * 1024
+
+/** How many lines of one kind of warning are listed before the rest are counted. */
+const WARNINGS_LISTED = 5
+
 async function readJson(path: string): Promise<Record<string, unknown>> {
   let text: string
   try {
+    const {size} = await stat(path)
+    if (size > MAX_JSON_BYTES) throw new ModelError(`${path}: ${size} bytes, over the ${MAX_JSON_BYTES}-byte limit for a JSON file of a model`, 'json-too-large')
     text = await readFile(path, 'utf8')
   } catch (error) {
+    if (error instanceof ModelError) throw error
     throw new ModelError(`${path}: cannot read (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`, 'missing-file')
   }
   try {
@@ -106,6 +120,7 @@ export async function openModel(path: string): Promise<ModelSource> {
     const configPath = dir ? join(dir, 'config.json') : undefined
     if (configPath && existsSync(configPath)) {
       config = await readJson(configPath)
+      checkConfigSizes(config, configPath)
       arch = detectArch(config, tensors.map(t => t.name), configPath)
     } else if (dir) {
       throw new ModelError(`${dir}: config.json is missing`, 'missing-file')
@@ -137,6 +152,12 @@ async function openTorchDir(dir: string, checkpoints: TorchCheckpoint[], warning
   }
   const tensors: TensorEntry[] = []
   const seen = new Map<string, string>()
+  // Each kind of index inconsistency: the first few named, the rest counted (an index of 2M
+  // stale entries must not print 2M lines).
+  const stale = {notIndexed: [] as string[], moved: [] as string[], unshard: [] as string[]}
+  let notIndexed = 0
+  let moved = 0
+  let unshard = 0
   for (const s of shardNames) {
     const ck = await TorchCheckpoint.open(join(dir, s))
     checkpoints.push(ck)
@@ -145,14 +166,24 @@ async function openTorchDir(dir: string, checkpoints: TorchCheckpoint[], warning
       const other = seen.get(t.name)
       if (other) throw new ModelError(`tensor ${t.name} appears in both ${other} and ${s}`, 'duplicate-tensor')
       seen.set(t.name, s)
-      if (!(t.name in map)) warnings.push(`tensor ${t.name} is in ${s} but not in the index`)
-      else if (map[t.name] !== s) warnings.push(`tensor ${t.name}: the index says ${String(map[t.name])}, it is in ${s}`)
+      if (!Object.hasOwn(map, t.name)) {
+        if (notIndexed++ < WARNINGS_LISTED) stale.notIndexed.push(`tensor ${t.name} is in ${s} but not in the index`)
+      } else if (map[t.name] !== s) {
+        if (moved++ < WARNINGS_LISTED) stale.moved.push(`tensor ${t.name}: the index says ${String(map[t.name])}, it is in ${s}`)
+      }
       tensors.push(t)
     }
   }
   for (const name of Object.keys(map)) {
-    if (!seen.has(name)) warnings.push(`tensor ${name} is in the index but in no shard`)
+    if (!seen.has(name) && unshard++ < WARNINGS_LISTED) stale.unshard.push(`tensor ${name} is in the index but in no shard`)
   }
+  const summarise = (lines: string[], count: number, what: string) => {
+    warnings.push(...lines)
+    if (count > lines.length) warnings.push(`... and ${count - lines.length} more ${what} (${count} in all)`)
+  }
+  summarise(stale.notIndexed, notIndexed, 'tensors in a shard but not in the index')
+  summarise(stale.moved, moved, 'tensors the index places in another shard')
+  summarise(stale.unshard, unshard, 'index entries in no shard')
   const declared = (index.metadata as Record<string, unknown> | undefined)?.total_size
   const actual = tensors.reduce((a, t) => a + byteLength(t.dtype, t.shape), 0)
   if (typeof declared === 'number' && declared !== actual) warnings.push(`index metadata.total_size is ${declared}, the shards hold ${actual} bytes of tensors (stale index; the shards win)`)
@@ -177,7 +208,9 @@ export function checkTensors(arch: Arch, config: ModelConfig, tensors: readonly 
     if (!t) (spec.optional ? check.absentOptional : check.missing).push(name)
     else if (t.shape.length !== spec.shape.length || t.shape.some((d, i) => d !== spec.shape[i])) {
       check.misshaped.push({name, expected: [...spec.shape], actual: [...t.shape]})
-    } else if ((spec.dtype === 'int8' && t.dtype !== 'I8') || (spec.dtype === 'float' && !isFloat(t.dtype))) {
+    } else if ((spec.dtype === 'int8' && t.dtype !== 'I8') || (spec.dtype !== 'int8' && !isFloat(t.dtype))) {
+      // Every tensor of the float layout is a float (weights, biases, norms, inv_freq): an I64
+      // or BOOL tensor in a weight's place would be cast to nonsense by every consumer.
       check.wrongDtype.push({name, expected: spec.dtype === 'int8' ? 'I8' : 'a float dtype', actual: t.dtype})
     }
   }

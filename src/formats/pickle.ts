@@ -39,14 +39,70 @@ export interface UnpickleHooks {
 }
 
 
+/**
+ * Limits on what a pickle may build (formats.md, "Security"): bounded memory and time whatever
+ * the bytes say. A state dict of the 6B models has a few hundred tensors, nesting depth 3 and a
+ * few thousand memo entries; these caps are orders of magnitude above any real checkpoint.
+ */
+export const PICKLE_LIMITS = {
+  /** Nesting depth of containers (dict in list in tuple ...). */
+  maxDepth: 100,
+  /** Entries in all containers together (dict items, list and tuple elements). */
+  maxEntries: 1 << 22,
+  /** Memo entries (PUT / MEMOIZE). Map's own limit is 2^24. */
+  maxMemo: 1 << 22,
+  /** Open MARKs at once. */
+  maxMarks: 10_000,
+}
+
+/** A Python container: what the unpickler must not let be reached twice. */
+function isContainer(v: unknown): v is unknown[] | PyDict {
+  return v instanceof PyDict || Array.isArray(v)
+}
+
 export function unpickle(data: Buffer, hooks: UnpickleHooks, source = 'pickle'): unknown {
   let pos = 0
   let stack: unknown[] = []
   const marks: unknown[][] = []
   const memo = new Map<number, unknown>()
+  // Each container's nesting depth (1 for an empty or flat one). A container can be referenced
+  // only once (GET and DUP of a container are refused below), so once it is inside another one
+  // nothing can change it, and the depth recorded when it was inserted stays exact.
+  const depth = new WeakMap<object, number>()
+  let entries = 0
 
   const fail = (msg: string): never => {
     throw new TorchFormatError(`${source}: ${msg} at byte ${pos}`, 'pickle-corrupt')
+  }
+  const hostile = (msg: string): never => {
+    throw new PickleSecurityError(`${source}: ${msg} at byte ${pos}; refusing the pickle, nothing was executed`)
+  }
+  /** Account for `items` becoming children of `parent` (depth and entry caps). */
+  const adopt = (parent: object, items: readonly unknown[]) => {
+    entries += items.length
+    if (entries > PICKLE_LIMITS.maxEntries) hostile(`more than ${PICKLE_LIMITS.maxEntries} container entries`)
+    let d = depth.get(parent) ?? 1
+    for (const v of items) {
+      if (typeof v === 'object' && v !== null) {
+        if (v === parent) hostile('a container that contains itself')
+        const c = depth.get(v)
+        if (c !== undefined && c + 1 > d) d = c + 1
+      }
+    }
+    if (d > PICKLE_LIMITS.maxDepth) hostile(`containers nested deeper than ${PICKLE_LIMITS.maxDepth} levels`)
+    depth.set(parent, d)
+  }
+  /** A second reference to an object (memo GET, DUP): fine for strings, tensors, storages; not for containers. */
+  const reuse = (v: unknown, how: string): unknown => {
+    // Shared containers are how a 1.7 KB pickle expands to 2^48 entries ("billion laughs") and how
+    // cycles form; torch.save never shares one (shared storages come through persistent ids).
+    if (isContainer(v)) hostile(`${how} of a container that is already referenced (shared or cyclic containers are not part of a state dict)`)
+    return v
+  }
+  const memoize = (idx: number, v: unknown) => {
+    if (!Number.isSafeInteger(idx) || idx < 0) fail('bad memo index')
+    if (!memo.has(idx) && memo.size >= PICKLE_LIMITS.maxMemo) hostile(`more than ${PICKLE_LIMITS.maxMemo} memo entries`)
+    memo.set(idx, v)
   }
   const need = (n: number) => {
     if (pos + n > data.length) fail('pickle truncated')
@@ -74,7 +130,13 @@ export function unpickle(data: Buffer, hooks: UnpickleHooks, source = 'pickle'):
   }
   const callGlobal = (fn: unknown, args: unknown[]) => {
     if (!isCallable(fn)) fail(`REDUCE on a value that is not an allowed callable`)
-    return (fn as PyCallable).call(args)
+    try {
+      return (fn as PyCallable).call(args)
+    } catch (error) {
+      // The stand-ins do not know the file: name it here, so every message does.
+      if (error instanceof TorchFormatError && !error.message.startsWith(source)) throw new TorchFormatError(`${source}: ${error.message} at byte ${pos}`, error.code)
+      throw error
+    }
   }
   const signedLE = (b: Buffer): number | bigint => {
     if (b.length === 0) return 0
@@ -86,11 +148,20 @@ export function unpickle(data: Buffer, hooks: UnpickleHooks, source = 'pickle'):
   const setItems = (dict: unknown, items: unknown[]) => {
     if (!(dict instanceof PyDict)) fail('SETITEM(S) on a non-dict')
     if (items.length % 2) fail('odd number of items for SETITEMS')
+    adopt(dict as PyDict, items)
     for (let i = 0; i < items.length; i += 2) (dict as PyDict).set(items[i], items[i + 1])
   }
   const append = (list: unknown, items: unknown[]) => {
     if (!Array.isArray(list) || list instanceof PyTuple) fail('APPEND(S) on a non-list')
-    ;(list as unknown[]).push(...items)
+    adopt(list as unknown[], items)
+    // A loop, not push(...items): spreading a million items overflows the call stack.
+    for (const v of items) (list as unknown[]).push(v)
+  }
+  /** A new tuple or list from stack items. */
+  const collect = <T extends unknown[]>(c: T, items: readonly unknown[]): T => {
+    adopt(c, items)
+    for (const v of items) c.push(v)
+    return c
   }
 
   for (;;) {
@@ -102,10 +173,10 @@ export function unpickle(data: Buffer, hooks: UnpickleHooks, source = 'pickle'):
         const result = pop()
         return result
       }
-      case 0x28: marks.push(stack); stack = []; break // MARK
+      case 0x28: if (marks.length >= PICKLE_LIMITS.maxMarks) hostile(`more than ${PICKLE_LIMITS.maxMarks} open MARKs`); marks.push(stack); stack = []; break // MARK
       case 0x30: pop(); break // POP
       case 0x31: popMark(); break // POP_MARK
-      case 0x32: stack.push(top()); break // DUP
+      case 0x32: stack.push(reuse(top(), 'DUP')); break // DUP
       case 0x4e: stack.push(null); break // NONE
       case 0x88: stack.push(true); break // NEWTRUE
       case 0x89: stack.push(false); break // NEWFALSE
@@ -113,7 +184,13 @@ export function unpickle(data: Buffer, hooks: UnpickleHooks, source = 'pickle'):
       case 0x4b: stack.push(u8()); break // BININT1
       case 0x4d: stack.push(u16()); break // BININT2
       case 0x8a: stack.push(signedLE(bytes(u8()))); break // LONG1
-      case 0x8b: { const n = i32(); if (n < 0) fail('negative LONG4 size'); stack.push(signedLE(bytes(n))); break }
+      case 0x8b: { // LONG4: torch.save never needs more than 8 bytes; decoding is quadratic in the size
+        const n = i32()
+        if (n < 0) fail('negative LONG4 size')
+        if (n > 1024) hostile(`a ${n}-byte integer`)
+        stack.push(signedLE(bytes(n)))
+        break
+      }
       case 0x49: { // INT (text)
         const s = line()
         stack.push(s === '01' ? true : s === '00' ? false : Number.parseInt(s, 10))
@@ -129,26 +206,26 @@ export function unpickle(data: Buffer, hooks: UnpickleHooks, source = 'pickle'):
       case 0x42: stack.push(Buffer.from(bytes(u32()))); break // BINBYTES
       case 0x43: stack.push(Buffer.from(bytes(u8()))); break // SHORT_BINBYTES
       case 0x29: stack.push(new PyTuple()); break // EMPTY_TUPLE
-      case 0x74: { const items = popMark(); stack.push(PyTuple.from(items) as PyTuple); break } // TUPLE (pop first: popMark swaps `stack`)
-      case 0x85: { const a = pop(); stack.push(PyTuple.of(a)); break }
-      case 0x86: { const b = pop(); const a = pop(); stack.push(PyTuple.of(a, b)); break }
-      case 0x87: { const c = pop(); const b = pop(); const a = pop(); stack.push(PyTuple.of(a, b, c)); break }
+      case 0x74: { const items = popMark(); stack.push(collect(new PyTuple(), items)); break } // TUPLE (pop first: popMark swaps `stack`)
+      case 0x85: { const a = pop(); stack.push(collect(new PyTuple(), [a])); break }
+      case 0x86: { const b = pop(); const a = pop(); stack.push(collect(new PyTuple(), [a, b])); break }
+      case 0x87: { const c = pop(); const b = pop(); const a = pop(); stack.push(collect(new PyTuple(), [a, b, c])); break }
       case 0x5d: stack.push([]); break // EMPTY_LIST
-      case 0x6c: { const items = popMark(); stack.push([...items]); break } // LIST
+      case 0x6c: { const items = popMark(); stack.push(collect([], items)); break } // LIST
       case 0x61: { const v = pop(); append(top(), [v]); break } // APPEND
       case 0x65: { const items = popMark(); append(top(), items); break } // APPENDS
       case 0x7d: stack.push(new PyDict()); break // EMPTY_DICT
       case 0x64: { const items = popMark(); const d = new PyDict(); setItems(d, items); stack.push(d); break } // DICT
       case 0x73: { const v = pop(); const k = pop(); setItems(top(), [k, v]); break } // SETITEM
       case 0x75: { const items = popMark(); setItems(top(), items); break } // SETITEMS
-      case 0x71: memo.set(u8(), top()); break // BINPUT
-      case 0x72: memo.set(u32(), top()); break // LONG_BINPUT
-      case 0x70: memo.set(Number.parseInt(line(), 10), top()); break // PUT
-      case 0x94: memo.set(memo.size, top()); break // MEMOIZE
+      case 0x71: memoize(u8(), top()); break // BINPUT
+      case 0x72: memoize(u32(), top()); break // LONG_BINPUT
+      case 0x70: memoize(Number.parseInt(line(), 10), top()); break // PUT
+      case 0x94: memoize(memo.size, top()); break // MEMOIZE
       case 0x68: case 0x6a: case 0x67: { // BINGET, LONG_BINGET, GET
         const idx = op === 0x68 ? u8() : op === 0x6a ? u32() : Number.parseInt(line(), 10)
         if (!memo.has(idx)) fail(`memo key ${idx} missing`)
-        stack.push(memo.get(idx))
+        stack.push(reuse(memo.get(idx), 'memo GET'))
         break
       }
       case 0x63: { // GLOBAL "module\nname\n"
@@ -170,7 +247,10 @@ export function unpickle(data: Buffer, hooks: UnpickleHooks, source = 'pickle'):
         const state = pop()
         const obj = top()
         if (hooks.build) stack[stack.length - 1] = hooks.build(obj, state)
-        else if (obj instanceof PyDict) obj.state = state
+        else if (obj instanceof PyDict) {
+          adopt(obj, [state])
+          obj.state = state
+        }
         else fail('BUILD on an object that takes no state')
         break
       }

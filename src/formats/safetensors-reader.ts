@@ -5,12 +5,16 @@
  */
 import {open, readFile, stat} from 'node:fs/promises'
 import {dirname, join, relative, resolve, isAbsolute} from 'node:path'
-import {SafetensorsError} from '../errors.js'
+import {SafetensorsError, withPath} from '../errors.js'
 import {DTYPE_SIZE, isDType, type DType} from './dtype.js'
+import {findDuplicateKey} from './json-keys.js'
 import {DEFAULT_CHUNK_BYTES, type TensorEntry} from './tensor.js'
 
 /** Largest header we accept, as the Rust crate does (MAX_HEADER_SIZE = 100_000_000). */
 export const MAX_HEADER_BYTES = 100_000_000
+
+/** Largest model.safetensors.index.json we read (a million-tensor index is ~60 MB). */
+export const MAX_INDEX_BYTES = 128 * 1024 * 1024
 
 export const INDEX_FILE = 'model.safetensors.index.json'
 export const SINGLE_FILE = 'model.safetensors'
@@ -74,6 +78,8 @@ export function parseSafetensorsHeader(headerBytes: Uint8Array, bufferLength: nu
     throw new SafetensorsError('invalid-header', `${file}: header is not valid JSON (${(e as Error).message})`)
   }
   if (!isPlainObject(json)) throw new SafetensorsError('invalid-header', `${file}: header is not a JSON object`)
+  const dup = findDuplicateKey(text)
+  if (dup !== undefined) throw new SafetensorsError('duplicate-key', `${file}: header has the key ${q(dup)} twice; refusing to guess which one is meant`)
 
   let metadata: Record<string, string> | undefined
   const entries: ParsedHeader['entries'] = []
@@ -162,7 +168,7 @@ type Handle = Awaited<ReturnType<typeof open>>
 async function readExactly(fh: Handle, buf: Buffer, position: number, path: string, tensor?: string): Promise<void> {
   let done = 0
   while (done < buf.length) {
-    const {bytesRead} = await fh.read(buf, done, buf.length - done, position + done)
+    const {bytesRead} = await withPath(path, () => fh.read(buf, done, buf.length - done, position + done))
     if (bytesRead === 0) {
       const what = tensor === undefined ? '' : ` reading tensor ${q(tensor)}`
       throw new SafetensorsError('incomplete', `${path}: unexpected end of file at offset ${position + done}${what} (file changed after open?)`)
@@ -230,6 +236,9 @@ function fromFiles(files: SafetensorsFile[], indexMetadata?: Record<string, unkn
 
 async function openIndexed(dir: string, indexPath: string): Promise<SafetensorsModel> {
   let index: unknown
+  const {size} = await stat(indexPath)
+  // As the header cap below: a 600 MB index would otherwise fail with "Invalid string length".
+  if (size > MAX_INDEX_BYTES) throw new SafetensorsError('invalid-index', `${indexPath}: ${size} bytes, over the ${MAX_INDEX_BYTES}-byte limit for an index`)
   try {
     index = JSON.parse(await readFile(indexPath, 'utf8'))
   } catch (e) {

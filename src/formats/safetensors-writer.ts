@@ -5,7 +5,7 @@
  */
 import {open, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
-import {SafetensorsError} from '../errors.js'
+import {SafetensorsError, withPath} from '../errors.js'
 import {checkpoint} from './output-dir.js'
 import {DTYPE_SIZE, isDType, type DType} from './dtype.js'
 import {INDEX_FILE, MAX_HEADER_BYTES, SINGLE_FILE} from './safetensors-reader.js'
@@ -129,12 +129,15 @@ interface StreamState {
   readonly chunkBytes: number
 }
 
-async function writeAll(fh: Awaited<ReturnType<typeof open>>, buf: Uint8Array): Promise<void> {
-  let o = 0
-  while (o < buf.length) {
-    const {bytesWritten} = await fh.write(buf, o, buf.length - o)
-    o += bytesWritten
-  }
+async function writeAll(fh: Awaited<ReturnType<typeof open>>, buf: Uint8Array, path: string): Promise<void> {
+  // withPath: a failed write (ENOSPC) carries no path of its own; the message must name the file.
+  await withPath(path, async () => {
+    let o = 0
+    while (o < buf.length) {
+      const {bytesWritten} = await fh.write(buf, o, buf.length - o)
+      o += bytesWritten
+    }
+  })
 }
 
 async function writeFileStreaming(path: string, tensors: readonly TensorEntry[], metadata: Record<string, string> | undefined, state: StreamState): Promise<number> {
@@ -142,7 +145,7 @@ async function writeFileStreaming(path: string, tensors: readonly TensorEntry[],
   const fh = await open(path, 'w')
   let written = header.length
   try {
-    await writeAll(fh, header)
+    await writeAll(fh, header, path)
     for (const t of tensors) {
       await checkpoint()
       const expected = tensorBytes(t)
@@ -152,7 +155,7 @@ async function writeFileStreaming(path: string, tensors: readonly TensorEntry[],
         got += chunk.length
         // Fail before writing: a long stream would otherwise push the file past its header.
         if (got > expected) throw sizeMismatch(path, t, expected, `more than ${expected}`)
-        await writeAll(fh, chunk)
+        await writeAll(fh, chunk, path)
         state.done += chunk.length
         state.onProgress?.(state.done)
       }
@@ -204,7 +207,7 @@ export async function writeSafetensorsModel(outDir: string, tensors: Iterable<Te
   }
   const totalBytes = shards.reduce((n, s) => n + s.bytes, 0)
   if (shards.length > 1) {
-    await writeFile(join(outDir, INDEX_FILE), encodeIndex(shards, totalBytes))
+    await withPath(join(outDir, INDEX_FILE), () => writeFile(join(outDir, INDEX_FILE), encodeIndex(shards, totalBytes)))
     files.push(INDEX_FILE)
   }
   return {files, shards, totalBytes}

@@ -121,7 +121,7 @@ export async function writeTorchCheckpoint(path: string, tensors: readonly Tenso
   const root = basename(path).replace(/\.[^.]*$/, '')
   const fh = await open(path, 'w')
   try {
-    const zip = new ZipWriter(fh, forceZip64)
+    const zip = new ZipWriter(fh, forceZip64, path)
     const pkl = stateDictPickle(tensors)
     await zip.addEntry(`${root}/data.pkl`, pkl.length, pkl)
     await zip.addEntry(`${root}/byteorder`, 6, Buffer.from('little'))

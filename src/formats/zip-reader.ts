@@ -1,5 +1,9 @@
+import zlib from 'node:zlib'
 import yauzl from 'yauzl'
 import {TorchFormatError} from '../errors.js'
+
+/** CRC-32 (the zip polynomial) continuing from `crc`: zlib's, as zip-writer.ts uses. */
+export const crc32 = (data: Uint8Array, crc: number): number => zlib.crc32(data, crc)
 
 /** One STORED entry of a zip archive, located by the absolute file offset of its bytes. */
 export interface ZipEntry {
@@ -36,6 +40,9 @@ export async function readZipIndex(path: string): Promise<Map<string, ZipEntry>>
       zip.readEntry()
     })
     for (const e of raw) {
+      // Two entries of one name: readers disagree on which wins, so a file can show a checker one
+      // tensor and a loader another. Refuse rather than pick.
+      if (entries.has(e.fileName)) throw new TorchFormatError(`${path}: zip entry ${e.fileName} appears twice`, 'zip-duplicate')
       if (e.compressionMethod !== 0) {
         throw new TorchFormatError(`${path}: entry ${e.fileName} is compressed (method ${e.compressionMethod}); torch checkpoints store entries uncompressed`, 'zip-compressed')
       }

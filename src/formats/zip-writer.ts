@@ -1,5 +1,6 @@
 import {crc32} from 'node:zlib'
 import type {FileHandle} from 'node:fs/promises'
+import {withPath} from '../errors.js'
 
 /**
  * A writer of uncompressed (STORED) zip archives laid out as torch.save lays them out
@@ -28,14 +29,17 @@ export class ZipWriter {
   private pos = 0
   private readonly entries: WrittenEntry[] = []
 
-  constructor(private readonly fh: FileHandle, private readonly forceZip64 = false) {}
+  /** `path` names the file in system errors (a failed write carries no path of its own). */
+  constructor(private readonly fh: FileHandle, private readonly forceZip64 = false, private readonly path = '<zip>') {}
 
   private async write(buf: Buffer): Promise<void> {
-    let done = 0
-    while (done < buf.length) {
-      const {bytesWritten} = await this.fh.write(buf, done, buf.length - done, this.pos + done)
-      done += bytesWritten
-    }
+    await withPath(this.path, async () => {
+      let done = 0
+      while (done < buf.length) {
+        const {bytesWritten} = await this.fh.write(buf, done, buf.length - done, this.pos + done)
+        done += bytesWritten
+      }
+    })
     this.pos += buf.length
   }
 
@@ -82,7 +86,7 @@ export class ZipWriter {
     if (written !== size) throw new Error(`zip entry ${name}: expected ${size} bytes, got ${written}`)
     const crcBuf = Buffer.alloc(4)
     crcBuf.writeUInt32LE(crc >>> 0, 0)
-    await this.fh.write(crcBuf, 0, 4, offset + 14)
+    await withPath(this.path, () => this.fh.write(crcBuf, 0, 4, offset + 14))
     this.entries.push({name: nameBuf, offset, size, crc: crc >>> 0})
   }
 

@@ -97,10 +97,17 @@ export interface QuantizeResult {
   peakRssBytes: number
 }
 
+/** Most RTN worker threads quantize starts (each holds a block of rows). */
+const MAX_THREADS = 256
+
 function checkOptions(o: QuantizeOptions): asserts o is QuantizeOptions & {bits: QuantBits} {
   if (o.bits !== 4 && o.bits !== 8) throw new QuantizationError(`unsupported --bits ${o.bits}: glmtool quantizes weights to 4 or 8 bits`, 'quant-bits')
   if (!GROUP_SIZES.includes(o.groupSize)) throw new QuantizationError(`unsupported --group-size ${o.groupSize}: use 0 (one scale per output channel, the published scheme), 32, 64 or 128`, 'quant-group')
   if (!Number.isSafeInteger(o.calibSamples) || o.calibSamples < 1) throw new UsageError(`--calib-samples must be a positive integer, got ${o.calibSamples}`)
+  // 0 and negative counts used to fall back to one thread silently; a huge one would start that many workers.
+  if (o.threads !== undefined && (!Number.isSafeInteger(o.threads) || o.threads < 1 || o.threads > MAX_THREADS)) {
+    throw new UsageError(`--threads must be an integer from 1 to ${MAX_THREADS}, got ${o.threads}`)
+  }
 }
 
 /** Float32 bytes of the model in onnxruntime: what calibration and evaluation need per float model. */

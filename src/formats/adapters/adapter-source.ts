@@ -1,10 +1,13 @@
 import {existsSync, statSync} from 'node:fs'
-import {readFile} from 'node:fs/promises'
+import {readFile, stat} from 'node:fs/promises'
 import {basename, dirname, join} from 'node:path'
 import {openSafetensors} from '../safetensors-reader.js'
 import type {TensorEntry} from '../tensor.js'
 import {TorchCheckpoint} from '../torch-checkpoint.js'
 import {AdapterError} from './adapter-error.js'
+
+/** Largest adapter_config.json / config.json of an adapter we read (they are a few hundred bytes). */
+const MAX_CONFIG_BYTES = 16 * 1024 * 1024
 
 /** LoRA as PEFT saves it, or a P-Tuning v2 prefix as THUDM's ptuning trainer saves it (chatglm.md section 7). */
 export type AdapterType = 'lora' | 'prefix'
@@ -45,8 +48,12 @@ export function locateAdapter(path: string, type?: AdapterType): AdapterLocation
 export async function readJsonObject(path: string): Promise<Record<string, unknown>> {
   let text: string
   try {
+    // An adapter's config is a few hundred bytes; a huge one would fail as "Invalid string length".
+    const {size} = await stat(path)
+    if (size > MAX_CONFIG_BYTES) throw new AdapterError('bad-config', `${path}: ${size} bytes, over the ${MAX_CONFIG_BYTES}-byte limit for an adapter config`)
     text = await readFile(path, 'utf8')
   } catch (error) {
+    if (error instanceof AdapterError) throw error
     throw new AdapterError('missing-config', `${path}: cannot read (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`)
   }
   let v: unknown

@@ -92,3 +92,20 @@ export function firstNonFinite(values: Float32Array): number {
   for (let i = 0; i < values.length; i++) if (!Number.isFinite(values[i])) return i
   return -1
 }
+
+/**
+ * Index of the first element of `encoded` (the `values` cast to `dtype`) that is NaN or
+ * infinite, or -1. A finite float32 above 65504 becomes Inf in F16 (above ~3.4e38 in BF16),
+ * so the check is on the encoded bits: exponent all ones.
+ */
+export function firstNonFiniteEncoded(encoded: Buffer, values: Float32Array, dtype: string): number {
+  if (dtype === 'F16' || dtype === 'BF16') {
+    const mask = dtype === 'F16' ? 0x7c00 : 0x7f80
+    // A typed view when aligned (the usual case, and ~10x faster than readUInt16LE); x86 and
+    // ARM are little-endian like the encoding.
+    const u16 = encoded.byteOffset % 2 === 0 ? new Uint16Array(encoded.buffer, encoded.byteOffset, values.length) : undefined
+    for (let i = 0; i < values.length; i++) if (((u16 ? u16[i] : encoded.readUInt16LE(2 * i)) & mask) === mask) return i
+    return -1
+  }
+  return firstNonFinite(values)
+}

@@ -12,7 +12,8 @@ import {decodeFloats, encodeFloats} from '../dtype-convert.js'
 import {DEFAULT_CHUNK_BYTES, readTensor, type TensorEntry} from '../tensor.js'
 import {AdapterError} from './adapter-error.js'
 import {LORA_CONFIG, LORA_WEIGHTS, openTensorFile, readJsonObject, type TensorFile} from './adapter-source.js'
-import {addLoraRows, firstNonFinite, type LoraDelta, loraScale} from './lora-math.js'
+import {addLoraRows, firstNonFinite, firstNonFiniteEncoded, type LoraDelta, loraScale} from './lora-math.js'
+import {unsafeRegexReason} from './safe-regex.js'
 
 /** What merge-adapter takes from adapter_config.json. */
 export interface LoraConfig {
@@ -161,7 +162,15 @@ function matchesTarget(module: string, targets: readonly string[]): boolean {
 /** What a validated adapter merges: base weight name -> its factors and shape. */
 export interface LoraPlan {
   readonly adapter: LoraAdapter
-  readonly weights: Map<string, {module: LoraModule, rows: number, cols: number}>
+  readonly weights: Map<string, LoraWeightPlan>
+}
+
+/** One base weight to merge: its factors, its shape, and the adapter file (for messages). */
+export interface LoraWeightPlan {
+  readonly module: LoraModule
+  readonly rows: number
+  readonly cols: number
+  readonly source?: string
 }
 
 /**
@@ -180,7 +189,12 @@ export async function planLora(adapter: LoraAdapter, arch: Arch, baseConfig: Mod
     // PEFT's shorthand: every linear layer but the output layer.
   } else if (typeof cfg.targetModules === 'string') {
     let re: RegExp
+    const unsafe = unsafeRegexReason(cfg.targetModules)
+    if (unsafe) {
+      throw new AdapterError('bad-config', `${adapter.dir}/${LORA_CONFIG}: target_modules regex ${JSON.stringify(cfg.targetModules.slice(0, 80))} is refused: ${unsafe}; list the module names instead`)
+    }
     try {
+      // ^(?:...)$ is Python's re.fullmatch, as PEFT matches.
       re = new RegExp(`^(?:${cfg.targetModules})$`)
     } catch (error) {
       throw new AdapterError('bad-config', `${adapter.dir}/${LORA_CONFIG}: target_modules ${JSON.stringify(cfg.targetModules)} is not a valid regex (${(error as Error).message})`)
@@ -197,7 +211,7 @@ export async function planLora(adapter: LoraAdapter, arch: Arch, baseConfig: Mod
   }
   const H = typeof baseConfig.hidden_size === 'number' ? baseConfig.hidden_size : undefined
   const linearSet = new Set(linear)
-  const weights = new Map<string, {module: LoraModule, rows: number, cols: number}>()
+  const weights = new Map<string, LoraWeightPlan>()
   for (const m of adapter.modules.values()) {
     if (!linearSet.has(m.module)) {
       const other = GENERATION_LAYOUT.find(g => g.arch !== arch.id && g.re.test(m.module))
@@ -221,6 +235,11 @@ export async function planLora(adapter: LoraAdapter, arch: Arch, baseConfig: Mod
       if (f.shape.length !== 2) throw new AdapterError('shape', `${src}: tensor ${f.name} has shape [${f.shape}], expected a matrix`)
     }
     const [rows, cols] = w.shape
+    // A rank above min(in, out) adds nothing a full-rank update could not, and with stride-0
+    // factors a 1 KB file could claim r = 2^21 and make the merge allocate gigabytes.
+    if (cfg.rank > Math.min(rows, cols)) {
+      throw new AdapterError('rank', `${src}: ${m.module}: adapter_config.json says r = ${cfg.rank}, more than min(out, in) = ${Math.min(rows, cols)} of the base weight [${rows}, ${cols}]`)
+    }
     const [rA, inA] = m.a.shape
     const [outB, rB] = m.b.shape
     if (rA !== rB) throw new AdapterError('rank', `${src}: ${m.module}: lora_A is [${m.a.shape}] and lora_B is [${m.b.shape}]: their ranks ${rA} and ${rB} differ`)
@@ -235,7 +254,7 @@ export async function planLora(adapter: LoraAdapter, arch: Arch, baseConfig: Mod
       else if (cfg.fanInFanOut && outB === rows && inA === cols) hint = '; the factors fit without the transpose: PEFT turns fan_in_fan_out off for nn.Linear layers like ChatGLM\'s, so adapter_config.json is probably wrong'
       throw new AdapterError('shape', `${src}: ${m.module}: ${product}, but the base weight is [${rows}, ${cols}]${hint}`)
     }
-    weights.set(m.weight, {module: m, rows, cols})
+    weights.set(m.weight, {module: m, rows, cols, source: src})
   }
   // NaN/Inf check up front (the factors are small), so a bad adapter fails before any output.
   for (const {module: m} of weights.values()) {
@@ -263,7 +282,7 @@ const MERGE_PIECE_BYTES = 16 * 1024 * 1024
  * weight are decoded to float32, get their share of scale * B @ A, and are cast once to
  * `outDtype`. Memory: the factors plus one piece of rows (never the whole weight twice).
  */
-export function mergedLoraTensor(w: TensorEntry, plan: {module: LoraModule, rows: number, cols: number}, cfg: LoraConfig, outDtype: DType): TensorEntry {
+export function mergedLoraTensor(w: TensorEntry, plan: LoraWeightPlan, cfg: LoraConfig, outDtype: DType): TensorEntry {
   const {rows, cols} = plan
   return {
     name: w.name, dtype: outDtype, shape: w.shape, file: w.file,
@@ -285,8 +304,14 @@ export function mergedLoraTensor(w: TensorEntry, plan: {module: LoraModule, rows
           const n = Math.min(rowsPerPiece, whole - r0)
           const values = decodeFloats(buf.subarray(r0 * inRow, (r0 + n) * inRow), w.dtype)
           addLoraRows(values, row, delta, scratch)
-          row += n
           const out = encodeFloats(values, outDtype)
+          // Finite factors can still overflow: their product, or its rounding to the output dtype.
+          const bad = firstNonFiniteEncoded(out, values, outDtype)
+          if (bad >= 0) {
+            const at = row * cols + bad
+            throw new AdapterError('non-finite', `${plan.source ?? plan.module.a.file}: merging into tensor ${w.name} gives ${values[bad] === Infinity || values[bad] === -Infinity || Number.isNaN(values[bad]) ? values[bad] : `${values[bad]} (beyond ${outDtype})`} at [${Math.floor(at / cols)}, ${at % cols}]; the adapter's update overflows, nothing was written`)
+          }
+          row += n
           for (let o = 0; o < out.length; o += outStep) yield out.subarray(o, Math.min(out.length, o + outStep))
         }
         const rest = buf.length - whole * inRow

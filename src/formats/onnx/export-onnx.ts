@@ -1,7 +1,7 @@
 import {copyFile, readFile, stat, writeFile} from 'node:fs/promises'
 import {existsSync} from 'node:fs'
 import {join} from 'node:path'
-import {GlmtoolError, ModelError} from '../../errors.js'
+import {GlmtoolError, ModelError, withPath} from '../../errors.js'
 import type {Arch, ArchId, ModelConfig} from '../../models/index.js'
 import {isQuantizedWeight, type QuantLayout, quantLayoutOf, scaleNameOf} from '../../models/quantized-layout.js'
 import {VERSION} from '../../version.js'
@@ -245,7 +245,7 @@ async function writeOnnxFiles(p: ExportPlan, tmp: string, opts: OnnxExportOption
     docString: graph.description,
     metadata: {glmtool_architecture: arch.id, glmtool_weights_dtype: weightsDtype},
   })
-  await writeFile(join(tmp, ONNX_MODEL_FILE), modelBytes)
+  await withPath(join(tmp, ONNX_MODEL_FILE), () => writeFile(join(tmp, ONNX_MODEL_FILE), modelBytes))
 
   const copied: string[] = []
   for (const f of companionFiles(arch)) {
@@ -282,7 +282,7 @@ async function writeOnnxFiles(p: ExportPlan, tmp: string, opts: OnnxExportOption
     }} : {}),
     glmtool_version: VERSION,
   }
-  await writeFile(join(tmp, ONNX_MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n')
+  await withPath(join(tmp, ONNX_MANIFEST_FILE), () => writeFile(join(tmp, ONNX_MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n'))
   await verifyOnnxDir(tmp, plan.builder.initializers.length)
   return {
     input: opts.input, out: opts.out, architecture: arch.id, dtype: plan.dtype === 'F16' ? 'f16' : 'f32',

@@ -1,5 +1,5 @@
 import {open, type FileHandle} from 'node:fs/promises'
-import {GlmtoolError} from '../../errors.js'
+import {GlmtoolError, withPath} from '../../errors.js'
 import {onnx, type ElemType, type TensorProto} from './onnx-builder.js'
 
 /**
@@ -48,12 +48,12 @@ export class ExternalDataWriter {
   async add(name: string, elemType: ElemType, dims: readonly number[], length: number, chunks: AsyncIterable<Buffer>): Promise<TensorProto> {
     const align = alignmentFor(length)
     const start = Math.ceil(this.offset / align) * align
-    if (start > this.offset) await this.fh.write(Buffer.alloc(start - this.offset), 0, start - this.offset, this.offset)
+    if (start > this.offset) await withPath(this.path, () => this.fh.write(Buffer.alloc(start - this.offset), 0, start - this.offset, this.offset))
     let pos = start
     const wrong = (got: string) => new GlmtoolError('onnx-write', `${this.path}: tensor ${name} yielded ${got} bytes, expected ${length}`)
     for await (const c of chunks) {
       if (pos + c.length > start + length) throw wrong(`more than ${length}`)
-      await this.fh.write(c, 0, c.length, pos)
+      await withPath(this.path, () => this.fh.write(c, 0, c.length, pos))
       pos += c.length
     }
     if (pos !== start + length) throw wrong(String(pos - start))
