@@ -1,5 +1,6 @@
 import {Args, Flags} from '@oclif/core'
-import {BaseCommand} from '../cli/base-command.js'
+import {BaseCommand, FLAG_CHARS} from '../cli/base-command.js'
+import {MODEL_ID_HELP} from '../cli/model-arg.js'
 import {byteProgress, formatBytes, type Progress} from '../cli/progress.js'
 import {convertToSafetensors} from '../formats/convert-safetensors.js'
 import type {DType} from '../formats/dtype.js'
@@ -20,21 +21,22 @@ export default class Convert extends BaseCommand {
   ]
 
   static override args = {
-    model: Args.string({required: true, description: 'model directory (torch shards + config.json, or glmtool safetensors output)'}),
+    model: Args.string({required: true, description: `model directory (torch shards + config.json, or glmtool safetensors output); ${MODEL_ID_HELP}`}),
   }
 
   static override flags = {
     to: Flags.string({required: true, options: ['safetensors', 'onnx'], description: 'output format'}),
-    out: Flags.string({description: 'output directory [default: <model>-safetensors or <model>-onnx]'}),
-    dtype: Flags.string({options: Object.keys(DTYPES), description: 'float dtype of the output; safetensors: keep|f16|bf16|f32 [default: keep]; onnx: f16|f32 [default: f16 for float16 checkpoints, else f32]'}),
+    out: Flags.string({char: FLAG_CHARS.out, description: 'output directory [default: <model>-safetensors or <model>-onnx]'}),
+    dtype: Flags.string({char: FLAG_CHARS.dtype, options: Object.keys(DTYPES), description: 'float dtype of the output; safetensors: keep|f16|bf16|f32 [default: keep]; onnx: f16|f32 [default: f16 for float16 checkpoints, else f32]'}),
     'max-shard-size': Flags.string({default: '4GB', description: 'largest shard (GB = 1e9 bytes, GiB = 2^30)'}),
-    force: Flags.boolean({default: false, description: 'replace --out if it exists'}),
+    force: Flags.boolean({char: FLAG_CHARS.force, default: false, description: 'replace --out if it exists'}),
   }
 
   async run() {
     const {args, flags} = await this.parse(Convert)
-    const out = flags.out ?? `${args.model.replace(/\/+$/, '')}-${flags.to}`
-    if (out.replace(/\/+$/, '') === args.model.replace(/\/+$/, '')) throw new UsageError('--out must differ from the input model directory')
+    const model = this.resolveModel(args.model)
+    const out = flags.out ?? `${model.outBase}-${flags.to}`
+    if (out.replace(/\/+$/, '') === model.path.replace(/\/+$/, '')) throw new UsageError('--out must differ from the input model directory')
     let progress: Progress | undefined
     const onStart = (total: number) => {
       progress = byteProgress('convert', total, !this.jsonEnabled())
@@ -45,14 +47,14 @@ export default class Convert extends BaseCommand {
       if (flags.to === 'onnx') {
         if (flags.dtype !== undefined && !(flags.dtype in ONNX_DTYPES)) throw new UsageError(`--to onnx stores weights as f16 or f32, not ${flags.dtype}`)
         const result = await exportOnnx({
-          input: args.model, out, dtype: flags.dtype === undefined ? undefined : ONNX_DTYPES[flags.dtype], force: flags.force, onStart, onBytes, onWarning,
+          input: model.path, out, dtype: flags.dtype === undefined ? undefined : ONNX_DTYPES[flags.dtype], force: flags.force, onStart, onBytes, onWarning,
         })
         progress?.stop()
         this.log(`exported ${result.architecture} to ${out}: ONNX decoder with KV cache, ${result.tensors} weights as ${result.dtype} (${formatBytes(result.bytes)}), computed in float32, ${result.seconds.toFixed(1)} s`)
         return result
       }
       const result = await convertToSafetensors({
-        input: args.model, out, dtype: DTYPES[flags.dtype ?? 'keep'], maxShardBytes: parseSize(flags['max-shard-size']), force: flags.force,
+        input: model.path, out, dtype: DTYPES[flags.dtype ?? 'keep'], maxShardBytes: parseSize(flags['max-shard-size']), force: flags.force,
         onStart, onBytes, onWarning,
       })
       progress?.stop()

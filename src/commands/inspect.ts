@@ -1,6 +1,7 @@
 import {Args, Flags} from '@oclif/core'
 import Table from 'cli-table3'
 import {BaseCommand} from '../cli/base-command.js'
+import {MODEL_ID_HELP} from '../cli/model-arg.js'
 import {formatBytes} from '../cli/progress.js'
 import {inspectModel} from '../formats/inspect-model.js'
 
@@ -10,10 +11,12 @@ export default class Inspect extends BaseCommand {
     '<%= config.bin %> inspect ./chatglm2-6b',
     '<%= config.bin %> inspect ./chatglm-6b/pytorch_model-00001-of-00008.bin',
     '<%= config.bin %> inspect ./chatglm2-6b-safetensors --json',
+    '<%= config.bin %> inspect ./chatglm2-6b-onnx',
+    '<%= config.bin %> inspect THUDM/chatglm2-6b',
   ]
 
   static override args = {
-    path: Args.string({required: true, description: 'torch model directory, torch shard, safetensors file or directory'}),
+    path: Args.string({required: true, description: `torch model directory, torch shard, safetensors file or directory, glmtool ONNX directory; ${MODEL_ID_HELP}`}),
   }
 
   static override flags = {
@@ -22,7 +25,7 @@ export default class Inspect extends BaseCommand {
 
   async run() {
     const {args, flags} = await this.parse(Inspect)
-    const report = await inspectModel(args.path)
+    const report = await inspectModel(this.resolveModel(args.path).path)
     if (this.jsonEnabled()) return report
     if (!flags['no-tensors']) {
       const table = new Table({head: ['name', 'dtype', 'shape', 'bytes', 'file'], style: {head: [], border: []}})
