@@ -8,8 +8,8 @@
 //
 // --prebuild also copies the addon into prebuilds/<platform>-<arch>/glmtool_cuda.node, which the
 // npm package ships and the loader tries first; it reuses build/native/glmtool_cuda.node when that
-// is newer than every file in native/, and removes a stale prebuilt addon first, so a package
-// packed without nvcc ships none (the loader then says how to build it from source).
+// is newer than every file in native/ (and the toolchain is here), and removes a stale prebuilt
+// addon first, so a package packed without nvcc ships none (the loader then says how to build it from source).
 // This script and the sources are in the package, so an npm user can build from source too.
 //
 // Targets sm_80, sm_86, sm_89, sm_90 machine code plus compute_90 PTX (newer GPUs JIT it);
@@ -34,11 +34,6 @@ const built = join(out, 'glmtool_cuda.node')
 if (prebuild) {
   rmSync(join(prebuiltDir, 'glmtool_cuda.node'), {force: true})
   if (platform !== 'linux-x64') skip(`prebuilt addons are made for linux-x64 only, this is ${platform}`)
-  const newest = Math.max(...readdirSync(src).map(f => statSync(join(src, f)).mtimeMs))
-  if (!debug && existsSync(built) && statSync(built).mtimeMs > newest) {
-    shipPrebuilt('reused the up-to-date build/native/glmtool_cuda.node')
-    process.exit(0)
-  }
 }
 
 function shipPrebuilt(how) {
@@ -96,6 +91,13 @@ try {
   skip('node-addon-api is not installed (it is a devDependency: run `npm ci`)')
 }
 addonApi = addonApi.replace(/^"|"$/g, '')
+
+// Reuse an up-to-date build only once the toolchain is known to be here, so a package packed
+// without nvcc ships no prebuilt addon whatever build/native holds.
+if (prebuild && !debug && existsSync(built) && statSync(built).mtimeMs > Math.max(...readdirSync(src).map(f => statSync(join(src, f)).mtimeMs))) {
+  shipPrebuilt('reused the up-to-date build/native/glmtool_cuda.node')
+  process.exit(0)
+}
 
 const gencode = ['80', '86', '89', '90'].flatMap(a => ['-gencode', `arch=compute_${a},code=sm_${a}`]).concat(['-gencode', 'arch=compute_90,code=compute_90'])
 const opt = debug ? ['-g', '-O0'] : ['-O3']
