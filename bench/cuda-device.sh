@@ -57,7 +57,7 @@ el "models: $(ls "$M")"
 if [ "$(left)" -gt 60 ]; then
   el "bench ..."
   timeout $(($(left) - 20)) node bin/run.js bench "$M/chatglm-6b" "$M/chatglm2-6b" --backend cuda --prompt-tokens 512 --gen-tokens 128 \
-    --repeat 5 --max-length 2048 --json "$OUT/bench.json" >> "$LOG" 2>&1
+    --repeat 5 --max-length 2048 --out "$OUT/bench.json" >> "$LOG" 2>&1
   el "bench rc=$?"
 fi
 # PEERS=0 skips the PyTorch baseline and the full-size reference check (A/B-only calls).

@@ -4,12 +4,19 @@
 // and glmtool's CUDA backend then reports itself unavailable (src/runtime/backends/cuda-addon.ts).
 //
 //   node native/build.mjs [--debug] [--verbose]     (NVCC=/path/to/nvcc to pick a compiler)
+//   node native/build.mjs --prebuild                 (npm pack's prepack step)
+//
+// --prebuild also copies the addon into prebuilds/<platform>-<arch>/glmtool_cuda.node, which the
+// npm package ships and the loader tries first; it reuses build/native/glmtool_cuda.node when that
+// is newer than every file in native/ (and the toolchain is here), and removes a stale prebuilt
+// addon first, so a package packed without nvcc ships none (the loader then says how to build it from source).
+// This script and the sources are in the package, so an npm user can build from source too.
 //
 // Targets sm_80, sm_86, sm_89, sm_90 machine code plus compute_90 PTX (newer GPUs JIT it);
 // cudart is linked statically; cuBLAS is opened at run time (native/cublas_dl.cpp), so the build
 // needs no cuBLAS headers or libraries.
 import {execFileSync, spawn} from 'node:child_process'
-import {existsSync, mkdirSync, renameSync, statSync} from 'node:fs'
+import {copyFileSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync} from 'node:fs'
 import {createRequire} from 'node:module'
 import {homedir} from 'node:os'
 import {dirname, join} from 'node:path'
@@ -19,8 +26,26 @@ const src = join(root, 'native')
 const out = join(root, 'build', 'native')
 const debug = process.argv.includes('--debug')
 const verbose = process.argv.includes('--verbose')
+const prebuild = process.argv.includes('--prebuild')
+const platform = `${process.platform}-${process.arch}`
+const prebuiltDir = join(root, 'prebuilds', platform)
+const built = join(out, 'glmtool_cuda.node')
+
+if (prebuild) {
+  rmSync(join(prebuiltDir, 'glmtool_cuda.node'), {force: true})
+  if (platform !== 'linux-x64') skip(`prebuilt addons are made for linux-x64 only, this is ${platform}`)
+}
+
+function shipPrebuilt(how) {
+  mkdirSync(prebuiltDir, {recursive: true})
+  // Copied then renamed, so a loader never sees half a file.
+  copyFileSync(built, join(prebuiltDir, 'glmtool_cuda.node.tmp'))
+  renameSync(join(prebuiltDir, 'glmtool_cuda.node.tmp'), join(prebuiltDir, 'glmtool_cuda.node'))
+  console.log(`build:native: ${how}; prebuilt addon at ${join('prebuilds', platform, 'glmtool_cuda.node')}`)
+}
 
 function skip(why) {
+  if (prebuild) console.log(`build:native: the package will ship no prebuilt CUDA addon for ${platform}.`)
   console.log(`build:native: skipped: ${why}. glmtool works without it; --backend cuda will say it is unavailable.`)
   process.exit(0)
 }
@@ -67,6 +92,13 @@ try {
 }
 addonApi = addonApi.replace(/^"|"$/g, '')
 
+// Reuse an up-to-date build only once the toolchain is known to be here, so a package packed
+// without nvcc ships no prebuilt addon whatever build/native holds.
+if (prebuild && !debug && existsSync(built) && statSync(built).mtimeMs > Math.max(...readdirSync(src).map(f => statSync(join(src, f)).mtimeMs))) {
+  shipPrebuilt('reused the up-to-date build/native/glmtool_cuda.node')
+  process.exit(0)
+}
+
 const gencode = ['80', '86', '89', '90'].flatMap(a => ['-gencode', `arch=compute_${a},code=sm_${a}`]).concat(['-gencode', 'arch=compute_90,code=compute_90'])
 const opt = debug ? ['-g', '-O0'] : ['-O3']
 
@@ -94,10 +126,11 @@ try {
   const tmp = join(out, 'glmtool_cuda.node.tmp')
   await run(nvcc, ['-shared', '-cudart', 'static', ...gencode, '-o', tmp, join(out, 'engine.o'), join(out, 'addon.o'), join(out, 'cublas_dl.o'),
     '-Xlinker', '--exclude-libs,ALL', '-ldl', '-lpthread', '-lrt'])
-  renameSync(tmp, join(out, 'glmtool_cuda.node'))
+  renameSync(tmp, built)
 } catch (error) {
   console.error(`build:native: failed: ${error.message}`)
   process.exit(1)
 }
 const size = statSync(join(out, 'glmtool_cuda.node')).size
 console.log(`build:native: built ${join('build', 'native', 'glmtool_cuda.node')} (${(size / 1e6).toFixed(1)} MB, sm_80/86/89/90 + compute_90 PTX, cudart static) with ${nvcc} in ${((Date.now() - started) / 1000).toFixed(0)} s`)
+if (prebuild) shipPrebuilt('built it')

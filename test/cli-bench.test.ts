@@ -27,9 +27,9 @@ beforeAll(() => {
 })
 
 describe('glmtool bench --backend cpu', () => {
-  it('measures two models side by side: table on stdout, JSON in --json FILE', () => {
+  it('measures two models side by side: table on stdout, JSON in --out FILE', () => {
     const json = join(work, 'bench.json')
-    const r = glmtool(['bench', v1, v2, '--backend', 'cpu', '--prompt-tokens', '12', '--gen-tokens', '4', '--repeat', '2', '--max-length', '32', '--json', json], {env})
+    const r = glmtool(['bench', v1, v2, '--backend', 'cpu', '--prompt-tokens', '12', '--gen-tokens', '4', '--repeat', '2', '--max-length', '32', '--out', json], {env})
     expect(r.code, r.stderr).toBe(0)
     for (const label of ['time to first token (ms)', 'prefill tok/s', 'decode tok/s', 'peak host RSS', v1, v2]) expect(r.stdout).toContain(label)
     const out = JSON.parse(readFileSync(json, 'utf8'))
@@ -55,7 +55,7 @@ describe('glmtool bench --backend cpu', () => {
       return out
     })
     const json = join(work, 'bench-quant.json')
-    const r = glmtool(['bench', v2, ...quantized, '--backend', 'cpu', '--prompt-tokens', '12', '--gen-tokens', '3', '--repeat', '1', '--max-length', '32', '--json', json], {env})
+    const r = glmtool(['bench', v2, ...quantized, '--backend', 'cpu', '--prompt-tokens', '12', '--gen-tokens', '3', '--repeat', '1', '--max-length', '32', '--out', json], {env})
     expect(r.code, r.stderr).toBe(0)
     for (const label of ['chatglm2-6b f16', 'chatglm2-6b int8', 'chatglm2-6b int4 g32']) expect(r.stdout).toContain(label)
     const out = JSON.parse(readFileSync(json, 'utf8'))

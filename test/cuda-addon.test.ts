@@ -49,7 +49,7 @@ describe('loadCudaAddon', () => {
 
   it('an addon of another interface version: rebuild', async () => {
     const m = await loader(mock('old.cjs', `module.exports = {version: '0', kinds: ${KINDS}, probe: () => ({ok: true})}`))
-    expect(m.cudaUnavailableReason()).toMatch(/is from another glmtool version \(addon interface 0, this glmtool needs 2\); rebuild it/)
+    expect(m.cudaUnavailableReason()).toMatch(/is from another glmtool version \(addon interface 0, this glmtool needs 2\); build it/)
   })
 
   it('no driver or GPU: the probe\'s reason, verbatim', async () => {
@@ -61,5 +61,33 @@ describe('loadCudaAddon', () => {
     const m = await loader(mock('ok.cjs', `module.exports = {version: '2', kinds: ${KINDS}, probe: () => ({ok: true, reason: '', name: 'Mock GPU'})}`))
     expect(m.cudaUnavailableReason()).toBeUndefined()
     expect(m.loadCudaAddon().device.name).toBe('Mock GPU')
+  })
+
+  it('tries the prebuilt addon first, then the source build: a stale or unloadable prebuilt falls through', async () => {
+    const m = await loader(join(work, 'unused.node'))
+    const ok = mock('src-ok.cjs', `module.exports = {version: '2', kinds: ${KINDS}, probe: () => ({ok: true, reason: '', name: 'Source build'})}`)
+    const okPrebuilt = mock('pre-ok.cjs', `module.exports = {version: '2', kinds: ${KINDS}, probe: () => ({ok: true, reason: '', name: 'Prebuilt'})}`)
+    const stale = mock('pre-stale.cjs', `module.exports = {version: '1', kinds: ${KINDS}, probe: () => ({ok: true})}`)
+    const pick = (c: string[]) => {
+      const r = m.loadFirst(c, 'HINT')
+      return r instanceof m.CudaUnavailableError ? r.message : r.device.name
+    }
+    expect(pick([okPrebuilt, ok])).toBe('Prebuilt')
+    expect(pick([stale, ok])).toBe('Source build')
+    expect(pick([join(work, 'absent.node'), ok])).toBe('Source build')
+    expect(pick([mock('pre-garbage.node', 'not an ELF file'), ok])).toBe('Source build')
+    // Only a stale one: its reason, and how to build.
+    expect(pick([stale, join(work, 'absent.node')])).toMatch(/pre-stale\.cjs is from another glmtool version .*; HINT$/)
+    // The driver says no: that is the answer, not a reason to try the next file.
+    const nogpu = mock('pre-nogpu.cjs', `module.exports = {version: '2', kinds: ${KINDS}, probe: () => ({ok: false, reason: 'no GPU'})}`)
+    expect(pick([nogpu, ok])).toBe('CUDA backend unavailable because no GPU')
+    expect(pick([join(work, 'a.node'), join(work, 'b.node')])).toMatch(/not built \(no prebuilt addon for \S+ \(.*a\.node\) and none built from source \(.*b\.node\)\); HINT$/)
+  })
+
+  it('looks in prebuilds/<platform>-<arch>/ before build/native/, and only at $GLMTOOL_CUDA_ADDON when that is set', async () => {
+    const m = await loader(join(work, 'pinned.node'))
+    expect(m.cudaAddonCandidates('/pkg')).toEqual([join(work, 'pinned.node')])
+    delete process.env.GLMTOOL_CUDA_ADDON
+    expect(m.cudaAddonCandidates('/pkg')).toEqual([`/pkg/prebuilds/${process.platform}-${process.arch}/glmtool_cuda.node`, '/pkg/build/native/glmtool_cuda.node'])
   })
 })

@@ -1,6 +1,6 @@
-import onnxProto from 'onnx-proto'
 import * as ort from 'onnxruntime-node'
 import {describe, expect, it} from 'vitest'
+import {encodeModel, onnx, type TensorProto} from '../src/formats/onnx/onnx-builder.js'
 import {dequantToF32} from '../src/quant/dequant.js'
 import {f16ToNumber} from '../src/quant/fp16.js'
 import {packMatMulNBits, type MatMulNBitsWeight} from '../src/quant/pack.js'
@@ -9,16 +9,15 @@ import {gaussian, randomWeight} from './quant-helpers.js'
 
 /**
  * Proves pack.ts's MatMulNBits layout against ONNX Runtime itself: a one-node model
- * (com.microsoft MatMulNBits, hand-encoded with onnx-proto) run by onnxruntime-node on the CPU
+ * (com.microsoft MatMulNBits, hand-encoded with onnx.proto through protobufjs) run by onnxruntime-node on the CPU
  * must give X @ dequant(W)^T, where dequant is the published q * scale.
  */
-const {onnx} = onnxProto
 const T = onnx.TensorProto.DataType
 
 function model(m: MatMulNBitsWeight, rowsA: number): Uint8Array {
   const scalesT = m.scaleType === 'float16' ? T.FLOAT16 : T.FLOAT
   const scaleBytes = new Uint8Array(m.scales.buffer, m.scales.byteOffset, m.scales.byteLength)
-  const init: onnxProto.onnx.ITensorProto[] = [
+  const init: TensorProto[] = [
     {name: 'B', dataType: T.UINT8, dims: [...m.bShape], rawData: m.B},
     {name: 'scales', dataType: scalesT, dims: [...m.scalesShape], rawData: scaleBytes},
   ]
@@ -29,7 +28,7 @@ function model(m: MatMulNBitsWeight, rowsA: number): Uint8Array {
   }
   const AT = onnx.AttributeProto.AttributeType
   const vi = (name: string, dims: number[]) => ({name, type: {tensorType: {elemType: scalesT, shape: {dim: dims.map(d => ({dimValue: d}))}}}})
-  const proto = onnx.ModelProto.create({
+  return encodeModel({
     irVersion: 8,
     opsetImport: [{domain: '', version: 17}, {domain: 'com.microsoft', version: 1}],
     producerName: 'glmtool-test',
@@ -50,7 +49,6 @@ function model(m: MatMulNBitsWeight, rowsA: number): Uint8Array {
       output: [vi('Y', [rowsA, m.N])],
     },
   })
-  return onnx.ModelProto.encode(proto).finish()
 }
 
 async function run(m: MatMulNBitsWeight, x: Float32Array, rowsA: number): Promise<Float32Array> {

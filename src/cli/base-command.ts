@@ -1,5 +1,13 @@
 import {Command, Errors} from '@oclif/core'
 import {GlmtoolError, InterruptedError} from '../errors.js'
+import {type ResolvedModel, resolveModelArg} from './model-arg.js'
+
+/**
+ * The short flags, one meaning each across commands (README "Commands"): -o --out, -f --force,
+ * -d --dtype, -b --backend, -p --prompt; -h is help everywhere (package.json oclif
+ * additionalHelpFlags).
+ */
+export const FLAG_CHARS = {out: 'o', force: 'f', dtype: 'd', backend: 'b', prompt: 'p'} as const
 
 /**
  * Every glmtool command: `--json` (oclif prints run()'s return value and nothing else on
@@ -7,6 +15,16 @@ import {GlmtoolError, InterruptedError} from '../errors.js'
  */
 export abstract class BaseCommand extends Command {
   static override enableJsonFlag = true
+
+  /**
+   * A model argument: a path, or a Hugging Face id resolved through the local cache
+   * (src/cli/model-arg.ts); says on stderr where an id resolved to.
+   */
+  protected resolveModel(arg: string): ResolvedModel {
+    const r = resolveModelArg(arg)
+    if (r.hub) this.note(`${arg}: ${r.path} (Hugging Face cache, ${r.hub.revision === r.hub.commit ? 'commit' : r.hub.revision} ${r.hub.commit})`)
+    return r
+  }
 
   /** Warnings go to stderr so stdout holds only results. */
   protected note(message: string): void {

@@ -1,54 +1,69 @@
-import {writeFile} from 'node:fs/promises'
+import {rename, writeFile} from 'node:fs/promises'
 import {Args, Flags} from '@oclif/core'
 import Table from 'cli-table3'
-import {BaseCommand} from '../cli/base-command.js'
+import {BaseCommand, FLAG_CHARS} from '../cli/base-command.js'
+import {MODEL_ID_HELP} from '../cli/model-arg.js'
 import {formatBytes} from '../cli/progress.js'
 import {UsageError} from '../errors.js'
+import {cudaUnavailableReason} from '../runtime/backends/cuda-addon.js'
 import {type BenchResult, benchModel} from '../runtime/bench.js'
 
 export default class Bench extends BaseCommand {
   static override summary = 'Measure load time, time to first token, prefill and decode speed, memory and the decode roofline'
   static override description = 'Each model is loaded, run once to warm up, then --repeat times: a --prompt-tokens prompt (pseudo-random ids plus the generation\'s specials) and greedy decoding to --gen-tokens new tokens. Medians and p90s (the slower tail) over the repeats. Several models are measured one after another and compared side by side. On CUDA it also reports peak GPU memory (the engine\'s allocations and cudaMemGetInfo) and the roofline: weight (and KV) bytes read per decoded token over the GPU\'s memory bandwidth, and the fraction of it achieved.'
   static override examples = [
-    '<%= config.bin %> bench ./chatglm2-6b-safetensors --backend cuda',
-    '<%= config.bin %> bench ./chatglm-6b-st ./chatglm2-6b-st --backend cuda --json bench.json',
+    '<%= config.bin %> bench ./chatglm2-6b-safetensors',
+    '<%= config.bin %> bench ./chatglm-6b-st ./chatglm2-6b-st --backend cuda --out bench.json',
+    '<%= config.bin %> bench ./chatglm2-6b-st --json > bench.json',
     '<%= config.bin %> bench ./tiny-v2 --backend cpu --prompt-tokens 32 --gen-tokens 8 --repeat 3',
   ]
 
-  // --json takes a file here (the machine-readable copy); the table always goes to stdout.
-  static override enableJsonFlag = false
+  // --json prints the results as JSON on stdout instead of the table (as every command); --out FILE also writes them to a file.
   static override strict = false
   static override args = {
-    model: Args.string({required: true, description: 'model directories (several: compared side by side)'}),
+    model: Args.string({required: true, description: `model directories (several: compared side by side); ${MODEL_ID_HELP}`}),
   }
 
   static override flags = {
-    backend: Flags.string({default: 'cuda', options: ['cuda', 'cpu'], description: 'cuda: glmtool\'s CUDA engine; cpu: onnxruntime-node'}),
-    'prompt-tokens': Flags.integer({default: 512, description: 'prompt length in tokens'}),
-    'gen-tokens': Flags.integer({default: 128, description: 'new tokens per run'}),
-    repeat: Flags.integer({default: 5, description: 'timed runs per model (after one warm-up run)'}),
-    warmup: Flags.integer({default: 1, description: 'untimed runs first'}),
-    'max-length': Flags.integer({default: 2048, description: 'KV cache length allocated (tokens)'}),
-    json: Flags.string({description: 'also write the results as JSON to this file'}),
+    backend: Flags.string({char: FLAG_CHARS.backend, default: 'auto', options: ['auto', 'cuda', 'cpu'], description: 'auto: cuda where glmtool\'s CUDA engine can run here, else cpu; cuda: glmtool\'s CUDA engine; cpu: onnxruntime-node'}),
+    'prompt-tokens': Flags.integer({default: 512, min: 1, description: 'prompt length in tokens'}),
+    'gen-tokens': Flags.integer({default: 128, min: 1, description: 'new tokens per run'}),
+    repeat: Flags.integer({default: 5, min: 1, description: 'timed runs per model (after one warm-up run)'}),
+    warmup: Flags.integer({default: 1, min: 0, description: 'untimed runs first'}),
+    'max-length': Flags.integer({default: 2048, min: 2, description: 'KV cache length allocated (tokens)'}),
+    out: Flags.string({char: FLAG_CHARS.out, description: 'also write the results as JSON to this file (with the date and Node version)'}),
   }
 
   async run() {
     const {argv, flags} = await this.parse(Bench)
     const models = argv as string[]
     if (models.length === 0) throw new UsageError('give at least one model directory')
+    const resolved = models.map(m => this.resolveModel(m))
+    let backend = flags.backend as 'auto' | 'cuda' | 'cpu'
+    if (backend === 'auto') {
+      const why = cudaUnavailableReason()
+      backend = why === undefined ? 'cuda' : 'cpu'
+      this.note(`bench: --backend auto: ${why === undefined ? 'cuda' : `cpu (${why})`}`)
+    }
     const results: BenchResult[] = []
-    for (const model of models) {
-      this.note(`bench: ${model} (${flags.backend}) ...`)
-      results.push(await benchModel(model, {
-        backend: flags.backend as 'cuda' | 'cpu', promptTokens: flags['prompt-tokens'], genTokens: flags['gen-tokens'],
+    for (const [i, model] of resolved.entries()) {
+      this.note(`bench: ${models[i]} (${backend}) ...`)
+      results.push(await benchModel(model.path, {
+        backend, promptTokens: flags['prompt-tokens'], genTokens: flags['gen-tokens'],
         repeat: flags.repeat, warmup: flags.warmup, maxLength: flags['max-length'], onNote: m => this.note(m),
       }))
     }
-    this.log(benchTable(results))
-    for (const r of results) if (r.roofline) this.log(rooflineLine(r))
-    if (flags.json) {
-      await writeFile(flags.json, JSON.stringify({date: new Date().toISOString(), node: process.version, results}, null, 2) + '\n')
-      this.note(`bench: wrote ${flags.json}`)
+    for (const [i, r] of results.entries()) r.model = models[i]
+    if (!this.jsonEnabled()) {
+      this.log(benchTable(results))
+      for (const r of results) if (r.roofline) this.log(rooflineLine(r))
+    }
+    if (flags.out) {
+      // Whole or not at all: written beside the target, then renamed over it.
+      const tmp = `${flags.out}.tmp-${process.pid}`
+      await writeFile(tmp, JSON.stringify({date: new Date().toISOString(), node: process.version, results}, null, 2) + '\n')
+      await rename(tmp, flags.out)
+      this.note(`bench: wrote ${flags.out}`)
     }
     return results
   }

@@ -1,5 +1,6 @@
 import {Args, Flags} from '@oclif/core'
-import {BaseCommand} from '../cli/base-command.js'
+import {BaseCommand, FLAG_CHARS} from '../cli/base-command.js'
+import {MODEL_ID_HELP} from '../cli/model-arg.js'
 import {byteProgress, formatBytes, type Progress} from '../cli/progress.js'
 import {convertToSafetensors} from '../formats/convert-safetensors.js'
 import type {DType} from '../formats/dtype.js'
@@ -23,21 +24,23 @@ export default class Convert extends BaseCommand {
   ]
 
   static override args = {
-    model: Args.string({required: true, description: 'model directory (torch shards + config.json, or glmtool safetensors output)'}),
+    model: Args.string({required: true, description: `model directory (torch shards + config.json, or glmtool safetensors output); ${MODEL_ID_HELP}`}),
   }
 
   static override flags = {
     to: Flags.string({required: true, options: ['safetensors', 'onnx', 'gguf'], description: 'output format'}),
-    out: Flags.string({description: 'output directory [default: <model>-safetensors, <model>-onnx or <model>-gguf]; for gguf also a file path ending in .gguf'}),
-    dtype: Flags.string({options: Object.keys(DTYPES), description: 'float dtype of the output; safetensors: keep|f16|bf16|f32 [default: keep]; onnx: f16|f32 [default: f16 for float16 checkpoints, else f32]'}),
+    out: Flags.string({char: FLAG_CHARS.out, description: 'output directory [default: <model>-safetensors, <model>-onnx or <model>-gguf]; for gguf also a file path ending in .gguf'}),
+    dtype: Flags.string({char: FLAG_CHARS.dtype, options: Object.keys(DTYPES), description: 'float dtype of the output; safetensors: keep|f16|bf16|f32 [default: keep]; onnx: f16|f32 [default: f16 for float16 checkpoints, else f32]'}),
     type: Flags.string({options: Object.keys(GGUF_FILE_TYPES), description: 'GGUF tensor type of the weights (--to gguf only) [default: f16]'}),
     'max-shard-size': Flags.string({default: '4GB', description: 'largest shard (GB = 1e9 bytes, GiB = 2^30)'}),
-    force: Flags.boolean({default: false, description: 'replace --out if it exists'}),
+    force: Flags.boolean({char: FLAG_CHARS.force, default: false, description: 'replace --out if it exists'}),
   }
 
   async run() {
     const {args, flags} = await this.parse(Convert)
-    const out = flags.out ?? `${args.model.replace(/\/+$/, '')}-${flags.to}`
+    const model = this.resolveModel(args.model)
+    // The output-directory code refuses an --out that is, holds or lies inside the input (real paths).
+    const out = flags.out ?? `${model.outBase}-${flags.to}`
     let progress: Progress | undefined
     const onStart = (total: number) => {
       progress = byteProgress('convert', total, !this.jsonEnabled())
@@ -49,7 +52,7 @@ export default class Convert extends BaseCommand {
       if (flags.to === 'gguf') {
         if (flags.dtype !== undefined) throw new UsageError('--to gguf takes --type (f16|bf16|f32|q8_0|q4_0), not --dtype')
         const result = await convertToGguf({
-          input: args.model, out, type: (flags.type ?? 'f16') as GgufFileType, force: flags.force, onStart, onBytes, onWarning,
+          input: model.path, out, type: (flags.type ?? 'f16') as GgufFileType, force: flags.force, onStart, onBytes, onWarning,
         })
         progress?.stop()
         const types = Object.entries(result.tensorTypes).map(([t, n]) => `${n} ${t}`).join(', ')
@@ -59,14 +62,14 @@ export default class Convert extends BaseCommand {
       if (flags.to === 'onnx') {
         if (flags.dtype !== undefined && !(flags.dtype in ONNX_DTYPES)) throw new UsageError(`--to onnx stores weights as f16 or f32, not ${flags.dtype}`)
         const result = await exportOnnx({
-          input: args.model, out, dtype: flags.dtype === undefined ? undefined : ONNX_DTYPES[flags.dtype], force: flags.force, onStart, onBytes, onWarning,
+          input: model.path, out, dtype: flags.dtype === undefined ? undefined : ONNX_DTYPES[flags.dtype], force: flags.force, onStart, onBytes, onWarning,
         })
         progress?.stop()
         this.log(`exported ${result.architecture} to ${out}: ONNX decoder with KV cache, ${result.tensors} weights as ${result.dtype} (${formatBytes(result.bytes)}), computed in float32, ${result.seconds.toFixed(1)} s`)
         return result
       }
       const result = await convertToSafetensors({
-        input: args.model, out, dtype: DTYPES[flags.dtype ?? 'keep'], maxShardBytes: parseSize(flags['max-shard-size']), force: flags.force,
+        input: model.path, out, dtype: DTYPES[flags.dtype ?? 'keep'], maxShardBytes: parseSize(flags['max-shard-size']), force: flags.force,
         onStart, onBytes, onWarning,
       })
       progress?.stop()

@@ -1,6 +1,7 @@
 import {Args, Flags} from '@oclif/core'
 import Table from 'cli-table3'
 import {BaseCommand} from '../cli/base-command.js'
+import {MODEL_ID_HELP} from '../cli/model-arg.js'
 import {formatBytes} from '../cli/progress.js'
 import {inspectModel} from '../formats/inspect-model.js'
 import {archById} from '../models/index.js'
@@ -20,10 +21,12 @@ export default class Inspect extends BaseCommand {
     '<%= config.bin %> inspect ./chatglm2-6b',
     '<%= config.bin %> inspect ./chatglm-6b/pytorch_model-00001-of-00008.bin',
     '<%= config.bin %> inspect ./chatglm2-6b-safetensors --json',
+    '<%= config.bin %> inspect ./chatglm2-6b-onnx',
+    '<%= config.bin %> inspect THUDM/chatglm2-6b',
   ]
 
   static override args = {
-    path: Args.string({required: true, description: 'torch model directory, torch shard, safetensors file or directory'}),
+    path: Args.string({required: true, description: `torch model directory, torch shard, safetensors file or directory, glmtool ONNX directory; ${MODEL_ID_HELP}`}),
   }
 
   static override flags = {
@@ -32,7 +35,7 @@ export default class Inspect extends BaseCommand {
 
   async run() {
     const {args, flags} = await this.parse(Inspect)
-    const model = await inspectModel(args.path)
+    const model = await inspectModel(this.resolveModel(args.path).path)
     const tokenizer = model.architecture && model.dir && model.rawConfig
       ? await inspectTokenizer(model.dir, archById(model.architecture), model.rawConfig) : null
     const {rawConfig: _raw, ...report} = {...model, tokenizer}

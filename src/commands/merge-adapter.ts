@@ -1,5 +1,6 @@
 import {Args, Flags} from '@oclif/core'
-import {BaseCommand} from '../cli/base-command.js'
+import {BaseCommand, FLAG_CHARS} from '../cli/base-command.js'
+import {MODEL_ID_HELP} from '../cli/model-arg.js'
 import {byteProgress, formatBytes, type Progress} from '../cli/progress.js'
 import type {AdapterType} from '../formats/adapters/adapter-source.js'
 import {mergeAdapter} from '../formats/adapters/merge-adapter.js'
@@ -18,25 +19,27 @@ export default class MergeAdapter extends BaseCommand {
   ]
 
   static override args = {
-    base: Args.string({required: true, description: 'base model directory (torch shards + config.json, or glmtool safetensors output)'}),
+    base: Args.string({required: true, description: `base model directory (torch shards + config.json, or glmtool safetensors output); ${MODEL_ID_HELP}`}),
   }
 
   static override flags = {
-    adapter: Flags.string({required: true, description: 'adapter directory or weights file: a PEFT LoRA (adapter_config.json + adapter_model.bin/.safetensors) or a P-Tuning v2 checkpoint (config.json + pytorch_model.bin)'}),
+    adapter: Flags.string({required: true, description: 'adapter directory or weights file: a PEFT LoRA (adapter_config.json + adapter_model.bin/.safetensors) or a P-Tuning v2 checkpoint (config.json + pytorch_model.bin); or a Hugging Face id in the local cache'}),
     type: Flags.string({options: ['lora', 'prefix'], description: 'adapter type [default: detected from its files]'}),
-    out: Flags.string({description: 'output directory [default: <base>-merged]'}),
-    dtype: Flags.string({default: 'keep', options: Object.keys(DTYPES), description: 'float dtype of the model weights in the output (prefix tensors are always f32)'}),
+    out: Flags.string({char: FLAG_CHARS.out, description: 'output directory [default: <base>-merged]'}),
+    dtype: Flags.string({char: FLAG_CHARS.dtype, default: 'keep', options: Object.keys(DTYPES), description: 'float dtype of the model weights in the output (prefix tensors are always f32)'}),
     'max-shard-size': Flags.string({default: '4GB', description: 'largest shard (GB = 1e9 bytes, GiB = 2^30)'}),
-    force: Flags.boolean({default: false, description: 'replace --out if it exists'}),
+    force: Flags.boolean({char: FLAG_CHARS.force, default: false, description: 'replace --out if it exists'}),
   }
 
   async run() {
     const {args, flags} = await this.parse(MergeAdapter)
-    const out = flags.out ?? `${args.base.replace(/\/+$/, '')}-merged`
+    const base = this.resolveModel(args.base)
+    const adapter = this.resolveModel(flags.adapter)
+    const out = flags.out ?? `${base.outBase}-merged`
     let progress: Progress | undefined
     try {
       const result = await mergeAdapter({
-        base: args.base, adapter: flags.adapter, type: flags.type as AdapterType | undefined, out,
+        base: base.path, adapter: adapter.path, type: flags.type as AdapterType | undefined, out,
         dtype: DTYPES[flags.dtype], force: flags.force, maxShardBytes: parseSize(flags['max-shard-size']),
         onStart: total => {
           progress = byteProgress('merge', total, !this.jsonEnabled())

@@ -1,6 +1,7 @@
 import {Args, Flags} from '@oclif/core'
 import Table from 'cli-table3'
-import {BaseCommand} from '../cli/base-command.js'
+import {BaseCommand, FLAG_CHARS} from '../cli/base-command.js'
+import {MODEL_ID_HELP} from '../cli/model-arg.js'
 import {byteProgress, formatBytes, type Progress} from '../cli/progress.js'
 import {UsageError} from '../errors.js'
 import {parseSize} from '../formats/size.js'
@@ -25,7 +26,7 @@ The report gives each layer's weight error and activation-weighted output error 
   ]
 
   static override args = {
-    model: Args.string({required: true, description: 'float model directory: torch shards + config.json, or glmtool safetensors'}),
+    model: Args.string({required: true, description: `float model directory: torch shards + config.json, or glmtool safetensors; ${MODEL_ID_HELP}`}),
   }
 
   static override flags = {
@@ -36,8 +37,8 @@ The report gives each layer's weight error and activation-weighted output error 
     'calib-samples': Flags.integer({default: 32, description: 'calibration sequences (of up to 128 tokens) to use at most'}),
     skip: Flags.string({default: 'lm_head,embeddings', description: 'weights kept float: lm_head and/or embeddings (comma-separated), or none'}),
     format: Flags.string({default: 'safetensors', options: ['safetensors', 'onnx', 'both'], description: 'output: safetensors, ONNX (MatMulNBits), or both in one directory'}),
-    out: Flags.string({description: 'output directory [default: <model>-int<bits>]'}),
-    force: Flags.boolean({default: false, description: 'replace --out if it exists'}),
+    out: Flags.string({char: FLAG_CHARS.out, description: 'output directory [default: <model>-int<bits>]'}),
+    force: Flags.boolean({char: FLAG_CHARS.force, default: false, description: 'replace --out if it exists'}),
     evaluate: Flags.string({default: 'auto', options: ['auto', 'on', 'off'], description: 'end-to-end KL / top-1 on held-out text; auto: when the float model fits comfortably in memory'}),
     threads: Flags.integer({description: 'worker threads for RTN [default: every core]'}),
     'max-shard-size': Flags.string({default: '4GB', description: 'largest safetensors shard'}),
@@ -48,13 +49,15 @@ The report gives each layer's weight error and activation-weighted output error 
     const skip = parseSkip(flags.skip)
     if (flags.calib !== undefined && flags.method === 'rtn') throw new UsageError('--calib is calibration text for --method calibrated; --method rtn uses no data')
     const method = (flags.method ?? (flags.calib !== undefined ? 'calibrated' : 'rtn')) as QuantMethod
-    const out = flags.out ?? `${args.model.replace(/\/+$/, '')}-int${flags.bits}`
+    const model = this.resolveModel(args.model)
+    // The output-directory code refuses an --out that is, holds or lies inside the input (real paths).
+    const out = flags.out ?? `${model.outBase}-int${flags.bits}`
     const calibration = flags.calib === undefined ? undefined : {text: await readCalibrationFile(flags.calib), source: flags.calib, file: flags.calib}
     let progress: Progress | undefined
     let result: QuantizeResult
     try {
       result = await quantizeModel({
-        input: args.model, out, bits: flags.bits, groupSize: flags['group-size'], method, calibration,
+        input: model.path, out, bits: flags.bits, groupSize: flags['group-size'], method, calibration,
         calibSamples: flags['calib-samples'], lmHead: !skip.has('lm_head'), embeddings: !skip.has('embeddings'),
         format: flags.format as QuantFormat, force: flags.force, evaluate: flags.evaluate as 'auto' | 'on' | 'off',
         threads: flags.threads, maxShardBytes: parseSize(flags['max-shard-size']),

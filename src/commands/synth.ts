@@ -1,5 +1,5 @@
 import {Flags} from '@oclif/core'
-import {BaseCommand} from '../cli/base-command.js'
+import {BaseCommand, FLAG_CHARS} from '../cli/base-command.js'
 import {byteProgress, formatBytes} from '../cli/progress.js'
 import {writeOutputDir} from '../formats/output-dir.js'
 import {archById, type SynthSize} from '../models/index.js'
@@ -18,10 +18,10 @@ export default class Synth extends BaseCommand {
   static override flags = {
     arch: Flags.string({required: true, options: ['chatglm-6b', 'chatglm2-6b'], description: 'model generation'}),
     size: Flags.string({default: 'tiny', options: ['tiny', 'small', 'full'], description: 'tiny/small for tests, full = 6B'}),
-    out: Flags.string({required: true, description: 'output directory (must not exist unless --force)'}),
+    out: Flags.string({char: FLAG_CHARS.out, required: true, description: 'output directory (must not exist unless --force)'}),
     seed: Flags.integer({default: 0, description: 'random seed; the same seed gives the same bytes'}),
-    dtype: Flags.string({default: 'f16', options: Object.keys(DTYPES), description: 'weight dtype'}),
-    force: Flags.boolean({default: false, description: 'replace --out if it exists'}),
+    dtype: Flags.string({char: FLAG_CHARS.dtype, default: 'f16', options: Object.keys(DTYPES), description: 'weight dtype'}),
+    force: Flags.boolean({char: FLAG_CHARS.force, default: false, description: 'replace --out if it exists'}),
     outliers: Flags.boolean({default: false, description: 'plant activation outliers: 4 hidden channels 20-100x larger, through the norm weights (to judge quantization calibration)'}),
   }
 

@@ -1,7 +1,18 @@
-import {basename} from 'node:path'
+import {existsSync, statSync} from 'node:fs'
+import {readFile} from 'node:fs/promises'
+import {basename, dirname, join} from 'node:path'
+import {ModelError} from '../errors.js'
 import {byteLength} from './dtype.js'
 import {checkTensors, openModel, type TensorCheck} from './model-dir.js'
+import {ONNX_MANIFEST_FILE, verifyOnnxDir} from './onnx/export-onnx.js'
+import {externalRangeOf} from './onnx/external-data.js'
+import {decodeModel, ELEM} from './onnx/onnx-builder.js'
+import {detectArch} from '../models/index.js'
+import type {ModelConfig} from '../models/arch.js'
 import {describeQuantLayout, quantLayoutOf} from '../models/quantized-layout.js'
+
+/** Weight files that make a directory a torch or safetensors model (a --format both quantize output has both). */
+const WEIGHT_FILES = ['pytorch_model.bin.index.json', 'pytorch_model.bin', 'model.safetensors.index.json', 'model.safetensors']
 
 export interface InspectReport {
   path: string
@@ -21,6 +32,8 @@ export interface InspectReport {
 
 /** Everything `glmtool inspect` shows, as one data structure (the table and --json print it). */
 export async function inspectModel(path: string): Promise<InspectReport> {
+  const onnxDir = path.endsWith('.onnx') && existsSync(path) && statSync(path).isFile() ? dirname(path) : path
+  if (existsSync(join(onnxDir, ONNX_MANIFEST_FILE)) && !WEIGHT_FILES.some(f => existsSync(join(onnxDir, f)))) return inspectOnnx(path, onnxDir)
   const model = await openModel(path)
   try {
     const tensors = model.tensors.map(t => ({name: t.name, dtype: t.dtype, shape: [...t.shape], bytes: byteLength(t.dtype, t.shape), file: basename(t.file)}))
@@ -52,4 +65,49 @@ export async function inspectModel(path: string): Promise<InspectReport> {
 function summarize(summary: Record<string, string | number | boolean>, config: Record<string, unknown>): Record<string, string | number | boolean> {
   const q = quantLayoutOf(config)
   return q ? {...summary, quantization: describeQuantLayout(q)} : summary
+}
+
+const ELEM_DTYPE: Record<number, string> = {[ELEM.FLOAT]: 'F32', [ELEM.FLOAT16]: 'F16', [ELEM.BFLOAT16]: 'BF16', [ELEM.INT8]: 'I8', [ELEM.UINT8]: 'U8', [ELEM.INT32]: 'I32', [ELEM.INT64]: 'I64'}
+
+/**
+ * A glmtool ONNX directory (convert --to onnx, quantize --format onnx): the graph's initializers
+ * as tensors (their bytes in model.onnx.data, small constants inline in model.onnx), after the
+ * same structural check convert runs on its output. The initializer names are the graph's, so
+ * there is no checkpoint-name check; the architecture and summary come from config.json.
+ */
+async function inspectOnnx(path: string, dir: string): Promise<InspectReport> {
+  const manifest = await verifyOnnxDir(dir)
+  const proto = decodeModel(await readFile(join(dir, manifest.model)))
+  const tensors = (proto.graph?.initializer ?? []).map(t => {
+    const ext = externalRangeOf(t)
+    const shape = (t.dims ?? []).map(Number)
+    return {name: t.name ?? '', dtype: ELEM_DTYPE[t.dataType ?? 0] ?? `onnx-type-${t.dataType}`, shape, bytes: ext ? ext.length : (t.rawData?.length ?? 0), file: ext ? ext.location : manifest.model}
+  })
+  const byDtype: Record<string, number> = {}
+  let parameters = 0
+  for (const t of tensors) {
+    byDtype[t.dtype] = (byDtype[t.dtype] ?? 0) + t.bytes
+    parameters += t.shape.reduce((a, b) => a * b, 1)
+  }
+  const configPath = join(dir, 'config.json')
+  let config: ModelConfig | undefined
+  if (existsSync(configPath)) {
+    try {
+      config = JSON.parse(await readFile(configPath, 'utf8')) as ModelConfig
+    } catch (error) {
+      throw new ModelError(`${configPath}: not valid JSON (${(error as Error).message})`, 'bad-config')
+    }
+  }
+  const arch = config ? detectArch(config, [], configPath) : undefined
+  return {
+    path,
+    format: 'onnx',
+    files: [manifest.model, manifest.data],
+    architecture: arch?.id ?? manifest.architecture ?? null,
+    config: arch && config ? summarize({...arch.summary(config), 'onnx weights': manifest.weights_dtype}, config) : null,
+    tensors,
+    totals: {tensors: tensors.length, bytes: tensors.reduce((a, t) => a + t.bytes, 0), parameters, byDtype},
+    check: null,
+    warnings: [],
+  }
 }

@@ -18,7 +18,8 @@ export interface GenerateResult {
   promptIds: number[]
   generatedIds: number[]
   text: string
-  stoppedBy: 'stop-token' | 'max-length' | 'interrupted'
+  /** What ended it: a stop token, --max-length (prompt + answer), --max-new-tokens, or an interrupt. */
+  stoppedBy: 'stop-token' | 'max-length' | 'max-new-tokens' | 'interrupted'
   promptSeconds: number
   generateSeconds: number
   /** prompt tokens / prefill time, and generated tokens / decode time (first token excluded). */
@@ -48,7 +49,9 @@ export async function generate(
   const seen = [...promptIds]
   let stoppedBy: GenerateResult['stoppedBy'] = 'max-length'
   backend.reset()
-  const limit = Math.min(opts.maxLength, backend.maxLength, promptIds.length + (opts.maxNewTokens ?? Number.POSITIVE_INFINITY))
+  const lengthLimit = Math.min(opts.maxLength, backend.maxLength)
+  const newTokensLimit = promptIds.length + (opts.maxNewTokens ?? Number.POSITIVE_INFINITY)
+  const limit = Math.min(lengthLimit, newTokensLimit)
   if (promptIds.length >= Math.min(opts.maxLength, backend.maxLength)) {
     throw new GlmtoolError('prompt-too-long', `the prompt is ${promptIds.length} tokens, at or over --max-length ${Math.min(opts.maxLength, backend.maxLength)}; raise --max-length or clear the history`)
   }
@@ -119,6 +122,8 @@ export async function generate(
     })
   }
   if (batch) backend.truncate?.(promptIds.length + fed)
+  // The length bound that was reached: --max-new-tokens when it is the tighter one (or both agree).
+  if (stoppedBy === 'max-length' && newTokensLimit <= lengthLimit) stoppedBy = 'max-new-tokens'
   const rest = stream.flush()
   if (rest) onText(rest)
   const t3 = performance.now()

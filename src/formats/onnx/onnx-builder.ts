@@ -1,17 +1,64 @@
-import onnxProto from 'onnx-proto'
+import {readFileSync} from 'node:fs'
+import protobuf from 'protobufjs'
 import {GlmtoolError} from '../../errors.js'
 import type {DType} from '../dtype.js'
 
 /**
- * A small graph builder over onnx-proto's generated `onnx.ModelProto` encoder (onnx.proto of
- * onnx 1.10, IR version 8). It only collects nodes, value infos and initializer *metadata*;
+ * A small graph builder over ONNX's ModelProto (./onnx.proto, the ONNX project's onnx.proto of
+ * onnx 1.12, IR version 8, vendored with its licence header), encoded by protobufjs's reflection
+ * (the protobufjs glmtool already uses for SentencePiece; the build copies the .proto into
+ * dist/formats/onnx/). It only collects nodes, value infos and initializer *metadata*;
  * initializer bytes live in the external data file (external-data.ts), so a model of any size
  * encodes to a protobuf of a few hundred kilobytes.
+ *
+ * The interfaces below are the subset of onnx.proto glmtool writes and reads back, with
+ * protobufjs's camelCase field names; decoded int64 fields are plain numbers (decodeModel).
  */
-export const {onnx} = onnxProto
-export type TensorProto = onnxProto.onnx.ITensorProto
-export type NodeProto = onnxProto.onnx.INodeProto
-export type ValueInfoProto = onnxProto.onnx.IValueInfoProto
+export const onnxRoot: protobuf.Root = protobuf.parse(readFileSync(new URL('./onnx.proto', import.meta.url), 'utf8')).root
+const ModelProtoType = onnxRoot.lookupType('onnx.ModelProto')
+const enumValues = (name: string) => onnxRoot.lookupEnum(name).values
+
+/** Enums of onnx.proto, read from the schema (not retyped). */
+export const onnx = {
+  TensorProto: {
+    DataType: enumValues('onnx.TensorProto.DataType'),
+    DataLocation: enumValues('onnx.TensorProto.DataLocation') as {DEFAULT: number, EXTERNAL: number},
+  },
+  AttributeProto: {
+    AttributeType: enumValues('onnx.AttributeProto.AttributeType') as {FLOAT: number, INT: number, STRING: number, INTS: number} & Record<string, number>,
+  },
+} as const
+
+export interface StringStringEntryProto {key?: string, value?: string}
+export interface TensorProto {
+  name?: string
+  dataType?: number
+  dims?: number[]
+  rawData?: Uint8Array
+  dataLocation?: number
+  externalData?: StringStringEntryProto[]
+}
+export interface AttributeProto {name?: string, type?: number, i?: number, f?: number, s?: Uint8Array, ints?: number[]}
+export interface NodeProto {name?: string, opType?: string, domain?: string, input?: string[], output?: string[], attribute?: AttributeProto[]}
+export interface TensorShapeDim {dimValue?: number, dimParam?: string}
+export interface ValueInfoProto {name?: string, type?: {tensorType?: {elemType?: number, shape?: {dim?: TensorShapeDim[]}}}}
+export interface GraphProto {name?: string, node?: NodeProto[], initializer?: TensorProto[], input?: ValueInfoProto[], output?: ValueInfoProto[]}
+export interface ModelProto {
+  irVersion?: number
+  opsetImport?: {domain?: string, version?: number}[]
+  producerName?: string
+  producerVersion?: string
+  docString?: string
+  graph?: GraphProto
+  metadataProps?: StringStringEntryProto[]
+}
+
+/** Encode a ModelProto (plain object, camelCase fields) to model.onnx bytes. */
+export function encodeModel(model: ModelProto): Uint8Array {
+  const problem = ModelProtoType.verify(model)
+  if (problem) throw new GlmtoolError('onnx-encode', `internal error: the ONNX model does not fit onnx.proto (${problem})`)
+  return ModelProtoType.encode(model).finish()
+}
 
 /** ONNX TensorProto.DataType numbers (onnx.proto). */
 export const ELEM = {FLOAT: 1, UINT8: 2, INT8: 3, INT32: 6, INT64: 7, FLOAT16: 10, BFLOAT16: 16} as const
@@ -46,7 +93,7 @@ export const float = (x: number): {float: number} => ({float: x})
 /** A dimension: a fixed size or a symbolic name (`S`, `past_sequence_length`, ...). */
 export type Dim = number | string
 
-function encodeAttr(name: string, v: Attr): onnxProto.onnx.IAttributeProto {
+function encodeAttr(name: string, v: Attr): AttributeProto {
   const T = onnx.AttributeProto.AttributeType
   if (typeof v === 'number') {
     if (!Number.isSafeInteger(v)) throw new Error(`attribute ${name}: ${v} is not an integer; wrap floats in float()`)
@@ -187,7 +234,7 @@ export class GraphBuilder {
   }
 
   toModel(opts: {graphName: string, producerVersion: string, docString?: string, metadata?: Record<string, string>}): Uint8Array {
-    const model: onnxProto.onnx.IModelProto = {
+    const model: ModelProto = {
       irVersion: IR_VERSION,
       opsetImport: [{domain: '', version: DEFAULT_OPSET}, {domain: MS_DOMAIN, version: MS_OPSET}],
       producerName: 'glmtool',
@@ -202,11 +249,14 @@ export class GraphBuilder {
       },
       metadataProps: Object.entries(opts.metadata ?? {}).map(([key, value]) => ({key, value})),
     }
-    return onnx.ModelProto.encode(model).finish()
+    return encodeModel(model)
   }
 }
 
-/** Decode a model.onnx (only metadata when weights are external) for verification. */
-export function decodeModel(bytes: Uint8Array): onnxProto.onnx.ModelProto {
-  return onnx.ModelProto.decode(bytes)
+/**
+ * Decode a model.onnx (only metadata when weights are external) for verification: a plain object
+ * with int64 fields as numbers and enums as their numbers.
+ */
+export function decodeModel(bytes: Uint8Array): ModelProto {
+  return ModelProtoType.toObject(ModelProtoType.decode(bytes), {longs: Number, enums: Number, defaults: false}) as ModelProto
 }

@@ -1,13 +1,17 @@
 /**
- * The CUDA engine's native addon (native/, built by `npm run build:native` into
- * build/native/glmtool_cuda.node): everything it exports, typed in one place, and the one loader
- * that finds it and says plainly why the CUDA backend cannot run when it cannot (node-llama-cpp's
- * AddonTypes + getLlama habit, STYLE.md). The addon is optional: glmtool installs, builds and
- * runs on the CPU without it.
+ * The CUDA engine's native addon (native/): everything it exports, typed in one place, and the
+ * one loader that finds it and says plainly why the CUDA backend cannot run when it cannot
+ * (node-llama-cpp's AddonTypes + getLlama habit, STYLE.md). The addon is optional: glmtool
+ * installs, builds and runs on the CPU without it.
+ *
+ * Where it comes from: the npm package ships a prebuilt addon for linux-x64
+ * (prebuilds/linux-x64/glmtool_cuda.node, built by `npm pack`'s prepack step), loaded first;
+ * the fallback is one built from source (`node native/build.mjs`, `npm run build:native` in a
+ * checkout; the sources and the script are in the package) into build/native/glmtool_cuda.node.
  */
 import {existsSync} from 'node:fs'
 import {createRequire} from 'node:module'
-import {join, resolve} from 'node:path'
+import {join, relative, resolve} from 'node:path'
 import {GlmtoolError} from '../../errors.js'
 import type {DeviceSampling} from '../backend.js'
 
@@ -147,9 +151,32 @@ export const ADDON_VERSION = '2'
 
 const PACKAGE_ROOT = resolve(import.meta.dirname, '..', '..', '..')
 
-/** Where the addon is looked for: $GLMTOOL_CUDA_ADDON, else build/native/glmtool_cuda.node in the package. */
-export function cudaAddonPath(): string {
-  return process.env.GLMTOOL_CUDA_ADDON || join(PACKAGE_ROOT, 'build', 'native', 'glmtool_cuda.node')
+/** The platform folder of prebuilds/ for this machine (linux-x64 is the one shipped). */
+export const PREBUILD_PLATFORM = `${process.platform}-${process.arch}`
+
+/**
+ * Where the addon is looked for, in order: $GLMTOOL_CUDA_ADDON alone when set; else the package's
+ * prebuilt prebuilds/<platform>-<arch>/glmtool_cuda.node, then build/native/glmtool_cuda.node
+ * (built from source).
+ */
+export function cudaAddonCandidates(root = PACKAGE_ROOT): string[] {
+  if (process.env.GLMTOOL_CUDA_ADDON) return [process.env.GLMTOOL_CUDA_ADDON]
+  return [join(root, 'prebuilds', PREBUILD_PLATFORM, 'glmtool_cuda.node'), join(root, 'build', 'native', 'glmtool_cuda.node')]
+}
+
+/** The first candidate that exists (what loadCudaAddon tries first), or the prebuilt path when none does. */
+export function cudaAddonPath(root = PACKAGE_ROOT): string {
+  const candidates = cudaAddonCandidates(root)
+  return candidates.find(p => existsSync(p)) ?? candidates[0]
+}
+
+/** What to run to build the addon from source, for messages. */
+export function buildFromSourceHint(root = PACKAGE_ROOT): string {
+  const script = join(root, 'native', 'build.mjs')
+  const inCheckout = existsSync(join(root, '.git'))
+  return inCheckout
+    ? `build it with \`npm run build:native\` (needs the CUDA toolkit's nvcc)`
+    : `build it from source with \`node ${relative(process.cwd(), script) || script}\` (needs the CUDA toolkit's nvcc; it writes ${join(root, 'build', 'native', 'glmtool_cuda.node')}), or set GLMTOOL_CUDA_ADDON to a glmtool_cuda.node built elsewhere`
 }
 
 export class CudaUnavailableError extends GlmtoolError {
@@ -183,28 +210,54 @@ export function cudaUnavailableReason(): string | undefined {
 }
 
 function tryLoad(): {addon: CudaAddon, device: CudaProbe} | CudaUnavailableError {
-  const path = cudaAddonPath()
-  if (!existsSync(path)) {
-    return new CudaUnavailableError(`glmtool's CUDA engine is not built (no ${path}); build it with \`npm run build:native\`, which needs the CUDA toolkit (nvcc)`)
+  return loadFirst(cudaAddonCandidates(), buildFromSourceHint())
+}
+
+/**
+ * Try `candidates` in order: the first that exists and is a glmtool addon of this interface
+ * version is probed. A prebuilt addon that cannot be loaded or is stale falls through to the
+ * source build; when none works, the error names what was found (or that nothing was) and `hint`.
+ */
+export function loadFirst(candidates: readonly string[], hint: string): {addon: CudaAddon, device: CudaProbe} | CudaUnavailableError {
+  const present = candidates.filter(p => existsSync(p))
+  if (present.length === 0) {
+    const where = candidates.length === 1 ? `no ${candidates[0]}` : `no prebuilt addon for ${PREBUILD_PLATFORM} (${candidates[0]}) and none built from source (${candidates.slice(1).join(', ')})`
+    return new CudaUnavailableError(`glmtool's CUDA engine is not built (${where}); ${hint}`)
   }
+  let first: CudaUnavailableError | undefined
+  for (const path of present) {
+    const r = loadOne(path, hint)
+    if ('addon' in r) return r
+    // The GPU or driver said no: another file would say the same.
+    if (r.probed) return r.error
+    first ??= r.error
+  }
+  return first!
+}
+
+type LoadOutcome = {addon: CudaAddon, device: CudaProbe} | {error: CudaUnavailableError, probed: boolean}
+
+/** Load one addon file and probe the GPU with it. */
+function loadOne(path: string, hint: string): LoadOutcome {
+  const fail = (why: string, probed = false) => ({error: new CudaUnavailableError(why), probed})
   let addon: CudaAddon
   try {
     addon = createRequire(import.meta.url)(path) as CudaAddon
   } catch (error) {
-    return new CudaUnavailableError(`${path} cannot be loaded (${(error as Error).message.split('\n')[0]})`)
+    return fail(`${path} cannot be loaded (${(error as Error).message.split('\n')[0]}); ${hint}`)
   }
   if (addon.version !== ADDON_VERSION) {
-    return new CudaUnavailableError(`${path} is from another glmtool version (addon interface ${String(addon.version)}, this glmtool needs ${ADDON_VERSION}); rebuild it with \`npm run build:native\``)
+    return fail(`${path} is from another glmtool version (addon interface ${String(addon.version)}, this glmtool needs ${ADDON_VERSION}); ${hint}`)
   }
   for (const [name, value] of Object.entries(WEIGHT_KINDS)) {
-    if (addon.kinds?.[name as WeightKindName] !== value) return new CudaUnavailableError(`${path} numbers its weight kinds differently (${name}); rebuild it with \`npm run build:native\``)
+    if (addon.kinds?.[name as WeightKindName] !== value) return fail(`${path} numbers its weight kinds differently (${name}); ${hint}`)
   }
   let device: CudaProbe
   try {
     device = addon.probe()
   } catch (error) {
-    return new CudaUnavailableError(`probing the GPU failed (${(error as Error).message})`)
+    return fail(`probing the GPU failed (${(error as Error).message})`, true)
   }
-  if (!device.ok) return new CudaUnavailableError(device.reason)
+  if (!device.ok) return fail(device.reason, true)
   return {addon, device}
 }
