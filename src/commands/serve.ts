@@ -1,6 +1,7 @@
 import {basename, resolve} from 'node:path'
 import {Args, Flags} from '@oclif/core'
-import {BaseCommand} from '../cli/base-command.js'
+import {BaseCommand, FLAG_CHARS} from '../cli/base-command.js'
+import {MODEL_ID_HELP} from '../cli/model-arg.js'
 import {UsageError} from '../errors.js'
 import {loadChatModel} from '../runtime/chat-model.js'
 import {CHAT_DEFAULTS} from '../runtime/chat-template.js'
@@ -19,11 +20,11 @@ export default class Serve extends BaseCommand {
   ]
 
   static override args = {
-    model: Args.string({required: true, description: 'model directory: torch, glmtool safetensors, or glmtool ONNX'}),
+    model: Args.string({required: true, description: `model directory: torch, glmtool safetensors, or glmtool ONNX; ${MODEL_ID_HELP}`}),
   }
 
   static override flags = {
-    backend: Flags.string({default: 'cpu', options: ['cpu', 'cuda'], description: 'cpu: onnxruntime-node; cuda: glmtool\'s CUDA engine'}),
+    backend: Flags.string({char: FLAG_CHARS.backend, default: 'cpu', options: ['cpu', 'cuda'], description: 'cpu: onnxruntime-node; cuda: glmtool\'s CUDA engine'}),
     host: Flags.string({default: '127.0.0.1', description: 'address to bind (loopback by default)'}),
     port: Flags.integer({default: 8000, description: 'port to listen on (0: any free port)'}),
     'api-key': Flags.string({description: 'require "Authorization: Bearer KEY" on /v1/ (default: $GLMTOOL_API_KEY)', env: 'GLMTOOL_API_KEY'}),
@@ -42,10 +43,11 @@ export default class Serve extends BaseCommand {
       if (!Number.isInteger(v) || v < min) throw new UsageError(`--${k} must be an integer of at least ${min}, got ${v}`)
     }
     if (flags.port > 65535) throw new UsageError(`--port must be at most 65535, got ${flags.port}`)
-    const model = await loadChatModel(args.model, {maxLength: flags['max-length'], backend: flags.backend as 'cpu' | 'cuda', onNote: m => this.note(m)})
+    const source = this.resolveModel(args.model)
+    const model = await loadChatModel(source.path, {maxLength: flags['max-length'], backend: flags.backend as 'cpu' | 'cuda', onNote: m => this.note(m)})
     const d = CHAT_DEFAULTS[model.backend.arch.generation]
     const maxLength = Math.min(flags['max-length'] ?? d.maxLength, model.backend.maxLength)
-    const modelId = flags.name ?? basename(resolve(args.model))
+    const modelId = flags.name ?? (source.hub ? args.model : basename(resolve(source.path)))
     const log = (line: string) => process.stderr.write(`glmtool serve: ${line}\n`)
     const page = chatPage({model: modelId, architecture: model.backend.arch.id, backend: model.backend.name, maxLength, contextLength: maxLength, topP: d.topP, temperature: d.temperature})
     const {app, shutdown} = await buildServer(model, {

@@ -1,6 +1,7 @@
 import {readFile} from 'node:fs/promises'
 import {Args, Flags} from '@oclif/core'
 import {BaseCommand} from '../cli/base-command.js'
+import {MODEL_ID_HELP} from '../cli/model-arg.js'
 import {UsageError} from '../errors.js'
 import {decodeIds, encodeTexts, openTokenizer, parseIds} from '../runtime/tokenize.js'
 
@@ -15,7 +16,7 @@ export default class Tokenize extends BaseCommand {
   ]
 
   static override args = {
-    model: Args.string({required: true, description: 'model directory, or a tokenizer file (ice_text.model / tokenizer.model)'}),
+    model: Args.string({required: true, description: `model directory, or a tokenizer file (ice_text.model / tokenizer.model); ${MODEL_ID_HELP}`}),
   }
 
   static override flags = {
@@ -32,7 +33,7 @@ export default class Tokenize extends BaseCommand {
     const decodes = (flags.decode ?? []).map(parseIds)
     const texts = [...(flags.text ?? [])]
     for (const f of flags.file ?? []) texts.push(await readFile(f, 'utf8'))
-    const {loaded, arch, report} = await openTokenizer(args.model)
+    const {loaded, arch, report} = await openTokenizer(this.resolveModel(args.model).path)
     const tok = loaded.tokenizer
     const encoded = encodeTexts(tok, texts)
     const decoded = decodes.map(ids => decodeIds(tok, ids, loaded.path))
