@@ -56,7 +56,7 @@ describe('CUDA upload plan of quantized checkpoints', () => {
           const s = byName.get(`${name}_scale`)!
           expect(s.to, name).toBe('F16')
           expect(s.bytes, name).toBe(2 * out * (group ? inp / group : 1))
-          expect(s.kind - K.S_QKV, name).toBe([K.W_QKV, K.W_DENSE, K.W_UP, K.W_DOWN].indexOf(w.kind))
+          expect(s.kind - K.S_QKV, name).toBe(([K.W_QKV, K.W_DENSE, K.W_UP, K.W_DOWN] as number[]).indexOf(w.kind))
           linears++
         } else {
           const p = byName.get(name)!
