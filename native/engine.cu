@@ -189,6 +189,10 @@ struct Engine::Impl {
   // engine's (padded to 16 bytes, the GEMV's load)
   int qRows[KIND_COUNT] = {}, qK[KIND_COUNT] = {};
   size_t qSrcRow[KIND_COUNT] = {}, qRowBytes[KIND_COUNT] = {};
+  // Quantized single-row GEMVs (dense, down, v1 up): rows per warp. int4 spends ~4 instructions
+  // per weight (unpack, convert, FMA, x convert) against int8's ~3.5 per byte, so int4 shares each
+  // x conversion between 2 rows by default; GLMTOOL_CUDA_QRPW=1|2 overrides (A/B).
+  int qRowsPerWarp = 1;
   void* scratch = nullptr;  // prefill: one dequantized weight (fp16 / bf16)
   size_t scratchBytes = 0;
 
@@ -407,6 +411,8 @@ struct Engine::Impl {
       }
       scratchBytes = std::max(scratchBytes, (size_t)rows * K * esz);
     };
+    qRowsPerWarp = c.quantBits == 4 ? 2 : 1;
+    if (const char* v = std::getenv("GLMTOOL_CUDA_QRPW")) qRowsPerWarp = std::atoi(v) == 2 ? 2 : 1;
     if (c.quantBits != 0 && c.quantBits != 4 && c.quantBits != 8)
       throw std::runtime_error("quantization bits must be 4 or 8, got " + std::to_string(c.quantBits));
     if (c.groupSize) {
@@ -669,21 +675,34 @@ struct Engine::Impl {
     if (!W.q.scale) return gemv2Launch<T, EPI, 1, pair ? 4 : 8, true, NORM>(W.w, x, b, out, rows, K, rc, nc);
     if constexpr (EPI != EPI_F32) {
       const bool grouped = W.q.groups > 1;
+      // single-row outputs: qRowsPerWarp rows per warp share each x load's conversion (pairs always do)
+      const bool two = !pair && qRowsPerWarp == 2;
       if (c.quantBits == 8) {
-        if (grouped) gemvqLaunch<T, EPI, pair ? 4 : 8, NORM, WQ_I8, true>(W, x, b, out, rows, K, rc, nc);
-        else gemvqLaunch<T, EPI, pair ? 4 : 8, NORM, WQ_I8, false>(W, x, b, out, rows, K, rc, nc);
+        if (two) {
+          if (grouped) gemvqLaunch<T, EPI, 2, 4, NORM, WQ_I8, true>(W, x, b, out, rows, K, rc, nc);
+          else gemvqLaunch<T, EPI, 2, 4, NORM, WQ_I8, false>(W, x, b, out, rows, K, rc, nc);
+        } else {
+          if (grouped) gemvqLaunch<T, EPI, 1, pair ? 4 : 8, NORM, WQ_I8, true>(W, x, b, out, rows, K, rc, nc);
+          else gemvqLaunch<T, EPI, 1, pair ? 4 : 8, NORM, WQ_I8, false>(W, x, b, out, rows, K, rc, nc);
+        }
       } else {
-        if (grouped) gemvqLaunch<T, EPI, pair ? 2 : 4, NORM, WQ_I4, true>(W, x, b, out, rows, K, rc, nc);
-        else gemvqLaunch<T, EPI, pair ? 2 : 4, NORM, WQ_I4, false>(W, x, b, out, rows, K, rc, nc);
+        if (two) {
+          if (grouped) gemvqLaunch<T, EPI, 2, 2, NORM, WQ_I4, true>(W, x, b, out, rows, K, rc, nc);
+          else gemvqLaunch<T, EPI, 2, 2, NORM, WQ_I4, false>(W, x, b, out, rows, K, rc, nc);
+        } else {
+          if (grouped) gemvqLaunch<T, EPI, 1, pair ? 2 : 4, NORM, WQ_I4, true>(W, x, b, out, rows, K, rc, nc);
+          else gemvqLaunch<T, EPI, 1, pair ? 2 : 4, NORM, WQ_I4, false>(W, x, b, out, rows, K, rc, nc);
+        }
       }
     } else {
       throw std::runtime_error("the output layer is not quantized in the engine");
     }
   }
-  template <typename T, int EPI, int U, bool NORM, int WQ, bool GROUPED>
+  template <typename T, int EPI, int RPW, int U, bool NORM, int WQ, bool GROUPED>
   void gemvqLaunch(const Wt& W, const void* x, const void* b, void* out, int rows, int K, const RopeCtx& rc, const NormCtx& nc) {
-    const int blocks = (rows + GEMV2_THREADS / 32 - 1) / (GEMV2_THREADS / 32);
-    launch(gemvq_kernel<T, EPI, 1, U, true, NORM, WQ, GROUPED>, dim3(blocks), dim3(GEMV2_THREADS), W.w, static_cast<const T*>(x),
+    const int warps = (rows + RPW - 1) / RPW;
+    const int blocks = (warps + GEMV2_THREADS / 32 - 1) / (GEMV2_THREADS / 32);
+    launch(gemvq_kernel<T, EPI, RPW, U, true, NORM, WQ, GROUPED>, dim3(blocks), dim3(GEMV2_THREADS), W.w, static_cast<const T*>(x),
            static_cast<const T*>(b), out, rows, K, F, rc, nc, W.q);
   }
   // Prefill: the weight dequantized into the scratch buffer, which the GEMM then reads.

@@ -378,39 +378,36 @@ __device__ __forceinline__ void int4x8(uint32_t w, float (&f)[8]) {
     f[2 * k + 1] = mant(lo, 0x7540 + k) - 8388616.f;
   }
 }
-template <typename T> __device__ __forceinline__ float dotf8(const float* q, const uint4& x, float acc) {
+// x vector (8 values of T) as floats
+template <typename T> __device__ __forceinline__ void xf8(const uint4& x, float* f) {
   float2 a = TT<T>::f2(x.x);
-  acc = fmaf(q[0], a.x, acc);
-  acc = fmaf(q[1], a.y, acc);
+  f[0] = a.x, f[1] = a.y;
   a = TT<T>::f2(x.y);
-  acc = fmaf(q[2], a.x, acc);
-  acc = fmaf(q[3], a.y, acc);
+  f[2] = a.x, f[3] = a.y;
   a = TT<T>::f2(x.z);
-  acc = fmaf(q[4], a.x, acc);
-  acc = fmaf(q[5], a.y, acc);
+  f[4] = a.x, f[5] = a.y;
   a = TT<T>::f2(x.w);
-  acc = fmaf(q[6], a.x, acc);
-  acc = fmaf(q[7], a.y, acc);
-  return acc;
+  f[6] = a.x, f[7] = a.y;
 }
-// One 16-byte load of quantized weights against its XV = 2 (int8) or 4 (int4) x vectors.
-template <typename T, int WQ>
-__device__ __forceinline__ float dotq(const uint4& w, const uint4* xs, float acc) {
+// One 16-byte load of quantized weights against its 16 (int8) or 32 (int4) x values, as floats.
+template <int WQ>
+__device__ __forceinline__ float dotq(const uint4& w, const float* xf, float acc) {
   const uint32_t wv[4] = {w.x, w.y, w.z, w.w};
   if (WQ == WQ_I8) {
 #pragma unroll
-    for (int v = 0; v < 2; v++) {
-      float q[8];
-      int8x4(wv[2 * v], *reinterpret_cast<float(*)[4]>(q));
-      int8x4(wv[2 * v + 1], *reinterpret_cast<float(*)[4]>(q + 4));
-      acc = dotf8<T>(q, xs[v], acc);
+    for (int v = 0; v < 4; v++) {
+      float q[4];
+      int8x4(wv[v], q);
+#pragma unroll
+      for (int k = 0; k < 4; k++) acc = fmaf(q[k], xf[4 * v + k], acc);
     }
   } else {
 #pragma unroll
     for (int v = 0; v < 4; v++) {
       float q[8];
       int4x8(wv[v], q);
-      acc = dotf8<T>(q, xs[v], acc);
+#pragma unroll
+      for (int k = 0; k < 8; k++) acc = fmaf(q[k], xf[8 * v + k], acc);
     }
   }
   return acc;
@@ -433,19 +430,20 @@ __device__ __forceinline__ void gemv_step(float (&acc)[NR], const uint4 (&cur)[N
 #pragma unroll
     for (int u = 0; u < U; u++) {
       const int c = base + lane + 32 * u;
-      uint4 xq[XV];
+      // the load's x values, converted once for all NR rows
+      float xf[XV * 8];
 #pragma unroll
       for (int v = 0; v < XV; v++) {
         const int xi = c * XV + v;
-        xq[v] = xi < K8 ? (NORM ? xv[xi] : __ldg(xv + xi)) : z;
+        xf8<T>(xi < K8 ? (NORM ? xv[xi] : __ldg(xv + xi)) : z, xf + 8 * v);
       }
 #pragma unroll
       for (int i = 0; i < NR; i++) {
         if (GROUPED) {
-          const float part = dotq<T, WQ>(cur[i][u], xq, 0.f);
+          const float part = dotq<WQ>(cur[i][u], xf, 0.f);
           acc[i] = fmaf(__half2float(__ldg(srow[i] + c / groupUnits)), part, acc[i]);
         } else {
-          acc[i] = dotq<T, WQ>(cur[i][u], xq, acc[i]);
+          acc[i] = dotq<WQ>(cur[i][u], xf, acc[i]);
         }
       }
     }

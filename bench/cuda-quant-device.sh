@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Issue 12 on the GPU machine, in one device call (results recorded in bench/RESULTS.md):
+#   probe -> CUDA parity (test/cuda/parity.mjs: the FP16 cases as before plus the quantized ones
+#   against the CPU runtime's MatMulNBits graph) -> full-size ChatGLM2-6B, then ChatGLM-6B: synth ->
+#   safetensors fp16 -> `glmtool quantize --bits 8` and `--bits 4` (RTN, per channel, lm_head and
+#   embeddings fp16: the published layout), in the background during parity -> `glmtool bench`
+#   of FP16 / INT8 / INT4 side by side per generation (bench measures the copy rate itself, in the
+#   same process, before the models).
+#
+# Prepare here: npm run build && npm run build:native; .device/ as bench/cuda-device.sh says.
+# Run with carry [".device", "dist", "build/native"]:  BUDGET=480 bash bench/cuda-quant-device.sh
+# Everything lands in $OUT: steps.log, parity.log, parity.json, bench-v2.json, bench-v1.json.
+set -u
+source bench/device-env.sh
+el "probe: $(node -e "console.log(JSON.stringify(require('./build/native/glmtool_cuda.node').probe()))" 2>&1)"
+df -h /tmp | tail -1 >> "$LOG"
+
+M=${MODELS:-/tmp/glm}
+mkdir -p "$M"
+GENS=${GENS:-"chatglm2-6b chatglm-6b"}
+(
+  for a in $GENS; do
+    t0=$(date +%s)
+    node bin/run.js synth --arch $a --size full --out "$M/$a-torch" > /dev/null 2>&1 &&
+      node bin/run.js convert "$M/$a-torch" --to safetensors --out "$M/$a" > /dev/null 2>&1 &&
+      rm -rf "$M/$a-torch" && echo "[bg] $a synth + convert: $(($(date +%s) - t0)) s" >> "$LOG"
+    for b in 8 4; do
+      t1=$(date +%s)
+      node bin/run.js quantize "$M/$a" --bits $b --out "$M/$a-int$b" --evaluate off > "$M/q-$a-$b.log" 2>&1
+      echo "[bg] $a int$b rc=$? $(($(date +%s) - t1)) s: $(tail -1 "$M/q-$a-$b.log" | cut -c1-200)" >> "$LOG"
+    done
+    touch "$M/$a.ready"
+  done
+) &
+
+el "parity ..."
+timeout "${PARITY_TIMEOUT:-240}" node test/cuda/parity.mjs --json "$OUT/parity.json" ${PARITY_ARGS:-} > "$OUT/parity.log" 2>&1
+el "parity rc=$?"
+grep -E '^(ok|FAIL|cuda parity|reference)' "$OUT/parity.log" | cut -c1-420 | tee -a "$LOG"
+
+for a in $GENS; do
+  while [ ! -f "$M/$a.ready" ] && [ "$(left)" -gt 60 ]; do sleep 2; done
+  if [ -f "$M/$a.ready" ] && [ "$(left)" -gt 60 ]; then
+    el "bench $a fp16 / int8 / int4 ..."
+    timeout $(($(left) - 10)) node bin/run.js bench "$M/$a" "$M/$a-int8" "$M/$a-int4" --backend cuda --prompt-tokens 512 --gen-tokens 128 \
+      --repeat 3 --max-length 2048 --json "$OUT/bench-${a/chatglm2-6b/v2}.json" >> "$LOG" 2>&1
+    el "bench $a rc=$?"
+  fi
+done
+[ -f "$OUT/bench-chatglm-6b.json" ] && mv "$OUT/bench-chatglm-6b.json" "$OUT/bench-v1.json"
+el "done"
+echo "== bench =="; sed -n '/┌/,/┘/p' "$LOG" | cut -c1-250; grep '^roofline' "$LOG" | cut -c1-330
+echo "== parity =="; grep -E '^(ok|FAIL|cuda parity)' "$OUT/parity.log" | cut -c1-330
+echo "== bg =="; grep '^\[bg\]' "$LOG"
