@@ -18,19 +18,29 @@ df -h /tmp | tail -1 >> "$LOG"
 M=${MODELS:-/tmp/glm}
 mkdir -p "$M"
 GENS=${GENS:-"chatglm2-6b chatglm-6b"}
-(
-  for a in $GENS; do
-    t0=$(date +%s)
-    node bin/run.js synth --arch $a --size full --out "$M/$a-torch" > /dev/null 2>&1 &&
-      node bin/run.js convert "$M/$a-torch" --to safetensors --out "$M/$a" > /dev/null 2>&1 &&
-      rm -rf "$M/$a-torch" && echo "[bg] $a synth + convert: $(($(date +%s) - t0)) s" >> "$LOG"
-    for b in 8 4; do
-      t1=$(date +%s)
-      node bin/run.js quantize "$M/$a" --bits $b --out "$M/$a-int$b" --evaluate off > "$M/q-$a-$b.log" 2>&1
-      echo "[bg] $a int$b rc=$? $(($(date +%s) - t1)) s: $(tail -1 "$M/q-$a-$b.log" | cut -c1-200)" >> "$LOG"
-    done
-    touch "$M/$a.ready"
+QTHREADS=${QTHREADS:-6}
+prep() {  # synth (one core) -> safetensors fp16, the torch copy removed (disk: 64 GB)
+  local t0=$(date +%s)
+  node bin/run.js synth --arch $1 --size ${SIZE:-full} --out "$M/$1-torch" > /dev/null 2>&1 &&
+    node bin/run.js convert "$M/$1-torch" --to safetensors --out "$M/$1" > /dev/null 2>&1 &&
+    rm -rf "$M/$1-torch" && echo "[bg] $1 synth + convert: $(($(date +%s) - t0)) s" >> "$LOG"
+}
+quant() {  # RTN, per channel, lm_head and embeddings fp16 (the defaults)
+  for b in 8 4; do
+    local t1=$(date +%s)
+    node bin/run.js quantize "$M/$1" --bits $b --out "$M/$1-int$b" --evaluate off --threads $QTHREADS > "$M/q-$1-$b.log" 2>&1
+    echo "[bg] $1 int$b rc=$? $(($(date +%s) - t1)) s: $(tail -1 "$M/q-$1-$b.log" | cut -c1-200)" >> "$LOG"
   done
+  touch "$M/$1.ready"
+}
+# the second model's synth overlaps the first one's quantization
+(
+  set -- $GENS
+  prep $1
+  quant $1 &
+  [ -n "${2:-}" ] && prep $2
+  wait
+  [ -n "${2:-}" ] && quant $2
 ) &
 
 el "parity ..."
