@@ -40,6 +40,9 @@ constexpr size_t kScoresBudget = 96ull << 20;   // prefill attention scores + pr
 constexpr size_t kBlasWorkspace = 32ull << 20;
 constexpr int kMaxChunk = 2048;                 // most tokens one forward() takes
 constexpr size_t kLogitsChunkBytes = 64ull << 20;
+// Quantized prefill: rows of a weight dequantized per GEMM, at most this many bytes as T (kept
+// small so the GEMM finds its rows in L2 and the buffer adds little to peak memory).
+constexpr size_t kScratchBytes = 32ull << 20;
 
 static_assert(2 + 4 * MANY_MAX <= 2 * kMaxChunk, "decodeMany's plan fits the step metadata buffer");
 
@@ -409,7 +412,7 @@ struct Engine::Impl {
         slot(slotSize, kind, l) = (size_t)rows * qRowBytes[kind];
         slot(slotSize, scaleKind(kind), l) = (size_t)rows * groups * sizeof(half);
       }
-      scratchBytes = std::max(scratchBytes, (size_t)rows * K * esz);
+      scratchBytes = std::max(scratchBytes, std::min((size_t)rows * K * esz, std::max(kScratchBytes, (size_t)16 * K * esz)));
     };
     qRowsPerWarp = c.quantBits == 4 ? 2 : 1;
     if (const char* v = std::getenv("GLMTOOL_CUDA_QRPW")) qRowsPerWarp = std::atoi(v) == 2 ? 2 : 1;
@@ -705,18 +708,26 @@ struct Engine::Impl {
     launch(gemvq_kernel<T, EPI, RPW, U, true, NORM, WQ, GROUPED>, dim3(blocks), dim3(GEMV2_THREADS), W.w, static_cast<const T*>(x),
            static_cast<const T*>(b), out, rows, K, F, rc, nc, W.q);
   }
-  // Prefill: the weight dequantized into the scratch buffer, which the GEMM then reads.
+  // Prefill with a quantized weight: y[S, Nout] = x W^T in pieces of rows, each dequantized into
+  // the scratch buffer (as T) and multiplied by cuBLAS into its columns of y.
   template <typename T>
-  const void* dequantized(const Wt& W) {
-    if (!W.q.scale) return W.w;
-    const int rows = qRows[W.kind], K = qK[W.kind];
-    const size_t total = (size_t)rows * (K / 8);
-    const int blocks = (int)std::min<size_t>((total + 255) / 256, 132 * 16);
-    if (c.quantBits == 8)
-      launch(dequant_kernel<T, WQ_I8>, dim3(blocks), dim3(256), static_cast<const uint8_t*>(W.w), W.q, c.groupSize, rows, K, static_cast<T*>(scratch));
-    else
-      launch(dequant_kernel<T, WQ_I4>, dim3(blocks), dim3(256), static_cast<const uint8_t*>(W.w), W.q, c.groupSize, rows, K, static_cast<T*>(scratch));
-    return scratch;
+  void gemmQuant(const Wt& W, const void* x, void* y, int S, int Nout, int K) {
+    const int per = (int)std::max<size_t>(16, scratchBytes / ((size_t)K * esz) / 16 * 16);
+    const float one = 1.f, zero = 0.f;
+    for (int r0 = 0; r0 < Nout; r0 += per) {
+      const int n = std::min(per, Nout - r0);
+      QuantCtx q = W.q;
+      q.scale += (size_t)r0 * q.groups;
+      const uint8_t* wr = static_cast<const uint8_t*>(W.w) + (size_t)r0 * q.rowBytes;
+      const size_t total = (size_t)n * (K / 8);
+      const int blocks = (int)std::min<size_t>((total + 255) / 256, 132 * 16);
+      if (c.quantBits == 8)
+        launch(dequant_kernel<T, WQ_I8>, dim3(blocks), dim3(256), wr, q, c.groupSize, n, K, static_cast<T*>(scratch));
+      else
+        launch(dequant_kernel<T, WQ_I4>, dim3(blocks), dim3(256), wr, q, c.groupSize, n, K, static_cast<T*>(scratch));
+      CB(blas->gemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, n, S, K, &one, scratch, dt(), K, x, dt(), K, &zero,
+                      static_cast<char*>(y) + (size_t)r0 * esz, dt(), Nout, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
   }
   // The norm of the decode step's QKV (slot W_LN1) or up (W_LN2) GEMV, fused into it; normOut
   // receives the normalised row (v1's next residual).
@@ -765,7 +776,8 @@ struct Engine::Impl {
       return;
     }
     void* y = epi == EPI_SWIGLU ? up : out;
-    gemm(dequantized<T>(W), x, y, S, Nout, K, false);
+    if (W.q.scale) gemmQuant<T>(W, x, y, S, Nout, K);
+    else gemm(W.w, x, y, S, Nout, K, false);
     if (!b && epi == EPI_NONE) return;
     const size_t total = (size_t)S * (epi == EPI_SWIGLU ? F : Nout);
     const int blocks = (int)std::min<size_t>((total + 255) / 256, 65535);
