@@ -25,11 +25,14 @@ prep() {  # synth (one core) -> safetensors fp16, the torch copy removed (disk: 
     node bin/run.js convert "$M/$1-torch" --to safetensors --out "$M/$1" > /dev/null 2>&1 &&
     rm -rf "$M/$1-torch" && echo "[bg] $1 synth + convert: $(($(date +%s) - t0)) s" >> "$LOG"
 }
-quant() {  # RTN, per channel, lm_head and embeddings fp16 (the defaults)
-  for b in 8 4; do
-    local t1=$(date +%s)
-    node bin/run.js quantize "$M/$1" --bits $b --out "$M/$1-int$b" --evaluate off --threads $QTHREADS > "$M/q-$1-$b.log" 2>&1
-    echo "[bg] $1 int$b rc=$? $(($(date +%s) - t1)) s: $(tail -1 "$M/q-$1-$b.log" | cut -c1-200)" >> "$LOG"
+# QUANTS: the quantized variants, "B" (per channel) or "BgG" (groups of G columns)
+QUANTS=${QUANTS:-"8 4"}
+quant() {  # RTN, lm_head and embeddings fp16 (the defaults)
+  for q in $QUANTS; do
+    local t1=$(date +%s) b=${q%%g*} g=0
+    [ "$q" != "$b" ] && g=${q#*g}
+    node bin/run.js quantize "$M/$1" --bits $b --group-size $g --out "$M/$1-int$q" --evaluate off --threads $QTHREADS > "$M/q-$1-$q.log" 2>&1
+    echo "[bg] $1 int$q rc=$? $(($(date +%s) - t1)) s: $(tail -1 "$M/q-$1-$q.log" | cut -c1-200)" >> "$LOG"
   done
   touch "$M/$1.ready"
 }
@@ -43,18 +46,31 @@ quant() {  # RTN, per channel, lm_head and embeddings fp16 (the defaults)
   [ -n "${2:-}" ] && quant $2
 ) &
 
+if [ "${PARITY:-1}" = 1 ]; then
 el "parity ..."
 timeout "${PARITY_TIMEOUT:-240}" node test/cuda/parity.mjs --json "$OUT/parity.json" ${PARITY_ARGS:-} > "$OUT/parity.log" 2>&1
 el "parity rc=$?"
 grep -E '^(ok|FAIL|cuda parity|reference)' "$OUT/parity.log" | cut -c1-420 | tee -a "$LOG"
+fi
 
 for a in $GENS; do
   while [ ! -f "$M/$a.ready" ] && [ "$(left)" -gt 60 ]; do sleep 2; done
   if [ -f "$M/$a.ready" ] && [ "$(left)" -gt 60 ]; then
     el "bench $a fp16 / int8 / int4 ..."
-    timeout $(($(left) - 10)) node bin/run.js bench "$M/$a" "$M/$a-int8" "$M/$a-int4" --backend cuda --prompt-tokens 512 --gen-tokens 128 \
+    dirs=("$M/$a")
+    for q in $QUANTS; do dirs+=("$M/$a-int$q"); done
+    timeout $(($(left) - 10)) node bin/run.js bench "${dirs[@]}" --backend cuda --prompt-tokens 512 --gen-tokens 128 \
       --repeat 3 --max-length 2048 --json "$OUT/bench-${a/chatglm2-6b/v2}.json" >> "$LOG" 2>&1
     el "bench $a rc=$?"
+    # A/B of switches on the quantized models (AB: space-separated, `+` joins two), 3 repeats
+    for sw in ${AB:-}; do
+      [ "$(left)" -gt 50 ] || break
+      IFS=+ read -r -a vars <<< "$sw"
+      env "${vars[@]}" timeout $(($(left) - 10)) node bin/run.js bench "${dirs[@]:1}" --backend cuda --prompt-tokens 512 --gen-tokens 128 \
+        --repeat 3 --max-length 2048 > "$OUT/ab.log" 2>&1
+      el "bench $a $sw rc=$? $(grep -E 'architecture|decode tok/s|time to first' "$OUT/ab.log" | tr -s ' ' | tr '\n' ' ')"
+      rm -f "$OUT/ab.log"
+    done
   fi
 done
 [ -f "$OUT/bench-chatglm-6b.json" ] && mv "$OUT/bench-chatglm-6b.json" "$OUT/bench-v1.json"
