@@ -454,7 +454,8 @@ struct Engine::Impl {
     }
     arena = static_cast<char*>(dmalloc(arenaBytes));
     // quantized rows are padded to 16 bytes: the padding must read as zero weights
-    if (quantized()) CK(cudaMemset(arena, 0, arenaBytes));
+    // (on the copy stream, so that every upload follows it)
+    if (quantized()) CK(cudaMemsetAsync(arena, 0, arenaBytes, copyStream));
     const size_t embBytes = slot(slotSize, W_EMBED, 0);
     // Pinned and mapped (no GPU memory): the per-step path copies a row from it on the host,
     // decodeMany's gather kernel reads the row over PCIe itself.
