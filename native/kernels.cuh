@@ -440,8 +440,8 @@ __device__ __forceinline__ void gemv_step(float (&acc)[NR], const uint4 (&cur)[N
 #pragma unroll
       for (int i = 0; i < NR; i++) {
         if (GROUPED) {
-          const float part = dotq<WQ>(cur[i][u], xf, 0.f);
-          acc[i] = fmaf(__half2float(__ldg(srow[i] + c / groupUnits)), part, acc[i]);
+          // a load past the row's end (the last step's tail) has no scale to read
+          if (c * XV < K8) acc[i] = fmaf(__half2float(__ldg(srow[i] + c / groupUnits)), dotq<WQ>(cur[i][u], xf, 0.f), acc[i]);
         } else {
           acc[i] = dotq<WQ>(cur[i][u], xf, acc[i]);
         }
