@@ -10,7 +10,7 @@
 
 namespace {
 
-constexpr const char* kAddonVersion = "2";
+constexpr const char* kAddonVersion = "3";
 
 template <typename F>
 auto guard(const Napi::Env& env, F&& f) -> decltype(f()) {
@@ -104,6 +104,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     c.mlpBias = flag("mlpBias", false);
     c.postLayerNorm = flag("postLayerNorm", true);
     c.useGraph = flag("useGraph", true);
+    if (o.Get("quantBits").IsNumber()) c.quantBits = (int)num("quantBits");
+    if (o.Get("groupSize").IsNumber()) c.groupSize = (int)num("groupSize");
     engine_ = guard(env, [&] { return std::make_unique<glm::Engine>(c); });
   }
 
@@ -245,6 +247,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     o.Set("hostEmbeddingBytes", (double)m.hostEmbeddingBytes);
     o.Set("kvCacheBytes", (double)m.kvCacheBytes);
     o.Set("kvBytesPerToken", (double)m.kvBytesPerToken);
+    o.Set("scratchBytes", (double)m.scratchBytes);
     return o;
   }
 
@@ -286,7 +289,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Engine", EngineWrap::Define(env));
   Napi::Object kinds = Napi::Object::New(env);
   const char* names[] = {"W_QKV", "B_QKV", "W_DENSE", "B_DENSE", "W_UP", "B_UP", "W_DOWN", "B_DOWN", "W_LN1",
-                         "B_LN1", "W_LN2", "B_LN2", "W_FINAL", "B_FINAL", "W_LMHEAD", "W_EMBED", "PREFIX_K", "PREFIX_V"};
+                         "B_LN1", "W_LN2", "B_LN2", "W_FINAL", "B_FINAL", "W_LMHEAD", "W_EMBED", "PREFIX_K", "PREFIX_V",
+                         "S_QKV", "S_DENSE", "S_UP", "S_DOWN"};
   static_assert(sizeof(names) / sizeof(names[0]) == glm::KIND_COUNT, "one name per weight kind");
   for (int i = 0; i < glm::KIND_COUNT; i++) kinds.Set(names[i], i);
   exports.Set("kinds", kinds);

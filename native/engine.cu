@@ -40,10 +40,24 @@ constexpr size_t kScoresBudget = 96ull << 20;   // prefill attention scores + pr
 constexpr size_t kBlasWorkspace = 32ull << 20;
 constexpr int kMaxChunk = 2048;                 // most tokens one forward() takes
 constexpr size_t kLogitsChunkBytes = 64ull << 20;
+// Quantized prefill: rows of a weight dequantized per GEMM, at most this many bytes as T (kept
+// small so the GEMM finds its rows in L2 and the buffer adds little to peak memory).
+constexpr size_t kScratchBytes = 32ull << 20;
 
 static_assert(2 + 4 * MANY_MAX <= 2 * kMaxChunk, "decodeMany's plan fits the step metadata buffer");
 
-bool isPerLayer(int kind) { return kind <= B_LN2 || kind == PREFIX_K || kind == PREFIX_V; }
+bool isPerLayer(int kind) { return kind <= B_LN2 || kind == PREFIX_K || kind == PREFIX_V || (kind >= S_QKV && kind <= S_DOWN); }
+// The four per-layer linears a quantized model stores as int8 / int4, and their scale slots.
+bool isQuantKind(int kind) { return kind == W_QKV || kind == W_DENSE || kind == W_UP || kind == W_DOWN; }
+int scaleKind(int kind) { return kind == W_QKV ? S_QKV : kind == W_DENSE ? S_DENSE : kind == W_UP ? S_UP : S_DOWN; }
+
+// A GEMV / GEMM weight: its address and, quantized, its scales and row layout.
+struct Wt {
+  const void* w;
+  QuantCtx q;  // q.scale == nullptr: T weights
+  int kind;
+  int layer;
+};
 
 }  // namespace
 
@@ -174,6 +188,16 @@ struct Engine::Impl {
   bool fuseNorm = false;
   float alpha;  // v1 DeepNorm: sqrt(2 * 28) whatever the depth, as published (see init())
   Geom geom;
+  // quantized linears (c.quantBits 4 / 8): per kind, rows, K, the file's bytes per row and the
+  // engine's (padded to 16 bytes, the GEMV's load)
+  int qRows[KIND_COUNT] = {}, qK[KIND_COUNT] = {};
+  size_t qSrcRow[KIND_COUNT] = {}, qRowBytes[KIND_COUNT] = {};
+  // Quantized single-row GEMVs (dense, down, v1 up): rows per warp. int4 spends ~4 instructions
+  // per weight (unpack, convert, FMA, x convert) against int8's ~3.5 per byte, so int4 shares each
+  // x conversion between 2 rows by default; GLMTOOL_CUDA_QRPW=1|2 overrides (A/B).
+  int qRowsPerWarp = 1;
+  void* scratch = nullptr;  // prefill: one dequantized weight (fp16 / bf16)
+  size_t scratchBytes = 0;
 
   std::map<void*, size_t> sizes;
   size_t allocated = 0, peakAllocated = 0, peakUsed = 0, total = 0;
@@ -286,6 +310,22 @@ struct Engine::Impl {
     const size_t s = slot(slotSize, kind, layer);
     return s ? arena + slot(slotOffset, kind, layer) : nullptr;
   }
+  bool quantized() const { return c.quantBits != 0; }
+  // Bytes a slot takes from the file: its size, except quantized rows (packed, unpadded there).
+  size_t uploadBytes(int kind, int layer) {
+    if (quantized() && isQuantKind(kind)) return (size_t)qRows[kind] * qSrcRow[kind];
+    return slot(slotSize, kind, layer);
+  }
+  Wt wt(int kind, int layer) {
+    Wt r{w(kind, layer), QuantCtx{}, kind, layer};
+    if (quantized() && isQuantKind(kind)) {
+      r.q.scale = static_cast<const half*>(w(scaleKind(kind), layer));
+      r.q.groups = c.groupSize ? qK[kind] / c.groupSize : 1;
+      r.q.groupUnits = c.groupSize ? c.groupSize / (c.quantBits == 8 ? 16 : 32) : 0;
+      r.q.rowBytes = (int)qRowBytes[kind];
+    }
+    return r;
+  }
 
   explicit Impl(const EngineConfig& cfg) : c(cfg) {}
 
@@ -363,13 +403,38 @@ struct Engine::Impl {
       if (!used) return;
       for (int l = 0; l < (isPerLayer(kind) ? L : 1); l++) slot(slotSize, kind, l) = elems * esz;
     };
-    def(W_QKV, (size_t)nqkv * H, true);
+    // a linear [rows, K]: T, or (quantized) int8 / packed int4 rows padded to 16 bytes + fp16 scales
+    auto defLinear = [&](int kind, int rows, int K) {
+      if (!quantized()) return def(kind, (size_t)rows * K, true);
+      qRows[kind] = rows, qK[kind] = K;
+      qSrcRow[kind] = c.quantBits == 8 ? (size_t)K : (size_t)K / 2;
+      qRowBytes[kind] = (qSrcRow[kind] + 15) / 16 * 16;
+      const size_t groups = c.groupSize ? (size_t)K / c.groupSize : 1;
+      for (int l = 0; l < L; l++) {
+        slot(slotSize, kind, l) = (size_t)rows * qRowBytes[kind];
+        slot(slotSize, scaleKind(kind), l) = (size_t)rows * groups * sizeof(half);
+      }
+      scratchBytes = std::max(scratchBytes, std::min((size_t)rows * K * esz, std::max(kScratchBytes, (size_t)16 * K * esz)));
+    };
+    qRowsPerWarp = c.quantBits == 4 ? 2 : 1;
+    if (const char* v = std::getenv("GLMTOOL_CUDA_QRPW")) qRowsPerWarp = std::atoi(v) == 2 ? 2 : 1;
+    if (c.quantBits != 0 && c.quantBits != 4 && c.quantBits != 8)
+      throw std::runtime_error("quantization bits must be 4 or 8, got " + std::to_string(c.quantBits));
+    if (c.groupSize) {
+      if (!quantized() || c.groupSize < 0 || c.groupSize % 32)
+        throw std::runtime_error("quantization group size " + std::to_string(c.groupSize) + " is not supported (a multiple of 32)");
+      for (int K : {H, attnDim, F})
+        if (K % c.groupSize)
+          throw std::runtime_error("quantization group size " + std::to_string(c.groupSize) + " does not divide the input width " +
+                                   std::to_string(K));
+    }
+    defLinear(W_QKV, nqkv, H);
     def(B_QKV, nqkv, v1 || c.qkvBias);
-    def(W_DENSE, (size_t)H * attnDim, true);
+    defLinear(W_DENSE, H, attnDim);
     def(B_DENSE, H, v1 || c.denseBias);
-    def(W_UP, (size_t)fup * H, true);
+    defLinear(W_UP, fup, H);
     def(B_UP, fup, v1 || c.mlpBias);
-    def(W_DOWN, (size_t)H * F, true);
+    defLinear(W_DOWN, H, F);
     def(B_DOWN, H, v1 || c.mlpBias);
     def(W_LN1, H, true);
     def(B_LN1, H, v1);
@@ -390,6 +455,9 @@ struct Engine::Impl {
       }
     }
     arena = static_cast<char*>(dmalloc(arenaBytes));
+    // quantized rows are padded to 16 bytes: the padding must read as zero weights
+    // (on the copy stream, so that every upload follows it)
+    if (quantized()) CK(cudaMemsetAsync(arena, 0, arenaBytes, copyStream));
     const size_t embBytes = slot(slotSize, W_EMBED, 0);
     // Pinned and mapped (no GPU memory): the per-step path copies a row from it on the host,
     // decodeMany's gather kernel reads the row over PCIe itself.
@@ -481,7 +549,7 @@ struct Engine::Impl {
   void upload(int kind, int layer, size_t offset, const void* data, size_t bytes) {
     if (kind < 0 || kind >= KIND_COUNT) throw std::runtime_error("unknown weight kind " + std::to_string(kind));
     if (isPerLayer(kind) && (layer < 0 || layer >= L)) throw std::runtime_error("layer " + std::to_string(layer) + " out of range");
-    const size_t size = slot(slotSize, kind, layer);
+    const size_t size = uploadBytes(kind, layer);
     if (size == 0) throw std::runtime_error("weight kind " + std::to_string(kind) + " is not used by this model");
     if (offset + bytes > size)
       throw std::runtime_error("upload of " + std::to_string(bytes) + " bytes at " + std::to_string(offset) +
@@ -490,6 +558,10 @@ struct Engine::Impl {
     slot(slotFilled, kind, layer) += bytes;
     if (kind == W_EMBED) {
       std::memcpy(hostEmbedding + offset, src, bytes);
+      return;
+    }
+    if (quantized() && isQuantKind(kind) && qSrcRow[kind] != qRowBytes[kind]) {
+      uploadPadded(kind, layer, offset, src, bytes);
       return;
     }
     char* dst = kind == PREFIX_K || kind == PREFIX_V ? static_cast<char*>(prefixStage[2 * layer + (kind == PREFIX_V)]) + offset
@@ -506,13 +578,46 @@ struct Engine::Impl {
     }
   }
 
+  // A quantized weight whose rows are not a multiple of 16 bytes: `offset` / `bytes` count the
+  // file's packed rows; each staging piece holds whole or partial rows at the engine's padded
+  // stride, its padding zero (the arena was zeroed, and a piece never covers another's bytes).
+  void uploadPadded(int kind, int layer, size_t offset, const char* src, size_t bytes) {
+    const size_t sr = qSrcRow[kind], dr = qRowBytes[kind];
+    char* base = arena + slot(slotOffset, kind, layer);
+    while (bytes > 0) {
+      const int s = nextStage;
+      nextStage ^= 1;
+      CK(cudaEventSynchronize(stageEv[s]));
+      const size_t d0 = offset / sr * dr + offset % sr;  // engine byte of the piece's first file byte
+      size_t used = 0;                                   // file bytes in this piece
+      size_t span = 0;                                   // engine bytes it covers
+      while (used < bytes) {
+        const size_t o = offset + used;
+        const size_t col = o % sr;
+        const size_t d = o / sr * dr + col - d0;
+        const size_t take = std::min(bytes - used, sr - col);
+        const size_t pad = col + take == sr ? dr - sr : 0;
+        if (d + take + pad > kStageBytes) break;
+        std::memcpy(staging[s] + d, src + used, take);
+        if (pad && used + take < bytes) std::memset(staging[s] + d + take, 0, pad);
+        used += take;
+        span = d + take;
+      }
+      if (used == 0) throw std::runtime_error("a quantized row is larger than the staging buffer");
+      CK(cudaMemcpyAsync(base + d0, staging[s], span, cudaMemcpyHostToDevice, copyStream));
+      CK(cudaEventRecord(stageEv[s], copyStream));
+      offset += used, src += used, bytes -= used;
+    }
+  }
+
   void finishLoad() {
     CK(cudaStreamSynchronize(copyStream));
     for (int k = 0; k < KIND_COUNT; k++) {
       for (int l = 0; l < (isPerLayer(k) ? L : 1); l++) {
-        if (slot(slotFilled, k, l) != slot(slotSize, k, l)) {
+        const size_t want = uploadBytes(k, l);
+        if (slot(slotFilled, k, l) != want) {
           throw std::runtime_error("weight kind " + std::to_string(k) + " layer " + std::to_string(l) + " got " +
-                                   std::to_string(slot(slotFilled, k, l)) + " of " + std::to_string(slot(slotSize, k, l)) +
+                                   std::to_string(slot(slotFilled, k, l)) + " of " + std::to_string(want) +
                                    " bytes");
         }
       }
@@ -548,6 +653,8 @@ struct Engine::Impl {
     pre.up = dmalloc((size_t)cap * fup * esz);
     pre.act = c.generation == 2 ? dmalloc((size_t)cap * F * esz) : nullptr;
     preCap = cap;
+    // quantized: the largest linear as T, one at a time (a fused int GEMM would need none)
+    if (quantized() && !scratch) scratch = dmalloc(scratchBytes);
   }
 
   template <typename T, int EPI, int RPW, int U, bool PF, bool NORM>
@@ -564,11 +671,66 @@ struct Engine::Impl {
   // The two other shapes per call site (two outputs per warp for dense / down / QKV, 16 loads
   // without prefetch for up / lm_head, the fastest in stepbench on the H200) were slower in every
   // combination in `glmtool bench` (H200 run 6: 232.5-255.1 vs 257.7 tok/s ChatGLM-6B).
+  // Quantized weights (W.q.scale set): the same kernel structure and epilogues over int8 / int4
+  // loads (kernels.cuh gemvq_kernel), as many 16-byte loads in flight per row as the T GEMV for
+  // int8 (16 weights each), half as many for int4 (32 weights each, so a 4096-wide row is one step).
   template <typename T, int EPI, bool NORM = false>
-  void gemv2(const void* W, const void* x, const void* b, void* out, int rows, int K, const RopeCtx& rc,
+  void gemv2(const Wt& W, const void* x, const void* b, void* out, int rows, int K, const RopeCtx& rc,
              const NormCtx& nc = NormCtx{}) {
     constexpr bool pair = EPI == EPI_SWIGLU || EPI == EPI_ROPE;
-    gemv2Launch<T, EPI, 1, pair ? 4 : 8, true, NORM>(W, x, b, out, rows, K, rc, nc);
+    if (!W.q.scale) return gemv2Launch<T, EPI, 1, pair ? 4 : 8, true, NORM>(W.w, x, b, out, rows, K, rc, nc);
+    if constexpr (EPI != EPI_F32) {
+      const bool grouped = W.q.groups > 1;
+      // single-row outputs: qRowsPerWarp rows per warp share each x load's conversion (pairs always do)
+      const bool two = !pair && qRowsPerWarp == 2;
+      if (c.quantBits == 8) {
+        if (two) {
+          if (grouped) gemvqLaunch<T, EPI, 2, 4, NORM, WQ_I8, true>(W, x, b, out, rows, K, rc, nc);
+          else gemvqLaunch<T, EPI, 2, 4, NORM, WQ_I8, false>(W, x, b, out, rows, K, rc, nc);
+        } else {
+          if (grouped) gemvqLaunch<T, EPI, 1, pair ? 4 : 8, NORM, WQ_I8, true>(W, x, b, out, rows, K, rc, nc);
+          else gemvqLaunch<T, EPI, 1, pair ? 4 : 8, NORM, WQ_I8, false>(W, x, b, out, rows, K, rc, nc);
+        }
+      } else {
+        if (two) {
+          if (grouped) gemvqLaunch<T, EPI, 2, 2, NORM, WQ_I4, true>(W, x, b, out, rows, K, rc, nc);
+          else gemvqLaunch<T, EPI, 2, 2, NORM, WQ_I4, false>(W, x, b, out, rows, K, rc, nc);
+        } else {
+          if (grouped) gemvqLaunch<T, EPI, 1, pair ? 2 : 4, NORM, WQ_I4, true>(W, x, b, out, rows, K, rc, nc);
+          else gemvqLaunch<T, EPI, 1, pair ? 2 : 4, NORM, WQ_I4, false>(W, x, b, out, rows, K, rc, nc);
+        }
+      }
+    } else {
+      throw std::runtime_error("the output layer is not quantized in the engine");
+    }
+  }
+  template <typename T, int EPI, int RPW, int U, bool NORM, int WQ, bool GROUPED>
+  void gemvqLaunch(const Wt& W, const void* x, const void* b, void* out, int rows, int K, const RopeCtx& rc, const NormCtx& nc) {
+    const int warps = (rows + RPW - 1) / RPW;
+    const int blocks = (warps + GEMV2_THREADS / 32 - 1) / (GEMV2_THREADS / 32);
+    launch(gemvq_kernel<T, EPI, RPW, U, true, NORM, WQ, GROUPED>, dim3(blocks), dim3(GEMV2_THREADS), W.w, static_cast<const T*>(x),
+           static_cast<const T*>(b), out, rows, K, F, rc, nc, W.q);
+  }
+  // Prefill with a quantized weight: y[S, Nout] = x W^T in pieces of rows, each dequantized into
+  // the scratch buffer (as T) and multiplied by cuBLAS into its columns of y.
+  template <typename T>
+  void gemmQuant(const Wt& W, const void* x, void* y, int S, int Nout, int K) {
+    const int per = (int)std::max<size_t>(16, scratchBytes / ((size_t)K * esz) / 16 * 16);
+    const float one = 1.f, zero = 0.f;
+    for (int r0 = 0; r0 < Nout; r0 += per) {
+      const int n = std::min(per, Nout - r0);
+      QuantCtx q = W.q;
+      q.scale += (size_t)r0 * q.groups;
+      const uint8_t* wr = static_cast<const uint8_t*>(W.w) + (size_t)r0 * q.rowBytes;
+      const size_t total = (size_t)n * (K / 8);
+      const int blocks = (int)std::min<size_t>((total + 255) / 256, 132 * 16);
+      if (c.quantBits == 8)
+        launch(dequant_kernel<T, WQ_I8>, dim3(blocks), dim3(256), wr, q, c.groupSize, n, K, static_cast<T*>(scratch));
+      else
+        launch(dequant_kernel<T, WQ_I4>, dim3(blocks), dim3(256), wr, q, c.groupSize, n, K, static_cast<T*>(scratch));
+      CB(blas->gemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, n, S, K, &one, scratch, dt(), K, x, dt(), K, &zero,
+                      static_cast<char*>(y) + (size_t)r0 * esz, dt(), Nout, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
   }
   // The norm of the decode step's QKV (slot W_LN1) or up (W_LN2) GEMV, fused into it; normOut
   // receives the normalised row (v1's next residual).
@@ -591,7 +753,7 @@ struct Engine::Impl {
   }
 
   template <typename T>
-  void gemv(int epi, const void* W, const void* x, const void* b, void* out, int rows, int K) {
+  void gemv(int epi, const Wt& W, const void* x, const void* b, void* out, int rows, int K) {
     const RopeCtx rc{};
     switch (epi) {
       case EPI_NONE: gemv2<T, EPI_NONE>(W, x, b, out, rows, K, rc); break;
@@ -611,13 +773,14 @@ struct Engine::Impl {
   // A linear layer of S rows; epi: EPI_NONE (+bias), EPI_GELU (gelu(+bias), out = up buffer),
   // EPI_SWIGLU (out = act [S, F], `up` holds the [S, 2F] product on the GEMM path).
   template <typename T>
-  void linear(int S, int epi, const void* W, const void* b, const void* x, void* out, void* up, int Nout, int K) {
+  void linear(int S, int epi, const Wt& W, const void* b, const void* x, void* out, void* up, int Nout, int K) {
     if (S == 1) {
       gemv<T>(epi, W, x, b, out, epi == EPI_SWIGLU ? F : Nout, K);
       return;
     }
     void* y = epi == EPI_SWIGLU ? up : out;
-    gemm(W, x, y, S, Nout, K, false);
+    if (W.q.scale) gemmQuant<T>(W, x, y, S, Nout, K);
+    else gemm(W.w, x, y, S, Nout, K, false);
     if (!b && epi == EPI_NONE) return;
     const size_t total = (size_t)S * (epi == EPI_SWIGLU ? F : Nout);
     const int blocks = (int)std::min<size_t>((total + 255) / 256, 65535);
@@ -724,17 +887,17 @@ struct Engine::Impl {
     pdl = false;  // the first kernel follows the step's host-to-device copies / the embedding gather
     for (int l = 0; l < L; l++) {
       const RopeCtx rc{Kc(l), Vc(l), reinterpret_cast<const StepMeta*>(dMeta), invf, geom};
-      gemv2<T, EPI_ROPE, true>(w(W_QKV, l), l == 0 ? b.x : v, w(B_QKV, l), b.qkv, nqkv / 2, H, rc,
+      gemv2<T, EPI_ROPE, true>(wt(W_QKV, l), l == 0 ? b.x : v, w(B_QKV, l), b.qkv, nqkv / 2, H, rc,
                                normCtx(W_LN1, l, v1 ? b.lnA : nullptr));
       pdl = pdlSupported && usePdl;
       attentionDecode<T>(l, b.qkv, b.ctx);
-      gemv2<T, EPI_RES>(w(W_DENSE, l), b.ctx, w(B_DENSE, l), v, H, attnDim, RopeCtx{}, resCtx(v1 ? b.lnA : b.x));
+      gemv2<T, EPI_RES>(wt(W_DENSE, l), b.ctx, w(B_DENSE, l), v, H, attnDim, RopeCtx{}, resCtx(v1 ? b.lnA : b.x));
       if (v1) {
-        gemv2<T, EPI_GELU, true>(w(W_UP, l), v, w(B_UP, l), b.up, fup, H, RopeCtx{}, normCtx(W_LN2, l, b.lnB));
-        gemv2<T, EPI_RES>(w(W_DOWN, l), b.up, w(B_DOWN, l), v, H, F, RopeCtx{}, resCtx(b.lnB));
+        gemv2<T, EPI_GELU, true>(wt(W_UP, l), v, w(B_UP, l), b.up, fup, H, RopeCtx{}, normCtx(W_LN2, l, b.lnB));
+        gemv2<T, EPI_RES>(wt(W_DOWN, l), b.up, w(B_DOWN, l), v, H, F, RopeCtx{}, resCtx(b.lnB));
       } else {
-        gemv2<T, EPI_SWIGLU, true>(w(W_UP, l), v, w(B_UP, l), b.act, F, H, RopeCtx{}, normCtx(W_LN2, l, nullptr));
-        gemv2<T, EPI_RES>(w(W_DOWN, l), b.act, w(B_DOWN, l), v, H, F, RopeCtx{}, resCtx(b.x));
+        gemv2<T, EPI_SWIGLU, true>(wt(W_UP, l), v, w(B_UP, l), b.act, F, H, RopeCtx{}, normCtx(W_LN2, l, nullptr));
+        gemv2<T, EPI_RES>(wt(W_DOWN, l), b.act, w(B_DOWN, l), v, H, F, RopeCtx{}, resCtx(b.x));
       }
     }
     norm<T>(1, nullptr, v, b.lnA, w(W_FINAL, 0), w(B_FINAL, 0));
@@ -756,23 +919,23 @@ struct Engine::Impl {
       if (S == 1) {
         // QKV projection, rotary and the KV-cache write in one kernel
         const RopeCtx rc{Kc(l), Vc(l), reinterpret_cast<const StepMeta*>(dMeta), invf, geom};
-        gemv2<T, EPI_ROPE>(w(W_QKV, l), b.lnA, w(B_QKV, l), b.qkv, nqkv / 2, H, rc);
+        gemv2<T, EPI_ROPE>(wt(W_QKV, l), b.lnA, w(B_QKV, l), b.qkv, nqkv / 2, H, rc);
       } else {
-        linear<T>(S, EPI_NONE, w(W_QKV, l), w(B_QKV, l), b.lnA, b.qkv, nullptr, nqkv, H);
+        linear<T>(S, EPI_NONE, wt(W_QKV, l), w(B_QKV, l), b.lnA, b.qkv, nullptr, nqkv, H);
         launch(rotary_cache_kernel<T>, dim3(S), dim3(128), static_cast<T*>(b.qkv), reinterpret_cast<T*>(Kc(l)),
                reinterpret_cast<T*>(Vc(l)), reinterpret_cast<const StepMeta*>(dMeta), (const float*)invf, geom);
       }
       if (S == 1) attentionDecode<T>(l, b.qkv, b.ctx);
       else attentionPrefill<T>(l, S, past, bidirectional, b.qkv, b.ctx);
-      linear<T>(S, EPI_NONE, w(W_DENSE, l), w(B_DENSE, l), b.ctx, b.tmp, nullptr, H, attnDim);
+      linear<T>(S, EPI_NONE, wt(W_DENSE, l), w(B_DENSE, l), b.ctx, b.tmp, nullptr, H, attnDim);
       // v1: lnB = LN2(alpha * lnA + attn); v2: x += attn, lnB = RMS2(x)
       norm<T>(S, b.tmp, v1 ? b.lnA : b.x, b.lnB, w(W_LN2, l), w(B_LN2, l));
       if (v1) {
-        linear<T>(S, EPI_GELU, w(W_UP, l), w(B_UP, l), b.lnB, b.up, b.up, fup, H);
-        linear<T>(S, EPI_NONE, w(W_DOWN, l), w(B_DOWN, l), b.up, b.tmp, nullptr, H, F);
+        linear<T>(S, EPI_GELU, wt(W_UP, l), w(B_UP, l), b.lnB, b.up, b.up, fup, H);
+        linear<T>(S, EPI_NONE, wt(W_DOWN, l), w(B_DOWN, l), b.up, b.tmp, nullptr, H, F);
       } else {
-        linear<T>(S, EPI_SWIGLU, w(W_UP, l), w(B_UP, l), b.lnB, b.act, b.up, fup, H);
-        linear<T>(S, EPI_NONE, w(W_DOWN, l), w(B_DOWN, l), b.act, b.tmp, nullptr, H, F);
+        linear<T>(S, EPI_SWIGLU, wt(W_UP, l), w(B_UP, l), b.lnB, b.act, b.up, fup, H);
+        linear<T>(S, EPI_NONE, wt(W_DOWN, l), w(B_DOWN, l), b.act, b.tmp, nullptr, H, F);
       }
       // the next layer's input norm, or the final one after the last layer
       const bool last = l + 1 == L;
@@ -787,7 +950,7 @@ struct Engine::Impl {
     CK(cudaMemcpyAsync(dMeta, hMeta, sizeof(StepMeta) + 2 * sizeof(int), cudaMemcpyHostToDevice, stream));
     CK(cudaMemcpyAsync(dec.x, hRows, (size_t)H * esz, cudaMemcpyHostToDevice, stream));
     layers<T>(dec, 1, 0, 0);
-    gemv<T>(EPI_F32, w(W_LMHEAD, 0), dec.lnA, nullptr, logits, V, H);
+    gemv<T>(EPI_F32, wt(W_LMHEAD, 0), dec.lnA, nullptr, logits, V, H);
     launch(sample_kernel, dim3(1), dim3(1024), (const float*)logits, V, reinterpret_cast<const StepMeta*>(dMeta), dToken);
     pdl = false;
     CK(cudaMemcpyAsync(hToken, dToken, sizeof(int), cudaMemcpyDeviceToHost, stream));
@@ -799,7 +962,7 @@ struct Engine::Impl {
     pdl = false;
     launch(embed_gather_kernel<T>, dim3(1), dim3(256), static_cast<const T*>(dEmbed), (const int*)dToken, V, static_cast<T*>(dec.x), H);
     layers<T>(dec, 1, 0, 0);
-    gemv<T>(EPI_F32, w(W_LMHEAD, 0), dec.lnA, nullptr, logits, V, H);
+    gemv<T>(EPI_F32, wt(W_LMHEAD, 0), dec.lnA, nullptr, logits, V, H);
     launch(sample_kernel, dim3(1), dim3(1024), (const float*)logits, V, reinterpret_cast<const StepMeta*>(dMeta), dToken);
     pdl = false;
     launch(decode_advance_kernel, dim3(1), dim3(32), reinterpret_cast<StepMeta*>(dMeta), (const int*)dToken);
@@ -923,7 +1086,7 @@ struct Engine::Impl {
     CK(cudaMemcpyAsync(pre.x, hRows, (size_t)S * rowBytes, cudaMemcpyHostToDevice, stream));
     layers<T>(pre, S, past, bidirectional);
     const char* lastRow = static_cast<const char*>(pre.lnA) + (size_t)(S - 1) * rowBytes;
-    gemv<T>(EPI_F32, w(W_LMHEAD, 0), lastRow, nullptr, logits, V, H);
+    gemv<T>(EPI_F32, wt(W_LMHEAD, 0), lastRow, nullptr, logits, V, H);
     launch(sample_kernel, dim3(1), dim3(1024), (const float*)logits, V, reinterpret_cast<const StepMeta*>(dMeta), dToken);
     CK(cudaMemcpyAsync(hToken, dToken, sizeof(int), cudaMemcpyDeviceToHost, stream));
     if (logitsMode == 1) {
@@ -978,7 +1141,7 @@ size_t Engine::slotBytes(int kind, int layer) const {
   Impl* p = need(impl_);
   if (kind < 0 || kind >= KIND_COUNT) return 0;
   if (isPerLayer(kind) && (layer < 0 || layer >= p->L)) return 0;
-  return p->slot(p->slotSize, kind, layer);
+  return p->uploadBytes(kind, layer);
 }
 
 void Engine::upload(int kind, int layer, size_t offset, const void* data, size_t bytes) {
@@ -1017,6 +1180,7 @@ MemoryStats Engine::memory() {
   m.hostEmbeddingBytes = p->slot(p->slotSize, W_EMBED, 0);
   m.kvCacheBytes = p->kvLayerBytes * 2 * p->L;
   m.kvBytesPerToken = (size_t)2 * p->L * p->G * p->D * p->esz;
+  m.scratchBytes = p->scratch ? p->scratchBytes : 0;
   return m;
 }
 

@@ -29,7 +29,9 @@ double measureCopyBandwidth(size_t bytes, int iters);
 // Weight slots. Per-layer kinds take a layer index; the others ignore it.
 enum WeightKind {
   W_QKV = 0, B_QKV, W_DENSE, B_DENSE, W_UP, B_UP, W_DOWN, B_DOWN, W_LN1, B_LN1, W_LN2, B_LN2,
-  W_FINAL, B_FINAL, W_LMHEAD, W_EMBED, PREFIX_K, PREFIX_V, KIND_COUNT
+  W_FINAL, B_FINAL, W_LMHEAD, W_EMBED, PREFIX_K, PREFIX_V,
+  // quantized models: the fp16 weight_scale of W_QKV, W_DENSE, W_UP, W_DOWN ([rows] or [rows, K / group])
+  S_QKV, S_DENSE, S_UP, S_DOWN, KIND_COUNT
 };
 
 struct EngineConfig {
@@ -41,6 +43,12 @@ struct EngineConfig {
   float eps = 1e-5f;
   bool qkvBias = true, denseBias = false, mlpBias = false, postLayerNorm = true;
   bool useGraph = true;     // capture the decode step once as a CUDA graph and replay it
+  // Weight-only quantization of the four per-layer linears (glmtool quantize / the published
+  // int4 layout): 0 none, 8 int8 [rows, K], 4 packed int4 [rows, K/2] (column 2j in the high
+  // nibble); the engine pads each row to 16 bytes. groupSize 0: one fp16 scale per row, else one
+  // per row and `groupSize` input columns.
+  int quantBits = 0;
+  int groupSize = 0;
   int device = 0;
 };
 
@@ -61,6 +69,7 @@ struct MemoryStats {
   size_t hostEmbeddingBytes = 0;
   size_t kvCacheBytes = 0;
   size_t kvBytesPerToken = 0;
+  size_t scratchBytes = 0;                     // quantized models: the prefill's fp16 dequantization buffer (allocated on first prefill)
 };
 
 class Engine {

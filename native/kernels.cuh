@@ -343,10 +343,120 @@ __device__ __forceinline__ void norm_into_shared(const T* __restrict__ v, int H,
   __syncthreads();
 }
 
-template <typename T, int EPI, int RPW, int U, bool PF, bool NORM = false>
-__device__ __forceinline__ void gemv2_rows(const T* __restrict__ W, const T* __restrict__ x, const T* __restrict__ bias,
+// ---- weight-only quantized GEMV weights (glmtool quantize / the published int4 layout) ------
+
+// How a GEMV's weight rows are stored: WQ_NONE as T (8 per 16-byte load), WQ_I8 int8 (16 per
+// load), WQ_I4 two signed nibbles per byte, column 2j in the HIGH nibble (32 per load). The
+// engine pads quantized rows to a multiple of 16 bytes with zeros (rowBytes); W ~ q * scale with
+// one fp16 scale per row (groups == 1) or per row and group of columns (GROUPED).
+enum WQ { WQ_NONE = 0, WQ_I4 = 4, WQ_I8 = 8 };
+struct QuantCtx {
+  const half* scale;  // [rows, groups]
+  int groups;         // scales per row
+  int groupUnits;     // GROUPED: 16-byte loads per group
+  int rowBytes;       // bytes from one row to the next
+};
+
+// Integers to float without the quarter-rate I2F: the byte (made unsigned by the xor) becomes
+// the mantissa of 2^23, and 2^23 plus the offset is subtracted; exact for |q| <= 2^22.
+__device__ __forceinline__ float mant(uint32_t u, uint32_t sel) { return __int_as_float(__byte_perm(u, 0x4B000000u, sel)); }
+// 4 signed bytes of w (byte 0 first)
+__device__ __forceinline__ void int8x4(uint32_t w, float (&f)[4]) {
+  const uint32_t u = w ^ 0x80808080u;
+  f[0] = mant(u, 0x7540) - 8388736.f;
+  f[1] = mant(u, 0x7541) - 8388736.f;
+  f[2] = mant(u, 0x7542) - 8388736.f;
+  f[3] = mant(u, 0x7543) - 8388736.f;
+}
+// 8 signed nibbles of w: byte k holds column 2k in its high nibble, 2k + 1 in its low one
+__device__ __forceinline__ void int4x8(uint32_t w, float (&f)[8]) {
+  const uint32_t u = w ^ 0x88888888u;
+  const uint32_t lo = u & 0x0F0F0F0Fu, hi = (u >> 4) & 0x0F0F0F0Fu;
+#pragma unroll
+  for (int k = 0; k < 4; k++) {
+    f[2 * k] = mant(hi, 0x7540 + k) - 8388616.f;
+    f[2 * k + 1] = mant(lo, 0x7540 + k) - 8388616.f;
+  }
+}
+// x vector (8 values of T) as floats
+template <typename T> __device__ __forceinline__ void xf8(const uint4& x, float* f) {
+  float2 a = TT<T>::f2(x.x);
+  f[0] = a.x, f[1] = a.y;
+  a = TT<T>::f2(x.y);
+  f[2] = a.x, f[3] = a.y;
+  a = TT<T>::f2(x.z);
+  f[4] = a.x, f[5] = a.y;
+  a = TT<T>::f2(x.w);
+  f[6] = a.x, f[7] = a.y;
+}
+// One 16-byte load of quantized weights against its 16 (int8) or 32 (int4) x values, as floats.
+template <int WQ>
+__device__ __forceinline__ float dotq(const uint4& w, const float* xf, float acc) {
+  const uint32_t wv[4] = {w.x, w.y, w.z, w.w};
+  if (WQ == WQ_I8) {
+#pragma unroll
+    for (int v = 0; v < 4; v++) {
+      float q[4];
+      int8x4(wv[v], q);
+#pragma unroll
+      for (int k = 0; k < 4; k++) acc = fmaf(q[k], xf[4 * v + k], acc);
+    }
+  } else {
+#pragma unroll
+    for (int v = 0; v < 4; v++) {
+      float q[8];
+      int4x8(wv[v], q);
+#pragma unroll
+      for (int k = 0; k < 8; k++) acc = fmaf(q[k], xf[8 * v + k], acc);
+    }
+  }
+  return acc;
+}
+
+// The FMAs of one step of U loads per row (gemv2_rows): T weights against the x vectors loaded
+// for the step (xs); quantized weights load their XV x vectors per load here (x is in L1 / shared
+// memory) and, grouped, scale each load's partial sum by its group's scale.
+template <typename T, int WQ, bool GROUPED, bool NORM, int NR, int U>
+__device__ __forceinline__ void gemv_step(float (&acc)[NR], const uint4 (&cur)[NR][U], const uint4 (&xs)[U], const uint4* xv,
+                                          int base, int lane, int K8, const half* const (&srow)[NR], int groupUnits) {
+  if (WQ == WQ_NONE) {
+#pragma unroll
+    for (int i = 0; i < NR; i++)
+#pragma unroll
+      for (int u = 0; u < U; u++) acc[i] = dot8<T>(cur[i][u], xs[u], acc[i]);
+  } else {
+    constexpr int XV = WQ == WQ_I8 ? 2 : 4;
+    const uint4 z = make_uint4(0, 0, 0, 0);
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int c = base + lane + 32 * u;
+      // the load's x values, converted once for all NR rows
+      float xf[XV * 8];
+#pragma unroll
+      for (int v = 0; v < XV; v++) {
+        const int xi = c * XV + v;
+        xf8<T>(xi < K8 ? (NORM ? xv[xi] : __ldg(xv + xi)) : z, xf + 8 * v);
+      }
+#pragma unroll
+      for (int i = 0; i < NR; i++) {
+        if (GROUPED) {
+          // a load past the row's end (the last step's tail) has no scale to read
+          if (c * XV < K8) acc[i] = fmaf(__half2float(__ldg(srow[i] + c / groupUnits)), dotq<WQ>(cur[i][u], xf, 0.f), acc[i]);
+        } else {
+          acc[i] = dotq<WQ>(cur[i][u], xf, acc[i]);
+        }
+      }
+    }
+  }
+}
+
+// Quantized weights (WQ, qc) share this structure and its epilogues: the loads are 16 bytes of
+// int8 / packed int4 instead of T, dequantized in registers (gemv_step), accumulated in fp32, and
+// the per-row scale applied to the sum before the epilogue (or per group, inside the loop).
+template <typename T, int EPI, int RPW, int U, bool PF, bool NORM = false, int WQ = WQ_NONE, bool GROUPED = false>
+__device__ __forceinline__ void gemv2_rows(const void* __restrict__ W, const T* __restrict__ x, const T* __restrict__ bias,
                                            void* __restrict__ out, int rows, int K, int F, const RopeCtx& rc,
-                                           const NormCtx& nc = NormCtx{}) {
+                                           const NormCtx& nc = NormCtx{}, const QuantCtx& qc = QuantCtx{}) {
   constexpr int PR = (EPI == EPI_SWIGLU || EPI == EPI_ROPE) ? 2 : 1;
   constexpr int NR = RPW * PR;
   constexpr int XS = NORM ? NORM_FUSED_MAX : 1;
@@ -361,8 +471,14 @@ __device__ __forceinline__ void gemv2_rows(const T* __restrict__ W, const T* __r
   }
   const bool active = row0 < rows;  // NORM: every thread normalises first, idle warps then leave
   const int K8 = K >> 3;
+  // 16-byte weight loads per row, and the bytes between rows
+  const size_t rowBytes = WQ == WQ_NONE ? (size_t)K * sizeof(T) : (size_t)qc.rowBytes;
+  const int KU = (int)(rowBytes >> 4);
+  const char* Wb = static_cast<const char*>(W);
   const uint4* xv = reinterpret_cast<const uint4*>(NORM ? xsh : x);
   const uint4* wp[NR];
+  const half* srow[NR];  // quantized: each weight row's scales
+  int wrow[NR];
   int orow[RPW];
 #pragma unroll
   for (int r = 0; r < RPW; r++) {
@@ -370,14 +486,19 @@ __device__ __forceinline__ void gemv2_rows(const T* __restrict__ W, const T* __r
     orow[r] = rr;
     if (EPI == EPI_ROPE) {
       const RopePair q = rope_pair(rc.g, rr);
-      wp[2 * r] = reinterpret_cast<const uint4*>(W + (size_t)q.ia * K);
-      wp[2 * r + 1] = reinterpret_cast<const uint4*>(W + (size_t)q.ib * K);
+      wrow[2 * r] = q.ia;
+      wrow[2 * r + 1] = q.ib;
     } else if (EPI == EPI_SWIGLU) {
-      wp[2 * r] = reinterpret_cast<const uint4*>(W + (size_t)rr * K);
-      wp[2 * r + 1] = reinterpret_cast<const uint4*>(W + (size_t)(rr + F) * K);
+      wrow[2 * r] = rr;
+      wrow[2 * r + 1] = rr + F;
     } else {
-      wp[r] = reinterpret_cast<const uint4*>(W + (size_t)rr * K);
+      wrow[r] = rr;
     }
+  }
+#pragma unroll
+  for (int i = 0; i < NR; i++) {
+    wp[i] = reinterpret_cast<const uint4*>(Wb + (size_t)wrow[i] * rowBytes);
+    srow[i] = WQ == WQ_NONE ? nullptr : qc.scale + (size_t)wrow[i] * qc.groups;
   }
   float acc[NR];
   uint4 cur[NR][U];
@@ -388,7 +509,7 @@ __device__ __forceinline__ void gemv2_rows(const T* __restrict__ W, const T* __r
 #pragma unroll
     for (int u = 0; u < U; u++) {
       const int c = lane + 32 * u;
-      cur[i][u] = c < K8 && active ? ld_stream(wp[i] + c) : z;
+      cur[i][u] = c < KU && active ? ld_stream(wp[i] + c) : z;
     }
   }
   pdl_wait();
@@ -396,12 +517,14 @@ __device__ __forceinline__ void gemv2_rows(const T* __restrict__ W, const T* __r
     norm_into_shared<T>(x, K, nc, xsh, red);
     if (!active) return;
   }
-  for (int base = 0; base < K8; base += 32 * U) {
+  for (int base = 0; base < KU; base += 32 * U) {
     uint4 xs[U];
+    if (WQ == WQ_NONE) {
 #pragma unroll
-    for (int u = 0; u < U; u++) {
-      const int c = base + lane + 32 * u;
-      xs[u] = c < K8 ? (NORM ? xv[c] : __ldg(xv + c)) : z;
+      for (int u = 0; u < U; u++) {
+        const int c = base + lane + 32 * u;
+        xs[u] = c < K8 ? (NORM ? xv[c] : __ldg(xv + c)) : z;
+      }
     }
     const int nb = base + 32 * U;
     if (PF) {
@@ -411,28 +534,22 @@ __device__ __forceinline__ void gemv2_rows(const T* __restrict__ W, const T* __r
 #pragma unroll
         for (int u = 0; u < U; u++) {
           const int c = nb + lane + 32 * u;
-          nxt[i][u] = c < K8 ? ld_stream(wp[i] + c) : z;
+          nxt[i][u] = c < KU ? ld_stream(wp[i] + c) : z;
         }
-#pragma unroll
-      for (int i = 0; i < NR; i++)
-#pragma unroll
-        for (int u = 0; u < U; u++) acc[i] = dot8<T>(cur[i][u], xs[u], acc[i]);
+      gemv_step<T, WQ, GROUPED, NORM>(acc, cur, xs, xv, base, lane, K8, srow, qc.groupUnits);
 #pragma unroll
       for (int i = 0; i < NR; i++)
 #pragma unroll
         for (int u = 0; u < U; u++) cur[i][u] = nxt[i][u];
     } else {
-#pragma unroll
-      for (int i = 0; i < NR; i++)
-#pragma unroll
-        for (int u = 0; u < U; u++) acc[i] = dot8<T>(cur[i][u], xs[u], acc[i]);
-      if (nb < K8) {
+      gemv_step<T, WQ, GROUPED, NORM>(acc, cur, xs, xv, base, lane, K8, srow, qc.groupUnits);
+      if (nb < KU) {
 #pragma unroll
         for (int i = 0; i < NR; i++)
 #pragma unroll
           for (int u = 0; u < U; u++) {
             const int c = nb + lane + 32 * u;
-            cur[i][u] = c < K8 ? ld_stream(wp[i] + c) : z;
+            cur[i][u] = c < KU ? ld_stream(wp[i] + c) : z;
           }
       }
     }
@@ -440,6 +557,10 @@ __device__ __forceinline__ void gemv2_rows(const T* __restrict__ W, const T* __r
 #pragma unroll
   for (int i = 0; i < NR; i++) acc[i] = warpSum(acc[i]);
   if (lane != 0) return;
+  if (WQ != WQ_NONE && !GROUPED) {
+#pragma unroll
+    for (int i = 0; i < NR; i++) acc[i] *= __half2float(srow[i][0]);
+  }
 #pragma unroll
   for (int r = 0; r < RPW; r++) {
     if (row0 + r >= rows) break;
@@ -496,6 +617,43 @@ __global__ void __launch_bounds__(GEMV2_THREADS) gemv2_kernel(const T* __restric
                                                               const T* __restrict__ bias, void* __restrict__ out,
                                                               int rows, int K, int F, RopeCtx rc, NormCtx nc) {
   gemv2_rows<T, EPI, RPW, U, PF, NORM>(W, x, bias, out, rows, K, F, rc, nc);
+}
+
+// The quantized GEMV (gemv2_rows with int8 / int4 weights): same epilogues as gemv2_kernel.
+template <typename T, int EPI, int RPW, int U, bool PF, bool NORM, int WQ, bool GROUPED>
+__global__ void __launch_bounds__(GEMV2_THREADS) gemvq_kernel(const void* __restrict__ W, const T* __restrict__ x,
+                                                              const T* __restrict__ bias, void* __restrict__ out,
+                                                              int rows, int K, int F, RopeCtx rc, NormCtx nc, QuantCtx qc) {
+  gemv2_rows<T, EPI, RPW, U, PF, NORM, WQ, GROUPED>(W, x, bias, out, rows, K, F, rc, nc, qc);
+}
+
+// Prefill with quantized weights: one weight dequantized into an fp16 / bf16 [rows, K] scratch
+// buffer for the cuBLAS GEMM, each element T(q * scale) (the published extract kernels' rounding:
+// the product is exact in float32, rounded once). 8 columns per thread.
+template <typename T, int WQ>
+__global__ void dequant_kernel(const uint8_t* __restrict__ W, QuantCtx qc, int groupSize, int rows, int K, T* __restrict__ out) {
+  pdl_trigger();
+  pdl_wait();
+  const int K8 = K >> 3;
+  const size_t total = (size_t)rows * K8;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+    const size_t r = i / K8;
+    const int k0 = (int)(i % K8) * 8;
+    const uint8_t* row = W + r * qc.rowBytes;
+    float q[8];
+    if (WQ == WQ_I8) {
+      const uint2 v = *reinterpret_cast<const uint2*>(row + k0);
+      int8x4(v.x, *reinterpret_cast<float(*)[4]>(q));
+      int8x4(v.y, *reinterpret_cast<float(*)[4]>(q + 4));
+    } else {
+      int4x8(*reinterpret_cast<const uint32_t*>(row + k0 / 2), q);
+    }
+    const float s = __half2float(qc.scale[r * qc.groups + (groupSize ? k0 / groupSize : 0)]);
+    T o[8];
+#pragma unroll
+    for (int k = 0; k < 8; k++) o[k] = TT<T>::t(q[k] * s);
+    *reinterpret_cast<uint4*>(out + r * K + k0) = *reinterpret_cast<const uint4*>(o);
+  }
 }
 
 // ---- bias / activation after a cuBLAS GEMM (prefill) -----------------------------------------

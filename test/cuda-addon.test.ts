@@ -16,7 +16,7 @@ afterEach(() => {
   else process.env.GLMTOOL_CUDA_ADDON = saved
 })
 
-const KINDS = '{W_QKV: 0, B_QKV: 1, W_DENSE: 2, B_DENSE: 3, W_UP: 4, B_UP: 5, W_DOWN: 6, B_DOWN: 7, W_LN1: 8, B_LN1: 9, W_LN2: 10, B_LN2: 11, W_FINAL: 12, B_FINAL: 13, W_LMHEAD: 14, W_EMBED: 15, PREFIX_K: 16, PREFIX_V: 17}'
+const KINDS = '{W_QKV: 0, B_QKV: 1, W_DENSE: 2, B_DENSE: 3, W_UP: 4, B_UP: 5, W_DOWN: 6, B_DOWN: 7, W_LN1: 8, B_LN1: 9, W_LN2: 10, B_LN2: 11, W_FINAL: 12, B_FINAL: 13, W_LMHEAD: 14, W_EMBED: 15, PREFIX_K: 16, PREFIX_V: 17, S_QKV: 18, S_DENSE: 19, S_UP: 20, S_DOWN: 21}'
 
 /** A fresh copy of the loader (it caches its verdict per process) with the addon at `path`. */
 async function loader(path: string) {
@@ -49,16 +49,16 @@ describe('loadCudaAddon', () => {
 
   it('an addon of another interface version: rebuild', async () => {
     const m = await loader(mock('old.cjs', `module.exports = {version: '0', kinds: ${KINDS}, probe: () => ({ok: true})}`))
-    expect(m.cudaUnavailableReason()).toMatch(/is from another glmtool version \(addon interface 0, this glmtool needs 2\); build it/)
+    expect(m.cudaUnavailableReason()).toMatch(/is from another glmtool version \(addon interface 0, this glmtool needs 3\); build it/)
   })
 
   it('no driver or GPU: the probe\'s reason, verbatim', async () => {
-    const m = await loader(mock('nogpu.cjs', `module.exports = {version: '2', kinds: ${KINDS}, probe: () => ({ok: false, reason: 'no NVIDIA driver was found (libcuda.so.1 could not be loaded)'})}`))
+    const m = await loader(mock('nogpu.cjs', `module.exports = {version: '3', kinds: ${KINDS}, probe: () => ({ok: false, reason: 'no NVIDIA driver was found (libcuda.so.1 could not be loaded)'})}`))
     expect(() => m.loadCudaAddon()).toThrow('CUDA backend unavailable because no NVIDIA driver was found (libcuda.so.1 could not be loaded)')
   })
 
   it('a usable addon loads once and reports the device', async () => {
-    const m = await loader(mock('ok.cjs', `module.exports = {version: '2', kinds: ${KINDS}, probe: () => ({ok: true, reason: '', name: 'Mock GPU'})}`))
+    const m = await loader(mock('ok.cjs', `module.exports = {version: '3', kinds: ${KINDS}, probe: () => ({ok: true, reason: '', name: 'Mock GPU'})}`))
     expect(m.cudaUnavailableReason()).toBeUndefined()
     expect(m.loadCudaAddon().device.name).toBe('Mock GPU')
   })

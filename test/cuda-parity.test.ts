@@ -4,7 +4,10 @@
  * Criteria (issue 6): float16 logits within 2e-2 relative of the float32 reference on every
  * prompt row and 64 decode steps, through the CUDA graph and launch by launch (bit-identical to
  * each other); greedy tokens identical, a miss allowed only at a near-tie of the reference
- * (margin within the tolerance). bfloat16: 6e-2.
+ * (margin within the tolerance). bfloat16: 6e-2. Quantized cases (issue 12: int8 / int4, per channel
+ * and grouped, tiny and small synth of both generations): CUDA logits within 2e-2 relative of the
+ * CPU runtime on the same `glmtool quantize --format both` output (its MatMulNBits graph), teacher-
+ * forced on the CPU runtime's greedy tokens.
  */
 import {mkdtempSync, rmSync} from 'node:fs'
 import {tmpdir} from 'node:os'
@@ -20,7 +23,7 @@ if (reason) console.warn(`cuda parity: skipped: CUDA backend unavailable because
 else if (!torchOk) console.warn('cuda parity: skipped: no python3 with torch for the reference')
 
 describe.skipIf(reason !== undefined || !torchOk)('CUDA engine parity', () => {
-  it('tiny and small synth models of both generations, fp16 and bf16, 64 greedy steps', async () => {
+  it('tiny and small synth models of both generations, fp16 and bf16, int8 and int4, 64 greedy steps', async () => {
     const {runParity} = await import('./cuda/parity.mjs')
     const summary = await runParity({refDevice: process.env.GLMTOOL_REFERENCE_DEVICE ?? 'cuda'})
     for (const r of summary.results) {
@@ -44,5 +47,16 @@ describe.skipIf(reason !== undefined)('glmtool chat --backend cuda', () => {
     expect(out.backend).toBe('cuda')
     expect(out.turns[0].generatedIds.length).toBeGreaterThan(0)
     expect(out.turns[0].generatedIds.length).toBeLessThanOrEqual(8)
+  })
+
+  it.each([['chatglm-6b', '4'], ['chatglm2-6b', '8']])('%s int%s from glmtool quantize: a greedy turn on the GPU', (arch, bits) => {
+    const model = join(work, `${arch}-q${bits}`)
+    expect(glmtool(['synth', '--arch', arch, '--size', 'tiny', '--out', `${model}-torch`]).code).toBe(0)
+    expect(glmtool(['quantize', `${model}-torch`, '--bits', bits, '--out', model, '--evaluate', 'off']).code).toBe(0)
+    const r = glmtool(['chat', model, '--backend', 'cuda', '--prompt', 'hello', '--greedy', '--max-new-tokens', '8', '--json'], {env: {GLMTOOL_CACHE: join(work, 'cache')}})
+    expect(r.code, r.stderr).toBe(0)
+    const out = JSON.parse(r.stdout)
+    expect(out.backend).toBe('cuda')
+    expect(out.turns[0].generatedIds.length).toBeGreaterThan(0)
   })
 })

@@ -83,7 +83,7 @@ export function benchTable(results: readonly BenchResult[]): string {
   row('prefill tok/s median / p90', r => `${f1(r.prefillTokensPerSecond.median)} / ${f1(r.prefillTokensPerSecond.p90)}`)
   row('decode tok/s median / p90', r => `${f1(r.decodeTokensPerSecond.median)} / ${f1(r.decodeTokensPerSecond.p90)}`)
   row('peak GPU memory: engine / device', r => (r.gpuMemory ? `${formatBytes(r.gpuMemory.peakAllocatedBytes)} / ${formatBytes(r.gpuMemory.peakDeviceUsedBytes)}` : 'n/a'))
-  row('GPU weights / KV cache', r => (r.gpuMemory ? `${formatBytes(r.gpuMemory.weightBytes)} / ${formatBytes(r.gpuMemory.kvCacheBytes)}` : 'n/a'))
+  row('GPU weights / KV cache / prefill scratch', r => (r.gpuMemory ? `${formatBytes(r.gpuMemory.weightBytes)} / ${formatBytes(r.gpuMemory.kvCacheBytes)} / ${formatBytes(r.gpuMemory.scratchBytes)}` : 'n/a'))
   row('peak host RSS', r => formatBytes(r.peakHostRssBytes))
   row('decode roofline tok/s (achieved)', r => (r.roofline ? `${f1(r.roofline.rooflineTokensPerSecond)} (${(100 * r.roofline.achievedFraction).toFixed(1)}%)` : 'n/a'))
   return table.toString()

@@ -71,6 +71,8 @@ export interface BenchResult {
     weightBytes: number
     kvCacheBytes: number
     hostEmbeddingBytes: number
+    /** Quantized models: the prefill's buffer for one dequantized weight (part of peakAllocatedBytes). */
+    scratchBytes: number
   }
   /** process.resourceUsage().maxRSS after this model's runs: the process's peak so far. */
   peakHostRssBytes: number
@@ -240,6 +242,7 @@ export async function benchModel(path: string, opts: BenchOptions): Promise<Benc
       result.gpuMemory = {
         peakAllocatedBytes: m.peakAllocated, peakDeviceUsedBytes: m.peakDeviceUsed, deviceTotalBytes: m.deviceTotal,
         weightBytes: m.weightBytes, kvCacheBytes: m.kvCacheBytes, hostEmbeddingBytes: m.hostEmbeddingBytes,
+        scratchBytes: m.scratchBytes,
       }
       // Decode step k (1..genTokens-1) reads the K/V of promptTokens + k tokens.
       const avgContext = promptTokens + genTokens / 2

@@ -50,8 +50,22 @@ export function parityCases(quick = false) {
     // models, with the projection); the reference runs the trainer's prefix encoder itself
     {model: 'chatglm-6b-tiny-prefix', ids: text(7, 300)},
     {model: 'chatglm2-6b-tiny-prefix', ids: text(7, 300)},
+    // Weight-only quantized (issue 12): `glmtool quantize --bits B --group-size G --format both` of
+    // a synth model (-qB, -qBgG); the reference is the CPU runtime on the same directory's ONNX
+    // MatMulNBits graph (itself proven equal to the dequantized model), fed its own greedy tokens.
+    // Group 128 needs input widths divisible by 128 (ChatGLM-6B small), 32 the tiny models; the
+    // ChatGLM2-6B small ffn (1712) makes int4 rows of 856 bytes, padded by the engine.
+    {model: 'chatglm-6b-tiny-q8', ids: text(6, 100)},
+    {model: 'chatglm-6b-tiny-q4g32', ids: text(6, 100)},
+    {model: 'chatglm2-6b-tiny-q4', ids: text(6, 100)},
+    {model: 'chatglm2-6b-tiny-q8g32', ids: text(6, 100)},
+    {model: 'chatglm-6b-small-q4', ids: text(17, 300)},
+    {model: 'chatglm-6b-small-q8g128', ids: text(17, 300)},
+    {model: 'chatglm-6b-small-q4g128', ids: text(17, 300)},
+    {model: 'chatglm2-6b-small-q4', ids: text(17, 300)},
+    {model: 'chatglm2-6b-small-q8', ids: text(17, 300)},
   ]
-  return quick ? all.filter(c => c.model.endsWith('-tiny') || c.model.endsWith('-sharp')) : all
+  return quick ? all.filter(c => /-(tiny|sharp)(-q\w+)?$/.test(c.model)) : all
 }
 
 async function sharpen(src, out) {
@@ -81,6 +95,13 @@ async function sharpen(src, out) {
 /** torch dir (reference), safetensors (CUDA) and ONNX (CPU) of one model key; with a prefix, the
  * torch dir is the base model and `prefix` the P-Tuning checkpoint the reference runs. */
 async function makeModel(work, key) {
+  const qm = /^(chatglm2?-6b-(?:tiny|small))-q(4|8)(?:g(\d+))?$/.exec(key)
+  if (qm) {
+    const base = await makeModel(work, qm[1])
+    const q = join(work, key)
+    if (!existsSync(q)) glmtool(['quantize', base.torch, '--bits', qm[2], '--group-size', qm[3] ?? '0', '--format', 'both', '--out', q, '--evaluate', 'off'])
+    return {torch: base.torch, st: q, onnx: q, quant: true}
+  }
   const pm = /^(chatglm2?-6b)-tiny-prefix$/.exec(key)
   if (pm) {
     const base = await makeModel(work, `${pm[1]}-tiny`)
@@ -223,6 +244,27 @@ async function manyRun(backend, meta, batch, sampling = null) {
   return tokens
 }
 
+/** The CPU runtime's own greedy run: the prompt's rows, then STEPS rows each fed the previous
+ * row's argmax (teacher forcing on the CPU's tokens); positions as the reference's. */
+async function cpuGreedy(backend, meta) {
+  const v1 = meta.arch === 'chatglm-6b'
+  const [pos, block] = v1 ? meta.positions : [meta.positions, undefined]
+  const bidirectional = v1 ? meta.input_ids.indexOf(130004) : 0
+  const n = meta.prompt_len
+  const V = meta.vocab
+  backend.reset()
+  const out = new Float32Array((n + STEPS) * V)
+  const first = await backend.forward({ids: meta.input_ids, positions: pos.slice(0, n), blockPositions: block?.slice(0, n), bidirectional, logits: 'all'})
+  out.set(first.logits, 0)
+  const generated = [argmax(out.subarray((n - 1) * V, n * V))]
+  for (let k = 0; k < STEPS; k++) {
+    const o = await backend.forward({ids: [generated[k]], positions: [pos[n + k]], blockPositions: block ? [block[n + k]] : undefined, bidirectional, logits: 'last'})
+    out.set(o.logits, (n + k) * V)
+    generated.push(argmax(o.logits))
+  }
+  return {logits: out, generated}
+}
+
 /** Greedy agreement of per-row argmax with the reference's tokens; near-tie margins of any misses. */
 function greedyAgreement(got, ref, meta) {
   const n = meta.prompt_len
@@ -260,12 +302,27 @@ export async function runParity({work, quick = false, only, refDevice, log = con
   log(`reference (${device_}): ${cases.length} cases in ${((performance.now() - t0) / 1000).toFixed(1)} s`)
   const results = []
   for (const [i, c] of cases.entries()) {
-    const {meta, logits: ref} = refs[i]
+    const {meta: refMeta, logits: refFloat} = refs[i]
     const tol = c.model.endsWith('-bf16') ? BF16_TOL : FP16_TOL
-    const r = {model: c.model, promptTokens: meta.prompt_len, steps: STEPS, tol}
+    const quant = models[c.model].quant === true
+    const r = {model: c.model, promptTokens: refMeta.prompt_len, steps: STEPS, tol}
     try {
+      // quantized: the reference is the CPU runtime on the quantized model, fed its own greedy tokens
+      let meta = refMeta
+      let ref = refFloat
+      if (quant) {
+        const onnx = await OnnxCpuBackend.load(models[c.model].onnx, {maxLength: refMeta.prompt_len + STEPS + 8})
+        try {
+          const g = await cpuGreedy(onnx, refMeta)
+          ref = g.logits
+          meta = {...refMeta, generated: g.generated}
+        } finally {
+          await onnx.dispose()
+        }
+        r.reference = 'cpu-runtime (ONNX MatMulNBits)'
+      }
       const cuda = await CudaBackend.load(models[c.model].st, {maxLength: meta.prompt_len + STEPS + 8})
-      r.dtype = cuda.dtype
+      r.dtype = cuda.dtype + (cuda.quant ? ` int${cuda.quant.bits}${cuda.quant.groupSize ? ` g${cuda.quant.groupSize}` : ''}` : '')
       try {
         const info = cuda.info()
         r.pdl = info.pdl
@@ -301,13 +358,18 @@ export async function runParity({work, quick = false, only, refDevice, log = con
         const sampledMany = await manyRun(cuda, meta, 16, sampled)
         r.decodeMany = {greedyGraph: same(manyGraph, free), greedyPlain: same(manyPlain, free), sampled: same(sampledMany, sampledStep)}
         r.decodeMany.identical = r.decodeMany.greedyGraph && r.decodeMany.greedyPlain && r.decodeMany.sampled
-        const onnx = await OnnxCpuBackend.load(models[c.model].onnx, {maxLength: meta.prompt_len + STEPS + 8})
-        try {
-          const cpu = await teacherForced(onnx, meta)
-          r.vsCpuRuntime = relRows(graph, cpu, V).maxRel
-          r.cpuVsReference = relRows(cpu, ref, V).maxRel
-        } finally {
-          await onnx.dispose()
+        if (quant) {
+          r.vsCpuRuntime = relRows(graph, ref, V).maxRel
+          r.memory = cuda.memory()
+        } else {
+          const onnx = await OnnxCpuBackend.load(models[c.model].onnx, {maxLength: meta.prompt_len + STEPS + 8})
+          try {
+            const cpu = await teacherForced(onnx, meta)
+            r.vsCpuRuntime = relRows(graph, cpu, V).maxRel
+            r.cpuVsReference = relRows(cpu, ref, V).maxRel
+          } finally {
+            await onnx.dispose()
+          }
         }
       } finally {
         await cuda.dispose()
@@ -323,7 +385,7 @@ export async function runParity({work, quick = false, only, refDevice, log = con
     results.push(r)
     log(r.error
       ? `FAIL ${c.model}: ${r.error.split('\n')[0]}`
-      : `${r.ok ? 'ok  ' : 'FAIL'} ${c.model} ${r.dtype} prompt ${r.promptTokens} (${r.decodeKernels}): vs reference prefill ${r.vsReference.prefill.toExponential(2)}, decode ${r.vsReference.decodeGraph.toExponential(2)} (graph) ${r.vsReference.decodeNoGraph.toExponential(2)} (no graph); vs CPU runtime ${r.vsCpuRuntime.toExponential(2)}; graph${r.pdl ? '+PDL' : ''} vs plain ${r.graphVsNoGraph.toExponential(2)}; greedy ${r.greedyTeacherForced.same}/${r.greedyTeacherForced.of} teacher-forced, free run ${r.freeRun.identical ? 'identical' : `differs from step ${r.freeRun.firstDifference}`}; decodeMany ${r.decodeMany.identical ? 'identical to per-step' : JSON.stringify(r.decodeMany)}${r.greedyTeacherForced.misses.length ? `; misses ${JSON.stringify(r.greedyTeacherForced.misses.slice(0, 3))}` : ''}`)
+      : `${r.ok ? 'ok  ' : 'FAIL'} ${c.model} ${r.dtype} prompt ${r.promptTokens} (${r.decodeKernels}): vs ${r.reference ? 'CPU runtime (quantized ONNX)' : 'reference'} prefill ${r.vsReference.prefill.toExponential(2)}, decode ${r.vsReference.decodeGraph.toExponential(2)} (graph) ${r.vsReference.decodeNoGraph.toExponential(2)} (no graph); vs CPU runtime ${r.vsCpuRuntime.toExponential(2)}; graph${r.pdl ? '+PDL' : ''} vs plain ${r.graphVsNoGraph.toExponential(2)}; greedy ${r.greedyTeacherForced.same}/${r.greedyTeacherForced.of} teacher-forced, free run ${r.freeRun.identical ? 'identical' : `differs from step ${r.freeRun.firstDifference}`}; decodeMany ${r.decodeMany.identical ? 'identical to per-step' : JSON.stringify(r.decodeMany)}${r.greedyTeacherForced.misses.length ? `; misses ${JSON.stringify(r.greedyTeacherForced.misses.slice(0, 3))}` : ''}`)
   }
   return {device: {name: device.name, computeCapability: device.computeCapability, driverVersion: device.driverVersion, cublas: device.cublasPath}, referenceDevice: device_, results}
 }

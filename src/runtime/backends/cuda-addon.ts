@@ -39,6 +39,8 @@ export interface CudaProbe {
 export const WEIGHT_KINDS = {
   W_QKV: 0, B_QKV: 1, W_DENSE: 2, B_DENSE: 3, W_UP: 4, B_UP: 5, W_DOWN: 6, B_DOWN: 7, W_LN1: 8, B_LN1: 9,
   W_LN2: 10, B_LN2: 11, W_FINAL: 12, B_FINAL: 13, W_LMHEAD: 14, W_EMBED: 15, PREFIX_K: 16, PREFIX_V: 17,
+  /** Quantized models: the fp16 weight_scale of W_QKV, W_DENSE, W_UP, W_DOWN. */
+  S_QKV: 18, S_DENSE: 19, S_UP: 20, S_DOWN: 21,
 } as const
 export type WeightKindName = keyof typeof WEIGHT_KINDS
 
@@ -65,6 +67,13 @@ export interface CudaEngineConfig {
   postLayerNorm: boolean
   /** Capture the decode step once as a CUDA graph and replay it (default true). */
   useGraph?: boolean
+  /**
+   * Weight-only quantization of the four per-layer linears: 0 / absent none, 8 int8 [rows, K],
+   * 4 packed int4 [rows, K/2] (column 2j in the high nibble), W ~ q * scale (fp16 scales).
+   */
+  quantBits?: 0 | 4 | 8
+  /** Input columns per scale; 0 one scale per output row (the published layout). */
+  groupSize?: number
 }
 
 /**
@@ -86,6 +95,8 @@ export interface CudaMemoryStats {
   hostEmbeddingBytes: number
   kvCacheBytes: number
   kvBytesPerToken: number
+  /** Quantized models: the prefill's buffer for one dequantized weight (0 until the first prefill). */
+  scratchBytes: number
 }
 
 export type LogitsMode = 0 | 1 | 2
@@ -147,7 +158,7 @@ export interface CudaAddon {
 }
 
 /** The addon interface version this code speaks (native/addon.cpp kAddonVersion). */
-export const ADDON_VERSION = '2'
+export const ADDON_VERSION = '3'
 
 const PACKAGE_ROOT = resolve(import.meta.dirname, '..', '..', '..')
 

@@ -5,6 +5,7 @@ import {openModel} from '../../formats/model-dir.js'
 import type {TensorEntry} from '../../formats/tensor.js'
 import type {Arch, ModelConfig} from '../../models/index.js'
 import {PREFIX_CACHE_MARKER} from '../../models/arch.js'
+import {quantizableNames, quantLayoutOf, type QuantLayout, scaleNameOf} from '../../models/quantized-layout.js'
 import type {DecodeManyInput, DecoderBackend, DeviceSampling, ForwardInput, ForwardOutput} from '../backend.js'
 import {
   type CudaAddon, type CudaEngine, type CudaEngineConfig, type CudaEngineInfo, type CudaMemoryStats, type CudaProbe, loadCudaAddon, WEIGHT_KINDS,
@@ -91,9 +92,6 @@ export function engineDims(arch: Arch, config: ModelConfig): Omit<CudaEngineConf
   const unsupported = (why: string): never => {
     throw new GlmtoolError('cuda-unsupported', `config.json: ${why} is not implemented by the CUDA backend`)
   }
-  if (config.quantization_bit !== undefined && config.quantization_bit !== null) {
-    unsupported(`quantization_bit ${String(config.quantization_bit)} (quantized weights)`)
-  }
   const eps = Number(config.layernorm_epsilon ?? 1e-5)
   if (arch.generation === 1) {
     if (config.position_encoding_2d === false) unsupported('position_encoding_2d false')
@@ -143,6 +141,103 @@ export function cudaDecodeBatch(env: NodeJS.ProcessEnv = process.env): number {
 
 const ENGINE_DTYPES: Partial<Record<DType, 0 | 1>> = {F16: 0, BF16: 1}
 
+/** One tensor's place in the engine and how it travels: as is, or converted to the slot's float type. */
+export interface UploadPlacement extends Placement {
+  /** Bytes the engine's slot takes from this tensor (int8 / packed int4: one byte per stored element). */
+  bytes: number
+  /** The element type the slot holds (I8: quantized weights, sent as they are). */
+  to: DType
+}
+
+export interface CudaUploadPlan {
+  /** The float type of activations, norms, biases, embeddings and the output layer. */
+  dtype: 'F16' | 'BF16'
+  /** Weight-only quantization of the per-layer linears (undefined: a float checkpoint). */
+  quant?: QuantLayout
+  prefixLength: number
+  placements: UploadPlacement[]
+}
+
+const SCALE_KIND: Record<number, number> = {[K.W_QKV]: K.S_QKV, [K.W_DENSE]: K.S_DENSE, [K.W_UP]: K.S_UP, [K.W_DOWN]: K.S_DOWN}
+
+/**
+ * Where every tensor of a checkpoint goes in the engine, checked before anything is allocated:
+ * a float checkpoint (fp16 / bf16), or a quantized one (glmtool `quantize` output or the
+ * published int4 layout: config.json quantization_bit 4 / 8, each per-layer linear an int8
+ * `weight` (int4: two per byte) with its `weight_scale`, per output row or per group of
+ * columns). Quantized weights go to the GPU as stored (never as fp16); scales as fp16. A
+ * quantized output layer or embedding table is refused, naming the tensor and the file.
+ */
+export function planCudaUpload(path: string, arch: Arch, config: ModelConfig, tensors: readonly TensorEntry[], layers: number): CudaUploadPlan {
+  const quant = quantLayoutOf(config, `${path}/config.json`)
+  const byName = new Map(tensors.map(t => [t.name, t]))
+  const names = quantizableNames(arch)
+  if (quant) {
+    for (const [what, name, flag] of [['embedding table', names.embeddings, quant.embeddings], ['output layer', names.lmHead, quant.lmHead]] as const) {
+      const t = byName.get(name)
+      if (flag || (t && t.dtype === 'I8') || byName.has(scaleNameOf(name))) {
+        throw new GlmtoolError('cuda-unsupported', `${t?.file ?? path}: tensor ${name} (the ${what}) is quantized; the CUDA backend runs quantized per-layer linears with a float16 ${what} (quantize with \`--skip lm_head,embeddings\`, the default)`)
+      }
+    }
+  }
+  // the float type: a norm weight (the first layer's input norm), never quantized
+  const norm = byName.get(arch.generation === 1 ? 'transformer.layers.0.input_layernorm.weight' : 'transformer.encoder.layers.0.input_layernorm.weight')
+  if (!norm) throw new ModelError(`${path}: no input_layernorm weight of layer 0`, 'incomplete-model')
+  const dtypeCode = ENGINE_DTYPES[norm.dtype]
+  if (dtypeCode === undefined) {
+    throw new GlmtoolError('cuda-unsupported', `${path}: weights are ${norm.dtype}; the CUDA backend runs float16 and bfloat16 checkpoints (convert with \`glmtool convert --to safetensors --dtype f16\`)`)
+  }
+  const dtype: 'F16' | 'BF16' = dtypeCode === 0 ? 'F16' : 'BF16'
+  const slots = tensorSlots(arch.generation, layers, config)
+  if (quant) {
+    for (const [name, s] of [...slots]) {
+      const scaleKind = SCALE_KIND[s.kind]
+      if (scaleKind !== undefined) slots.set(scaleNameOf(name), {kind: scaleKind, layer: s.layer})
+    }
+  }
+  const placements: UploadPlacement[] = []
+  const unexpected: string[] = []
+  // merge-adapter's output carries the published prefix encoder beside the prefix cache, for
+  // the published modeling code; the engine runs the cache. Elsewhere the encoder is refused.
+  const publishedEncoderCopy = config.glmtool_prefix === PREFIX_CACHE_MARKER
+  let prefixLength = 0
+  for (const t of tensors) {
+    const s = slots.get(t.name)
+    const prefix = PREFIX_RE.exec(t.name)
+    if (s) {
+      const quantized = quant !== undefined && SCALE_KIND[s.kind] !== undefined
+      const isScale = quant !== undefined && Object.values(SCALE_KIND).includes(s.kind)
+      if (quantized && t.dtype !== 'I8') {
+        throw new ModelError(`${t.file}: tensor ${t.name} is ${t.dtype}; a quantization_bit ${quant.bits} checkpoint stores it as int8`, 'bad-dtype')
+      }
+      if (!quantized && t.dtype === 'I8') {
+        throw new GlmtoolError('cuda-unsupported', `${t.file}: tensor ${t.name} is int8; the CUDA backend quantizes only the per-layer linears (query_key_value, dense, dense_h_to_4h, dense_4h_to_h)`)
+      }
+      if (!quantized && ENGINE_DTYPES[t.dtype] === undefined && t.dtype !== 'F32') {
+        throw new ModelError(`${t.file}: tensor ${t.name} is ${t.dtype}, not a float type`, 'bad-dtype')
+      }
+      const to: DType = quantized ? 'I8' : isScale ? 'F16' : dtype
+      placements.push({tensor: t, ...s, to, bytes: numel(t.shape) * (to === 'I8' ? 1 : 2)})
+      slots.delete(t.name)
+    } else if (prefix) {
+      const layer = Number(prefix[1])
+      if (t.shape.length !== 3 || layer >= layers) throw new ModelError(`${path}: tensor ${t.name} has shape [${t.shape}], expected [kvHeads, pre_seq_len, headDim] of a layer below ${layers}`, 'bad-prefix')
+      prefixLength = t.shape[1]
+      placements.push({tensor: t, kind: prefix[2] === 'key' ? K.PREFIX_K : K.PREFIX_V, layer, to: dtype, bytes: numel(t.shape) * 2})
+    } else if (!t.name.endsWith('inv_freq') && !(publishedEncoderCopy && t.name.startsWith('transformer.prefix_encoder.'))) {
+      unexpected.push(t.name)
+    }
+  }
+  if (slots.size) {
+    const missing = [...slots.keys()]
+    throw new GlmtoolError('incomplete-model', `${path}: not a complete ${arch.id} checkpoint${quant ? ` (int${quant.bits})` : ''}: missing ${missing.length} tensor(s): ${missing.slice(0, 4).join(', ')}${missing.length > 4 ? ` and ${missing.length - 4} more` : ''}`)
+  }
+  if (unexpected.length) {
+    throw new GlmtoolError('cuda-unsupported', `${path}: tensors the CUDA backend does not know: ${unexpected.slice(0, 4).join(', ')}${unexpected.length > 4 ? ` and ${unexpected.length - 4} more` : ''} (unmerged adapters? use \`glmtool merge-adapter\` first)`)
+  }
+  return {dtype, quant, prefixLength, placements}
+}
+
 /**
  * ChatGLM decoder on glmtool's CUDA engine (native/): weights of a safetensors (glmtool's
  * convert output) or torch model directory stream tensor by tensor, in pieces, from disk through
@@ -168,6 +263,8 @@ export class CudaBackend implements DecoderBackend {
     private readonly vocab: number,
     private readonly maxChunk: number,
     readonly loadSeconds: number,
+    /** The checkpoint's weight-only quantization (undefined: float weights). */
+    readonly quant?: QuantLayout,
   ) {}
 
   static async load(path: string, opts: CudaBackendOptions = {}): Promise<CudaBackend> {
@@ -183,65 +280,31 @@ export class CudaBackend implements DecoderBackend {
         throw new GlmtoolError('usage', `maxLength must be a positive integer (got ${opts.maxLength})`)
       }
       const maxLength = Math.min(opts.maxLength ?? (arch.generation === 1 ? 2048 : 8192), dims.maxPositions)
-      const byName = new Map(model.tensors.map(t => [t.name, t]))
-      const qkv = byName.get(arch.generation === 1 ? 'transformer.layers.0.attention.query_key_value.weight' : 'transformer.encoder.layers.0.self_attention.query_key_value.weight')
-      if (!qkv) throw new ModelError(`${path}: no query_key_value weight of layer 0`, 'incomplete-model')
-      const dtypeCode = ENGINE_DTYPES[qkv.dtype]
-      if (dtypeCode === undefined) {
-        throw new GlmtoolError('cuda-unsupported', `${path}: weights are ${qkv.dtype}; the CUDA backend runs float16 and bfloat16 checkpoints (convert with \`glmtool convert --to safetensors --dtype f16\`)`)
-      }
-      const engineDtype: DType = dtypeCode === 0 ? 'F16' : 'BF16'
-      // placements: every needed tensor, prefix caches, and nothing unexpected
-      const slots = tensorSlots(arch.generation, dims.layers, config)
-      const placements: Placement[] = []
-      const unexpected: string[] = []
-      // merge-adapter's output carries the published prefix encoder beside the prefix cache, for
-      // the published modeling code; the engine runs the cache. Elsewhere the encoder is refused.
-      const publishedEncoderCopy = config.glmtool_prefix === PREFIX_CACHE_MARKER
-      let prefixLength = 0
-      for (const t of model.tensors) {
-        const s = slots.get(t.name)
-        const prefix = PREFIX_RE.exec(t.name)
-        if (s) {
-          placements.push({tensor: t, ...s})
-          slots.delete(t.name)
-        } else if (prefix) {
-          const layer = Number(prefix[1])
-          if (t.shape.length !== 3 || layer >= dims.layers) throw new ModelError(`${path}: tensor ${t.name} has shape [${t.shape}], expected [kvHeads, pre_seq_len, headDim] of a layer below ${dims.layers}`, 'bad-prefix')
-          prefixLength = t.shape[1]
-          placements.push({tensor: t, kind: prefix[2] === 'key' ? K.PREFIX_K : K.PREFIX_V, layer})
-        } else if (!t.name.endsWith('inv_freq') && !(publishedEncoderCopy && t.name.startsWith('transformer.prefix_encoder.'))) {
-          unexpected.push(t.name)
-        }
-      }
-      if (slots.size) {
-        const missing = [...slots.keys()]
-        throw new GlmtoolError('incomplete-model', `${path}: not a complete ${arch.id} checkpoint: missing ${missing.length} tensor(s): ${missing.slice(0, 4).join(', ')}${missing.length > 4 ? ` and ${missing.length - 4} more` : ''}`)
-      }
-      if (unexpected.length) {
-        throw new GlmtoolError('cuda-unsupported', `${path}: tensors the CUDA backend does not know: ${unexpected.slice(0, 4).join(', ')}${unexpected.length > 4 ? ` and ${unexpected.length - 4} more` : ''} (unmerged adapters? use \`glmtool merge-adapter\` first)`)
-      }
+      const plan = planCudaUpload(path, arch, config, model.tensors, dims.layers)
+      const {placements, prefixLength} = plan
+      const dtypeCode = ENGINE_DTYPES[plan.dtype]!
+      const quantBits = plan.quant?.bits ?? 0
+      const groupSize = plan.quant?.groupSize ?? 0
       const {maxPositions: _unused, ...engineDimsOnly} = dims
       void _unused
       let engine: CudaEngine
       try {
-        engine = new addon.Engine({...engineDimsOnly, dtype: dtypeCode, maxLength, prefixLength, useGraph: opts.useGraph ?? true})
+        engine = new addon.Engine({...engineDimsOnly, dtype: dtypeCode, maxLength, prefixLength, useGraph: opts.useGraph ?? true, quantBits, groupSize})
       } catch (error) {
         throw new GlmtoolError('cuda-error', `CUDA engine for ${path}: ${(error as Error).message}`)
       }
       try {
         for (const p of placements) {
           const want = engine.slotBytes(p.kind, p.layer)
-          const have = numel(p.tensor.shape) * 2
-          if (want !== have) {
-            throw new ModelError(`${path}: tensor ${p.tensor.name} is [${p.tensor.shape}] (${have} bytes as ${engineDtype}), the config needs ${want} bytes`, 'bad-shape')
+          if (want !== p.bytes) {
+            throw new ModelError(`${p.tensor.file}: tensor ${p.tensor.name} is [${p.tensor.shape}] (${p.bytes} bytes as ${p.to}), the config needs ${want} bytes`, 'bad-shape')
           }
         }
-        opts.onStart?.(placements.reduce((a, p) => a + numel(p.tensor.shape) * 2, 0))
+        opts.onStart?.(placements.reduce((a, p) => a + p.bytes, 0))
         for (const p of placements) {
           let offset = 0
           for await (const chunk of p.tensor.chunks()) {
-            const data = p.tensor.dtype === engineDtype ? chunk : convertChunk(chunk, p.tensor.dtype, engineDtype)
+            const data = p.tensor.dtype === p.to ? chunk : convertChunk(chunk, p.tensor.dtype, p.to)
             engine.upload(p.kind, p.layer, offset, data)
             offset += data.length
             opts.onBytes?.(data.length)
@@ -254,7 +317,7 @@ export class CudaBackend implements DecoderBackend {
         throw new GlmtoolError('cuda-error', `loading ${path} onto the GPU: ${(error as Error).message}`)
       }
       return new CudaBackend(engine, arch, config, maxLength, dtypeCode === 0 ? 'f16' : 'bf16', device, addon, dims.vocab,
-        engine.info().maxChunk, (performance.now() - started) / 1000)
+        engine.info().maxChunk, (performance.now() - started) / 1000, plan.quant)
     } finally {
       await model.close()
     }

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Issue 12 on the GPU machine, in one device call (results recorded in bench/RESULTS.md):
+#   probe -> CUDA parity (test/cuda/parity.mjs: the FP16 cases as before plus the quantized ones
+#   against the CPU runtime's MatMulNBits graph) -> full-size ChatGLM2-6B, then ChatGLM-6B: synth ->
+#   safetensors fp16 -> `glmtool quantize --bits 8` and `--bits 4` (RTN, per channel, lm_head and
+#   embeddings fp16: the published layout), in the background during parity -> `glmtool bench`
+#   of FP16 / INT8 / INT4 side by side per generation (bench measures the copy rate itself, in the
+#   same process, before the models).
+#
+# Prepare here: npm run build && npm run build:native; .device/ as bench/cuda-device.sh says.
+# Run with carry [".device", "dist", "build/native"]:  BUDGET=480 bash bench/cuda-quant-device.sh
+# Everything lands in $OUT: steps.log, parity.log, parity.json, bench-v2.json, bench-v1.json.
+set -u
+source bench/device-env.sh
+el "probe: $(node -e "console.log(JSON.stringify(require('./build/native/glmtool_cuda.node').probe()))" 2>&1)"
+df -h /tmp | tail -1 >> "$LOG"
+
+M=${MODELS:-/tmp/glm}
+mkdir -p "$M"
+GENS=${GENS:-"chatglm2-6b chatglm-6b"}
+QTHREADS=${QTHREADS:-6}
+prep() {  # synth (one core) -> safetensors fp16, the torch copy removed (disk: 64 GB)
+  local t0=$(date +%s)
+  node bin/run.js synth --arch $1 --size ${SIZE:-full} --out "$M/$1-torch" > /dev/null 2>&1 &&
+    node bin/run.js convert "$M/$1-torch" --to safetensors --out "$M/$1" > /dev/null 2>&1 &&
+    rm -rf "$M/$1-torch" && echo "[bg] $1 synth + convert: $(($(date +%s) - t0)) s" >> "$LOG"
+}
+# QUANTS: the quantized variants, "B" (per channel) or "BgG" (groups of G columns)
+QUANTS=${QUANTS:-"8 4"}
+quant() {  # RTN, lm_head and embeddings fp16 (the defaults)
+  for q in $QUANTS; do
+    local t1=$(date +%s) b=${q%%g*} g=0
+    [ "$q" != "$b" ] && g=${q#*g}
+    node bin/run.js quantize "$M/$1" --bits $b --group-size $g --out "$M/$1-int$q" --evaluate off --threads $QTHREADS > "$M/q-$1-$q.log" 2>&1
+    echo "[bg] $1 int$q rc=$? $(($(date +%s) - t1)) s: $(tail -1 "$M/q-$1-$q.log" | cut -c1-200)" >> "$LOG"
+  done
+  touch "$M/$1.ready"
+}
+# the second model's synth overlaps the first one's quantization
+(
+  set -- $GENS
+  prep $1
+  quant $1 &
+  [ -n "${2:-}" ] && prep $2
+  wait
+  [ -n "${2:-}" ] && quant $2
+) &
+
+if [ "${PARITY:-1}" = 1 ]; then
+el "parity ..."
+timeout "${PARITY_TIMEOUT:-240}" node test/cuda/parity.mjs --json "$OUT/parity.json" ${PARITY_ARGS:-} > "$OUT/parity.log" 2>&1
+el "parity rc=$?"
+grep -E '^(ok|FAIL|cuda parity|reference)' "$OUT/parity.log" | cut -c1-420 | tee -a "$LOG"
+fi
+
+for a in $GENS; do
+  while [ ! -f "$M/$a.ready" ] && [ "$(left)" -gt 60 ]; do sleep 2; done
+  if [ -f "$M/$a.ready" ] && [ "$(left)" -gt 60 ]; then
+    el "bench $a fp16 / int8 / int4 ..."
+    dirs=("$M/$a")
+    for q in $QUANTS; do dirs+=("$M/$a-int$q"); done
+    timeout $(($(left) - 10)) node bin/run.js bench "${dirs[@]}" --backend cuda --prompt-tokens 512 --gen-tokens 128 \
+      --repeat 3 --max-length 2048 --json "$OUT/bench-${a/chatglm2-6b/v2}.json" >> "$LOG" 2>&1
+    el "bench $a rc=$?"
+    # A/B of switches on the quantized models (AB: space-separated, `+` joins two), 3 repeats
+    for sw in ${AB:-}; do
+      [ "$(left)" -gt 50 ] || break
+      IFS=+ read -r -a vars <<< "$sw"
+      env "${vars[@]}" timeout $(($(left) - 10)) node bin/run.js bench "${dirs[@]:1}" --backend cuda --prompt-tokens 512 --gen-tokens 128 \
+        --repeat 3 --max-length 2048 > "$OUT/ab.log" 2>&1
+      el "bench $a $sw rc=$? $(grep -E 'architecture|decode tok/s|time to first' "$OUT/ab.log" | tr -s ' ' | tr '\n' ' ')"
+      rm -f "$OUT/ab.log"
+    done
+  fi
+done
+[ -f "$OUT/bench-chatglm-6b.json" ] && mv "$OUT/bench-chatglm-6b.json" "$OUT/bench-v1.json"
+el "done"
+echo "== bench =="; sed -n '/┌/,/┘/p' "$LOG" | cut -c1-250; grep '^roofline' "$LOG" | cut -c1-330
+echo "== parity =="; grep -E '^(ok|FAIL|cuda parity)' "$OUT/parity.log" | cut -c1-330
+echo "== bg =="; grep '^\[bg\]' "$LOG"
