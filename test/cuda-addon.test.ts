@@ -65,8 +65,8 @@ describe('loadCudaAddon', () => {
 
   it('tries the prebuilt addon first, then the source build: a stale or unloadable prebuilt falls through', async () => {
     const m = await loader(join(work, 'unused.node'))
-    const ok = mock('src-ok.cjs', `module.exports = {version: '2', kinds: ${KINDS}, probe: () => ({ok: true, reason: '', name: 'Source build'})}`)
-    const okPrebuilt = mock('pre-ok.cjs', `module.exports = {version: '2', kinds: ${KINDS}, probe: () => ({ok: true, reason: '', name: 'Prebuilt'})}`)
+    const ok = mock('src-ok.cjs', `module.exports = {version: '3', kinds: ${KINDS}, probe: () => ({ok: true, reason: '', name: 'Source build'})}`)
+    const okPrebuilt = mock('pre-ok.cjs', `module.exports = {version: '3', kinds: ${KINDS}, probe: () => ({ok: true, reason: '', name: 'Prebuilt'})}`)
     const stale = mock('pre-stale.cjs', `module.exports = {version: '1', kinds: ${KINDS}, probe: () => ({ok: true})}`)
     const pick = (c: string[]) => {
       const r = m.loadFirst(c, 'HINT')
@@ -79,7 +79,7 @@ describe('loadCudaAddon', () => {
     // Only a stale one: its reason, and how to build.
     expect(pick([stale, join(work, 'absent.node')])).toMatch(/pre-stale\.cjs is from another glmtool version .*; HINT$/)
     // The driver says no: that is the answer, not a reason to try the next file.
-    const nogpu = mock('pre-nogpu.cjs', `module.exports = {version: '2', kinds: ${KINDS}, probe: () => ({ok: false, reason: 'no GPU'})}`)
+    const nogpu = mock('pre-nogpu.cjs', `module.exports = {version: '3', kinds: ${KINDS}, probe: () => ({ok: false, reason: 'no GPU'})}`)
     expect(pick([nogpu, ok])).toBe('CUDA backend unavailable because no GPU')
     expect(pick([join(work, 'a.node'), join(work, 'b.node')])).toMatch(/not built \(no prebuilt addon for \S+ \(.*a\.node\) and none built from source \(.*b\.node\)\); HINT$/)
   })
