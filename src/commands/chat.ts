@@ -5,7 +5,7 @@ import {MODEL_ID_HELP} from '../cli/model-arg.js'
 import {UsageError} from '../errors.js'
 import {loadChatModel} from '../runtime/chat-model.js'
 import {defaultReserve, fitChatPrompt} from '../runtime/chat-prompt.js'
-import {chatResponse, ResponseStream} from '../runtime/chat-response.js'
+import {ResponseStream} from '../runtime/chat-response.js'
 import {CHAT_DEFAULTS} from '../runtime/chat-template.js'
 import {generate, type GenerateResult} from '../runtime/generate.js'
 
@@ -78,14 +78,16 @@ export default class Chat extends BaseCommand {
       const context = Math.min(opts.maxLength, model.backend.maxLength)
       const fitted = fitChatPrompt(model.tokenizer, gen, query, history, context, defaultReserve(context, opts.maxNewTokens))
       if (fitted.droppedTurns > 0) this.note(`(left out the ${fitted.droppedTurns} oldest turn(s) of the history to fit the maximum length ${context})`)
+      // The streamed pieces concatenate to chat()'s text for the ids (ResponseStream's contract).
       const stream = new ResponseStream(model.tokenizer.responseStyle)
-      const r = await generate(model.backend, model.tokenizer, fitted.ids, {...opts, signal}, t => {
-        const out = stream.push(t)
+      let response = ''
+      const show = (out: string) => {
+        response += out
         if (!json && out) process.stdout.write(out)
-      })
-      const rest = stream.flush()
-      if (!json && rest) process.stdout.write(rest)
-      const result = {...r, response: chatResponse(model.tokenizer.responseStyle, r.text), droppedTurns: fitted.droppedTurns}
+      }
+      const r = await generate(model.backend, model.tokenizer, fitted.ids, {...opts, signal}, t => show(stream.push(t)))
+      show(stream.flush())
+      const result = {...r, response, droppedTurns: fitted.droppedTurns}
       // An interrupted answer is not kept: the history holds only complete turns.
       if (r.stoppedBy !== 'interrupted') history.push([query, result.response])
       if (json) turns.push(turnRecord(query, result))

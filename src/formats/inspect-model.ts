@@ -1,9 +1,8 @@
 import {existsSync, statSync} from 'node:fs'
 import {readFile} from 'node:fs/promises'
 import {basename, dirname, join} from 'node:path'
-import {ModelError} from '../errors.js'
 import {byteLength} from './dtype.js'
-import {checkTensors, openModel, type TensorCheck} from './model-dir.js'
+import {checkTensors, openModel, readModelConfig, type TensorCheck} from './model-dir.js'
 import {ONNX_MANIFEST_FILE, verifyOnnxDir} from './onnx/export-onnx.js'
 import {externalRangeOf} from './onnx/external-data.js'
 import {decodeModel, ELEM} from './onnx/onnx-builder.js'
@@ -91,13 +90,7 @@ async function inspectOnnx(path: string, dir: string): Promise<InspectReport> {
   }
   const configPath = join(dir, 'config.json')
   let config: ModelConfig | undefined
-  if (existsSync(configPath)) {
-    try {
-      config = JSON.parse(await readFile(configPath, 'utf8')) as ModelConfig
-    } catch (error) {
-      throw new ModelError(`${configPath}: not valid JSON (${(error as Error).message})`, 'bad-config')
-    }
-  }
+  if (existsSync(configPath)) config = await readModelConfig(configPath)
   const arch = config ? detectArch(config, [], configPath) : undefined
   return {
     path,

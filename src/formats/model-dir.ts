@@ -69,6 +69,16 @@ async function readJson(path: string): Promise<Record<string, unknown>> {
   }
 }
 
+/**
+ * A model directory's config.json, as every reader takes it: size-capped, one JSON object, and
+ * sizes no ChatGLM has refused (checkConfigSizes), each with a one-line error naming the file.
+ */
+export async function readModelConfig(path: string): Promise<ModelConfig> {
+  const config = await readJson(path)
+  checkConfigSizes(config, path)
+  return config
+}
+
 /** Is this file name one of a checkpoint's weight files (not to be copied as an extra)? */
 export function isWeightFile(name: string): boolean {
   return /^pytorch_model.*\.bin$/.test(name) || name === TORCH_INDEX || /\.safetensors$/.test(name) || name === 'model.safetensors.index.json'
@@ -119,8 +129,7 @@ export async function openModel(path: string): Promise<ModelSource> {
     let arch: Arch | undefined
     const configPath = dir ? join(dir, 'config.json') : undefined
     if (configPath && existsSync(configPath)) {
-      config = await readJson(configPath)
-      checkConfigSizes(config, configPath)
+      config = await readModelConfig(configPath)
       arch = detectArch(config, tensors.map(t => t.name), configPath)
     } else if (dir) {
       throw new ModelError(`${dir}: config.json is missing`, 'missing-file')

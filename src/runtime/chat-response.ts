@@ -68,7 +68,6 @@ export function publishedDecode(style: ResponseStyle, text: string): string {
   return style === 'chatglm-6b' ? cleanUpTokenization(text) : text
 }
 
-
 /** v1 process_response's punctuation: [ascii, full-width], in the published order. */
 const PUNCTS: readonly (readonly [RegExp, RegExp, string])[] = [',', '!', ':', ';', '?'].map((p) => {
   const e = p === '?' ? '\\?' : p
@@ -76,11 +75,11 @@ const PUNCTS: readonly (readonly [RegExp, RegExp, string])[] = [',', '!', ':', '
 })
 
 /** Everything but the trailing strip: each step looks at most 8 characters around a point. */
-function processBody(arch: ResponseStyle, text: string, atStart: boolean): string {
-  let s = publishedDecode(arch, text)
+function processBody(style: ResponseStyle, text: string, atStart: boolean): string {
+  let s = publishedDecode(style, text)
   if (atStart) s = pyLstrip(s)
   s = s.replaceAll(TRAINING_TIME, '2023年')
-  if (arch !== 'chatglm2-6b') {
+  if (style !== 'chatglm2-6b') {
     for (const [before, after, full] of PUNCTS) {
       s = s.replace(before, `$1${full}`).replace(after, `${full}$1`)
     }
@@ -89,8 +88,8 @@ function processBody(arch: ResponseStyle, text: string, atStart: boolean): strin
 }
 
 /** The published chat()'s text for the decoded ids (`raw` = the tokenizer's decode). */
-export function chatResponse(arch: ResponseStyle, raw: string): string {
-  return pyRstrip(processBody(arch, raw, true))
+export function chatResponse(style: ResponseStyle, raw: string): string {
+  return pyRstrip(processBody(style, raw, true))
 }
 
 /**
@@ -103,9 +102,9 @@ export function chatResponse(arch: ResponseStyle, raw: string): string {
 const V1_UNSAFE = new Set([...' .?!,\'ntmsvre:;', ...TRAINING_TIME])
 const V2_UNSAFE = new Set([...TRAINING_TIME])
 
-function isSplitChar(arch: ResponseStyle, ch: string): boolean {
+function isSplitChar(style: ResponseStyle, ch: string): boolean {
   if (isPySpace(ch) || isHighSurrogate(ch.charCodeAt(0))) return false
-  return !(arch === 'chatglm2-6b' ? V2_UNSAFE : V1_UNSAFE).has(ch)
+  return !(style === 'chatglm2-6b' ? V2_UNSAFE : V1_UNSAFE).has(ch)
 }
 
 export class ResponseStream {
@@ -114,17 +113,17 @@ export class ResponseStream {
   private cut = 0
   private done = ''
 
-  constructor(private readonly arch: ResponseStyle) {}
+  constructor(private readonly style: ResponseStyle) {}
 
   /** Add decoded text; returns the part of the response that is now final. */
   push(text: string): string {
     if (!text) return ''
     this.raw += text
     let p = this.raw.length
-    while (p > this.cut && !isSplitChar(this.arch, this.raw[p - 1])) p--
+    while (p > this.cut && !isSplitChar(this.style, this.raw[p - 1])) p--
     if (p <= this.cut) return ''
     const context = this.cut === 0 ? '' : this.raw[this.cut - 1]
-    const piece = processBody(this.arch, context + this.raw.slice(this.cut, p), this.cut === 0).slice(context.length)
+    const piece = processBody(this.style, context + this.raw.slice(this.cut, p), this.cut === 0).slice(context.length)
     this.cut = p
     this.done += piece
     return piece
@@ -132,7 +131,7 @@ export class ResponseStream {
 
   /** The rest of the response. */
   flush(): string {
-    const all = chatResponse(this.arch, this.raw)
+    const all = chatResponse(this.style, this.raw)
     return all.slice(this.done.length)
   }
 }

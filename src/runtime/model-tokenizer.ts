@@ -7,9 +7,9 @@
  * `chat`, `quantize` and `bench` fail in a second instead of after a conversion.
  */
 import {existsSync} from 'node:fs'
-import {readFile} from 'node:fs/promises'
 import {dirname, join} from 'node:path'
 import {ModelError} from '../errors.js'
+import {readModelConfig} from '../formats/model-dir.js'
 import {type Arch, detectArch, type ModelConfig} from '../models/index.js'
 import {decodeModelProto, ModelType, PieceType} from './sentencepiece-model.js'
 import {type ChatTokenizer, type LoadedTokenizer, loadTokenizerFiles, type TokenizerSpecials} from './tokenizer.js'
@@ -20,27 +20,10 @@ export interface ModelTokenizer extends LoadedTokenizer {
   configPath: string
 }
 
-async function readConfig(path: string): Promise<ModelConfig> {
-  let text: string
-  try {
-    text = await readFile(path, 'utf8')
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code
-    throw new ModelError(code === 'ENOENT' ? `${path}: missing (a model directory holds config.json)` : `${path}: cannot read (${code ?? (error as Error).message})`, 'missing-file')
-  }
-  try {
-    const v = JSON.parse(text) as unknown
-    if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('not a JSON object')
-    return v as ModelConfig
-  } catch (error) {
-    throw new ModelError(`${path}: invalid JSON (${(error as Error).message})`, 'bad-json')
-  }
-}
-
 /** Load `dir`'s tokenizer for the generation its config.json names, and check that they fit. */
 export async function loadModelTokenizer(dir: string, known?: {arch: Arch, config: ModelConfig}): Promise<ModelTokenizer> {
   const configPath = join(dir, 'config.json')
-  const config = known?.config ?? await readConfig(configPath)
+  const config = known?.config ?? await readModelConfig(configPath)
   const arch = known?.arch ?? detectArch(config, [], configPath)
   const loaded = await loadTokenizerFiles(dir, arch.id)
   const t: ModelTokenizer = {...loaded, arch, config, configPath}

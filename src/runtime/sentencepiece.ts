@@ -646,11 +646,7 @@ export class SentencePieceDecoder {
    * published ChatGLM2 tokenizer turns its special ids into "").
    */
   pushEmpty(): string {
-    const text = this.takeBytes(true)
-    this.emittedAny ||= text.length > 0
-    if (this.droppedSpace || this.emittedAny) this.atStart = false
-    this.droppedSpace = false
-    return this.out(text)
+    return this.pushLiteral('')
   }
 
   /**

@@ -9,7 +9,7 @@ import {ModelError} from '../errors.js'
 import {type Arch, archById} from '../models/index.js'
 import {publishedDecode} from './chat-response.js'
 import {describeTokenizer, loadModelTokenizer, type TokenizerReport} from './model-tokenizer.js'
-import {SentencePieceProcessor} from './sentencepiece.js'
+import {decodeModelProto} from './sentencepiece-model.js'
 import {type ChatTokenizer, type LoadedTokenizer, loadTokenizerFiles, TOKENIZER_FILE} from './tokenizer.js'
 
 export interface OpenedTokenizer {
@@ -43,8 +43,8 @@ export async function openTokenizer(path: string): Promise<OpenedTokenizer> {
   const name = basename(path)
   let archId = Object.entries(TOKENIZER_FILE).find(([, f]) => f === name)?.[0]
   if (!archId) {
-    const sp = SentencePieceProcessor.load(await readFile(path), path)
-    archId = sp.hasPiece('[gMASK]') ? 'chatglm-6b' : 'chatglm2-6b'
+    const pieces = decodeModelProto(await readFile(path), path).pieces
+    archId = pieces.some(p => p.piece === '[gMASK]') ? 'chatglm-6b' : 'chatglm2-6b'
   }
   const arch = archById(archId)
   const loaded = await loadTokenizerFiles(dirname(path), arch.id, name)

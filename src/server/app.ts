@@ -51,11 +51,9 @@ interface ServerJob {
 }
 
 interface Run {
-  ids: number[]
   generatedIds: number[]
   text: string
   finish: FinishReason
-  droppedTurns: number
 }
 
 /** Cuts the streamed text at the first stop string, holding back what may still become one. */
@@ -176,8 +174,8 @@ export async function buildServer(model: ChatModel, opts: ServeOptions): Promise
   })
 
   /**
-   * Queue one generation and answer it, streaming or whole. `prepare` makes the prompt; `chat`
-   * selects the published chat() text (process_response) over the plain decode.
+   * Queue one generation of `prompt` and answer it, streaming or whole; `kind` 'chat' answers the
+   * published chat() text (process_response), 'completion' the plain decode.
    */
   const serve = async (req: FastifyRequest, reply: FastifyReply, r: SamplingRequest, kind: 'chat' | 'completion', prompt: {ids: number[], droppedTurns: number}, maxLength: number, query: string): Promise<void> => {
     if (closing) return void sendError(reply, new ApiError(503, 'the server is shutting down', 'server_error', null, 'shutting_down'))
@@ -219,16 +217,17 @@ export async function buildServer(model: ChatModel, opts: ServeOptions): Promise
             res.writeHead(200, {'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive', ...headers, ...corsHeaders(req)})
             if (kind === 'chat') sse(res, chunk({role: 'assistant', content: ''}, null))
           }
-          const out = await runGeneration(prompt, r, maxLength, kind, abort, query, text => {
+          const out = await runGeneration(prompt.ids, r, maxLength, kind, abort, query, text => {
             if (r.stream && text && !res.destroyed) sse(res, chunk({content: text}, null))
           })
           if (timedOut) out.finish = 'length'
-          const usage = {prompt_tokens: out.ids.length, completion_tokens: out.generatedIds.length, total_tokens: out.ids.length + out.generatedIds.length}
-          const extra = {prompt_ids: out.ids, generated_ids: out.generatedIds, dropped_turns: out.droppedTurns}
+          const promptTokens = prompt.ids.length
+          const usage = {prompt_tokens: promptTokens, completion_tokens: out.generatedIds.length, total_tokens: promptTokens + out.generatedIds.length}
+          const extra = {prompt_ids: prompt.ids, generated_ids: out.generatedIds, dropped_turns: prompt.droppedTurns}
           if (r.stream) {
             if (!res.destroyed) {
               sse(res, {...chunk({}, out.finish), glmtool: extra})
-              if (r.includeUsage) sse(res, {id, object: kind === 'chat' ? 'chat.completion.chunk' : 'text_completion', created, model: opts.modelId, choices: [], usage})
+              if (r.includeUsage) sse(res, {...chunk({}, null), choices: [], usage})
               sse(res, '[DONE]')
               res.end()
             }
@@ -239,7 +238,7 @@ export async function buildServer(model: ChatModel, opts: ServeOptions): Promise
             await reply.code(200).headers(headers).send({id, object: kind === 'chat' ? 'chat.completion' : 'text_completion', created, model: opts.modelId, choices: [choice], usage, glmtool: extra})
           }
           const note = res.destroyed ? ' (client left)' : timedOut ? ` (timed out after ${opts.timeoutSeconds} s)` : ''
-          log(`${req.method} ${req.url} 200: ${out.ids.length} prompt + ${out.generatedIds.length} tokens in ${((performance.now() - t0) / 1000).toFixed(2)} s${note}`)
+          log(`${req.method} ${req.url} 200: ${promptTokens} prompt + ${out.generatedIds.length} tokens in ${((performance.now() - t0) / 1000).toFixed(2)} s${note}`)
         } catch (error) {
           const message = error instanceof GlmtoolError ? error.message : 'the model failed while answering'
           log(`${req.method} ${req.url}: ${(error as Error).message}`)
@@ -284,36 +283,36 @@ export async function buildServer(model: ChatModel, opts: ServeOptions): Promise
     await done
   }
 
+  // A hijacked (streaming) response bypasses fastify's hooks, so @fastify/cors cannot add its
+  // header there: the same header, set by hand.
   const corsHeaders = (req: FastifyRequest): Record<string, string> => {
     if (!opts.cors || req.headers.origin === undefined) return {}
     return {'access-control-allow-origin': opts.cors, vary: 'Origin'}
   }
 
-  const runGeneration = async (prompt: {ids: number[], droppedTurns: number}, r: SamplingRequest, maxLength: number, kind: 'chat' | 'completion', abort: AbortController, query: string, emit: (text: string) => void): Promise<Run> => {
+  const runGeneration = async (ids: number[], r: SamplingRequest, maxLength: number, kind: 'chat' | 'completion', abort: AbortController, query: string, emit: (text: string) => void): Promise<Run> => {
     const response = kind === 'chat' ? new ResponseStream(tokenizer.responseStyle) : undefined
     const stops = new StopFilter(r.stop)
     let text = ''
+    const out = (s: string) => {
+      if (!s) return
+      text += s
+      emit(s)
+    }
     const put = (t: string) => {
-      const s = stops.push(t)
-      if (s) {
-        text += s
-        emit(s)
-      }
+      out(stops.push(t))
       if (stops.stopped) abort.abort()
     }
     let tokens = 0
-    const result = await generate(backend, tokenizer, prompt.ids, generation(r, maxLength, abort.signal), piece => {
+    const result = await generate(backend, tokenizer, ids, generation(r, maxLength, abort.signal), piece => {
       if (opts.faultQuery !== undefined && query === opts.faultQuery && ++tokens > 2) throw new GlmtoolError('test-fault', 'injected backend fault (GLMTOOL_TEST_FAULT_QUERY)')
       put(response ? response.push(piece) : piece)
     }, opts.tokenDelayMs ? () => new Promise(resolve => setTimeout(resolve, opts.tokenDelayMs)) : undefined)
     if (response) put(response.flush())
-    const rest = stops.flush()
-    if (rest) {
-      text += rest
-      emit(rest)
-    }
-    const finish: FinishReason = stops.stopped || result.stoppedBy === 'stop-token' ? 'stop' : result.stoppedBy === 'interrupted' ? 'stop' : 'length'
-    return {ids: prompt.ids, generatedIds: result.generatedIds, text, finish, droppedTurns: prompt.droppedTurns}
+    out(stops.flush())
+    // 'length' when a limit ended it; a stop token, a stop string or the client ending it is 'stop'.
+    const limited = result.stoppedBy === 'max-length' || result.stoppedBy === 'max-new-tokens'
+    return {generatedIds: result.generatedIds, text, finish: limited && !stops.stopped ? 'length' : 'stop'}
   }
 
   app.post('/v1/chat/completions', async (req, reply) => {

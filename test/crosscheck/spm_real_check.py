@@ -35,24 +35,14 @@ import time
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as pb
 
-MAX_BLANK = 80
+from chatglm_tokenizers import MAX_BLANK, V1Tokenizer
+
 V1_SPECIALS = ["[MASK]", "[gMASK]", "[sMASK]", "<unused_0>", "<sop>", "<eop>", "<ENC>", "<dBLOCK>"]
 
 
-def v1_preprocess(text):
-    text = text.replace("\n", "<n>")
-    text = text.replace("\t", "<|tab|>")
-    for k in range(MAX_BLANK, 1, -1):
-        text = text.replace(" " * k, "<|blank_%d|>" % k)
-    return text
-
-
-def v1_postprocess(text):
-    text = text.replace("<n>", "\n")
-    text = text.replace("<|tab|>", "\t")
-    for k in range(2, MAX_BLANK + 1):
-        text = text.replace("<|blank_%d|>" % k, " " * k)
-    return text
+# The published v1 pre- and post-processing, as restated once for every cross-check.
+v1_preprocess = V1Tokenizer.preprocess
+v1_postprocess = V1Tokenizer.postprocess
 
 
 def first_release_proto(path):
