@@ -138,6 +138,15 @@ describe('convert --to gguf (CLI)', () => {
     expect(readFileSync(out).length).toBeGreaterThan(first.length)
   }, 30_000)
 
+  it('refuses an --out that contains or lies inside the input (real paths), and leaves the input as it was', async () => {
+    const m = join(work, 'guarded', 'model')
+    cpSync(v2, m, {recursive: true})
+    const before = readdirSync(m).sort()
+    await expect(convertToGguf({input: m, out: join(work, 'guarded'), type: 'f16', force: true})).rejects.toThrow(/contains the input model/)
+    await expect(convertToGguf({input: m, out: join(m, 'x.gguf'), type: 'f16', force: true})).rejects.toThrow(/lies inside the input model/)
+    expect(readdirSync(m).sort()).toEqual(before)
+  }, 30_000)
+
   it('refuses a model without tokenizer.model, naming the file, and leaves no partial output', async () => {
     const bare = join(work, 'bare')
     cpSync(v2, bare, {recursive: true})

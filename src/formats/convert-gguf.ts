@@ -10,7 +10,7 @@ import {type GgmlType, type GgufTensorPlan, ggmlByteSize, writeGguf} from './ggu
 import {writeOutputFile} from './gguf/output-file.js'
 import {ggufTensorData} from './gguf/tensor-data.js'
 import {assertComplete, checkTensors, openModel} from './model-dir.js'
-import {writeOutputDir} from './output-dir.js'
+import {assertOutputApart, writeOutputDir} from './output-dir.js'
 
 export interface GgufConvertOptions {
   input: string
@@ -97,12 +97,15 @@ export async function convertToGguf(opts: GgufConvertOptions): Promise<GgufConve
     const write = async (fh: Parameters<Parameters<typeof writeOutputFile>[2]>[0]) => writeGguf(fh, metadata, plans, opts.onBytes)
     let file: string
     let bytes: number
+    // The same rule as every writing command: --out is never, holds or lies inside the input.
+    const inputs = [{what: 'input model', path: opts.input}]
     if (ggufOutIsFile(opts.out)) {
       file = opts.out
+      assertOutputApart(opts.out, inputs)
       bytes = await writeOutputFile(opts.out, opts.force, write)
     } else {
       file = join(opts.out, fileName)
-      bytes = await writeOutputDir(opts.out, opts.force, async tmp => {
+      bytes = await writeOutputDir(opts.out, {force: opts.force, inputs}, async tmp => {
         const fh = await open(join(tmp, fileName), 'wx')
         try {
           const n = await write(fh)
