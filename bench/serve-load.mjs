@@ -29,7 +29,6 @@ const {values: opt} = parseArgs({options: {
 const {OnnxCpuBackend} = await import(join(root, 'dist/runtime/backends/onnx-cpu.js'))
 const {loadTokenizer} = await import(join(root, 'dist/runtime/tokenizer.js'))
 const {generate} = await import(join(root, 'dist/runtime/generate.js'))
-const {chatPrompt} = await import(join(root, 'dist/runtime/chat-template.js'))
 const G = Number(opt.gen), R = Number(opt.repeat)
 const torch = join(opt.dir, `${opt.arch}-${opt.size}`)
 const model = `${torch}-onnx`
@@ -40,7 +39,7 @@ const query = '请介绍一下你自己, and say it in English too.'
 // 1. In-process.
 const backend = await OnnxCpuBackend.load(model, {})
 const tokenizer = await loadTokenizer(model, backend.arch.id)
-const ids = tokenizer.encodePrompt(chatPrompt(backend.arch.generation, query, []))
+const ids = backend.arch.chat.promptIds(tokenizer, [], query, 'user')
 const gopts = {greedy: true, temperature: 0, topP: 1, topK: 0, repetitionPenalty: 1, maxLength: 100000, maxNewTokens: G, seed: 0}
 const direct = []
 for (let i = 0; i < R + 1; i++) {

@@ -12,7 +12,7 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import OpenAI from 'openai'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
-import {chatPrompt} from '../src/runtime/chat-template.js'
+import {chatPromptV1, chatPromptV2} from '../src/runtime/chat-template.js'
 import {loadTokenizer} from '../src/runtime/tokenizer.js'
 import {glmtool} from './helpers/cli.js'
 import {readEvents, type RunningServer, startServer} from './helpers/serve.js'
@@ -88,7 +88,7 @@ describe.each(['chatglm-6b', 'chatglm2-6b'] as const)('glmtool serve %s with the
     ] as const
     const r = await client.chat.completions.create({model: (await client.models.list()).data[0].id, messages: [...messages], temperature: 0, max_tokens: 4})
     const ext = (r as unknown as {glmtool: {prompt_ids: number[]}}).glmtool
-    expect(ext.prompt_ids).toEqual(tok.encodePrompt(chatPrompt(arch === 'chatglm-6b' ? 1 : 2, 'Be brief. 1+1?', [['hi', 'hello!']])))
+    expect(ext.prompt_ids).toEqual(tok.encodePrompt((arch === 'chatglm-6b' ? chatPromptV1 : chatPromptV2)('Be brief. 1+1?', [['hi', 'hello!']])))
   })
 
   it('serves raw completions, /v1/models, /health and the page', async () => {

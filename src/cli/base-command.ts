@@ -1,5 +1,6 @@
-import {Command, Errors} from '@oclif/core'
+import {Command, Errors, Flags} from '@oclif/core'
 import {GlmtoolError, InterruptedError} from '../errors.js'
+import {ARCH_IDS, type ArchId} from '../models/index.js'
 import {type ResolvedModel, resolveModelArg} from './model-arg.js'
 
 /**
@@ -8,6 +9,21 @@ import {type ResolvedModel, resolveModelArg} from './model-arg.js'
  * additionalHelpFlags).
  */
 export const FLAG_CHARS = {out: 'o', force: 'f', dtype: 'd', backend: 'b', prompt: 'p'} as const
+
+/**
+ * `--arch`, on every command that reads a model: which generation it is, where config.json and
+ * tokenizer_config.json do not say (ChatGLM2-6B and ChatGLM3-6B share one network). It must run
+ * the network config.json describes (src/models/index.ts detectArch).
+ */
+export const archFlag = () => Flags.string({
+  options: [...ARCH_IDS],
+  description: 'the model\'s generation, where config.json and tokenizer_config.json do not tell ChatGLM3-6B from ChatGLM2-6B [default: detected]',
+})
+
+/** The --arch value, typed. */
+export function archOf(flags: {arch?: string}): ArchId | undefined {
+  return flags.arch as ArchId | undefined
+}
 
 /**
  * Every glmtool command: `--json` (oclif prints run()'s return value and nothing else on

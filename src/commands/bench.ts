@@ -1,7 +1,7 @@
 import {rename, writeFile} from 'node:fs/promises'
 import {Args, Flags} from '@oclif/core'
 import Table from 'cli-table3'
-import {BaseCommand, FLAG_CHARS} from '../cli/base-command.js'
+import {archFlag, archOf, BaseCommand, FLAG_CHARS} from '../cli/base-command.js'
 import {MODEL_ID_HELP} from '../cli/model-arg.js'
 import {formatBytes} from '../cli/progress.js'
 import {UsageError} from '../errors.js'
@@ -25,6 +25,7 @@ export default class Bench extends BaseCommand {
   }
 
   static override flags = {
+    arch: archFlag(),
     backend: Flags.string({char: FLAG_CHARS.backend, default: 'auto', options: ['auto', 'cuda', 'cpu'], description: 'auto: cuda where glmtool\'s CUDA engine can run here, else cpu; cuda: glmtool\'s CUDA engine; cpu: onnxruntime-node'}),
     'prompt-tokens': Flags.integer({default: 512, min: 1, description: 'prompt length in tokens'}),
     'gen-tokens': Flags.integer({default: 128, min: 1, description: 'new tokens per run'}),
@@ -49,6 +50,7 @@ export default class Bench extends BaseCommand {
     for (const [i, model] of resolved.entries()) {
       this.note(`bench: ${models[i]} (${backend}) ...`)
       results.push(await benchModel(model.path, {
+        arch: archOf(flags),
         backend, promptTokens: flags['prompt-tokens'], genTokens: flags['gen-tokens'],
         repeat: flags.repeat, warmup: flags.warmup, maxLength: flags['max-length'], onNote: m => this.note(m),
       }))

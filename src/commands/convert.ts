@@ -1,5 +1,5 @@
 import {Args, Flags} from '@oclif/core'
-import {BaseCommand, FLAG_CHARS} from '../cli/base-command.js'
+import {archFlag, archOf, BaseCommand, FLAG_CHARS} from '../cli/base-command.js'
 import {MODEL_ID_HELP} from '../cli/model-arg.js'
 import {byteProgress, formatBytes, type Progress} from '../cli/progress.js'
 import {convertToSafetensors} from '../formats/convert-safetensors.js'
@@ -28,6 +28,7 @@ export default class Convert extends BaseCommand {
   }
 
   static override flags = {
+    arch: archFlag(),
     to: Flags.string({required: true, options: ['safetensors', 'onnx', 'gguf'], description: 'output format'}),
     out: Flags.string({char: FLAG_CHARS.out, description: 'output directory [default: <model>-safetensors, <model>-onnx or <model>-gguf]; for gguf also a file path ending in .gguf'}),
     dtype: Flags.string({char: FLAG_CHARS.dtype, options: Object.keys(DTYPES), description: 'float dtype of the output; safetensors: keep|f16|bf16|f32 [default: keep]; onnx: f16|f32 [default: f16 for float16 checkpoints, else f32]'}),
@@ -52,6 +53,7 @@ export default class Convert extends BaseCommand {
       if (flags.to === 'gguf') {
         if (flags.dtype !== undefined) throw new UsageError('--to gguf takes --type (f16|bf16|f32|q8_0|q4_0), not --dtype')
         const result = await convertToGguf({
+          arch: archOf(flags),
           input: model.path, out, type: (flags.type ?? 'f16') as GgufFileType, force: flags.force, onStart, onBytes, onWarning,
         })
         progress?.stop()
@@ -62,6 +64,7 @@ export default class Convert extends BaseCommand {
       if (flags.to === 'onnx') {
         if (flags.dtype !== undefined && !(flags.dtype in ONNX_DTYPES)) throw new UsageError(`--to onnx stores weights as f16 or f32, not ${flags.dtype}`)
         const result = await exportOnnx({
+          arch: archOf(flags),
           input: model.path, out, dtype: flags.dtype === undefined ? undefined : ONNX_DTYPES[flags.dtype], force: flags.force, onStart, onBytes, onWarning,
         })
         progress?.stop()
@@ -69,6 +72,7 @@ export default class Convert extends BaseCommand {
         return result
       }
       const result = await convertToSafetensors({
+        arch: archOf(flags),
         input: model.path, out, dtype: DTYPES[flags.dtype ?? 'keep'], maxShardBytes: parseSize(flags['max-shard-size']), force: flags.force,
         onStart, onBytes, onWarning,
       })

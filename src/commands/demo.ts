@@ -12,7 +12,6 @@ import {writeOutputDir} from '../formats/output-dir.js'
 import {archById} from '../models/index.js'
 import {quantizeModel} from '../quant/quantize-model.js'
 import {OnnxCpuBackend} from '../runtime/backends/onnx-cpu.js'
-import {chatPrompt} from '../runtime/chat-template.js'
 import {generate} from '../runtime/generate.js'
 import {chatResponse} from '../runtime/chat-response.js'
 import {loadTokenizer} from '../runtime/tokenizer.js'
@@ -73,7 +72,7 @@ export default class Demo extends BaseCommand {
           try {
             const tokenizer = await loadTokenizer(dir, arch.id)
             const query = '你好, glmtool!'
-            const ids = tokenizer.encodePrompt(chatPrompt(arch.generation, query, []))
+            const ids = arch.chat.promptIds(tokenizer, [], query, 'user')
             const r = await generate(backend, tokenizer, ids, {greedy: true, temperature: 1, topP: 1, topK: 0, repetitionPenalty: 1, maxLength: 128, maxNewTokens: 12, seed: 0})
             return `asked ${JSON.stringify(query)} (${ids.length} prompt tokens), got ${r.generatedIds.length} tokens: ${JSON.stringify(chatResponse(tokenizer.responseStyle, r.text))} (random weights), prefill ${r.promptTokensPerSecond.toFixed(0)} tok/s`
           } finally {

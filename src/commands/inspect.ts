@@ -1,6 +1,6 @@
 import {Args, Flags} from '@oclif/core'
 import Table from 'cli-table3'
-import {BaseCommand} from '../cli/base-command.js'
+import {archFlag, archOf, BaseCommand} from '../cli/base-command.js'
 import {MODEL_ID_HELP} from '../cli/model-arg.js'
 import {formatBytes} from '../cli/progress.js'
 import {inspectModel} from '../formats/inspect-model.js'
@@ -30,12 +30,13 @@ export default class Inspect extends BaseCommand {
   }
 
   static override flags = {
+    arch: archFlag(),
     'no-tensors': Flags.boolean({default: false, description: 'print totals only, not the tensor table'}),
   }
 
   async run() {
     const {args, flags} = await this.parse(Inspect)
-    const model = await inspectModel(this.resolveModel(args.path).path)
+    const model = await inspectModel(this.resolveModel(args.path).path, {arch: archOf(flags)})
     const tokenizer = model.architecture && model.dir && model.rawConfig
       ? await inspectTokenizer(model.dir, archById(model.architecture), model.rawConfig) : null
     const {rawConfig: _raw, ...report} = {...model, tokenizer}

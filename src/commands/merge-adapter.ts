@@ -1,5 +1,5 @@
 import {Args, Flags} from '@oclif/core'
-import {BaseCommand, FLAG_CHARS} from '../cli/base-command.js'
+import {archFlag, archOf, BaseCommand, FLAG_CHARS} from '../cli/base-command.js'
 import {MODEL_ID_HELP} from '../cli/model-arg.js'
 import {byteProgress, formatBytes, type Progress} from '../cli/progress.js'
 import type {AdapterType} from '../formats/adapters/adapter-source.js'
@@ -23,6 +23,7 @@ export default class MergeAdapter extends BaseCommand {
   }
 
   static override flags = {
+    arch: archFlag(),
     adapter: Flags.string({required: true, description: 'adapter directory or weights file: a PEFT LoRA (adapter_config.json + adapter_model.bin/.safetensors) or a P-Tuning v2 checkpoint (config.json + pytorch_model.bin); or a Hugging Face id in the local cache'}),
     type: Flags.string({options: ['lora', 'prefix'], description: 'adapter type [default: detected from its files]'}),
     out: Flags.string({char: FLAG_CHARS.out, description: 'output directory [default: <base>-merged]'}),
@@ -39,6 +40,7 @@ export default class MergeAdapter extends BaseCommand {
     let progress: Progress | undefined
     try {
       const result = await mergeAdapter({
+        arch: archOf(flags),
         base: base.path, adapter: adapter.path, type: flags.type as AdapterType | undefined, out,
         dtype: DTYPES[flags.dtype], force: flags.force, maxShardBytes: parseSize(flags['max-shard-size']),
         onStart: total => {

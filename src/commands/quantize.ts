@@ -1,6 +1,6 @@
 import {Args, Flags} from '@oclif/core'
 import Table from 'cli-table3'
-import {BaseCommand, FLAG_CHARS} from '../cli/base-command.js'
+import {archFlag, archOf, BaseCommand, FLAG_CHARS} from '../cli/base-command.js'
 import {MODEL_ID_HELP} from '../cli/model-arg.js'
 import {byteProgress, formatBytes, type Progress} from '../cli/progress.js'
 import {UsageError} from '../errors.js'
@@ -30,6 +30,7 @@ The report gives each layer's weight error and activation-weighted output error 
   }
 
   static override flags = {
+    arch: archFlag(),
     bits: Flags.integer({required: true, description: 'weight bits: 8 or 4'}),
     'group-size': Flags.integer({default: 0, description: 'input columns per scale: 0 = one scale per output channel (published), 32, 64 or 128'}),
     method: Flags.string({options: ['rtn', 'calibrated'], description: 'rtn (published round-to-nearest) or calibrated [default: calibrated with --calib, else rtn]'}),
@@ -57,6 +58,7 @@ The report gives each layer's weight error and activation-weighted output error 
     let result: QuantizeResult
     try {
       result = await quantizeModel({
+        arch: archOf(flags),
         input: model.path, out, bits: flags.bits, groupSize: flags['group-size'], method, calibration,
         calibSamples: flags['calib-samples'], lmHead: !skip.has('lm_head'), embeddings: !skip.has('embeddings'),
         format: flags.format as QuantFormat, force: flags.force, evaluate: flags.evaluate as 'auto' | 'on' | 'off',

@@ -1,10 +1,9 @@
 import {basename, resolve} from 'node:path'
 import {Args, Flags} from '@oclif/core'
-import {BaseCommand, FLAG_CHARS} from '../cli/base-command.js'
+import {archFlag, archOf, BaseCommand, FLAG_CHARS} from '../cli/base-command.js'
 import {MODEL_ID_HELP} from '../cli/model-arg.js'
 import {UsageError} from '../errors.js'
 import {loadChatModel} from '../runtime/chat-model.js'
-import {CHAT_DEFAULTS} from '../runtime/chat-template.js'
 import {buildServer} from '../server/app.js'
 import {chatPage} from '../server/page.js'
 
@@ -30,11 +29,12 @@ export default class Serve extends BaseCommand {
     'api-key': Flags.string({description: 'require "Authorization: Bearer KEY" on /v1/ (default: $GLMTOOL_API_KEY)', env: 'GLMTOOL_API_KEY'}),
     'max-queue': Flags.integer({default: 16, description: 'requests that may wait while one runs; more get 429'}),
     cors: Flags.string({description: 'allow this origin cross-origin (CORS is off without it)'}),
-    'max-length': Flags.integer({description: 'context: prompt + answer tokens [default: 2048 v1, 8192 v2]'}),
+    'max-length': Flags.integer({description: 'context: prompt + answer tokens [default: the model\'s: 2048 ChatGLM-6B, 8192 ChatGLM2/3-6B]'}),
     timeout: Flags.integer({default: 600, description: 'seconds a request may take, queue wait included'}),
     'max-body': Flags.integer({default: 1 << 20, description: 'largest request body, bytes (413 beyond)'}),
     'shutdown-grace': Flags.integer({default: 30, description: 'seconds running answers get to finish on SIGTERM'}),
     name: Flags.string({description: 'model id in the API [default: the directory\'s name]'}),
+    arch: archFlag(),
   }
 
   async run() {
@@ -44,12 +44,12 @@ export default class Serve extends BaseCommand {
     }
     if (flags.port > 65535) throw new UsageError(`--port must be at most 65535, got ${flags.port}`)
     const source = this.resolveModel(args.model)
-    const model = await loadChatModel(source.path, {maxLength: flags['max-length'], backend: flags.backend as 'cpu' | 'cuda', onNote: m => this.note(m)})
-    const d = CHAT_DEFAULTS[model.backend.arch.generation]
+    const model = await loadChatModel(source.path, {maxLength: flags['max-length'], backend: flags.backend as 'cpu' | 'cuda', arch: archOf(flags), onNote: m => this.note(m)})
+    const d = model.arch.chatDefaults
     const maxLength = Math.min(flags['max-length'] ?? d.maxLength, model.backend.maxLength)
     const modelId = flags.name ?? (source.hub ? args.model : basename(resolve(source.path)))
     const log = (line: string) => process.stderr.write(`glmtool serve: ${line}\n`)
-    const page = chatPage({model: modelId, architecture: model.backend.arch.id, backend: model.backend.name, maxLength, contextLength: maxLength, topP: d.topP, temperature: d.temperature})
+    const page = chatPage({model: modelId, architecture: model.arch.id, backend: model.backend.name, maxLength, contextLength: maxLength, topP: d.topP, temperature: d.temperature})
     const {app, shutdown} = await buildServer(model, {
       modelId, defaults: {...d, maxLength}, apiKey: flags['api-key'], maxQueue: flags['max-queue'], cors: flags.cors,
       timeoutSeconds: flags.timeout, bodyLimit: flags['max-body'], page, log,
@@ -60,7 +60,7 @@ export default class Serve extends BaseCommand {
       log(`warning: listening on ${flags.host}, reachable beyond this machine, with no --api-key: anyone who can reach it can use the model`)
     }
     const address = await app.listen({host: flags.host, port: flags.port})
-    log(`serving ${modelId} (${model.backend.arch.id}, ${model.backend.name}) at ${address}  (chat page: ${address}/, API: ${address}/v1)`)
+    log(`serving ${modelId} (${model.arch.id}, ${model.backend.name}) at ${address}  (chat page: ${address}/, API: ${address}/v1)`)
     await new Promise<void>(resolveStop => {
       let stopping = false
       const stop = (signal: string) => {

@@ -2,7 +2,7 @@ import {Flags} from '@oclif/core'
 import {BaseCommand, FLAG_CHARS} from '../cli/base-command.js'
 import {byteProgress, formatBytes} from '../cli/progress.js'
 import {writeOutputDir} from '../formats/output-dir.js'
-import {archById, type SynthSize} from '../models/index.js'
+import {ARCH_IDS, archById, type SynthSize} from '../models/index.js'
 import {planSynth, writeSynthModel} from '../synth/synth-model.js'
 
 const DTYPES = {f16: 'F16', bf16: 'BF16', f32: 'F32'} as const
@@ -16,7 +16,7 @@ export default class Synth extends BaseCommand {
   ]
 
   static override flags = {
-    arch: Flags.string({required: true, options: ['chatglm-6b', 'chatglm2-6b'], description: 'model generation'}),
+    arch: Flags.string({required: true, options: [...ARCH_IDS], description: 'model generation'}),
     size: Flags.string({default: 'tiny', options: ['tiny', 'small', 'full'], description: 'tiny/small for tests, full = 6B'}),
     out: Flags.string({char: FLAG_CHARS.out, required: true, description: 'output directory (must not exist unless --force)'}),
     seed: Flags.integer({default: 0, description: 'random seed; the same seed gives the same bytes'}),

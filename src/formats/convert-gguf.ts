@@ -1,3 +1,4 @@
+import type {ArchId} from '../models/index.js'
 import {existsSync, statSync} from 'node:fs'
 import {open, readFile} from 'node:fs/promises'
 import {basename, join, resolve} from 'node:path'
@@ -13,6 +14,8 @@ import {assertComplete, checkTensors, openModel} from './model-dir.js'
 import {assertOutputApart, writeOutputDir} from './output-dir.js'
 
 export interface GgufConvertOptions {
+  /** The user's --arch (src/formats/model-dir.ts OpenModelOptions). */
+  arch?: ArchId
   input: string
   /** A directory (the GGUF goes inside it) or a path ending in .gguf. */
   out: string
@@ -49,7 +52,7 @@ export function ggufOutIsFile(out: string): boolean {
  */
 export async function convertToGguf(opts: GgufConvertOptions): Promise<GgufConvertResult> {
   const started = Date.now()
-  const model = await openModel(opts.input)
+  const model = await openModel(opts.input, {arch: opts.arch})
   try {
     if (!model.dir || !model.arch || !model.config) {
       throw new ModelError(`${opts.input}: convert needs a model directory with config.json, not a single file`, 'not-a-model-dir')

@@ -1,3 +1,4 @@
+import type {ArchId} from '../models/index.js'
 import {ModelError} from '../errors.js'
 import {VERSION} from '../version.js'
 import {byteLength, type DType, TORCH_DTYPE_OF} from './dtype.js'
@@ -8,6 +9,8 @@ import {claimOutput, openClaimed} from './output-dir.js'
 import {writeSafetensorsModel} from './safetensors-writer.js'
 
 export interface ConvertOptions {
+  /** The user's --arch (src/formats/model-dir.ts OpenModelOptions). */
+  arch?: ArchId
   input: string
   out: string
   dtype: DType | 'keep'
@@ -41,7 +44,7 @@ export interface ConvertResult {
 export async function convertToSafetensors(opts: ConvertOptions): Promise<ConvertResult> {
   const started = Date.now()
   const output = await claimOutput(opts.out, {force: opts.force, inputs: [{what: 'input model', path: opts.input}]})
-  const model = await openClaimed(output, () => openModel(opts.input))
+  const model = await openClaimed(output, () => openModel(opts.input, {arch: opts.arch}))
   try {
     if (!model.dir || !model.arch || !model.config) {
       throw new ModelError(`${opts.input}: convert needs a model directory with config.json, not a single file`, 'not-a-model-dir')

@@ -2,11 +2,10 @@ import {existsSync, statSync} from 'node:fs'
 import {readFile} from 'node:fs/promises'
 import {basename, dirname, join} from 'node:path'
 import {byteLength} from './dtype.js'
-import {checkTensors, openModel, readModelConfig, type TensorCheck} from './model-dir.js'
+import {checkTensors, detectModelArch, type OpenModelOptions, openModel, readModelConfig, type TensorCheck} from './model-dir.js'
 import {ONNX_MANIFEST_FILE, verifyOnnxDir} from './onnx/export-onnx.js'
 import {externalRangeOf} from './onnx/external-data.js'
 import {decodeModel, ELEM} from './onnx/onnx-builder.js'
-import {detectArch} from '../models/index.js'
 import type {ModelConfig} from '../models/arch.js'
 import {describeQuantLayout, quantLayoutOf} from '../models/quantized-layout.js'
 
@@ -30,10 +29,10 @@ export interface InspectReport {
 }
 
 /** Everything `glmtool inspect` shows, as one data structure (the table and --json print it). */
-export async function inspectModel(path: string): Promise<InspectReport> {
+export async function inspectModel(path: string, opts: OpenModelOptions = {}): Promise<InspectReport> {
   const onnxDir = path.endsWith('.onnx') && existsSync(path) && statSync(path).isFile() ? dirname(path) : path
-  if (existsSync(join(onnxDir, ONNX_MANIFEST_FILE)) && !WEIGHT_FILES.some(f => existsSync(join(onnxDir, f)))) return inspectOnnx(path, onnxDir)
-  const model = await openModel(path)
+  if (existsSync(join(onnxDir, ONNX_MANIFEST_FILE)) && !WEIGHT_FILES.some(f => existsSync(join(onnxDir, f)))) return inspectOnnx(path, onnxDir, opts)
+  const model = await openModel(path, opts)
   try {
     const tensors = model.tensors.map(t => ({name: t.name, dtype: t.dtype, shape: [...t.shape], bytes: byteLength(t.dtype, t.shape), file: basename(t.file)}))
     const byDtype: Record<string, number> = {}
@@ -74,7 +73,7 @@ const ELEM_DTYPE: Record<number, string> = {[ELEM.FLOAT]: 'F32', [ELEM.FLOAT16]:
  * same structural check convert runs on its output. The initializer names are the graph's, so
  * there is no checkpoint-name check; the architecture and summary come from config.json.
  */
-async function inspectOnnx(path: string, dir: string): Promise<InspectReport> {
+async function inspectOnnx(path: string, dir: string, opts: OpenModelOptions): Promise<InspectReport> {
   const manifest = await verifyOnnxDir(dir)
   const proto = decodeModel(await readFile(join(dir, manifest.model)))
   const tensors = (proto.graph?.initializer ?? []).map(t => {
@@ -91,7 +90,7 @@ async function inspectOnnx(path: string, dir: string): Promise<InspectReport> {
   const configPath = join(dir, 'config.json')
   let config: ModelConfig | undefined
   if (existsSync(configPath)) config = await readModelConfig(configPath)
-  const arch = config ? detectArch(config, [], configPath) : undefined
+  const arch = config ? await detectModelArch(dir, config, [], opts) : undefined
   return {
     path,
     format: 'onnx',

@@ -3,7 +3,7 @@ import {readFile, stat} from 'node:fs/promises'
 import {basename, join} from 'node:path'
 import {GlmtoolError, ModelError} from '../errors.js'
 import {checkConfigSizes} from '../models/arch.js'
-import {type Arch, detectArch, type ModelConfig} from '../models/index.js'
+import {type Arch, type ArchId, detectArch, type ModelConfig} from '../models/index.js'
 import {checkpointTensorSpecs} from '../models/quantized-layout.js'
 import {openSafetensorsModel} from './safetensors-reader.js'
 import {byteLength, isFloat} from './dtype.js'
@@ -79,6 +79,24 @@ export async function readModelConfig(path: string): Promise<ModelConfig> {
   return config
 }
 
+/** How a command opens a model: the user's --arch, where config.json alone does not decide. */
+export interface OpenModelOptions {
+  arch?: ArchId
+}
+
+/**
+ * The generation of the model in `dir`: config.json, the tensor names, tokenizer_config.json
+ * (whose name_or_path tells ChatGLM3-6B from ChatGLM2-6B) and the user's --arch. `onNote` is told
+ * what was assumed where none of them says.
+ */
+export async function detectModelArch(
+  dir: string, config: ModelConfig, tensorNames: Iterable<string>, opts: OpenModelOptions & {onNote?: (m: string) => void} = {},
+): Promise<Arch> {
+  const tcPath = join(dir, 'tokenizer_config.json')
+  const tokenizerConfig = existsSync(tcPath) ? await readJson(tcPath) : undefined
+  return detectArch(config, tensorNames, join(dir, 'config.json'), {tokenizerConfig, override: opts.arch, onNote: opts.onNote})
+}
+
 /** Is this file name one of a checkpoint's weight files (not to be copied as an extra)? */
 export function isWeightFile(name: string): boolean {
   return /^pytorch_model.*\.bin$/.test(name) || name === TORCH_INDEX || /\.safetensors$/.test(name) || name === 'model.safetensors.index.json'
@@ -89,7 +107,7 @@ export function isWeightFile(name: string): boolean {
  * directory or file, or a single torch shard. Reads config.json when there is one and detects
  * the generation; shards are indexed (zip directory + pickle), tensor bytes are not read.
  */
-export async function openModel(path: string): Promise<ModelSource> {
+export async function openModel(path: string, opts: OpenModelOptions = {}): Promise<ModelSource> {
   if (!existsSync(path)) throw new ModelError(`${path}: no such file or directory`, 'missing-file')
   const isDir = statSync(path).isDirectory()
   const dir = isDir ? path : undefined
@@ -130,7 +148,7 @@ export async function openModel(path: string): Promise<ModelSource> {
     const configPath = dir ? join(dir, 'config.json') : undefined
     if (configPath && existsSync(configPath)) {
       config = await readModelConfig(configPath)
-      arch = detectArch(config, tensors.map(t => t.name), configPath)
+      arch = await detectModelArch(dir!, config, tensors.map(t => t.name), {arch: opts.arch, onNote: m => warnings.push(m)})
     } else if (dir) {
       throw new ModelError(`${dir}: config.json is missing`, 'missing-file')
     }

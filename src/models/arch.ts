@@ -3,8 +3,15 @@
  * implement this in their own module, so a further generation is one more module (STYLE.md).
  */
 import {ModelError} from '../errors.js'
+import type {ChatFormat} from '../runtime/chat-template.js'
+import type {PromptLayout} from '../runtime/positions.js'
 
-export type ArchId = 'chatglm-6b' | 'chatglm2-6b'
+export type ArchId = 'chatglm-6b' | 'chatglm2-6b' | 'chatglm3-6b'
+/**
+ * The network a generation runs: its tensor names, graph and engine. ChatGLM3-6B runs the
+ * ChatGLM2-6B network (docs/chatglm.md section 9), so tables of tensors key on this.
+ */
+export type NetworkId = 'chatglm-6b' | 'chatglm2-6b'
 export type SynthSize = 'tiny' | 'small' | 'full'
 export type ModelConfig = Record<string, unknown>
 
@@ -16,8 +23,33 @@ export interface TensorSpec {
   readonly init: 'normal' | 'ones' | 'zeros' | 'inv_freq'
 }
 
+/** Where the published generate() places [gMASK] and sop around a prompt's text ids. */
+export interface FramingSpecials {
+  readonly gmask: number
+  readonly sop: number
+}
+
+/** The published chat()'s sampling defaults (temperature, top_p, max_length). */
+export interface ChatDefaults {
+  readonly temperature: number
+  readonly topP: number
+  readonly maxLength: number
+}
+
+/** Names of the weights the quantized layout may touch (quantization.py's quantize()). */
+export interface QuantizableNames {
+  readonly embeddings: string
+  readonly lmHead: string
+  /** The per-layer linears the published quantize() replaces, as `<name>.weight`. */
+  readonly layerLinear: RegExp
+}
+
 export interface Arch {
   readonly id: ArchId
+  /** The network it runs (tensor names, ONNX graph, CUDA engine tables). */
+  readonly network: NetworkId
+  /** A one-line name for messages: "ChatGLM3-6B". */
+  readonly displayName: string
   readonly generation: 1 | 2
   /** Published shard count (chatglm.md section 1). */
   readonly shardCount: number
@@ -37,6 +69,16 @@ export interface Arch {
   readonly configSpecials: Readonly<Record<string, 'gmask' | 'mask' | 'sop' | 'eop' | 'eos'>>
   /** A few lines describing the config, for inspect. */
   summary(config: ModelConfig): Record<string, string | number | boolean>
+  /** A model input from text ids: [gMASK] and sop placed as the published code places them. */
+  framePrompt(textIds: readonly number[], specials: FramingSpecials): number[]
+  /** Positions and attention pattern of a framed prompt and of each generated token. */
+  promptLayout(ids: readonly number[], specials: FramingSpecials): PromptLayout
+  /** The weights the published quantize() may replace. */
+  readonly quantizable: QuantizableNames
+  /** How chat turns become model input, and generated text a turn's answer. */
+  readonly chat: ChatFormat
+  /** The published chat()'s defaults. */
+  readonly chatDefaults: ChatDefaults
 }
 
 /** Read a required positive integer from config.json, with an error naming the key. */

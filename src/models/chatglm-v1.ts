@@ -1,3 +1,5 @@
+import {CHATGLM_6B_CHAT} from '../runtime/chat-template.js'
+import {layoutV1} from '../runtime/positions.js'
 import {addPrefixCacheSpecs, type Arch, configInt, type ModelConfig, type SynthSize, type TensorSpec} from './arch.js'
 
 /** Dimensions of synth models; `full` is the published ChatGLM-6B (chatglm.md section 1). */
@@ -20,6 +22,8 @@ export const V1_DEEPNORM_ALPHA = Math.sqrt(2 * 28)
 /** ChatGLM-6B: GLM with 2D rotary and post-DeepNorm (chatglm.md sections 1-3). */
 export const chatglmV1: Arch = {
   id: 'chatglm-6b',
+  network: 'chatglm-6b',
+  displayName: 'ChatGLM-6B',
   generation: 1,
   shardCount: 8,
   tokenizerFile: 'ice_text.model',
@@ -111,4 +115,22 @@ export const chatglmV1: Arch = {
       torch_dtype: String(config.torch_dtype ?? 'unknown'),
     }
   },
+
+  // generate() after the text: ids + [gMASK, <sop>] (chatglm.md section 3).
+  framePrompt(textIds, {gmask, sop}) {
+    return [...textIds, gmask, sop]
+  },
+
+  promptLayout(ids, {gmask, sop}) {
+    return layoutV1(ids, gmask, sop)
+  },
+
+  quantizable: {
+    embeddings: 'transformer.word_embeddings.weight',
+    lmHead: 'lm_head.weight',
+    layerLinear: /^transformer\.layers\.\d+\.(attention\.(query_key_value|dense)|mlp\.(dense_h_to_4h|dense_4h_to_h))\.weight$/,
+  },
+
+  chat: CHATGLM_6B_CHAT,
+  chatDefaults: {temperature: 0.95, topP: 0.7, maxLength: 2048},
 }

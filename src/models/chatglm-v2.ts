@@ -1,4 +1,6 @@
-import {addPrefixCacheSpecs, type Arch, configInt, type ModelConfig, type SynthSize, type TensorSpec} from './arch.js'
+import {CHATGLM2_6B_CHAT} from '../runtime/chat-template.js'
+import {layoutV2} from '../runtime/positions.js'
+import {addPrefixCacheSpecs, type Arch, configInt, isChatglm3Config, type ModelConfig, type SynthSize, type TensorSpec} from './arch.js'
 
 const SIZES: Record<SynthSize, {hidden: number, ffn: number, layers: number, heads: number, kv: number}> = {
   tiny: {hidden: 64, ffn: 160, layers: 2, heads: 4, kv: 16},
@@ -6,15 +8,22 @@ const SIZES: Record<SynthSize, {hidden: number, ffn: number, layers: number, hea
   full: {hidden: 4096, ffn: 13696, layers: 28, heads: 32, kv: 128},
 }
 
+/** A config of the ChatGLM2-6B network (ChatGLM2-6B, ChatGLM3-6B and their variants). */
+export function isChatglm2Network(config: ModelConfig): boolean {
+  return config.multi_query_attention !== undefined || config.padded_vocab_size !== undefined || config.ffn_hidden_size !== undefined
+}
+
 /** ChatGLM2-6B: pre-norm RMSNorm, multi-query attention, SwiGLU (chatglm.md sections 1, 2, 4). */
 export const chatglmV2: Arch = {
   id: 'chatglm2-6b',
+  network: 'chatglm2-6b',
+  displayName: 'ChatGLM2-6B',
   generation: 2,
   shardCount: 7,
   tokenizerFile: 'tokenizer.model',
 
   matchesConfig(config) {
-    return config.multi_query_attention !== undefined || config.padded_vocab_size !== undefined || config.ffn_hidden_size !== undefined
+    return isChatglm2Network(config) && !isChatglm3Config(config)
   },
 
   tensors(config) {
@@ -110,4 +119,22 @@ export const chatglmV2: Arch = {
       torch_dtype: String(config.torch_dtype ?? 'unknown'),
     }
   },
+
+  // [gMASK, sop] before the text (build_inputs_with_special_tokens; chatglm.md section 4).
+  framePrompt(textIds, {gmask, sop}) {
+    return [gmask, sop, ...textIds]
+  },
+
+  promptLayout(ids) {
+    return layoutV2(ids)
+  },
+
+  quantizable: {
+    embeddings: 'transformer.embedding.word_embeddings.weight',
+    lmHead: 'transformer.output_layer.weight',
+    layerLinear: /^transformer\.encoder\.layers\.\d+\.(self_attention\.(query_key_value|dense)|mlp\.(dense_h_to_4h|dense_4h_to_h))\.weight$/,
+  },
+
+  chat: CHATGLM2_6B_CHAT,
+  chatDefaults: {temperature: 0.8, topP: 0.8, maxLength: 8192},
 }

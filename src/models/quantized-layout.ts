@@ -1,5 +1,5 @@
 import {ModelError} from '../errors.js'
-import type {Arch, ArchId, ModelConfig, TensorSpec} from './arch.js'
+import type {Arch, ModelConfig, QuantizableNames, TensorSpec} from './arch.js'
 
 /**
  * The tensor layout of a weight-quantized checkpoint (chatglm.md section 8): what
@@ -42,29 +42,8 @@ export interface QuantLayout {
 /** config.json key glmtool adds beside the published `quantization_bit`. */
 export const GLMTOOL_QUANT_KEY = 'glmtool_quantization'
 
-/** Names of the weights the quantized layout may touch, per generation. */
-export interface QuantizableNames {
-  readonly embeddings: string
-  readonly lmHead: string
-  /** The per-layer linears the published quantize() replaces, as `<name>.weight`. */
-  readonly layerLinear: RegExp
-}
-
-const NAMES: Record<ArchId, QuantizableNames> = {
-  'chatglm-6b': {
-    embeddings: 'transformer.word_embeddings.weight',
-    lmHead: 'lm_head.weight',
-    layerLinear: /^transformer\.layers\.\d+\.(attention\.(query_key_value|dense)|mlp\.(dense_h_to_4h|dense_4h_to_h))\.weight$/,
-  },
-  'chatglm2-6b': {
-    embeddings: 'transformer.embedding.word_embeddings.weight',
-    lmHead: 'transformer.output_layer.weight',
-    layerLinear: /^transformer\.encoder\.layers\.\d+\.(self_attention\.(query_key_value|dense)|mlp\.(dense_h_to_4h|dense_4h_to_h))\.weight$/,
-  },
-}
-
 export function quantizableNames(arch: Arch): QuantizableNames {
-  return NAMES[arch.id]
+  return arch.quantizable
 }
 
 /** The quantization config.json describes, or undefined for a float checkpoint. */
@@ -90,7 +69,7 @@ export function quantLayoutOf(config: ModelConfig, source = 'config.json'): Quan
 
 /** Whether weight `name` is stored quantized under `layout`. */
 export function isQuantizedWeight(arch: Arch, layout: QuantLayout, name: string): boolean {
-  const n = NAMES[arch.id]
+  const n = arch.quantizable
   if (name === n.embeddings) return layout.embeddings
   if (name === n.lmHead) return layout.lmHead
   return n.layerLinear.test(name)

@@ -1,5 +1,6 @@
 import {readFile} from 'node:fs/promises'
 import {GlmtoolError} from '../errors.js'
+import {archById} from '../models/index.js'
 import type {ChatTokenizer} from '../runtime/tokenizer.js'
 
 /**
@@ -88,7 +89,7 @@ export function tokenSequences(tokenizer: ChatTokenizer, paragraphs: readonly st
   for (let i = 0; i < ids.length && out.length < maxSequences; i += body) {
     const piece = ids.slice(i, i + body)
     if (piece.length < Math.min(8, body) && out.length > 0) break // a scrap at the end adds nothing
-    out.push(tokenizer.arch === 'chatglm-6b' ? [...piece, gmask, sop] : [gmask, sop, ...piece])
+    out.push(archById(tokenizer.arch).framePrompt(piece, {gmask, sop}))
   }
   if (out.length === 0) throw new CalibrationDataError('the calibration text gives no tokens')
   return out

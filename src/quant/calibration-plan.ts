@@ -1,4 +1,4 @@
-import type {Arch, ArchId, ModelConfig} from '../models/index.js'
+import type {Arch, ModelConfig, NetworkId} from '../models/index.js'
 import {configInt} from '../models/arch.js'
 
 /**
@@ -101,14 +101,14 @@ function unitsV2(config: ModelConfig, lmHead: boolean): CalibrationUnit[] {
   return units
 }
 
-const PLANS: Record<ArchId, (config: ModelConfig, lmHead: boolean) => CalibrationUnit[]> = {
+const PLANS: Record<NetworkId, (config: ModelConfig, lmHead: boolean) => CalibrationUnit[]> = {
   'chatglm-6b': unitsV1,
   'chatglm2-6b': unitsV2,
 }
 
 /** The calibration units of a model: its layers' four linears, and the output layer when quantized. */
 export function calibrationUnits(arch: Arch, config: ModelConfig, lmHead: boolean): CalibrationUnit[] {
-  return PLANS[arch.id](config, lmHead)
+  return PLANS[arch.network](config, lmHead)
 }
 
 /**

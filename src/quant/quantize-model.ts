@@ -9,7 +9,7 @@ import {exportOnnx, exportOnnxInto, ONNX_MANIFEST_FILE} from '../formats/onnx/ex
 import {claimOutput, openClaimed} from '../formats/output-dir.js'
 import {writeSafetensorsModel} from '../formats/safetensors-writer.js'
 import type {TensorEntry} from '../formats/tensor.js'
-import type {Arch, ModelConfig} from '../models/index.js'
+import type {Arch, ArchId, ModelConfig} from '../models/index.js'
 import {GLMTOOL_QUANT_KEY, isQuantizedWeight, type QuantLayout, scaleNameOf} from '../models/quantized-layout.js'
 import {loadModelTokenizer} from '../runtime/model-tokenizer.js'
 import {VERSION} from '../version.js'
@@ -44,6 +44,8 @@ export type QuantFormat = 'safetensors' | 'onnx' | 'both'
 export const GROUP_SIZES: readonly number[] = [0, 32, 64, 128]
 
 export interface QuantizeOptions {
+  /** The user's --arch (src/formats/model-dir.ts OpenModelOptions). */
+  arch?: ArchId
   input: string
   out: string
   bits: number
@@ -121,7 +123,7 @@ export async function quantizeModel(opts: QuantizeOptions): Promise<QuantizeResu
   const bits = opts.bits
   const inputs = [{what: 'input model', path: opts.input}, ...(opts.calibration?.file ? [{what: 'calibration file', path: opts.calibration.file}] : [])]
   const output = await claimOutput(opts.out, {force: opts.force, inputs})
-  const model = await openClaimed(output, () => openModel(opts.input))
+  const model = await openClaimed(output, () => openModel(opts.input, {arch: opts.arch}))
   // Scratch (float ONNX for calibration, RTN baseline) beside the target: same disk as the
   // output rather than a small /tmp, and removed with the claim, also after Ctrl-C or (by the
   // next run) SIGKILL.

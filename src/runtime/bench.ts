@@ -14,6 +14,7 @@ import {join} from 'node:path'
 import {GlmtoolError} from '../errors.js'
 import {TORCH_DTYPE_OF} from '../formats/dtype.js'
 import type {ModelConfig} from '../models/arch.js'
+import {archById, type ArchId} from '../models/index.js'
 import {quantLayoutOf} from '../models/quantized-layout.js'
 import type {DecoderBackend, ForwardInput} from './backend.js'
 import type {CudaBackend} from './backends/cuda.js'
@@ -29,6 +30,8 @@ export interface BenchOptions {
   repeat: number
   maxLength: number
   warmup?: number
+  /** The user's --arch. */
+  arch?: ArchId
   onNote?: (message: string) => void
 }
 
@@ -118,7 +121,7 @@ export function benchPrompt(tokenizer: ChatTokenizer, n: number): number[] {
     return lo + (seed % (hi - lo))
   })
   const s = tokenizer.specials
-  return tokenizer.arch === 'chatglm-6b' ? [...text, s.gmask, s.sop] : [s.gmask, s.sop, ...text]
+  return archById(tokenizer.arch).framePrompt(text, s)
 }
 
 async function nextToken(backend: DecoderBackend, input: Omit<ForwardInput, 'logits'>, vocabLimit: number): Promise<number> {
@@ -200,7 +203,7 @@ export async function benchModel(path: string, opts: BenchOptions): Promise<Benc
     copyBandwidth = loadCudaAddon().addon.measureCopyBandwidth(1 << 30, 10)
   }
   const t0 = performance.now()
-  const model = await loadChatModel(path, {backend: opts.backend, maxLength, onNote: opts.onNote})
+  const model = await loadChatModel(path, {backend: opts.backend, maxLength, arch: opts.arch, onNote: opts.onNote})
   const loadSeconds = (performance.now() - t0) / 1000
   const {backend, tokenizer} = model
   try {

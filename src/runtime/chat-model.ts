@@ -4,6 +4,7 @@ import {homedir} from 'node:os'
 import {join, resolve} from 'node:path'
 import {ModelError} from '../errors.js'
 import {exportOnnx} from '../formats/onnx/export-onnx.js'
+import type {Arch, ArchId} from '../models/index.js'
 import {VERSION} from '../version.js'
 import type {DecoderBackend} from './backend.js'
 import {CudaBackend} from './backends/cuda.js'
@@ -14,6 +15,8 @@ import type {ChatTokenizer} from './tokenizer.js'
 export interface ChatModel {
   backend: DecoderBackend
   tokenizer: ChatTokenizer
+  /** The model's generation: its chat format and defaults. */
+  arch: Arch
   /** CPU backend: the ONNX directory actually run (the input itself, or its cached conversion). */
   onnxDir?: string
 }
@@ -29,8 +32,9 @@ export function cacheRoot(): string {
  * A key that changes whenever the source model changes: its absolute path and each file's
  * name, size and mtime, plus glmtool's version (a new exporter re-converts).
  */
-function sourceKey(dir: string): string {
-  const h = createHash('sha256').update(resolve(dir)).update(VERSION)
+function sourceKey(dir: string, arch: ArchId): string {
+  // The generation is part of the key: ChatGLM2-6B and ChatGLM3-6B read rope_ratio differently.
+  const h = createHash('sha256').update(resolve(dir)).update(VERSION).update(arch)
   for (const name of readdirSync(dir).sort()) {
     const st = statSync(join(dir, name))
     if (st.isFile()) h.update(`${name}:${st.size}:${st.mtimeMs}\n`)
@@ -44,22 +48,30 @@ function sourceKey(dir: string): string {
  * cached copy reused while the source is unchanged. CUDA: glmtool's safetensors output (or a
  * torch directory) is streamed straight onto the GPU.
  */
-export async function loadChatModel(path: string, opts: {maxLength?: number, backend?: BackendKind, onNote?: (m: string) => void} = {}): Promise<ChatModel> {
+export async function loadChatModel(
+  path: string,
+  opts: {
+    maxLength?: number, backend?: BackendKind, arch?: ArchId, onNote?: (m: string) => void,
+    /** Called once the generation is known, before any conversion or GPU load (a command's checks of it). */
+    onArch?: (arch: Arch) => void
+  } = {},
+): Promise<ChatModel> {
   // The tokenizer is loaded and checked against config.json first, from the user's directory:
   // a bad tokenizer fails in a second, naming the user's file, before any conversion or GPU load.
-  const {tokenizer, arch} = await loadModelTokenizer(path)
+  const {tokenizer, arch} = await loadModelTokenizer(path, undefined, {arch: opts.arch, onNote: opts.onNote})
+  opts.onArch?.(arch)
   if (opts.backend === 'cuda') {
-    const backend = await CudaBackend.load(path, {maxLength: opts.maxLength})
-    return {backend, tokenizer}
+    const backend = await CudaBackend.load(path, {maxLength: opts.maxLength, arch: arch.id})
+    return {backend, tokenizer, arch}
   }
   let onnxDir = path
   if (!existsSync(join(path, 'model.onnx'))) {
-    onnxDir = join(cacheRoot(), 'onnx', sourceKey(path))
+    onnxDir = join(cacheRoot(), 'onnx', sourceKey(path, arch.id))
     if (existsSync(join(onnxDir, 'model.onnx'))) {
       opts.onNote?.(`using the cached ONNX conversion of ${path} in ${onnxDir}`)
     } else {
       opts.onNote?.(`converting ${path} to ONNX once (cached in ${onnxDir}) ...`)
-      await exportOnnx({input: path, out: onnxDir, dtype: 'F32', force: true})
+      await exportOnnx({input: path, out: onnxDir, dtype: 'F32', force: true, arch: arch.id})
     }
   }
   const backend = await OnnxCpuBackend.load(onnxDir, {maxLength: opts.maxLength})
@@ -67,5 +79,5 @@ export async function loadChatModel(path: string, opts: {maxLength?: number, bac
     await backend.dispose()
     throw new ModelError(`${onnxDir}: holds a ${backend.arch.id} graph, but ${join(path, 'config.json')} describes ${arch.id}`, 'arch-mismatch')
   }
-  return {backend, tokenizer, onnxDir}
+  return {backend, tokenizer, arch, onnxDir}
 }

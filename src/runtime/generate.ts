@@ -1,6 +1,7 @@
 import {GlmtoolError} from '../errors.js'
+import {archById} from '../models/index.js'
 import type {DecoderBackend, ForwardInput} from './backend.js'
-import {layoutV1, layoutV2, type PromptLayout} from './positions.js'
+import type {PromptLayout} from './positions.js'
 import {type SamplingOptions, seededRandom, selectToken} from './sampling.js'
 import type {ChatTokenizer} from './tokenizer.js'
 
@@ -27,8 +28,9 @@ export interface GenerateResult {
   generatedTokensPerSecond: number
 }
 
+/** The positions of a prompt the tokenizer framed, as its generation lays them out. */
 export function promptLayout(tokenizer: ChatTokenizer, ids: readonly number[]): PromptLayout {
-  return tokenizer.arch === 'chatglm-6b' ? layoutV1(ids, tokenizer.specials.gmask, tokenizer.specials.sop) : layoutV2(ids)
+  return archById(tokenizer.arch).promptLayout(ids, tokenizer.specials)
 }
 
 /**
@@ -41,7 +43,7 @@ export async function generate(
   /** Awaited after every generated token (a server's pacing hook); undefined: none. */
   afterToken?: () => Promise<void>,
 ): Promise<GenerateResult> {
-  const layout = promptLayout(tokenizer, promptIds)
+  const layout = backend.arch.promptLayout(promptIds, tokenizer.specials)
   const stop = new Set(tokenizer.specials.stop)
   const random = seededRandom(opts.seed)
   const stream = tokenizer.streamDecoder()

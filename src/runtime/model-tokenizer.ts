@@ -9,8 +9,8 @@
 import {existsSync} from 'node:fs'
 import {dirname, join} from 'node:path'
 import {ModelError} from '../errors.js'
-import {readModelConfig} from '../formats/model-dir.js'
-import {type Arch, detectArch, type ModelConfig} from '../models/index.js'
+import {detectModelArch, type OpenModelOptions, readModelConfig} from '../formats/model-dir.js'
+import type {Arch, ModelConfig} from '../models/index.js'
 import {decodeModelProto, ModelType, PieceType} from './sentencepiece-model.js'
 import {type ChatTokenizer, type LoadedTokenizer, loadTokenizerFiles, type TokenizerSpecials} from './tokenizer.js'
 
@@ -21,10 +21,12 @@ export interface ModelTokenizer extends LoadedTokenizer {
 }
 
 /** Load `dir`'s tokenizer for the generation its config.json names, and check that they fit. */
-export async function loadModelTokenizer(dir: string, known?: {arch: Arch, config: ModelConfig}): Promise<ModelTokenizer> {
+export async function loadModelTokenizer(
+  dir: string, known?: {arch: Arch, config: ModelConfig}, opts: OpenModelOptions & {onNote?: (m: string) => void} = {},
+): Promise<ModelTokenizer> {
   const configPath = join(dir, 'config.json')
   const config = known?.config ?? await readModelConfig(configPath)
-  const arch = known?.arch ?? detectArch(config, [], configPath)
+  const arch = known?.arch ?? await detectModelArch(dir, config, [], opts)
   const loaded = await loadTokenizerFiles(dir, arch.id)
   const t: ModelTokenizer = {...loaded, arch, config, configPath}
   checkTokenizerFits(t)

@@ -20,7 +20,7 @@ import {SentencePieceProcessor} from './sentencepiece.js'
 import {ChatGLM6BTokenizer, loadChatGLM6BModel} from './tokenizer-v1.js'
 import {ChatGLM2Tokenizer} from './tokenizer-v2.js'
 
-export type TokenizerArch = 'chatglm-6b' | 'chatglm2-6b'
+export type TokenizerArch = 'chatglm-6b' | 'chatglm2-6b' | 'chatglm3-6b' // TODO(merge): glm3tok
 export type ResponseStyle = TokenizerArch | 'chatglm-6b-first-release'
 
 /** Incremental decoding for streaming output. */
@@ -76,6 +76,7 @@ export interface ChatTokenizer {
 export const TOKENIZER_FILE: Readonly<Record<TokenizerArch, string>> = {
   'chatglm-6b': 'ice_text.model',
   'chatglm2-6b': 'tokenizer.model',
+  'chatglm3-6b': 'tokenizer.model',
 }
 
 export interface TokenizerOptions {

@@ -131,7 +131,7 @@ export async function buildServer(model: ChatModel, opts: ServeOptions): Promise
   const inflight = new Set<AbortController>()
   const tokenizer = model.tokenizer
   const backend = model.backend
-  const gen = backend.arch.generation
+  const format = model.arch.chat
   const context = Math.min(opts.defaults.maxLength, backend.maxLength)
   const log = opts.log ?? (() => {})
   let closing = false
@@ -157,7 +157,7 @@ export async function buildServer(model: ChatModel, opts: ServeOptions): Promise
   })
 
   app.get('/', async (_req, reply) => reply.type('text/html; charset=utf-8').header('cache-control', 'no-store').send(opts.page))
-  app.get('/health', async () => ({status: closing ? 'closing' : 'ok', model: opts.modelId, backend: backend.name, architecture: backend.arch.id, queue: queue.length, busy: queue.busy, rssBytes: process.memoryUsage().rss, version: VERSION}))
+  app.get('/health', async () => ({status: closing ? 'closing' : 'ok', model: opts.modelId, backend: backend.name, architecture: model.arch.id, queue: queue.length, busy: queue.busy, rssBytes: process.memoryUsage().rss, version: VERSION}))
   app.get('/v1/models', async () => ({object: 'list', data: [{id: opts.modelId, object: 'model', created: 0, owned_by: 'glmtool'}]}))
 
   /** Generation options of a request, with the model's defaults. */
@@ -318,10 +318,10 @@ export async function buildServer(model: ChatModel, opts: ServeOptions): Promise
   app.post('/v1/chat/completions', async (req, reply) => {
     const r = parseChatRequest(req.body, context, opts.modelId)
     const maxLength = Math.min(r.maxLength ?? context, context)
-    const {query, history} = chatTurns(r.messages)
+    const {query, history} = chatTurns(r.messages, format)
     let fitted
     try {
-      fitted = fitChatPrompt(tokenizer, gen, query, history, maxLength, defaultReserve(maxLength, r.maxTokens))
+      fitted = fitChatPrompt(format, tokenizer, query, history, maxLength, defaultReserve(maxLength, r.maxTokens))
     } catch (error) {
       throw new ApiError(400, (error as Error).message, 'invalid_request_error', 'messages', 'context_length_exceeded')
     }

@@ -9,6 +9,8 @@
  * answer, the reference demo's "Maximum length"). Other OpenAI fields (penalties, logprobs,
  * user, ...) are accepted and ignored.
  */
+import type {ChatFormat, ChatMessage} from '../runtime/chat-template.js'
+
 
 export class ApiError extends Error {
   constructor(readonly status: number, message: string, readonly type = 'invalid_request_error', readonly param: string | null = null, readonly code: string | null = null) {
@@ -142,22 +144,30 @@ export function parseCompletionRequest(body: unknown, contextLength: number, mod
 }
 
 /**
- * ChatGLM-6B and ChatGLM2-6B have no system role: the system text goes in front of the query, as
- * THUDM's openai_api.py does; the messages before the query must be user/assistant pairs.
+ * A request's messages as a chat format's history and query. ChatGLM3-6B has a system role: the
+ * messages go in as they are (THUDM's ChatGLM3 openai_api_demo). ChatGLM-6B and ChatGLM2-6B have
+ * none: the system text goes in front of the query, as THUDM's openai_api.py does, and the
+ * messages before the query must be user/assistant pairs.
  */
-export function chatTurns(messages: readonly Message[]): {query: string, history: [string, string][]} {
+export function chatTurns(messages: readonly Message[], format: ChatFormat): {query: string, history: ChatMessage[]} {
   const rest = [...messages]
   const last = rest.pop()!
+  if (format.extraRoles.includes('system')) {
+    for (let i = 0; i < rest.length; i++) {
+      if (rest[i].role === 'system' && rest.slice(0, i).some(m => m.role !== 'system')) throw bad(`messages[${i}].role`, 'system messages must come first')
+    }
+    return {query: last.content, history: rest.map(m => ({role: m.role, content: m.content}))}
+  }
   let system = ''
   while (rest.length > 0 && rest[0].role === 'system') system += rest.shift()!.content
-  const history: [string, string][] = []
+  const history: ChatMessage[] = []
   for (let i = 0; i < rest.length; i += 2) {
     const q = rest[i]
     const a = rest[i + 1]
     if (q.role !== 'user' || a?.role !== 'assistant') {
       throw bad('messages', 'after the system messages, messages must alternate user and assistant, ending with the user\'s')
     }
-    history.push([q.content, a.content])
+    history.push({role: 'user', content: q.content}, {role: 'assistant', content: a.content})
   }
   return {query: system + last.content, history}
 }

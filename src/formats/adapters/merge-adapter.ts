@@ -8,7 +8,7 @@
 import {basename, resolve} from 'node:path'
 import {ModelError} from '../../errors.js'
 import {prefixCacheName} from '../../models/arch.js'
-import type {ModelConfig} from '../../models/index.js'
+import type {ArchId, ModelConfig} from '../../models/index.js'
 import {VERSION} from '../../version.js'
 import {byteLength, type DType, TORCH_DTYPE_OF} from '../dtype.js'
 import {targetDtype} from '../dtype-convert.js'
@@ -23,6 +23,8 @@ import {mergedLoraTensor, openLoraAdapter, planLora} from './lora.js'
 import {computePrefixCache, openPrefixCheckpoint} from './prefix.js'
 
 export interface MergeAdapterOptions {
+  /** The user's --arch (src/formats/model-dir.ts OpenModelOptions). */
+  arch?: ArchId
   base: string
   adapter: string
   /** Detected from the adapter's files when absent. */
@@ -59,7 +61,7 @@ export async function mergeAdapter(opts: MergeAdapterOptions): Promise<MergeAdap
   // Before reading anything: --out apart from the base and the adapter, the lock, an existing output.
   const output = await claimOutput(opts.out, {force: opts.force, inputs: [{what: 'base model', path: opts.base}, {what: 'adapter', path: opts.adapter}]})
   const loc = await openClaimed(output, async () => locateAdapter(opts.adapter, opts.type))
-  const base = await openClaimed(output, () => openModel(opts.base))
+  const base = await openClaimed(output, () => openModel(opts.base, {arch: opts.arch}))
   const closers: (() => Promise<void>)[] = [async () => output.release(), () => base.close()]
   try {
     if (!base.dir || !base.arch || !base.config) {

@@ -2,7 +2,7 @@ import {copyFile, readFile, stat, writeFile} from 'node:fs/promises'
 import {existsSync} from 'node:fs'
 import {join} from 'node:path'
 import {GlmtoolError, ModelError, withPath} from '../../errors.js'
-import type {Arch, ArchId, ModelConfig} from '../../models/index.js'
+import type {Arch, ArchId, ModelConfig, NetworkId} from '../../models/index.js'
 import {isQuantizedWeight, type QuantLayout, quantLayoutOf, scaleNameOf} from '../../models/quantized-layout.js'
 import {VERSION} from '../../version.js'
 import {byteLength, type DType, isFloat, numel} from '../dtype.js'
@@ -22,10 +22,10 @@ export const ONNX_MODEL_FILE = 'model.onnx'
 export const ONNX_DATA_FILE = 'model.onnx.data'
 export const ONNX_MANIFEST_FILE = 'glmtool-onnx.json'
 
-const GRAPHS: Record<ArchId, ChatglmOnnxGraph> = {'chatglm-6b': chatglmV1Graph, 'chatglm2-6b': chatglmV2Graph}
+const GRAPHS: Record<NetworkId, ChatglmOnnxGraph> = {'chatglm-6b': chatglmV1Graph, 'chatglm2-6b': chatglmV2Graph}
 
 export function onnxGraphFor(arch: Arch): ChatglmOnnxGraph {
-  return GRAPHS[arch.id]
+  return GRAPHS[arch.network]
 }
 
 /**
@@ -44,6 +44,8 @@ export function onnxGraphFor(arch: Arch): ChatglmOnnxGraph {
 export type OnnxWeightDtype = 'F32' | 'F16'
 
 export interface OnnxExportOptions {
+  /** The user's --arch (src/formats/model-dir.ts OpenModelOptions). */
+  arch?: ArchId
   input: string
   out: string
   /** Undefined: F16 when every weight of the checkpoint is float16, F32 otherwise (bf16 and f32 sources keep their precision). */
@@ -153,7 +155,7 @@ function companionFiles(arch: Arch): string[] {
 export async function exportOnnx(opts: OnnxExportOptions): Promise<OnnxExportResult> {
   const started = Date.now()
   const output = await claimOutput(opts.out, {force: opts.force, inputs: [{what: 'input model', path: opts.input}]})
-  const model = await openClaimed(output, () => openModel(opts.input))
+  const model = await openClaimed(output, () => openModel(opts.input, {arch: opts.arch}))
   try {
     const plan = planExport(model, opts)
     return await output.write(async tmp => {
@@ -174,7 +176,7 @@ export async function exportOnnx(opts: OnnxExportOptions): Promise<OnnxExportRes
  */
 export async function exportOnnxInto(input: string, dir: string, opts: Omit<OnnxExportOptions, 'input' | 'out' | 'force'>): Promise<OnnxExportResult> {
   const started = Date.now()
-  const model = await openModel(input)
+  const model = await openModel(input, {arch: opts.arch})
   try {
     const o = {...opts, input, out: dir, force: true}
     return await writeOnnxFiles(planExport(model, o), dir, o, started, false)

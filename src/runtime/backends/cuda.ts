@@ -3,7 +3,7 @@ import {convertChunk} from '../../formats/dtype-convert.js'
 import {type DType, numel} from '../../formats/dtype.js'
 import {openModel} from '../../formats/model-dir.js'
 import type {TensorEntry} from '../../formats/tensor.js'
-import type {Arch, ModelConfig} from '../../models/index.js'
+import type {Arch, ArchId, ModelConfig} from '../../models/index.js'
 import {PREFIX_CACHE_MARKER} from '../../models/arch.js'
 import {quantizableNames, quantLayoutOf, type QuantLayout, scaleNameOf} from '../../models/quantized-layout.js'
 import type {DecodeManyInput, DecoderBackend, DeviceSampling, ForwardInput, ForwardOutput} from '../backend.js'
@@ -12,6 +12,8 @@ import {
 } from './cuda-addon.js'
 
 export interface CudaBackendOptions {
+  /** The user's --arch (src/formats/model-dir.ts OpenModelOptions). */
+  arch?: ArchId
   /** Tokens the KV cache holds, allocated up front (default: the reference's max_length, 2048 v1 / 8192 v2, within the model's positions). */
   maxLength?: number
   /** Capture the decode step as a CUDA graph (default true; false runs the same kernels launch by launch). */
@@ -270,7 +272,7 @@ export class CudaBackend implements DecoderBackend {
   static async load(path: string, opts: CudaBackendOptions = {}): Promise<CudaBackend> {
     const started = performance.now()
     const {addon, device} = loadCudaAddon()
-    const model = await openModel(path)
+    const model = await openModel(path, {arch: opts.arch})
     try {
       if (!model.arch || !model.config) throw new ModelError(`${path}: config.json is missing`, 'missing-file')
       const arch = model.arch

@@ -1,0 +1,44 @@
+/**
+ * ChatGLM3-6B: the ChatGLM2-6B network and tokenizer.model, with four role specials after the
+ * five, its own chat format (role tokens, metadata lines, tool calls) and, in ChatGLM3-6B-32k,
+ * config.json's rope_ratio scaling the rotary base (docs/chatglm.md section 9). Everything that
+ * is ChatGLM2-6B's is taken from that module.
+ */
+import {CHATGLM3_6B_CHAT} from '../runtime/chat-template.js'
+import {type Arch, isChatglm3Config, type ModelConfig} from './arch.js'
+import {chatglmV2, isChatglm2Network} from './chatglm-v2.js'
+
+export const chatglm3: Arch = {
+  ...chatglmV2,
+  id: 'chatglm3-6b',
+  displayName: 'ChatGLM3-6B',
+
+  matchesConfig(config) {
+    return isChatglm2Network(config) && isChatglm3Config(config)
+  },
+
+  synthConfig(size): ModelConfig {
+    // The real chatglm3-6b config.json differs from chatglm2-6b's in these keys only.
+    const v2 = chatglmV2.synthConfig(size)
+    return {
+      ...v2,
+      _name_or_path: 'THUDM/chatglm3-6b',
+      auto_map: {...(v2.auto_map as object), AutoModelForSequenceClassification: 'modeling_chatglm.ChatGLMForSequenceClassification'},
+      seq_length: 8192,
+      transformers_version: '4.30.2',
+    }
+  },
+
+  summary(config) {
+    const rope = config.rope_ratio
+    return {
+      ...chatglmV2.summary(config),
+      generation: 'ChatGLM3-6B (the ChatGLM2-6B network; role tokens and tool calls)',
+      ...(rope === undefined ? {} : {rope_ratio: Number(rope)}),
+    }
+  },
+
+  chat: CHATGLM3_6B_CHAT,
+  // chatglm3-6b's chat(): max_length 8192, top_p 0.8, temperature 0.8.
+  chatDefaults: {temperature: 0.8, topP: 0.8, maxLength: 8192},
+}
