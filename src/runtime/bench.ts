@@ -16,11 +16,10 @@ import {TORCH_DTYPE_OF} from '../formats/dtype.js'
 import type {ModelConfig} from '../models/arch.js'
 import {archById, type ArchId} from '../models/index.js'
 import {quantLayoutOf} from '../models/quantized-layout.js'
-import type {DecoderBackend, ForwardInput} from './backend.js'
+import type {DecoderBackend} from './backend.js'
 import type {CudaBackend} from './backends/cuda.js'
 import {type BackendKind, loadChatModel} from './chat-model.js'
-import {promptLayout} from './generate.js'
-import {argmax} from './sampling.js'
+import {generate} from './generate.js'
 import type {ChatTokenizer} from './tokenizer.js'
 
 export interface BenchOptions {
@@ -124,52 +123,20 @@ export function benchPrompt(tokenizer: ChatTokenizer, n: number): number[] {
   return archById(tokenizer.arch).framePrompt(text, s)
 }
 
-async function nextToken(backend: DecoderBackend, input: Omit<ForwardInput, 'logits'>, vocabLimit: number): Promise<number> {
-  if (backend.forwardSample) {
-    return backend.forwardSample(input, {greedy: true, temperature: 1, topK: 0, topP: 1, random: 0, vocabLimit})
-  }
-  const out = await backend.forward({...input, logits: 'last'})
-  return argmax(out.logits.subarray(0, Math.min(out.vocab, vocabLimit)))
-}
-
+/**
+ * One timed run: prefill, then exactly genTokens - 1 greedy decode steps, through generate()
+ * (the loop chat and serve run, device batches included), stop tokens ignored.
+ */
 async function oneRun(backend: DecoderBackend, tokenizer: ChatTokenizer, ids: number[], genTokens: number): Promise<BenchRun & {generated: number[]}> {
-  const layout = promptLayout(tokenizer, ids)
-  backend.reset()
-  const t0 = performance.now()
-  let token = await nextToken(backend, {ids, positions: layout.positions, blockPositions: layout.blockPositions, bidirectional: layout.bidirectional}, tokenizer.vocabSize)
-  const t1 = performance.now()
-  const generated = [token]
-  const batch = backend.decodeMany !== undefined && (backend.decodeBatch ?? 0) > 1 ? backend.decodeBatch! : 0
-  // Batches of decode steps on the device (GLMTOOL_CUDA_STEPS), as generate() runs them.
-  for (let k = 1; batch && k < genTokens;) {
-    const n = Math.min(batch, genTokens - k)
-    const positions: number[] = []
-    const blocks: number[] = []
-    for (let i = 0; i < n; i++) {
-      const next = layout.next(k + i)
-      positions.push(next.position)
-      if (next.blockPosition !== undefined) blocks.push(next.blockPosition)
-    }
-    const got = await backend.decodeMany!({id: token, positions, blockPositions: blocks.length ? blocks : undefined, bidirectional: layout.bidirectional},
-      {greedy: true, temperature: 1, topK: 0, topP: 1, vocabLimit: tokenizer.vocabSize}, [])
-    generated.push(...got)
-    token = got[got.length - 1]
-    k += n
-  }
-  for (let k = batch ? genTokens : 1; k < genTokens; k++) {
-    const next = layout.next(k)
-    token = await nextToken(backend, {
-      ids: [token], positions: [next.position], blockPositions: next.blockPosition === undefined ? undefined : [next.blockPosition],
-      bidirectional: layout.bidirectional,
-    }, tokenizer.vocabSize)
-    generated.push(token)
-  }
-  const t2 = performance.now()
+  const r = await generate(backend, tokenizer, ids, {
+    greedy: true, temperature: 1, topP: 1, topK: 0, repetitionPenalty: 1, seed: 0,
+    maxLength: ids.length + genTokens, maxNewTokens: genTokens, ignoreStop: true,
+  })
   return {
-    ttftMs: t1 - t0,
-    prefillTokensPerSecond: ids.length / ((t1 - t0) / 1000),
-    decodeTokensPerSecond: genTokens > 1 ? (genTokens - 1) / ((t2 - t1) / 1000) : 0,
-    generated,
+    ttftMs: r.promptSeconds * 1000,
+    prefillTokensPerSecond: r.promptTokensPerSecond,
+    decodeTokensPerSecond: genTokens > 1 ? r.generatedTokensPerSecond : 0,
+    generated: r.generatedIds,
   }
 }
 

@@ -13,6 +13,8 @@ export interface GenerateOptions extends SamplingOptions {
   seed: number
   /** Stops generation between tokens (Ctrl-C). */
   signal?: AbortSignal
+  /** Generate through stop tokens, to the length limits (bench: a fixed number of tokens). */
+  ignoreStop?: boolean
 }
 
 export interface GenerateResult {
@@ -43,8 +45,8 @@ export async function generate(
   /** Awaited after every generated token (a server's pacing hook); undefined: none. */
   afterToken?: () => Promise<void>,
 ): Promise<GenerateResult> {
-  const layout = backend.arch.promptLayout(promptIds, tokenizer.specials)
-  const stop = new Set(tokenizer.specials.stop)
+  const layout = promptLayout(tokenizer, promptIds)
+  const stop = new Set(opts.ignoreStop ? [] : tokenizer.specials.stop)
   const random = seededRandom(opts.seed)
   const stream = tokenizer.streamDecoder()
   const generated: number[] = []
