@@ -6,7 +6,7 @@ import {ModelError} from '../errors.js'
 import {configInt} from '../models/arch.js'
 import {decodeModelProto} from '../runtime/sentencepiece-model.js'
 import {numel} from './dtype.js'
-import {checkGgufConfig, GGUF_FILE_TYPES, type GgufFileType, ggufMetadata, ggufTensorName, ggufTensorType, ggufVocab, isChatglm3} from './gguf/chatglm2.js'
+import {checkGgufConfig, GGUF_FILE_TYPES, type GgufFileType, ggufMetadata, ggufTensorName, ggufTensorType, ggufVocab} from './gguf/chatglm2.js'
 import {type GgmlType, type GgufTensorPlan, ggmlByteSize, writeGguf} from './gguf/gguf-writer.js'
 import {writeOutputFile} from './gguf/output-file.js'
 import {ggufTensorData} from './gguf/tensor-data.js'
@@ -57,7 +57,7 @@ export async function convertToGguf(opts: GgufConvertOptions): Promise<GgufConve
     if (!model.dir || !model.arch || !model.config) {
       throw new ModelError(`${opts.input}: convert needs a model directory with config.json, not a single file`, 'not-a-model-dir')
     }
-    if (model.arch.id === 'chatglm-6b') {
+    if (model.arch.network === 'chatglm-6b') {
       throw new ModelError(`${opts.input}: ChatGLM-6B (v1) cannot be written as GGUF: llama.cpp has no architecture for it (its "chatglm" architecture is ChatGLM2/ChatGLM3: RMSNorm, multi-query attention, 1-D rotary); use --to safetensors or --to onnx`, 'gguf-unsupported')
     }
     const config = model.config
@@ -87,7 +87,7 @@ export async function convertToGguf(opts: GgufConvertOptions): Promise<GgufConve
     } catch (error) {
       throw new ModelError(`${spPath}: cannot read the tokenizer (${(error as NodeJS.ErrnoException).code ?? (error as Error).message}); a GGUF carries its vocabulary`, 'missing-file')
     }
-    const vocab = ggufVocab(decodeModelProto(spBytes, spPath), configInt(config, 'padded_vocab_size'), isChatglm3(config), spPath)
+    const vocab = ggufVocab(decodeModelProto(spBytes, spPath), configInt(config, 'padded_vocab_size'), model.arch.id === 'chatglm3-6b', spPath)
     const chatTemplate = await readChatTemplate(join(model.dir, 'tokenizer_config.json'))
     const name = basename(resolve(model.dir))
     const metadata = ggufMetadata({config, name, fileType: opts.type, parameters, vocab, chatTemplate})

@@ -148,7 +148,7 @@ export async function openLoraAdapter(dir: string, file?: string): Promise<LoraA
   }
 }
 
-/** Module paths of each generation's layers, to say "this adapter is for the other one". */
+/** Module paths of each network's layers, to say "this adapter is for the other one". */
 const GENERATION_LAYOUT: {arch: string, re: RegExp}[] = [
   {arch: 'chatglm-6b', re: /^transformer\.layers\.\d+\.(attention|mlp)\./},
   {arch: 'chatglm2-6b', re: /^transformer\.encoder\.layers\.\d+\.(self_attention|mlp)\./},
@@ -214,7 +214,7 @@ export async function planLora(adapter: LoraAdapter, arch: Arch, baseConfig: Mod
   const weights = new Map<string, LoraWeightPlan>()
   for (const m of adapter.modules.values()) {
     if (!linearSet.has(m.module)) {
-      const other = GENERATION_LAYOUT.find(g => g.arch !== arch.id && g.re.test(m.module))
+      const other = GENERATION_LAYOUT.find(g => g.arch !== arch.network && g.re.test(m.module))
       if (other) {
         throw new AdapterError('generation', `${src}: adapter was made for ${other.arch} (it adapts ${m.module}); the base model is ${arch.id}${cfg.baseModel ? ` (adapter_config.json names ${cfg.baseModel})` : ''}`)
       }

@@ -147,7 +147,8 @@ export interface PrefixCache {
 export async function computePrefixCache(ck: PrefixCheckpoint, arch: Arch, baseConfig: ModelConfig): Promise<PrefixCache> {
   const file = ck.files[0]
   const warnings: string[] = []
-  if (ck.arch && ck.arch.id !== arch.id) {
+  // The network decides here; ChatGLM2-6B against ChatGLM3-6B is told from the names below.
+  if (ck.arch && ck.arch.network !== arch.network) {
     throw new AdapterError('generation', `${ck.dir}: P-Tuning checkpoint was trained on ${ck.arch.id} (its config.json); the base model is ${arch.id}`)
   }
   const g = kvGeometry(arch, baseConfig)

@@ -76,11 +76,6 @@ export function checkGgufConfig(config: ModelConfig, source: string): void {
   if (config.pre_seq_len !== undefined && config.pre_seq_len !== null) refuse('the model carries a P-Tuning v2 prefix (pre_seq_len); llama.cpp has no prefix cache')
 }
 
-/** True for a ChatGLM3 checkpoint (llama.cpp's converter tests the same field). */
-export function isChatglm3(config: ModelConfig): boolean {
-  return String(config._name_or_path ?? '').includes('chatglm3')
-}
-
 /** Python's `f"{x:.{fix}f}"` size label of gguf-py's model_weight_count_rounded_notation. */
 export function sizeLabel(params: number): string {
   const [scale, suffix] = params > 1e12 ? [1e-12, 'T'] : params > 1e9 ? [1e-9, 'B'] : params > 1e6 ? [1e-6, 'M'] : [1e-3, 'K']
