@@ -460,7 +460,7 @@ describe('a file target (writeOutputFile): the same claim, lock and clean-up as 
     expect(leftovers(d)).toEqual([])
   })
 
-  it('the next run removes a dead run\'s temporary file (also one of the old output-file.ts naming) and lock, keeping a live one\'s', async () => {
+  it('the next run removes a dead run\'s temporary file (also one named as earlier glmtool versions named it) and lock, keeping a live one\'s', async () => {
     const d = fresh('file-sweep')
     const dead = deadPid()
     writeFileSync(join(d, `.x.gguf.glmtool-tmp-${dead}-mfz1`), 'partial')
