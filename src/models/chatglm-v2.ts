@@ -6,7 +6,7 @@ const SIZES: Record<SynthSize, {hidden: number, ffn: number, layers: number, hea
   full: {hidden: 4096, ffn: 13696, layers: 28, heads: 32, kv: 128},
 }
 
-/** ChatGLM2-6B: pre-norm RMSNorm, multi-query attention, SwiGLU (chatglm.md sections 1, 2, 4). */
+/** ChatGLM2-6B: pre-norm RMSNorm, multi-query attention, SwiGLU (docs/chatglm.md sections 1, 2, 4). */
 export const chatglmV2: Arch = {
   id: 'chatglm2-6b',
   generation: 2,

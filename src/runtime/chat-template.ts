@@ -1,5 +1,5 @@
 /**
- * Chat prompts exactly as the published `model.chat` builds them (chatglm.md sections 3, 4),
+ * Chat prompts exactly as the published `model.chat` builds them (docs/chatglm.md sections 3, 4),
  * one function per generation.
  */
 export type History = readonly (readonly [query: string, response: string])[]
@@ -27,7 +27,7 @@ export function chatPrompt(generation: 1 | 2, query: string, history: History): 
   return generation === 1 ? chatPromptV1(query, history) : chatPromptV2(query, history)
 }
 
-/** The published chat()'s sampling defaults per generation (chatglm.md sections 3, 4). */
+/** The published chat()'s sampling defaults per generation (docs/chatglm.md sections 3, 4). */
 export const CHAT_DEFAULTS = {
   1: {temperature: 0.95, topP: 0.7, maxLength: 2048},
   2: {temperature: 0.8, topP: 0.8, maxLength: 8192},
