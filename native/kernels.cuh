@@ -118,7 +118,7 @@ __device__ __forceinline__ float blockMax(float v, float* red) {
 }
 
 __device__ __forceinline__ float gelu_tanh(float x) {
-  // chatglm.md section 3: 0.5*x*(1+tanh(0.7978845608028654*x*(1+0.044715*x*x)))
+  // docs/chatglm.md section 3: 0.5*x*(1+tanh(0.7978845608028654*x*(1+0.044715*x*x)))
   return 0.5f * x * (1.f + tanhf(0.7978845608028654f * x * (1.f + 0.044715f * x * x)));
 }
 __device__ __forceinline__ float silu(float x) { return x / (1.f + expf(-x)); }
@@ -684,9 +684,9 @@ __global__ void bias_act_kernel(T* __restrict__ y, const T* __restrict__ bias, T
 
 
 // One block per new token. Rotates q in place and k into the cache row prefix + past + s; copies v.
-// v1 (chatglm.md 3): each half of a head (D/2 dims) is a rotate_half rotary of dim D/2, the first
+// v1 (docs/chatglm.md 3): each half of a head (D/2 dims) is a rotate_half rotary of dim D/2, the first
 // half by position, the second by block position; pairs (i, i + D/4) share frequency invf[i].
-// v2 (chatglm.md 4): the first D/2 dims, interleaved pairs (2j, 2j+1) with frequency invf[j];
+// v2 (docs/chatglm.md 4): the first D/2 dims, interleaved pairs (2j, 2j+1) with frequency invf[j];
 // the other D/2 dims pass through.
 template <typename T>
 __global__ void rotary_cache_kernel(T* __restrict__ qkv, T* __restrict__ Kc, T* __restrict__ Vc,

@@ -28,7 +28,7 @@ export class PickleSecurityError extends GlmtoolError {
   }
 }
 
-/** A safetensors file breaking one of the format's rules (formats.md). */
+/** A safetensors file breaking one of the format's rules (docs/formats.md). */
 export class SafetensorsError extends GlmtoolError {
   constructor(code: string, message: string) {
     super(`safetensors-${code}`, message)

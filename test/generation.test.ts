@@ -3,7 +3,7 @@ import {chatPromptV1, chatPromptV2} from '../src/runtime/chat-template.js'
 import {layoutV1, layoutV2} from '../src/runtime/positions.js'
 import {applyRepetitionPenalty, candidates, fixInvalidScores, seededRandom, selectToken} from '../src/runtime/sampling.js'
 
-describe('chat templates (chatglm.md sections 3, 4)', () => {
+describe('chat templates (docs/chatglm.md sections 3, 4)', () => {
   it('v1: bare query without history, [Round i] from 0 with history', () => {
     expect(chatPromptV1('你好', [])).toBe('你好')
     expect(chatPromptV1('q2', [['q0', 'r0'], ['q1', 'r1']])).toBe('[Round 0]\n问：q0\n答：r0\n[Round 1]\n问：q1\n答：r1\n[Round 2]\n问：q2\n答：')

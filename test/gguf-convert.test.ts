@@ -6,7 +6,7 @@
  * no tokenizer); quantization streamed across chunk boundaries gives the bytes of one pass.
  */
 import {createHash} from 'node:crypto'
-import {cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
+import {cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
@@ -146,6 +146,29 @@ describe('convert --to gguf (CLI)', () => {
     await expect(convertToGguf({input: m, out: join(m, 'x.gguf'), type: 'f16', force: true})).rejects.toThrow(/lies inside the input model/)
     expect(readdirSync(m).sort()).toEqual(before)
   }, 30_000)
+
+  it('the CLI refuses, with --force and before any work, an --out that is the input file, a .gguf inside the input (also through a symlink) or the input\'s parent', () => {
+    const parent = join(work, 'cli-guarded')
+    const m = join(parent, 'model')
+    cpSync(v2, m, {recursive: true})
+    symlinkSync(m, join(parent, 'link'))
+    const shard = join(m, readdirSync(m).find(f => f.endsWith('.bin'))!)
+    const before = digest(m)
+    for (const [input, out, how] of [
+      [shard, shard, / is the input model /],
+      [m, join(m, 'x.gguf'), / lies inside the input model /],
+      [m, join(parent, 'link', 'x.gguf'), / lies inside the input model /],
+      [join(parent, 'link'), join(m, 'sub', 'x.gguf'), / lies inside the input model /],
+      [m, parent, / contains the input model /],
+    ] as const) {
+      const r = glmtool(['convert', input, '--to', 'gguf', '--out', out, '--force'])
+      expect(r.code, `${out}: ${r.stdout}`).toBe(1)
+      expect(r.stderr).toMatch(/^glmtool: --out \S+ \(\S+\) (is|lies inside|contains) the input model \S+ \(\S+\); choose an output directory apart from the inputs\n$/)
+      expect(r.stderr).toMatch(how)
+    }
+    expect(digest(m)).toBe(before)
+    expect(readdirSync(parent).sort()).toEqual(['link', 'model'])
+  }, 60_000)
 
   it('refuses a model without tokenizer.model, naming the file, and leaves no partial output', async () => {
     const bare = join(work, 'bare')

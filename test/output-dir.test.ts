@@ -1,16 +1,16 @@
 import {type ChildProcess, spawn, spawnSync} from 'node:child_process'
-import {existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync} from 'node:fs'
+import {existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync} from 'node:fs'
 import {hostname, tmpdir} from 'node:os'
 import {join} from 'node:path'
-import {afterAll, describe, expect, it} from 'vitest'
-import {assertOutputApart, claimOutput, writeOutputDir} from '../src/formats/output-dir.js'
+import {afterAll, beforeAll, describe, expect, it} from 'vitest'
+import {assertOutputApart, claimOutput, writeOutputDir, writeOutputFile} from '../src/formats/output-dir.js'
 import {glmtool, ROOT} from './helpers/cli.js'
 
 /**
- * Data safety of every written directory (issue 11, items 1-3): the output never is, contains
- * or lies inside an input; it appears whole or not at all, also under Ctrl-C, SIGKILL, a
- * concurrent run and a directory appearing at the target; --force never leaves the target
- * missing. Subprocess cases stop the CLI at a named step with the test-only hook
+ * Data safety of every written directory, and of the one written file (`convert --to gguf --out
+ * x.gguf`; issue 11, items 1-3): the output never is, contains or lies inside an input; it
+ * appears whole or not at all, also under Ctrl-C, SIGKILL, a concurrent run and a directory
+ * (or file) appearing at the target; --force never leaves the target missing. Subprocess cases stop the CLI at a named step with the test-only hook
  * GLMTOOL_TEST_HOOK (output-dir.ts) and wait for its marker file, never for a time.
  */
 
@@ -397,4 +397,224 @@ describe('durability', () => {
     expect(synced.has(tmp)).toBe(true)
     expect(lines.slice(commit + 1).some(l => new RegExp(`fsync\\(\\d+<${d}>\\)\\s+= 0$`).test(l))).toBe(true)
   })
+})
+
+// --- a file target: convert --to gguf --out x.gguf -------------------------------------------------
+
+describe('a file target (writeOutputFile): the same claim, lock and clean-up as a directory', () => {
+  const put = (text: string) => async (fh: import('node:fs/promises').FileHandle) => {
+    await fh.write(text)
+    return text.length
+  }
+
+  it('writes the file whole through a temporary file beside it and leaves nothing else', async () => {
+    const d = fresh('file-ok')
+    const out = join(d, 'x.gguf')
+    expect(await writeOutputFile(out, {force: false}, put('whole'))).toBe(5)
+    expect(readFileSync(out, 'utf8')).toBe('whole')
+    expect(readdirSync(d)).toEqual(['x.gguf'])
+  })
+
+  it('a failing build leaves nothing; an existing file is kept until the new one is whole, and replaced only with --force', async () => {
+    const d = fresh('file-fail')
+    const out = join(d, 'x.gguf')
+    writeFileSync(out, 'old')
+    await expect(writeOutputFile(out, {force: true}, async fh => {
+      await fh.write('half')
+      throw new Error('disk full')
+    })).rejects.toThrow('disk full')
+    expect(readFileSync(out, 'utf8')).toBe('old')
+    expect(leftovers(d)).toEqual([])
+    await expect(writeOutputFile(out, {force: false}, put('new'))).rejects.toThrow(/already exists; pass --force/)
+    expect(readFileSync(out, 'utf8')).toBe('old')
+    await writeOutputFile(out, {force: true}, put('new'))
+    expect(readFileSync(out, 'utf8')).toBe('new')
+    expect(readdirSync(d)).toEqual(['x.gguf'])
+  })
+
+  it('a file that appears at the target during the build is left as it is without --force', async () => {
+    const d = fresh('file-appears')
+    const out = join(d, 'x.gguf')
+    await expect(writeOutputFile(out, {force: false}, async fh => {
+      await fh.write('ours')
+      writeFileSync(out, 'theirs') // someone else, meanwhile
+    })).rejects.toThrow(/appeared while glmtool was writing it .*pass --force/)
+    expect(readFileSync(out, 'utf8')).toBe('theirs')
+    expect(leftovers(d)).toEqual([])
+  })
+
+  it('never replaces a directory: one there at the start is refused even with --force, one appearing meanwhile is left as it is', async () => {
+    const d = fresh('file-dir')
+    const out = join(d, 'x.gguf')
+    mkdirSync(out)
+    writeFileSync(join(out, 'keep'), 'k')
+    await expect(writeOutputFile(out, {force: true}, put('x'))).rejects.toThrow(/exists and is not a file/)
+    const later = join(d, 'y.gguf')
+    await expect(writeOutputFile(later, {force: true}, async fh => {
+      await fh.write('x')
+      mkdirSync(later)
+      writeFileSync(join(later, 'keep'), 'k')
+    })).rejects.toThrow(/became a directory while glmtool was writing it/)
+    expect(readdirSync(out)).toEqual(['keep'])
+    expect(readdirSync(later)).toEqual(['keep'])
+    expect(leftovers(d)).toEqual([])
+  })
+
+  it('the next run removes a dead run\'s temporary file (also one named as earlier glmtool versions named it) and lock, keeping a live one\'s', async () => {
+    const d = fresh('file-sweep')
+    const dead = deadPid()
+    writeFileSync(join(d, `.x.gguf.glmtool-tmp-${dead}-mfz1`), 'partial')
+    writeFileSync(join(d, `.x.gguf.glmtool-tmp-${process.ppid}-mfz2`), 'live')
+    writeFileSync(join(d, '.x.gguf.glmtool-lock'), JSON.stringify({glmtool: 'output-lock', pid: dead, host: hostname(), since: 'then', target: 'x.gguf', state: 'building'}))
+    await writeOutputFile(join(d, 'x.gguf'), {force: false}, put('new'))
+    expect(readdirSync(d).sort()).toEqual([`.x.gguf.glmtool-tmp-${process.ppid}-mfz2`, 'x.gguf'])
+  })
+
+  it('a dead run that claimed the name with an empty file (no hard links) has it removed; a whole file there is kept', async () => {
+    const d = fresh('file-placing')
+    const dead = deadPid()
+    const journal = (target: string) => JSON.stringify({glmtool: 'output-lock', pid: dead, host: hostname(), since: 'then', target, state: 'placing'})
+    writeFileSync(join(d, 'a.gguf'), '')
+    writeFileSync(join(d, '.a.gguf.glmtool-lock'), journal('a.gguf'))
+    writeFileSync(join(d, 'b.gguf'), 'whole: the rename was done')
+    writeFileSync(join(d, '.b.gguf.glmtool-lock'), journal('b.gguf'))
+    await writeOutputFile(join(d, 'a.gguf'), {force: false}, put('new'))
+    expect(readFileSync(join(d, 'a.gguf'), 'utf8')).toBe('new')
+    expect(readFileSync(join(d, 'b.gguf'), 'utf8')).toBe('whole: the rename was done')
+    expect(leftovers(d)).toEqual([])
+  })
+})
+
+describe('a file target at the CLI (convert --to gguf --out x.gguf), stopped at named steps', () => {
+  const d0 = fresh('gguf-cli')
+  const model = join(d0, 'v2')
+  const reference = join(d0, 'reference.gguf')
+  const gguf = (out: string, ...more: string[]) => ['convert', model, '--to', 'gguf', '--type', 'q8_0', '--out', out, ...more]
+  /** A previous output, told apart from a new one by its bytes. */
+  const OLD = 'previous output, not a GGUF'
+  /** What an undisturbed run writes: every file a run puts in place must be these bytes. */
+  let expected: Buffer
+  beforeAll(() => {
+    const s = glmtool(synthArgs(model))
+    if (s.code !== 0) throw new Error(s.stderr)
+    const r = glmtool(gguf(reference))
+    if (r.code !== 0) throw new Error(r.stderr)
+    expected = readFileSync(reference)
+  }, 60_000)
+
+  it('SIGINT mid-build: exit 130, "was not written", no partial file, nothing beside it', async () => {
+    const d = fresh('gguf-sigint')
+    const out = join(d, 'x.gguf')
+    const run = start(gguf(out), hook(d, 'checkpoint:pause'))
+    await reached(run, join(d, 'checkpoint.reached'))
+    expect(leftovers(d).sort()).toEqual(expect.arrayContaining(['.x.gguf.glmtool-lock'])) // the lock and the temp file mid-build
+    expect(leftovers(d).some(f => f.startsWith('.x.gguf.glmtool-tmp-'))).toBe(true)
+    run.child.kill('SIGINT')
+    const r = await run.done
+    expect(r.code).toBe(130)
+    expect(r.stderr).toMatch(new RegExp(`glmtool: interrupted \\(SIGINT\\); removed the partial output, ${out} was not written\\n$`))
+    expect(readdirSync(d)).toEqual(['checkpoint.reached'])
+  }, 60_000)
+
+  it('SIGKILL mid-build: the temp file and lock stay; the next run to the same file removes them and writes it', async () => {
+    const d = fresh('gguf-sigkill')
+    const out = join(d, 'x.gguf')
+    const r = await start(gguf(out), hook(d, 'checkpoint:kill')).done
+    expect(r.signal).toBe('SIGKILL')
+    expect(existsSync(out)).toBe(false)
+    expect(leftovers(d).some(f => f.startsWith('.x.gguf.glmtool-tmp-'))).toBe(true)
+    const again = glmtool(gguf(out))
+    expect(again.code, again.stderr).toBe(0)
+    expect(readFileSync(out).equals(expected)).toBe(true)
+    expect(readdirSync(d)).toEqual(['x.gguf'])
+  }, 60_000)
+
+  it('--force replace killed when the new file is whole but not in place: the old file is there, unchanged; the next run cleans up', async () => {
+    const d = fresh('gguf-force-commit')
+    const out = join(d, 'x.gguf')
+    writeFileSync(out, OLD)
+    const r = await start(gguf(out, '--force'), hook(d, 'commit:kill')).done
+    expect(r.signal).toBe('SIGKILL')
+    expect(readFileSync(out, 'utf8')).toBe(OLD)
+    expect(glmtool(gguf(join(d, 'sibling.gguf'))).code).toBe(0)
+    expect(readFileSync(out, 'utf8')).toBe(OLD)
+    expect(readdirSync(d).sort()).toEqual(['sibling.gguf', 'x.gguf'])
+  }, 60_000)
+
+  it('killed after the file is in place (its temporary name a second hard link): the file is whole, the next run removes only the extra name', async () => {
+    const d = fresh('gguf-placed')
+    const out = join(d, 'x.gguf')
+    const r = await start(gguf(out), hook(d, 'swapped:kill')).done
+    expect(r.signal).toBe('SIGKILL')
+    expect(readFileSync(out).equals(expected)).toBe(true)
+    expect(statSync(out).nlink).toBe(2)
+    expect(glmtool(gguf(join(d, 'sibling.gguf'))).code).toBe(0)
+    expect(readdirSync(d).sort()).toEqual(['sibling.gguf', 'x.gguf'])
+    expect(readFileSync(out).equals(expected)).toBe(true)
+    expect(statSync(out).nlink).toBe(1)
+  }, 60_000)
+
+  it('a second run while the first builds fails at once, naming the first, even with --force; the first completes', async () => {
+    const d = fresh('gguf-concurrent')
+    const out = join(d, 'x.gguf')
+    const first = start(gguf(out), hook(d, 'commit:pause'))
+    await reached(first, join(d, 'commit.reached'))
+    const second = glmtool(gguf(out, '--force'))
+    expect(second.code).toBe(1)
+    expect(second.stderr).toMatch(new RegExp(`^glmtool: output \\S+ is being written by another glmtool run \\(pid ${first.child.pid}, since [^)]+\\); wait for it to finish or stop it`))
+    writeFileSync(join(d, 'commit.go'), '')
+    const r = await first.done
+    expect(r.code, r.stderr).toBe(0)
+    expect(readFileSync(out).equals(expected)).toBe(true)
+    expect(leftovers(d)).toEqual([])
+  }, 60_000)
+
+  it('two runs started together: exactly one wins, the other fails clearly, the file is whole', async () => {
+    const d = fresh('gguf-race')
+    const out = join(d, 'x.gguf')
+    const runs = await Promise.all([start(gguf(out)).done, start(gguf(out)).done])
+    expect(runs.map(r => r.code).sort()).toEqual([0, 1])
+    expect(runs.find(r => r.code === 1)!.stderr).toMatch(/^glmtool: output \S+ (is being written by another glmtool run|already exists; pass --force)/)
+    expect(readFileSync(out).equals(expected)).toBe(true)
+    expect(readdirSync(d)).toEqual(['x.gguf'])
+  }, 60_000)
+
+  it('a file created at the target while the run builds is left as it is, without --force', async () => {
+    const d = fresh('gguf-appeared')
+    const out = join(d, 'x.gguf')
+    const run = start(gguf(out), hook(d, 'commit:pause'))
+    await reached(run, join(d, 'commit.reached'))
+    writeFileSync(out, OLD)
+    writeFileSync(join(d, 'commit.go'), '')
+    const r = await run.done
+    expect(r.code).toBe(1)
+    expect(r.stderr).toMatch(/^glmtool: output \S+ appeared while glmtool was writing it \(it did not exist when the run started\); left it as it is, pass --force to replace it\n$/)
+    expect(readFileSync(out, 'utf8')).toBe(OLD)
+    expect(leftovers(d)).toEqual([])
+  }, 60_000)
+
+  it.skipIf(!strace)('the target name is only ever given by one link (new) or one rename (--force) of the fsynced temporary file, and the parent is fsynced after (strace)', () => {
+    const d = fresh('gguf-strace')
+    const out = join(d, 'x.gguf')
+    const trace = (name: string, args: string[]) => {
+      const r = spawnSync('strace', ['-f', '-y', '-qq', '-e', 'trace=fsync,fdatasync,rename,renameat,renameat2,link,linkat,unlink,unlinkat,open,openat,truncate,ftruncate', '-o', join(d, name), process.execPath, join(ROOT, 'bin/run.js'), ...args], {encoding: 'utf8'})
+      expect(r.status, r.stderr).toBe(0)
+      return readFileSync(join(d, name), 'utf8').split('\n')
+    }
+    for (const [name, args, call] of [['new', gguf(out), /link/], ['force', gguf(out, '--force'), /rename/]] as const) {
+      const lines = trace(name, args)
+      // Every successful call that names the target itself (not its hidden neighbours).
+      const onTarget = lines.filter(l => l.includes(`"${out}"`) && / = \d+$/.test(l))
+      expect(onTarget, `${name}: ${onTarget.join('\n')}`).toHaveLength(1)
+      expect(onTarget[0]).toMatch(call)
+      expect(onTarget[0]).toMatch(/\.x\.gguf\.glmtool-tmp-/)
+      const at = lines.indexOf(onTarget[0])
+      const tmp = /"([^"]*\.x\.gguf\.glmtool-tmp-[^"]*)"/.exec(onTarget[0])![1]
+      expect(lines.slice(0, at).some(l => new RegExp(`fsync\\(\\d+<${tmp}>\\)\\s+= 0$`).test(l)), `${name}: the file fsynced before it is named`).toBe(true)
+      expect(lines.slice(at + 1).some(l => new RegExp(`fsync\\(\\d+<${d}>\\)\\s+= 0$`).test(l)), `${name}: the parent fsynced after`).toBe(true)
+      expect(readFileSync(out).equals(expected)).toBe(true)
+      rmSync(join(d, name))
+    }
+    expect(readdirSync(d)).toEqual(['x.gguf'])
+  }, 60_000)
 })

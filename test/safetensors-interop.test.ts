@@ -1,5 +1,5 @@
 /**
- * Interop with the reference `safetensors` Python package (formats.md: files each side writes
+ * Interop with the reference `safetensors` Python package (docs/formats.md: files each side writes
  * must load in the other). The Python half is test/crosscheck/safetensors_interop.py.
  *
  * (a) Files the Python package wrote, committed under test/fixtures/safetensors-py/ (made on the

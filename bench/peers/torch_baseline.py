@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch eager float16 baseline for `glmtool bench` (issue 6).
 
-ChatGLM-6B ("v1") and ChatGLM2-6B ("v2") written from /work/shared/spec/chatglm.md the way the
+ChatGLM-6B ("v1") and ChatGLM2-6B ("v2") written from docs/chatglm.md the way the
 published modeling code runs them, i.e. what a user of the reference code gets: float16 weights
 on the GPU (embedding included), eager PyTorch ops, a KV cache grown with torch.cat every step,
 v1's manual attention (scores masked with -10000, softmax in float32) and full-prompt logits,
@@ -68,7 +68,7 @@ def bench_prompt(n, arch):
 
 
 class V1:
-    """ChatGLM-6B, chatglm.md section 3."""
+    """ChatGLM-6B, docs/chatglm.md section 3."""
 
     def __init__(self, w, c, device, dt):
         self.w, self.L, self.H, self.dt = w, c["num_layers"], c["hidden_size"], dt
@@ -140,7 +140,7 @@ class V1:
 
 
 class V2:
-    """ChatGLM2-6B, chatglm.md section 4."""
+    """ChatGLM2-6B, docs/chatglm.md section 4."""
 
     def __init__(self, w, c, device, dt):
         self.w, self.L, self.H, self.dt = w, c["num_layers"], c["hidden_size"], dt

@@ -1,6 +1,6 @@
 import type {ArchId} from '../models/index.js'
 import {existsSync, statSync} from 'node:fs'
-import {open, readFile} from 'node:fs/promises'
+import {type FileHandle, open, readFile} from 'node:fs/promises'
 import {basename, join, resolve} from 'node:path'
 import {ModelError} from '../errors.js'
 import {configInt} from '../models/arch.js'
@@ -8,10 +8,9 @@ import {decodeModelProto} from '../runtime/sentencepiece-model.js'
 import {numel} from './dtype.js'
 import {checkGgufConfig, GGUF_FILE_TYPES, type GgufFileType, ggufMetadata, ggufTensorName, ggufTensorType, ggufVocab} from './gguf/chatglm2.js'
 import {type GgmlType, type GgufTensorPlan, ggmlByteSize, writeGguf} from './gguf/gguf-writer.js'
-import {writeOutputFile} from './gguf/output-file.js'
 import {ggufTensorData} from './gguf/tensor-data.js'
 import {assertComplete, checkTensors, openModel} from './model-dir.js'
-import {assertOutputApart, writeOutputDir} from './output-dir.js'
+import {checkpoint, claimOutput, openClaimed} from './output-dir.js'
 
 export interface GgufConvertOptions {
   /** The user's --arch (src/formats/model-dir.ts OpenModelOptions). */
@@ -48,11 +47,14 @@ export function ggufOutIsFile(out: string): boolean {
 /**
  * ChatGLM2-6B (torch or safetensors directory) -> one GGUF file as llama.cpp's converter writes
  * it for the `chatglm` architecture, streamed tensor by tensor, written atomically. The input
- * is only read.
+ * is only read. `--out` is claimed before any work, as every writing command does
+ * (output-dir.ts: apart from the input, locked, whole or not at all), as a file or a directory.
  */
 export async function convertToGguf(opts: GgufConvertOptions): Promise<GgufConvertResult> {
   const started = Date.now()
-  const model = await openModel(opts.input, {arch: opts.arch})
+  const asFile = ggufOutIsFile(opts.out)
+  const output = await claimOutput(opts.out, {force: opts.force, kind: asFile ? 'file' : 'directory', inputs: [{what: 'input model', path: opts.input}]})
+  const model = await openClaimed(output, () => openModel(opts.input, {arch: opts.arch}))
   try {
     if (!model.dir || !model.arch || !model.config) {
       throw new ModelError(`${opts.input}: convert needs a model directory with config.json, not a single file`, 'not-a-model-dir')
@@ -76,7 +78,11 @@ export async function convertToGguf(opts: GgufConvertOptions): Promise<GgufConve
         continue
       }
       const type = ggufTensorType(name, t.shape, opts.type)
-      plans.push({name, dims: [...t.shape].reverse(), type, data: () => ggufTensorData(t, type)})
+      // Ctrl-C stops between tensors (output-dir.ts checkpoint), not only after the whole file.
+      plans.push({name, dims: [...t.shape].reverse(), type, data: async function* () {
+        await checkpoint()
+        yield* ggufTensorData(t, type)
+      }})
       parameters += numel(t.shape)
     }
 
@@ -97,34 +103,25 @@ export async function convertToGguf(opts: GgufConvertOptions): Promise<GgufConve
     for (const p of plans) tensorTypes[p.type] = (tensorTypes[p.type] ?? 0) + 1
 
     const fileName = `${name}-${GGUF_FILE_TYPES[opts.type].label}.gguf`
-    const write = async (fh: Parameters<Parameters<typeof writeOutputFile>[2]>[0]) => writeGguf(fh, metadata, plans, opts.onBytes)
-    let file: string
-    let bytes: number
-    // The same rule as every writing command: --out is never, holds or lies inside the input.
-    const inputs = [{what: 'input model', path: opts.input}]
-    if (ggufOutIsFile(opts.out)) {
-      file = opts.out
-      assertOutputApart(opts.out, inputs)
-      bytes = await writeOutputFile(opts.out, opts.force, write)
-    } else {
-      file = join(opts.out, fileName)
-      bytes = await writeOutputDir(opts.out, {force: opts.force, inputs}, async tmp => {
+    const write = (fh: FileHandle) => writeGguf(fh, metadata, plans, opts.onBytes)
+    const file = asFile ? opts.out : join(opts.out, fileName)
+    const bytes = asFile
+      ? await output.writeFile(write)
+      : await output.write(async tmp => {
         const fh = await open(join(tmp, fileName), 'wx')
         try {
-          const n = await write(fh)
-          await fh.sync()
-          return n
+          return await write(fh)
         } finally {
           await fh.close()
         }
       })
-    }
     return {
       input: opts.input, file, architecture: model.arch.id, type: opts.type, tensors: plans.length, tensorTypes, bytes,
       seconds: (Date.now() - started) / 1000, peakRssBytes: process.resourceUsage().maxRSS * 1024,
     }
   } finally {
     await model.close()
+    output.release()
   }
 }
 

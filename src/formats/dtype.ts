@@ -1,5 +1,5 @@
 /**
- * Element types glmtool handles, named as safetensors names them (formats.md), with the mapping
+ * Element types glmtool handles, named as safetensors names them (docs/formats.md), with the mapping
  * to torch storage classes and the byte size of one element.
  */
 export type DType = 'F16' | 'BF16' | 'F32' | 'F64' | 'I8' | 'U8' | 'I16' | 'I32' | 'I64' | 'BOOL'

@@ -1,15 +1,16 @@
 import {
   closeSync, existsSync, fsyncSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, realpathSync,
-  renameSync, rmdirSync, rmSync, unlinkSync, writeFileSync,
+  renameSync, rmdirSync, rmSync, statSync, unlinkSync, writeFileSync,
 } from 'node:fs'
-import {mkdir, open, readdir} from 'node:fs/promises'
+import {type FileHandle, mkdir, open, readdir} from 'node:fs/promises'
 import {hostname} from 'node:os'
 import {basename, dirname, join, resolve, sep} from 'node:path'
 import {GlmtoolError, InterruptedError, UsageError} from '../errors.js'
 
 /**
  * Every directory glmtool writes (synth, convert, quantize, merge-adapter, chat's ONNX cache,
- * demo) goes through here, so that it appears whole or not at all and never harms an input:
+ * demo), and the one single-file output (`convert --to gguf --out x.gguf`), goes through here,
+ * so that it appears whole or not at all and never harms an input:
  *
  * 1. Before any work, `claimOutput` refuses an output that is, contains or lies inside an input
  *    (real paths: symlinks, "model/.", $PWD/model, trailing slashes), removes what dead glmtool
@@ -17,7 +18,9 @@ import {GlmtoolError, InterruptedError, UsageError} from '../errors.js'
  *    existing target without --force.
  * 2. The build writes into a temporary directory beside the target (same filesystem, so the
  *    final rename is atomic); every file and directory in it is fsynced, then it is renamed into
- *    place with no-replace semantics, and the parent is fsynced.
+ *    place with no-replace semantics, and the parent is fsynced. A file target (`kind: 'file'`)
+ *    is built as a temporary file beside it, fsynced, and put in place the same way (see
+ *    commitFile).
  * 3. Ctrl-C / SIGTERM only sets a flag: the build stops at its next `checkpoint()`, the temporary
  *    directories are removed once, and the message says whether the target was written. A
  *    second signal stops at once (the same clean-up, synchronously).
@@ -25,7 +28,8 @@ import {GlmtoolError, InterruptedError, UsageError} from '../errors.js'
  * Files beside a target `dir/name` (all hidden, all matched by ENTRY below):
  * - `.name.glmtool-lock`: the lock and journal, JSON {pid, host, start, state, old}. It exists
  *   exactly while a run owns the target; a second run fails while its owner lives.
- * - `.name.glmtool-tmp-<pid>-<id>`: the build's directory and scratch directories.
+ * - `.name.glmtool-tmp-<pid>-<id>`: the build's directory and scratch directories (or, for a
+ *   file target, the file being written).
  * - `.name.glmtool-old-<pid>-<id>`: the previous output during a --force replace.
  * - `.name.glmtool-lock-<pid>-<id>`: a journal being written (renamed over the lock).
  * - `.name.glmtool-break`: held for the moment a dead run's lock is being recovered.
@@ -39,6 +43,8 @@ export interface OutputInput {
 
 export interface OutputOptions {
   force: boolean
+  /** What the target is: a directory (the default; built with `write`) or one file (built with `writeFile`). */
+  kind?: 'directory' | 'file'
   /** Paths the run reads: the output may not be, contain, or lie inside any of them. */
   inputs?: readonly OutputInput[]
 }
@@ -144,7 +150,7 @@ interface Journal extends Owner {
   glmtool: 'output-lock'
   target: string
   since: string
-  /** building: temporary directories only; placing: the target was claimed empty (mkdir) and the build is being renamed onto it; swapping: the old target is (being) moved to `old`; swapped: the new output is in place, `old` is to be removed. */
+  /** building: temporary directories only; placing: the target was claimed empty (mkdir, or an empty file for a file target on a filesystem without hard links) and the build is being renamed onto it; swapping: the old target is (being) moved to `old`; swapped: the new output is in place, `old` is to be removed. */
   state: 'building' | 'placing' | 'swapping' | 'swapped'
   old?: string
 }
@@ -180,6 +186,21 @@ function isEmptyDir(p: string): boolean {
   } catch {
     return false
   }
+}
+
+function isEmptyFile(p: string): boolean {
+  try {
+    const st = lstatSync(p)
+    return st.isFile() && st.size === 0
+  } catch {
+    return false
+  }
+}
+
+/** The empty placeholder a run in state `placing` claimed the target name with: an empty directory, or an empty file. */
+function removePlaceholder(p: string): void {
+  if (isEmptyDir(p)) rmdirSync(p)
+  else if (isEmptyFile(p)) unlinkSync(p)
 }
 
 const IGNORABLE_DIR_SYNC = new Set(['EISDIR', 'EPERM', 'EINVAL', 'EBADF', 'ENOTSUP', 'EACCES'])
@@ -237,8 +258,8 @@ function recoverJournal(dir: string, base: string, j: Journal): void {
       rmSync(join(dir, j.old), {recursive: true, force: true})
     }
   }
-  // Claimed with mkdir, but the build was not yet renamed onto it: only ever an empty directory.
-  if (j.state === 'placing' && isEmptyDir(target)) rmdirSync(target)
+  // Claimed with mkdir (or an empty file), but the build was not yet renamed onto it: only ever empty.
+  if (j.state === 'placing') removePlaceholder(target)
 }
 
 interface Entry {
@@ -392,7 +413,8 @@ export async function checkpoint(): Promise<void> {
  * interruption point), commit (build whole and fsynced, before the rename), and, kill only
  * (they are inside the synchronous commit), placing (target claimed empty, before the build
  * is renamed onto it), swap-aside (old target moved aside, new not yet in place), swapped (new
- * in place, old not yet removed).
+ * in place, old not yet removed; for a file target: the new file in place, its temporary name
+ * not yet removed).
  */
 const firedHooks = new Set<string>()
 function hookFor(step: string): 'pause' | 'kill' | undefined {
@@ -424,6 +446,7 @@ export class OutputClaim {
   readonly target: string
   /** Whether the target existed when the run started (a --force replace). */
   readonly existed: boolean
+  readonly kind: 'directory' | 'file'
   private readonly out: string
   private readonly dir: string
   private readonly base: string
@@ -432,8 +455,9 @@ export class OutputClaim {
   private journal: Journal
   private released = false
 
-  private constructor(target: string, force: boolean, journal: Journal, existed: boolean) {
+  private constructor(target: string, force: boolean, journal: Journal, existed: boolean, kind: 'directory' | 'file') {
     this.target = target
+    this.kind = kind
     this.out = resolve(target)
     this.dir = dirname(this.out)
     this.base = basename(this.out)
@@ -464,7 +488,7 @@ export class OutputClaim {
       const who = typeof holder !== 'object' ? 'another glmtool run' : `another glmtool run (pid ${holder.pid}${holder.host !== SELF.host ? ` on ${holder.host}` : ''}, since ${holder.since})`
       throw new GlmtoolError('output-locked', `output ${target} is being written by ${who}; wait for it to finish or stop it (if no glmtool run is writing it, remove ${lock})`)
     }
-    const claim = new OutputClaim(target, opts.force, journal, lexists(out))
+    const claim = new OutputClaim(target, opts.force, journal, lexists(out), opts.kind ?? 'directory')
     if (ACTIVE.length === 0) {
       process.on('SIGINT', onSignal)
       process.on('SIGTERM', onSignal)
@@ -473,6 +497,12 @@ export class OutputClaim {
     if (claim.existed && !opts.force) {
       claim.release()
       throw new UsageError(`output ${target} already exists; pass --force to replace it`)
+    }
+    // A file target replaces only a file (or a symlink, itself replaced); a directory or device there is not ours to remove.
+    const st = claim.kind === 'file' ? statSync(out, {throwIfNoEntry: false}) : undefined
+    if (st && !st.isFile()) {
+      claim.release()
+      throw new UsageError(`output ${target} exists and is not a file; choose another --out`)
     }
     return claim
   }
@@ -491,8 +521,9 @@ export class OutputClaim {
    * anything without --force, never leaving the target missing.
    */
   async write<T>(build: (tmpDir: string) => Promise<T>): Promise<T> {
-    const tmp = await this.tempDir()
-    try {
+    if (this.kind !== 'directory') throw new Error(`output ${this.target}: write() is for a directory target; use writeFile()`)
+    return this.interruptible(async () => {
+      const tmp = await this.tempDir()
       const result = await build(tmp)
       await checkpoint()
       await fsyncTree(tmp)
@@ -500,6 +531,43 @@ export class OutputClaim {
       if (interruptedBy !== undefined) throw interrupted()
       this.commit(tmp)
       return result
+    })
+  }
+
+  /**
+   * Build one file (a file target: `kind: 'file'`) through `fh`, a new temporary file beside the
+   * target, then put it in place with the same guarantees as `write` (see commitFile). `fh` is
+   * synced and closed here; the build must not close it.
+   */
+  async writeFile<T>(build: (fh: FileHandle) => Promise<T>): Promise<T> {
+    if (this.kind !== 'file') throw new Error(`output ${this.target}: writeFile() is for a file target (claimed with kind 'file')`)
+    return this.interruptible(async () => {
+      const name = entryName(this.base, 'tmp')
+      ACTIVE_NAMES.add(name)
+      this.temps.push(name)
+      const tmp = join(this.dir, name)
+      const fh = await open(tmp, 'wx')
+      let result: T
+      let synced = false
+      try {
+        result = await build(fh)
+        await checkpoint()
+        await fh.sync()
+        synced = true
+      } finally {
+        // After a failure the build's error is the one to report, not a failing close.
+        await (synced ? fh.close() : fh.close().catch(() => undefined))
+      }
+      await testHook('commit')
+      if (interruptedBy !== undefined) throw interrupted()
+      this.commitFile(tmp)
+      return result
+    })
+  }
+
+  private async interruptible<T>(run: () => Promise<T>): Promise<T> {
+    try {
+      return await run()
     } catch (error) {
       // A build may wrap errors; once interrupted, the interruption is the cause.
       if (interruptedBy !== undefined && !(error instanceof InterruptedError) && !this.committed) throw interrupted()
@@ -572,6 +640,56 @@ export class OutputClaim {
       ACTIVE_NAMES.delete(old)
       return
     }
+  }
+
+  /**
+   * Put a finished file in place; synchronous, like `commit`.
+   *
+   * No-replace: link(2) gives the file its target name atomically and fails with EEXIST on
+   * anything there, so a file (or anything) that appeared meanwhile is left alone; the temporary
+   * name is then removed. Filesystems without hard links claim the name with an empty file
+   * (O_EXCL, journal state `placing`, undone by the next run if this one dies) and rename onto it.
+   *
+   * --force replace: rename(2) onto an existing file replaces it atomically, so the target is
+   * the previous file or the new one at every moment, never missing: no old copy aside, no swap
+   * journal. (A directory that appeared at the target is not replaced: rename fails on it.)
+   */
+  private commitFile(tmp: string): void {
+    const appeared = (error: unknown) => {
+      const code = (error as NodeJS.ErrnoException).code
+      if (code === 'EEXIST') return new UsageError(`output ${this.target} appeared while glmtool was writing it (it did not exist when the run started); left it as it is, pass --force to replace it`)
+      if (code === 'EISDIR' || code === 'ENOTEMPTY' || code === 'ENOTDIR') return new GlmtoolError('output-appeared', `output ${this.target} became a directory while glmtool was writing it; left it as it is, the new output was not written`)
+      return error
+    }
+    if (this.force) {
+      try {
+        renameSync(tmp, this.out)
+      } catch (error) {
+        throw appeared(error)
+      }
+      this.committed = true
+      fsyncDirSync(this.dir)
+      testHookSync('swapped')
+      return
+    }
+    try {
+      linkSync(tmp, this.out)
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code
+      if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP' && code !== 'EXDEV') throw appeared(error)
+      this.writeJournal({state: 'placing'})
+      try {
+        closeSync(openSync(this.out, 'wx'))
+      } catch (e) {
+        throw appeared(e)
+      }
+      testHookSync('placing')
+      renameSync(tmp, this.out)
+    }
+    this.committed = true
+    fsyncDirSync(this.dir)
+    testHookSync('swapped')
+    rmSync(tmp, {force: true})
   }
 
   /** Rewrite the journal atomically: a new file renamed over the lock (ours), fsynced with its directory. */
@@ -647,7 +765,7 @@ function createLock(dir: string, base: string, lock: string, journal: Journal): 
   }
 }
 
-/** Claim `target` for this run (see OutputClaim.claim); release it in a `finally`. */
+/** Claim `target` (a directory, or with `kind: 'file'` one file) for this run (see OutputClaim.claim); release it in a `finally`. */
 export function claimOutput(target: string, opts: OutputOptions): Promise<OutputClaim> {
   return OutputClaim.claim(target, opts)
 }
@@ -673,5 +791,19 @@ export async function openClaimed<T>(claim: OutputClaim, open: () => Promise<T>)
   } catch (error) {
     claim.release()
     throw error
+  }
+}
+
+/**
+ * Write one file so that it appears whole or not at all, under the same claim, lock, clean-up
+ * and Ctrl-C handling as a directory (claim with `kind: 'file'`, build through a temporary file
+ * beside the target, put in place, release).
+ */
+export async function writeOutputFile<T>(target: string, opts: Omit<OutputOptions, 'kind'>, build: (fh: FileHandle) => Promise<T>): Promise<T> {
+  const claim = await claimOutput(target, {...opts, kind: 'file'})
+  try {
+    return await claim.writeFile(build)
+  } finally {
+    claim.release()
   }
 }

@@ -8,7 +8,7 @@ import {PickleSecurityError, TorchFormatError} from '../errors.js'
  * Written by hand rather than with an npm pickle package because the allowlist is the point:
  * the JS pickle parsers we looked at build placeholder objects for unknown globals instead of
  * refusing them, and none exposes torch's persistent_load hook. This module is the security
- * boundary for untrusted checkpoints (formats.md, "Security").
+ * boundary for untrusted checkpoints (docs/formats.md, "Security").
  */
 
 /** A Python tuple (kept distinct from a list so callers can tell them apart). */
@@ -40,7 +40,7 @@ export interface UnpickleHooks {
 
 
 /**
- * Limits on what a pickle may build (formats.md, "Security"): bounded memory and time whatever
+ * Limits on what a pickle may build (docs/formats.md, "Security"): bounded memory and time whatever
  * the bytes say. A state dict of the 6B models has a few hundred tensors, nesting depth 3 and a
  * few thousand memo entries; these caps are orders of magnitude above any real checkpoint.
  */

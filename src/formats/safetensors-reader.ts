@@ -1,5 +1,5 @@
 /**
- * safetensors reader (formats.md, "safetensors"). The header is parsed and every rule of the
+ * safetensors reader (docs/formats.md, "safetensors"). The header is parsed and every rule of the
  * format is checked before any tensor is handed out; tensor bytes are then read on demand with
  * positional reads, so opening a 12 GB model costs only its headers.
  */
@@ -59,7 +59,7 @@ interface ParsedHeader {
 }
 
 /**
- * Validate a header's JSON text against formats.md and a data buffer of `bufferLength` bytes.
+ * Validate a header's JSON text against docs/formats.md and a data buffer of `bufferLength` bytes.
  * Pure (no I/O) so every rule is testable on hand-made bytes.
  */
 export function parseSafetensorsHeader(headerBytes: Uint8Array, bufferLength: number, file: string): ParsedHeader {

@@ -1,5 +1,5 @@
 /**
- * Streaming, sharded safetensors writer (formats.md, "safetensors"). Every size is known from
+ * Streaming, sharded safetensors writer (docs/formats.md, "safetensors"). Every size is known from
  * dtype and shape, so shards are planned and each header written before any data; tensor bytes
  * then flow chunk by chunk from the TensorEntry to disk, never held whole.
  */

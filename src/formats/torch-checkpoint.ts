@@ -36,7 +36,7 @@ export const MAX_PICKLE_BYTES = 256 * 1024 * 1024
 const LEGACY_MAGIC = Buffer.from([0x80, 0x02, 0x8a, 0x0a])
 
 /**
- * A zip-format `torch.save` file (formats.md), opened lazily: the zip directory and the pickle
+ * A zip-format `torch.save` file (docs/formats.md), opened lazily: the zip directory and the pickle
  * are read at open, tensor bytes only when a tensor's chunks are pulled.
  */
 export class TorchCheckpoint {

@@ -50,7 +50,7 @@ function rebuild(args: unknown[], dtypeOverride?: DType): TensorRef {
 }
 
 /**
- * The allowlist: every GLOBAL torch.save emits for a state dict (formats.md), and nothing else.
+ * The allowlist: every GLOBAL torch.save emits for a state dict (docs/formats.md), and nothing else.
  * Anything not here is refused by name before any later opcode runs.
  */
 const ALLOWED: Record<string, unknown> = {

@@ -6,7 +6,7 @@ import type {TensorEntry} from './tensor.js'
 import {ZipWriter} from './zip-writer.js'
 
 /**
- * Writes a state dict as the zip-format `torch.save` does (formats.md): `<root>/data.pkl`
+ * Writes a state dict as the zip-format `torch.save` does (docs/formats.md): `<root>/data.pkl`
  * (protocol-2 pickle of an OrderedDict of `_rebuild_tensor_v2` calls whose storages are
  * persistent ids), `<root>/byteorder`, one `<root>/data/<key>` record per tensor, and
  * `<root>/version`. `torch.load` reads the result (test/crosscheck/torch_load_check.py).

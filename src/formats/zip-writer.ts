@@ -4,7 +4,7 @@ import {withPath} from '../errors.js'
 
 /**
  * A writer of uncompressed (STORED) zip archives laid out as torch.save lays them out
- * (formats.md): each entry's data starts on a 64-byte boundary, padded through the local
+ * (docs/formats.md): each entry's data starts on a 64-byte boundary, padded through the local
  * header's extra field, and zip64 records are used once sizes or offsets pass 4 GiB.
  *
  * Written by hand because the maintained zip writers (yazl, archiver) cannot pad the local

@@ -51,7 +51,7 @@ export interface Arch {
   /** A one-line name for messages: "ChatGLM3-6B". */
   readonly displayName: string
   readonly generation: 1 | 2
-  /** Published shard count (chatglm.md section 1). */
+  /** Published shard count (docs/chatglm.md section 1). */
   readonly shardCount: number
   readonly tokenizerFile: string
   /** True when config.json describes this generation. */
@@ -124,7 +124,7 @@ export function configInt(config: ModelConfig, key: string, fallback?: number): 
 }
 
 /**
- * Where `merge-adapter` stores a P-Tuning v2 prefix (chatglm.md section 7): per layer i,
+ * Where `merge-adapter` stores a P-Tuning v2 prefix (docs/chatglm.md section 7): per layer i,
  * `transformer.prefix_cache.<i>.key` and `.value`, float32 [kvHeads, pre_seq_len, headDim],
  * the keys and values the runtime puts in front of the KV cache.
  */

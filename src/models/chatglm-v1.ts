@@ -2,7 +2,7 @@ import {CHATGLM_6B_CHAT} from '../runtime/chat-template.js'
 import {layoutV1} from '../runtime/positions.js'
 import {addPrefixCacheSpecs, type Arch, configInt, type ModelConfig, type SynthSize, type TensorSpec} from './arch.js'
 
-/** Dimensions of synth models; `full` is the published ChatGLM-6B (chatglm.md section 1). */
+/** Dimensions of synth models; `full` is the published ChatGLM-6B (docs/chatglm.md section 1). */
 const SIZES: Record<SynthSize, {hidden: number, inner: number, layers: number, heads: number}> = {
   tiny: {hidden: 64, inner: 256, layers: 2, heads: 4},
   small: {hidden: 512, inner: 2048, layers: 4, heads: 8},
@@ -13,13 +13,13 @@ const SIZES: Record<SynthSize, {hidden: number, inner: number, layers: number, h
  * ChatGLM-6B's DeepNorm alpha, sqrt(2 * 28), whatever num_layers says. The published
  * modeling_chatglm.py computes alpha = (2 * self.num_layers) ** 0.5 in GLMBlock, but
  * ChatGLMModel's get_layer() never passes num_layers, so every block keeps GLMBlock's default
- * num_layers=28. The spec (chatglm.md section 3) says sqrt(2 * num_layers); the published code
+ * num_layers=28. The spec (docs/chatglm.md section 3) says sqrt(2 * num_layers); the published code
  * is followed. Real 28-layer checkpoints are the same either way; other depths (synth tiny and
  * small) differ.
  */
 export const V1_DEEPNORM_ALPHA = Math.sqrt(2 * 28)
 
-/** ChatGLM-6B: GLM with 2D rotary and post-DeepNorm (chatglm.md sections 1-3). */
+/** ChatGLM-6B: GLM with 2D rotary and post-DeepNorm (docs/chatglm.md sections 1-3). */
 export const chatglmV1: Arch = {
   id: 'chatglm-6b',
   network: 'chatglm-6b',
@@ -116,7 +116,7 @@ export const chatglmV1: Arch = {
     }
   },
 
-  // generate() after the text: ids + [gMASK, <sop>] (chatglm.md section 3).
+  // generate() after the text: ids + [gMASK, <sop>] (docs/chatglm.md section 3).
   framePrompt(textIds, {gmask, sop}) {
     return [...textIds, gmask, sop]
   },

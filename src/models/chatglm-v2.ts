@@ -13,7 +13,7 @@ export function isChatglm2Network(config: ModelConfig): boolean {
   return config.multi_query_attention !== undefined || config.padded_vocab_size !== undefined || config.ffn_hidden_size !== undefined
 }
 
-/** ChatGLM2-6B: pre-norm RMSNorm, multi-query attention, SwiGLU (chatglm.md sections 1, 2, 4). */
+/** ChatGLM2-6B: pre-norm RMSNorm, multi-query attention, SwiGLU (docs/chatglm.md sections 1, 2, 4). */
 export const chatglmV2: Arch = {
   id: 'chatglm2-6b',
   network: 'chatglm2-6b',
@@ -120,7 +120,7 @@ export const chatglmV2: Arch = {
     }
   },
 
-  // [gMASK, sop] before the text (build_inputs_with_special_tokens; chatglm.md section 4).
+  // [gMASK, sop] before the text (build_inputs_with_special_tokens; docs/chatglm.md section 4).
   framePrompt(textIds, {gmask, sop}) {
     return [gmask, sop, ...textIds]
   },

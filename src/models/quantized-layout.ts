@@ -2,7 +2,7 @@ import {ModelError} from '../errors.js'
 import type {Arch, ModelConfig, QuantizableNames, TensorSpec} from './arch.js'
 
 /**
- * The tensor layout of a weight-quantized checkpoint (chatglm.md section 8): what
+ * The tensor layout of a weight-quantized checkpoint (docs/chatglm.md section 8): what
  * `glmtool quantize` writes and what the published `chatglm-6b-int4` / `chatglm2-6b-int4`
  * checkpoints hold. config.json carries `quantization_bit` (4 or 8); each quantized linear
  * `<name>.weight [out, in]` becomes

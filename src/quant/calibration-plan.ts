@@ -5,7 +5,7 @@ import {configInt} from '../models/arch.js'
  * Where each quantized linear's activation-aware input scaling (AWQ, calibrate.ts) can be folded
  * so that the model computes exactly the same function before quantization: y = x W^T =
  * (x / s)(W diag(s))^T, with x / s produced by the op before the linear. Per generation
- * (chatglm.md sections 3, 4):
+ * (docs/chatglm.md sections 3, 4):
  *
  * ChatGLM2-6B (pre-norm): the residual stream bypasses the norms, so
  *   query_key_value  <- input_layernorm.weight / s              (RMSNorm: x_ln = n(x) * w)
@@ -44,7 +44,7 @@ export interface CalibrationUnit {
 }
 
 function valueRowsV1(heads: number, headDim: number): Int32Array {
-  // QKV rows are grouped per head: [heads, 3 * D] -> q, k, v (chatglm.md section 3).
+  // QKV rows are grouped per head: [heads, 3 * D] -> q, k, v (docs/chatglm.md section 3).
   return Int32Array.from({length: heads * headDim}, (_, c) => Math.floor(c / headDim) * 3 * headDim + 2 * headDim + (c % headDim))
 }
 

@@ -2,7 +2,7 @@
  * IEEE binary16 arithmetic for the quantizers, fast enough to run over every weight of a 6B
  * model (a per-element DataView call through the float16 polyfill is ~20x slower).
  *
- * The published quantizer (chatglm.md section 8) computes in fp16 on the GPU, where each
+ * The published quantizer (docs/chatglm.md section 8) computes in fp16 on the GPU, where each
  * half-precision +, -, *, / is done in f32 and the f32 result rounded to fp16. That is exactly
  * the correctly rounded fp16 result: rounding twice (to p=24 bits, then to q=11) is innocuous
  * for these four operations whenever p >= 2q + 2 (Figueroa, "When is double rounding

@@ -4,7 +4,7 @@ import {checkBits, QuantizationError, type QuantBits, type QuantizedWeight} from
 /**
  * Bit layouts for quantized weights.
  *
- * 1. The published ChatGLM int4 layout (chatglm.md section 8; quantization.py's
+ * 1. The published ChatGLM int4 layout (docs/chatglm.md section 8; quantization.py's
  *    compress_int4_weight and the CPU kernels in quantization_kernels.c of THUDM/chatglm-6b):
  *    weight [rows, cols/2] int8, byte j of a row = (q[2j] << 4) | (q[2j+1] & 0xf), i.e. the
  *    even column in the HIGH nibble and the odd column in the LOW nibble, each a two's-complement

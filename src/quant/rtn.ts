@@ -3,7 +3,7 @@ import {f16Table, f32ToF16Bits, roundHalfEven} from './fp16.js'
 
 /**
  * Round-to-nearest symmetric weight quantization, as ChatGLM's published `quantization.py`
- * does it (chatglm.md section 8; THUDM/chatglm-6b and THUDM/chatglm2-6b, class
+ * does it (docs/chatglm.md section 8; THUDM/chatglm-6b and THUDM/chatglm2-6b, class
  * QuantizedLinear):
  *
  *     weight_scale = weight.abs().max(dim=-1).values / (2 ** (bits - 1) - 1)    # fp16 tensor

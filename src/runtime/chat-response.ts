@@ -1,5 +1,5 @@
 /**
- * The text the published `model.chat()` returns for the ids it generated (spec/chatglm.md
+ * The text the published `model.chat()` returns for the ids it generated (docs/chatglm.md
  * section 5; the published modeling_chatglm.py and tokenization_chatglm.py are the authority):
  *
  * - ChatGLM-6B: `tokenizer.decode(ids)` is transformers' (4.27, the version the repository

@@ -1,6 +1,6 @@
 /**
  * Positions and the attention pattern of a prompt and of each generated token, per generation
- * (chatglm.md sections 3, 4). The generation loop asks these; backends only apply them.
+ * (docs/chatglm.md sections 3, 4). The generation loop asks these; backends only apply them.
  */
 export interface PromptLayout {
   positions: number[]

@@ -28,7 +28,7 @@ export function seededRandom(seed: number): () => number {
 }
 
 /**
- * The published InvalidScoreLogitsProcessor (chatglm.md section 3): a row with NaN or Inf is
+ * The published InvalidScoreLogitsProcessor (docs/chatglm.md section 3): a row with NaN or Inf is
  * replaced by zeros with index 5 set to 5e4. Returns whether it fired.
  */
 export function fixInvalidScores(logits: Float32Array): boolean {

@@ -1,6 +1,6 @@
 /**
  * Read and write SentencePiece model files (ChatGLM-6B's ice_text.model, ChatGLM2-6B's
- * tokenizer.model; spec/chatglm.md section 5) as typed objects.
+ * tokenizer.model; docs/chatglm.md section 5) as typed objects.
  *
  * The schema is ./sentencepiece_model.proto, read from beside this module (the build copies it
  * into dist/runtime/, so src/ under vitest and the compiled CLI read the same file). Field names are

@@ -2,7 +2,7 @@
  * A SentencePiece processor: the ids, pieces and decoded text of the `sentencepiece` library
  * (0.1.97, Debian bookworm's) for a UNIGRAM or BPE ModelProto, with no native code. ChatGLM-6B's
  * ice_text.model is UNIGRAM, ChatGLM2-6B's (and ChatGLM3-6B's) tokenizer.model is BPE
- * (spec/chatglm.md section 5). Checked id for id on the real files by
+ * (docs/chatglm.md section 5). Checked id for id on the real files by
  * test/tokenizer-real.test.ts, and on library-trained BPE fixtures by test/tokenizer-spm.test.ts.
  *
  * Encoding, as the library does it (sentencepiece_processor.cc Encode):

@@ -1,6 +1,6 @@
 /**
  * ChatGLM-6B's tokenizer: the published tokenization_chatglm.py (THUDM/chatglm-6b) SPTokenizer
- * and ChatGLMTokenizer over ice_text.model (spec/chatglm.md sections 1, 3, 5).
+ * and ChatGLMTokenizer over ice_text.model (docs/chatglm.md sections 1, 3, 5).
  *
  * - Encode: "\n" -> "<n>", "\t" -> "<|tab|>", then runs of spaces -> "<|blank_k|>" (the
  *   reference replaces 80-space runs first, then 79, ... 2, so a run of k spaces becomes

@@ -1,6 +1,6 @@
 /**
  * ChatGLM2-6B's tokenizer: the published tokenization_chatglm.py (THUDM/chatglm2-6b) over
- * tokenizer.model (spec/chatglm.md sections 1, 4, 5). Also the tokenizer of CodeGeeX2-6B.
+ * tokenizer.model (docs/chatglm.md sections 1, 4, 5). Also the tokenizer of CodeGeeX2-6B.
  *
  * - Five specials follow the SentencePiece vocabulary of n pieces: [MASK] n, [gMASK] n+1,
  *   [sMASK] n+2, sop n+3, eop n+4 (64789..64793 for the real model). bos is the model's <s>,

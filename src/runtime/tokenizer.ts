@@ -1,6 +1,6 @@
 /**
  * The tokenizer the chat runtime uses: one interface over the two ChatGLM generations
- * (spec/chatglm.md section 5), one module per generation (./tokenizer-v1.ts, ./tokenizer-v2.ts),
+ * (docs/chatglm.md section 5), one module per generation (./tokenizer-v1.ts, ./tokenizer-v2.ts),
  * both over glmtool's own SentencePiece processor (./sentencepiece.ts).
  *
  * What "the published tokenizer" means here: the ids of tokenization_chatglm.py's

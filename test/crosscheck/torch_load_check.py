@@ -20,7 +20,7 @@ Then:
   - config: the tensor names, shapes and dtypes are those of the architecture
     config.json describes, from an expected-shape table implemented here
     independently of glmtool (ChatGLM-6B "v1" and ChatGLM2-6B "v2", see
-    /work/shared/spec/chatglm.md sections 1-2; `quantization_bit` 4/8 layouts
+    docs/chatglm.md sections 1-2; `quantization_bit` 4/8 layouts
     of the published quantization.py are understood too).
 
 Prints one JSON object:

@@ -2,7 +2,7 @@
 """Independent PyTorch reference of the ChatGLM-6B ("v1") and ChatGLM2-6B ("v2") forward pass.
 
 glmtool's runtimes (ONNX on CPU, CUDA) are checked against this file. It is written from
-/work/shared/spec/chatglm.md (sections 2, 3, 4, 6, 7) and checked, detail by detail, against the
+docs/chatglm.md (sections 2, 3, 4, 6, 7) and checked, detail by detail, against the
 published modeling_chatglm.py of THUDM/chatglm-6b and THUDM/chatglm2-6b (read, not copied).
 No `transformers`, no published code is imported: plain torch ops on a dict of tensors.
 Run it with Debian's torch: `/usr/bin/python3` (torch 1.13 on CPU; torch 2.x on the GPU machine

@@ -9,7 +9,7 @@ import {AdapterError} from './adapter-error.js'
 /** Largest adapter_config.json / config.json of an adapter we read (they are a few hundred bytes). */
 const MAX_CONFIG_BYTES = 16 * 1024 * 1024
 
-/** LoRA as PEFT saves it, or a P-Tuning v2 prefix as THUDM's ptuning trainer saves it (chatglm.md section 7). */
+/** LoRA as PEFT saves it, or a P-Tuning v2 prefix as THUDM's ptuning trainer saves it (docs/chatglm.md section 7). */
 export type AdapterType = 'lora' | 'prefix'
 
 export const LORA_CONFIG = 'adapter_config.json'

@@ -1,5 +1,5 @@
 /**
- * The LoRA merge, W += scale * (B @ A), as pure functions over Float32Arrays (chatglm.md
+ * The LoRA merge, W += scale * (B @ A), as pure functions over Float32Arrays (docs/chatglm.md
  * section 7). No I/O, so the tests check them on hand-made numbers.
  */
 

@@ -1,5 +1,5 @@
 /**
- * LoRA adapters as PEFT saves them (chatglm.md section 7): adapter_config.json plus
+ * LoRA adapters as PEFT saves them (docs/chatglm.md section 7): adapter_config.json plus
  * adapter_model.safetensors or adapter_model.bin holding
  * `base_model.model.<module>.lora_A[.<adapter name>].weight` [r, in] and `...lora_B...` [out, r].
  * Everything about an adapter is checked against the base model before a byte is written.

@@ -1,5 +1,5 @@
 /**
- * P-Tuning v2 prefix keys and values, as pure functions (chatglm.md section 7).
+ * P-Tuning v2 prefix keys and values, as pure functions (docs/chatglm.md section 7).
  *
  * The published PrefixEncoder maps prefix token p (0..pre_seq_len-1) to one row of width
  * n = num_layers * 2 * kvHeads * headDim: its embedding row, or, with prefix_projection,

@@ -1,5 +1,5 @@
 /**
- * P-Tuning v2 checkpoints as THUDM's ptuning trainer saves them (chatglm.md section 7):
+ * P-Tuning v2 checkpoints as THUDM's ptuning trainer saves them (docs/chatglm.md section 7):
  * a checkpoint directory with config.json (the model config plus pre_seq_len and
  * prefix_projection) and pytorch_model.bin holding transformer.prefix_encoder.* (the
  * trainer's save_changed mode keeps only trainable parameters; a whole-model save also works).

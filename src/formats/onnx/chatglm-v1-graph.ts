@@ -7,7 +7,7 @@ import {
 import {type GraphBuilder, MS_DOMAIN} from './onnx-builder.js'
 
 /**
- * ChatGLM-6B (GLM: 2D rotary, post-DeepNorm) as one ONNX decoder graph (chatglm.md section 3).
+ * ChatGLM-6B (GLM: 2D rotary, post-DeepNorm) as one ONNX decoder graph (docs/chatglm.md section 3).
  *
  * Per layer, alpha = sqrt(2 * 28) whatever the depth (V1_DEEPNORM_ALPHA: the published get_layer()
  * never passes num_layers to GLMBlock, whose default is 28):

@@ -7,7 +7,7 @@ import {ELEM, float, type GraphBuilder, MS_DOMAIN} from './onnx-builder.js'
 
 /**
  * ChatGLM2-6B (pre-norm RMSNorm, multi-query attention, SwiGLU) as one ONNX decoder graph
- * (chatglm.md section 4). Also ChatGLM3-6B and CodeGeeX2-6B, which share the architecture.
+ * (docs/chatglm.md section 4). Also ChatGLM3-6B and CodeGeeX2-6B, which share the architecture.
  *
  *   x_ln = RMSNorm(x); h = x + Attn(x_ln); x' = h + MLP(RMSNorm(h))
  * com.microsoft.SkipSimplifiedLayerNormalization computes RMSNorm(input + skip) and also returns

@@ -5,7 +5,7 @@ import {onnx, type ElemType, type TensorProto} from './onnx-builder.js'
 /**
  * The weights of an exported model, streamed tensor by tensor into one external data file
  * (`model.onnx.data`) beside `model.onnx`, which records only `location`, `offset` and `length`
- * per initializer (onnx.proto's external data convention; formats.md).
+ * per initializer (onnx.proto's external data convention; docs/formats.md).
  *
  * Alignment: ONNX Runtime memory-maps an external initializer on the CPU only when its offset
  * is a multiple of the OS allocation granularity (4 KiB pages on Linux/macOS, 64 KiB on

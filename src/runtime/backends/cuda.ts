@@ -89,7 +89,7 @@ function need(config: ModelConfig, key: string, fallback?: number): number {
   return v
 }
 
-/** The engine's sizes from config.json (chatglm.md sections 1-4); refuses layouts it does not implement. */
+/** The engine's sizes from config.json (docs/chatglm.md sections 1-4); refuses layouts it does not implement. */
 export function engineDims(arch: Arch, config: ModelConfig): Omit<CudaEngineConfig, 'dtype' | 'maxLength' | 'prefixLength' | 'useGraph'> & {maxPositions: number} {
   const unsupported = (why: string): never => {
     throw new GlmtoolError('cuda-unsupported', `config.json: ${why} is not implemented by the CUDA backend`)

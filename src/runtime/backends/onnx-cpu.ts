@@ -24,7 +24,7 @@ export interface OnnxCpuOptions {
 
 /**
  * Per-layer key/value entries kept in front of the KV cache and seen by every query: the
- * extension point for P-Tuning v2 prefixes (chatglm.md section 7). Each tensor is
+ * extension point for P-Tuning v2 prefixes (docs/chatglm.md section 7). Each tensor is
  * [1, kvHeads, prefixLength, headDim] float32; keys are used as stored (no rotary).
  * `load` reads it from the export's prefix_kv.safetensors (a prefix merged by merge-adapter).
  */
