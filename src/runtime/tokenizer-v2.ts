@@ -33,12 +33,15 @@ export abstract class AppendedSpecialsTokenizer {
   /** The SentencePiece vocabulary size n: the first special's id. */
   protected readonly pieceCount: number
   protected readonly specialByName: ReadonlyMap<string, number>
+  /** Specials' names that are also pieces of the model (none in the real files), with that piece's id. */
+  private readonly namesAsPieces: ReadonlyMap<string, number>
 
   protected constructor(protected readonly sp: SentencePieceProcessor, source: string, readonly specialNames: readonly string[], what: string) {
     this.pieceCount = sp.vocabSize
     this.specialByName = new Map(specialNames.map((name, k) => [name, this.pieceCount + k]))
     if (sp.eosId < 0) throw new ModelError(`${source}: has no </s> piece; not a ${what} tokenizer`, 'tokenizer-model')
     this.vocabSize = this.pieceCount + specialNames.length
+    this.namesAsPieces = new Map(specialNames.filter((name) => sp.hasPiece(name)).map((name) => [name, sp.pieceToId(name)]))
   }
 
   /** The id of a special by its published name ("[gMASK]", "sop", "<|user|>"...). */
@@ -81,15 +84,18 @@ export abstract class AppendedSpecialsTokenizer {
 
   /**
    * DecodePieces over the token strings: an ordinary id decodes as its piece (IdToPiece then
-   * PieceToId is the identity on a valid model), any other token string as DecodePieces decodes
-   * a string that is no piece: itself, "" included, ending a run of byte pieces.
+   * PieceToId is the identity on a valid model); a special's name that is a piece of the model
+   * as that piece (PieceToId finds it); any other token string as DecodePieces decodes a string
+   * that is no piece: itself, "" included, ending a run of byte pieces.
    */
   streamDecoder(): StreamDecoder {
     const sp = this.sp.decoder()
     return {
       push: (id: number): string => {
         const text = this.specialText(id)
-        return text === null ? sp.push(id) : sp.pushLiteral(text)
+        if (text === null) return sp.push(id)
+        const piece = this.namesAsPieces.get(text)
+        return piece === undefined ? sp.pushLiteral(text) : sp.push(piece)
       },
       flush: (): string => sp.flush(),
     }

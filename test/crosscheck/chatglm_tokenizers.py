@@ -193,6 +193,14 @@ def process_response(output, history):
     return content, history
 
 
+def respond(r):
+    try:
+        response, history = process_response(r["output"], r["history"])
+        return {"response": response, "history": history}
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as e:
+        return {"error": "%s: %s" % (type(e).__name__, e)}
+
+
 def make(arch, model_path):
     if arch == "chatglm-6b":
         return V1Tokenizer(model_path)
@@ -205,6 +213,11 @@ def make(arch, model_path):
 
 def main():
     req = json.load(sys.stdin)
+    if "model" not in req:
+        # process_response alone needs no tokenizer
+        out = {"responses": [respond(r) for r in req.get("responses", [])]}
+        json.dump(out, sys.stdout, ensure_ascii=False)
+        return
     tok = make(req["arch"], req["model"])
     out = {"vocab_size": tok.vocab_size, "encode": [], "decode": []}
     for text in req.get("texts", []):
@@ -216,13 +229,10 @@ def main():
     if req.get("chats"):
         out["chats"] = [tok.chat_input(c["query"], c["history"], c.get("role", "user")) for c in req["chats"]]
     if req.get("responses"):
-        out["responses"] = []
-        for r in req["responses"]:
-            try:
-                response, history = process_response(r["output"], r["history"])
-                out["responses"].append({"response": response, "history": history})
-            except (ValueError, SyntaxError) as e:
-                out["responses"].append({"error": "%s: %s" % (type(e).__name__, e)})
+        out["responses"] = [respond(r) for r in req["responses"]]
+    if req.get("decode_pieces"):
+        # the library's DecodePieces on token strings, pieces or not
+        out["decode_pieces"] = [tok.sp.decode_pieces(p) for p in req["decode_pieces"]]
     json.dump(out, sys.stdout, ensure_ascii=False)
     sys.stdout.write("\n")
 
