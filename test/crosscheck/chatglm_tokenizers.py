@@ -19,8 +19,8 @@ files (THUDM/chatglm-6b, THUDM/chatglm2-6b) without needing transformers:
   NAME, "" for <s>, </s>, <unk>, negative ids and ids past the SentencePiece vocabulary, and
   DecodePieces gives a string that is no piece back as itself. Also the chat format
   (build_chat_input, whose build_single_message uses the plain SentencePiece ids) and
-  process_response, whose tool call is evaluated here with ast.literal_eval on the keyword
-  arguments of a `tool_call(...)` expression instead of eval (same values for literals).
+  process_response, whose tool call is evaluated here by walking the ast of a `tool_call(...)`
+  expression (literal_tool_call: the values eval gives for literals) instead of eval.
 
 Used two ways:
     import chatglm_tokenizers                      # by test/fixtures/tokenizer/make_tokenizer_fixtures.py
@@ -155,9 +155,33 @@ class V3Tokenizer(V2Tokenizer):
         return [self.specials["[gMASK]"], self.specials["sop"]] + ids
 
 
+def literal_value(node):
+    """The value eval gives a literal expression: constants (a str's adjacent parts are one
+    Constant already), +/- on numbers (nested too, as eval allows), list, tuple, dict; anything
+    else is ValueError (eval would run it)."""
+    import ast
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
+        v = literal_value(node.operand)
+        if isinstance(v, bool) or not isinstance(v, (int, float, complex)):
+            raise ValueError("unary sign on a non-number")
+        return -v if isinstance(node.op, ast.USub) else +v
+    if isinstance(node, ast.List):
+        return [literal_value(e) for e in node.elts]
+    if isinstance(node, ast.Tuple):
+        return tuple(literal_value(e) for e in node.elts)
+    if isinstance(node, ast.Dict):
+        if any(k is None for k in node.keys):
+            raise ValueError("** in a dict")
+        return {literal_value(k): literal_value(v) for k, v in zip(node.keys, node.values)}
+    raise ValueError("not a literal: %s" % type(node).__name__)
+
+
 def literal_tool_call(code):
     """What eval(code) gives with `def tool_call(**kwargs): return kwargs` in scope, for a
-    `tool_call(k=literal, ...)` expression; ValueError for anything else."""
+    `tool_call(k=literal, ...)` expression; ValueError for anything else (where eval would run
+    code), SyntaxError where eval would raise it."""
     import ast
     tree = ast.parse(code.strip(" \t"), mode="eval")
     call = tree.body
@@ -165,7 +189,10 @@ def literal_tool_call(code):
         raise ValueError("not a tool_call(...) expression")
     if call.args or any(k.arg is None for k in call.keywords):
         raise ValueError("tool_call takes keyword arguments only")
-    return {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+    names = [k.arg for k in call.keywords]
+    if len(set(names)) != len(names):
+        raise SyntaxError("keyword argument repeated")  # the compiler's error, after ast.parse
+    return {k.arg: literal_value(k.value) for k in call.keywords}
 
 
 def process_response(output, history):
@@ -196,7 +223,12 @@ def process_response(output, history):
 def respond(r):
     try:
         response, history = process_response(r["output"], r["history"])
-        return {"response": response, "history": history}
+        # the text of the plain parts, in order (what glmtool's ResponseStream shows)
+        new = history[len(r["history"]):]
+        shown = "".join(m["content"].replace("[[训练时间]]", "2023年") for m in new if not m["metadata"].strip())
+        out = {"response": response, "history": history, "shown": shown}
+        json.dumps(out)  # a value JSON cannot hold (bytes, set, complex) is no answer for glmtool
+        return out
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as e:
         return {"error": "%s: %s" % (type(e).__name__, e)}
 
