@@ -13,7 +13,8 @@ import {existsSync, readFileSync} from 'node:fs'
 import {fileURLToPath} from 'node:url'
 import {beforeAll, describe, expect, it} from 'vitest'
 import {CHATGLM3_TOOL_SYSTEM_PROMPT, type ChatMessage, chatglm3PromptIds, type Role} from '../src/runtime/chatglm3-chat.js'
-import {tokenizerFromBytes} from '../src/runtime/tokenizer.js'
+import {describeTokenizer} from '../src/runtime/model-tokenizer.js'
+import {loadTokenizerFiles, tokenizerFromBytes} from '../src/runtime/tokenizer.js'
 import {ChatGLM3Tokenizer} from '../src/runtime/tokenizer-v3.js'
 import {fixtureModel} from './fixtures/tokenizer/load.js'
 
@@ -189,6 +190,12 @@ describe.skipIf(reason !== undefined)('ChatGLM3-6B tokenizer on the real tokeniz
     expect(tok.vocabSize).toBe(py().vocab_size)
     expect(tok.vocabSize).toBe(64798)
     expect(tok.specials).toEqual({gmask: 64790, mask: 64789, sop: 64792, eop: 64793, eos: 2, pad: 0, stop: [2, 64795, 64797], roles: {system: 64794, user: 64795, assistant: 64796, observation: 64797}})
+  })
+
+  it('inspect and tokenize describe its roles and stop ids', async () => {
+    const report = describeTokenizer(await loadTokenizerFiles(REAL, 'chatglm3-6b', 'chatglm2-6b_tokenizer.model'))
+    expect(report).toMatchObject({type: 'BPE', pieces: 64789, vocabSize: 64798, stop: [2, 64795, 64797]})
+    expect(report.specials).toEqual({gmask: 64790, mask: 64789, sop: 64792, eop: 64793, eos: 2, pad: 0, system: 64794, user: 64795, assistant: 64796, observation: 64797})
   })
 
   it('encodes every text to the published ids (role spellings stay text, "sop" pieces map to the special)', () => {
