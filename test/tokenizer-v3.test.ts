@@ -198,7 +198,7 @@ describe.skipIf(reason !== undefined)('ChatGLM3-6B tokenizer on the real tokeniz
     expect(report.specials).toEqual({gmask: 64790, mask: 64789, sop: 64792, eop: 64793, eos: 2, pad: 0, system: 64794, user: 64795, assistant: 64796, observation: 64797})
   })
 
-  it('encodes every text to the published ids (role spellings stay text, "sop" pieces map to the special)', () => {
+  it('encodes every text to the published ids (role and special spellings stay text on this vocabulary)', () => {
     const bad = all.map((t, i) => [t, tok.encode(t), py().encode[i].ids] as const).filter(([, a, b]) => JSON.stringify(a) !== JSON.stringify(b))
     expect(bad.slice(0, 3).map(([t, a, b]) => diff(JSON.stringify(t), a, b))).toEqual([])
     // The plain SentencePiece ids too (build_single_message's encode).
@@ -274,5 +274,24 @@ describe('ChatGLM3-6B tokenizer on a small fixture model (v2-bpe.model: 2500 pie
     const want = (JSON.parse(r.stdout) as Reply).decode
     expect(sequences.map(ids => tok.decode(ids))).toEqual(want)
     expect(sequences.flat()).toContain(2503)
+  })
+})
+
+// The published tokenization_chatglm.py itself (never committed): GLMTOOL_PUB3 or
+// build/xcheck/pub/v3 (where test/crosscheck/README.md puts the published copies).
+const PUB3 = process.env.GLMTOOL_PUB3 ?? fileURLToPath(new URL('../build/xcheck/pub/v3', import.meta.url))
+const DIST = fileURLToPath(new URL('../dist/runtime/chatglm3-chat.js', import.meta.url))
+const pubReason = reason ?? (!existsSync(`${PUB3}/tokenization_chatglm.py`)
+  ? `no published tokenization_chatglm.py in ${PUB3} (set GLMTOOL_PUB3; copies are never committed)`
+  : !existsSync(DIST) ? 'dist/ is missing: run npm run build' : undefined)
+if (pubReason) console.log(`published ChatGLM3-6B tokenizer check skipped: ${pubReason}`)
+
+describe.skipIf(pubReason !== undefined)('ChatGLM3-6B tokenizer vs the published tokenization_chatglm.py (transformers stand-in)', () => {
+  it('agrees on encode, build_chat_input, decode and process_response (chatglm3_tokenizer_check.py)', () => {
+    const script = fileURLToPath(new URL('crosscheck/chatglm3_tokenizer_check.py', import.meta.url))
+    const r = spawnSync(PYTHON, [script, '--pub', PUB3, '--model', MODEL, '--node', process.execPath], {encoding: 'utf8', maxBuffer: 64 << 20})
+    expect(r.status, `${r.stdout}\n${r.stderr}`).toBe(0)
+    expect(r.stdout).toMatch(/build_chat_input\s+\d+ cases, 0 mismatches/)
+    expect(r.stdout).toContain('all agree')
   })
 })
