@@ -21,7 +21,7 @@ const CHECK = fileURLToPath(new URL('crosscheck/chatglm_tokenizers.py', import.m
 const havePython = spawnSync(PYTHON, ['-c', 'import ast, json'], {stdio: 'ignore'}).status === 0
 if (!havePython) console.log('ChatGLM3-6B process_response cross-check skipped: no /usr/bin/python3')
 
-type PyResult = {response: unknown, history: unknown[]} | {error: string}
+type PyResult = {response: unknown, history: unknown[], shown: string} | {error: string}
 
 function published(cases: ReadonlyArray<{output: string, history: readonly ChatMessage[]}>): PyResult[] {
   const r = spawnSync(PYTHON, [CHECK], {input: JSON.stringify({responses: cases}), encoding: 'utf8', maxBuffer: 256 << 20})
@@ -90,7 +90,8 @@ describe('ChatGLM3-6B tool calls: parsed, never evaluated', () => {
     const got = cases.map(c => parseChatglm3Response(c.output, c.history))
     for (const [i, w] of want.entries()) {
       expect('error' in w ? w : {}, CALLS[i]).toEqual({})
-      const {shown: _shown, ...published} = w as {shown: string}
+      if ('error' in w) continue
+      const {shown: _shown, ...published} = w
       expect(JSON.parse(JSON.stringify(got[i])), CALLS[i]).toEqual(published)
     }
     // The __proto__ key is an ordinary key, not the prototype.
@@ -150,7 +151,7 @@ describe('ChatGLM3-6B process_response', () => {
         expect(got.response).toMatchObject({name: 'get_current_weather', error: expect.any(String)})
         return
       }
-      const {shown: _shown, ...published} = w as {shown: string}
+      const {shown: _shown, ...published} = w
       expect(JSON.parse(JSON.stringify(got)), c.output).toEqual(published)
     })
     // The history is a copy: the caller's is untouched.
@@ -162,7 +163,7 @@ describe('ChatGLM3-6B process_response', () => {
   /** What the stream shows: each new plain part's processed content, from the published history (the script joins them). */
   function shownText(w: PyResult): string {
     if ('error' in w) throw new Error(w.error)
-    return (w as {shown: string}).shown
+    return w.shown
   }
 
   it.skipIf(!havePython)('streams, in any chunking, the published text of each plain part (the whole response for one part)', () => {
