@@ -336,21 +336,26 @@ class PythonLiteralParser {
     return sign * this.number()
   }
 
+  /** Match a sticky regex at this.pos (no copy of the rest of the text). */
+  private match(re: RegExp): string {
+    re.lastIndex = this.pos
+    return re.exec(this.src)?.[0] ?? ''
+  }
+
   private number(): number {
     const s = this.src
     const start = this.pos
-    const radix = /^0[xX]/.test(s.slice(start, start + 2)) ? 16 : /^0[oO]/.test(s.slice(start, start + 2)) ? 8 : /^0[bB]/.test(s.slice(start, start + 2)) ? 2 : 10
-    if (radix !== 10) {
-      const m = /^0[xXoObB](?:_?[0-9a-fA-F])+/.exec(s.slice(start))
-      const text = m?.[0].replaceAll('_', '').slice(2) ?? ''
-      const valid = {16: /^[0-9a-fA-F]+$/, 8: /^[0-7]+$/, 2: /^[01]+$/}[radix]!
-      if (!m || !valid.test(text)) this.fail('invalid number')
-      this.pos += m[0].length
+    const prefix = s.slice(start, start + 2).toLowerCase()
+    if (prefix === '0x' || prefix === '0o' || prefix === '0b') {
+      const whole = this.match(/0[xXoObB](?:_?[0-9a-zA-Z])+/y)
+      const text = whole.replaceAll('_', '').slice(2)
+      const valid = {'0x': /^[0-9a-fA-F]+$/, '0o': /^[0-7]+$/, '0b': /^[01]+$/}[prefix]
+      if (!whole || !valid.test(text)) this.fail('invalid number')
+      this.pos += whole.length
       this.noSuffix()
-      return Number(BigInt(`0${s[start + 1].toLowerCase()}${text}`))
+      return Number(BigInt(`${prefix}${text}`))
     }
-    const m = /^(?:\d(?:_?\d)*)?(?:\.(?:\d(?:_?\d)*)?)?(?:[eE][+-]?\d(?:_?\d)*)?/.exec(s.slice(start))
-    const text = m?.[0] ?? ''
+    const text = this.match(/(?:\d(?:_?\d)*)?(?:\.(?:\d(?:_?\d)*)?)?(?:[eE][+-]?\d(?:_?\d)*)?/y)
     if (!/\d/.test(text.split(/[eE]/)[0])) this.fail('expected a number')
     this.pos += text.length
     this.noSuffix()
