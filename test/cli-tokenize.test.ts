@@ -148,6 +148,45 @@ describe.skipIf(!haveReal || !haveSpm)('glmtool tokenize on the real ChatGLM2-6B
   })
 })
 
+describe.skipIf(!haveReal || !haveSpm)('glmtool tokenize --arch chatglm3-6b on the real tokenizer.model (ChatGLM3-6B ships ChatGLM2-6B\'s bytes)', () => {
+  const path = join(REAL, 'chatglm2-6b_tokenizer.model')
+  // Role specials, the five, </s>, text ids, a padded embedding row (65000) and a byte run.
+  const IDS = [64790, 64792, 64794, 30910, 13, 36474, 54591, 64795, 64796, 2, 65000, 64797, 243, 162, 148, 142]
+
+  it('encodes as the published ChatGLM3-6B tokenizer and decodes roles by name, rows past the vocabulary as ""', () => {
+    const texts = [...TEXTS, '<|user|> sop <|assistant|>']
+    const out = json(glmtool(['tokenize', path, '--arch', 'chatglm3-6b', ...texts.flatMap(t => ['--text', t]), '--decode', IDS.join(','), '--json'])) as Array<{ids: number[], text: string}>
+    const py = spawnSync(PYTHON, [CHECK], {input: JSON.stringify({model: path, arch: 'chatglm3-6b', texts, decode: [IDS]}), encoding: 'utf8'})
+    expect(py.status, py.stderr).toBe(0)
+    const ref = JSON.parse(py.stdout) as {encode: {ids: number[]}[], decode: string[]}
+    expect(out.slice(0, texts.length).map(o => o.ids)).toEqual(ref.encode.map(e => e.ids))
+    expect(out.at(-1)!.text).toBe(ref.decode[0])
+    expect(ref.decode[0]).toContain('<|system|>')
+  })
+
+  it('says the file is read as ChatGLM2-6B\'s without --arch, and how to read it as ChatGLM3-6B\'s', () => {
+    const r = glmtool(['tokenize', path, '--decode', '64789'])
+    expect(r.code, r.stderr).toBe(0)
+    expect(r.stdout).toContain('chatglm2-6b, ')
+    expect(r.stderr).toContain('give --arch chatglm3-6b')
+    const v3 = glmtool(['tokenize', path, '--arch', 'chatglm3-6b', '--decode', '64789'])
+    expect(v3.code, v3.stderr).toBe(0)
+    expect([v3.stdout, v3.stderr]).toEqual([expect.stringContaining('chatglm3-6b, BPE, 64789 pieces, vocabulary 64798'), ''])
+    expect(v3.stdout).toContain('[64789] -> "[MASK]"')
+  })
+
+  it('refuses --arch chatglm-6b for it (and chatglm3-6b for ice_text.model) in one line', () => {
+    const r = glmtool(['tokenize', path, '--arch', 'chatglm-6b', '--text', 'x'])
+    expect([r.code, r.stderr.trim()]).toEqual([1, `glmtool: --arch chatglm-6b: ${path} is ChatGLM2-6B's or ChatGLM3-6B's, not chatglm-6b's`])
+    const v1 = join(REAL, 'chatglm-6b_ice_text.model')
+    const w = glmtool(['tokenize', v1, '--arch', 'chatglm3-6b', '--text', 'x'])
+    expect([w.code, w.stderr.trim()]).toEqual([1, `glmtool: --arch chatglm3-6b: ${v1} is ChatGLM-6B's, not chatglm3-6b's`])
+    const bad = glmtool(['tokenize', path, '--arch', 'chatglm4-9b', '--text', 'x'])
+    expect(bad.code).not.toBe(0)
+    expect(bad.stderr).toContain('chatglm3-6b')
+  })
+})
+
 describe.skipIf(!haveReal || !haveSpm)('the real ChatGLM-6B tokenizers in model directories', () => {
   const current = join(work, 'real-v1')
   const first = join(work, 'real-v1-first-release')

@@ -96,9 +96,16 @@ const EXPECT: Record<TokenizerArch, {vocab: number, specials: object, ids: Recor
     ids: {'👋': [META_ID, 243, 162, 148, 142], '\n': [META_ID, 13], '\t': [META_ID, 12]},
     bytes: [3, 259],
   },
+  // ChatGLM3-6B: the same file, four role specials after the five (its tokenization_chatglm.py).
+  'chatglm3-6b': {
+    vocab: 64798,
+    specials: {gmask: 64790, mask: 64789, sop: 64792, eop: 64793, eos: 2, pad: 0, stop: [2, 64795, 64797], roles: {system: 64794, user: 64795, assistant: 64796, observation: 64797}},
+    ids: {'👋': [META_ID, 243, 162, 148, 142], '\n': [META_ID, 13], '\t': [META_ID, 12]},
+    bytes: [3, 259],
+  },
 }
 
-describe.each(['chatglm-6b', 'chatglm2-6b'] as const)('synthetic %s tokenizer', (arch) => {
+describe.each(['chatglm-6b', 'chatglm2-6b', 'chatglm3-6b'] as const)('synthetic %s tokenizer', (arch) => {
   const file = synthTokenizer(arch)
   const tok = tokenizerFromBytes(file.bytes, arch, {source: file.fileName})
   const exp = EXPECT[arch]
@@ -125,8 +132,9 @@ describe.each(['chatglm-6b', 'chatglm2-6b'] as const)('synthetic %s tokenizer', 
     const normal = model.pieces.filter((p) => p.type === PieceType.NORMAL).map((p) => p.piece)
     const texts = [...strings(), ...vocabularyTexts(normal, 1500, 0x2545f491)]
     const sp = SentencePieceProcessor.load(file.bytes)
-    const specialIds = Object.values(tok.specials).filter((v): v is number => typeof v === 'number')
-    const sequences = randomSequences(tok.vocabSize, [...specialIds, 0, 1, 2], exp.bytes, 500)
+    const specialIds = [...Object.values(tok.specials).filter((v): v is number => typeof v === 'number'), ...Object.values(tok.specials.roles ?? {})]
+    // v3 decodes the padded embedding rows past its vocabulary (65024 in config.json) too.
+    const sequences = randomSequences(arch === 'chatglm3-6b' ? 65024 : tok.vocabSize, [...specialIds, 0, 1, 2], exp.bytes, 500)
     const r = spawnSync(PYTHON, [CHECK], {
       input: JSON.stringify({model: path, arch, texts, decode: sequences}), encoding: 'utf8', maxBuffer: 256 << 20,
     })

@@ -458,9 +458,10 @@ function v1TokenizerConfig(): Record<string, unknown> {
 }
 
 /** tokenizer_config.json of THUDM/chatglm2-6b, key for key as the repository publishes it. */
-function v2TokenizerConfig(): Record<string, unknown> {
+/** chatglm2-6b's and chatglm3-6b's tokenizer_config.json differ only in name_or_path (../shared/real). */
+function v2TokenizerConfig(name: string): Record<string, unknown> {
   return {
-    name_or_path: 'THUDM/chatglm2-6b',
+    name_or_path: name,
     remove_space: false,
     do_lower_case: false,
     tokenizer_class: 'ChatGLMTokenizer',
@@ -475,17 +476,21 @@ export function synthTokenizerModel(arch: SynthTokenizerArch): SentencePieceMode
 
 const built = new Map<SynthTokenizerArch, Buffer>()
 
-/** Synthetic tokenizer files for `arch`: the model bytes and tokenizer_config.json contents. */
-export function synthTokenizer(arch: SynthTokenizerArch): SynthTokenizer {
-  let bytes = built.get(arch)
+/**
+ * Synthetic tokenizer files for `arch`: the model bytes and tokenizer_config.json contents.
+ * ChatGLM3-6B ships ChatGLM2-6B's tokenizer.model bytes, so it gets the v2 synthetic model.
+ */
+export function synthTokenizer(arch: SynthTokenizerArch | 'chatglm3-6b'): SynthTokenizer {
+  const model = arch === 'chatglm-6b' ? 'chatglm-6b' : 'chatglm2-6b'
+  let bytes = built.get(model)
   if (!bytes) {
     // Building takes a second (130k pieces, an NFKC table); the result never changes.
-    bytes = encodeModelProto(synthTokenizerModel(arch))
-    built.set(arch, bytes)
+    bytes = encodeModelProto(synthTokenizerModel(model))
+    built.set(model, bytes)
   }
   return arch === 'chatglm-6b'
     ? {fileName: 'ice_text.model', bytes: Buffer.from(bytes), tokenizerConfig: v1TokenizerConfig()}
-    : {fileName: 'tokenizer.model', bytes: Buffer.from(bytes), tokenizerConfig: v2TokenizerConfig()}
+    : {fileName: 'tokenizer.model', bytes: Buffer.from(bytes), tokenizerConfig: v2TokenizerConfig(arch === 'chatglm3-6b' ? 'THUDM/chatglm3-6b' : 'THUDM/chatglm2-6b')}
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -8,6 +8,15 @@
  *   `, ! : ; ?` next to a CJK character (U+4E00..U+9FFF) become full-width.
  * - ChatGLM2-6B: its tokenizer passes `clean_up_tokenization_spaces=False`; `process_response` is
  *   strip and "[[训练时间]]" -> "2023年".
+ * - ChatGLM3-6B: no clean-up either; its `process_response` splits the text on "<|assistant|>"
+ *   and each part into a metadata line and content (./chatglm3-chat.ts parseChatglm3Response
+ *   gives the published result: a string, a tool call, or {name, content}). What is shown as
+ *   text here is the content of each part whose metadata line is empty (strip, "[[训练时间]]" ->
+ *   "2023年"); a part with metadata (a tool call, the code interpreter) shows nothing, since the
+ *   caller prints the parsed call. For the usual output, one part, that is exactly the published
+ *   string response ('' for a tool call); with several parts the published response is the last
+ *   part alone, while a stream cannot take back the earlier parts already shown (stream_chat's
+ *   consumers showed them too).
  *
  * The same text is the history of the next turn (chat() stores the processed response).
  *
@@ -42,6 +51,11 @@ function pyRstrip(s: string): string {
   let j = s.length
   while (j > 0 && isPySpace(s[j - 1])) j--
   return s.slice(0, j)
+}
+
+/** Python's str.strip() (no argument). */
+export function pyStrip(s: string): string {
+  return pyRstrip(pyLstrip(s))
 }
 
 /** transformers' PreTrainedTokenizerBase.clean_up_tokenization, the same chain of replaces. */
@@ -87,9 +101,104 @@ function processBody(style: ResponseStyle, text: string, atStart: boolean): stri
   return s
 }
 
-/** The published chat()'s text for the decoded ids (`raw` = the tokenizer's decode). */
+/**
+ * The published chat()'s text for the decoded ids (`raw` = the tokenizer's decode); for
+ * ChatGLM3-6B the text its parts show (see the header).
+ */
 export function chatResponse(style: ResponseStyle, raw: string): string {
+  if (style === 'chatglm3-6b') {
+    const s = new Chatglm3Stream()
+    return s.push(raw) + s.flush()
+  }
   return pyRstrip(processBody(style, raw, true))
+}
+
+const ASSISTANT = '<|assistant|>'
+
+/** The length of the longest proper prefix of `pattern` that raw[from, to) ends with (0 if none). */
+function partialSuffix(raw: string, from: number, to: number, pattern: string): number {
+  for (let k = Math.min(pattern.length - 1, to - from); k > 0; k--) {
+    if (raw.startsWith(pattern.slice(0, k), to - k)) return k
+  }
+  return 0
+}
+
+/**
+ * ChatGLM3-6B's text, streamed: a part's metadata line is held until its "\n" (without one, the
+ * whole part is content, known at the part's end); a plain part's content is handed out up to
+ * the last point no rule can change: before trailing whitespace (strip), a trailing U+FFFD
+ * (stream_chat yields nothing while the text ends in one) or high surrogate, and a trailing
+ * beginning of "<|assistant|>" or "[[训练时间]]". No occurrence of either can span a point so
+ * chosen, so each piece is processed once and final.
+ */
+class Chatglm3Stream {
+  private raw = ''
+  /** Start of the current part in raw. */
+  private seg = 0
+  /** raw[seg, scanned) holds no "<|assistant|>" start. */
+  private scanned = 0
+  private mode: 'meta' | 'plain' | 'tool' = 'meta'
+  /** plain: raw[.., cut) is processed and handed out. */
+  private cut = 0
+  /** plain: whether the content's leading whitespace is behind. */
+  private started = false
+
+  push(text: string): string {
+    this.raw += text
+    return this.advance(false)
+  }
+
+  flush(): string {
+    return this.advance(true)
+  }
+
+  private advance(final: boolean): string {
+    const raw = this.raw
+    let out = ''
+    for (;;) {
+      const next = raw.indexOf(ASSISTANT, Math.max(this.seg, this.scanned))
+      if (next < 0) this.scanned = Math.max(this.seg, raw.length - ASSISTANT.length + 1)
+      const end = next >= 0 ? next : final ? raw.length : -1
+      if (this.mode === 'meta') {
+        const nl = raw.indexOf('\n', this.seg)
+        if (nl >= 0 && (end < 0 || nl < end)) {
+          this.mode = pyStrip(raw.slice(this.seg, nl)) ? 'tool' : 'plain'
+          this.cut = nl + 1
+        } else if (end >= 0) {
+          this.mode = 'plain'
+          this.cut = this.seg
+        } else {
+          return out
+        }
+        this.started = false
+      }
+      if (this.mode === 'plain') out += this.content(end >= 0 ? end : raw.length, end < 0)
+      if (next < 0) return out
+      this.seg = next + ASSISTANT.length
+      this.scanned = this.seg
+      this.mode = 'meta'
+    }
+  }
+
+  /** Hand out the plain content up to `limit`, holding what may still change when `open`. */
+  private content(limit: number, open: boolean): string {
+    const raw = this.raw
+    let p = limit
+    for (;;) {
+      const before = p
+      while (p > this.cut && (isPySpace(raw[p - 1]) || (open && (raw[p - 1] === '\ufffd' || isHighSurrogate(raw.charCodeAt(p - 1)))))) p--
+      if (open) p -= Math.max(partialSuffix(raw, this.cut, p, ASSISTANT), partialSuffix(raw, this.cut, p, TRAINING_TIME))
+      if (p === before) break
+    }
+    if (p <= this.cut) return ''
+    let piece = raw.slice(this.cut, p)
+    this.cut = p
+    if (!this.started) {
+      piece = pyLstrip(piece)
+      this.started = piece.length > 0
+    }
+    return piece.replaceAll(TRAINING_TIME, '2023年')
+  }
 }
 
 /**
@@ -112,11 +221,15 @@ export class ResponseStream {
   /** raw[0, cut) is processed into `done`, which has been handed out. */
   private cut = 0
   private done = ''
+  private readonly v3?: Chatglm3Stream
 
-  constructor(private readonly style: ResponseStyle) {}
+  constructor(private readonly style: ResponseStyle) {
+    if (style === 'chatglm3-6b') this.v3 = new Chatglm3Stream()
+  }
 
   /** Add decoded text; returns the part of the response that is now final. */
   push(text: string): string {
+    if (this.v3) return this.v3.push(text)
     if (!text) return ''
     this.raw += text
     let p = this.raw.length
@@ -131,6 +244,7 @@ export class ResponseStream {
 
   /** The rest of the response. */
   flush(): string {
+    if (this.v3) return this.v3.flush()
     const all = chatResponse(this.style, this.raw)
     return all.slice(this.done.length)
   }

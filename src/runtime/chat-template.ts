@@ -5,25 +5,22 @@
  */
 import {readFile, stat} from 'node:fs/promises'
 import {GlmtoolError, UsageError} from '../errors.js'
+import {type ChatMessage, CHATGLM3_TOOL_SYSTEM_PROMPT, chatglm3PromptIds, type Chatglm3Response, parseChatglm3Response, type Role} from './chatglm3-chat.js'
 import type {ChatTokenizer} from './tokenizer.js'
+import {ChatGLM3Tokenizer} from './tokenizer-v3.js'
 
-export type Role = 'system' | 'user' | 'assistant' | 'observation'
-
-/** One message of a conversation, as ChatGLM3's history holds it (v1/v2 use user/assistant only). */
-export interface ChatMessage {
-  readonly role: Role
-  readonly content: string
-  /** ChatGLM3: the line after the role token (a tool's name for a tool call; '' otherwise). */
-  readonly metadata?: string
-  /** ChatGLM3: on a system message, the tool descriptions its prompt lists. */
-  readonly tools?: readonly unknown[]
-}
+/**
+ * One message of a conversation, as ChatGLM3's history holds it (ChatGLM-6B and ChatGLM2-6B use
+ * user/assistant pairs only): role, content, ChatGLM3's metadata line and a system message's tools.
+ */
+export type {ChatMessage, Role} from './chatglm3-chat.js'
 
 /**
  * A turn's answer as the published chat() returns it: text, or ChatGLM3's structured answers,
- * a tool call {name, parameters} or a named non-tool answer {name, content}.
+ * a tool call {name, parameters} or a named non-tool answer {name, content} (with `error` where
+ * glmtool could not read a tool call the published code would have eval'd).
  */
-export type ChatAnswer = string | {readonly name: string, readonly parameters: Record<string, unknown>} | {readonly name: string, readonly content: string}
+export type ChatAnswer = Chatglm3Response['response']
 
 export interface ChatFormat {
   /** The roles a conversation may use besides user and assistant. */
@@ -101,23 +98,28 @@ export function pairsToMessages(pairs: History): ChatMessage[] {
   return pairs.flatMap(([q, r]) => [{role: 'user' as const, content: q}, {role: 'assistant' as const, content: r}])
 }
 
-/** TODO(merge): ChatGLM3-6B's format (src/runtime/chatglm3-chat.ts). */
+/**
+ * ChatGLM3-6B: build_chat_input's ids (role tokens, metadata lines, tools in the system message)
+ * and process_response's answer and history, from the decode (role tokens spelled out), as the
+ * published chat() computes them (src/runtime/chatglm3-chat.ts).
+ */
 export const CHATGLM3_6B_CHAT: ChatFormat = {
   extraRoles: ['system', 'observation'],
-  promptIds() {
-    throw new GlmtoolError('chat-format', 'ChatGLM3-6B chat is not wired yet')
+  promptIds(tokenizer, history, query, role) {
+    if (!(tokenizer instanceof ChatGLM3Tokenizer)) throw new GlmtoolError('chat-format', `the ChatGLM3-6B chat format needs the ChatGLM3-6B tokenizer, not ${tokenizer.arch}'s`)
+    if (role === 'observation' && !history.some(m => m.role === 'assistant' && m.metadata)) {
+      throw new GlmtoolError('chat-format', 'an observation answers a tool call, and the conversation has none yet')
+    }
+    return chatglm3PromptIds(tokenizer, history, query, role)
   },
-  finish(_d, streamed, history) {
-    return {response: streamed, history: [...history, {role: 'assistant', content: streamed}]}
+  finish(decoded, _streamed, history) {
+    return parseChatglm3Response(decoded, history)
   },
 }
 
-/** The system text ChatGLM3-6B's tool demo puts before the tool list (TODO(merge): glm3tok's constant). */
-export const CHATGLM3_TOOL_PROMPT = 'Answer the following questions as best as you can. You have access to the following tools:'
-
 /** The system message of --system / --tools: the tools under the given text or the published tool prompt. */
 export function systemMessage(text: string | undefined, tools: readonly unknown[] | undefined): ChatMessage | undefined {
-  if (tools) return {role: 'system', content: text ?? CHATGLM3_TOOL_PROMPT, tools}
+  if (tools) return {role: 'system', content: text ?? CHATGLM3_TOOL_SYSTEM_PROMPT, tools}
   return text === undefined ? undefined : {role: 'system', content: text}
 }
 

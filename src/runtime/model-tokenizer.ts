@@ -70,7 +70,10 @@ export interface TokenizerReport {
   numImageTokensFrom?: string
   byteFallback: boolean
   normalizer: string
+  /** gmask, mask, sop, eop, eos, pad; ChatGLM3-6B also its roles system, user, assistant, observation. */
   specials: Record<string, number>
+  /** The ids that end generation (v3: eos, <|user|>, <|observation|>). */
+  stop: number[]
   controlPieces?: number
   userDefinedPieces?: number
   bytePieces?: number
@@ -84,7 +87,7 @@ export function describeTokenizer(t: LoadedTokenizer, model?: {arch: Arch, confi
   const proto = decodeModelProto(t.bytes, t.path)
   const type = Object.entries(ModelType).find(([, v]) => v === (proto.trainerSpec?.modelType ?? ModelType.UNIGRAM))?.[0] ?? 'unknown'
   const tok: ChatTokenizer = t.tokenizer
-  const {stop: _stop, ...specials} = tok.specials
+  const {stop, roles, ...specials} = tok.specials
   const report: TokenizerReport = {
     file: t.path,
     type,
@@ -92,7 +95,8 @@ export function describeTokenizer(t: LoadedTokenizer, model?: {arch: Arch, confi
     vocabSize: tok.vocabSize,
     byteFallback: proto.trainerSpec?.byteFallback ?? false,
     normalizer: proto.normalizerSpec?.name ?? 'nmt_nfkc',
-    specials: {...specials},
+    specials: {...specials, ...roles},
+    stop: [...stop],
   }
   if (t.numImageTokens) {
     report.numImageTokens = t.numImageTokens.value

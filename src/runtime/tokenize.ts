@@ -6,49 +6,76 @@ import {existsSync, statSync} from 'node:fs'
 import {readFile} from 'node:fs/promises'
 import {basename, dirname, join} from 'node:path'
 import {ModelError} from '../errors.js'
-import {type Arch, archById} from '../models/index.js'
 import {publishedDecode} from './chat-response.js'
 import {describeTokenizer, loadModelTokenizer, type TokenizerReport} from './model-tokenizer.js'
 import {decodeModelProto} from './sentencepiece-model.js'
-import {type ChatTokenizer, type LoadedTokenizer, loadTokenizerFiles, TOKENIZER_FILE} from './tokenizer.js'
+import {type ChatTokenizer, type LoadedTokenizer, loadTokenizerFiles, TOKENIZER_FILE, type TokenizerArch} from './tokenizer.js'
+
+export const TOKENIZER_ARCHS: readonly TokenizerArch[] = ['chatglm-6b', 'chatglm2-6b', 'chatglm3-6b']
 
 export interface OpenedTokenizer {
   loaded: LoadedTokenizer
-  arch: Arch
+  /** Whose tokenizer it was read as. */
+  arch: TokenizerArch
   report: TokenizerReport
+  /** Said to the user beside the result: a bare tokenizer.model read as ChatGLM2-6B's. */
+  note?: string
+}
+
+/** v2 and v3 ship the same tokenizer.model; v1 its own ice_text.model. */
+function generation(arch: TokenizerArch): 1 | 2 {
+  return arch === 'chatglm-6b' ? 1 : 2
+}
+
+function sharedNote(arch: TokenizerArch, path: string): string | undefined {
+  return arch === 'chatglm2-6b'
+    ? `${path}: read as ChatGLM2-6B's tokenizer; ChatGLM3-6B ships the same tokenizer.model with four role specials after the five (give --arch chatglm3-6b)`
+    : undefined
 }
 
 /**
  * A model directory (config.json names the generation, and the tokenizer is checked against it),
  * a directory with only a tokenizer file, or the SentencePiece file itself: ice_text.model is
- * ChatGLM-6B's, tokenizer.model ChatGLM2-6B's; another name is told apart by its pieces (only
+ * ChatGLM-6B's, tokenizer.model ChatGLM2-6B's unless `arch` says chatglm3-6b (the two ship the
+ * same bytes, so the file cannot tell); another name is told apart by its pieces (only
  * ChatGLM-6B's file holds [gMASK]). A v1 file takes num_image_tokens from the
- * tokenizer_config.json beside it, else the published default.
+ * tokenizer_config.json beside it, else the published default. `arch` (the --arch flag) must
+ * agree with what the files are: v1 against v2/v3 is an error naming the file; a model
+ * directory whose config.json is ChatGLM2-6B's may be read with ChatGLM3-6B's tokenizer and back.
  */
-export async function openTokenizer(path: string): Promise<OpenedTokenizer> {
+export async function openTokenizer(path: string, arch?: TokenizerArch): Promise<OpenedTokenizer> {
   if (!existsSync(path)) throw new ModelError(`${path}: no such file or directory`, 'missing-file')
+  const disagree = (what: string, found: TokenizerArch): never => {
+    throw new ModelError(`--arch ${arch}: ${what} is ${found === 'chatglm-6b' ? 'ChatGLM-6B\'s' : 'ChatGLM2-6B\'s or ChatGLM3-6B\'s'}, not ${arch}'s`, 'usage')
+  }
   if (statSync(path).isDirectory()) {
     if (existsSync(join(path, 'config.json'))) {
       const t = await loadModelTokenizer(path)
-      return {loaded: t, arch: t.arch, report: describeTokenizer(t, t)}
+      const modelArch = t.arch.id as TokenizerArch
+      if (!arch || arch === modelArch) return {loaded: t, arch: modelArch, report: describeTokenizer(t, t)}
+      if (generation(arch) !== generation(modelArch)) disagree(`the model of ${t.configPath}`, modelArch)
+      const loaded = await loadTokenizerFiles(path, arch)
+      return {loaded, arch, report: describeTokenizer(loaded, t)}
     }
-    const present = Object.entries(TOKENIZER_FILE).filter(([, f]) => existsSync(join(path, f)))
+    const files = [...new Set(Object.values(TOKENIZER_FILE))]
+    const present = files.filter(f => existsSync(join(path, f)))
     if (present.length !== 1) {
-      throw new ModelError(`${path}: no config.json, and ${present.length === 0 ? 'no' : 'more than one'} tokenizer file (${Object.values(TOKENIZER_FILE).join(' or ')})`, 'missing-file')
+      throw new ModelError(`${path}: no config.json, and ${present.length === 0 ? 'no' : 'more than one'} tokenizer file (${files.join(' or ')})`, 'missing-file')
     }
-    const arch = archById(present[0][0])
-    const loaded = await loadTokenizerFiles(path, arch.id)
-    return {loaded, arch, report: describeTokenizer(loaded)}
+    const found: TokenizerArch = present[0] === TOKENIZER_FILE['chatglm-6b'] ? 'chatglm-6b' : 'chatglm2-6b'
+    if (arch && generation(arch) !== generation(found)) disagree(join(path, present[0]), found)
+    const loaded = await loadTokenizerFiles(path, arch ?? found)
+    return {loaded, arch: arch ?? found, report: describeTokenizer(loaded), note: arch ? undefined : sharedNote(found, loaded.path)}
   }
   const name = basename(path)
-  let archId = Object.entries(TOKENIZER_FILE).find(([, f]) => f === name)?.[0]
-  if (!archId) {
+  let found: TokenizerArch | undefined = name === TOKENIZER_FILE['chatglm-6b'] ? 'chatglm-6b' : name === TOKENIZER_FILE['chatglm2-6b'] ? 'chatglm2-6b' : undefined
+  if (!found || arch) {
     const pieces = decodeModelProto(await readFile(path), path).pieces
-    archId = pieces.some(p => p.piece === '[gMASK]') ? 'chatglm-6b' : 'chatglm2-6b'
+    found = pieces.some(p => p.piece === '[gMASK]') ? 'chatglm-6b' : 'chatglm2-6b'
   }
-  const arch = archById(archId)
-  const loaded = await loadTokenizerFiles(dirname(path), arch.id, name)
-  return {loaded, arch, report: describeTokenizer(loaded)}
+  if (arch && generation(arch) !== generation(found)) disagree(path, found)
+  const loaded = await loadTokenizerFiles(dirname(path), arch ?? found, name)
+  return {loaded, arch: arch ?? found, report: describeTokenizer(loaded), note: arch ? undefined : sharedNote(found, loaded.path)}
 }
 
 /** "1,2,3", "1 2 3" or "[1, 2, 3]" -> ids; refuses anything else, naming the flag. */
@@ -71,9 +98,12 @@ export function encodeTexts(tok: ChatTokenizer, texts: readonly string[]): Encod
   return texts.map(text => ({text, ...tok.encodeWithPieces(text)}))
 }
 
-/** Decode ids as the published tokenizer's decode; an id outside the vocabulary is an error. */
+/**
+ * Decode ids as the published tokenizer's decode; an id outside the vocabulary is an error,
+ * except for ChatGLM3-6B, whose published decode gives "" for it (the padded embedding rows).
+ */
 export function decodeIds(tok: ChatTokenizer, ids: readonly number[], source: string): {ids: number[], text: string} {
-  const bad = ids.find(id => id >= tok.vocabSize)
+  const bad = tok.arch === 'chatglm3-6b' ? undefined : ids.find(id => id >= tok.vocabSize)
   if (bad !== undefined) throw new ModelError(`--decode: id ${bad} is outside ${source}'s vocabulary (ids 0..${tok.vocabSize - 1})`, 'usage')
   return {ids: [...ids], text: publishedDecode(tok.responseStyle, tok.decode(ids))}
 }

@@ -11,6 +11,9 @@
  * - Decode: _convert_id_to_token turns the specials, <s>, </s> and <unk> into "", and
  *   DecodePieces decodes "" as nothing; an id past the specials fails (RangeError here,
  *   IndexError there). The "" pieces still end a run of byte pieces.
+ *
+ * ChatGLM3-6B's tokenizer (./tokenizer-v3.ts) is the same wrapper with four more specials and
+ * another decode of them; what the two share is AppendedSpecialsTokenizer below.
  */
 import {ModelError} from '../errors.js'
 import type {SentencePieceProcessor} from './sentencepiece.js'
@@ -19,24 +22,40 @@ import type {ChatTokenizer, StreamDecoder, TokenizerSpecials} from './tokenizer.
 /** The wrapper's specials in id order after the SentencePiece vocabulary. */
 export const V2_SPECIAL_NAMES = ['[MASK]', '[gMASK]', '[sMASK]', 'sop', 'eop'] as const
 
-export class ChatGLM2Tokenizer implements ChatTokenizer {
-  readonly arch = 'chatglm2-6b' as const
-  readonly responseStyle = 'chatglm2-6b' as const
+/**
+ * The SPTokenizer + ChatGLMTokenizer pair of chatglm2-6b and chatglm3-6b: named specials
+ * appended after the SentencePiece vocabulary, encode through EncodeAsPieces and
+ * _convert_token_to_id, decode through _convert_id_to_token and DecodePieces. A subclass says
+ * what _convert_id_to_token makes of an id that is no ordinary piece (specialText).
+ */
+export abstract class AppendedSpecialsTokenizer {
   readonly vocabSize: number
-  readonly specials: TokenizerSpecials
-  private readonly specialByName: ReadonlyMap<string, number>
-  /** Ids decoded as "": the specials, <s>, </s>, <unk>. */
-  private readonly silent: ReadonlySet<number>
+  /** The SentencePiece vocabulary size n: the first special's id. */
+  protected readonly pieceCount: number
+  protected readonly specialByName: ReadonlyMap<string, number>
+  /** Specials' names that are also pieces of the model (none in the real files), with that piece's id. */
+  private readonly namesAsPieces: ReadonlyMap<string, number>
 
-  constructor(private readonly sp: SentencePieceProcessor, source: string) {
-    const n = sp.vocabSize
-    this.specialByName = new Map(V2_SPECIAL_NAMES.map((name, k) => [name, n + k]))
-    if (sp.eosId < 0) throw new ModelError(`${source}: has no </s> piece; not a ChatGLM2-6B tokenizer`, 'tokenizer-model')
-    const [mask, gmask, , sop, eop] = V2_SPECIAL_NAMES.map((_, k) => n + k)
-    this.specials = Object.freeze({gmask, mask, sop, eop, eos: sp.eosId, pad: sp.unkId, stop: Object.freeze([sp.eosId])})
-    this.vocabSize = n + V2_SPECIAL_NAMES.length
-    this.silent = new Set([...this.specialByName.values(), sp.bosId, sp.eosId, sp.unkId].filter((id) => id >= 0))
+  protected constructor(protected readonly sp: SentencePieceProcessor, source: string, readonly specialNames: readonly string[], what: string) {
+    this.pieceCount = sp.vocabSize
+    this.specialByName = new Map(specialNames.map((name, k) => [name, this.pieceCount + k]))
+    if (sp.eosId < 0) throw new ModelError(`${source}: has no </s> piece; not a ${what} tokenizer`, 'tokenizer-model')
+    this.vocabSize = this.pieceCount + specialNames.length
+    this.namesAsPieces = new Map(specialNames.filter((name) => sp.hasPiece(name)).map((name) => [name, sp.pieceToId(name)]))
   }
+
+  /** The id of a special by its published name ("[gMASK]", "sop", "<|user|>"...). */
+  protected special(name: string): number {
+    const id = this.specialByName.get(name)
+    if (id === undefined) throw new Error(`no special ${name}`)
+    return id
+  }
+
+  /**
+   * The token string _convert_id_to_token gives for an id that does not decode as its own
+   * SentencePiece piece ("" or a special's name), or null for an ordinary piece id.
+   */
+  protected abstract specialText(id: number): string | null
 
   encode(text: string): number[] {
     return this.encodeWithPieces(text).ids
@@ -51,8 +70,9 @@ export class ChatGLM2Tokenizer implements ChatTokenizer {
     return {ids, pieces}
   }
 
+  /** build_inputs_with_special_tokens: [gMASK, sop] + the text's ids. */
   encodePrompt(text: string): number[] {
-    return [this.specials.gmask, this.specials.sop, ...this.encode(text)]
+    return [this.special('[gMASK]'), this.special('sop'), ...this.encode(text)]
   }
 
   decode(ids: readonly number[]): string {
@@ -62,11 +82,42 @@ export class ChatGLM2Tokenizer implements ChatTokenizer {
     return out + d.flush()
   }
 
+  /**
+   * DecodePieces over the token strings: an ordinary id decodes as its piece (IdToPiece then
+   * PieceToId is the identity on a valid model); a special's name that is a piece of the model
+   * as that piece (PieceToId finds it); any other token string as DecodePieces decodes a string
+   * that is no piece: itself, "" included, ending a run of byte pieces.
+   */
   streamDecoder(): StreamDecoder {
     const sp = this.sp.decoder()
     return {
-      push: (id: number): string => (id < 0 || this.silent.has(id) ? sp.pushEmpty() : sp.push(id)),
+      push: (id: number): string => {
+        const text = this.specialText(id)
+        if (text === null) return sp.push(id)
+        const piece = this.namesAsPieces.get(text)
+        return piece === undefined ? sp.pushLiteral(text) : sp.push(piece)
+      },
       flush: (): string => sp.flush(),
     }
+  }
+}
+
+export class ChatGLM2Tokenizer extends AppendedSpecialsTokenizer implements ChatTokenizer {
+  readonly arch = 'chatglm2-6b' as const
+  readonly responseStyle = 'chatglm2-6b' as const
+  readonly specials: TokenizerSpecials
+  /** Ids decoded as "": the specials, <s>, </s>, <unk>. */
+  private readonly silent: ReadonlySet<number>
+
+  constructor(sp: SentencePieceProcessor, source: string) {
+    super(sp, source, V2_SPECIAL_NAMES, 'ChatGLM2-6B')
+    const [mask, gmask, , sop, eop] = V2_SPECIAL_NAMES.map((name) => this.special(name))
+    this.specials = Object.freeze({gmask, mask, sop, eop, eos: sp.eosId, pad: sp.unkId, stop: Object.freeze([sp.eosId])})
+    this.silent = new Set([...this.specialByName.values(), sp.bosId, sp.eosId, sp.unkId].filter((id) => id >= 0))
+  }
+
+  /** "" for the specials, <s>, </s>, <unk> and negative ids; an id past the specials is a piece id (RangeError). */
+  protected specialText(id: number): string | null {
+    return id < 0 || this.silent.has(id) ? '' : null
   }
 }

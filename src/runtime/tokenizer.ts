@@ -1,16 +1,18 @@
 /**
- * The tokenizer the chat runtime uses: one interface over the two ChatGLM generations
- * (docs/chatglm.md section 5), one module per generation (./tokenizer-v1.ts, ./tokenizer-v2.ts),
- * both over glmtool's own SentencePiece processor (./sentencepiece.ts).
+ * The tokenizer the chat runtime uses: one interface over the ChatGLM generations
+ * (docs/chatglm.md section 5), one module per tokenizer (./tokenizer-v1.ts, ./tokenizer-v2.ts,
+ * ./tokenizer-v3.ts for ChatGLM3-6B: ChatGLM2-6B's file with four role specials), all over
+ * glmtool's own SentencePiece processor (./sentencepiece.ts).
  *
  * What "the published tokenizer" means here: the ids of tokenization_chatglm.py's
  * ChatGLMTokenizer.encode(text, add_special_tokens=False) under the transformers version each
- * repository pins (4.27 for chatglm-6b, 4.30 for chatglm2-6b), with one deliberate difference
+ * repository pins (4.27 for chatglm-6b, 4.30 for chatglm2-6b and chatglm3-6b), with one deliberate difference
  * for chatglm-6b: text is always text. Its tokenizer_config.json registers <sop>, <eop>, <pad>,
  * <unk> and [MASK] as special tokens, and transformers splits the input on their literal
  * spellings (and strips the spaces around them) before SentencePiece sees it; glmtool encodes
  * such strings as ordinary characters, so a user cannot inject control tokens into a prompt.
- * (chatglm2-6b registers none, so there is nothing to differ on.)
+ * (chatglm2-6b and chatglm3-6b register none, so there is nothing to differ on; chatglm3-6b's
+ * own role-splitting, encode_special_tokens, is off by default and off here.)
  */
 import {readFile} from 'node:fs/promises'
 import {join} from 'node:path'
@@ -19,8 +21,9 @@ import {ModelError} from '../errors.js'
 import {SentencePieceProcessor} from './sentencepiece.js'
 import {ChatGLM6BTokenizer, loadChatGLM6BModel} from './tokenizer-v1.js'
 import {ChatGLM2Tokenizer} from './tokenizer-v2.js'
+import {ChatGLM3Tokenizer} from './tokenizer-v3.js'
 
-export type TokenizerArch = 'chatglm-6b' | 'chatglm2-6b' | 'chatglm3-6b' // TODO(merge): glm3tok
+export type TokenizerArch = 'chatglm-6b' | 'chatglm2-6b' | 'chatglm3-6b'
 export type ResponseStyle = TokenizerArch | 'chatglm-6b-first-release'
 
 /** Incremental decoding for streaming output. */
@@ -28,7 +31,7 @@ export interface StreamDecoder {
   /**
    * Add one generated id; returns the text that is now final (possibly ''): never half a
    * character, never part of a v1 whitespace stand-in such as "<|blank_4|>". Throws RangeError
-   * for an id outside the vocabulary, as decode does.
+   * for an id outside the vocabulary, as decode does (v3 has none: it decodes any integer).
    */
   push(id: number): string
   /** Everything still held back. pushes + flush concatenate to decode(all ids). */
@@ -41,16 +44,18 @@ export interface TokenizerSpecials {
   /** <sop> (v1) / sop (v2): the bos of a generation. */
   sop: number
   eop: number
-  /** The id that ends generation: <eop> 130005 for v1, </s> 2 for v2. */
+  /** The id that ends generation: <eop> 130005 for v1, </s> 2 for v2 and v3. */
   eos: number
   pad: number
-  /** Ids that stop generation. */
+  /** Ids that stop generation (v3: eos, <|user|>, <|observation|>). */
   stop: readonly number[]
+  /** ChatGLM3-6B's role specials <|system|>, <|user|>, <|assistant|>, <|observation|>. */
+  roles?: Readonly<{system: number, user: number, assistant: number, observation: number}>
 }
 
 export interface ChatTokenizer {
   readonly arch: TokenizerArch
-  /** Ids the tokenizer can produce or decode: v1 the model's pieces, v2 pieces + 5 specials. */
+  /** Ids the tokenizer can produce or decode: v1 the model's pieces, v2 pieces + 5 specials, v3 + 9. */
   readonly vocabSize: number
   /** Text -> ids exactly as the published tokenizer's encode(text, add_special_tokens=False). */
   encode(text: string): number[]
@@ -58,14 +63,17 @@ export interface ChatTokenizer {
   encodeWithPieces(text: string): {ids: number[], pieces: string[]}
   /** ids of a model input: v1 text ids + [gMASK, <sop>]; v2 [gMASK, sop] + text ids. */
   encodePrompt(text: string): number[]
-  /** Ids -> text as the published tokenizer's decode. Throws RangeError for an unknown id. */
+  /**
+   * Ids -> text as the published tokenizer's decode. Throws RangeError for an unknown id (v1,
+   * v2); v3's published decode gives "" for any id past its vocabulary, and so does this.
+   */
   decode(ids: readonly number[]): string
   /** Incremental decoding for streaming output. */
   streamDecoder(): StreamDecoder
   /**
    * Which published text rules follow the decode (src/runtime/chat-response.ts): ChatGLM-6B's
    * current release (transformers' clean-up, then its process_response), its first release (no
-   * clean-up), ChatGLM2-6B's.
+   * clean-up), ChatGLM2-6B's, ChatGLM3-6B's (its process_response: metadata lines, tool calls).
    */
   readonly responseStyle: ResponseStyle
   /** Special ids: gmask, mask, sop (bos), eop, eos (v1: eop 130005 stops; v2: </s> 2 stops), pad. */
@@ -76,6 +84,7 @@ export interface ChatTokenizer {
 export const TOKENIZER_FILE: Readonly<Record<TokenizerArch, string>> = {
   'chatglm-6b': 'ice_text.model',
   'chatglm2-6b': 'tokenizer.model',
+  // The same bytes as ChatGLM2-6B's: the file alone cannot tell the two apart.
   'chatglm3-6b': 'tokenizer.model',
 }
 
@@ -97,9 +106,9 @@ function v1FromBytes(bytes: Uint8Array, source: string, numImageTokens: number):
 /** A tokenizer from the bytes of its SentencePiece model. */
 export function tokenizerFromBytes(bytes: Uint8Array, arch: TokenizerArch, opts: TokenizerOptions = {}): ChatTokenizer {
   const source = opts.source ?? TOKENIZER_FILE[arch]
-  return arch === 'chatglm-6b'
-    ? v1FromBytes(bytes, source, opts.numImageTokens ?? 0)
-    : new ChatGLM2Tokenizer(SentencePieceProcessor.load(bytes, source), source)
+  if (arch === 'chatglm-6b') return v1FromBytes(bytes, source, opts.numImageTokens ?? 0)
+  const sp = SentencePieceProcessor.load(bytes, source)
+  return arch === 'chatglm3-6b' ? new ChatGLM3Tokenizer(sp, source) : new ChatGLM2Tokenizer(sp, source)
 }
 
 /** The published ChatGLMTokenizer's num_image_tokens when tokenizer_config.json does not say. */
@@ -123,7 +132,7 @@ export interface LoadedTokenizer {
 }
 
 /**
- * Load the tokenizer of a model directory: ice_text.model (v1) or tokenizer.model (v2), and for
+ * Load the tokenizer of a model directory: ice_text.model (v1) or tokenizer.model (v2, v3), and for
  * v1 num_image_tokens from tokenizer_config.json, or the published class default (20000) when
  * that file or its key is absent (ChatGLMTokenizer(num_image_tokens=20000)).
  */

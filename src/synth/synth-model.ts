@@ -164,7 +164,7 @@ export async function writeSynthModel(dir: string, opts: SynthOptions): Promise<
   const sorted = Object.fromEntries(Object.entries(weightMap).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
   await writeFile(join(dir, TORCH_INDEX), JSON.stringify({metadata: {total_size: plan.totalBytes}, weight_map: sorted}, null, 2) + '\n')
   await writeFile(join(dir, 'config.json'), JSON.stringify(plan.config, null, 2) + '\n')
-  const tok = synthTokenizer(opts.arch.network) // TODO(merge): arch.id
+  const tok = synthTokenizer(opts.arch.id)
   await writeFile(join(dir, tok.fileName), tok.bytes)
   await writeFile(join(dir, 'tokenizer_config.json'), JSON.stringify(tok.tokenizerConfig, null, 2) + '\n')
   return plan

@@ -17,3 +17,10 @@ def add_start_docstrings(*args, **kwargs):
 
 def add_start_docstrings_to_model_forward(*args, **kwargs):
     return lambda f: f
+
+
+class PaddingStrategy:
+    """transformers.utils.PaddingStrategy's members (an ExplicitEnum of strings there)."""
+    LONGEST = "longest"
+    MAX_LENGTH = "max_length"
+    DO_NOT_PAD = "do_not_pad"
