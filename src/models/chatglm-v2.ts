@@ -1,4 +1,22 @@
-import {addPrefixCacheSpecs, type Arch, configInt, type ModelConfig, type SynthSize, type TensorSpec} from './arch.js'
+import {
+  addPrefixCacheSpecs, type Arch, configInt, engineInt, type EngineTensor, engineUnsupported, isChatglm3Config, type ModelConfig, ropeRatio,
+  type SynthSize, type TensorSpec,
+} from './arch.js'
+
+/**
+ * The rotary base of a ChatGLM2-architecture config, or undefined where glmtool does not
+ * implement what config.json's rope_ratio asks. Without rope_ratio (or 1): 10000. ChatGLM3-6B
+ * (config naming chatglm3, isChatglm3Config): 10000 * rope_ratio, as THUDM/chatglm3-6b-32k's
+ * modeling_chatglm.py RotaryEmbedding.forward_impl does (`base = base * self.rope_ratio`, theta
+ * computed in float32 from that base; the checkpoint's inv_freq buffer is never read).
+ * ChatGLM2-6B-32k's rope_ratio is position interpolation instead (its forward_impl divides the
+ * positions, `seq_idx = arange(seq_len) / self.rope_ratio`), which glmtool does not implement.
+ */
+export function v2RopeBase(config: ModelConfig): number | undefined {
+  const ratio = ropeRatio(config)
+  if (ratio === 1) return 10000
+  return isChatglm3Config(config) ? 10000 * ratio : undefined
+}
 
 const SIZES: Record<SynthSize, {hidden: number, ffn: number, layers: number, heads: number, kv: number}> = {
   tiny: {hidden: 64, ffn: 160, layers: 2, heads: 4, kv: 16},
@@ -109,5 +127,57 @@ export const chatglmV2: Arch = {
       seq_length: Number(config.seq_length ?? 0),
       torch_dtype: String(config.torch_dtype ?? 'unknown'),
     }
+  },
+
+  engineDims(config) {
+    if (config.rmsnorm === false) engineUnsupported('rmsnorm false')
+    if (config.apply_residual_connection_post_layernorm === true) engineUnsupported('apply_residual_connection_post_layernorm true')
+    if (config.original_rope === false) engineUnsupported('original_rope false')
+    const hidden = engineInt(config, 'hidden_size')
+    const heads = engineInt(config, 'num_attention_heads')
+    return {
+      layers: engineInt(config, 'num_layers'), hidden, heads,
+      kvHeads: config.multi_query_attention === false ? heads : engineInt(config, 'multi_query_group_num'),
+      headDim: engineInt(config, 'kv_channels', hidden / heads), ffn: engineInt(config, 'ffn_hidden_size'),
+      vocab: engineInt(config, 'padded_vocab_size'), eps: Number(config.layernorm_epsilon ?? 1e-5),
+      maxPositions: engineInt(config, 'seq_length', 32768),
+    }
+  },
+
+  // The published modeling_chatglm.py (chatglm.md section 4): [q heads; k groups; v groups] rows,
+  // rotary on the first half of each head in interleaved pairs (float32 theta), RMSNorm, pre-norm
+  // residual, SwiGLU; biases and the final norm as config.json says.
+  engineFlags(config) {
+    const ropeBase = v2RopeBase(config)
+    if (ropeBase === undefined) engineUnsupported(`rope_ratio ${String(config.rope_ratio)} without chatglm3 in _name_or_path (ChatGLM2-6B-32k's position interpolation)`)
+    return {
+      interleavedQkv: false, rotary2d: false, rmsnorm: true, deepnormAlpha: 0, swiglu: true, ropeBase, roundInvFreqToHalf: false,
+      qkvBias: config.add_qkv_bias !== false, denseBias: config.add_bias_linear === true, mlpBias: config.add_bias_linear === true,
+      postLayerNorm: config.post_layer_norm !== false,
+    }
+  },
+
+  engineTensors(config) {
+    const t: EngineTensor[] = [{name: 'transformer.embedding.word_embeddings.weight', slot: 'W_EMBED', layer: 0}]
+    const bias = config.add_bias_linear === true
+    for (let i = 0; i < engineInt(config, 'num_layers'); i++) {
+      const p = `transformer.encoder.layers.${i}.`
+      const put = (suffix: string, slot: EngineTensor['slot']) => t.push({name: p + suffix, slot, layer: i})
+      put('input_layernorm.weight', 'W_LN1')
+      put('self_attention.query_key_value.weight', 'W_QKV')
+      if (config.add_qkv_bias !== false) put('self_attention.query_key_value.bias', 'B_QKV')
+      put('self_attention.dense.weight', 'W_DENSE')
+      put('post_attention_layernorm.weight', 'W_LN2')
+      put('mlp.dense_h_to_4h.weight', 'W_UP')
+      put('mlp.dense_4h_to_h.weight', 'W_DOWN')
+      if (bias) {
+        put('self_attention.dense.bias', 'B_DENSE')
+        put('mlp.dense_h_to_4h.bias', 'B_UP')
+        put('mlp.dense_4h_to_h.bias', 'B_DOWN')
+      }
+    }
+    if (config.post_layer_norm !== false) t.push({name: 'transformer.encoder.final_layernorm.weight', slot: 'W_FINAL', layer: 0})
+    t.push({name: 'transformer.output_layer.weight', slot: 'W_LMHEAD', layer: 0})
+    return t
   },
 }
