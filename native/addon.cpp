@@ -10,7 +10,8 @@
 
 namespace {
 
-constexpr const char* kAddonVersion = "3";
+// 4: the Engine takes feature flags (src/models/arch.ts EngineFlags), not a generation number.
+constexpr const char* kAddonVersion = "4";
 
 template <typename F>
 auto guard(const Napi::Env& env, F&& f) -> decltype(f()) {
@@ -86,8 +87,19 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       Napi::Value v = o.Get(k);
       return v.IsBoolean() ? v.As<Napi::Boolean>().Value() : dflt;
     };
+    auto need = [&](const char* k) -> bool {
+      Napi::Value v = o.Get(k);
+      if (!v.IsBoolean()) throw Napi::TypeError::New(env, std::string("config.") + k + " must be a boolean");
+      return v.As<Napi::Boolean>().Value();
+    };
     glm::EngineConfig c;
-    c.generation = (int)num("generation");
+    c.interleavedQkv = need("interleavedQkv");
+    c.rotary2d = need("rotary2d");
+    c.rmsnorm = need("rmsnorm");
+    c.deepnormAlpha = (float)num("deepnormAlpha");
+    c.swiglu = need("swiglu");
+    c.ropeBase = num("ropeBase");
+    c.roundInvFreqToHalf = need("roundInvFreqToHalf");
     c.dtype = (int)num("dtype");
     c.layers = (int)num("layers");
     c.hidden = (int)num("hidden");

@@ -186,7 +186,8 @@ struct Engine::Impl {
   // Decode norms fused into the GEMVs (layersFusedNorm): ChatGLM2-6B's RMSNorm by default, not
   // ChatGLM-6B's LayerNorm (init()); GLMTOOL_CUDA_NORM=fused|kernel overrides.
   bool fuseNorm = false;
-  float alpha;  // v1 DeepNorm: sqrt(2 * 28) whatever the depth, as published (see init())
+  float alpha;  // DeepNorm alpha of the post-norm residual (c.deepnormAlpha; 1 for a pre-norm residual)
+  bool post;    // post-norm (DeepNorm) residual: the residual is the norm's output (c.deepnormAlpha > 0)
   Geom geom;
   // quantized linears (c.quantBits 4 / 8): per kind, rows, K, the file's bytes per row and the
   // engine's (padded to 16 bytes, the GEMV's load)
@@ -332,30 +333,38 @@ struct Engine::Impl {
   // Allocates everything; on failure the caller runs release(), which frees what was taken.
   void init() {
     D = c.headDim, H = c.hidden, N = c.heads, G = c.kvHeads, F = c.ffn, V = c.vocab, L = c.layers, P = c.prefixLength;
-    if (c.generation != 1 && c.generation != 2) throw std::runtime_error("generation must be 1 or 2");
-    if (c.generation == 1) G = N;
     if (L <= 0 || H <= 0 || N <= 0 || G <= 0 || F <= 0 || V <= 0 || c.maxLength <= 0 || P < 0)
       throw std::runtime_error("engine sizes must be positive");
-    if (D % 8 || D > 128 || (c.generation == 1 && D % 4))
+    if (D % 8 || D > 128 || (c.rotary2d && D % 4))
       throw std::runtime_error("head dimension " + std::to_string(D) + " is not supported (a multiple of 8, at most 128)");
     if (N % G) throw std::runtime_error("heads must be a multiple of the KV groups");
     if (H % 8 || F % 8 || (N * D) % 8) throw std::runtime_error("hidden, ffn and heads*head_dim must be multiples of 8");
     if (H > NORM_PER_THREAD * 1024) throw std::runtime_error("hidden size too large for the norm kernel");
+    // per-head [q; k; v] rows have one K/V head per query head
+    if (c.interleavedQkv && G != N) throw std::runtime_error("per-head QKV rows need as many KV heads as heads");
+    if (!(c.deepnormAlpha >= 0.f) || !std::isfinite(c.deepnormAlpha))
+      throw std::runtime_error("the DeepNorm alpha must be a finite number >= 0");
+    if (!(c.ropeBase > 0) || !std::isfinite(c.ropeBase)) throw std::runtime_error("the rotary base must be a finite number > 0");
+    // The norm kernels implement RMSNorm with a pre-norm residual (ChatGLM2-6B) and LayerNorm with
+    // a post-norm DeepNorm residual (ChatGLM-6B); no published ChatGLM mixes them.
+    post = c.deepnormAlpha > 0.f;
+    if (c.rmsnorm == post)
+      throw std::runtime_error(c.rmsnorm ? "RMSNorm with a post-norm (DeepNorm) residual is not implemented by the CUDA engine"
+                                         : "LayerNorm with a pre-norm residual is not implemented by the CUDA engine");
     attnDim = N * D;
-    if (c.generation == 1 && attnDim != H) throw std::runtime_error("ChatGLM-6B needs heads * head_dim == hidden");
-    nqkv = c.generation == 1 ? 3 * H : attnDim + 2 * G * D;
-    fup = c.generation == 1 ? F : 2 * F;
+    nqkv = attnDim + 2 * G * D;
+    fup = c.swiglu ? 2 * F : F;
     esz = 2;
     maxTotal = P + c.maxLength;
-    // ChatGLM-6B's DeepNorm alpha is sqrt(2 * 28) at every depth: the published get_layer() never
-    // passes num_layers to GLMBlock, whose default is 28 (src/models/chatglm-v1.ts V1_DEEPNORM_ALPHA).
-    alpha = std::sqrt(2.0f * 28);
+    // ChatGLM-6B's is sqrt(2 * 28) at every depth: the published get_layer() never passes
+    // num_layers to GLMBlock, whose default is 28 (src/models/chatglm-v1.ts V1_DEEPNORM_ALPHA).
+    alpha = post ? c.deepnormAlpha : 1.f;
     // 256 keys per split at the full length (32 splits of 64 measured slower at 576 keys: 12.7 vs 9.0 us)
     nsplit = std::min(32, std::max(4, (maxTotal + 255) / 256));
     if (const char* v = std::getenv("GLMTOOL_CUDA_ATTN")) attnMode = std::string(v) == "head" ? 1 : 2;
     // Norms fused into the decode GEMVs: RMSNorm (v2) by default; LayerNorm (v1: two reductions
     // and a bias per block of 2048) measured slower (bench/RESULTS.md, H200 run 6).
-    fuseNorm = c.generation == 2;
+    fuseNorm = c.rmsnorm;
     if (const char* v = std::getenv("GLMTOOL_CUDA_NORM")) fuseNorm = std::string(v) == "fused";
     fuseNorm = fuseNorm && H <= NORM_FUSED_MAX;
     if (attnMode == 2 && D > DA_DMAX)
@@ -376,7 +385,7 @@ struct Engine::Impl {
     if (const char* v = std::getenv("GLMTOOL_CUDA_ATTN_TILE")) gqaTile = std::min(DA_TILE_MAX, std::max(8, std::atoi(v)));
     // at most DA_TILE_MAX splits and ~1024 blocks (whole tiles per split beyond that)
     gqaSplits = std::max(1, std::min({(maxTotal + gqaTile - 1) / gqaTile, DA_TILE_MAX, std::max(1, 1024 / (N / gqaHeads))}));
-    geom = Geom{c.generation, N, G, D, nqkv, P, maxTotal};
+    geom = Geom{c.interleavedQkv ? 1 : 0, c.rotary2d ? 1 : 0, N, G, D, nqkv, P, maxTotal};
 
     std::string why;
     blas = loadCublas(&why);
@@ -398,7 +407,7 @@ struct Engine::Impl {
     slotOffset.assign(S, 0);
     slotSize.assign(S, 0);
     slotFilled.assign(S, 0);
-    const bool v1 = c.generation == 1;
+    const bool ln = !c.rmsnorm;  // LayerNorm weights have a bias
     auto def = [&](int kind, size_t elems, bool used) {
       if (!used) return;
       for (int l = 0; l < (isPerLayer(kind) ? L : 1); l++) slot(slotSize, kind, l) = elems * esz;
@@ -429,19 +438,19 @@ struct Engine::Impl {
                                    std::to_string(K));
     }
     defLinear(W_QKV, nqkv, H);
-    def(B_QKV, nqkv, v1 || c.qkvBias);
+    def(B_QKV, nqkv, c.qkvBias);
     defLinear(W_DENSE, H, attnDim);
-    def(B_DENSE, H, v1 || c.denseBias);
+    def(B_DENSE, H, c.denseBias);
     defLinear(W_UP, fup, H);
-    def(B_UP, fup, v1 || c.mlpBias);
+    def(B_UP, fup, c.mlpBias);
     defLinear(W_DOWN, H, F);
-    def(B_DOWN, H, v1 || c.mlpBias);
+    def(B_DOWN, H, c.mlpBias);
     def(W_LN1, H, true);
-    def(B_LN1, H, v1);
+    def(B_LN1, H, ln);
     def(W_LN2, H, true);
-    def(B_LN2, H, v1);
-    def(W_FINAL, H, v1 || c.postLayerNorm);
-    def(B_FINAL, H, v1);
+    def(B_LN2, H, ln);
+    def(W_FINAL, H, c.postLayerNorm);
+    def(B_FINAL, H, ln && c.postLayerNorm);
     def(W_LMHEAD, (size_t)V * H, true);
     def(W_EMBED, (size_t)V * H, true);
     def(PREFIX_K, (size_t)G * P * D, P > 0);
@@ -499,15 +508,16 @@ struct Engine::Impl {
     dToken = static_cast<int*>(dmalloc(sizeof(int)));
 
     // rotary frequencies, computed as src/formats/onnx/chatglm-graph.ts rotaryTables does:
-    // theta_j = 1/10000^(2j/rot) in float32 (rot = D/2); v1 rounds them to float16 as the
-    // published RotaryEmbedding does (inv_freq.half()).
+    // theta_j = 1/base^(2j/rot) in float32 (rot = D/2; base 10000, ChatGLM3-6B-32k's 10000 *
+    // rope_ratio); ChatGLM-6B rounds them to float16 as its published RotaryEmbedding does
+    // (inv_freq.half(), roundInvFreqToHalf).
     const int rot = D / 2, nf = rot / 2;
     std::vector<float> th(nf);
     for (int j = 0; j < nf; j++) {
       const float e = (float)((2.0 * j) / rot);
-      const float p = (float)std::pow(10000.0, (double)e);
+      const float p = (float)std::pow(c.ropeBase, (double)e);
       float t = (float)(1.0 / (double)p);
-      if (v1) t = __half2float(__float2half_rn(t));
+      if (c.roundInvFreqToHalf) t = __half2float(__float2half_rn(t));
       th[j] = t;
     }
     invf = static_cast<float*>(dmalloc(nf * sizeof(float)));
@@ -651,7 +661,7 @@ struct Engine::Impl {
     pre.ctx = dmalloc((size_t)cap * attnDim * esz);
     pre.tmp = dmalloc((size_t)cap * H * esz);
     pre.up = dmalloc((size_t)cap * fup * esz);
-    pre.act = c.generation == 2 ? dmalloc((size_t)cap * F * esz) : nullptr;
+    pre.act = c.swiglu ? dmalloc((size_t)cap * F * esz) : nullptr;
     preCap = cap;
     // quantized: the largest linear as T, one at a time (a fused int GEMM would need none)
     if (quantized() && !scratch) scratch = dmalloc(scratchBytes);
@@ -733,11 +743,11 @@ struct Engine::Impl {
     }
   }
   // The norm of the decode step's QKV (slot W_LN1) or up (W_LN2) GEMV, fused into it; normOut
-  // receives the normalised row (v1's next residual).
+  // receives the normalised row (a post-norm residual's next residual).
   NormCtx normCtx(int wkind, int layer, void* normOut) {
     NormCtx nc{};
-    nc.rms = c.generation == 2;
-    nc.alpha = c.generation == 1 ? alpha : 1.f;
+    nc.rms = c.rmsnorm;
+    nc.alpha = alpha;
     nc.w = w(wkind, layer);
     nc.b = w(wkind + 1, layer);
     nc.normOut = normOut;
@@ -746,8 +756,8 @@ struct Engine::Impl {
   }
   NormCtx resCtx(const void* res) {
     NormCtx nc{};
-    nc.rms = c.generation == 2;
-    nc.alpha = c.generation == 1 ? alpha : 1.f;
+    nc.rms = c.rmsnorm;
+    nc.alpha = alpha;
     nc.res = res;
     return nc;
   }
@@ -797,7 +807,7 @@ struct Engine::Impl {
   void norm(int S, const void* a, void* res, void* out, const void* wt, const void* bs) {
     int threads = (H + NORM_PER_THREAD - 1) / NORM_PER_THREAD;
     threads = std::min(1024, std::max(32, (threads + 31) / 32 * 32));
-    if (c.generation == 1) {
+    if (!c.rmsnorm) {
       launch(add_norm_kernel<T, false>, dim3(S), dim3(threads), static_cast<const T*>(a), static_cast<T*>(res), static_cast<T*>(out),
              static_cast<const T*>(wt), static_cast<const T*>(bs), alpha, H, c.eps);
     } else {
@@ -832,7 +842,7 @@ struct Engine::Impl {
       const int n = std::min(Sc, S - s0);
       const long long rowStride = (long long)n * Tc;
       // scores[h][r][t] = q_h(s0 + r) . k_h(t) / sqrt(D)
-      if (c.generation == 1) {
+      if (c.interleavedQkv) {  // one K/V head per query head, q of head h at h * 3D
         CB(blas->gemmStridedBatchedEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, Tc, n, D, &scale, K, dt(), D, cacheStride,
                                       q + (size_t)s0 * nqkv, dt(), nqkv, 3LL * D, &zero, sc, CUDA_R_32F, Tc, rowStride, N,
                                       CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
@@ -846,7 +856,7 @@ struct Engine::Impl {
       }
       launch(softmax_mask_kernel<T>, dim3(n, N), dim3(256), (const float*)sc, pr, n, Tc, s0, past, P, bidirectional);
       // ctx[s0 + r][h*D + d] = sum_t probs[h][r][t] v_h(t)[d]
-      if (c.generation == 1) {
+      if (c.interleavedQkv) {
         CB(blas->gemmStridedBatchedEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, D, n, Tc, &one, Vv, dt(), D, cacheStride, pr, dt(), Tc,
                                       rowStride, &zero, out + (size_t)s0 * attnDim, dt(), attnDim, D, N, CUBLAS_COMPUTE_32F,
                                       CUBLAS_GEMM_DEFAULT));
@@ -876,28 +886,27 @@ struct Engine::Impl {
   }
 
   // The decode step's decoder with the norms fused into the GEMVs (fuseNorm): the attention
-  // output and down projections add the residual in their epilogue (v2: into x in place; v1:
-  // alpha * the previous norm output, into tmp), the QKV and up projections normalise that row
-  // themselves (v1: block 0 keeps the normalised row in lnA / lnB, the next residual). Only the
-  // final norm stays a kernel. Same arithmetic as layers(), bit for bit.
+  // output and down projections add the residual in their epilogue (pre-norm: into x in place;
+  // post-norm: alpha * the previous norm output, into tmp), the QKV and up projections normalise
+  // that row themselves (post-norm: block 0 keeps the normalised row in lnA / lnB, the next
+  // residual). Only the final norm stays a kernel. Same arithmetic as layers(), bit for bit.
   template <typename T>
   void layersFusedNorm(const Bufs& b) {
-    const bool v1 = c.generation == 1;
-    void* v = v1 ? b.tmp : b.x;  // the pre-norm row after each residual add
+    void* v = post ? b.tmp : b.x;  // the pre-norm row after each residual add
     pdl = false;  // the first kernel follows the step's host-to-device copies / the embedding gather
     for (int l = 0; l < L; l++) {
       const RopeCtx rc{Kc(l), Vc(l), reinterpret_cast<const StepMeta*>(dMeta), invf, geom};
       gemv2<T, EPI_ROPE, true>(wt(W_QKV, l), l == 0 ? b.x : v, w(B_QKV, l), b.qkv, nqkv / 2, H, rc,
-                               normCtx(W_LN1, l, v1 ? b.lnA : nullptr));
+                               normCtx(W_LN1, l, post ? b.lnA : nullptr));
       pdl = pdlSupported && usePdl;
       attentionDecode<T>(l, b.qkv, b.ctx);
-      gemv2<T, EPI_RES>(wt(W_DENSE, l), b.ctx, w(B_DENSE, l), v, H, attnDim, RopeCtx{}, resCtx(v1 ? b.lnA : b.x));
-      if (v1) {
-        gemv2<T, EPI_GELU, true>(wt(W_UP, l), v, w(B_UP, l), b.up, fup, H, RopeCtx{}, normCtx(W_LN2, l, b.lnB));
-        gemv2<T, EPI_RES>(wt(W_DOWN, l), b.up, w(B_DOWN, l), v, H, F, RopeCtx{}, resCtx(b.lnB));
+      gemv2<T, EPI_RES>(wt(W_DENSE, l), b.ctx, w(B_DENSE, l), v, H, attnDim, RopeCtx{}, resCtx(post ? b.lnA : b.x));
+      if (c.swiglu) {
+        gemv2<T, EPI_SWIGLU, true>(wt(W_UP, l), v, w(B_UP, l), b.act, F, H, RopeCtx{}, normCtx(W_LN2, l, post ? b.lnB : nullptr));
+        gemv2<T, EPI_RES>(wt(W_DOWN, l), b.act, w(B_DOWN, l), v, H, F, RopeCtx{}, resCtx(post ? b.lnB : b.x));
       } else {
-        gemv2<T, EPI_SWIGLU, true>(wt(W_UP, l), v, w(B_UP, l), b.act, F, H, RopeCtx{}, normCtx(W_LN2, l, nullptr));
-        gemv2<T, EPI_RES>(wt(W_DOWN, l), b.act, w(B_DOWN, l), v, H, F, RopeCtx{}, resCtx(b.x));
+        gemv2<T, EPI_GELU, true>(wt(W_UP, l), v, w(B_UP, l), b.up, fup, H, RopeCtx{}, normCtx(W_LN2, l, post ? b.lnB : nullptr));
+        gemv2<T, EPI_RES>(wt(W_DOWN, l), b.up, w(B_DOWN, l), v, H, F, RopeCtx{}, resCtx(post ? b.lnB : b.x));
       }
     }
     norm<T>(1, nullptr, v, b.lnA, w(W_FINAL, 0), w(B_FINAL, 0));
@@ -907,7 +916,6 @@ struct Engine::Impl {
   // S == 1 uses only kernels that read the step's values from device memory (graph-capturable).
   template <typename T>
   void layers(const Bufs& b, int S, int past, int bidirectional) {
-    const bool v1 = c.generation == 1;
     if (S == 1 && fuseNorm) {
       layersFusedNorm<T>(b);
       return;
@@ -928,20 +936,20 @@ struct Engine::Impl {
       if (S == 1) attentionDecode<T>(l, b.qkv, b.ctx);
       else attentionPrefill<T>(l, S, past, bidirectional, b.qkv, b.ctx);
       linear<T>(S, EPI_NONE, wt(W_DENSE, l), w(B_DENSE, l), b.ctx, b.tmp, nullptr, H, attnDim);
-      // v1: lnB = LN2(alpha * lnA + attn); v2: x += attn, lnB = RMS2(x)
-      norm<T>(S, b.tmp, v1 ? b.lnA : b.x, b.lnB, w(W_LN2, l), w(B_LN2, l));
-      if (v1) {
-        linear<T>(S, EPI_GELU, wt(W_UP, l), w(B_UP, l), b.lnB, b.up, b.up, fup, H);
-        linear<T>(S, EPI_NONE, wt(W_DOWN, l), w(B_DOWN, l), b.up, b.tmp, nullptr, H, F);
-      } else {
+      // post-norm: lnB = LN2(alpha * lnA + attn); pre-norm: x += attn, lnB = RMS2(x)
+      norm<T>(S, b.tmp, post ? b.lnA : b.x, b.lnB, w(W_LN2, l), w(B_LN2, l));
+      if (c.swiglu) {
         linear<T>(S, EPI_SWIGLU, wt(W_UP, l), w(B_UP, l), b.lnB, b.act, b.up, fup, H);
         linear<T>(S, EPI_NONE, wt(W_DOWN, l), w(B_DOWN, l), b.act, b.tmp, nullptr, H, F);
+      } else {
+        linear<T>(S, EPI_GELU, wt(W_UP, l), w(B_UP, l), b.lnB, b.up, b.up, fup, H);
+        linear<T>(S, EPI_NONE, wt(W_DOWN, l), w(B_DOWN, l), b.up, b.tmp, nullptr, H, F);
       }
       // the next layer's input norm, or the final one after the last layer
       const bool last = l + 1 == L;
       const void* nw = last ? w(W_FINAL, 0) : w(W_LN1, l + 1);
       const void* nb = last ? w(B_FINAL, 0) : w(B_LN1, l + 1);
-      norm<T>(S, b.tmp, v1 ? b.lnB : b.x, b.lnA, nw, nb);
+      norm<T>(S, b.tmp, post ? b.lnB : b.x, b.lnA, nw, nb);
     }
   }
 

@@ -1,4 +1,4 @@
-// glmtool's CUDA engine: the ChatGLM decoder (both generations) with its KV cache on one GPU.
+// glmtool's CUDA engine: the ChatGLM decoder (every generation, by feature flags) with its KV cache on one GPU.
 // Plain C++ interface (no CUDA types) shared by the kernels (engine.cu) and the Node binding
 // (addon.cpp). Every failure throws std::runtime_error with a one-line reason.
 #pragma once
@@ -35,7 +35,16 @@ enum WeightKind {
 };
 
 struct EngineConfig {
-  int generation = 2;       // 1: ChatGLM-6B (GLM), 2: ChatGLM2-6B
+  // The decoder's features (src/models/arch.ts EngineFlags, set by each generation's module);
+  // defaults are ChatGLM2-6B's.
+  bool interleavedQkv = false;     // QKV rows per head [q; k; v] (ChatGLM-6B; needs kvHeads == heads), else [q heads; k groups; v groups]
+  bool rotary2d = false;           // two rotate_half halves per head, by position and block position (ChatGLM-6B), else
+                                   // interleaved pairs on the first half of each head
+  bool rmsnorm = true;             // RMSNorm without bias, else LayerNorm with bias
+  float deepnormAlpha = 0.f;       // > 0: post-norm residual alpha * LN(x) + f(LN(x)) (ChatGLM-6B); 0: pre-norm x + f(norm(x))
+  bool swiglu = true;              // SwiGLU MLP (up projection 2 * ffn rows), else GELU (tanh)
+  double ropeBase = 10000;         // theta_j = 1 / ropeBase^(2j / rotaryDim), in float32
+  bool roundInvFreqToHalf = false; // theta rounded to float16 (ChatGLM-6B's inv_freq.half())
   int dtype = 0;            // 0: float16, 1: bfloat16 (weights, activations, KV cache)
   int layers = 0, hidden = 0, heads = 0, kvHeads = 0, headDim = 0, ffn = 0, vocab = 0;
   int maxLength = 0;        // tokens the KV cache holds (prefix entries extra)

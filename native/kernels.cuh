@@ -154,13 +154,14 @@ enum Epi { EPI_NONE = 0, EPI_GELU = 1, EPI_SWIGLU = 2, EPI_F32 = 3 };
 
 // Attention / cache geometry (also the rotary pairs of the fused QKV GEMV below).
 struct Geom {
-  int gen;         // 1 or 2
+  int interleaved; // 1: QKV rows per head [q; k; v] (kvHeads == heads); 0: [q heads; k groups; v groups]
+  int rotary2d;    // 1: two rotate_half halves per head (position, block position); 0: pairs on the first half
   int heads, kvHeads, D, nqkv;
   int prefix;      // prefix entries in front of the cache
   int maxTotal;    // cache rows per head (prefix + maxLength)
-  __device__ __forceinline__ int qOff(int h) const { return gen == 1 ? h * 3 * D : h * D; }
-  __device__ __forceinline__ int kOff(int g) const { return gen == 1 ? g * 3 * D + D : heads * D + g * D; }
-  __device__ __forceinline__ int vOff(int g) const { return gen == 1 ? g * 3 * D + 2 * D : heads * D + kvHeads * D + g * D; }
+  __device__ __forceinline__ int qOff(int h) const { return interleaved ? h * 3 * D : h * D; }
+  __device__ __forceinline__ int kOff(int g) const { return interleaved ? g * 3 * D + D : heads * D + g * D; }
+  __device__ __forceinline__ int vOff(int g) const { return interleaved ? g * 3 * D + 2 * D : heads * D + kvHeads * D + g * D; }
 };
 
 // ---- residual + norm -------------------------------------------------------------------------
@@ -256,7 +257,7 @@ constexpr int GEMV2_THREADS = 256;
 
 // EPI_ROPE, the decode step's QKV projection with the rotary embedding and the KV-cache write
 // fused: output j of nqkv / 2 is a pair of rows of the fused QKV output that rotate together
-// (v1: d, d + D/4 within each half of a head; v2: 2p, 2p + 1); value rows pair the same way and
+// (2D rotary: d, d + D/4 within each half of a head; else 2p, 2p + 1); value rows pair the same way and
 // are copied. q goes back into the QKV buffer (attention reads it there), k and v into the cache.
 struct RopePair {
   int ia, ib;    // rows of the QKV output
@@ -264,22 +265,27 @@ struct RopePair {
   int head;      // q head or KV group
   int d, delta;  // dim of ia within its head; ib = ia + delta
   int fi;        // frequency index, -1: passes through
-  int useBlock;  // v1, second half of a head: rotated by the block position
+  int useBlock;  // 2D rotary, second half of a head: rotated by the block position
 };
 __device__ __forceinline__ RopePair rope_pair(const Geom& g, int j) {
   const int D = g.D, half = D / 2, quarter = D / 4;
   const int blk = j / half, p = j % half;
   RopePair r;
-  if (g.gen == 1) {
+  // which head's q, k or v the block of D rows is
+  if (g.interleaved) {
     r.head = blk / 3, r.type = blk % 3;
+  } else {
+    if (blk < g.heads) r.type = 0, r.head = blk;
+    else if (blk < g.heads + g.kvHeads) r.type = 1, r.head = blk - g.heads;
+    else r.type = 2, r.head = blk - g.heads - g.kvHeads;
+  }
+  // which rows rotate together, by which frequency
+  if (g.rotary2d) {
     const int h2 = p / quarter, i = p % quarter;
     r.d = h2 * half + i, r.delta = quarter;
     r.fi = r.type < 2 ? i : -1;
     r.useBlock = h2;
   } else {
-    if (blk < g.heads) r.type = 0, r.head = blk;
-    else if (blk < g.heads + g.kvHeads) r.type = 1, r.head = blk - g.heads;
-    else r.type = 2, r.head = blk - g.heads - g.kvHeads;
     r.d = 2 * p, r.delta = 1;
     r.fi = r.type < 2 && p < quarter ? p : -1;
     r.useBlock = 0;
@@ -710,7 +716,7 @@ __global__ void rotary_cache_kernel(T* __restrict__ qkv, T* __restrict__ Kc, T* 
     int ia, ib;
     float c = 1.f, sn = 0.f;
     bool rotate = true;
-    if (g.gen == 1) {
+    if (g.rotary2d) {
       const int half = p / quarter, i = p % quarter;
       ia = half * (D / 2) + i;
       ib = ia + quarter;

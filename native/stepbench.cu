@@ -158,10 +158,14 @@ int main() {
   CK(cudaGetLastError());
 
   // rotary + KV write: QKV gemv + rotary kernel vs fused, then the attention kernels, at 576 cached tokens
-  for (int gen = 1; gen <= 2; gen++) {
-    const int H = 4096, N = 32, D = 128, G = gen == 1 ? 32 : 2, maxTotal = 2048;
-    const int nqkv = gen == 1 ? 3 * H : N * D + 2 * G * D;
-    Geom g{gen, N, G, D, nqkv, 0, maxTotal};
+  // the two published decoders, by the engine's feature flags (engine.h EngineConfig): ChatGLM-6B
+  // (per-head QKV, 2D rotary, LayerNorm + DeepNorm residual, GELU, biases) and ChatGLM2-6B
+  struct Decoder { const char* name; int interleaved, rotary2d, rms, swiglu, bias, G, F; float alpha; };
+  for (const Decoder& dec : {Decoder{"v1", 1, 1, 0, 0, 1, 32, 16384, 7.483315f}, Decoder{"v2", 0, 0, 1, 1, 0, 2, 13696, 0.f}}) {
+    const int H = 4096, N = 32, D = 128, G = dec.G, maxTotal = 2048;
+    const int nqkv = N * D + 2 * G * D;
+    const bool post = dec.alpha > 0;  // DeepNorm residual: the norm output is the next residual
+    Geom g{dec.interleaved, dec.rotary2d, N, G, D, nqkv, 0, maxTotal};
     const size_t kvBytes = (size_t)G * maxTotal * D * 2;
     half *Kc = (half*)dalloc(kvBytes), *Vc = (half*)dalloc(kvBytes), *Kc2 = (half*)dalloc(kvBytes), *Vc2 = (half*)dalloc(kvBytes);
     fill(Kc, kvBytes / 2, 11, 1.f); fill(Vc, kvBytes / 2, 12, 1.f);
@@ -169,7 +173,7 @@ int main() {
     const int past = 575;
     std::vector<char> hm(sizeof(StepMeta) + 8, 0);
     StepMeta* m = (StepMeta*)hm.data(); m->past = past; m->S = 1;
-    int* pb = (int*)(m + 1); pb[0] = gen == 1 ? 574 : past; pb[1] = gen == 1 ? 2 : 0;
+    int* pb = (int*)(m + 1); pb[0] = dec.rotary2d ? 574 : past; pb[1] = dec.rotary2d ? 2 : 0;
     StepMeta* dm = (StepMeta*)dalloc(hm.size()); CK(cudaMemcpy(dm, hm.data(), hm.size(), cudaMemcpyHostToDevice));
     std::vector<float> th(D / 4); for (int j = 0; j < D / 4; j++) th[j] = (float)(1.0 / std::pow(10000.0, (2.0 * j) / (D / 2)));
     float* invf = (float*)dalloc(th.size() * 4); CK(cudaMemcpy(invf, th.data(), th.size() * 4, cudaMemcpyHostToDevice));
@@ -187,7 +191,7 @@ int main() {
     CK(cudaStreamSynchronize(st));
     // compare q and the cache rows just written
     float eq = maxRel(toHost(qkvB, N * D, false), toHost(qkvA, N * D, false));  // v1 q is interleaved: compare q rows
-    if (gen == 1) {
+    if (dec.interleaved) {
       auto a = toHost(qkvA, nqkv, false), b = toHost(qkvB, nqkv, false);
       std::vector<float> qa, qb;
       for (int h = 0; h < N; h++) for (int d = 0; d < D; d++) qa.push_back(a[h * 3 * D + d]), qb.push_back(b[h * 3 * D + d]);
@@ -201,7 +205,7 @@ int main() {
         ka.push_back(K1[o]); kb.push_back(K2[o]); va.push_back(V1[o]); vb.push_back(V2[o]);
       }
     }
-    printf("\nv%d qkv+rotary: gemv + rotary kernel %.1f us; fused cfg0/1/2 %.1f / %.1f / %.1f us; maxrel q %.1e k %.1e v %.1e\n", gen, tOld,
+    printf("\n%s qkv+rotary: gemv + rotary kernel %.1f us; fused cfg0/1/2 %.1f / %.1f / %.1f us; maxrel q %.1e k %.1e v %.1e\n", dec.name, tOld,
            tNew[0], tNew[1], tNew[2], eq, maxRel(kb, ka), maxRel(vb, va));
     // attention at past = 575 (576 keys), fill the cache fully random
     fill(Kc, kvBytes / 2, 21, 1.f); fill(Vc, kvBytes / 2, 22, 1.f);
@@ -212,9 +216,9 @@ int main() {
     // attention per KV group (decode_attention.cuh) against per head (attn_decode2_kernel): several
     // lengths, with and without a prefix, and few splits (several tiles per split)
     {
-      const int hpbDef = gen == 1 ? 1 : 4;
+      const int hpbDef = G == N ? 1 : 4;
       struct Case { int past, prefix, tile, grid, hpb; };
-      const Case cases[] = {{575, 0, 64, 32, hpbDef}, {575, 0, 32, 32, hpbDef}, {575, 0, 64, 32, gen == 1 ? 1 : 2},
+      const Case cases[] = {{575, 0, 64, 32, hpbDef}, {575, 0, 32, 32, hpbDef}, {575, 0, 64, 32, G == N ? 1 : 2},
                             {575, 0, 64, 32, 1}, {1500, 16, 64, 32, hpbDef}, {1500, 16, 64, 4, hpbDef},
                             {0, 0, 64, 32, hpbDef}, {40, 3, 16, 2, hpbDef}};
       float* partO = (float*)dalloc((size_t)N * 64 * D * 4); float* partML = (float*)dalloc((size_t)N * 64 * 2 * 4);
@@ -231,8 +235,8 @@ int main() {
         });
         CK(cudaStreamSynchronize(st));
         const DecodeSplits sp(cs.prefix + cs.past + 1, cs.tile, cs.grid);
-        printf("v%d attention %d keys (prefix %d), tile %d, %d heads/block, %d of %d splits: per head %.1f us, per block of heads %.1f us; maxrel %.1e\n",
-               gen, cs.prefix + cs.past + 1, cs.prefix, cs.tile, cs.hpb, sp.active, cs.grid, tb, tg,
+        printf("%s attention %d keys (prefix %d), tile %d, %d heads/block, %d of %d splits: per head %.1f us, per block of heads %.1f us; maxrel %.1e\n",
+               dec.name, cs.prefix + cs.past + 1, cs.prefix, cs.tile, cs.hpb, sp.active, cs.grid, tb, tg,
                maxRel(toHost(ctxB, N * D, false), toHost(ctxA, N * D, false)));
       }
       m->past = past; CK(cudaMemcpy(dm, hm.data(), hm.size(), cudaMemcpyHostToDevice));
@@ -242,15 +246,15 @@ int main() {
     half *res = (half*)dalloc(H * 2), *nout = (half*)dalloc(H * 2), *nw = (half*)dalloc(H * 2);
     fill(res, H, 31, 1.f); fill(nw, H, 32, 1.f);
     double tn = timeGraph(56, [&](int) {
-      if (gen == 1) add_norm_kernel<half, false><<<1, 256, 0, st>>>(x, res, nout, nw, bias, 7.48f, H, 1e-5f);
+      if (!dec.rms) add_norm_kernel<half, false><<<1, 256, 0, st>>>(x, res, nout, nw, bias, 7.48f, H, 1e-5f);
       else add_norm_kernel<half, true><<<1, 256, 0, st>>>(nullptr, res, nout, nw, nullptr, 1.f, H, 1e-5f);
     });
-    printf("v%d add_norm %.1f us\n", gen, tn);
+    printf("%s add_norm %.1f us\n", dec.name, tn);
     // norms fused into the GEMVs (engine layersFusedNorm) against dense GEMV + norm kernel + up GEMV:
     // bit-identical outputs, and the time of the three kernels against the two
     {
-      const int F = gen == 1 ? 16384 : 13696, fup = gen == 1 ? F : 2 * F, upRows = gen == 1 ? F : F;
-      const float alpha = gen == 1 ? 7.483315f : 1.f;
+      const int F = dec.F, fup = dec.swiglu ? 2 * F : F, upRows = F;
+      const float alpha = post ? dec.alpha : 1.f;
       half *ctx = (half*)dalloc(H * 2), *resA = (half*)dalloc(H * 2), *resB = (half*)dalloc(H * 2), *tmp = (half*)dalloc(H * 2);
       half *lnB = (half*)dalloc(H * 2), *lnB2 = (half*)dalloc(H * 2), *nb = (half*)dalloc(H * 2);
       half *upA = (half*)dalloc((size_t)fup * 2), *upB = (half*)dalloc((size_t)fup * 2);
@@ -258,24 +262,24 @@ int main() {
       const size_t dB = (size_t)H * H * 2, uB = (size_t)fup * H * 2;
       half* Wd = (half*)dalloc(dB); half* Wu = (half*)dalloc(uB);
       fill(Wd, dB / 2, 54, 0.02f); fill(Wu, uB / 2, 55, 0.02f);
-      const half* bd = gen == 1 ? bias : nullptr;
-      const half* nbias = gen == 1 ? nb : nullptr;
-      NormCtx rc0{}; rc0.rms = gen == 2; rc0.alpha = alpha;
+      const half* bd = dec.bias ? bias : nullptr;
+      const half* nbias = dec.rms ? nullptr : nb;
+      NormCtx rc0{}; rc0.rms = dec.rms; rc0.alpha = alpha;
       NormCtx ncu = rc0; ncu.w = nw; ncu.b = nbias; ncu.normOut = lnB2; ncu.eps = 1e-5f;
       NormCtx ncr = rc0;
       auto runA = [&]() {
         gemv2_kernel<half, EPI_NONE, 1, 8, true, false><<<H / 8, GEMV2_THREADS, 0, st>>>(Wd, ctx, bd, tmp, H, H, F, RopeCtx{}, NormCtx{});
-        if (gen == 1) add_norm_kernel<half, false><<<1, 256, 0, st>>>(tmp, resA, lnB, nw, nbias, alpha, H, 1e-5f);
+        if (!dec.rms) add_norm_kernel<half, false><<<1, 256, 0, st>>>(tmp, resA, lnB, nw, nbias, alpha, H, 1e-5f);
         else add_norm_kernel<half, true><<<1, 256, 0, st>>>(tmp, resA, lnB, nw, nullptr, 1.f, H, 1e-5f);
-        if (gen == 1) gemv2_kernel<half, EPI_GELU, 1, 8, true, false><<<(upRows + 7) / 8, GEMV2_THREADS, 0, st>>>(Wu, lnB, bias, upA, upRows, H, F, RopeCtx{}, NormCtx{});
+        if (!dec.swiglu) gemv2_kernel<half, EPI_GELU, 1, 8, true, false><<<(upRows + 7) / 8, GEMV2_THREADS, 0, st>>>(Wu, lnB, bias, upA, upRows, H, F, RopeCtx{}, NormCtx{});
         else gemv2_kernel<half, EPI_SWIGLU, 1, 4, true, false><<<(upRows + 7) / 8, GEMV2_THREADS, 0, st>>>(Wu, lnB, nullptr, upA, upRows, H, F, RopeCtx{}, NormCtx{});
       };
-      // B: v1 residual is resA (alpha * res + y into tmp), v2 updates resB in place
+      // B: a post-norm residual is resA (alpha * res + y into tmp), a pre-norm one updates resB in place
       auto runB = [&]() {
-        half* v = gen == 1 ? tmp : resB;
-        ncr.res = gen == 1 ? (const void*)resA : (const void*)resB;
+        half* v = post ? tmp : resB;
+        ncr.res = post ? (const void*)resA : (const void*)resB;
         gemv2_kernel<half, EPI_RES, 1, 8, true, false><<<H / 8, GEMV2_THREADS, 0, st>>>(Wd, ctx, bd, v, H, H, F, RopeCtx{}, ncr);
-        if (gen == 1) gemv2_kernel<half, EPI_GELU, 1, 8, true, true><<<(upRows + 7) / 8, GEMV2_THREADS, 0, st>>>(Wu, v, bias, upB, upRows, H, F, RopeCtx{}, ncu);
+        if (!dec.swiglu) gemv2_kernel<half, EPI_GELU, 1, 8, true, true><<<(upRows + 7) / 8, GEMV2_THREADS, 0, st>>>(Wu, v, bias, upB, upRows, H, F, RopeCtx{}, ncu);
         else gemv2_kernel<half, EPI_SWIGLU, 1, 4, true, true><<<(upRows + 7) / 8, GEMV2_THREADS, 0, st>>>(Wu, v, nullptr, upB, upRows, H, F, RopeCtx{}, ncu);
       };
       // one pass each from the same residual, compared bit for bit
@@ -284,13 +288,13 @@ int main() {
       runA(); runB(); CK(cudaStreamSynchronize(st));
       const auto ua = toHost(upA, upRows, false), ub = toHost(upB, upRows, false);
       size_t diff = 0; for (int i = 0; i < upRows; i++) diff += ua[i] != ub[i];
-      const auto ra = toHost(gen == 1 ? lnB : resA, H, false), rb = toHost(gen == 1 ? lnB2 : resB, H, false);
+      const auto ra = toHost(post ? lnB : resA, H, false), rb = toHost(post ? lnB2 : resB, H, false);
       size_t rdiff = 0; for (int i = 0; i < H; i++) rdiff += ra[i] != rb[i];
       // the residual of A was updated in place (v2); time from copies of the starting residual
       double tA = timeGraph(28, [&](int) { CK(cudaMemcpyAsync(resA, res0, H * 2, cudaMemcpyDeviceToDevice, st)); runA(); });
       double tB = timeGraph(28, [&](int) { CK(cudaMemcpyAsync(resB, res0, H * 2, cudaMemcpyDeviceToDevice, st)); runB(); });
-      printf("v%d dense + norm + up: kernels %.1f us, norm fused %.1f us (incl. a 8 KB copy each); up outputs differing %zu of %d, %s differing %zu\n",
-             gen, tA, tB, diff, upRows, gen == 1 ? "normalised row" : "residual", rdiff);
+      printf("%s dense + norm + up: kernels %.1f us, norm fused %.1f us (incl. a 8 KB copy each); up outputs differing %zu of %d, %s differing %zu\n",
+             dec.name, tA, tB, diff, upRows, post ? "normalised row" : "residual", rdiff);
       for (void* q : {(void*)ctx, (void*)resA, (void*)resB, (void*)tmp, (void*)lnB, (void*)lnB2, (void*)nb, (void*)upA, (void*)upB, (void*)Wd, (void*)Wu, (void*)res0}) cudaFree(q);
     }
     cudaFree(Kc); cudaFree(Vc); cudaFree(Kc2); cudaFree(Vc2);

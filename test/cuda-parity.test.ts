@@ -7,7 +7,9 @@
  * (margin within the tolerance). bfloat16: 6e-2. Quantized cases (issue 12: int8 / int4, per channel
  * and grouped, tiny and small synth of both generations): CUDA logits within 2e-2 relative of the
  * CPU runtime on the same `glmtool quantize --format both` output (its MatMulNBits graph), teacher-
- * forced on the CPU runtime's greedy tokens.
+ * forced on the CPU runtime's greedy tokens. ChatGLM3-6B-32k's rope_ratio 50 (rotary base 10000 * 50):
+ * a sharpened tiny model whose config.json says so, against the reference reading it, and more than
+ * 10x the tolerance away from the rope_ratio 1 model's reference (so an engine ignoring it fails).
  */
 import {mkdtempSync, rmSync} from 'node:fs'
 import {tmpdir} from 'node:os'
@@ -23,7 +25,7 @@ if (reason) console.warn(`cuda parity: skipped: CUDA backend unavailable because
 else if (!torchOk) console.warn('cuda parity: skipped: no python3 with torch for the reference')
 
 describe.skipIf(reason !== undefined || !torchOk)('CUDA engine parity', () => {
-  it('tiny and small synth models of both generations, fp16 and bf16, int8 and int4, 64 greedy steps', async () => {
+  it('tiny and small synth models of both generations, fp16 and bf16, int8 and int4, rope_ratio 50, 64 greedy steps', async () => {
     const {runParity} = await import('./cuda/parity.mjs')
     const summary = await runParity({refDevice: process.env.GLMTOOL_REFERENCE_DEVICE ?? 'cuda'})
     for (const r of summary.results) {

@@ -2,7 +2,7 @@
  * What glmtool knows about one ChatGLM generation. v1 (ChatGLM-6B) and v2 (ChatGLM2-6B) each
  * implement this in their own module, so a further generation is one more module (STYLE.md).
  */
-import {ModelError} from '../errors.js'
+import {GlmtoolError, ModelError} from '../errors.js'
 import type {ChatFormat} from '../runtime/chat-template.js'
 import type {PromptLayout} from '../runtime/positions.js'
 
@@ -79,6 +79,113 @@ export interface Arch {
   readonly chat: ChatFormat
   /** The published chat()'s defaults. */
   readonly chatDefaults: ChatDefaults
+  /** The CUDA engine's sizes from config.json; refuses layouts the engine does not implement. */
+  engineDims(config: ModelConfig): EngineDims
+  /** The CUDA engine's feature flags for this config (the engine branches on these, never on a generation). */
+  engineFlags(config: ModelConfig): EngineFlags
+  /** Every checkpoint tensor the CUDA engine needs, with its slot (prefix caches apart). */
+  engineTensors(config: ModelConfig): EngineTensor[]
+  /**
+   * The rotary base the published forward uses for this config (ONNX graph and CUDA engine
+   * alike); a one-line error for a rope_ratio glmtool does not implement.
+   */
+  ropeBase(config: ModelConfig): number
+}
+
+/** The CUDA engine's sizes (native/engine.h EngineConfig). */
+export interface EngineDims {
+  layers: number
+  hidden: number
+  heads: number
+  /** K/V heads: multi-query groups (ChatGLM2-6B multi_query_group_num), or one per head. */
+  kvHeads: number
+  headDim: number
+  ffn: number
+  vocab: number
+  eps: number
+  /** The largest position the model takes (the KV cache never holds more). */
+  maxPositions: number
+}
+
+/**
+ * What the CUDA engine's decoder does, feature by feature (native/engine.h EngineConfig); each
+ * generation module sets them from config.json as its published modeling_chatglm.py behaves.
+ */
+export interface EngineFlags {
+  /**
+   * query_key_value's output rows grouped per head, [q; k; v] of D rows each (ChatGLM-6B's
+   * SelfAttention views the mixed layer as [.., heads, 3 * D] and splits it); false: all query
+   * heads, then the K groups, then the V groups (ChatGLM2-6B). Needs kvHeads == heads.
+   */
+  interleavedQkv: boolean
+  /**
+   * 2D rotary (ChatGLM-6B, position_encoding_2d): each head's two halves rotate separately,
+   * rotate_half style, the first by the position and the second by the block position; the
+   * caller gives block positions. False: rotary on the first half of each head, interleaved pairs
+   * (x[2j], x[2j+1]), the other half passed through (ChatGLM2-6B's apply_rotary_pos_emb).
+   */
+  rotary2d: boolean
+  /** RMSNorm without bias (ChatGLM2-6B); false: LayerNorm with weight and bias (ChatGLM-6B). */
+  rmsnorm: boolean
+  /**
+   * > 0: post-norm DeepNorm residual, x' = alpha * LN(x) + f(LN(x)) (ChatGLM-6B's GLMBlock,
+   * alpha = sqrt(2 * 28) at every depth as published, V1_DEEPNORM_ALPHA); 0: pre-norm,
+   * x' = x + f(norm(x)) (ChatGLM2-6B).
+   */
+  deepnormAlpha: number
+  /** SwiGLU MLP, dense_h_to_4h of 2 * ffn rows (ChatGLM2-6B); false: GELU (tanh form, ChatGLM-6B). */
+  swiglu: boolean
+  /**
+   * Rotary base: theta_j = 1 / base^(2j / rotaryDim). 10000 in the published code;
+   * ChatGLM3-6B-32k multiplies it by config.json's rope_ratio (RotaryEmbedding.forward_impl:
+   * `base = base * self.rope_ratio`).
+   */
+  ropeBase: number
+  /** theta rounded to float16 before use (ChatGLM-6B's RotaryEmbedding keeps `inv_freq.half()`). */
+  roundInvFreqToHalf: boolean
+  qkvBias: boolean
+  denseBias: boolean
+  mlpBias: boolean
+  /** A final norm after the last layer (ChatGLM2-6B post_layer_norm; ChatGLM-6B always). */
+  postLayerNorm: boolean
+}
+
+/** The CUDA engine's weight slots (native/engine.h WeightKind), prefix caches and scales apart. */
+export type EngineSlot = 'W_QKV' | 'B_QKV' | 'W_DENSE' | 'B_DENSE' | 'W_UP' | 'B_UP' | 'W_DOWN' | 'B_DOWN' | 'W_LN1' | 'B_LN1'
+  | 'W_LN2' | 'B_LN2' | 'W_FINAL' | 'B_FINAL' | 'W_LMHEAD' | 'W_EMBED'
+
+/** One checkpoint tensor in a CUDA engine slot (per-layer slots take the layer, the others 0). */
+export interface EngineTensor {
+  name: string
+  slot: EngineSlot
+  layer: number
+}
+
+/** The CUDA engine cannot run this config: a one-line error naming config.json and the key. */
+export function engineUnsupported(why: string): never {
+  throw new GlmtoolError('cuda-unsupported', `config.json: ${why} is not implemented by the CUDA backend`)
+}
+
+/** A positive integer size for the CUDA engine, or a one-line error naming the key. */
+export function engineInt(config: ModelConfig, key: string, fallback?: number): number {
+  const v = config[key] ?? fallback
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) {
+    throw new ModelError(`config.json: ${key} must be a positive integer (got ${JSON.stringify(config[key])})`, 'bad-config')
+  }
+  return v
+}
+
+/**
+ * config.json's rope_ratio (ChatGLM2-6B-32k, ChatGLM3-6B-32k), 1 when absent (the published
+ * configuration_chatglm.py default). A finite number > 0, or a one-line error naming the file.
+ */
+export function ropeRatio(config: ModelConfig, source = 'config.json'): number {
+  const v = config.rope_ratio
+  if (v === undefined || v === null) return 1
+  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) {
+    throw new ModelError(`${source}: rope_ratio must be a finite number > 0 (got ${JSON.stringify(v)})`, 'bad-config')
+  }
+  return v
 }
 
 /** Read a required positive integer from config.json, with an error naming the key. */
@@ -103,8 +210,9 @@ export const CONFIG_LIMITS: Readonly<Record<string, number>> = {
   max_sequence_length: 1 << 24,
 }
 
-/** Refuse config sizes no ChatGLM has (CONFIG_LIMITS), naming the key and the file. */
+/** Refuse config sizes no ChatGLM has (CONFIG_LIMITS), and a rope_ratio that is not a number > 0, naming the key and the file. */
 export function checkConfigSizes(config: ModelConfig, source: string): void {
+  ropeRatio(config, source)
   for (const [key, max] of Object.entries(CONFIG_LIMITS)) {
     const v = config[key]
     if (typeof v === 'number' && v > max) {

@@ -1,6 +1,8 @@
 import {CHATGLM_6B_CHAT} from '../runtime/chat-template.js'
 import {layoutV1} from '../runtime/positions.js'
-import {addPrefixCacheSpecs, type Arch, configInt, type ModelConfig, type SynthSize, type TensorSpec} from './arch.js'
+import {
+  addPrefixCacheSpecs, type Arch, configInt, engineInt, type EngineTensor, engineUnsupported, type ModelConfig, type SynthSize, type TensorSpec,
+} from './arch.js'
 
 /** Dimensions of synth models; `full` is the published ChatGLM-6B (docs/chatglm.md section 1). */
 const SIZES: Record<SynthSize, {hidden: number, inner: number, layers: number, heads: number}> = {
@@ -133,4 +135,50 @@ export const chatglmV1: Arch = {
 
   chat: CHATGLM_6B_CHAT,
   chatDefaults: {temperature: 0.95, topP: 0.7, maxLength: 2048},
+
+  engineDims(config) {
+    if (config.position_encoding_2d === false) engineUnsupported('position_encoding_2d false')
+    const hidden = engineInt(config, 'hidden_size')
+    const heads = engineInt(config, 'num_attention_heads')
+    // SelfAttention: hidden_size_per_attention_head = hidden_size // num_attention_heads, and the
+    // dense layer maps heads * D back to hidden_size.
+    if (hidden % heads !== 0) engineUnsupported(`hidden_size ${hidden} not a multiple of num_attention_heads ${heads}`)
+    return {
+      layers: engineInt(config, 'num_layers'), hidden, heads, kvHeads: heads, headDim: hidden / heads,
+      ffn: engineInt(config, 'inner_hidden_size', 4 * hidden), vocab: engineInt(config, 'vocab_size'),
+      eps: Number(config.layernorm_epsilon ?? 1e-5), maxPositions: engineInt(config, 'max_sequence_length', 2048),
+    }
+  },
+
+  // The published modeling_chatglm.py (chatglm.md section 3): per-head [q; k; v] rows, 2D rotary
+  // (position, block position) with RotaryEmbedding's fp16 inv_freq and base 10000, LayerNorm
+  // with bias, post-DeepNorm residual with GLMBlock's alpha, GELU MLP, biases on every linear,
+  // final_layernorm.
+  engineFlags() {
+    return {
+      interleavedQkv: true, rotary2d: true, rmsnorm: false, deepnormAlpha: V1_DEEPNORM_ALPHA, swiglu: false,
+      ropeBase: 10000, roundInvFreqToHalf: true, qkvBias: true, denseBias: true, mlpBias: true, postLayerNorm: true,
+    }
+  },
+
+  ropeBase: () => 10000,
+
+  engineTensors(config) {
+    const t: EngineTensor[] = [{name: 'transformer.word_embeddings.weight', slot: 'W_EMBED', layer: 0}]
+    const per: [string, EngineTensor['slot']][] = [
+      ['input_layernorm.weight', 'W_LN1'], ['input_layernorm.bias', 'B_LN1'],
+      ['attention.query_key_value.weight', 'W_QKV'], ['attention.query_key_value.bias', 'B_QKV'],
+      ['attention.dense.weight', 'W_DENSE'], ['attention.dense.bias', 'B_DENSE'],
+      ['post_attention_layernorm.weight', 'W_LN2'], ['post_attention_layernorm.bias', 'B_LN2'],
+      ['mlp.dense_h_to_4h.weight', 'W_UP'], ['mlp.dense_h_to_4h.bias', 'B_UP'],
+      ['mlp.dense_4h_to_h.weight', 'W_DOWN'], ['mlp.dense_4h_to_h.bias', 'B_DOWN'],
+    ]
+    for (let i = 0; i < engineInt(config, 'num_layers'); i++) {
+      for (const [suffix, slot] of per) t.push({name: `transformer.layers.${i}.${suffix}`, slot, layer: i})
+    }
+    t.push({name: 'transformer.final_layernorm.weight', slot: 'W_FINAL', layer: 0})
+    t.push({name: 'transformer.final_layernorm.bias', slot: 'B_FINAL', layer: 0})
+    t.push({name: 'lm_head.weight', slot: 'W_LMHEAD', layer: 0})
+    return t
+  },
 }

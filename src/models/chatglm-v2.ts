@@ -1,6 +1,33 @@
 import {CHATGLM2_6B_CHAT} from '../runtime/chat-template.js'
 import {layoutV2} from '../runtime/positions.js'
-import {addPrefixCacheSpecs, type Arch, configInt, isChatglm3Config, type ModelConfig, type SynthSize, type TensorSpec} from './arch.js'
+import {
+  addPrefixCacheSpecs, type Arch, configInt, engineInt, type EngineTensor, engineUnsupported, isChatglm3Config, type ModelConfig, ropeRatio,
+  type SynthSize, type TensorSpec, type EngineFlags,
+} from './arch.js'
+import {GlmtoolError} from '../errors.js'
+
+/**
+ * ChatGLM2-6B's rotary base: 10000. ChatGLM2-6B-32k's config.json sets rope_ratio, which its
+ * published RotaryEmbedding.forward_impl applies as position interpolation (`seq_idx =
+ * arange(seq_len) / self.rope_ratio`); glmtool does not implement that and says so. (ChatGLM3-6B's
+ * rope_ratio scales the base instead: src/models/chatglm3.ts.)
+ */
+function v2RopeBase(config: ModelConfig): number {
+  const ratio = ropeRatio(config)
+  if (ratio !== 1) {
+    throw new GlmtoolError('unsupported', `config.json: rope_ratio ${ratio} on ChatGLM2-6B is ChatGLM2-6B-32k's position interpolation, which glmtool does not implement (for ChatGLM3-6B-32k, whose rope_ratio scales the rotary base, pass --arch chatglm3-6b)`)
+  }
+  return 10000
+}
+
+/** The CUDA engine's flags of the ChatGLM2-6B network with a given rotary base (ChatGLM2-6B, ChatGLM3-6B). */
+export function v2EngineFlags(config: ModelConfig, ropeBase: number): EngineFlags {
+  return {
+    interleavedQkv: false, rotary2d: false, rmsnorm: true, deepnormAlpha: 0, swiglu: true, ropeBase, roundInvFreqToHalf: false,
+    qkvBias: config.add_qkv_bias !== false, denseBias: config.add_bias_linear === true, mlpBias: config.add_bias_linear === true,
+    postLayerNorm: config.post_layer_norm !== false,
+  }
+}
 
 const SIZES: Record<SynthSize, {hidden: number, ffn: number, layers: number, heads: number, kv: number}> = {
   tiny: {hidden: 64, ffn: 160, layers: 2, heads: 4, kv: 16},
@@ -137,4 +164,52 @@ export const chatglmV2: Arch = {
 
   chat: CHATGLM2_6B_CHAT,
   chatDefaults: {temperature: 0.8, topP: 0.8, maxLength: 8192},
+
+  engineDims(config) {
+    if (config.rmsnorm === false) engineUnsupported('rmsnorm false')
+    if (config.apply_residual_connection_post_layernorm === true) engineUnsupported('apply_residual_connection_post_layernorm true')
+    if (config.original_rope === false) engineUnsupported('original_rope false')
+    const hidden = engineInt(config, 'hidden_size')
+    const heads = engineInt(config, 'num_attention_heads')
+    return {
+      layers: engineInt(config, 'num_layers'), hidden, heads,
+      kvHeads: config.multi_query_attention === false ? heads : engineInt(config, 'multi_query_group_num'),
+      headDim: engineInt(config, 'kv_channels', hidden / heads), ffn: engineInt(config, 'ffn_hidden_size'),
+      vocab: engineInt(config, 'padded_vocab_size'), eps: Number(config.layernorm_epsilon ?? 1e-5),
+      maxPositions: engineInt(config, 'seq_length', 32768),
+    }
+  },
+
+  // The published modeling_chatglm.py (chatglm.md section 4): [q heads; k groups; v groups] rows,
+  // rotary on the first half of each head in interleaved pairs (float32 theta), RMSNorm, pre-norm
+  // residual, SwiGLU; biases and the final norm as config.json says.
+  engineFlags(config) {
+    return v2EngineFlags(config, v2RopeBase(config))
+  },
+
+  ropeBase: v2RopeBase,
+
+  engineTensors(config) {
+    const t: EngineTensor[] = [{name: 'transformer.embedding.word_embeddings.weight', slot: 'W_EMBED', layer: 0}]
+    const bias = config.add_bias_linear === true
+    for (let i = 0; i < engineInt(config, 'num_layers'); i++) {
+      const p = `transformer.encoder.layers.${i}.`
+      const put = (suffix: string, slot: EngineTensor['slot']) => t.push({name: p + suffix, slot, layer: i})
+      put('input_layernorm.weight', 'W_LN1')
+      put('self_attention.query_key_value.weight', 'W_QKV')
+      if (config.add_qkv_bias !== false) put('self_attention.query_key_value.bias', 'B_QKV')
+      put('self_attention.dense.weight', 'W_DENSE')
+      put('post_attention_layernorm.weight', 'W_LN2')
+      put('mlp.dense_h_to_4h.weight', 'W_UP')
+      put('mlp.dense_4h_to_h.weight', 'W_DOWN')
+      if (bias) {
+        put('self_attention.dense.bias', 'B_DENSE')
+        put('mlp.dense_h_to_4h.bias', 'B_UP')
+        put('mlp.dense_4h_to_h.bias', 'B_DOWN')
+      }
+    }
+    if (config.post_layer_norm !== false) t.push({name: 'transformer.encoder.final_layernorm.weight', slot: 'W_FINAL', layer: 0})
+    t.push({name: 'transformer.output_layer.weight', slot: 'W_LMHEAD', layer: 0})
+    return t
+  },
 }

@@ -5,8 +5,17 @@
  * is ChatGLM2-6B's is taken from that module.
  */
 import {CHATGLM3_6B_CHAT} from '../runtime/chat-template.js'
-import {type Arch, isChatglm3Config, type ModelConfig} from './arch.js'
-import {chatglmV2, isChatglm2Network} from './chatglm-v2.js'
+import {type Arch, isChatglm3Config, type ModelConfig, ropeRatio} from './arch.js'
+import {chatglmV2, isChatglm2Network, v2EngineFlags} from './chatglm-v2.js'
+
+/**
+ * ChatGLM3-6B(-32k)'s rotary base: 10000 * config.json's rope_ratio (1 when absent), as
+ * THUDM/chatglm3-6b-32k's RotaryEmbedding.forward_impl computes it (`base = base *
+ * self.rope_ratio`, theta in float32 from that base; the checkpoint's inv_freq is never read).
+ */
+function v3RopeBase(config: ModelConfig): number {
+  return 10000 * ropeRatio(config)
+}
 
 export const chatglm3: Arch = {
   ...chatglmV2,
@@ -37,6 +46,9 @@ export const chatglm3: Arch = {
       ...(rope === undefined ? {} : {rope_ratio: Number(rope)}),
     }
   },
+
+  ropeBase: v3RopeBase,
+  engineFlags: config => v2EngineFlags(config, v3RopeBase(config)),
 
   chat: CHATGLM3_6B_CHAT,
   // chatglm3-6b's chat(): max_length 8192, top_p 0.8, temperature 0.8.

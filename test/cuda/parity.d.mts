@@ -18,6 +18,8 @@ export interface ParityCaseResult {
   freeRun?: {identical: boolean, firstDifference: number | null, tokens: number}
   /** decodeMany (steps back to back on the GPU) vs the per-step path: greedy (graph / launch by launch) and sampled tokens identical. */
   decodeMany?: {greedyGraph: boolean, greedyPlain: boolean, sampled: boolean, identical: boolean}
+  /** Cases with `against` (rope_ratio 50): the prompt rows' relative difference from that model's reference (must exceed 10x tol). */
+  vsAgainst?: {model: string, prefill: number}
   maxRel?: number
   ok: boolean
   tokensIdentical?: boolean
@@ -30,5 +32,5 @@ export interface ParitySummary {
   results: ParityCaseResult[]
 }
 
-export declare function parityCases(quick?: boolean): {model: string, ids: number[]}[]
+export declare function parityCases(quick?: boolean): {model: string, ids: number[], against?: string}[]
 export declare function runParity(opts?: {work?: string, quick?: boolean, only?: string[], refDevice?: string, log?: (line: string) => void}): Promise<ParitySummary>

@@ -13,6 +13,11 @@
 // Plain JavaScript over dist/ so it runs where only Node and the production modules are (the GPU
 // machine); test/cuda-parity.test.ts runs it under vitest where a GPU is present.
 //
+// ChatGLM3-6B-32k's rope_ratio (rotary base 10000 * 50): the sharpened ChatGLM2-6B tiny model with
+// config.json's rope_ratio 50 (naming chatglm3) against the reference reading the same config.json;
+// its CUDA logits must also differ from the rope_ratio 1 model's reference rows by more than 10x
+// the tolerance, so an engine that ignored rope_ratio fails.
+//
 //   node test/cuda/parity.mjs [--json FILE] [--work DIR] [--quick] [--only MODEL,...]
 import {spawnSync} from 'node:child_process'
 import {copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
@@ -64,6 +69,8 @@ export function parityCases(quick = false) {
     {model: 'chatglm-6b-small-q4g128', ids: text(17, 300)},
     {model: 'chatglm2-6b-small-q4', ids: text(17, 300)},
     {model: 'chatglm2-6b-small-q8', ids: text(17, 300)},
+    // ChatGLM3-6B-32k's rope_ratio 50; `against`: the rope_ratio 1 model it must differ from
+    {model: 'chatglm3-6b-32k-tiny-sharp', ids: text(61, 7), against: 'chatglm2-6b-tiny-sharp'},
   ]
   return quick ? all.filter(c => /-(tiny|sharp)(-q\w+)?$/.test(c.model)) : all
 }
@@ -101,6 +108,21 @@ async function makeModel(work, key) {
     const q = join(work, key)
     if (!existsSync(q)) glmtool(['quantize', base.torch, '--bits', qm[2], '--group-size', qm[3] ?? '0', '--format', 'both', '--out', q, '--evaluate', 'off'])
     return {torch: base.torch, st: q, onnx: q, quant: true}
+  }
+  if (key === 'chatglm3-6b-32k-tiny-sharp') {
+    const base = await makeModel(work, 'chatglm2-6b-tiny-sharp')
+    const torch = join(work, key)
+    if (!existsSync(torch)) {
+      mkdirSync(torch, {recursive: true})
+      for (const f of readdirSync(base.torch)) copyFileSync(join(base.torch, f), join(torch, f))
+      const config = JSON.parse(readFileSync(join(torch, 'config.json'), 'utf8'))
+      writeFileSync(join(torch, 'config.json'), JSON.stringify({...config, rope_ratio: 50, _name_or_path: 'THUDM/chatglm3-6b-32k'}, null, 2))
+    }
+    const st = `${torch}-st`
+    const onnx = `${torch}-onnx`
+    if (!existsSync(st)) glmtool(['convert', torch, '--to', 'safetensors', '--out', st])
+    if (!existsSync(onnx)) glmtool(['convert', torch, '--to', 'onnx', '--dtype', 'f32', '--out', onnx])
+    return {torch, st, onnx}
   }
   const pm = /^(chatglm2?-6b)-tiny-prefix$/.exec(key)
   if (pm) {
@@ -294,9 +316,19 @@ export async function runParity({work, quick = false, only, refDevice, log = con
   work ??= mkdtempSync(join(tmpdir(), 'glmtool-cuda-parity-'))
   const cases = parityCases(quick).filter(c => !only || only.includes(c.model))
   const models = {}
-  for (const c of cases) models[c.model] ??= await makeModel(work, c.model)
+  for (const c of cases) {
+    models[c.model] ??= await makeModel(work, c.model)
+    if (c.against) models[c.against] ??= await makeModel(work, c.against)
+  }
   const device_ = refDevice ?? (process.env.GLMTOOL_REFERENCE_DEVICE || 'cuda')
   const jobs = cases.map((c, i) => ({torch: models[c.model].torch, prefix: models[c.model].prefix, ids: c.ids, out: join(work, `ref-${i}`)}))
+  // the `against` models' references on the same ids, after the cases' own
+  const againstJob = new Map()
+  for (const [i, c] of cases.entries()) {
+    if (!c.against) continue
+    againstJob.set(i, jobs.length)
+    jobs.push({torch: models[c.against].torch, ids: c.ids, out: join(work, `ref-${i}-against`)})
+  }
   const t0 = performance.now()
   const refs = runReferences(jobs, device_)
   log(`reference (${device_}): ${cases.length} cases in ${((performance.now() - t0) / 1000).toFixed(1)} s`)
@@ -306,6 +338,7 @@ export async function runParity({work, quick = false, only, refDevice, log = con
     const tol = c.model.endsWith('-bf16') ? BF16_TOL : FP16_TOL
     const quant = models[c.model].quant === true
     const r = {model: c.model, promptTokens: refMeta.prompt_len, steps: STEPS, tol}
+    let graphPrefill  // the CUDA prompt rows, for `against`
     try {
       // quantized: the reference is the CPU runtime on the quantized model, fed its own greedy tokens
       let meta = refMeta
@@ -342,6 +375,7 @@ export async function runParity({work, quick = false, only, refDevice, log = con
           decodeNoGraph: relRows(plain.subarray(n * V), ref.subarray(n * V), V).maxRel,
         }
         r.graphVsNoGraph = relRows(graph, plain, V).maxRel
+        if (c.against) graphPrefill = graph.slice(0, n * V)
         r.greedyTeacherForced = greedyAgreement(graph, ref, meta)
         const free = await freeRun(cuda, meta)
         const firstDiff = free.findIndex((t, k) => t !== meta.generated[k])
@@ -377,6 +411,13 @@ export async function runParity({work, quick = false, only, refDevice, log = con
       const worst = Math.max(r.vsReference.prefill, r.vsReference.decodeGraph, r.vsReference.decodeNoGraph, r.vsCpuRuntime)
       r.maxRel = worst
       r.ok = worst <= tol && r.greedyTeacherForced.misses.every(m => m.referenceMargin <= 2 * tol) && r.graphVsNoGraph <= 1e-6 && r.decodeMany.identical
+      if (againstJob.has(i)) {
+        // the prompt rows (same inputs) against the reference of the model it must differ from
+        const other = refs[againstJob.get(i)]
+        const rows = meta.prompt_len * meta.vocab
+        r.vsAgainst = {model: c.against, prefill: relRows(graphPrefill, other.logits.subarray(0, rows), meta.vocab).maxRel}
+        r.ok &&= r.vsAgainst.prefill > 10 * tol
+      }
       r.tokensIdentical = r.greedyTeacherForced.same === r.greedyTeacherForced.of && r.freeRun.identical
     } catch (error) {
       r.ok = false
@@ -385,7 +426,7 @@ export async function runParity({work, quick = false, only, refDevice, log = con
     results.push(r)
     log(r.error
       ? `FAIL ${c.model}: ${r.error.split('\n')[0]}`
-      : `${r.ok ? 'ok  ' : 'FAIL'} ${c.model} ${r.dtype} prompt ${r.promptTokens} (${r.decodeKernels}): vs ${r.reference ? 'CPU runtime (quantized ONNX)' : 'reference'} prefill ${r.vsReference.prefill.toExponential(2)}, decode ${r.vsReference.decodeGraph.toExponential(2)} (graph) ${r.vsReference.decodeNoGraph.toExponential(2)} (no graph); vs CPU runtime ${r.vsCpuRuntime.toExponential(2)}; graph${r.pdl ? '+PDL' : ''} vs plain ${r.graphVsNoGraph.toExponential(2)}; greedy ${r.greedyTeacherForced.same}/${r.greedyTeacherForced.of} teacher-forced, free run ${r.freeRun.identical ? 'identical' : `differs from step ${r.freeRun.firstDifference}`}; decodeMany ${r.decodeMany.identical ? 'identical to per-step' : JSON.stringify(r.decodeMany)}${r.greedyTeacherForced.misses.length ? `; misses ${JSON.stringify(r.greedyTeacherForced.misses.slice(0, 3))}` : ''}`)
+      : `${r.ok ? 'ok  ' : 'FAIL'} ${c.model} ${r.dtype} prompt ${r.promptTokens} (${r.decodeKernels}): vs ${r.reference ? 'CPU runtime (quantized ONNX)' : 'reference'} prefill ${r.vsReference.prefill.toExponential(2)}, decode ${r.vsReference.decodeGraph.toExponential(2)} (graph) ${r.vsReference.decodeNoGraph.toExponential(2)} (no graph); vs CPU runtime ${r.vsCpuRuntime.toExponential(2)}; graph${r.pdl ? '+PDL' : ''} vs plain ${r.graphVsNoGraph.toExponential(2)}; greedy ${r.greedyTeacherForced.same}/${r.greedyTeacherForced.of} teacher-forced, free run ${r.freeRun.identical ? 'identical' : `differs from step ${r.freeRun.firstDifference}`}; decodeMany ${r.decodeMany.identical ? 'identical to per-step' : JSON.stringify(r.decodeMany)}${r.vsAgainst ? `; vs ${r.vsAgainst.model} reference ${r.vsAgainst.prefill.toExponential(2)} (must exceed ${(10 * tol).toExponential(0)})` : ''}${r.greedyTeacherForced.misses.length ? `; misses ${JSON.stringify(r.greedyTeacherForced.misses.slice(0, 3))}` : ''}`)
   }
   return {device: {name: device.name, computeCapability: device.computeCapability, driverVersion: device.driverVersion, cublas: device.cublasPath}, referenceDevice: device_, results}
 }

@@ -62,6 +62,15 @@ SPEC vs PUBLISHED CODE (the published code wins; what this file does is the publ
    Spec section 7 is silent.  This file reads the checkpoint's config.json (beside
    pytorch_model.bin) and follows that rule; ChatGLM3-6B is told apart by a _name_or_path naming
    chatglm3.  Without a config.json the tensors decide (trans.* present: projected).
+11. rope_ratio (config.json of the 32k models; absent = 1), spec silent.  ChatGLM3-6B-32k's
+   RotaryEmbedding.forward_impl (THUDM/chatglm3-6b-32k modeling_chatglm.py) scales the BASE:
+   `base = base * self.rope_ratio`, theta = 1/base^(arange(0, n, 2)/n) in float32; the
+   checkpoint's inv_freq buffer (built from 10000) is never read.  ChatGLM2-6B-32k's forward_impl
+   instead divides the POSITIONS by rope_ratio (position interpolation); this file does not
+   implement that and refuses a rope_ratio != 1 unless _name_or_path names chatglm3.
+   ChatGLM3-6B's forward_impl also computes theta, positions and angles in float32 whatever the
+   model dtype (dtype=torch.float), rounding only the cos/sin cache: `--dtype f16` on a config
+   naming chatglm3 emulates that, not note 4's roundings.
 
 HOW IT WAS CHECKED (besides test/reference/test_chatglm_ref.py)
 ----------------------------------------------------------------
@@ -308,6 +317,16 @@ class ChatGLMRef:
             self.vocab = self.need("transformer.output_layer.weight").shape[0]
             self.post_ln = c.get("post_layer_norm", True)
             self.residual_post_ln = c.get("apply_residual_connection_post_layernorm", False)
+            self.chatglm3 = re.search("chatglm3", str(c.get("_name_or_path") or ""), re.I) is not None
+            ratio = c.get("rope_ratio")
+            ratio = 1 if ratio is None else ratio
+            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio <= 0:
+                raise RefError(f"config.json: rope_ratio must be a finite number > 0 (got {json.dumps(c.get('rope_ratio'))})")
+            if ratio != 1 and not self.chatglm3:
+                raise RefError(f"config.json: rope_ratio {ratio} without chatglm3 in _name_or_path (ChatGLM2-6B-32k's "
+                               "position interpolation) is not supported (note 11)")
+            # published: base = base * self.rope_ratio (base 10000), note 11
+            self.rope_base = 10000 * ratio
         self.inv_freq = self._inv_freq()
         self.inv_freq_notes = self._check_stored_inv_freq()
         self.lora = {}
@@ -333,7 +352,8 @@ class ChatGLMRef:
         """v1: 1/10000^(arange(0,rot,2)/rot), fp16-rounded as published (see note 1).
         v2: theta for fp32 runs (f16 runs rebuild it with roundings, see `_rope_v2`)."""
         j = torch.arange(0, self.rot, 2, dtype=torch.float32)
-        inv = 1.0 / (10000 ** (j / self.rot))
+        base = 10000 if self.arch == V1 else self.rope_base
+        inv = 1.0 / (base ** (j / self.rot))
         if self.arch == V1 and self.rope == "published":
             inv = inv.half().float()
         return inv.to(self.device)
@@ -373,10 +393,14 @@ class ChatGLMRef:
         """cos, sin [S, rot/2] for the interleaved pairs (2j, 2j+1)."""
         p = self.prec
         t = pos.to(self.device, torch.float32)
+        if p.half and self.rope == "published" and self.chatglm3:
+            # ChatGLM3-6B's forward_impl: float32 throughout, the cos/sin cache rounded (note 11)
+            ang = t[:, None] * self.inv_freq[None, :]
+            return p.r(ang.cos()), p.r(ang.sin())
         if p.half and self.rope == "published":
             # published forward_impl in the model dtype: every op rounds (see note 4)
             j = p.r(torch.arange(0, self.rot, 2, dtype=torch.float32, device=self.device) / self.rot)
-            theta = p.r(1.0 / p.r(10000 ** j))
+            theta = p.r(1.0 / p.r(self.rope_base ** j))
             ang = p.r(p.r(t)[:, None] * theta[None, :])
             return p.r(ang.cos()), p.r(ang.sin())
         ang = t[:, None] * self.inv_freq[None, :]

@@ -71,6 +71,8 @@ export function decoderIO(d: DecoderDims): DecoderIO {
 /** What a generation's graph needs from the exporter while it builds. */
 export interface GraphContext {
   readonly config: ModelConfig
+  /** The rotary base the generation's published forward uses (src/models: Arch.ropeBase). */
+  readonly rotaryBase: number
   /** A checkpoint tensor as a float32 value (a Cast follows it when stored as f16). */
   weight(name: string): string
   /** Rows `ids` ([S] int64) of an embedding table as float32 [S, H]; the table keeps its stored dtype in memory. */
@@ -154,17 +156,18 @@ export const eps = (config: ModelConfig): {float: number} => float(Number(config
 
 /**
  * cos/sin tables [rows, rotaryDim/2] of a rotary embedding with rotary dimension `rotaryDim`:
- * theta_j = 1 / 10000^(2j / rotaryDim), angle = position * theta_j, as the reference computes
+ * theta_j = 1 / base^(2j / rotaryDim) (base 10000, or ChatGLM3-6B-32k's 10000 * rope_ratio:
+ * the generation module's ropeBase), angle = position * theta_j, as the reference computes
  * them in float32: theta from float32 operands (`1. / base ** (arange(0, dim, 2).float() / dim)`),
  * the angle a float32 product (`torch.outer` / einsum of float32 tensors), cos and sin of that
  * float32 angle, rounded to float32. `thetaAsFloat16`: theta rounded to float16 first, as v1's
  * published RotaryEmbedding does (`inv_freq.half()` in __init__, whatever dtype the model
  * then runs in; test/reference/chatglm_ref.py note 1).
  */
-export function rotaryTables(rows: number, rotaryDim: number, opts: {thetaAsFloat16?: boolean} = {}): {cos: Float32Array, sin: Float32Array} {
+export function rotaryTables(rows: number, rotaryDim: number, opts: {thetaAsFloat16?: boolean, base?: number} = {}): {cos: Float32Array, sin: Float32Array} {
   const half = rotaryDim / 2
   const f = Math.fround
-  const base = 10000
+  const base = opts.base ?? 10000
   const theta = Array.from({length: half}, (_, j) => {
     const t = f(1 / f(base ** f((2 * j) / rotaryDim)))
     return opts.thetaAsFloat16 ? float16Round(t) : t

@@ -23,7 +23,8 @@ import {ELEM, float, type GraphBuilder, MS_DOMAIN} from './onnx-builder.js'
  * its own causal mask (bottom-right aligned, so prefix entries in the past stay visible); v2's
  * mask is causal, so GQA's mask and the bias agree.
  * Rotary: the first D/2 dims of each q/k head, interleaved pairs (x[2j], x[2j+1]),
- * theta_j = 1/10000^(2j/(D/2)); the other D/2 dims pass through. That is
+ * theta_j = 1/base^(2j/(D/2)), base 10000 (ChatGLM3-6B-32k: 10000 * rope_ratio; the generation module's ropeBase, GraphContext.rotaryBase);
+ * the other D/2 dims pass through. That is
  * com.microsoft.RotaryEmbedding with interleaved=1, rotary_embedding_dim = D/2 and num_heads
  * given (partial rotary copies the dims past rotary_embedding_dim unchanged).
  * SwiGLU: silu(y[:F]) * y[F:], silu(a) = a * sigmoid(a) = com.microsoft.QuickGelu with alpha 1.
@@ -71,7 +72,7 @@ export const chatglmV2Graph: ChatglmOnnxGraph = {
     const io = declareInputs(b, d)
 
     const x = b.scope('embedding', () => embedTokens(b, ctx, 'transformer.embedding.word_embeddings.weight', io.inputIds))
-    const tables = rotaryTables(d.maxPositions, D / 2)
+    const tables = rotaryTables(d.maxPositions, D / 2, {base: ctx.rotaryBase})
     const cos = ctx.computed('rotary.cos_cache', [d.maxPositions, D / 4], tables.cos)
     const sin = ctx.computed('rotary.sin_cache', [d.maxPositions, D / 4], tables.sin)
     // GroupQueryAttention's int32 seqlens_k ([1] = T - 1) and total_sequence_length (scalar T),

@@ -358,6 +358,7 @@ function planGraph(graph: ChatglmOnnxGraph, dims: DecoderDims, arch: Arch, confi
   const storage = dtype
   const ctx: GraphContext = {
     config,
+    rotaryBase: arch.ropeBase(config),
     weight(name) {
       source(name)
       if (storage === 'F32') return name

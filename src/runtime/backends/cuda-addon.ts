@@ -13,6 +13,7 @@ import {existsSync} from 'node:fs'
 import {createRequire} from 'node:module'
 import {join, relative, resolve} from 'node:path'
 import {GlmtoolError} from '../../errors.js'
+import type {EngineFlags} from '../../models/arch.js'
 import type {DeviceSampling} from '../backend.js'
 
 /** What `probe()` reports about the driver, the GPU and cuBLAS. */
@@ -44,9 +45,11 @@ export const WEIGHT_KINDS = {
 } as const
 export type WeightKindName = keyof typeof WEIGHT_KINDS
 
-export interface CudaEngineConfig {
-  /** 1: ChatGLM-6B, 2: ChatGLM2-6B. */
-  generation: 1 | 2
+/**
+ * The engine's configuration: sizes, and the decoder's feature flags (the generation module's
+ * engineFlags, src/models/arch.ts EngineFlags), never a generation number.
+ */
+export interface CudaEngineConfig extends EngineFlags {
   /** 0: float16, 1: bfloat16 (weights, activations and KV cache). */
   dtype: 0 | 1
   layers: number
@@ -61,10 +64,6 @@ export interface CudaEngineConfig {
   /** P-Tuning v2 prefix entries kept in front of the cache. */
   prefixLength: number
   eps: number
-  qkvBias: boolean
-  denseBias: boolean
-  mlpBias: boolean
-  postLayerNorm: boolean
   /** Capture the decode step once as a CUDA graph and replay it (default true). */
   useGraph?: boolean
   /**
@@ -157,8 +156,11 @@ export interface CudaAddon {
   readonly kinds: Record<WeightKindName, number>
 }
 
-/** The addon interface version this code speaks (native/addon.cpp kAddonVersion). */
-export const ADDON_VERSION = '3'
+/**
+ * The addon interface version this code speaks (native/addon.cpp kAddonVersion). 4: the Engine
+ * takes feature flags (EngineFlags) instead of a generation number.
+ */
+export const ADDON_VERSION = '4'
 
 const PACKAGE_ROOT = resolve(import.meta.dirname, '..', '..', '..')
 

@@ -33,93 +33,26 @@ interface Placement {
 const K = WEIGHT_KINDS
 const PREFIX_RE = /^transformer\.prefix_cache\.(\d+)\.(key|value)$/
 
-/** Every tensor name a generation's engine needs, with its slot; prefix caches separately. */
-function tensorSlots(generation: 1 | 2, layers: number, config: ModelConfig): Map<string, {kind: number, layer: number}> {
-  const m = new Map<string, {kind: number, layer: number}>()
-  const put = (name: string, kind: number, layer = 0) => m.set(name, {kind, layer})
-  if (generation === 1) {
-    put('transformer.word_embeddings.weight', K.W_EMBED)
-    for (let i = 0; i < layers; i++) {
-      const p = `transformer.layers.${i}.`
-      put(`${p}input_layernorm.weight`, K.W_LN1, i)
-      put(`${p}input_layernorm.bias`, K.B_LN1, i)
-      put(`${p}attention.query_key_value.weight`, K.W_QKV, i)
-      put(`${p}attention.query_key_value.bias`, K.B_QKV, i)
-      put(`${p}attention.dense.weight`, K.W_DENSE, i)
-      put(`${p}attention.dense.bias`, K.B_DENSE, i)
-      put(`${p}post_attention_layernorm.weight`, K.W_LN2, i)
-      put(`${p}post_attention_layernorm.bias`, K.B_LN2, i)
-      put(`${p}mlp.dense_h_to_4h.weight`, K.W_UP, i)
-      put(`${p}mlp.dense_h_to_4h.bias`, K.B_UP, i)
-      put(`${p}mlp.dense_4h_to_h.weight`, K.W_DOWN, i)
-      put(`${p}mlp.dense_4h_to_h.bias`, K.B_DOWN, i)
-    }
-    put('transformer.final_layernorm.weight', K.W_FINAL)
-    put('transformer.final_layernorm.bias', K.B_FINAL)
-    put('lm_head.weight', K.W_LMHEAD)
-    return m
-  }
-  const bias = config.add_bias_linear === true
-  put('transformer.embedding.word_embeddings.weight', K.W_EMBED)
-  for (let i = 0; i < layers; i++) {
-    const p = `transformer.encoder.layers.${i}.`
-    put(`${p}input_layernorm.weight`, K.W_LN1, i)
-    put(`${p}self_attention.query_key_value.weight`, K.W_QKV, i)
-    if (config.add_qkv_bias !== false) put(`${p}self_attention.query_key_value.bias`, K.B_QKV, i)
-    put(`${p}self_attention.dense.weight`, K.W_DENSE, i)
-    put(`${p}post_attention_layernorm.weight`, K.W_LN2, i)
-    put(`${p}mlp.dense_h_to_4h.weight`, K.W_UP, i)
-    put(`${p}mlp.dense_4h_to_h.weight`, K.W_DOWN, i)
-    if (bias) {
-      put(`${p}self_attention.dense.bias`, K.B_DENSE, i)
-      put(`${p}mlp.dense_h_to_4h.bias`, K.B_UP, i)
-      put(`${p}mlp.dense_4h_to_h.bias`, K.B_DOWN, i)
-    }
-  }
-  if (config.post_layer_norm !== false) put('transformer.encoder.final_layernorm.weight', K.W_FINAL)
-  put('transformer.output_layer.weight', K.W_LMHEAD)
-  return m
+/** Every tensor name the engine needs for this config (the generation module's table), with its slot; prefix caches separately. */
+function tensorSlots(arch: Arch, config: ModelConfig): Map<string, {kind: number, layer: number}> {
+  return new Map(arch.engineTensors(config).map(t => [t.name, {kind: K[t.slot], layer: t.layer}]))
 }
 
-function need(config: ModelConfig, key: string, fallback?: number): number {
-  const v = config[key] ?? fallback
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) {
-    throw new ModelError(`config.json: ${key} must be a positive integer (got ${JSON.stringify(config[key])})`, 'bad-config')
-  }
-  return v
-}
-
-/** The engine's sizes from config.json (docs/chatglm.md sections 1-4); refuses layouts it does not implement. */
+/**
+ * The engine's sizes and feature flags from config.json (the generation module's engineDims and
+ * engineFlags); refuses layouts it does not implement.
+ */
 export function engineDims(arch: Arch, config: ModelConfig): Omit<CudaEngineConfig, 'dtype' | 'maxLength' | 'prefixLength' | 'useGraph'> & {maxPositions: number} {
-  const unsupported = (why: string): never => {
-    throw new GlmtoolError('cuda-unsupported', `config.json: ${why} is not implemented by the CUDA backend`)
-  }
-  const eps = Number(config.layernorm_epsilon ?? 1e-5)
-  if (arch.generation === 1) {
-    if (config.position_encoding_2d === false) unsupported('position_encoding_2d false')
-    const hidden = need(config, 'hidden_size')
-    const heads = need(config, 'num_attention_heads')
-    return {
-      generation: 1, layers: need(config, 'num_layers'), hidden, heads, kvHeads: heads, headDim: hidden / heads,
-      ffn: need(config, 'inner_hidden_size', 4 * hidden), vocab: need(config, 'vocab_size'), eps,
-      qkvBias: true, denseBias: true, mlpBias: true, postLayerNorm: true,
-      maxPositions: need(config, 'max_sequence_length', 2048),
-    }
-  }
-  if (config.rmsnorm === false) unsupported('rmsnorm false')
-  if (config.apply_residual_connection_post_layernorm === true) unsupported('apply_residual_connection_post_layernorm true')
-  if (config.original_rope === false) unsupported('original_rope false')
-  const hidden = need(config, 'hidden_size')
-  const heads = need(config, 'num_attention_heads')
-  return {
-    generation: 2, layers: need(config, 'num_layers'), hidden, heads,
-    kvHeads: config.multi_query_attention === false ? heads : need(config, 'multi_query_group_num'),
-    headDim: need(config, 'kv_channels', hidden / heads), ffn: need(config, 'ffn_hidden_size'),
-    vocab: need(config, 'padded_vocab_size'), eps,
-    qkvBias: config.add_qkv_bias !== false, denseBias: config.add_bias_linear === true, mlpBias: config.add_bias_linear === true,
-    postLayerNorm: config.post_layer_norm !== false,
-    maxPositions: need(config, 'seq_length', 32768),
-  }
+  return {...arch.engineDims(config), ...arch.engineFlags(config)}
+}
+
+/**
+ * The KV cache length when the caller gives none: the published chat() max_length (2048
+ * ChatGLM-6B, 8192 ChatGLM2-6B and ChatGLM3-6B).
+ * TODO(lead): module chat defaults
+ */
+function defaultMaxLength(arch: Arch): number {
+  return ({'chatglm-6b': 2048} as Partial<Record<string, number>>)[arch.id] ?? 8192
 }
 
 /** Most steps one decodeMany call takes (native/kernels.cuh MANY_MAX). */
@@ -183,14 +116,15 @@ export function planCudaUpload(path: string, arch: Arch, config: ModelConfig, te
     }
   }
   // the float type: a norm weight (the first layer's input norm), never quantized
-  const norm = byName.get(arch.generation === 1 ? 'transformer.layers.0.input_layernorm.weight' : 'transformer.encoder.layers.0.input_layernorm.weight')
+  const slots = tensorSlots(arch, config)
+  const normName = [...slots].find(([, s]) => s.kind === K.W_LN1 && s.layer === 0)?.[0]
+  const norm = normName === undefined ? undefined : byName.get(normName)
   if (!norm) throw new ModelError(`${path}: no input_layernorm weight of layer 0`, 'incomplete-model')
   const dtypeCode = ENGINE_DTYPES[norm.dtype]
   if (dtypeCode === undefined) {
     throw new GlmtoolError('cuda-unsupported', `${path}: weights are ${norm.dtype}; the CUDA backend runs float16 and bfloat16 checkpoints (convert with \`glmtool convert --to safetensors --dtype f16\`)`)
   }
   const dtype: 'F16' | 'BF16' = dtypeCode === 0 ? 'F16' : 'BF16'
-  const slots = tensorSlots(arch.generation, layers, config)
   if (quant) {
     for (const [name, s] of [...slots]) {
       const scaleKind = SCALE_KIND[s.kind]
@@ -265,6 +199,8 @@ export class CudaBackend implements DecoderBackend {
     private readonly vocab: number,
     private readonly maxChunk: number,
     readonly loadSeconds: number,
+    /** Whether the engine rotates by block positions too (2D rotary), so every token needs one. */
+    private readonly blockPositions: boolean,
     /** The checkpoint's weight-only quantization (undefined: float weights). */
     readonly quant?: QuantLayout,
   ) {}
@@ -281,7 +217,7 @@ export class CudaBackend implements DecoderBackend {
       if (opts.maxLength !== undefined && (!Number.isSafeInteger(opts.maxLength) || opts.maxLength < 1)) {
         throw new GlmtoolError('usage', `maxLength must be a positive integer (got ${opts.maxLength})`)
       }
-      const maxLength = Math.min(opts.maxLength ?? (arch.generation === 1 ? 2048 : 8192), dims.maxPositions)
+      const maxLength = Math.min(opts.maxLength ?? defaultMaxLength(arch), dims.maxPositions)
       const plan = planCudaUpload(path, arch, config, model.tensors, dims.layers)
       const {placements, prefixLength} = plan
       const dtypeCode = ENGINE_DTYPES[plan.dtype]!
@@ -319,7 +255,7 @@ export class CudaBackend implements DecoderBackend {
         throw new GlmtoolError('cuda-error', `loading ${path} onto the GPU: ${(error as Error).message}`)
       }
       return new CudaBackend(engine, arch, config, maxLength, dtypeCode === 0 ? 'f16' : 'bf16', device, addon, dims.vocab,
-        engine.info().maxChunk, (performance.now() - started) / 1000, plan.quant)
+        engine.info().maxChunk, (performance.now() - started) / 1000, dims.rotary2d, plan.quant)
     } finally {
       await model.close()
     }
@@ -369,7 +305,7 @@ export class CudaBackend implements DecoderBackend {
       throw new GlmtoolError('forward-input', `${this.name}: ${why}`)
     }
     if (n < 1 || n > DECODE_MANY_MAX) bad(`decodeMany takes 1..${DECODE_MANY_MAX} steps (got ${n})`)
-    if (this.arch.generation === 1 && input.blockPositions?.length !== n) bad(`${this.arch.id} needs one block position per step (got ${input.blockPositions?.length ?? 'none'})`)
+    if (this.blockPositions && input.blockPositions?.length !== n) bad(`${this.arch.id} needs one block position per step (got ${input.blockPositions?.length ?? 'none'})`)
     if (!sampling.greedy && randoms.length !== n) bad(`decodeMany needs one random draw per step (got ${randoms.length} for ${n})`)
     if (this.tokens + n > this.maxLength) bad(`${this.tokens} cached + ${n} new tokens exceed the maximum length ${this.maxLength}`)
     if (!Number.isInteger(input.id) || input.id < 0 || input.id >= this.vocab) bad(`token id ${input.id} is outside the vocabulary (0..${this.vocab - 1})`)
@@ -423,7 +359,7 @@ export class CudaBackend implements DecoderBackend {
     }
     if (S === 0) bad('forward needs at least one token')
     if (input.positions.length !== S) bad(`${S} ids but ${input.positions.length} positions`)
-    if (this.arch.generation === 1 && input.blockPositions?.length !== S) bad(`${this.arch.id} needs one block position per id (got ${input.blockPositions?.length ?? 'none'})`)
+    if (this.blockPositions && input.blockPositions?.length !== S) bad(`${this.arch.id} needs one block position per id (got ${input.blockPositions?.length ?? 'none'})`)
     if (this.tokens + S > this.maxLength) bad(`${this.tokens} cached + ${S} new tokens exceed the maximum length ${this.maxLength}`)
     for (const id of input.ids) if (!Number.isInteger(id) || id < 0 || id >= this.vocab) bad(`token id ${id} is outside the vocabulary (0..${this.vocab - 1})`)
   }
