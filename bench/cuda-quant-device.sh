@@ -60,7 +60,7 @@ for a in $GENS; do
     dirs=("$M/$a")
     for q in $QUANTS; do dirs+=("$M/$a-int$q"); done
     timeout $(($(left) - 10)) node bin/run.js bench "${dirs[@]}" --backend cuda --prompt-tokens 512 --gen-tokens 128 \
-      --repeat 3 --max-length 2048 --json "$OUT/bench-${a/chatglm2-6b/v2}.json" >> "$LOG" 2>&1
+      --repeat 3 --max-length 2048 --out "$OUT/bench-${a/chatglm2-6b/v2}.json" >> "$LOG" 2>&1
     el "bench $a rc=$?"
     # A/B of switches on the quantized models (AB: space-separated, `+` joins two), 3 repeats
     for sw in ${AB:-}; do
