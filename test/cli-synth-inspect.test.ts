@@ -107,14 +107,17 @@ describe('inspect of other inputs', () => {
 })
 
 describe('glmtool demo', () => {
-  it('walks both generations through synth, inspect, convert (safetensors, ONNX), a chat turn, merge-adapter, quantize and a chat turn on that', () => {
+  it('walks every generation through synth, inspect, convert (safetensors, ONNX), a chat turn, merge-adapter, quantize and a chat turn on that', () => {
     const r = glmtool(['demo', '--json'])
     expect(r.code, r.stderr).toBe(0)
     const res = JSON.parse(r.stdout)
     expect(res.steps.map((s: {step: string}) => s.step)).toEqual([
       'synth chatglm-6b', 'inspect chatglm-6b', 'convert chatglm-6b', 'convert chatglm-6b --to onnx', 'chat chatglm-6b', 'merge-adapter chatglm-6b', 'quantize chatglm-6b --bits 4', 'chat chatglm-6b-int4',
       'synth chatglm2-6b', 'inspect chatglm2-6b', 'convert chatglm2-6b', 'convert chatglm2-6b --to onnx', 'chat chatglm2-6b', 'merge-adapter chatglm2-6b', 'quantize chatglm2-6b --bits 4', 'chat chatglm2-6b-int4',
+      'synth chatglm3-6b', 'inspect chatglm3-6b', 'convert chatglm3-6b', 'convert chatglm3-6b --to onnx', 'chat chatglm3-6b', 'merge-adapter chatglm3-6b', 'quantize chatglm3-6b --bits 4', 'chat chatglm3-6b-int4',
     ])
+    // ChatGLM3-6B is detected as itself at every stage (inspect, and the chat turns' prompts: role tokens).
+    expect(res.steps[17].did).toMatch(/detected chatglm3-6b/)
     expect(res.steps[4].did).toMatch(/got \d+ tokens/)
     expect(res.steps[5].did).toMatch(/merged it: 2 weights changed/)
     expect(res.steps[7].did).toMatch(/got \d+ tokens/)

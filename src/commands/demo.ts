@@ -9,7 +9,7 @@ import {inspectModel} from '../formats/inspect-model.js'
 import {mergeAdapter} from '../formats/adapters/merge-adapter.js'
 import {exportOnnx} from '../formats/onnx/export-onnx.js'
 import {writeOutputDir} from '../formats/output-dir.js'
-import {archById} from '../models/index.js'
+import {ARCHS} from '../models/index.js'
 import {quantizeModel} from '../quant/quantize-model.js'
 import {OnnxCpuBackend} from '../runtime/backends/onnx-cpu.js'
 import {generate} from '../runtime/generate.js'
@@ -26,7 +26,7 @@ interface Step {
 
 export default class Demo extends BaseCommand {
   static override summary = 'Walk a tiny synthetic model through every glmtool command that exists'
-  static override description = 'Synthesises tiny ChatGLM-6B and ChatGLM2-6B models in the published layout, inspects them, converts them to safetensors and to ONNX, runs one chat turn on the CPU runtime, merges a synthesised LoRA adapter, quantizes the merged model to INT4 and chats with that, printing what each step did. Needs no weights, no GPU and no Python. The weights are random, so the chat answer is gibberish: the point is that every stage runs.'
+  static override description = 'Synthesises tiny ChatGLM-6B, ChatGLM2-6B and ChatGLM3-6B models in the published layout, inspects them, converts them to safetensors and to ONNX, runs one chat turn on the CPU runtime, merges a synthesised LoRA adapter, quantizes the merged model to INT4 and chats with that, printing what each step did. Needs no weights, no GPU and no Python. The weights are random, so the chat answer is gibberish: the point is that every stage runs.'
   static override examples = ['<%= config.bin %> demo', '<%= config.bin %> demo --keep ./demo-models']
 
   static override flags = {
@@ -45,8 +45,8 @@ export default class Demo extends BaseCommand {
       this.log(`[${name}] ${did} (${s.seconds.toFixed(2)} s)`)
     }
     try {
-      for (const archId of ['chatglm-6b', 'chatglm2-6b'] as const) {
-        const arch = archById(archId)
+      for (const arch of ARCHS) {
+        const archId = arch.id
         const torchDir = join(base, `${archId}-tiny`)
         const stDir = join(base, `${archId}-tiny-safetensors`)
         await step(`synth ${archId}`, async () => {
