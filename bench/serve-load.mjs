@@ -27,7 +27,7 @@ const {values: opt} = parseArgs({options: {
   arch: {type: 'string', default: 'chatglm2-6b'},
 }})
 const {OnnxCpuBackend} = await import(join(root, 'dist/runtime/backends/onnx-cpu.js'))
-const {loadTokenizer} = await import(join(root, 'dist/runtime/tokenizer.js'))
+const {loadTokenizer} = await import(join(root, 'dist/runtime/tokenizer/index.js'))
 const {generate} = await import(join(root, 'dist/runtime/generate.js'))
 const G = Number(opt.gen), R = Number(opt.repeat)
 const torch = join(opt.dir, `${opt.arch}-${opt.size}`)

@@ -25,7 +25,7 @@ const {values: opt} = parseArgs({options: {
   real: {type: 'string', default: new URL('../../shared/real', import.meta.url).pathname},
 }})
 const root = new URL('..', import.meta.url).pathname
-const {tokenizerFromBytes} = await import(join(root, 'dist/runtime/tokenizer.js'))
+const {tokenizerFromBytes} = await import(join(root, 'dist/runtime/tokenizer/index.js'))
 const SEED = 20260412
 const pairs = Number(opt.pairs)
 

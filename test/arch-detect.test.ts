@@ -11,7 +11,7 @@ import {afterAll, describe, expect, it} from 'vitest'
 import {detectArch} from '../src/models/index.js'
 import {fitChatPrompt} from '../src/runtime/chat-prompt.js'
 import {type ChatFormat, type ChatMessage, readToolsFile} from '../src/runtime/chat-template.js'
-import type {ChatTokenizer} from '../src/runtime/tokenizer.js'
+import type {ChatTokenizer} from '../src/runtime/tokenizer/index.js'
 import {chatTurns} from '../src/server/openai.js'
 import {glmtool} from './helpers/cli.js'
 

@@ -9,7 +9,7 @@ import {join} from 'node:path'
 import {describe, expect, it} from 'vitest'
 import {chatResponse, cleanUpTokenization, ResponseStream} from '../src/runtime/chat-response.js'
 import {seededRandom} from '../src/runtime/sampling.js'
-import type {TokenizerArch} from '../src/runtime/tokenizer.js'
+import type {TokenizerArch} from '../src/runtime/tokenizer/index.js'
 import {REFERENCE_PYTHON} from './helpers/reference.js'
 
 const SCRIPT = join(import.meta.dirname, 'crosscheck/chat_response.py')

@@ -8,7 +8,7 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {benchPrompt, spread} from '../src/runtime/bench.js'
-import {loadTokenizer} from '../src/runtime/tokenizer.js'
+import {loadTokenizer} from '../src/runtime/tokenizer/index.js'
 import {glmtool} from './helpers/cli.js'
 
 const work = mkdtempSync(join(tmpdir(), 'glmtool-bench-'))

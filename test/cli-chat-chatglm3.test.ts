@@ -10,8 +10,8 @@ import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {chatglm3PromptIds, type ChatMessage, parseChatglm3Response} from '../src/runtime/chatglm3-chat.js'
 import {CHATGLM3_6B_CHAT} from '../src/runtime/chat-template.js'
-import {loadTokenizer} from '../src/runtime/tokenizer.js'
-import {ChatGLM3Tokenizer} from '../src/runtime/tokenizer-v3.js'
+import {loadTokenizer} from '../src/runtime/tokenizer/index.js'
+import {ChatGLM3Tokenizer} from '../src/runtime/tokenizer/chatglm3-6b.js'
 import {glmtool} from './helpers/cli.js'
 
 const tmp = mkdtempSync(join(tmpdir(), 'glmtool-chat3-'))

@@ -5,7 +5,7 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {cudaUnavailableReason} from '../src/runtime/backends/cuda-addon.js'
 import {chatResponse} from '../src/runtime/chat-response.js'
 import {chatPromptV1, chatPromptV2} from '../src/runtime/chat-template.js'
-import {loadTokenizer} from '../src/runtime/tokenizer.js'
+import {loadTokenizer} from '../src/runtime/tokenizer/index.js'
 import {glmtool} from './helpers/cli.js'
 import {hasTorch, runReference} from './helpers/reference.js'
 

@@ -50,7 +50,7 @@ function unpackedLoader(tarball: string): {path: string, reason: string | null} 
 describe('npm pack', () => {
   it('without nvcc: ships the addon sources and build script but no prebuilt addon; the loader says how to build from source', () => {
     const {tarball, files} = pack({NVCC: join(work, 'no-nvcc')})
-    for (const f of ['LICENSE', 'README.md', 'bin/run.js', 'dist/formats/onnx/onnx.proto', 'dist/runtime/sentencepiece_model.proto',
+    for (const f of ['LICENSE', 'README.md', 'bin/run.js', 'dist/formats/onnx/onnx.proto', 'dist/runtime/tokenizer/sentencepiece_model.proto',
       'native/build.mjs', 'native/engine.cu', 'native/addon.cpp', 'native/cublas_dl.cpp']) expect(files, f).toContain(f)
     expect(files).not.toContain(PREBUILT)
     const r = unpackedLoader(tarball)

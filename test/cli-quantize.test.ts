@@ -20,7 +20,7 @@ import {memoryTensor, readTensor, type TensorEntry} from '../src/formats/tensor.
 import {writeTorchCheckpoint} from '../src/formats/torch-writer.js'
 import {OnnxCpuBackend} from '../src/runtime/backends/onnx-cpu.js'
 import {promptLayout} from '../src/runtime/generate.js'
-import {loadTokenizer} from '../src/runtime/tokenizer.js'
+import {loadTokenizer} from '../src/runtime/tokenizer/index.js'
 import {publishedWeight} from '../src/quant/pack.js'
 import {quantizeRtn, toFp16Weight} from '../src/quant/rtn.js'
 import {glmtool} from './helpers/cli.js'

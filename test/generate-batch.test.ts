@@ -5,7 +5,7 @@ import {describe, expect, it} from 'vitest'
 import type {DecodeManyInput, DecoderBackend, DeviceSampling, ForwardInput} from '../src/runtime/backend.js'
 import {cudaDecodeBatch} from '../src/runtime/backends/cuda.js'
 import {generate} from '../src/runtime/generate.js'
-import type {ChatTokenizer} from '../src/runtime/tokenizer.js'
+import type {ChatTokenizer} from '../src/runtime/tokenizer/index.js'
 
 const V = 50
 const STOP = 2

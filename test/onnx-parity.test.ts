@@ -19,7 +19,7 @@ import {glmtool} from './helpers/cli.js'
 import {runOnnxLikeReference as runOnnx} from './helpers/onnx-runner.js'
 import {compareLogits, hasTorch, NO_TORCH_REASON, runReference} from './helpers/reference.js'
 import {chatPromptV1} from '../src/runtime/chat-template.js'
-import {loadTokenizer} from '../src/runtime/tokenizer.js'
+import {loadTokenizer} from '../src/runtime/tokenizer/index.js'
 import {sharpenedModel, synthTiny, type TinyArch} from './onnx-fixtures.js'
 
 const REL_TOL = 1e-4

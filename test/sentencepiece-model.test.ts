@@ -1,6 +1,6 @@
 /**
- * The SentencePiece ModelProto codec (src/runtime/sentencepiece-model.ts) and the synthetic
- * tokenizer models (src/formats/synth-tokenizer.ts), checked on their own and, where Debian's
+ * The SentencePiece ModelProto codec (src/runtime/tokenizer/sentencepiece-model.ts) and the synthetic
+ * tokenizer models (src/synth/synth-tokenizer.ts), checked on their own and, where Debian's
  * python3-sentencepiece is installed, against the reference library through
  * test/crosscheck/spm_check.py: the schema's field numbers against the library's own
  * descriptor, and the synthetic models as the library loads and encodes them.
@@ -15,11 +15,11 @@ import {afterAll, describe, expect, it} from 'vitest'
 import {ModelError} from '../src/errors.js'
 import {
   SYNTH_WORDS, synthTokenizer, synthTokenizerModel, V1_PIECE_COUNT, V2_PIECE_COUNT, type SynthTokenizerArch,
-} from '../src/formats/synth-tokenizer.js'
+} from '../src/synth/synth-tokenizer.js'
 import {
   decodeModelProto, effectiveNormalizerSpec, effectiveTrainerSpec, encodeModelProto, ModelType, PieceType,
   sentencepieceRoot, type SentencePieceModel,
-} from '../src/runtime/sentencepiece-model.js'
+} from '../src/runtime/tokenizer/sentencepiece-model.js'
 import {show, strings} from './fixtures/tokenizer/load.js'
 
 const PYTHON = '/usr/bin/python3'
@@ -115,7 +115,7 @@ describe('decodeModelProto / encodeModelProto', () => {
   })
 })
 
-/** What each generation's vocabulary must hold (see src/formats/synth-tokenizer.ts). */
+/** What each generation's vocabulary must hold (see src/synth/synth-tokenizer.ts). */
 const EXPECT: Record<SynthTokenizerArch, {
   file: string, count: number, pieces: Record<string, number>, byteBase: number, absent: string[],
 }> = {

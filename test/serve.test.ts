@@ -13,7 +13,7 @@ import {join} from 'node:path'
 import OpenAI from 'openai'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {chatPromptV1, chatPromptV2} from '../src/runtime/chat-template.js'
-import {loadTokenizer} from '../src/runtime/tokenizer.js'
+import {loadTokenizer} from '../src/runtime/tokenizer/index.js'
 import {glmtool} from './helpers/cli.js'
 import {readEvents, type RunningServer, startServer} from './helpers/serve.js'
 

@@ -1,5 +1,5 @@
 /**
- * glmtool's SentencePiece processor (src/runtime/sentencepiece.ts) against the `sentencepiece`
+ * glmtool's SentencePiece processor (src/runtime/tokenizer/sentencepiece.ts) against the `sentencepiece`
  * library, id for id: the fixtures under test/fixtures/tokenizer/ hold what Debian's
  * python3-sentencepiece 0.1.97 made of >= 2,000 test strings with four BPE models trained by
  * the library itself (make_tokenizer_fixtures.py): a ChatGLM-6B-like model (nmt_nfkc charsmap,
@@ -9,8 +9,8 @@
  */
 import {describe, expect, it} from 'vitest'
 import {ModelError} from '../src/errors.js'
-import {encodeModelProto, ModelType, PieceType, type SentencePieceModel} from '../src/runtime/sentencepiece-model.js'
-import {SentencePieceProcessor} from '../src/runtime/sentencepiece.js'
+import {encodeModelProto, ModelType, PieceType, type SentencePieceModel} from '../src/runtime/tokenizer/sentencepiece-model.js'
+import {SentencePieceProcessor} from '../src/runtime/tokenizer/sentencepiece.js'
 import {fixtureModel, miscFixture, show, strings, wrapperFixture} from './fixtures/tokenizer/load.js'
 import {parity} from './helpers/parity.js'
 

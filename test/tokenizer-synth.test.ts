@@ -1,5 +1,5 @@
 /**
- * glmtool's tokenizers on the synthetic ChatGLM tokenizer files (src/formats/synth-tokenizer.ts:
+ * glmtool's tokenizers on the synthetic ChatGLM tokenizer files (src/synth/synth-tokenizer.ts:
  * the real vocabulary sizes, special ids and normalizer settings), which `glmtool synth` puts in
  * synthetic model directories. The special ids are checked always; the ids and decodes of every
  * test string are cross-checked live against the sentencepiece library and the published
@@ -11,10 +11,10 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {fileURLToPath} from 'node:url'
 import {afterAll, describe, expect, it} from 'vitest'
-import {synthTokenizer} from '../src/formats/synth-tokenizer.js'
-import {SentencePieceProcessor} from '../src/runtime/sentencepiece.js'
-import {decodeModelProto, PieceType} from '../src/runtime/sentencepiece-model.js'
-import {tokenizerFromBytes, type TokenizerArch} from '../src/runtime/tokenizer.js'
+import {synthTokenizer} from '../src/synth/synth-tokenizer.js'
+import {SentencePieceProcessor} from '../src/runtime/tokenizer/sentencepiece.js'
+import {decodeModelProto, PieceType} from '../src/runtime/tokenizer/sentencepiece-model.js'
+import {tokenizerFromBytes, type TokenizerArch} from '../src/runtime/tokenizer/index.js'
 import {show, strings} from './fixtures/tokenizer/load.js'
 
 const PYTHON = '/usr/bin/python3'

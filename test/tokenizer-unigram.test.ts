@@ -1,5 +1,5 @@
 /**
- * UNIGRAM segmentation (src/runtime/sentencepiece-unigram.ts) on small hand-made models whose
+ * UNIGRAM segmentation (src/runtime/tokenizer/sentencepiece-unigram.ts) on small hand-made models whose
  * scores make each rule decide the outcome, against the `sentencepiece` library
  * (test/crosscheck/spm_check.py): ties between paths of equal score, the unknown penalty,
  * consecutive unknowns, byte fallback, user-defined pieces (with all scores negative, and with a
@@ -13,9 +13,9 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {fileURLToPath} from 'node:url'
 import {afterAll, describe, expect, it} from 'vitest'
-import {encodeModelProto, ModelType, PieceType, type SentencePiece, type SentencePieceModel} from '../src/runtime/sentencepiece-model.js'
-import {SentencePieceProcessor} from '../src/runtime/sentencepiece.js'
-import {chatglm6bModel, firstReleaseAppendedPieces} from '../src/runtime/tokenizer-v1.js'
+import {encodeModelProto, ModelType, PieceType, type SentencePiece, type SentencePieceModel} from '../src/runtime/tokenizer/sentencepiece-model.js'
+import {SentencePieceProcessor} from '../src/runtime/tokenizer/sentencepiece.js'
+import {chatglm6bModel, firstReleaseAppendedPieces} from '../src/runtime/tokenizer/chatglm-6b.js'
 import {ModelError} from '../src/errors.js'
 import {show} from './fixtures/tokenizer/load.js'
 import {parity} from './helpers/parity.js'

@@ -14,7 +14,7 @@ import {quantizeModel} from '../quant/quantize-model.js'
 import {OnnxCpuBackend} from '../runtime/backends/onnx-cpu.js'
 import {generate} from '../runtime/generate.js'
 import {chatResponse} from '../runtime/chat-response.js'
-import {loadTokenizer} from '../runtime/tokenizer.js'
+import {loadTokenizer} from '../runtime/tokenizer/index.js'
 import {writeSynthLora} from '../synth/synth-lora.js'
 import {writeSynthModel} from '../synth/synth-model.js'
 

@@ -5,7 +5,7 @@ import {MODEL_ID_HELP} from '../cli/model-arg.js'
 import {formatBytes} from '../cli/progress.js'
 import {inspectModel} from '../formats/inspect-model.js'
 import {archById} from '../models/index.js'
-import {inspectTokenizer} from '../runtime/model-tokenizer.js'
+import {inspectTokenizer} from '../runtime/tokenizer/model-tokenizer.js'
 
 /**
  * Rows of the tensor table, and lines of each kind of check, printed before the rest are

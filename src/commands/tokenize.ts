@@ -3,8 +3,8 @@ import {Args, Flags} from '@oclif/core'
 import {BaseCommand} from '../cli/base-command.js'
 import {MODEL_ID_HELP} from '../cli/model-arg.js'
 import {UsageError} from '../errors.js'
-import type {TokenizerArch} from '../runtime/tokenizer.js'
-import {decodeIds, encodeTexts, openTokenizer, parseIds, TOKENIZER_ARCHS} from '../runtime/tokenize.js'
+import type {TokenizerArch} from '../runtime/tokenizer/index.js'
+import {decodeIds, encodeTexts, openTokenizer, parseIds, TOKENIZER_ARCHS} from '../runtime/tokenizer/tokenize.js'
 
 export default class Tokenize extends BaseCommand {
   static override summary = 'Encode text to token ids and pieces, or decode ids to text, with a model\'s tokenizer'

@@ -3,7 +3,7 @@ import {LINEAR_INPUT_PREFIX} from '../formats/onnx/export-onnx.js'
 import {checkpoint} from '../formats/output-dir.js'
 import {OnnxCpuBackend} from '../runtime/backends/onnx-cpu.js'
 import {promptLayout} from '../runtime/generate.js'
-import type {ChatTokenizer} from '../runtime/tokenizer.js'
+import type {ChatTokenizer} from '../runtime/tokenizer/index.js'
 import type {ActivationStats} from './calibrate.js'
 
 /**

@@ -1,13 +1,13 @@
 import {readFile} from 'node:fs/promises'
 import {GlmtoolError} from '../errors.js'
 import {archById} from '../models/index.js'
-import type {ChatTokenizer} from '../runtime/tokenizer.js'
+import type {ChatTokenizer} from '../runtime/tokenizer/index.js'
 
 /**
  * Calibration text -> model inputs. Text is cut into paragraphs (blank lines, or one per line
  * when a file has no blank lines), tokenized with the model's own tokenizer, and packed into
  * sequences of at most `seqLen` tokens, each wrapped as the model's prompts are ([gMASK, sop]
- * before the text for v2, after it for v1: runtime/tokenizer.ts encodePrompt), so the
+ * before the text for v2, after it for v1: src/runtime/tokenizer/index.ts encodePrompt), so the
  * statistics come from the attention pattern and positions a prompt gets.
  */
 

@@ -1,7 +1,7 @@
 import {checkpoint} from '../formats/output-dir.js'
 import {OnnxCpuBackend} from '../runtime/backends/onnx-cpu.js'
 import {promptLayout} from '../runtime/generate.js'
-import type {ChatTokenizer} from '../runtime/tokenizer.js'
+import type {ChatTokenizer} from '../runtime/tokenizer/index.js'
 import {argmax} from './error.js'
 
 /**

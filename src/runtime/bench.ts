@@ -20,7 +20,7 @@ import type {DecoderBackend} from './backend.js'
 import type {CudaBackend} from './backends/cuda.js'
 import {type BackendKind, loadChatModel} from './chat-model.js'
 import {generate} from './generate.js'
-import type {ChatTokenizer} from './tokenizer.js'
+import type {ChatTokenizer} from './tokenizer/index.js'
 
 export interface BenchOptions {
   backend: BackendKind

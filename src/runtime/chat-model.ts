@@ -9,8 +9,8 @@ import {VERSION} from '../version.js'
 import type {DecoderBackend} from './backend.js'
 import {CudaBackend} from './backends/cuda.js'
 import {OnnxCpuBackend} from './backends/onnx-cpu.js'
-import {loadModelTokenizer} from './model-tokenizer.js'
-import type {ChatTokenizer} from './tokenizer.js'
+import {loadModelTokenizer} from './tokenizer/model-tokenizer.js'
+import type {ChatTokenizer} from './tokenizer/index.js'
 
 export interface ChatModel {
   backend: DecoderBackend

@@ -6,7 +6,7 @@
  */
 import {GlmtoolError} from '../errors.js'
 import type {ChatFormat, ChatMessage, Role} from './chat-template.js'
-import type {ChatTokenizer} from './tokenizer.js'
+import type {ChatTokenizer} from './tokenizer/index.js'
 
 export interface FittedPrompt {
   ids: number[]

@@ -23,7 +23,7 @@
  * `ResponseStream` hands the text out as it is generated: every chunk is final (never taken back)
  * and the chunks concatenate to exactly `chatResponse(raw)`.
  */
-import type {ResponseStyle} from './tokenizer.js'
+import type {ResponseStyle} from './tokenizer/index.js'
 
 const TRAINING_TIME = '[[训练时间]]'
 

@@ -6,8 +6,8 @@
 import {readFile, stat} from 'node:fs/promises'
 import {GlmtoolError, UsageError} from '../errors.js'
 import {type ChatMessage, CHATGLM3_TOOL_SYSTEM_PROMPT, chatglm3PromptIds, type Chatglm3Response, parseChatglm3Response, type Role} from './chatglm3-chat.js'
-import type {ChatTokenizer} from './tokenizer.js'
-import {ChatGLM3Tokenizer} from './tokenizer-v3.js'
+import type {ChatTokenizer} from './tokenizer/index.js'
+import {ChatGLM3Tokenizer} from './tokenizer/chatglm3-6b.js'
 
 /**
  * One message of a conversation, as ChatGLM3's history holds it (ChatGLM-6B and ChatGLM2-6B use

@@ -2,7 +2,7 @@
  * ChatGLM3-6B's chat format (docs/chatglm.md section 5), as its published code builds and reads it:
  * tokenization_chatglm.py build_chat_input / build_single_message for the prompt ids, and
  * modeling_chatglm.py process_response for the text the model generated (metadata lines, tool
- * calls). Pure functions over ./tokenizer-v3.ts; the chat and serve commands call them.
+ * calls). Pure functions over ./tokenizer/chatglm3-6b.ts; the chat and serve commands call them.
  *
  * A conversation is a list of messages; each is one role special, its metadata (usually empty)
  * and "\n", then its content, all encoded with the plain SentencePiece ids (not the specials'
@@ -16,7 +16,7 @@
  * limits of length and depth, and anything else is kept as text with the reason.
  */
 import {pyStrip} from './chat-response.js'
-import type {ChatGLM3Tokenizer} from './tokenizer-v3.js'
+import type {ChatGLM3Tokenizer} from './tokenizer/chatglm3-6b.js'
 
 export type Role = 'system' | 'user' | 'assistant' | 'observation'
 export const ROLES: readonly Role[] = ['system', 'user', 'assistant', 'observation']

@@ -3,7 +3,7 @@ import {archById} from '../models/index.js'
 import type {DecoderBackend, ForwardInput} from './backend.js'
 import type {PromptLayout} from './positions.js'
 import {type SamplingOptions, seededRandom, selectToken} from './sampling.js'
-import type {ChatTokenizer} from './tokenizer.js'
+import type {ChatTokenizer} from './tokenizer/index.js'
 
 export interface GenerateOptions extends SamplingOptions {
   /** Total length (prompt + generated) at which generation stops, as transformers' max_length. */

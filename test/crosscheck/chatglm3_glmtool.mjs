@@ -4,7 +4,7 @@
 // that esbuild can bundle it into one file for a machine without node_modules (README.md).
 import {readFileSync} from 'node:fs'
 import {chatglm3PromptIds, parseChatglm3Response} from '../../dist/runtime/chatglm3-chat.js'
-import {tokenizerFromBytes} from '../../dist/runtime/tokenizer.js'
+import {tokenizerFromBytes} from '../../dist/runtime/tokenizer/index.js'
 
 const req = JSON.parse(readFileSync(0, 'utf8'))
 const tok = tokenizerFromBytes(readFileSync(req.model), 'chatglm3-6b', {source: req.model})

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The published ChatGLM tokenizer wrappers, restated over the `sentencepiece` library.
 
-glmtool's TypeScript tokenizers (src/runtime/tokenizer-v1.ts, tokenizer-v2.ts) are checked
+glmtool's TypeScript tokenizers (src/runtime/tokenizer/chatglm-6b.ts, chatglm2-6b.ts, chatglm3-6b.ts) are checked
 against what these produce. They follow the logic of the published tokenization_chatglm.py
 files (THUDM/chatglm-6b, THUDM/chatglm2-6b) without needing transformers:
 

@@ -6,8 +6,8 @@
  */
 import {ModelError} from '../../errors.js'
 import {configInt, type ModelConfig} from '../../models/arch.js'
-import {PieceType, type SentencePieceModel} from '../../runtime/sentencepiece-model.js'
-import {V2_SPECIAL_NAMES} from '../../runtime/tokenizer-v2.js'
+import {PieceType, type SentencePieceModel} from '../../runtime/tokenizer/sentencepiece-model.js'
+import {V2_SPECIAL_NAMES} from '../../runtime/tokenizer/chatglm2-6b.js'
 import type {GgmlType, GgufValue} from './gguf-writer.js'
 
 export const GGUF_ARCH = 'chatglm'

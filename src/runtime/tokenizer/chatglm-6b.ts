@@ -17,10 +17,10 @@
  *   tokenization_chatglm.py appended them at load time (chatglm6bModel below does the same),
  *   and its checkpoints count num_image_tokens = 20000 image ids in front ([MASK] = 150000).
  */
-import {ModelError} from '../errors.js'
+import {ModelError} from '../../errors.js'
 import {decodeModelProto, PieceType, type SentencePiece, type SentencePieceModel} from './sentencepiece-model.js'
 import {SentencePieceProcessor} from './sentencepiece.js'
-import type {ChatTokenizer, StreamDecoder, TokenizerSpecials} from './tokenizer.js'
+import type {ChatTokenizer, StreamDecoder, TokenizerSpecials} from './types.js'
 
 const MAX_BLANK = 80
 

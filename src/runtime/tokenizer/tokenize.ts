@@ -5,11 +5,11 @@
 import {existsSync, statSync} from 'node:fs'
 import {readFile} from 'node:fs/promises'
 import {basename, dirname, join} from 'node:path'
-import {ModelError} from '../errors.js'
-import {publishedDecode} from './chat-response.js'
+import {ModelError} from '../../errors.js'
+import {publishedDecode} from '../chat-response.js'
 import {describeTokenizer, loadModelTokenizer, type TokenizerReport} from './model-tokenizer.js'
 import {decodeModelProto} from './sentencepiece-model.js'
-import {type ChatTokenizer, type LoadedTokenizer, loadTokenizerFiles, TOKENIZER_FILE, type TokenizerArch} from './tokenizer.js'
+import {type ChatTokenizer, type LoadedTokenizer, loadTokenizerFiles, TOKENIZER_FILE, type TokenizerArch} from './index.js'
 
 export const TOKENIZER_ARCHS: readonly TokenizerArch[] = ['chatglm-6b', 'chatglm2-6b', 'chatglm3-6b']
 

@@ -18,8 +18,8 @@
  *   that is no piece back as itself (test/tokenizer-v3.test.ts proves that on the library).
  */
 import type {SentencePieceProcessor} from './sentencepiece.js'
-import type {ChatTokenizer, TokenizerSpecials} from './tokenizer.js'
-import {AppendedSpecialsTokenizer, V2_SPECIAL_NAMES} from './tokenizer-v2.js'
+import type {ChatTokenizer, TokenizerSpecials} from './types.js'
+import {AppendedSpecialsTokenizer, V2_SPECIAL_NAMES} from './chatglm2-6b.js'
 
 export const V3_ROLE_NAMES = ['<|system|>', '<|user|>', '<|assistant|>', '<|observation|>'] as const
 /** The specials in id order after the SentencePiece vocabulary. */

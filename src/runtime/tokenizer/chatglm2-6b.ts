@@ -12,12 +12,12 @@
  *   DecodePieces decodes "" as nothing; an id past the specials fails (RangeError here,
  *   IndexError there). The "" pieces still end a run of byte pieces.
  *
- * ChatGLM3-6B's tokenizer (./tokenizer-v3.ts) is the same wrapper with four more specials and
+ * ChatGLM3-6B's tokenizer (./chatglm3-6b.ts) is the same wrapper with four more specials and
  * another decode of them; what the two share is AppendedSpecialsTokenizer below.
  */
-import {ModelError} from '../errors.js'
+import {ModelError} from '../../errors.js'
 import type {SentencePieceProcessor} from './sentencepiece.js'
-import type {ChatTokenizer, StreamDecoder, TokenizerSpecials} from './tokenizer.js'
+import type {ChatTokenizer, StreamDecoder, TokenizerSpecials} from './types.js'
 
 /** The wrapper's specials in id order after the SentencePiece vocabulary. */
 export const V2_SPECIAL_NAMES = ['[MASK]', '[gMASK]', '[sMASK]', 'sop', 'eop'] as const

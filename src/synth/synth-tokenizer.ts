@@ -52,7 +52,7 @@
 import {
   encodeModelProto, ModelType, PieceType,
   type NormalizerSpec, type SentencePiece, type SentencePieceModel, type TrainerSpec,
-} from '../runtime/sentencepiece-model.js'
+} from '../runtime/tokenizer/sentencepiece-model.js'
 
 export type SynthTokenizerArch = 'chatglm-6b' | 'chatglm2-6b'
 

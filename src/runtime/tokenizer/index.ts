@@ -1,7 +1,7 @@
 /**
  * The tokenizer the chat runtime uses: one interface over the ChatGLM generations
- * (docs/chatglm.md section 5), one module per tokenizer (./tokenizer-v1.ts, ./tokenizer-v2.ts,
- * ./tokenizer-v3.ts for ChatGLM3-6B: ChatGLM2-6B's file with four role specials), all over
+ * (docs/chatglm.md section 5), one module per tokenizer (./chatglm-6b.ts, ./chatglm2-6b.ts,
+ * ./chatglm3-6b.ts for ChatGLM3-6B: ChatGLM2-6B's file with four role specials), all over
  * glmtool's own SentencePiece processor (./sentencepiece.ts).
  *
  * What "the published tokenizer" means here: the ids of tokenization_chatglm.py's
@@ -17,70 +17,16 @@
 import {readFile} from 'node:fs/promises'
 import {join} from 'node:path'
 
-import {ModelError} from '../errors.js'
+import {ModelError} from '../../errors.js'
 import {SentencePieceProcessor} from './sentencepiece.js'
-import {ChatGLM6BTokenizer, loadChatGLM6BModel} from './tokenizer-v1.js'
-import {ChatGLM2Tokenizer} from './tokenizer-v2.js'
-import {ChatGLM3Tokenizer} from './tokenizer-v3.js'
+import {ChatGLM6BTokenizer, loadChatGLM6BModel} from './chatglm-6b.js'
+import {ChatGLM2Tokenizer} from './chatglm2-6b.js'
+import {ChatGLM3Tokenizer} from './chatglm3-6b.js'
 
-export type TokenizerArch = 'chatglm-6b' | 'chatglm2-6b' | 'chatglm3-6b'
-export type ResponseStyle = TokenizerArch | 'chatglm-6b-first-release'
+export type {ChatTokenizer, ResponseStyle, StreamDecoder, TokenizerArch, TokenizerSpecials} from './types.js'
+import type {ChatTokenizer, TokenizerArch} from './types.js'
 
-/** Incremental decoding for streaming output. */
-export interface StreamDecoder {
-  /**
-   * Add one generated id; returns the text that is now final (possibly ''): never half a
-   * character, never part of a v1 whitespace stand-in such as "<|blank_4|>". Throws RangeError
-   * for an id outside the vocabulary, as decode does (v3 has none: it decodes any integer).
-   */
-  push(id: number): string
-  /** Everything still held back. pushes + flush concatenate to decode(all ids). */
-  flush(): string
-}
-
-export interface TokenizerSpecials {
-  gmask: number
-  mask: number
-  /** <sop> (v1) / sop (v2): the bos of a generation. */
-  sop: number
-  eop: number
-  /** The id that ends generation: <eop> 130005 for v1, </s> 2 for v2 and v3. */
-  eos: number
-  pad: number
-  /** Ids that stop generation (v3: eos, <|user|>, <|observation|>). */
-  stop: readonly number[]
-  /** ChatGLM3-6B's role specials <|system|>, <|user|>, <|assistant|>, <|observation|>. */
-  roles?: Readonly<{system: number, user: number, assistant: number, observation: number}>
-}
-
-export interface ChatTokenizer {
-  readonly arch: TokenizerArch
-  /** Ids the tokenizer can produce or decode: v1 the model's pieces, v2 pieces + 5 specials, v3 + 9. */
-  readonly vocabSize: number
-  /** Text -> ids exactly as the published tokenizer's encode(text, add_special_tokens=False). */
-  encode(text: string): number[]
-  /** The ids of encode(text) with the SentencePiece piece each came from (the published tokenize()). */
-  encodeWithPieces(text: string): {ids: number[], pieces: string[]}
-  /** ids of a model input: v1 text ids + [gMASK, <sop>]; v2 [gMASK, sop] + text ids. */
-  encodePrompt(text: string): number[]
-  /**
-   * Ids -> text as the published tokenizer's decode. Throws RangeError for an unknown id (v1,
-   * v2); v3's published decode gives "" for any id past its vocabulary, and so does this.
-   */
-  decode(ids: readonly number[]): string
-  /** Incremental decoding for streaming output. */
-  streamDecoder(): StreamDecoder
-  /**
-   * Which published text rules follow the decode (src/runtime/chat-response.ts): ChatGLM-6B's
-   * current release (transformers' clean-up, then its process_response), its first release (no
-   * clean-up), ChatGLM2-6B's, ChatGLM3-6B's (its process_response: metadata lines, tool calls).
-   */
-  readonly responseStyle: ResponseStyle
-  /** Special ids: gmask, mask, sop (bos), eop, eos (v1: eop 130005 stops; v2: </s> 2 stops), pad. */
-  readonly specials: TokenizerSpecials
-}
-
-/** The SentencePiece file each generation ships (spec section 1). */
+/** The SentencePiece file each generation ships (docs/chatglm.md section 1). */
 export const TOKENIZER_FILE: Readonly<Record<TokenizerArch, string>> = {
   'chatglm-6b': 'ice_text.model',
   'chatglm2-6b': 'tokenizer.model',

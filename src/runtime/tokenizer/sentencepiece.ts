@@ -30,7 +30,7 @@
  *
  * Word and char models are refused (ModelError 'tokenizer-unsupported').
  */
-import {ModelError} from '../errors.js'
+import {ModelError} from '../../errors.js'
 import {
   decodeModelProto, effectiveNormalizerSpec, effectiveTrainerSpec, ModelType, PieceType,
   type EffectiveNormalizerSpec, type SentencePieceModel,

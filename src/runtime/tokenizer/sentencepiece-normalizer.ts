@@ -15,7 +15,7 @@
  *   unless the text is empty after the leading spaces are dropped.
  * - escape_whitespaces: every space of the output becomes U+2581 "▁".
  */
-import {ModelError} from '../errors.js'
+import {ModelError} from '../../errors.js'
 import type {EffectiveNormalizerSpec} from './sentencepiece-model.js'
 
 // U+2581 LOWER ONE EIGHTH BLOCK, SentencePiece's visible space, is E2 96 81 in UTF-8 (written

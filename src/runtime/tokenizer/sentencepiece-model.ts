@@ -12,7 +12,7 @@
 import {readFileSync} from 'node:fs'
 import protobuf from 'protobufjs'
 
-import {ModelError} from '../errors.js'
+import {ModelError} from '../../errors.js'
 
 /** ModelProto.SentencePiece.Type. */
 export const PieceType = {NORMAL: 1, UNKNOWN: 2, CONTROL: 3, USER_DEFINED: 4, UNUSED: 5, BYTE: 6} as const
