@@ -5,7 +5,7 @@
 //   node bench/cpu-runtime.mjs [--dir /tmp/glmtool-bench-cpu] [--prompt 128] [--gen 64] [--repeat 3]
 //
 // For each model: synth (kept), convert --to onnx at each dtype, then glmtool bench's runs
-// (src/runtime/bench.ts benchModel): prefill `prompt` tokens (bench's prompt, framed as the
+// (src/pipelines/bench.ts benchModel): prefill `prompt` tokens (bench's prompt, framed as the
 // generation frames it), then `gen` greedy decode steps. Reports the median prefill and decode tok/s.
 // Needs `npm run build` first.
 import {existsSync} from 'node:fs'
@@ -21,7 +21,7 @@ const {values: opt} = parseArgs({options: {
   repeat: {type: 'string', default: '3'},
   size: {type: 'string', default: 'small'},
 }})
-const {benchModel} = await import(join(root, 'dist/runtime/bench.js'))
+const {benchModel} = await import(join(root, 'dist/pipelines/bench.js'))
 
 const P = Number(opt.prompt), G = Number(opt.gen)
 console.log(JSON.stringify({machine: `${cpus().length} x ${cpus()[0].model}`, node: process.version, prompt: P, gen: G, repeat: Number(opt.repeat)}))
@@ -31,7 +31,7 @@ for (const arch of ['chatglm-6b', 'chatglm2-6b']) {
   for (const dtype of ['f32', 'f16']) {
     const onnx = `${model}-onnx-${dtype}`
     if (!existsSync(onnx)) cli(['convert', model, '--to', 'onnx', '--dtype', dtype, '--out', onnx])
-    // glmtool bench's own loop (src/runtime/bench.ts: the prompt, its framing, generate()).
+    // glmtool bench's own loop (src/pipelines/bench.ts: the prompt, its framing, generate()).
     const r = await benchModel(onnx, {backend: 'cpu', promptTokens: P, genTokens: G + 1, repeat: Number(opt.repeat), maxLength: P + G + 8})
     console.log(JSON.stringify({arch, size: opt.size, dtype, prefillTokPerSec: +r.prefillTokensPerSecond.median.toFixed(1), decodeTokPerSec: +r.decodeTokensPerSecond.median.toFixed(2)}))
   }

@@ -7,7 +7,7 @@ import {mkdtempSync, readFileSync, rmSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
-import {benchPrompt, spread} from '../src/runtime/bench.js'
+import {benchPrompt, spread} from '../src/pipelines/bench.js'
 import {loadTokenizer} from '../src/runtime/tokenizer/index.js'
 import {glmtool} from './helpers/cli.js'
 

@@ -2,7 +2,7 @@ import {cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, trunca
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, describe, expect, it} from 'vitest'
-import {openModel} from '../src/formats/model-dir.js'
+import {openModel} from '../src/pipelines/model-dir.js'
 import {memoryTensor} from '../src/formats/tensor.js'
 import {writeTorchCheckpoint} from '../src/formats/torch-writer.js'
 import {readZipIndex} from '../src/formats/zip-reader.js'

@@ -10,7 +10,7 @@ import {cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, syml
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
-import {convertToGguf} from '../src/formats/convert-gguf.js'
+import {convertToGguf} from '../src/pipelines/convert-gguf.js'
 import {ggufTensorType} from '../src/formats/gguf/chatglm2.js'
 import {quantizeQ4_0, quantizeQ8_0} from '../src/formats/gguf/quant-blocks.js'
 import {ggufTensorData} from '../src/formats/gguf/tensor-data.js'

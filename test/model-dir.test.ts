@@ -2,7 +2,7 @@ import {cpSync, mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync} fr
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, describe, expect, it} from 'vitest'
-import {assertComplete, checkTensors, openModel} from '../src/formats/model-dir.js'
+import {assertComplete, checkTensors, openModel} from '../src/pipelines/model-dir.js'
 
 const FIX = join(import.meta.dirname, 'fixtures/torch')
 const work = mkdtempSync(join(tmpdir(), 'glmtool-md-'))

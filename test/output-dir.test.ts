@@ -3,7 +3,7 @@ import {existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, s
 import {hostname, tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
-import {assertOutputApart, claimOutput, writeOutputDir, writeOutputFile} from '../src/formats/output-dir.js'
+import {assertOutputApart, claimOutput, writeOutputDir, writeOutputFile} from '../src/pipelines/output-dir.js'
 import {glmtool, ROOT} from './helpers/cli.js'
 
 /**
@@ -241,7 +241,7 @@ describe('Ctrl-C: the build stops at its next checkpoint, the temp dir is remove
     const out = join(d, 'm')
     const script = `
       import {writeFileSync} from 'node:fs'
-      const {writeOutputDir} = await import(${JSON.stringify(join(ROOT, 'dist/formats/output-dir.js'))})
+      const {writeOutputDir} = await import(${JSON.stringify(join(ROOT, 'dist/pipelines/output-dir.js'))})
       await writeOutputDir(${JSON.stringify(out)}, {force: false}, async d => {
         writeFileSync(d + '/shard', 'partial')
         writeFileSync(${JSON.stringify(join(d, 'building'))}, '')

@@ -10,7 +10,7 @@ last-token logits, greedy decoding with one host sync per token (the generation 
 check). No transformers import; plain torch over a dict of tensors.
 
 It reads glmtool's safetensors output (model.safetensors[.index.json]) or a torch directory, and
-builds the same prompt as `glmtool bench` (src/runtime/bench.ts benchPrompt: pseudo-random text
+builds the same prompt as `glmtool bench` (src/pipelines/bench.ts benchPrompt: pseudo-random text
 ids 1000..59999 from the same LCG, plus [gMASK] <sop>), so the greedy tokens of both can be
 compared.
 

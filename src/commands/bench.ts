@@ -6,7 +6,7 @@ import {MODEL_ID_HELP} from '../cli/model-arg.js'
 import {formatBytes} from '../cli/progress.js'
 import {UsageError} from '../errors.js'
 import {cudaUnavailableReason} from '../runtime/backends/cuda-addon.js'
-import {type BenchResult, benchModel} from '../runtime/bench.js'
+import {type BenchResult, benchModel} from '../pipelines/bench.js'
 
 export default class Bench extends BaseCommand {
   static override summary = 'Measure load time, time to first token, prefill and decode speed, memory and the decode roofline'

@@ -3,7 +3,7 @@ import Table from 'cli-table3'
 import {archFlag, archOf, BaseCommand} from '../cli/base-command.js'
 import {MODEL_ID_HELP} from '../cli/model-arg.js'
 import {formatBytes} from '../cli/progress.js'
-import {inspectModel} from '../formats/inspect-model.js'
+import {inspectModel} from '../pipelines/inspect-model.js'
 import {archById} from '../models/index.js'
 import {inspectTokenizer} from '../runtime/tokenizer/model-tokenizer.js'
 

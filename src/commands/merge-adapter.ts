@@ -3,7 +3,7 @@ import {archFlag, archOf, BaseCommand, FLAG_CHARS} from '../cli/base-command.js'
 import {MODEL_ID_HELP} from '../cli/model-arg.js'
 import {byteProgress, formatBytes, type Progress} from '../cli/progress.js'
 import type {AdapterType} from '../formats/adapters/adapter-source.js'
-import {mergeAdapter} from '../formats/adapters/merge-adapter.js'
+import {mergeAdapter} from '../pipelines/merge-adapter.js'
 import type {DType} from '../formats/dtype.js'
 import {parseSize} from '../formats/size.js'
 

@@ -3,7 +3,7 @@ import {Args, Flags} from '@oclif/core'
 import {archFlag, archOf, BaseCommand, FLAG_CHARS} from '../cli/base-command.js'
 import {MODEL_ID_HELP} from '../cli/model-arg.js'
 import {UsageError} from '../errors.js'
-import {loadChatModel} from '../runtime/chat-model.js'
+import {loadChatModel} from '../pipelines/chat-model.js'
 import {buildServer} from '../server/app.js'
 import {chatPage} from '../server/page.js'
 

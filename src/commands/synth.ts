@@ -1,7 +1,7 @@
 import {Flags} from '@oclif/core'
 import {BaseCommand, FLAG_CHARS} from '../cli/base-command.js'
 import {byteProgress, formatBytes} from '../cli/progress.js'
-import {writeOutputDir} from '../formats/output-dir.js'
+import {writeOutputDir} from '../pipelines/output-dir.js'
 import {ARCH_IDS, archById, type SynthSize} from '../models/index.js'
 import {planSynth, writeSynthModel} from '../synth/synth-model.js'
 

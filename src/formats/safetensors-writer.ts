@@ -6,7 +6,7 @@
 import {open, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 import {SafetensorsError, withPath} from '../errors.js'
-import {checkpoint} from './output-dir.js'
+import {checkpoint} from '../pipelines/output-dir.js'
 import {DTYPE_SIZE, isDType, type DType} from './dtype.js'
 import {INDEX_FILE, MAX_HEADER_BYTES, SINGLE_FILE} from './safetensors-reader.js'
 import {DEFAULT_CHUNK_BYTES, type TensorEntry} from './tensor.js'

@@ -1,7 +1,7 @@
 import {open} from 'node:fs/promises'
 import {basename} from 'node:path'
 import {byteLength, DTYPE_TORCH_STORAGE, numel} from './dtype.js'
-import {checkpoint} from './output-dir.js'
+import {checkpoint} from '../pipelines/output-dir.js'
 import type {TensorEntry} from './tensor.js'
 import {ZipWriter} from './zip-writer.js'
 

@@ -1,6 +1,6 @@
 import type * as ort from 'onnxruntime-node'
-import {LINEAR_INPUT_PREFIX} from '../formats/onnx/export-onnx.js'
-import {checkpoint} from '../formats/output-dir.js'
+import {LINEAR_INPUT_PREFIX} from '../pipelines/export-onnx.js'
+import {checkpoint} from '../pipelines/output-dir.js'
 import {OnnxCpuBackend} from '../runtime/backends/onnx-cpu.js'
 import {promptLayout} from '../runtime/generate.js'
 import type {ChatTokenizer} from '../runtime/tokenizer/index.js'

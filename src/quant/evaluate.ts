@@ -1,4 +1,4 @@
-import {checkpoint} from '../formats/output-dir.js'
+import {checkpoint} from '../pipelines/output-dir.js'
 import {OnnxCpuBackend} from '../runtime/backends/onnx-cpu.js'
 import {promptLayout} from '../runtime/generate.js'
 import type {ChatTokenizer} from '../runtime/tokenizer/index.js'

@@ -20,7 +20,7 @@ const {values: o} = parseArgs({options: {
 }})
 const steps = Number(o.steps)
 const {CudaBackend} = await dist('runtime/backends/cuda.js')
-const {benchPrompt} = await dist('runtime/bench.js')
+const {benchPrompt} = await dist('pipelines/bench.js')
 const {promptLayout} = await dist('runtime/generate.js')
 const {loadTokenizer} = await dist('runtime/tokenizer.js')
 

@@ -76,7 +76,7 @@ export function parityCases(quick = false) {
 }
 
 async function sharpen(src, out) {
-  const {openModel, isWeightFile, TORCH_SINGLE} = await dist('formats/model-dir.js')
+  const {openModel, isWeightFile, TORCH_SINGLE} = await dist('pipelines/model-dir.js')
   const {decodeFloats, encodeFloats} = await dist('formats/dtype-convert.js')
   const {memoryTensor, readTensor} = await dist('formats/tensor.js')
   const {writeTorchCheckpoint} = await dist('formats/torch-writer.js')

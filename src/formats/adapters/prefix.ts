@@ -26,7 +26,7 @@ import {isChatglm3Config, prefixCacheName, PREFIX_CACHE_MARKER, prefixProjection
 import {type Arch, detectArch, type ModelConfig} from '../../models/index.js'
 import {isFloat} from '../dtype.js'
 import {decodeFloats, encodeFloats} from '../dtype-convert.js'
-import {openModel} from '../model-dir.js'
+import {openModel} from '../../pipelines/model-dir.js'
 import {memoryTensor, readTensor, type TensorEntry} from '../tensor.js'
 import {AdapterError} from './adapter-error.js'
 import {openTensorFile, readJsonObject} from './adapter-source.js'

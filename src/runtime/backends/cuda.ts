@@ -1,7 +1,7 @@
 import {GlmtoolError, ModelError} from '../../errors.js'
 import {convertChunk} from '../../formats/dtype-convert.js'
 import {type DType, numel} from '../../formats/dtype.js'
-import {openModel} from '../../formats/model-dir.js'
+import {openModel} from '../../pipelines/model-dir.js'
 import type {TensorEntry} from '../../formats/tensor.js'
 import type {Arch, ArchId, ModelConfig} from '../../models/index.js'
 import {PREFIX_CACHE_MARKER} from '../../models/arch.js'
@@ -12,7 +12,7 @@ import {
 } from './cuda-addon.js'
 
 export interface CudaBackendOptions {
-  /** The user's --arch (src/formats/model-dir.ts OpenModelOptions). */
+  /** The user's --arch (src/pipelines/model-dir.ts OpenModelOptions). */
   arch?: ArchId
   /** Tokens the KV cache holds, allocated up front (default: the reference's max_length, 2048 v1 / 8192 v2, within the model's positions). */
   maxLength?: number

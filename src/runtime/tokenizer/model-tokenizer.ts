@@ -9,7 +9,7 @@
 import {existsSync} from 'node:fs'
 import {dirname, join} from 'node:path'
 import {ModelError} from '../../errors.js'
-import {detectModelArch, type OpenModelOptions, readModelConfig} from '../../formats/model-dir.js'
+import {detectModelArch, type OpenModelOptions, readModelConfig} from '../../pipelines/model-dir.js'
 import type {Arch, ModelConfig} from '../../models/index.js'
 import {decodeModelProto, ModelType, PieceType} from './sentencepiece-model.js'
 import {type ChatTokenizer, type LoadedTokenizer, loadTokenizerFiles, type TokenizerSpecials} from './index.js'

@@ -2,10 +2,10 @@ import {copyFile, readdir, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 import {GlmtoolError} from '../errors.js'
 import type {ModelConfig} from '../models/index.js'
-import {byteLength, type DType} from './dtype.js'
-import {convertChunk} from './dtype-convert.js'
+import {byteLength, type DType} from '../formats/dtype.js'
+import {convertChunk} from '../formats/dtype-convert.js'
 import {assertComplete, checkTensors, isWeightFile, openModel} from './model-dir.js'
-import type {TensorEntry} from './tensor.js'
+import type {TensorEntry} from '../formats/tensor.js'
 
 /**
  * What every command that writes a safetensors model directory (convert, merge-adapter) shares:

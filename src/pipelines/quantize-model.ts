@@ -4,24 +4,24 @@ import {totalmem} from 'node:os'
 import {join} from 'node:path'
 import {GlmtoolError, ModelError, UsageError} from '../errors.js'
 import {byteLength, isFloat, numel} from '../formats/dtype.js'
-import {assertComplete, checkTensors, isWeightFile, type ModelSource, openModel} from '../formats/model-dir.js'
-import {exportOnnx, exportOnnxInto, ONNX_MANIFEST_FILE} from '../formats/onnx/export-onnx.js'
-import {claimOutput, openClaimed} from '../formats/output-dir.js'
+import {assertComplete, checkTensors, isWeightFile, type ModelSource, openModel} from './model-dir.js'
+import {exportOnnx, exportOnnxInto, ONNX_MANIFEST_FILE} from './export-onnx.js'
+import {claimOutput, openClaimed} from './output-dir.js'
 import {writeSafetensorsModel} from '../formats/safetensors-writer.js'
 import type {TensorEntry} from '../formats/tensor.js'
 import type {Arch, ArchId, ModelConfig} from '../models/index.js'
 import {GLMTOOL_QUANT_KEY, isQuantizedWeight, type QuantLayout, scaleNameOf} from '../models/quantized-layout.js'
 import {loadModelTokenizer} from '../runtime/tokenizer/model-tokenizer.js'
 import {VERSION} from '../version.js'
-import {collectActivationStats, type LinearStats} from './activation-stats.js'
-import {quantizeUnit, type LinearReport, type UnitResult} from './calibrated-unit.js'
-import {calibrationUnits} from './calibration-plan.js'
-import {splitParagraphs, tokenSequences} from './calibration-data.js'
-import {CALIBRATION_TEXT, HELD_OUT_TEXT} from './calibration-text.js'
-import {type EndToEnd, evaluateAgainst} from './evaluate.js'
-import {finiteChecked, rtnTensors} from './quantized-tensors.js'
-import {QuantizationError, type QuantBits} from './rtn.js'
-import {RtnPool} from './rtn-pool.js'
+import {collectActivationStats, type LinearStats} from '../quant/activation-stats.js'
+import {quantizeUnit, type LinearReport, type UnitResult} from '../quant/calibrated-unit.js'
+import {calibrationUnits} from '../quant/calibration-plan.js'
+import {splitParagraphs, tokenSequences} from '../quant/calibration-data.js'
+import {CALIBRATION_TEXT, HELD_OUT_TEXT} from '../quant/calibration-text.js'
+import {type EndToEnd, evaluateAgainst} from '../quant/evaluate.js'
+import {finiteChecked, rtnTensors} from '../quant/quantized-tensors.js'
+import {QuantizationError, type QuantBits} from '../quant/rtn.js'
+import {RtnPool} from '../quant/rtn-pool.js'
 
 /**
  * `glmtool quantize`: a float ChatGLM checkpoint -> a weight-quantized model directory in the
@@ -44,7 +44,7 @@ export type QuantFormat = 'safetensors' | 'onnx' | 'both'
 export const GROUP_SIZES: readonly number[] = [0, 32, 64, 128]
 
 export interface QuantizeOptions {
-  /** The user's --arch (src/formats/model-dir.ts OpenModelOptions). */
+  /** The user's --arch (src/pipelines/model-dir.ts OpenModelOptions). */
   arch?: ArchId
   input: string
   out: string

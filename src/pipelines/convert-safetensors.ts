@@ -1,15 +1,15 @@
 import type {ArchId} from '../models/index.js'
 import {ModelError} from '../errors.js'
 import {VERSION} from '../version.js'
-import {byteLength, type DType, TORCH_DTYPE_OF} from './dtype.js'
-import {targetDtype} from './dtype-convert.js'
+import {byteLength, type DType, TORCH_DTYPE_OF} from '../formats/dtype.js'
+import {targetDtype} from '../formats/dtype-convert.js'
 import {assertComplete, checkTensors, openModel} from './model-dir.js'
 import {castTensor, verifyModelOutput, writeCompanionFiles} from './model-output.js'
 import {claimOutput, openClaimed} from './output-dir.js'
-import {writeSafetensorsModel} from './safetensors-writer.js'
+import {writeSafetensorsModel} from '../formats/safetensors-writer.js'
 
 export interface ConvertOptions {
-  /** The user's --arch (src/formats/model-dir.ts OpenModelOptions). */
+  /** The user's --arch (src/pipelines/model-dir.ts OpenModelOptions). */
   arch?: ArchId
   input: string
   out: string

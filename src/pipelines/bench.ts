@@ -16,11 +16,11 @@ import {TORCH_DTYPE_OF} from '../formats/dtype.js'
 import type {ModelConfig} from '../models/arch.js'
 import {archById, type ArchId} from '../models/index.js'
 import {quantLayoutOf} from '../models/quantized-layout.js'
-import type {DecoderBackend} from './backend.js'
-import type {CudaBackend} from './backends/cuda.js'
+import type {DecoderBackend} from '../runtime/backend.js'
+import type {CudaBackend} from '../runtime/backends/cuda.js'
 import {type BackendKind, loadChatModel} from './chat-model.js'
-import {generate} from './generate.js'
-import type {ChatTokenizer} from './tokenizer/index.js'
+import {generate} from '../runtime/generate.js'
+import type {ChatTokenizer} from '../runtime/tokenizer/index.js'
 
 export interface BenchOptions {
   backend: BackendKind
@@ -166,7 +166,7 @@ export async function benchModel(path: string, opts: BenchOptions): Promise<Benc
   }
   if (opts.backend === 'cuda' && copyBandwidth === undefined) {
     // Measured before any model is on the GPU (it takes 2 GiB for a moment).
-    const {loadCudaAddon} = await import('./backends/cuda-addon.js')
+    const {loadCudaAddon} = await import('../runtime/backends/cuda-addon.js')
     copyBandwidth = loadCudaAddon().addon.measureCopyBandwidth(1 << 30, 10)
   }
   const t0 = performance.now()

@@ -5,15 +5,15 @@ import {basename, join, resolve} from 'node:path'
 import {ModelError} from '../errors.js'
 import {configInt} from '../models/arch.js'
 import {decodeModelProto} from '../runtime/tokenizer/sentencepiece-model.js'
-import {numel} from './dtype.js'
-import {checkGgufConfig, GGUF_FILE_TYPES, type GgufFileType, ggufMetadata, ggufTensorName, ggufTensorType, ggufVocab} from './gguf/chatglm2.js'
-import {type GgmlType, type GgufTensorPlan, ggmlByteSize, writeGguf} from './gguf/gguf-writer.js'
-import {ggufTensorData} from './gguf/tensor-data.js'
+import {numel} from '../formats/dtype.js'
+import {checkGgufConfig, GGUF_FILE_TYPES, type GgufFileType, ggufMetadata, ggufTensorName, ggufTensorType, ggufVocab} from '../formats/gguf/chatglm2.js'
+import {type GgmlType, type GgufTensorPlan, ggmlByteSize, writeGguf} from '../formats/gguf/gguf-writer.js'
+import {ggufTensorData} from '../formats/gguf/tensor-data.js'
 import {assertComplete, checkTensors, openModel} from './model-dir.js'
 import {checkpoint, claimOutput, openClaimed} from './output-dir.js'
 
 export interface GgufConvertOptions {
-  /** The user's --arch (src/formats/model-dir.ts OpenModelOptions). */
+  /** The user's --arch (src/pipelines/model-dir.ts OpenModelOptions). */
   arch?: ArchId
   input: string
   /** A directory (the GGUF goes inside it) or a path ending in .gguf. */

@@ -1,22 +1,22 @@
 import {copyFile, readFile, stat, writeFile} from 'node:fs/promises'
 import {existsSync} from 'node:fs'
 import {join} from 'node:path'
-import {GlmtoolError, ModelError, withPath} from '../../errors.js'
-import type {Arch, ArchId, ModelConfig, NetworkId} from '../../models/index.js'
-import {isQuantizedWeight, type QuantLayout, quantLayoutOf, scaleNameOf} from '../../models/quantized-layout.js'
-import {VERSION} from '../../version.js'
-import {byteLength, type DType, isFloat, numel} from '../dtype.js'
-import {decodeFloats, encodeFloats} from '../dtype-convert.js'
-import {assertComplete, checkTensors, type ModelSource, openModel} from '../model-dir.js'
-import {checkpoint, claimOutput, openClaimed} from '../output-dir.js'
-import {writeSafetensorsFile} from '../safetensors-writer.js'
-import type {TensorEntry} from '../tensor.js'
-import {type ChatglmOnnxGraph, decoderIO, type DecoderDims, type DecoderIO, type GraphContext, linear, MASKED, type TensorIO} from './chatglm-graph.js'
-import {chatglmV1Graph} from './chatglm-v1-graph.js'
-import {chatglmV2Graph} from './chatglm-v2-graph.js'
-import {ExternalDataWriter, externalRangeOf} from './external-data.js'
-import {decodeModel, DEFAULT_OPSET, ELEM, type ElemType, elemTypeOf, GraphBuilder, IR_VERSION, MS_DOMAIN, MS_OPSET} from './onnx-builder.js'
-import {dequantEmbedding, matMulNBitsB, matMulNBitsScales, nbitsDims} from './quantized-weights.js'
+import {GlmtoolError, ModelError, withPath} from '../errors.js'
+import type {Arch, ArchId, ModelConfig, NetworkId} from '../models/index.js'
+import {isQuantizedWeight, type QuantLayout, quantLayoutOf, scaleNameOf} from '../models/quantized-layout.js'
+import {VERSION} from '../version.js'
+import {byteLength, type DType, isFloat, numel} from '../formats/dtype.js'
+import {decodeFloats, encodeFloats} from '../formats/dtype-convert.js'
+import {assertComplete, checkTensors, type ModelSource, openModel} from './model-dir.js'
+import {checkpoint, claimOutput, openClaimed} from './output-dir.js'
+import {writeSafetensorsFile} from '../formats/safetensors-writer.js'
+import type {TensorEntry} from '../formats/tensor.js'
+import {type ChatglmOnnxGraph, decoderIO, type DecoderDims, type DecoderIO, type GraphContext, linear, MASKED, type TensorIO} from '../formats/onnx/chatglm-graph.js'
+import {chatglmV1Graph} from '../formats/onnx/chatglm-v1-graph.js'
+import {chatglmV2Graph} from '../formats/onnx/chatglm-v2-graph.js'
+import {ExternalDataWriter, externalRangeOf} from '../formats/onnx/external-data.js'
+import {decodeModel, DEFAULT_OPSET, ELEM, type ElemType, elemTypeOf, GraphBuilder, IR_VERSION, MS_DOMAIN, MS_OPSET} from '../formats/onnx/onnx-builder.js'
+import {dequantEmbedding, matMulNBitsB, matMulNBitsScales, nbitsDims} from '../formats/onnx/quantized-weights.js'
 
 export const ONNX_MODEL_FILE = 'model.onnx'
 export const ONNX_DATA_FILE = 'model.onnx.data'
@@ -44,7 +44,7 @@ export function onnxGraphFor(arch: Arch): ChatglmOnnxGraph {
 export type OnnxWeightDtype = 'F32' | 'F16'
 
 export interface OnnxExportOptions {
-  /** The user's --arch (src/formats/model-dir.ts OpenModelOptions). */
+  /** The user's --arch (src/pipelines/model-dir.ts OpenModelOptions). */
   arch?: ArchId
   input: string
   out: string

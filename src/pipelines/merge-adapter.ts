@@ -6,24 +6,24 @@
  * written and re-opened as a complete model; every check on the adapter runs first.
  */
 import {basename, resolve} from 'node:path'
-import {ModelError} from '../../errors.js'
-import {prefixCacheName} from '../../models/arch.js'
-import type {ArchId, ModelConfig} from '../../models/index.js'
-import {VERSION} from '../../version.js'
-import {byteLength, type DType, TORCH_DTYPE_OF} from '../dtype.js'
-import {targetDtype} from '../dtype-convert.js'
-import {assertComplete, checkTensors, openModel} from '../model-dir.js'
-import {castTensor, verifyModelOutput, writeCompanionFiles} from '../model-output.js'
-import {claimOutput, openClaimed} from '../output-dir.js'
-import {writeSafetensorsModel} from '../safetensors-writer.js'
-import type {TensorEntry} from '../tensor.js'
-import {AdapterError} from './adapter-error.js'
-import {type AdapterType, locateAdapter} from './adapter-source.js'
-import {mergedLoraTensor, openLoraAdapter, planLora} from './lora.js'
-import {computePrefixCache, openPrefixCheckpoint} from './prefix.js'
+import {ModelError} from '../errors.js'
+import {prefixCacheName} from '../models/arch.js'
+import type {ArchId, ModelConfig} from '../models/index.js'
+import {VERSION} from '../version.js'
+import {byteLength, type DType, TORCH_DTYPE_OF} from '../formats/dtype.js'
+import {targetDtype} from '../formats/dtype-convert.js'
+import {assertComplete, checkTensors, openModel} from './model-dir.js'
+import {castTensor, verifyModelOutput, writeCompanionFiles} from './model-output.js'
+import {claimOutput, openClaimed} from './output-dir.js'
+import {writeSafetensorsModel} from '../formats/safetensors-writer.js'
+import type {TensorEntry} from '../formats/tensor.js'
+import {AdapterError} from '../formats/adapters/adapter-error.js'
+import {type AdapterType, locateAdapter} from '../formats/adapters/adapter-source.js'
+import {mergedLoraTensor, openLoraAdapter, planLora} from '../formats/adapters/lora.js'
+import {computePrefixCache, openPrefixCheckpoint} from '../formats/adapters/prefix.js'
 
 export interface MergeAdapterOptions {
-  /** The user's --arch (src/formats/model-dir.ts OpenModelOptions). */
+  /** The user's --arch (src/pipelines/model-dir.ts OpenModelOptions). */
   arch?: ArchId
   base: string
   adapter: string
