@@ -1,11 +1,11 @@
 import {copyFile, mkdir, readdir, rm, writeFile} from 'node:fs/promises'
 import {existsSync} from 'node:fs'
-import {totalmem} from 'node:os'
+import {freemem, totalmem} from 'node:os'
 import {join} from 'node:path'
 import {GlmtoolError, ModelError, UsageError} from '../errors.js'
-import {byteLength, isFloat, numel} from '../formats/dtype.js'
+import {byteLength, isFloat} from '../formats/dtype.js'
 import {assertComplete, checkTensors, isWeightFile, type ModelSource, openModel} from '../formats/model-dir.js'
-import {exportOnnx, exportOnnxInto, ONNX_MANIFEST_FILE} from '../formats/onnx/export-onnx.js'
+import {exportOnnxInto, ONNX_MANIFEST_FILE} from '../formats/onnx/export-onnx.js'
 import {claimOutput, openClaimed} from '../formats/output-dir.js'
 import {writeSafetensorsModel} from '../formats/safetensors-writer.js'
 import type {TensorEntry} from '../formats/tensor.js'
@@ -13,15 +13,16 @@ import type {Arch, ModelConfig} from '../models/index.js'
 import {GLMTOOL_QUANT_KEY, isQuantizedWeight, type QuantLayout, scaleNameOf} from '../models/quantized-layout.js'
 import {loadModelTokenizer} from '../runtime/model-tokenizer.js'
 import {VERSION} from '../version.js'
-import {collectActivationStats, type LinearStats} from './activation-stats.js'
+import {collectActivationStats, type LinearStats, type StatsCollector} from './activation-stats.js'
 import {quantizeUnit, type LinearReport, type UnitResult} from './calibrated-unit.js'
 import {calibrationUnits} from './calibration-plan.js'
 import {splitParagraphs, tokenSequences} from './calibration-data.js'
 import {CALIBRATION_TEXT, HELD_OUT_TEXT} from './calibration-text.js'
-import {type EndToEnd, evaluateAgainst} from './evaluate.js'
+import {type EndToEnd, evaluateStreamed} from './evaluate.js'
 import {finiteChecked, rtnTensors} from './quantized-tensors.js'
 import {QuantizationError, type QuantBits} from './rtn.js'
 import {RtnPool} from './rtn-pool.js'
+import {streamedPeakBytes} from './streamed-forward.js'
 
 /**
  * `glmtool quantize`: a float ChatGLM checkpoint -> a weight-quantized model directory in the
@@ -30,13 +31,15 @@ import {RtnPool} from './rtn-pool.js'
  * - rtn: the published round-to-nearest scheme, bit-identical to quantization.py for
  *   per-channel scales, streamed tensor by tensor and row block by row block over worker
  *   threads (quantized-tensors.ts), so any model size runs in bounded memory.
- * - calibrated: the float model runs over calibration text in onnxruntime to collect each
- *   linear's input statistics (activation-stats.ts); each layer then gets AWQ input scaling
+ * - calibrated: the float model runs over calibration text in onnxruntime, one layer at a
+ *   time (streamed-forward.ts), to collect each linear's input statistics (activation-stats.ts);
+ *   each layer then gets AWQ input scaling
  *   (folded into the preceding norm or linear where the math allows, calibration-plan.ts) and
  *   a clipping search (calibrate.ts), quantized with the same published arithmetic.
  * The report has per-layer weight and activation-weighted output errors (RTN and the method
  * used), and end to end, on held-out text, the KL divergence and top-1 agreement of the
- * quantized model's next-token distributions against the float model's (evaluate.ts).
+ * quantized model's next-token distributions against the float model's (evaluate.ts), streamed
+ * the same way. Memory is bounded by one layer at a time in every step, not by the model.
  */
 
 export type QuantMethod = 'rtn' | 'calibrated'
@@ -69,6 +72,8 @@ export interface QuantizeOptions {
   onStart?: (totalBytes: number) => void
   onBytes?: (n: number) => void
   onWarning?: (message: string) => void
+  /** TEST ONLY: collects the activation statistics instead of the streamed run (the whole-graph reference, test/quantize-helpers.ts). */
+  statsCollector?: StatsCollector
 }
 
 export interface QuantizeResult {
@@ -110,10 +115,8 @@ function checkOptions(o: QuantizeOptions): asserts o is QuantizeOptions & {bits:
   }
 }
 
-/** Float32 bytes of the model in onnxruntime: what calibration and evaluation need per float model. */
-function float32Bytes(model: ModelSource): number {
-  return model.tensors.reduce((a, t) => a + 4 * numel(t.shape), 0)
-}
+/** Held-out sequences the evaluation runs (each up to seqLen tokens). */
+const EVAL_SEQUENCES = 8
 
 export async function quantizeModel(opts: QuantizeOptions): Promise<QuantizeResult> {
   const started = Date.now()
@@ -151,34 +154,40 @@ export async function quantizeModel(opts: QuantizeOptions): Promise<QuantizeResu
     const targets = model.tensors.filter(t => t.shape.length === 2 && isQuantizedWeight(arch, layout, t.name))
     checkTargets(targets, layout)
 
-    // Calibration and evaluation both run the float model in onnxruntime (float32).
-    const need = float32Bytes(model)
-    const candidates = opts.method === 'calibrated' ? 2 : 1
-    const fits = need * (1 + candidates) < 0.5 * totalmem()
+    // Calibration and evaluation run the model one slice at a time (streamed-forward.ts): the
+    // memory they need is one layer's weights and the sequences' hidden states, not the model.
+    const seqLen = opts.seqLen ?? 128
+    const calibNeed = streamedPeakBytes(model, opts.calibSamples * seqLen, 0)
+    const evalNeed = streamedPeakBytes(model, EVAL_SEQUENCES * seqLen, 2 * EVAL_SEQUENCES * seqLen)
+    const available = Math.max(freemem(), 0.5 * totalmem())
+    const gb = (n: number) => `${(n / 1e9).toFixed(1)} GB`
     // A P-Tuning prefix (pre_seq_len) is not carried into ONNX yet, so such a model cannot run there.
     const prefixed = config.pre_seq_len !== undefined && config.pre_seq_len !== null
-    // --evaluate auto skips (and says why) rather than fail when there is no tokenizer to make text with.
+    // --evaluate auto skips (and says why) rather than fail: no tokenizer to make text with, a
+    // prefix the ONNX graph lacks, or not enough memory.
     const tokenizerPath = join(dir, arch.tokenizerFile)
-    const noTokenizer = opts.method !== 'calibrated' && opts.evaluate === 'auto' && !existsSync(tokenizerPath)
-    const evaluate = opts.evaluate === 'on' || (opts.evaluate === 'auto' && fits && !prefixed && !noTokenizer)
-    if (opts.method === 'calibrated' && need > 0.8 * totalmem()) {
-      throw new GlmtoolError('quant-memory', `calibration runs the float model in onnxruntime as float32 (~${(need / 1e9).toFixed(1)} GB), more than this machine's ${(totalmem() / 1e9).toFixed(1)} GB allow; use --method rtn`)
+    const skipWhy = opts.evaluate === 'off' ? '--evaluate off'
+      : opts.evaluate === 'on' ? undefined
+      : !existsSync(tokenizerPath) ? `no tokenizer to make evaluation text with (${tokenizerPath} is missing)`
+      : prefixed ? 'the model has a P-Tuning prefix (pre_seq_len), which the ONNX runtime does not carry yet'
+      : evalNeed > available ? `the streamed evaluation needs ~${gb(evalNeed)} of memory, ${gb(available)} are available; pass --evaluate on to run it anyway`
+      : undefined
+    const evaluate = skipWhy === undefined
+    if (opts.method === 'calibrated' && calibNeed > 0.8 * totalmem()) {
+      throw new GlmtoolError('quant-memory', `streamed calibration needs ~${gb(calibNeed)} (one layer as float32 and the calibration hidden states), more than this machine's ${gb(totalmem())} allow; use --method rtn or fewer --calib-samples`)
     }
-    const seqLen = opts.seqLen ?? 128
     let stats: Map<string, LinearStats> | undefined
     let calibration: QuantizeResult['calibration']
-    const floatOnnx = join(scratch, 'float-onnx')
     // Loaded and checked against config.json before any heavy work, so a bad tokenizer fails at once.
     const tokenizer = opts.method === 'calibrated' || evaluate ? (await loadModelTokenizer(dir, {arch, config})).tokenizer : undefined
     const seconds: QuantizeResult['seconds'] = {total: 0, quantize: 0}
     if (tokenizer) {
       const t0 = Date.now()
-      opts.onStage?.('exporting the float model for calibration (onnxruntime, float32) ...')
-      await exportOnnx({input: opts.input, out: floatOnnx, force: true, linearInputs: true})
       const cal = opts.calibration ?? {text: CALIBRATION_TEXT.join('\n\n'), source: 'built-in bilingual calibration text'}
       const sequences = tokenSequences(tokenizer, splitParagraphs(cal.text), seqLen, opts.calibSamples)
-      opts.onStage?.(`collecting activation statistics over ${sequences.length} sequence(s) of ${cal.source} ...`)
-      const r = await collectActivationStats(floatOnnx, tokenizer, sequences)
+      opts.onStage?.(`collecting activation statistics over ${sequences.length} sequence(s) of ${cal.source}, one layer at a time ...`)
+      const collect = opts.statsCollector ?? collectActivationStats
+      const r = await collect(model, tokenizer, sequences, {scratch, threads: opts.threads})
       stats = r.stats
       seconds.calibration = (Date.now() - t0) / 1000
       calibration = {source: cal.source, sequences: r.sequences, tokens: r.tokens, seconds: seconds.calibration}
@@ -209,30 +218,28 @@ export async function quantizeModel(opts: QuantizeOptions): Promise<QuantizeResu
       let endToEnd: QuantizeResult['endToEnd']
       if (evaluate && tokenizer) {
         const t2 = Date.now()
-        const models: {label: string, dir: string}[] = []
+        const candidates: {label: string, dir: string}[] = []
         if (opts.method === 'calibrated') {
           opts.onStage?.('quantizing the RTN baseline for comparison ...')
           const rtnSt = join(scratch, 'rtn-safetensors')
           await writeQuantizedDir(model, arch, {...quantConfig, [GLMTOOL_QUANT_KEY]: {...quantConfig[GLMTOOL_QUANT_KEY] as object, method: 'rtn'}}, rtnSt, layout, 'rtn', stats, pool, {...opts, onBytes: undefined, onStart: undefined})
-          await exportOnnx({input: rtnSt, out: join(scratch, 'rtn-onnx'), force: true})
-          models.push({label: 'rtn', dir: join(scratch, 'rtn-onnx')})
+          candidates.push({label: 'rtn', dir: rtnSt})
         }
-        let chosenOnnx = tmp
-        if (opts.format === 'safetensors') {
-          chosenOnnx = join(scratch, 'quantized-onnx')
-          await exportOnnx({input: stDir, out: chosenOnnx, force: true})
+        candidates.push({label: opts.method, dir: stDir})
+        const sequences = tokenSequences(tokenizer, HELD_OUT_TEXT, seqLen, EVAL_SEQUENCES)
+        opts.onStage?.(`evaluating on ${sequences.length} held-out sequence(s), one layer at a time (float, ${candidates.map(c => c.label).join(', ')}) ...`)
+        const opened: ModelSource[] = []
+        let e
+        try {
+          for (const c of candidates) opened.push(await openModel(c.dir))
+          e = await evaluateStreamed(model, candidates.map((c, i) => ({label: c.label, model: opened[i]})), tokenizer, sequences, {scratch, threads: opts.threads})
+        } finally {
+          for (const m of opened) await m.close()
         }
-        models.push({label: opts.method, dir: chosenOnnx})
-        const sequences = tokenSequences(tokenizer, HELD_OUT_TEXT, seqLen, 8)
-        opts.onStage?.(`evaluating on ${sequences.length} held-out sequence(s) ...`)
-        const e = await evaluateAgainst(floatOnnx, models, tokenizer, sequences)
         endToEnd = {text: 'built-in held-out text', sequences: e.sequences, positions: e.positions, models: e.models, seconds: e.seconds}
         seconds.evaluation = (Date.now() - t2) / 1000
       } else {
-        endToEnd = {skipped: opts.evaluate === 'off' ? '--evaluate off'
-          : noTokenizer ? `no tokenizer to make evaluation text with (${tokenizerPath} is missing)`
-          : prefixed ? 'the model has a P-Tuning prefix (pre_seq_len), which the ONNX runtime does not carry yet'
-          : `the float model needs ~${(need / 1e9).toFixed(1)} GB as float32 in onnxruntime per copy (${1 + candidates} copies); pass --evaluate on to run it anyway`}
+        endToEnd = {skipped: skipWhy ?? 'no tokenizer'}
       }
       if (opts.format === 'onnx') await rm(stDir, {recursive: true, force: true})
       seconds.total = (Date.now() - started) / 1000
