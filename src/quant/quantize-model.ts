@@ -1,6 +1,6 @@
 import {copyFile, mkdir, readdir, rm, writeFile} from 'node:fs/promises'
 import {existsSync} from 'node:fs'
-import {freemem, totalmem} from 'node:os'
+import {availableParallelism, freemem, totalmem} from 'node:os'
 import {join} from 'node:path'
 import {GlmtoolError, ModelError, UsageError} from '../errors.js'
 import {byteLength, isFloat} from '../formats/dtype.js'
@@ -14,7 +14,8 @@ import {GLMTOOL_QUANT_KEY, isQuantizedWeight, type QuantLayout, scaleNameOf} fro
 import {loadModelTokenizer} from '../runtime/model-tokenizer.js'
 import {VERSION} from '../version.js'
 import {collectActivationStats, type LinearStats, type StatsCollector} from './activation-stats.js'
-import {quantizeUnit, type LinearReport, type UnitResult} from './calibrated-unit.js'
+import {type LinearReport, type UnitResult} from './calibrated-unit.js'
+import {CalibratePool} from './calibrate-pool.js'
 import {calibrationUnits} from './calibration-plan.js'
 import {splitParagraphs, tokenSequences} from './calibration-data.js'
 import {CALIBRATION_TEXT, HELD_OUT_TEXT} from './calibration-text.js'
@@ -22,7 +23,7 @@ import {type EndToEnd, evaluateStreamed} from './evaluate.js'
 import {finiteChecked, rtnTensors} from './quantized-tensors.js'
 import {QuantizationError, type QuantBits} from './rtn.js'
 import {RtnPool} from './rtn-pool.js'
-import {streamedPeakBytes} from './streamed-forward.js'
+import {largestLayerBytes, streamedPeakBytes} from './streamed-forward.js'
 
 /**
  * `glmtool quantize`: a float ChatGLM checkpoint -> a weight-quantized model directory in the
@@ -130,9 +131,15 @@ export async function quantizeModel(opts: QuantizeOptions): Promise<QuantizeResu
   // next run) SIGKILL.
   let scratch: string
   let pool: RtnPool
+  let calPool: CalibratePool
   try {
     scratch = await output.tempDir()
     pool = RtnPool.create(opts.threads)
+    // Calibration workers: every core, as far as memory allows (each holds a layer's working
+    // copies, about twice its float32 size).
+    const perUnit = 2 * largestLayerBytes(model)
+    const byMemory = Math.max(1, Math.floor(0.4 * totalmem() / Math.max(perUnit, 1)))
+    calPool = CalibratePool.create(opts.method === 'calibrated' ? Math.min(opts.threads ?? availableParallelism(), byMemory) : 1)
   } catch (error) {
     await model.close()
     output.release()
@@ -187,7 +194,7 @@ export async function quantizeModel(opts: QuantizeOptions): Promise<QuantizeResu
       const sequences = tokenSequences(tokenizer, splitParagraphs(cal.text), seqLen, opts.calibSamples)
       opts.onStage?.(`collecting activation statistics over ${sequences.length} sequence(s) of ${cal.source}, one layer at a time ...`)
       const collect = opts.statsCollector ?? collectActivationStats
-      const r = await collect(model, tokenizer, sequences, {scratch, threads: opts.threads})
+      const r = await collect(model, tokenizer, sequences, {scratch, threads: opts.threads, onLayer: (k, total) => opts.onStage?.(`  slice ${k + 1}/${total} (${((Date.now() - t0) / 1000).toFixed(0)} s)`)})
       stats = r.stats
       seconds.calibration = (Date.now() - t0) / 1000
       calibration = {source: cal.source, sequences: r.sequences, tokens: r.tokens, seconds: seconds.calibration}
@@ -203,8 +210,8 @@ export async function quantizeModel(opts: QuantizeOptions): Promise<QuantizeResu
       const t0 = Date.now()
       const stDir = opts.format === 'onnx' ? join(tmp, '.quantized-safetensors') : tmp
       if (opts.format === 'onnx') await mkdir(stDir)
-      opts.onStage?.(`quantizing ${targets.length} weights to int${bits} (${opts.method}${opts.method === 'rtn' ? `, ${pool.threads} thread(s)` : ''}) ...`)
-      const q = await writeQuantizedDir(model, arch, quantConfig, stDir, layout, opts.method, stats, pool, opts)
+      opts.onStage?.(`quantizing ${targets.length} weights to int${bits} (${opts.method}, ${opts.method === 'rtn' ? pool.threads : calPool.threads} thread(s)) ...`)
+      const q = await writeQuantizedDir(model, arch, quantConfig, stDir, layout, opts.method, stats, pool, opts, calPool)
       seconds.quantize = (Date.now() - t0) / 1000
       let onnxBytes: number | undefined
       if (opts.format !== 'safetensors') {
@@ -232,7 +239,9 @@ export async function quantizeModel(opts: QuantizeOptions): Promise<QuantizeResu
         let e
         try {
           for (const c of candidates) opened.push(await openModel(c.dir))
-          e = await evaluateStreamed(model, candidates.map((c, i) => ({label: c.label, model: opened[i]})), tokenizer, sequences, {scratch, threads: opts.threads})
+          e = await evaluateStreamed(model, candidates.map((c, i) => ({label: c.label, model: opened[i]})), tokenizer, sequences, {
+            scratch, threads: opts.threads, onModel: label => opts.onStage?.(`  ${label} model (${((Date.now() - t2) / 1000).toFixed(0)} s)`),
+          })
         } finally {
           for (const m of opened) await m.close()
         }
@@ -249,11 +258,12 @@ export async function quantizeModel(opts: QuantizeOptions): Promise<QuantizeResu
         ...(onnxBytes !== undefined ? {onnxBytes} : {}),
         files: (await readdir(tmp)).filter(f => !f.startsWith('.')).sort(),
         layers: q.layers, summary: summarize(q.layers), ...(calibration ? {calibration} : {}), endToEnd,
-        threads: pool.threads, seconds, peakRssBytes: process.resourceUsage().maxRSS * 1024,
+        threads: opts.method === 'calibrated' ? calPool.threads : pool.threads, seconds, peakRssBytes: process.resourceUsage().maxRSS * 1024,
       }
     })
   } finally {
     await pool.close()
+    await calPool.close()
     await model.close()
     output.release()
   }
@@ -299,7 +309,7 @@ async function copyCompanions(from: string, to: string, config: ModelConfig): Pr
  */
 async function writeQuantizedDir(
   model: ModelSource, arch: Arch, quantConfig: ModelConfig, dir: string, layout: QuantLayout, method: 'rtn' | 'calibrated',
-  stats: Map<string, LinearStats> | undefined, pool: RtnPool, opts: QuantizeOptions,
+  stats: Map<string, LinearStats> | undefined, pool: RtnPool, opts: QuantizeOptions, calPool?: CalibratePool,
 ): Promise<{bytes: number, layers: LinearReport[]}> {
   await mkdir(dir, {recursive: true})
   const byName = new Map(model.tensors.map(t => [t.name, t]))
@@ -322,15 +332,22 @@ async function writeQuantizedDir(
     }
   })
   const results = new Map<number, Promise<UnitResult>>()
-  const unitResult = (i: number): Promise<UnitResult> => {
+  const start = (i: number): Promise<UnitResult> => {
     let p = results.get(i)
     if (!p) {
-      p = quantizeUnit(units[i], byName, stats!, {bits, groupSize: g}).then(r => {
+      p = calPool!.run(model.path, units, i, layout.lmHead, byName, stats!, {bits, groupSize: g}).then(r => {
         for (const l of r.reports) reports.set(l.name, l)
         return r
       })
+      p.catch(() => {}) // a prefetched unit's failure surfaces when the writer asks for it
       results.set(i, p)
     }
+    return p
+  }
+  // The writer asks for units in its order; the next ones start meanwhile, one per worker.
+  const unitResult = (i: number): Promise<UnitResult> => {
+    const p = start(i)
+    for (let k = i + 1; k < Math.min(units.length, i + calPool!.threads); k++) start(k)
     return p
   }
   const fromUnit = (i: number, name: string, dtype: TensorEntry['dtype'], shape: readonly number[], fallback: TensorEntry): TensorEntry => ({

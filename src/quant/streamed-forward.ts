@@ -148,14 +148,20 @@ export function streamedPeakBytes(model: ModelSource, tokens: number, logitRows:
   if (!model.arch || !model.config) return Infinity
   const graph = onnxGraphFor(model.arch)
   const d = graph.dims(model.config)
-  const layerOf = (name: string): string => /\.layers\.(\d+)\./.exec(name)?.[1] ?? name
+  return 2 * largestLayerBytes(model) + 2 * graph.boundary.length * tokens * d.hidden * 4 + 2 * logitRows * d.vocab * 4
+}
+
+/**
+ * Float32 bytes of the largest slice: a layer's tensors together, or one tensor outside the
+ * layers (the output layer; the embedding table counts in its stored dtype, which the graph
+ * gathers from without a float32 copy).
+ */
+export function largestLayerBytes(model: ModelSource): number {
   const slices = new Map<string, number>()
   for (const t of model.tensors) {
-    const k = layerOf(t.name)
-    // The embedding table is gathered in its stored dtype; everything else runs as float32.
+    const k = /\.layers\.(\d+)\./.exec(t.name)?.[1] ?? t.name
     const bytes = /word_embeddings/.test(t.name) ? byteLength(t.dtype, t.shape) : 4 * numel(t.shape)
     slices.set(k, (slices.get(k) ?? 0) + bytes)
   }
-  const largest = Math.max(0, ...slices.values())
-  return 2 * largest + 2 * graph.boundary.length * tokens * d.hidden * 4 + 2 * logitRows * d.vocab * 4
+  return Math.max(0, ...slices.values())
 }
