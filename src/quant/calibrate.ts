@@ -267,11 +267,58 @@ function surrogateGroup(w: Float32Array, rowOff: number, start: number, len: num
   }
 }
 
+/** max |w s| over one group (surrogateGroup's first pass). */
+function groupMax(w: Float32Array, rowOff: number, start: number, len: number, s: Float32Array): number {
+  let max = 0
+  for (let i = 0; i < len; i++) {
+    const a = Math.abs(w[rowOff + start + i] * s[start + i])
+    if (a > max) max = a
+  }
+  return max
+}
+
+/**
+ * surrogateGroup's residual at the given scale and the diagonal error sum_i meanSq_i d_i^2 in
+ * one pass: `acc` plus each term, computed and added in the order rowError (a running sum over
+ * the row) and searchClipping's groupErr (a sum over the group from 0) use, so the sums are bit
+ * for bit theirs.
+ */
+function diagonalGroup(w: Float32Array, rowOff: number, start: number, len: number, s: Float32Array, scale: number, m: number, meanSq: ArrayLike<number>, acc: number): number {
+  let e = acc
+  for (let i = 0; i < len; i++) {
+    const wi = w[rowOff + start + i]
+    let di: number
+    if (scale === 0) {
+      di = wi
+    } else {
+      const si = s[start + i]
+      let q = Math.round(wi * si / scale)
+      q = q > m ? m : q < -m ? -m : q
+      di = wi - q * scale / si
+    }
+    e += meanSq[start + i] * di * di
+  }
+  return e
+}
+
 /** Surrogate output error of quantizing W·diag(s) with clipping ratios (null: all 1). */
 function surrogateError(ctx: Ctx, s: Float32Array, alpha: Float32Array | null): number {
   const {w, rows, cols, groupSize, bits, meanSq, samples} = ctx
   const groups = cols / groupSize
   const m = qmax(bits)
+  if (!samples) {
+    // Diagonal metric, fused (diagonalGroup): the same values as the loop below, in one pass per group.
+    let e = 0
+    for (let r = 0; r < rows; r++) {
+      let rowE = 0
+      for (let g = 0; g < groups; g++) {
+        const start = g * groupSize
+        rowE = diagonalGroup(w, r * cols, start, groupSize, s, (alpha ? alpha[r * groups + g] : 1) * groupMax(w, r * cols, start, groupSize, s) / m, m, meanSq, rowE)
+      }
+      e += rowE
+    }
+    return e
+  }
   const d = new Float64Array(cols)
   let e = 0
   for (let r = 0; r < rows; r++) {
@@ -290,6 +337,26 @@ function searchClipping(ctx: Ctx, s: Float32Array, alphas: readonly number[]): F
   const dNew = new Float64Array(groupSize)
   const d = new Float64Array(cols)
   const res = samples ? new Float64Array(samples.n) : null
+  if (!samples) {
+    // Diagonal metric: groups are independent. The group's max is the same for every alpha, so
+    // it is taken once, and each candidate's residual and error come in one pass (diagonalGroup).
+    for (let r = 0; r < rows; r++) {
+      for (let g = 0; g < groups; g++) {
+        const c0 = g * groupSize
+        const max = groupMax(w, r * cols, c0, groupSize, s)
+        let bestErr = diagonalGroup(w, r * cols, c0, groupSize, s, 1 * max / m, m, meanSq, 0)
+        for (const a of alphas) {
+          if (a === 1) continue // the starting point
+          const e = diagonalGroup(w, r * cols, c0, groupSize, s, a * max / m, m, meanSq, 0)
+          if (e < bestErr) {
+            bestErr = e
+            alpha[r * groups + g] = a
+          }
+        }
+      }
+    }
+    return alpha
+  }
   for (let r = 0; r < rows; r++) {
     // Start from alpha = 1 for every group of the row.
     for (let g = 0; g < groups; g++) surrogateGroup(w, r * cols, g * groupSize, groupSize, s, 1, m, d, g * groupSize)
