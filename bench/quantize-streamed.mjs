@@ -14,8 +14,8 @@
 // times `--method rtn` on its own. Outputs are deleted unless --keep, and so is the synth model
 // when this run made it. Needs `npm run build` first.
 import {execFileSync, spawnSync} from 'node:child_process'
-import {existsSync, rmSync} from 'node:fs'
-import {cpus, totalmem} from 'node:os'
+import {existsSync, readFileSync, rmSync} from 'node:fs'
+import {cpus, tmpdir, totalmem} from 'node:os'
 import {join} from 'node:path'
 import {parseArgs} from 'node:util'
 import {root} from './lib.mjs'
@@ -29,14 +29,14 @@ const {values: opt} = parseArgs({options: {
   keep: {type: 'boolean', default: false},
 }})
 
-/** The built CLI under /usr/bin/time; stage notes pass through to our stderr as they come. */
+/** The built CLI under /usr/bin/time; its stage notes go to our stderr as they come. */
 function timed(args) {
-  const r = spawnSync('/usr/bin/time', ['-f', 'TIME %e %U %S %M', process.execPath, join(root, 'bin/run.js'), ...args, '--json'],
-    {encoding: 'utf8', maxBuffer: 1 << 28, stdio: ['ignore', 'pipe', 'pipe']})
-  process.stderr.write(r.stderr)
+  const timeFile = join(tmpdir(), `glmtool-bench-time-${process.pid}`)
+  const r = spawnSync('/usr/bin/time', ['-o', timeFile, '-f', '%e %U %S %M', process.execPath, join(root, 'bin/run.js'), ...args, '--json'],
+    {encoding: 'utf8', maxBuffer: 1 << 28, stdio: ['ignore', 'pipe', 'inherit']})
+  const [wall, user, sys, maxKb] = readFileSync(timeFile, 'utf8').trim().split('\n').pop().split(' ').map(Number)
+  rmSync(timeFile, {force: true})
   if (r.status !== 0) throw new Error(`glmtool ${args.join(' ')} failed (exit ${r.status})`)
-  const line = r.stderr.trim().split('\n').filter(l => l.startsWith('TIME ')).pop()
-  const [wall, user, sys, maxKb] = line.slice(5).split(' ').map(Number)
   return {json: JSON.parse(r.stdout), wall, cpu: user + sys, maxRssMB: Math.round(maxKb / 1024)}
 }
 
