@@ -14,9 +14,9 @@ export default class Quantize extends BaseCommand {
   static override summary = 'Quantize a ChatGLM model\'s weights to INT8 or INT4 (published layout), optionally calibrated, with a quality report'
   static override description = `Weight-only symmetric quantization of the four linears of every layer (query_key_value, dense, dense_h_to_4h, dense_4h_to_h), as ChatGLM's published quantization.py does: --method rtn is its round-to-nearest scheme, bit for bit with --group-size 0 (one fp16 scale per output channel); 32/64/128 give one scale per group of input columns. Output is a model directory every glmtool command reads (safetensors with the published names: int8 "weight", fp16 "weight_scale", "quantization_bit" in config.json), and/or an ONNX graph whose quantized linears are com.microsoft MatMulNBits.
 
---method calibrated (the default when --calib is given) runs the float model over calibration text (a built-in bilingual set, or --calib FILE) and chooses each layer's scales to minimise its activation-weighted output error: AWQ input-channel scaling (Lin et al. 2023), folded into the preceding norm or linear where that is exact, then a clipping search per scale group.
+--method calibrated (the default when --calib is given) runs the float model over calibration text (a built-in bilingual set, or --calib FILE), one layer at a time so that memory holds one layer's weights and the calibration activations rather than the model, and chooses each layer's scales to minimise its activation-weighted output error: AWQ input-channel scaling (Lin et al. 2023), folded into the preceding norm or linear where that is exact, then a clipping search per scale group.
 
-The report gives each layer's weight error and activation-weighted output error (RTN vs the method used) and, end to end on held-out text, the mean KL divergence and top-1 agreement of the next-token distributions against the float model (run when the model fits in memory as float32; see --evaluate).`
+The report gives each layer's weight error and activation-weighted output error (RTN vs the method used) and, end to end on held-out text, the mean KL divergence and top-1 agreement of the next-token distributions against the float model, streamed the same way (see --evaluate).`
 
   static override examples = [
     '<%= config.bin %> quantize ./chatglm2-6b --bits 4 --out ./chatglm2-6b-int4',
@@ -40,8 +40,8 @@ The report gives each layer's weight error and activation-weighted output error 
     format: Flags.string({default: 'safetensors', options: ['safetensors', 'onnx', 'both'], description: 'output: safetensors, ONNX (MatMulNBits), or both in one directory'}),
     out: Flags.string({char: FLAG_CHARS.out, description: 'output directory [default: <model>-int<bits>]'}),
     force: Flags.boolean({char: FLAG_CHARS.force, default: false, description: 'replace --out if it exists'}),
-    evaluate: Flags.string({default: 'auto', options: ['auto', 'on', 'off'], description: 'end-to-end KL / top-1 on held-out text; auto: when the float model fits comfortably in memory'}),
-    threads: Flags.integer({description: 'worker threads for RTN [default: every core]'}),
+    evaluate: Flags.string({default: 'auto', options: ['auto', 'on', 'off'], description: 'end-to-end KL / top-1 on held-out text; auto: run it unless there is no tokenizer or not enough memory (then say why)'}),
+    threads: Flags.integer({description: 'worker threads for RTN and calibration, and onnxruntime threads for calibration and evaluation [default: every core]'}),
     'max-shard-size': Flags.string({default: '4GB', description: 'largest safetensors shard'}),
   }
 

@@ -11,7 +11,7 @@ import {assertComplete, checkTensors, type ModelSource, openModel} from './model
 import {checkpoint, claimOutput, openClaimed} from './output-dir.js'
 import {writeSafetensorsFile} from '../formats/safetensors-writer.js'
 import type {TensorEntry} from '../formats/tensor.js'
-import {type ChatglmOnnxGraph, decoderIO, type DecoderDims, type DecoderIO, type GraphContext, linear, MASKED, type TensorIO} from '../formats/onnx/chatglm-graph.js'
+import {type ChatglmOnnxGraph, decoderIO, type DecoderDims, type DecoderIO, type GraphContext, type GraphPart, linear, MASKED, partIO, type TensorIO} from '../formats/onnx/chatglm-graph.js'
 import {chatglmV1Graph} from '../formats/onnx/chatglm-v1-graph.js'
 import {chatglmV2Graph} from '../formats/onnx/chatglm-v2-graph.js'
 import {ExternalDataWriter, externalRangeOf} from '../formats/onnx/external-data.js'
@@ -185,6 +185,42 @@ export async function exportOnnxInto(input: string, dir: string, opts: Omit<Onnx
   }
 }
 
+/**
+ * One slice of the decoder (chatglm-graph.ts GraphPart: the embedding, one layer, or the head)
+ * as model.onnx + model.onnx.data in `dir`, reading only that slice's tensors from the open
+ * model; with `linearInputs`, also the input of each of its linears (named as the whole
+ * calibration variant names them). For runs that hold one layer at a time (quantize's streamed
+ * calibration and evaluation, src/quant/streamed-forward.ts); no manifest, no companions.
+ */
+export async function exportOnnxPart(model: ModelSource, part: GraphPart, dir: string, opts: {linearInputs?: boolean} = {}): Promise<{model: string, io: DecoderIO, bytes: number}> {
+  if (!model.arch || !model.config) throw new ModelError(`${model.path}: ONNX export needs a model directory with config.json, not a single file`, 'not-a-model-dir')
+  const graph = onnxGraphFor(model.arch)
+  const dims = graph.dims(model.config)
+  const byName = new Map(model.tensors.map(t => [t.name, t]))
+  const plan = planGraph(graph, dims, model.arch, model.config, byName, undefined, opts.linearInputs ?? false, part)
+  const writer = await ExternalDataWriter.create(join(dir, ONNX_DATA_FILE), ONNX_DATA_FILE)
+  let bytes = 0
+  try {
+    for (const e of plan.entries) {
+      plan.builder.initializer(await writer.add(e.name, e.elemType, e.dims, e.length, e.chunks()))
+      bytes += e.length
+    }
+    for (const c of plan.computed) {
+      const data = Buffer.from(c.data.buffer, c.data.byteOffset, c.data.byteLength)
+      plan.builder.initializer(await writer.add(c.name, ELEM.FLOAT, c.dims, data.length, (async function* () {
+        yield data
+      })()))
+      bytes += data.length
+    }
+  } finally {
+    await writer.close()
+  }
+  const io = partIO(dims, part, graph.boundary)
+  const file = join(dir, ONNX_MODEL_FILE)
+  await withPath(file, () => writeFile(file, plan.builder.toModel({graphName: `${model.arch!.id} decoder ${part.kind}`, producerVersion: VERSION})))
+  return {model: file, io: {inputs: io.inputs, outputs: [...io.outputs, ...plan.extraOutputs]}, bytes}
+}
+
 interface ExportPlan {
   arch: Arch
   config: ModelConfig
@@ -316,7 +352,7 @@ interface GraphPlan {
 }
 
 /** Build the graph (no tensor bytes read), recording which tensors it uses. */
-function planGraph(graph: ChatglmOnnxGraph, dims: DecoderDims, arch: Arch, config: ModelConfig, byName: Map<string, TensorEntry>, requested: OnnxWeightDtype | undefined, linearInputs: boolean): GraphPlan {
+function planGraph(graph: ChatglmOnnxGraph, dims: DecoderDims, arch: Arch, config: ModelConfig, byName: Map<string, TensorEntry>, requested: OnnxWeightDtype | undefined, linearInputs: boolean, part?: GraphPart): GraphPlan {
   const b = new GraphBuilder()
   const used = new Set<string>()
   const asFloat = new Map<string, string>()
@@ -416,7 +452,8 @@ function planGraph(graph: ChatglmOnnxGraph, dims: DecoderDims, arch: Arch, confi
       return y
     },
   }
-  graph.build(b, ctx, dims)
+  if (part) graph.buildPart(b, ctx, dims, part)
+  else graph.build(b, ctx, dims)
   // After the decoder's outputs, so the contract's outputs keep their positions.
   pendingOutputs.forEach((x, i) => b.output(x, extraOutputs[i].name, ELEM.FLOAT, extraOutputs[i].shape))
   // Graph order (layer by layer), whatever the source format or shard layout: the same model

@@ -1,11 +1,11 @@
 import {copyFile, mkdir, readdir, rm, writeFile} from 'node:fs/promises'
 import {existsSync} from 'node:fs'
-import {totalmem} from 'node:os'
+import {availableParallelism, freemem, totalmem} from 'node:os'
 import {join} from 'node:path'
 import {GlmtoolError, ModelError, UsageError} from '../errors.js'
-import {byteLength, isFloat, numel} from '../formats/dtype.js'
+import {byteLength, isFloat} from '../formats/dtype.js'
 import {assertComplete, checkTensors, isWeightFile, type ModelSource, openModel} from './model-dir.js'
-import {exportOnnx, exportOnnxInto, ONNX_MANIFEST_FILE} from './export-onnx.js'
+import {exportOnnxInto, ONNX_MANIFEST_FILE} from './export-onnx.js'
 import {claimOutput, openClaimed} from './output-dir.js'
 import {writeSafetensorsModel} from '../formats/safetensors-writer.js'
 import type {TensorEntry} from '../formats/tensor.js'
@@ -13,15 +13,17 @@ import type {Arch, ArchId, ModelConfig} from '../models/index.js'
 import {GLMTOOL_QUANT_KEY, isQuantizedWeight, type QuantLayout, scaleNameOf} from '../models/quantized-layout.js'
 import {loadModelTokenizer} from '../runtime/tokenizer/model-tokenizer.js'
 import {VERSION} from '../version.js'
-import {collectActivationStats, type LinearStats} from '../quant/activation-stats.js'
-import {quantizeUnit, type LinearReport, type UnitResult} from '../quant/calibrated-unit.js'
+import {collectActivationStats, type LinearStats, type StatsCollector} from '../quant/activation-stats.js'
+import {type LinearReport, type UnitResult} from '../quant/calibrated-unit.js'
+import {CalibratePool} from '../quant/calibrate-pool.js'
 import {calibrationUnits} from '../quant/calibration-plan.js'
 import {splitParagraphs, tokenSequences} from '../quant/calibration-data.js'
 import {CALIBRATION_TEXT, HELD_OUT_TEXT} from '../quant/calibration-text.js'
-import {type EndToEnd, evaluateAgainst} from '../quant/evaluate.js'
+import {type EndToEnd, evaluateStreamed} from '../quant/evaluate.js'
 import {finiteChecked, rtnTensors} from '../quant/quantized-tensors.js'
 import {QuantizationError, type QuantBits} from '../quant/rtn.js'
 import {RtnPool} from '../quant/rtn-pool.js'
+import {largestLayerBytes, streamedPeakBytes} from '../quant/streamed-forward.js'
 
 /**
  * `glmtool quantize`: a float ChatGLM checkpoint -> a weight-quantized model directory in the
@@ -30,13 +32,15 @@ import {RtnPool} from '../quant/rtn-pool.js'
  * - rtn: the published round-to-nearest scheme, bit-identical to quantization.py for
  *   per-channel scales, streamed tensor by tensor and row block by row block over worker
  *   threads (quantized-tensors.ts), so any model size runs in bounded memory.
- * - calibrated: the float model runs over calibration text in onnxruntime to collect each
- *   linear's input statistics (activation-stats.ts); each layer then gets AWQ input scaling
+ * - calibrated: the float model runs over calibration text in onnxruntime, one layer at a
+ *   time (streamed-forward.ts), to collect each linear's input statistics (activation-stats.ts);
+ *   each layer then gets AWQ input scaling
  *   (folded into the preceding norm or linear where the math allows, calibration-plan.ts) and
  *   a clipping search (calibrate.ts), quantized with the same published arithmetic.
  * The report has per-layer weight and activation-weighted output errors (RTN and the method
  * used), and end to end, on held-out text, the KL divergence and top-1 agreement of the
- * quantized model's next-token distributions against the float model's (evaluate.ts).
+ * quantized model's next-token distributions against the float model's (evaluate.ts), streamed
+ * the same way. Memory is bounded by one layer at a time in every step, not by the model.
  */
 
 export type QuantMethod = 'rtn' | 'calibrated'
@@ -71,6 +75,8 @@ export interface QuantizeOptions {
   onStart?: (totalBytes: number) => void
   onBytes?: (n: number) => void
   onWarning?: (message: string) => void
+  /** TEST ONLY: collects the activation statistics instead of the streamed run (the whole-graph reference, test/quantize-helpers.ts). */
+  statsCollector?: StatsCollector
 }
 
 export interface QuantizeResult {
@@ -112,10 +118,8 @@ function checkOptions(o: QuantizeOptions): asserts o is QuantizeOptions & {bits:
   }
 }
 
-/** Float32 bytes of the model in onnxruntime: what calibration and evaluation need per float model. */
-function float32Bytes(model: ModelSource): number {
-  return model.tensors.reduce((a, t) => a + 4 * numel(t.shape), 0)
-}
+/** Held-out sequences the evaluation runs (each up to seqLen tokens). */
+const EVAL_SEQUENCES = 8
 
 export async function quantizeModel(opts: QuantizeOptions): Promise<QuantizeResult> {
   const started = Date.now()
@@ -129,9 +133,15 @@ export async function quantizeModel(opts: QuantizeOptions): Promise<QuantizeResu
   // next run) SIGKILL.
   let scratch: string
   let pool: RtnPool
+  let calPool: CalibratePool
   try {
     scratch = await output.tempDir()
     pool = RtnPool.create(opts.threads)
+    // Calibration workers: every core, as far as memory allows (each holds a layer's working
+    // copies, about twice its float32 size).
+    const perUnit = 2 * largestLayerBytes(model)
+    const byMemory = Math.max(1, Math.floor(0.4 * totalmem() / Math.max(perUnit, 1)))
+    calPool = CalibratePool.create(opts.method === 'calibrated' ? Math.min(opts.threads ?? availableParallelism(), byMemory) : 1)
   } catch (error) {
     await model.close()
     output.release()
@@ -153,34 +163,40 @@ export async function quantizeModel(opts: QuantizeOptions): Promise<QuantizeResu
     const targets = model.tensors.filter(t => t.shape.length === 2 && isQuantizedWeight(arch, layout, t.name))
     checkTargets(targets, layout)
 
-    // Calibration and evaluation both run the float model in onnxruntime (float32).
-    const need = float32Bytes(model)
-    const candidates = opts.method === 'calibrated' ? 2 : 1
-    const fits = need * (1 + candidates) < 0.5 * totalmem()
+    // Calibration and evaluation run the model one slice at a time (streamed-forward.ts): the
+    // memory they need is one layer's weights and the sequences' hidden states, not the model.
+    const seqLen = opts.seqLen ?? 128
+    const calibNeed = streamedPeakBytes(model, opts.calibSamples * seqLen, 0)
+    const evalNeed = streamedPeakBytes(model, EVAL_SEQUENCES * seqLen, 2 * EVAL_SEQUENCES * seqLen)
+    const available = Math.max(freemem(), 0.5 * totalmem())
+    const gb = (n: number) => `${(n / 1e9).toFixed(1)} GB`
     // A P-Tuning prefix (pre_seq_len) is not carried into ONNX yet, so such a model cannot run there.
     const prefixed = config.pre_seq_len !== undefined && config.pre_seq_len !== null
-    // --evaluate auto skips (and says why) rather than fail when there is no tokenizer to make text with.
+    // --evaluate auto skips (and says why) rather than fail: no tokenizer to make text with, a
+    // prefix the ONNX graph lacks, or not enough memory.
     const tokenizerPath = join(dir, arch.tokenizerFile)
-    const noTokenizer = opts.method !== 'calibrated' && opts.evaluate === 'auto' && !existsSync(tokenizerPath)
-    const evaluate = opts.evaluate === 'on' || (opts.evaluate === 'auto' && fits && !prefixed && !noTokenizer)
-    if (opts.method === 'calibrated' && need > 0.8 * totalmem()) {
-      throw new GlmtoolError('quant-memory', `calibration runs the float model in onnxruntime as float32 (~${(need / 1e9).toFixed(1)} GB), more than this machine's ${(totalmem() / 1e9).toFixed(1)} GB allow; use --method rtn`)
+    const skipWhy = opts.evaluate === 'off' ? '--evaluate off'
+      : opts.evaluate === 'on' ? undefined
+      : !existsSync(tokenizerPath) ? `no tokenizer to make evaluation text with (${tokenizerPath} is missing)`
+      : prefixed ? 'the model has a P-Tuning prefix (pre_seq_len), which the ONNX runtime does not carry yet'
+      : evalNeed > available ? `the streamed evaluation needs ~${gb(evalNeed)} of memory, ${gb(available)} are available; pass --evaluate on to run it anyway`
+      : undefined
+    const evaluate = skipWhy === undefined
+    if (opts.method === 'calibrated' && calibNeed > 0.8 * totalmem()) {
+      throw new GlmtoolError('quant-memory', `streamed calibration needs ~${gb(calibNeed)} (one layer as float32 and the calibration hidden states), more than this machine's ${gb(totalmem())} allow; use --method rtn or fewer --calib-samples`)
     }
-    const seqLen = opts.seqLen ?? 128
     let stats: Map<string, LinearStats> | undefined
     let calibration: QuantizeResult['calibration']
-    const floatOnnx = join(scratch, 'float-onnx')
     // Loaded and checked against config.json before any heavy work, so a bad tokenizer fails at once.
     const tokenizer = opts.method === 'calibrated' || evaluate ? (await loadModelTokenizer(dir, {arch, config})).tokenizer : undefined
     const seconds: QuantizeResult['seconds'] = {total: 0, quantize: 0}
     if (tokenizer) {
       const t0 = Date.now()
-      opts.onStage?.('exporting the float model for calibration (onnxruntime, float32) ...')
-      await exportOnnx({input: opts.input, out: floatOnnx, force: true, linearInputs: true})
       const cal = opts.calibration ?? {text: CALIBRATION_TEXT.join('\n\n'), source: 'built-in bilingual calibration text'}
       const sequences = tokenSequences(tokenizer, splitParagraphs(cal.text), seqLen, opts.calibSamples)
-      opts.onStage?.(`collecting activation statistics over ${sequences.length} sequence(s) of ${cal.source} ...`)
-      const r = await collectActivationStats(floatOnnx, tokenizer, sequences)
+      opts.onStage?.(`collecting activation statistics over ${sequences.length} sequence(s) of ${cal.source}, one layer at a time ...`)
+      const collect = opts.statsCollector ?? collectActivationStats
+      const r = await collect(model, tokenizer, sequences, {scratch, threads: opts.threads, onLayer: (k, total) => opts.onStage?.(`  slice ${k + 1}/${total} (${((Date.now() - t0) / 1000).toFixed(0)} s)`)})
       stats = r.stats
       seconds.calibration = (Date.now() - t0) / 1000
       calibration = {source: cal.source, sequences: r.sequences, tokens: r.tokens, seconds: seconds.calibration}
@@ -196,8 +212,8 @@ export async function quantizeModel(opts: QuantizeOptions): Promise<QuantizeResu
       const t0 = Date.now()
       const stDir = opts.format === 'onnx' ? join(tmp, '.quantized-safetensors') : tmp
       if (opts.format === 'onnx') await mkdir(stDir)
-      opts.onStage?.(`quantizing ${targets.length} weights to int${bits} (${opts.method}${opts.method === 'rtn' ? `, ${pool.threads} thread(s)` : ''}) ...`)
-      const q = await writeQuantizedDir(model, arch, quantConfig, stDir, layout, opts.method, stats, pool, opts)
+      opts.onStage?.(`quantizing ${targets.length} weights to int${bits} (${opts.method}, ${opts.method === 'rtn' ? pool.threads : calPool.threads} thread(s)) ...`)
+      const q = await writeQuantizedDir(model, arch, quantConfig, stDir, layout, opts.method, stats, pool, opts, calPool)
       seconds.quantize = (Date.now() - t0) / 1000
       let onnxBytes: number | undefined
       if (opts.format !== 'safetensors') {
@@ -211,30 +227,30 @@ export async function quantizeModel(opts: QuantizeOptions): Promise<QuantizeResu
       let endToEnd: QuantizeResult['endToEnd']
       if (evaluate && tokenizer) {
         const t2 = Date.now()
-        const models: {label: string, dir: string}[] = []
+        const candidates: {label: string, dir: string}[] = []
         if (opts.method === 'calibrated') {
           opts.onStage?.('quantizing the RTN baseline for comparison ...')
           const rtnSt = join(scratch, 'rtn-safetensors')
           await writeQuantizedDir(model, arch, {...quantConfig, [GLMTOOL_QUANT_KEY]: {...quantConfig[GLMTOOL_QUANT_KEY] as object, method: 'rtn'}}, rtnSt, layout, 'rtn', stats, pool, {...opts, onBytes: undefined, onStart: undefined})
-          await exportOnnx({input: rtnSt, out: join(scratch, 'rtn-onnx'), force: true})
-          models.push({label: 'rtn', dir: join(scratch, 'rtn-onnx')})
+          candidates.push({label: 'rtn', dir: rtnSt})
         }
-        let chosenOnnx = tmp
-        if (opts.format === 'safetensors') {
-          chosenOnnx = join(scratch, 'quantized-onnx')
-          await exportOnnx({input: stDir, out: chosenOnnx, force: true})
+        candidates.push({label: opts.method, dir: stDir})
+        const sequences = tokenSequences(tokenizer, HELD_OUT_TEXT, seqLen, EVAL_SEQUENCES)
+        opts.onStage?.(`evaluating on ${sequences.length} held-out sequence(s), one layer at a time (float, ${candidates.map(c => c.label).join(', ')}) ...`)
+        const opened: ModelSource[] = []
+        let e
+        try {
+          for (const c of candidates) opened.push(await openModel(c.dir))
+          e = await evaluateStreamed(model, candidates.map((c, i) => ({label: c.label, model: opened[i]})), tokenizer, sequences, {
+            scratch, threads: opts.threads, onModel: label => opts.onStage?.(`  ${label} model (${((Date.now() - t2) / 1000).toFixed(0)} s)`),
+          })
+        } finally {
+          for (const m of opened) await m.close()
         }
-        models.push({label: opts.method, dir: chosenOnnx})
-        const sequences = tokenSequences(tokenizer, HELD_OUT_TEXT, seqLen, 8)
-        opts.onStage?.(`evaluating on ${sequences.length} held-out sequence(s) ...`)
-        const e = await evaluateAgainst(floatOnnx, models, tokenizer, sequences)
         endToEnd = {text: 'built-in held-out text', sequences: e.sequences, positions: e.positions, models: e.models, seconds: e.seconds}
         seconds.evaluation = (Date.now() - t2) / 1000
       } else {
-        endToEnd = {skipped: opts.evaluate === 'off' ? '--evaluate off'
-          : noTokenizer ? `no tokenizer to make evaluation text with (${tokenizerPath} is missing)`
-          : prefixed ? 'the model has a P-Tuning prefix (pre_seq_len), which the ONNX runtime does not carry yet'
-          : `the float model needs ~${(need / 1e9).toFixed(1)} GB as float32 in onnxruntime per copy (${1 + candidates} copies); pass --evaluate on to run it anyway`}
+        endToEnd = {skipped: skipWhy ?? 'no tokenizer'}
       }
       if (opts.format === 'onnx') await rm(stDir, {recursive: true, force: true})
       seconds.total = (Date.now() - started) / 1000
@@ -244,11 +260,12 @@ export async function quantizeModel(opts: QuantizeOptions): Promise<QuantizeResu
         ...(onnxBytes !== undefined ? {onnxBytes} : {}),
         files: (await readdir(tmp)).filter(f => !f.startsWith('.')).sort(),
         layers: q.layers, summary: summarize(q.layers), ...(calibration ? {calibration} : {}), endToEnd,
-        threads: pool.threads, seconds, peakRssBytes: process.resourceUsage().maxRSS * 1024,
+        threads: opts.method === 'calibrated' ? calPool.threads : pool.threads, seconds, peakRssBytes: process.resourceUsage().maxRSS * 1024,
       }
     })
   } finally {
     await pool.close()
+    await calPool.close()
     await model.close()
     output.release()
   }
@@ -294,7 +311,7 @@ async function copyCompanions(from: string, to: string, config: ModelConfig): Pr
  */
 async function writeQuantizedDir(
   model: ModelSource, arch: Arch, quantConfig: ModelConfig, dir: string, layout: QuantLayout, method: 'rtn' | 'calibrated',
-  stats: Map<string, LinearStats> | undefined, pool: RtnPool, opts: QuantizeOptions,
+  stats: Map<string, LinearStats> | undefined, pool: RtnPool, opts: QuantizeOptions, calPool?: CalibratePool,
 ): Promise<{bytes: number, layers: LinearReport[]}> {
   await mkdir(dir, {recursive: true})
   const byName = new Map(model.tensors.map(t => [t.name, t]))
@@ -317,15 +334,22 @@ async function writeQuantizedDir(
     }
   })
   const results = new Map<number, Promise<UnitResult>>()
-  const unitResult = (i: number): Promise<UnitResult> => {
+  const start = (i: number): Promise<UnitResult> => {
     let p = results.get(i)
     if (!p) {
-      p = quantizeUnit(units[i], byName, stats!, {bits, groupSize: g}).then(r => {
+      p = calPool!.run(model.path, units, i, layout.lmHead, byName, stats!, {bits, groupSize: g}).then(r => {
         for (const l of r.reports) reports.set(l.name, l)
         return r
       })
+      p.catch(() => {}) // a prefetched unit's failure surfaces when the writer asks for it
       results.set(i, p)
     }
+    return p
+  }
+  // The writer asks for units in its order; the next ones start meanwhile, one per worker.
+  const unitResult = (i: number): Promise<UnitResult> => {
+    const p = start(i)
+    for (let k = i + 1; k < Math.min(units.length, i + calPool!.threads); k++) start(k)
     return p
   }
   const fromUnit = (i: number, name: string, dtype: TensorEntry['dtype'], shape: readonly number[], fallback: TensorEntry): TensorEntry => ({

@@ -100,16 +100,22 @@ export function activationScale(meanAbs: ArrayLike<number>, beta: number): Float
 
 /** Ŵ = q * scale / s in original coordinates, f64 [rows, cols]. */
 export function effectiveWeight(qw: QuantizedWeight, inputScale?: ArrayLike<number>): Float64Array {
+  const out = new Float64Array(qw.rows * qw.cols)
+  for (let r = 0; r < qw.rows; r++) effectiveRow(qw, inputScale, r, out.subarray(r * qw.cols, (r + 1) * qw.cols))
+  return out
+}
+
+/**
+ * Row r of Ŵ into out [cols]. calibrateLinear measures errors row by row with it, so that no
+ * f64 copy of a whole layer is held (27392 x 4096 x 8 bytes = 0.9 GB for a 6B dense_h_to_4h).
+ */
+function effectiveRow(qw: QuantizedWeight, inputScale: ArrayLike<number> | undefined, r: number, out: Float64Array): void {
   const t = f16Table()
   const groups = qw.cols / qw.groupSize
-  const out = new Float64Array(qw.rows * qw.cols)
-  for (let r = 0; r < qw.rows; r++) {
-    for (let i = 0; i < qw.cols; i++) {
-      const s = t[qw.scales[r * groups + Math.floor(i / qw.groupSize)]]
-      out[r * qw.cols + i] = qw.q[r * qw.cols + i] * s / (inputScale ? inputScale[i] : 1)
-    }
+  for (let i = 0; i < qw.cols; i++) {
+    const s = t[qw.scales[r * groups + Math.floor(i / qw.groupSize)]]
+    out[i] = qw.q[r * qw.cols + i] * s / (inputScale ? inputScale[i] : 1)
   }
-  return out
 }
 
 export function calibrateLinear(w: Float32Array, rows: number, cols: number, stats: ActivationStats, opts: CalibrateOptions): CalibrationResult {
@@ -140,17 +146,15 @@ export function calibrateLinear(w: Float32Array, rows: number, cols: number, sta
 
   // Exact quantization and exact errors; drop a step the exact measure rates worse.
   const rtn = quantizeScaled(ctx, ones, null)
-  const rtnError = outputError(ctx, effectiveWeight(rtn, ones))
+  const rtnError = outputError(ctx, rtn, ones)
   let scaledQ = beta === 0 ? rtn : quantizeScaled(ctx, s, null)
-  let scaledError = beta === 0 ? rtnError : outputError(ctx, effectiveWeight(scaledQ, s))
+  let scaledError = beta === 0 ? rtnError : outputError(ctx, scaledQ, s)
   if (scaledError > rtnError) [beta, s, scaledQ, scaledError] = [0, ones, rtn, rtnError]
   let final = alpha.every(a => a === 1) ? scaledQ : quantizeScaled(ctx, s, alpha)
-  let wHat = effectiveWeight(final, s)
-  let finalError = final === scaledQ ? scaledError : outputError(ctx, wHat)
+  let finalError = final === scaledQ ? scaledError : outputError(ctx, final, s)
   if (finalError > scaledError) {
     alpha.fill(1)
     final = scaledQ
-    wHat = effectiveWeight(final, s)
     finalError = scaledError
   }
   return {
@@ -160,7 +164,7 @@ export function calibrateLinear(w: Float32Array, rows: number, cols: number, sta
     alpha,
     metric: samples ? 'samples' : 'diagonal',
     outputError: {rtn: rtnError, scaled: scaledError, calibrated: finalError},
-    weightError: {rtn: relErr(w, effectiveWeight(rtn, ones)), calibrated: relErr(w, wHat)},
+    weightError: {rtn: relErr(w, rtn, ones), calibrated: relErr(w, final, s)},
   }
 }
 
@@ -204,13 +208,15 @@ function quantizeScaled(ctx: Ctx, s: Float32Array, alpha: Float32Array | null): 
   return {bits, rows, cols, groupSize, q, scales}
 }
 
-/** Exact output error of an effective weight under the chosen metric. */
-function outputError(ctx: Ctx, wHat: Float64Array): number {
+/** Exact output error of the effective weight of qw (input scale s) under the chosen metric. */
+function outputError(ctx: Ctx, qw: QuantizedWeight, s: Float32Array): number {
   const {w, rows, cols, meanSq, samples} = ctx
   const d = new Float64Array(cols)
+  const row = new Float64Array(cols)
   let e = 0
   for (let r = 0; r < rows; r++) {
-    for (let i = 0; i < cols; i++) d[i] = w[r * cols + i] - wHat[r * cols + i]
+    effectiveRow(qw, s, r, row)
+    for (let i = 0; i < cols; i++) d[i] = w[r * cols + i] - row[i]
     e += rowError(d, meanSq, samples)
   }
   return samples ? e / samples.n : e
@@ -261,11 +267,58 @@ function surrogateGroup(w: Float32Array, rowOff: number, start: number, len: num
   }
 }
 
+/** max |w s| over one group (surrogateGroup's first pass). */
+function groupMax(w: Float32Array, rowOff: number, start: number, len: number, s: Float32Array): number {
+  let max = 0
+  for (let i = 0; i < len; i++) {
+    const a = Math.abs(w[rowOff + start + i] * s[start + i])
+    if (a > max) max = a
+  }
+  return max
+}
+
+/**
+ * surrogateGroup's residual at the given scale and the diagonal error sum_i meanSq_i d_i^2 in
+ * one pass: `acc` plus each term, computed and added in the order rowError (a running sum over
+ * the row) and searchClipping's groupErr (a sum over the group from 0) use, so the sums are bit
+ * for bit theirs.
+ */
+function diagonalGroup(w: Float32Array, rowOff: number, start: number, len: number, s: Float32Array, scale: number, m: number, meanSq: ArrayLike<number>, acc: number): number {
+  let e = acc
+  for (let i = 0; i < len; i++) {
+    const wi = w[rowOff + start + i]
+    let di: number
+    if (scale === 0) {
+      di = wi
+    } else {
+      const si = s[start + i]
+      let q = Math.round(wi * si / scale)
+      q = q > m ? m : q < -m ? -m : q
+      di = wi - q * scale / si
+    }
+    e += meanSq[start + i] * di * di
+  }
+  return e
+}
+
 /** Surrogate output error of quantizing W·diag(s) with clipping ratios (null: all 1). */
 function surrogateError(ctx: Ctx, s: Float32Array, alpha: Float32Array | null): number {
   const {w, rows, cols, groupSize, bits, meanSq, samples} = ctx
   const groups = cols / groupSize
   const m = qmax(bits)
+  if (!samples) {
+    // Diagonal metric, fused (diagonalGroup): the same values as the loop below, in one pass per group.
+    let e = 0
+    for (let r = 0; r < rows; r++) {
+      let rowE = 0
+      for (let g = 0; g < groups; g++) {
+        const start = g * groupSize
+        rowE = diagonalGroup(w, r * cols, start, groupSize, s, (alpha ? alpha[r * groups + g] : 1) * groupMax(w, r * cols, start, groupSize, s) / m, m, meanSq, rowE)
+      }
+      e += rowE
+    }
+    return e
+  }
   const d = new Float64Array(cols)
   let e = 0
   for (let r = 0; r < rows; r++) {
@@ -284,6 +337,26 @@ function searchClipping(ctx: Ctx, s: Float32Array, alphas: readonly number[]): F
   const dNew = new Float64Array(groupSize)
   const d = new Float64Array(cols)
   const res = samples ? new Float64Array(samples.n) : null
+  if (!samples) {
+    // Diagonal metric: groups are independent. The group's max is the same for every alpha, so
+    // it is taken once, and each candidate's residual and error come in one pass (diagonalGroup).
+    for (let r = 0; r < rows; r++) {
+      for (let g = 0; g < groups; g++) {
+        const c0 = g * groupSize
+        const max = groupMax(w, r * cols, c0, groupSize, s)
+        let bestErr = diagonalGroup(w, r * cols, c0, groupSize, s, 1 * max / m, m, meanSq, 0)
+        for (const a of alphas) {
+          if (a === 1) continue // the starting point
+          const e = diagonalGroup(w, r * cols, c0, groupSize, s, a * max / m, m, meanSq, 0)
+          if (e < bestErr) {
+            bestErr = e
+            alpha[r * groups + g] = a
+          }
+        }
+      }
+    }
+    return alpha
+  }
   for (let r = 0; r < rows; r++) {
     // Start from alpha = 1 for every group of the row.
     for (let g = 0; g < groups; g++) surrogateGroup(w, r * cols, g * groupSize, groupSize, s, 1, m, d, g * groupSize)
@@ -336,13 +409,19 @@ function searchClipping(ctx: Ctx, s: Float32Array, alphas: readonly number[]): F
   return alpha
 }
 
-function relErr(w: Float32Array, wHat: Float64Array): number {
+/** Relative Frobenius error of the effective weight of qw (input scale s), row by row. */
+function relErr(w: Float32Array, qw: QuantizedWeight, s: Float32Array): number {
+  const cols = qw.cols
+  const row = new Float64Array(cols)
   let num = 0
   let den = 0
-  for (let i = 0; i < w.length; i++) {
-    const e = w[i] - wHat[i]
-    num += e * e
-    den += w[i] * w[i]
+  for (let r = 0; r < qw.rows; r++) {
+    effectiveRow(qw, s, r, row)
+    for (let i = 0; i < cols; i++) {
+      const e = w[r * cols + i] - row[i]
+      num += e * e
+      den += w[r * cols + i] * w[r * cols + i]
+    }
   }
   return den === 0 ? 0 : Math.sqrt(num / den)
 }

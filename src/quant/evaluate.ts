@@ -1,15 +1,15 @@
-import {checkpoint} from '../pipelines/output-dir.js'
-import {OnnxCpuBackend} from '../runtime/backends/onnx-cpu.js'
-import {promptLayout} from '../runtime/generate.js'
+import type {ModelSource} from '../pipelines/model-dir.js'
 import type {ChatTokenizer} from '../runtime/tokenizer/index.js'
 import {argmax} from './error.js'
+import {runStreamed, streamInputs} from './streamed-forward.js'
 
 /**
  * End-to-end quality of quantized models against the full-precision one: every position of
- * held-out sequences (prefill, logits for all rows) through onnxruntime, then the mean
- * KL(P_ref || P_quant) of the next-token distributions (nats) and how often the top-1 token
- * agrees. All models are loaded together and each sequence runs through each, so only one
- * sequence's logits are held at a time.
+ * held-out sequences (prefill, logits for all rows), then the mean KL(P_ref || P_quant) of the
+ * next-token distributions (nats) and how often the top-1 token agrees. Each model runs streamed
+ * (streamed-forward.ts: one layer's weights in memory at a time, every sequence through a layer
+ * before the next), so memory holds one slice, the hidden states, and two models' logits: the
+ * reference's, kept, and one candidate's at a time.
  */
 
 export interface EndToEnd {
@@ -28,55 +28,70 @@ export interface EvaluationResult {
   readonly seconds: number
 }
 
-export async function evaluateAgainst(referenceDir: string, candidates: readonly {label: string, dir: string}[], tokenizer: ChatTokenizer, sequences: readonly number[][], opts: {threads?: number} = {}): Promise<EvaluationResult> {
+/** KL(P_ref || P_quant) and top-1 agreement summed over positions, row by row. */
+export class KlAccumulator {
+  private sum = 0
+  private max = 0
+  private agree = 0
+  private positions = 0
+  private readonly p: Float64Array
+
+  constructor(readonly label: string, private readonly vocab: number) {
+    this.p = new Float64Array(vocab)
+  }
+
+  /** Rows of reference and candidate logits, [rows, vocab] each. */
+  add(ref: Float32Array, cand: Float32Array, rows: number): void {
+    const V = this.vocab
+    const p = this.p
+    for (let row = 0; row < rows; row++) {
+      // KL(P || Q) = sum_i p_i ((a_i - lse_a) - (b_i - lse_b)).
+      const a = ref.subarray(row * V, (row + 1) * V)
+      const b = cand.subarray(row * V, (row + 1) * V)
+      const lseA = logSumExp(a)
+      for (let i = 0; i < V; i++) p[i] = Math.exp(a[i] - lseA)
+      const lseB = logSumExp(b)
+      let k = 0
+      for (let i = 0; i < V; i++) if (p[i] > 0) k += p[i] * ((a[i] - lseA) - (b[i] - lseB))
+      k = Math.max(0, k)
+      this.sum += k
+      this.max = Math.max(this.max, k)
+      if (argmax(b) === argmax(a)) this.agree++
+      this.positions++
+    }
+  }
+
+  result(): EndToEnd {
+    return {label: this.label, meanKl: this.sum / this.positions, maxKl: this.max, top1: this.agree / this.positions}
+  }
+}
+
+export async function evaluateStreamed(
+  reference: ModelSource, candidates: readonly {label: string, model: ModelSource}[], tokenizer: ChatTokenizer, sequences: readonly number[][],
+  opts: {scratch: string, threads?: number, onModel?: (label: string) => void},
+): Promise<EvaluationResult> {
   const started = Date.now()
-  const ref = await OnnxCpuBackend.load(referenceDir, {threads: opts.threads})
-  const models: OnnxCpuBackend[] = []
-  try {
-    for (const c of candidates) models.push(await OnnxCpuBackend.load(c.dir, {threads: opts.threads}))
-    const kl = candidates.map(() => ({sum: 0, max: 0, agree: 0}))
-    let positions = 0
-    for (const ids of sequences) {
-      await checkpoint()
-      const layout = promptLayout(tokenizer, ids)
-      const input = {ids, positions: layout.positions, blockPositions: layout.blockPositions, bidirectional: layout.bidirectional, logits: 'all' as const}
-      ref.reset()
-      const r = await ref.forward(input)
-      const V = r.vocab
-      const outs = []
-      for (const m of models) {
-        m.reset()
-        outs.push(await m.forward(input))
-      }
-      const p = new Float64Array(V)
-      for (let row = 0; row < r.rows; row++) {
-        // KL(P || Q) = sum_i p_i ((a_i - lse_a) - (b_i - lse_b)), P computed once per row.
-        const a = r.logits.subarray(row * V, (row + 1) * V)
-        const lseA = logSumExp(a)
-        for (let i = 0; i < V; i++) p[i] = Math.exp(a[i] - lseA)
-        const top = argmax(a)
-        for (let m = 0; m < models.length; m++) {
-          const b = outs[m].logits.subarray(row * V, (row + 1) * V)
-          const lseB = logSumExp(b)
-          let k = 0
-          for (let i = 0; i < V; i++) if (p[i] > 0) k += p[i] * ((a[i] - lseA) - (b[i] - lseB))
-          k = Math.max(0, k)
-          kl[m].sum += k
-          kl[m].max = Math.max(kl[m].max, k)
-          if (argmax(b) === top) kl[m].agree++
-        }
-      }
-      positions += r.rows
-    }
-    return {
-      sequences: sequences.length,
-      positions,
-      models: candidates.map((c, m) => ({label: c.label, meanKl: kl[m].sum / positions, maxKl: kl[m].max, top1: kl[m].agree / positions})),
-      seconds: (Date.now() - started) / 1000,
-    }
-  } finally {
-    await ref.dispose()
-    for (const m of models) await m.dispose()
+  const inputs = streamInputs(tokenizer, sequences)
+  const refLogits: Float32Array[] = []
+  opts.onModel?.('float')
+  await runStreamed(reference, inputs, {scratch: opts.scratch, threads: opts.threads, onLogits: (s, logits) => {
+    refLogits[s] = logits
+  }})
+  const models: EndToEnd[] = []
+  for (const c of candidates) {
+    opts.onModel?.(c.label)
+    let acc: KlAccumulator | undefined
+    await runStreamed(c.model, inputs, {scratch: opts.scratch, threads: opts.threads, onLogits: (s, logits, rows, vocab) => {
+      acc ??= new KlAccumulator(c.label, vocab)
+      acc.add(refLogits[s], logits, rows)
+    }})
+    models.push(acc!.result())
+  }
+  return {
+    sequences: sequences.length,
+    positions: sequences.reduce((a, s) => a + s.length, 0),
+    models,
+    seconds: (Date.now() - started) / 1000,
   }
 }
 

@@ -102,6 +102,10 @@ export interface ChatglmOnnxGraph {
   dims(config: ModelConfig): DecoderDims
   /** Build the decoder into `b` (inputs and outputs per decoderIO(dims)). */
   build(b: GraphBuilder, ctx: GraphContext, dims: DecoderDims): void
+  /** Build one slice of the decoder into `b` (inputs and outputs per partIO(dims, part, boundary)). */
+  buildPart(b: GraphBuilder, ctx: GraphContext, dims: DecoderDims, part: GraphPart): void
+  /** Names of the tensors carried from one slice to the next (partIO): v1 the normed hidden state, v2 also the residual. */
+  readonly boundary: readonly string[]
   /** One-line description of the compute, recorded in glmtool-onnx.json. */
   readonly description: string
   /** The contrib and standard ops used for each block and why, recorded in glmtool-onnx.json. */
@@ -109,6 +113,42 @@ export interface ChatglmOnnxGraph {
 }
 
 const ELEM_OF: Record<TensorIO['dtype'], ElemType> = {int64: ELEM.INT64, float32: ELEM.FLOAT}
+
+/**
+ * One slice of the decoder, for runs that hold one layer's weights at a time (quantize's
+ * streamed calibration and evaluation, src/quant/streamed-forward.ts): the embedding (and what
+ * the whole graph computes before layer 0's first linear), one layer (up to the next layer's
+ * first linear), or the logits head. Each slice is built by the same code as the whole graph,
+ * so it has the same nodes; only the tensors at the cuts become graph inputs and outputs:
+ *   embedding  input_ids [1, S]                                   -> <boundary>_out [S, H]
+ *   layer i    <boundary> [S, H], position_ids, attention_bias,
+ *              past_key / past_value [1, Hkv, P, D]               -> <boundary>_out [S, H], present_key, present_value
+ *   head       <boundary>[0] [S, H], logits_index [K]            -> logits [1, K, V]
+ */
+export type GraphPart = {readonly kind: 'embedding'} | {readonly kind: 'layer', readonly index: number} | {readonly kind: 'head'}
+
+export function partIO(d: DecoderDims, part: GraphPart, boundary: readonly string[]): DecoderIO {
+  const state = (suffix: string): TensorIO[] => boundary.map(name => ({name: `${name}${suffix}`, dtype: 'float32' as const, shape: ['S', d.hidden]}))
+  const whole = decoderIO(d)
+  const named = (name: string) => whole.inputs.find(t => t.name === name)!
+  if (part.kind === 'embedding') return {inputs: [named('input_ids')], outputs: state('_out')}
+  if (part.kind === 'head') return {inputs: [state('')[0], named('logits_index')], outputs: [whole.outputs[0]]}
+  const kv = (n: string, len: Dim): TensorIO => ({name: n, dtype: 'float32', shape: [1, d.kvHeads, len, d.headDim]})
+  return {
+    inputs: [...state(''), named('position_ids'), named('attention_bias'), kv('past_key', 'P'), kv('past_value', 'P')],
+    outputs: [...state('_out'), kv('present_key', 'T'), kv('present_value', 'T')],
+  }
+}
+
+/** Declare a slice's inputs (partIO order); returns their names. */
+export function declarePartInputs(b: GraphBuilder, io: DecoderIO): string[] {
+  return io.inputs.map(t => b.input(t.name, ELEM_OF[t.dtype], t.shape))
+}
+
+/** Declare a slice's outputs (partIO order) from the values that produce them. */
+export function declarePartOutputs(b: GraphBuilder, io: DecoderIO, values: readonly string[]): void {
+  io.outputs.forEach((t, i) => b.output(values[i], t.name, ELEM_OF[t.dtype], t.shape))
+}
 
 export function declareInputs(b: GraphBuilder, d: DecoderDims): DecoderInputs {
   for (const t of decoderIO(d).inputs) b.input(t.name, ELEM_OF[t.dtype], t.shape)

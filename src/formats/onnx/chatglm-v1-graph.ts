@@ -1,8 +1,8 @@
 import {GlmtoolError} from '../../errors.js'
 import {V1_DEEPNORM_ALPHA} from '../../models/chatglm-v1.js'
 import {
-  type ChatglmOnnxGraph, declareInputs, declareOutputs, type DecoderDims, embedTokens, eps, logitsHead, need,
-  rotaryTables,
+  type ChatglmOnnxGraph, declareInputs, declareOutputs, declarePartInputs, declarePartOutputs, type DecoderDims, embedTokens, eps,
+  type GraphContext, type GraphPart, logitsHead, need, partIO, rotaryTables,
 } from './chatglm-graph.js'
 import {type GraphBuilder, MS_DOMAIN} from './onnx-builder.js'
 
@@ -65,69 +65,109 @@ export const chatglmV1Graph: ChatglmOnnxGraph = {
     }
   },
 
+  boundary: ['hidden'],
+
   build(b: GraphBuilder, ctx, d: DecoderDims) {
-    const {layers, hidden: H, heads: N, headDim: D} = d
-    const epsilon = eps(ctx.config)
-    const alpha = b.float32([V1_DEEPNORM_ALPHA], [])
     const io = declareInputs(b, d)
-
-    const x = b.scope('embedding', () => embedTokens(b, ctx, 'transformer.word_embeddings.weight', io.inputIds))
-    // position_ids [1, 2, S] -> position_id [1, S], block_position_id [1, S]
-    const [pos, block] = b.scope('positions', () => [0, 1].map(r => b.op('Gather', [io.positionIds, b.int64([r], [])], {axis: 1})))
-    const tables = rotaryTables(d.maxPositions, D / 2, {thetaAsFloat16: true})
-    const cos = ctx.computed('rotary.cos_cache', [d.maxPositions, D / 4], tables.cos)
-    const sin = ctx.computed('rotary.sin_cache', [d.maxPositions, D / 4], tables.sin)
-
-    let xln = b.scope('layers.0.input_layernorm', () => b.op('LayerNormalization', [
-      x, ctx.weight('transformer.layers.0.input_layernorm.weight'), ctx.weight('transformer.layers.0.input_layernorm.bias'),
-    ], {axis: -1, epsilon}))
+    let xln = b.scope('embedding', () => embedding(b, ctx, io.inputIds))
+    const shared = sharedInputs(b, ctx, d, io.positionIds, io.attentionBias)
     const presentKey: string[] = []
     const presentValue: string[] = []
-
-    for (let i = 0; i < layers; i++) {
-      const p = `transformer.layers.${i}.`
-      b.scope(`layers.${i}`, () => {
-        const qkv = ctx.linear(xln, `${p}attention.query_key_value.weight`, `${p}attention.query_key_value.bias`)
-        // [S, 3H] -> [S, N, 3, D]: per-head (q | k | v) groups
-        const grouped = b.op('Reshape', [qkv, b.int64([-1, N, 3, D])])
-        const [qk, v] = b.node('Split', [grouped, b.int64([2, 1])], 2, {axis: 2})
-        // q and k of every head as half-heads: [S, N, 2, D] -> [S, 2N, 2, D/2]; index 0 of axis 2 is
-        // the first D/2 dims of a head (rotated by position_id), index 1 the second (block_position_id).
-        const halves = b.op('Reshape', [qk, b.int64([-1, 2 * N, 2, D / 2])])
-        const [first, second] = b.node('Split', [halves, b.int64([1, 1])], 2, {axis: 2})
-        const rotate = (t: string, positions: string) => {
-          const flat = b.op('Reshape', [t, b.int64([1, -1, H])])
-          const r = b.ms('RotaryEmbedding', [flat, positions, cos, sin], {interleaved: 0})
-          return b.op('Reshape', [r, b.int64([-1, 2 * N, 1, D / 2])])
-        }
-        const rotated = b.op('Concat', [rotate(first, pos), rotate(second, block)], {axis: 2})
-        const qkHeads = b.op('Reshape', [rotated, b.int64([-1, N, 2, D])])
-        const [q, k] = b.node('Split', [qkHeads, b.int64([1, 1])], 2, {axis: 2})
-        const toBSH = (t: string) => b.op('Reshape', [t, b.int64([1, -1, H])])
-        const [attn, pk, pv] = b.node('MultiHeadAttention', [
-          toBSH(q), toBSH(k), toBSH(v), '', '', io.attentionBias, io.pastKey[i], io.pastValue[i],
-        ], 3, {num_heads: N}, MS_DOMAIN)
-        presentKey.push(pk)
-        presentValue.push(pv)
-        const dense = ctx.linear(b.op('Reshape', [attn, b.int64([-1, H])]), `${p}attention.dense.weight`)
-        // h_ln = LN(dense + dense.bias + alpha * x_ln)
-        const hln = b.node('SkipLayerNormalization', [
-          dense, b.op('Mul', [xln, alpha]), ctx.weight(`${p}post_attention_layernorm.weight`),
-          ctx.weight(`${p}post_attention_layernorm.bias`), ctx.weight(`${p}attention.dense.bias`),
-        ], 1, {epsilon}, MS_DOMAIN)[0]
-        const up = ctx.linear(hln, `${p}mlp.dense_h_to_4h.weight`)
-        const act = b.ms('FastGelu', [up, ctx.weight(`${p}mlp.dense_h_to_4h.bias`)])
-        const down = ctx.linear(act, `${p}mlp.dense_4h_to_h.weight`)
-        // next x_ln = LN_next(down + dense_4h_to_h.bias + alpha * h_ln); after the last layer
-        // LN_next is final_layernorm.
-        const next = i + 1 < layers ? `transformer.layers.${i + 1}.input_layernorm.` : 'transformer.final_layernorm.'
-        xln = b.node('SkipLayerNormalization', [
-          down, b.op('Mul', [hln, alpha]), ctx.weight(`${next}weight`), ctx.weight(`${next}bias`),
-          ctx.weight(`${p}mlp.dense_4h_to_h.bias`),
-        ], 1, {epsilon}, MS_DOMAIN)[0]
-      })
+    for (let i = 0; i < d.layers; i++) {
+      const r = b.scope(`layers.${i}`, () => layer(b, ctx, d, i, xln, shared, io.pastKey[i], io.pastValue[i]))
+      xln = r.xln
+      presentKey.push(r.presentKey)
+      presentValue.push(r.presentValue)
     }
     const logits = b.scope('lm_head', () => logitsHead(b, ctx, xln, io.logitsIndex, 'lm_head.weight'))
     declareOutputs(b, d, logits, presentKey, presentValue)
   },
+
+  buildPart(b: GraphBuilder, ctx, d: DecoderDims, part: GraphPart) {
+    const io = partIO(d, part, this.boundary)
+    const inputs = declarePartInputs(b, io)
+    if (part.kind === 'embedding') {
+      declarePartOutputs(b, io, [b.scope('embedding', () => embedding(b, ctx, inputs[0]))])
+    } else if (part.kind === 'head') {
+      declarePartOutputs(b, io, [b.scope('lm_head', () => logitsHead(b, ctx, inputs[0], inputs[1], 'lm_head.weight'))])
+    } else {
+      const [xln, positionIds, attentionBias, pastKey, pastValue] = inputs
+      const shared = sharedInputs(b, ctx, d, positionIds, attentionBias)
+      const r = b.scope(`layers.${part.index}`, () => layer(b, ctx, d, part.index, xln, shared, pastKey, pastValue))
+      declarePartOutputs(b, io, [r.xln, r.presentKey, r.presentValue])
+    }
+  },
+}
+
+interface Shared {
+  readonly pos: string
+  readonly block: string
+  readonly positionIds: string
+  readonly attentionBias: string
+  readonly cos: string
+  readonly sin: string
+}
+
+/** Embedding rows and the first LayerNorm (no residual yet). */
+function embedding(b: GraphBuilder, ctx: GraphContext, inputIds: string): string {
+  const x = embedTokens(b, ctx, 'transformer.word_embeddings.weight', inputIds)
+  return b.scope('layers.0.input_layernorm', () => b.op('LayerNormalization', [
+    x, ctx.weight('transformer.layers.0.input_layernorm.weight'), ctx.weight('transformer.layers.0.input_layernorm.bias'),
+  ], {axis: -1, epsilon: eps(ctx.config)}))
+}
+
+/** The two position rows and the rotary tables, shared by every layer. */
+function sharedInputs(b: GraphBuilder, ctx: GraphContext, d: DecoderDims, positionIds: string, attentionBias: string): Shared {
+  const D = d.headDim
+  // position_ids [1, 2, S] -> position_id [1, S], block_position_id [1, S]
+  const [pos, block] = b.scope('positions', () => [0, 1].map(r => b.op('Gather', [positionIds, b.int64([r], [])], {axis: 1})))
+  const tables = rotaryTables(d.maxPositions, D / 2, {thetaAsFloat16: true})
+  const cos = ctx.computed('rotary.cos_cache', [d.maxPositions, D / 4], tables.cos)
+  const sin = ctx.computed('rotary.sin_cache', [d.maxPositions, D / 4], tables.sin)
+  return {pos, block, positionIds, attentionBias, cos, sin}
+}
+
+/** Layer i from its input LayerNorm's output to the next layer's (or the final LayerNorm's). */
+function layer(b: GraphBuilder, ctx: GraphContext, d: DecoderDims, i: number, xln: string, sh: Shared, pastKey: string, pastValue: string): {xln: string, presentKey: string, presentValue: string} {
+  const {layers, hidden: H, heads: N, headDim: D} = d
+  const epsilon = eps(ctx.config)
+  const alpha = b.float32([V1_DEEPNORM_ALPHA], [])
+  const p = `transformer.layers.${i}.`
+  const qkv = ctx.linear(xln, `${p}attention.query_key_value.weight`, `${p}attention.query_key_value.bias`)
+  // [S, 3H] -> [S, N, 3, D]: per-head (q | k | v) groups
+  const grouped = b.op('Reshape', [qkv, b.int64([-1, N, 3, D])])
+  const [qk, v] = b.node('Split', [grouped, b.int64([2, 1])], 2, {axis: 2})
+  // q and k of every head as half-heads: [S, N, 2, D] -> [S, 2N, 2, D/2]; index 0 of axis 2 is
+  // the first D/2 dims of a head (rotated by position_id), index 1 the second (block_position_id).
+  const halves = b.op('Reshape', [qk, b.int64([-1, 2 * N, 2, D / 2])])
+  const [first, second] = b.node('Split', [halves, b.int64([1, 1])], 2, {axis: 2})
+  const rotate = (t: string, positions: string) => {
+    const flat = b.op('Reshape', [t, b.int64([1, -1, H])])
+    const r = b.ms('RotaryEmbedding', [flat, positions, sh.cos, sh.sin], {interleaved: 0})
+    return b.op('Reshape', [r, b.int64([-1, 2 * N, 1, D / 2])])
+  }
+  const rotated = b.op('Concat', [rotate(first, sh.pos), rotate(second, sh.block)], {axis: 2})
+  const qkHeads = b.op('Reshape', [rotated, b.int64([-1, N, 2, D])])
+  const [q, k] = b.node('Split', [qkHeads, b.int64([1, 1])], 2, {axis: 2})
+  const toBSH = (t: string) => b.op('Reshape', [t, b.int64([1, -1, H])])
+  const [attn, presentKey, presentValue] = b.node('MultiHeadAttention', [
+    toBSH(q), toBSH(k), toBSH(v), '', '', sh.attentionBias, pastKey, pastValue,
+  ], 3, {num_heads: N}, MS_DOMAIN)
+  const dense = ctx.linear(b.op('Reshape', [attn, b.int64([-1, H])]), `${p}attention.dense.weight`)
+  // h_ln = LN(dense + dense.bias + alpha * x_ln)
+  const hln = b.node('SkipLayerNormalization', [
+    dense, b.op('Mul', [xln, alpha]), ctx.weight(`${p}post_attention_layernorm.weight`),
+    ctx.weight(`${p}post_attention_layernorm.bias`), ctx.weight(`${p}attention.dense.bias`),
+  ], 1, {epsilon}, MS_DOMAIN)[0]
+  const up = ctx.linear(hln, `${p}mlp.dense_h_to_4h.weight`)
+  const act = b.ms('FastGelu', [up, ctx.weight(`${p}mlp.dense_h_to_4h.bias`)])
+  const down = ctx.linear(act, `${p}mlp.dense_4h_to_h.weight`)
+  // next x_ln = LN_next(down + dense_4h_to_h.bias + alpha * h_ln); after the last layer
+  // LN_next is final_layernorm.
+  const next = i + 1 < layers ? `transformer.layers.${i + 1}.input_layernorm.` : 'transformer.final_layernorm.'
+  const out = b.node('SkipLayerNormalization', [
+    down, b.op('Mul', [hln, alpha]), ctx.weight(`${next}weight`), ctx.weight(`${next}bias`),
+    ctx.weight(`${p}mlp.dense_4h_to_h.bias`),
+  ], 1, {epsilon}, MS_DOMAIN)[0]
+  return {xln: out, presentKey, presentValue}
 }

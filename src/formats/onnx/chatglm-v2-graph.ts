@@ -1,7 +1,7 @@
 import {GlmtoolError} from '../../errors.js'
 import {
-  type ChatglmOnnxGraph, declareInputs, declareOutputs, type DecoderDims, embedTokens, eps, logitsHead, need,
-  rotaryTables, zerosLike,
+  type ChatglmOnnxGraph, declareInputs, declareOutputs, declarePartInputs, declarePartOutputs, type DecoderDims, embedTokens, eps,
+  type GraphContext, type GraphPart, logitsHead, need, partIO, rotaryTables, zerosLike,
 } from './chatglm-graph.js'
 import {ELEM, float, type GraphBuilder, MS_DOMAIN} from './onnx-builder.js'
 
@@ -63,66 +63,118 @@ export const chatglmV2Graph: ChatglmOnnxGraph = {
     }
   },
 
+  boundary: ['hidden', 'residual'],
+
   build(b: GraphBuilder, ctx, d: DecoderDims) {
-    const {layers, heads: N, kvHeads: G, headDim: D} = d
-    const F = need(ctx.config, 'ffn_hidden_size')
-    const epsilon = eps(ctx.config)
-    const qkvBias = ctx.config.add_qkv_bias !== false
-    const finalNorm = ctx.config.post_layer_norm !== false
     const io = declareInputs(b, d)
-
-    const x = b.scope('embedding', () => embedTokens(b, ctx, 'transformer.embedding.word_embeddings.weight', io.inputIds))
-    const tables = rotaryTables(d.maxPositions, D / 2, {base: ctx.rotaryBase})
-    const cos = ctx.computed('rotary.cos_cache', [d.maxPositions, D / 4], tables.cos)
-    const sin = ctx.computed('rotary.sin_cache', [d.maxPositions, D / 4], tables.sin)
-    // GroupQueryAttention's int32 seqlens_k ([1] = T - 1) and total_sequence_length (scalar T),
-    // from attention_bias [1, 1, S, T].
-    const {seqlensK, totalLength} = b.scope('attention_lengths', () => {
-      const t = b.op('Cast', [b.op('Shape', [io.attentionBias], {start: 3, end: 4})], {to: ELEM.INT32})
-      return {seqlensK: b.op('Sub', [t, b.int32([1])]), totalLength: b.op('Reshape', [t, b.int64([], [0])])}
-    })
-
-    let [xn] = b.scope('layers.0.input_layernorm', () => b.node('SkipSimplifiedLayerNormalization', [
-      x, zerosLike(b, x), ctx.weight('transformer.encoder.layers.0.input_layernorm.weight'),
-    ], 1, {epsilon}, MS_DOMAIN))
-    let residual = x
+    let state = b.scope('embedding', () => embedding(b, ctx, io.inputIds))
+    const shared = sharedInputs(b, ctx, d, io.positionIds, io.attentionBias)
     const presentKey: string[] = []
     const presentValue: string[] = []
-
-    for (let i = 0; i < layers; i++) {
-      const p = `transformer.encoder.layers.${i}.`
-      b.scope(`layers.${i}`, () => {
-        const qkv = ctx.linear(xn, `${p}self_attention.query_key_value.weight`, qkvBias ? `${p}self_attention.query_key_value.bias` : undefined)
-        const [q, k, v] = b.node('Split', [qkv, b.int64([N * D, G * D, G * D])], 3, {axis: 1})
-        const toBSH = (t: string, width: number) => b.op('Reshape', [t, b.int64([1, -1, width])])
-        const rope = (t: string, numHeads: number) => b.ms('RotaryEmbedding', [toBSH(t, numHeads * D), io.positionIds, cos, sin], {
-          interleaved: 1, num_heads: numHeads, rotary_embedding_dim: D / 2,
-        })
-        const [attn, pk, pv] = b.node('GroupQueryAttention', [
-          rope(q, N), rope(k, G), toBSH(v, G * D), io.pastKey[i], io.pastValue[i], seqlensK, totalLength,
-          '', '', '', io.attentionBias,
-        ], 3, {num_heads: N, kv_num_heads: G}, MS_DOMAIN)
-        presentKey.push(pk)
-        presentValue.push(pv)
-        const dense = ctx.linear(b.op('Reshape', [attn, b.int64([-1, N * D])]), `${p}self_attention.dense.weight`)
-        // h = residual + dense; hn = RMSNorm(h)
-        const [hn, , , h] = b.node('SkipSimplifiedLayerNormalization', [dense, residual, ctx.weight(`${p}post_attention_layernorm.weight`)],
-          [b.fresh('post_attention_layernorm'), '', '', b.fresh('residual')], {epsilon}, MS_DOMAIN)
-        const up = ctx.linear(hn, `${p}mlp.dense_h_to_4h.weight`)
-        const [gate, value] = b.node('Split', [up, b.int64([F, F])], 2, {axis: 1})
-        const act = b.op('Mul', [b.ms('QuickGelu', [gate], {alpha: float(1)}), value])
-        const down = ctx.linear(act, `${p}mlp.dense_4h_to_h.weight`)
-        if (i + 1 < layers) {
-          ;[xn, , , residual] = b.node('SkipSimplifiedLayerNormalization', [down, h, ctx.weight(`transformer.encoder.layers.${i + 1}.input_layernorm.weight`)],
-            [b.fresh('next_input_layernorm'), '', '', b.fresh('residual')], {epsilon}, MS_DOMAIN)
-        } else if (finalNorm) {
-          ;[xn] = b.node('SkipSimplifiedLayerNormalization', [down, h, ctx.weight('transformer.encoder.final_layernorm.weight')], 1, {epsilon}, MS_DOMAIN)
-        } else {
-          xn = b.op('Add', [down, h])
-        }
-      })
+    for (let i = 0; i < d.layers; i++) {
+      const r = b.scope(`layers.${i}`, () => layer(b, ctx, d, i, state, shared, io.pastKey[i], io.pastValue[i]))
+      state = r.state
+      presentKey.push(r.presentKey)
+      presentValue.push(r.presentValue)
     }
-    const logits = b.scope('output_layer', () => logitsHead(b, ctx, xn, io.logitsIndex, 'transformer.output_layer.weight'))
+    const logits = b.scope('output_layer', () => logitsHead(b, ctx, state.xn, io.logitsIndex, 'transformer.output_layer.weight'))
     declareOutputs(b, d, logits, presentKey, presentValue)
   },
+
+  buildPart(b: GraphBuilder, ctx, d: DecoderDims, part: GraphPart) {
+    const io = partIO(d, part, this.boundary)
+    const inputs = declarePartInputs(b, io)
+    if (part.kind === 'embedding') {
+      const s = b.scope('embedding', () => embedding(b, ctx, inputs[0]))
+      declarePartOutputs(b, io, [s.xn, s.residual])
+    } else if (part.kind === 'head') {
+      declarePartOutputs(b, io, [b.scope('output_layer', () => logitsHead(b, ctx, inputs[0], inputs[1], 'transformer.output_layer.weight'))])
+    } else {
+      const [xn, residual, positionIds, attentionBias, pastKey, pastValue] = inputs
+      const shared = sharedInputs(b, ctx, d, positionIds, attentionBias)
+      const r = b.scope(`layers.${part.index}`, () => layer(b, ctx, d, part.index, {xn, residual}, shared, pastKey, pastValue))
+      // After the last layer there is no residual: the final norm's output stands in for it.
+      declarePartOutputs(b, io, [r.state.xn, r.state.residual, r.presentKey, r.presentValue])
+    }
+  },
+}
+
+/** The residual stream between layers: the next RMSNorm's output and the running residual. */
+interface State {
+  readonly xn: string
+  readonly residual: string
+}
+
+interface Shared {
+  readonly positionIds: string
+  readonly attentionBias: string
+  readonly cos: string
+  readonly sin: string
+  readonly seqlensK: string
+  readonly totalLength: string
+}
+
+/** Embedding rows and the first RMSNorm (zero skip). */
+function embedding(b: GraphBuilder, ctx: GraphContext, inputIds: string): State {
+  const x = embedTokens(b, ctx, 'transformer.embedding.word_embeddings.weight', inputIds)
+  const [xn] = b.scope('layers.0.input_layernorm', () => b.node('SkipSimplifiedLayerNormalization', [
+    x, zerosLike(b, x), ctx.weight('transformer.encoder.layers.0.input_layernorm.weight'),
+  ], 1, {epsilon: eps(ctx.config)}, MS_DOMAIN))
+  return {xn, residual: x}
+}
+
+/** Rotary tables and GroupQueryAttention's lengths, shared by every layer. */
+function sharedInputs(b: GraphBuilder, ctx: GraphContext, d: DecoderDims, positionIds: string, attentionBias: string): Shared {
+  const D = d.headDim
+  const tables = rotaryTables(d.maxPositions, D / 2, {base: ctx.rotaryBase})
+  const cos = ctx.computed('rotary.cos_cache', [d.maxPositions, D / 4], tables.cos)
+  const sin = ctx.computed('rotary.sin_cache', [d.maxPositions, D / 4], tables.sin)
+  // GroupQueryAttention's int32 seqlens_k ([1] = T - 1) and total_sequence_length (scalar T),
+  // from attention_bias [1, 1, S, T].
+  const {seqlensK, totalLength} = b.scope('attention_lengths', () => {
+    const t = b.op('Cast', [b.op('Shape', [attentionBias], {start: 3, end: 4})], {to: ELEM.INT32})
+    return {seqlensK: b.op('Sub', [t, b.int32([1])]), totalLength: b.op('Reshape', [t, b.int64([], [0])])}
+  })
+  return {positionIds, attentionBias, cos, sin, seqlensK, totalLength}
+}
+
+/** Layer i, from its first linear to the next layer's RMSNorm (or the final norm after the last). */
+function layer(b: GraphBuilder, ctx: GraphContext, d: DecoderDims, i: number, state: State, sh: Shared, pastKey: string, pastValue: string): {state: State, presentKey: string, presentValue: string} {
+  const {heads: N, kvHeads: G, headDim: D} = d
+  const F = need(ctx.config, 'ffn_hidden_size')
+  const epsilon = eps(ctx.config)
+  const qkvBias = ctx.config.add_qkv_bias !== false
+  const finalNorm = ctx.config.post_layer_norm !== false
+  const p = `transformer.encoder.layers.${i}.`
+  const qkv = ctx.linear(state.xn, `${p}self_attention.query_key_value.weight`, qkvBias ? `${p}self_attention.query_key_value.bias` : undefined)
+  const [q, k, v] = b.node('Split', [qkv, b.int64([N * D, G * D, G * D])], 3, {axis: 1})
+  const toBSH = (t: string, width: number) => b.op('Reshape', [t, b.int64([1, -1, width])])
+  const rope = (t: string, numHeads: number) => b.ms('RotaryEmbedding', [toBSH(t, numHeads * D), sh.positionIds, sh.cos, sh.sin], {
+    interleaved: 1, num_heads: numHeads, rotary_embedding_dim: D / 2,
+  })
+  const [attn, presentKey, presentValue] = b.node('GroupQueryAttention', [
+    rope(q, N), rope(k, G), toBSH(v, G * D), pastKey, pastValue, sh.seqlensK, sh.totalLength,
+    '', '', '', sh.attentionBias,
+  ], 3, {num_heads: N, kv_num_heads: G}, MS_DOMAIN)
+  const dense = ctx.linear(b.op('Reshape', [attn, b.int64([-1, N * D])]), `${p}self_attention.dense.weight`)
+  // h = residual + dense; hn = RMSNorm(h)
+  const [hn, , , h] = b.node('SkipSimplifiedLayerNormalization', [dense, state.residual, ctx.weight(`${p}post_attention_layernorm.weight`)],
+    [b.fresh('post_attention_layernorm'), '', '', b.fresh('residual')], {epsilon}, MS_DOMAIN)
+  const up = ctx.linear(hn, `${p}mlp.dense_h_to_4h.weight`)
+  const [gate, value] = b.node('Split', [up, b.int64([F, F])], 2, {axis: 1})
+  const act = b.op('Mul', [b.ms('QuickGelu', [gate], {alpha: float(1)}), value])
+  const down = ctx.linear(act, `${p}mlp.dense_4h_to_h.weight`)
+  let next: State
+  if (i + 1 < d.layers) {
+    const [xn, , , residual] = b.node('SkipSimplifiedLayerNormalization', [down, h, ctx.weight(`transformer.encoder.layers.${i + 1}.input_layernorm.weight`)],
+      [b.fresh('next_input_layernorm'), '', '', b.fresh('residual')], {epsilon}, MS_DOMAIN)
+    next = {xn, residual}
+  } else if (finalNorm) {
+    const [xn] = b.node('SkipSimplifiedLayerNormalization', [down, h, ctx.weight('transformer.encoder.final_layernorm.weight')], 1, {epsilon}, MS_DOMAIN)
+    next = {xn, residual: xn}
+  } else {
+    const xn = b.op('Add', [down, h])
+    next = {xn, residual: xn}
+  }
+  return {state: next, presentKey, presentValue}
 }
