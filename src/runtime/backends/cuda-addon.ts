@@ -13,7 +13,7 @@ import {existsSync} from 'node:fs'
 import {createRequire} from 'node:module'
 import {join, relative, resolve} from 'node:path'
 import {GlmtoolError} from '../../errors.js'
-import type {EngineFlags} from '../../models/arch.js'
+import type {EngineDims, EngineFlags} from '../../models/arch.js'
 import type {DeviceSampling} from '../backend.js'
 
 /** What `probe()` reports about the driver, the GPU and cuBLAS. */
@@ -49,21 +49,13 @@ export type WeightKindName = keyof typeof WEIGHT_KINDS
  * The engine's configuration: sizes, and the decoder's feature flags (the generation module's
  * engineFlags, src/models/arch.ts EngineFlags), never a generation number.
  */
-export interface CudaEngineConfig extends EngineFlags {
+export interface CudaEngineConfig extends EngineFlags, Omit<EngineDims, 'maxPositions'> {
   /** 0: float16, 1: bfloat16 (weights, activations and KV cache). */
   dtype: 0 | 1
-  layers: number
-  hidden: number
-  heads: number
-  kvHeads: number
-  headDim: number
-  ffn: number
-  vocab: number
   /** Tokens the KV cache holds (allocated up front). */
   maxLength: number
   /** P-Tuning v2 prefix entries kept in front of the cache. */
   prefixLength: number
-  eps: number
   /** Capture the decode step once as a CUDA graph and replay it (default true). */
   useGraph?: boolean
   /**
