@@ -57,9 +57,10 @@ export default class Chat extends BaseCommand {
     }
     const tools = flags.tools === undefined ? undefined : await readToolsFile(flags.tools)
     const source = this.resolveModel(args.model)
+    // Checked as soon as the generation is known, before any conversion or GPU load.
     const needsRoles = (arch: Arch) => {
       const what = flags.tools === undefined ? (flags.system === undefined ? undefined : '--system') : '--tools'
-      if (what && !arch.chat.extraRoles.includes('system')) throw new UsageError(`${what} needs a model with a system role (ChatGLM3-6B); ${args.model} is ${arch.displayName}`)
+      if (what) requireSystemRole(arch, what, `${args.model} is ${arch.displayName}`)
     }
     const model = await loadChatModel(source.path, {
       maxLength: flags['max-length'],
@@ -94,7 +95,7 @@ export default class Chat extends BaseCommand {
       const command = ROLE_LINE.exec(line)
       if (command?.[1] === 'system') {
         // A new system prompt starts the conversation over (the prompt sits before every round).
-        if (!arch.chat.extraRoles.includes('system')) throw new UsageError(`/system needs a model with a system role (ChatGLM3-6B); this is ${arch.displayName}`)
+        requireSystemRole(arch, '/system', `this is ${arch.displayName}`)
         system = systemMessage(command[2]?.trim() || undefined, tools)
         history.length = 0
         if (system) history.push(system)
@@ -225,6 +226,11 @@ function turnRecord(prompt: string, r: TurnResult): ChatTurn {
     decoded: r.text, stoppedBy: r.stoppedBy, droppedTurns: r.droppedTurns,
     timing: {promptSeconds: r.promptSeconds, generateSeconds: r.generateSeconds, promptTokensPerSecond: r.promptTokensPerSecond, generatedTokensPerSecond: r.generatedTokensPerSecond},
   }
+}
+
+/** --system, --tools and /system need a chat format with a system role (ChatGLM3-6B). */
+function requireSystemRole(arch: Arch, what: string, which: string): void {
+  if (!arch.chat.extraRoles.includes('system')) throw new UsageError(`${what} needs a model with a system role (ChatGLM3-6B); ${which}`)
 }
 
 /** A structured answer as the terminal shows it. */

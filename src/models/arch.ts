@@ -4,7 +4,7 @@
  */
 import {GlmtoolError, ModelError} from '../errors.js'
 import type {ChatFormat} from '../runtime/chat-template.js'
-import type {PromptLayout} from '../runtime/positions.js'
+import type {FramingIds, PromptLayout} from '../runtime/positions.js'
 
 export type ArchId = 'chatglm-6b' | 'chatglm2-6b' | 'chatglm3-6b'
 /**
@@ -21,12 +21,6 @@ export interface TensorSpec {
   readonly optional?: boolean
   /** How synth initialises it: N(0, 0.02), ~1 (norm weights), ~0 (biases) or computed. */
   readonly init: 'normal' | 'ones' | 'zeros' | 'inv_freq'
-}
-
-/** Where the published generate() places [gMASK] and sop around a prompt's text ids. */
-export interface FramingSpecials {
-  readonly gmask: number
-  readonly sop: number
 }
 
 /** The published chat()'s sampling defaults (temperature, top_p, max_length). */
@@ -70,9 +64,9 @@ export interface Arch {
   /** A few lines describing the config, for inspect. */
   summary(config: ModelConfig): Record<string, string | number | boolean>
   /** A model input from text ids: [gMASK] and sop placed as the published code places them. */
-  framePrompt(textIds: readonly number[], specials: FramingSpecials): number[]
+  framePrompt(textIds: readonly number[], specials: FramingIds): number[]
   /** Positions and attention pattern of a framed prompt and of each generated token. */
-  promptLayout(ids: readonly number[], specials: FramingSpecials): PromptLayout
+  promptLayout(ids: readonly number[], specials: FramingIds): PromptLayout
   /** The weights the published quantize() may replace. */
   readonly quantizable: QuantizableNames
   /** How chat turns become model input, and generated text a turn's answer. */

@@ -1,5 +1,5 @@
 import {CHATGLM_6B_CHAT} from '../runtime/chat-template.js'
-import {layoutV1} from '../runtime/positions.js'
+import {framePromptV1, layoutV1} from '../runtime/positions.js'
 import {
   addPrefixCacheSpecs, type Arch, configInt, engineInt, type EngineTensor, engineUnsupported, type ModelConfig, type SynthSize, type TensorSpec,
 } from './arch.js'
@@ -118,10 +118,7 @@ export const chatglmV1: Arch = {
     }
   },
 
-  // generate() after the text: ids + [gMASK, <sop>] (docs/chatglm.md section 3).
-  framePrompt(textIds, {gmask, sop}) {
-    return [...textIds, gmask, sop]
-  },
+  framePrompt: framePromptV1,
 
   promptLayout(ids, {gmask, sop}) {
     return layoutV1(ids, gmask, sop)

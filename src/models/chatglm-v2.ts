@@ -1,5 +1,5 @@
 import {CHATGLM2_6B_CHAT} from '../runtime/chat-template.js'
-import {layoutV2} from '../runtime/positions.js'
+import {framePromptV2, layoutV2} from '../runtime/positions.js'
 import {
   addPrefixCacheSpecs, type Arch, configInt, engineInt, type EngineTensor, engineUnsupported, isChatglm3Config, type ModelConfig, ropeRatio,
   type SynthSize, type TensorSpec, type EngineFlags,
@@ -147,10 +147,7 @@ export const chatglmV2: Arch = {
     }
   },
 
-  // [gMASK, sop] before the text (build_inputs_with_special_tokens; docs/chatglm.md section 4).
-  framePrompt(textIds, {gmask, sop}) {
-    return [gmask, sop, ...textIds]
-  },
+  framePrompt: framePromptV2,
 
   promptLayout(ids) {
     return layoutV2(ids)

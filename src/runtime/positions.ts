@@ -11,6 +11,22 @@ export interface PromptLayout {
   next(k: number): {position: number, blockPosition?: number}
 }
 
+/** Where [gMASK] and sop go around a prompt's text ids. */
+export interface FramingIds {
+  readonly gmask: number
+  readonly sop: number
+}
+
+/** ChatGLM-6B's generate(): the text, then [gMASK, <sop>] (docs/chatglm.md section 3). */
+export function framePromptV1(textIds: readonly number[], {gmask, sop}: FramingIds): number[] {
+  return [...textIds, gmask, sop]
+}
+
+/** ChatGLM2-6B / ChatGLM3-6B: [gMASK, sop], then the text (build_inputs_with_special_tokens; docs/chatglm.md section 4). */
+export function framePromptV2(textIds: readonly number[], {gmask, sop}: FramingIds): number[] {
+  return [gmask, sop, ...textIds]
+}
+
 /**
  * v1 (GLM): ids = text + [gMASK, <sop>]. Tokens up to [gMASK] are at 0..n ([gMASK] at n);
  * <sop> and every generated token stay at n. Block positions: 0 for the context, 1 for <sop>,

@@ -19,6 +19,7 @@
  */
 import {ModelError} from '../../errors.js'
 import {decodeModelProto, PieceType, type SentencePiece, type SentencePieceModel} from './sentencepiece-model.js'
+import {framePromptV1} from '../positions.js'
 import {SentencePieceProcessor} from './sentencepiece.js'
 import type {ChatTokenizer, StreamDecoder, TokenizerSpecials} from './types.js'
 
@@ -176,7 +177,7 @@ export class ChatGLM6BTokenizer implements ChatTokenizer {
   }
 
   encodePrompt(text: string): number[] {
-    return [...this.encode(text), this.specials.gmask, this.specials.sop]
+    return framePromptV1(this.encode(text), this.specials)
   }
 
   decode(ids: readonly number[]): string {

@@ -16,6 +16,7 @@
  * another decode of them; what the two share is AppendedSpecialsTokenizer below.
  */
 import {ModelError} from '../../errors.js'
+import {framePromptV2} from '../positions.js'
 import type {SentencePieceProcessor} from './sentencepiece.js'
 import type {ChatTokenizer, StreamDecoder, TokenizerSpecials} from './types.js'
 
@@ -72,7 +73,7 @@ export abstract class AppendedSpecialsTokenizer {
 
   /** build_inputs_with_special_tokens: [gMASK, sop] + the text's ids. */
   encodePrompt(text: string): number[] {
-    return [this.special('[gMASK]'), this.special('sop'), ...this.encode(text)]
+    return framePromptV2(this.encode(text), {gmask: this.special('[gMASK]'), sop: this.special('sop')})
   }
 
   decode(ids: readonly number[]): string {
