@@ -2,7 +2,7 @@ import js from '@eslint/js'
 import tseslint from 'typescript-eslint'
 
 export default tseslint.config(
-  {ignores: ['dist/**', 'node_modules/**', '.device/**', 'coverage/**', 'tmp/**', 'build/**']},
+  {ignores: ['dist/**', 'node_modules/**', '.device/**', 'coverage/**', 'tmp/**', 'build/**', 'prebuilds/**', 'vendor/onnxruntime-node*/**']},
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

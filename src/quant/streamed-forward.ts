@@ -1,6 +1,6 @@
 import {mkdtemp, rm} from 'node:fs/promises'
 import {join} from 'node:path'
-import * as ort from 'onnxruntime-node'
+import {type Ort, ort} from '../runtime/backends/ort.js'
 import {GlmtoolError, ModelError} from '../errors.js'
 import {byteLength, numel} from '../formats/dtype.js'
 import type {ModelSource} from '../pipelines/model-dir.js'
@@ -64,8 +64,8 @@ export async function runStreamed(model: ModelSource, inputs: readonly StreamInp
   const boundary = graph.boundary
   const parts: GraphPart[] = [{kind: 'embedding'}, ...Array.from({length: d.layers}, (_, index) => ({kind: 'layer' as const, index}))]
   if (opts.onLogits) parts.push({kind: 'head'})
-  const f32 = (data: Float32Array, rows: number) => new ort.Tensor('float32', data, [rows, d.hidden])
-  const emptyKv = new ort.Tensor('float32', new Float32Array(0), [1, d.kvHeads, 0, d.headDim])
+  const f32 = (data: Float32Array, rows: number) => new (ort().Tensor)('float32', data, [rows, d.hidden])
+  const emptyKv = new (ort().Tensor)('float32', new Float32Array(0), [1, d.kvHeads, 0, d.headDim])
   // Hidden states at the current cut, per sequence, one array per boundary tensor.
   let state: Float32Array[][] = []
   for (const [k, part] of parts.entries()) {
@@ -76,20 +76,20 @@ export async function runStreamed(model: ModelSource, inputs: readonly StreamInp
       for (const [s, input] of inputs.entries()) {
         await checkpoint()
         const S = input.ids.length
-        const feeds: Record<string, ort.Tensor> = {}
+        const feeds: Record<string, Ort.Tensor> = {}
         if (part.kind === 'embedding') {
-          feeds.input_ids = new ort.Tensor('int64', BigInt64Array.from(input.ids, BigInt), [1, S])
+          feeds.input_ids = new (ort().Tensor)('int64', BigInt64Array.from(input.ids, BigInt), [1, S])
         } else if (part.kind === 'head') {
           feeds[boundary[0]] = f32(state[s][0], S)
-          feeds.logits_index = new ort.Tensor('int64', BigInt64Array.from({length: S}, (_, i) => BigInt(i)), [S])
+          feeds.logits_index = new (ort().Tensor)('int64', BigInt64Array.from({length: S}, (_, i) => BigInt(i)), [S])
         } else {
           boundary.forEach((name, j) => {
             feeds[name] = f32(state[s][j], S)
           })
           feeds.position_ids = d.positionRows === 2
-            ? new ort.Tensor('int64', BigInt64Array.from([...input.positions, ...input.blockPositions!], BigInt), [1, 2, S])
-            : new ort.Tensor('int64', BigInt64Array.from(input.positions, BigInt), [1, S])
-          feeds.attention_bias = new ort.Tensor('float32', attentionBias(0, S, input.bidirectional), [1, 1, S, S])
+            ? new (ort().Tensor)('int64', BigInt64Array.from([...input.positions, ...input.blockPositions!], BigInt), [1, 2, S])
+            : new (ort().Tensor)('int64', BigInt64Array.from(input.positions, BigInt), [1, S])
+          feeds.attention_bias = new (ort().Tensor)('float32', attentionBias(0, S, input.bidirectional), [1, 1, S, S])
           feeds.past_key = emptyKv
           feeds.past_value = emptyKv
         }
@@ -114,14 +114,14 @@ export async function runStreamed(model: ModelSource, inputs: readonly StreamInp
   }
 }
 
-async function withPartSession(model: ModelSource, part: GraphPart, opts: StreamedOptions, linearInputs: boolean, fn: (s: ort.InferenceSession) => Promise<void>): Promise<void> {
+async function withPartSession(model: ModelSource, part: GraphPart, opts: StreamedOptions, linearInputs: boolean, fn: (s: Ort.InferenceSession) => Promise<void>): Promise<void> {
   const dir = await mkdtemp(join(opts.scratch, `${part.kind}${part.kind === 'layer' ? `-${part.index}` : ''}-`))
   try {
     await checkpoint()
     const r = await exportOnnxPart(model, part, dir, {linearInputs})
-    let session: ort.InferenceSession
+    let session: Ort.InferenceSession
     try {
-      session = await ort.InferenceSession.create(r.model, {
+      session = await ort().InferenceSession.create(r.model, {
         executionProviders: ['cpu'],
         graphOptimizationLevel: 'all',
         ...(opts.threads ? {intraOpNumThreads: opts.threads} : {}),

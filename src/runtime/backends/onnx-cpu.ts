@@ -1,7 +1,7 @@
 import {existsSync} from 'node:fs'
 import {readFile} from 'node:fs/promises'
 import {join} from 'node:path'
-import * as ort from 'onnxruntime-node'
+import {type Ort, ort} from './ort.js'
 import {GlmtoolError, ModelError} from '../../errors.js'
 import {MASKED, type DecoderDims} from '../../formats/onnx/chatglm-graph.js'
 import {ONNX_PREFIX_FILE, type OnnxManifest, readOnnxManifest} from '../../pipelines/export-onnx.js'
@@ -19,7 +19,7 @@ export interface OnnxCpuOptions {
    * Called with every output of each run, the decoder's and any extra ones (the calibration
    * variant's linear inputs, quant/activation-stats.ts), before forward() returns.
    */
-  onOutputs?: (outputs: Readonly<Record<string, ort.Tensor>>) => void
+  onOutputs?: (outputs: Readonly<Record<string, Ort.Tensor>>) => void
 }
 
 /**
@@ -62,12 +62,12 @@ export function attentionBias(past: number, newTokens: number, bidirectional: nu
 export class OnnxCpuBackend implements DecoderBackend {
   readonly name = 'onnx-cpu'
   readonly maxLength: number
-  private pastKeys: ort.Tensor[] = []
-  private pastValues: ort.Tensor[] = []
+  private pastKeys: Ort.Tensor[] = []
+  private pastValues: Ort.Tensor[] = []
   private tokens = 0
 
   private constructor(
-    private readonly session: ort.InferenceSession,
+    private readonly session: Ort.InferenceSession,
     readonly arch: Arch,
     readonly config: ModelConfig,
     readonly manifest: OnnxManifest,
@@ -94,9 +94,9 @@ export class OnnxCpuBackend implements DecoderBackend {
     }
     const prefix = opts.prefix ?? await readPrefixFile(onnxDir, d)
     if (prefix) checkPrefix(prefix, d)
-    let session: ort.InferenceSession
+    let session: Ort.InferenceSession
     try {
-      session = await ort.InferenceSession.create(join(onnxDir, manifest.model), {
+      session = await ort().InferenceSession.create(join(onnxDir, manifest.model), {
         executionProviders: ['cpu'],
         graphOptimizationLevel: 'all',
         ...(opts.threads ? {intraOpNumThreads: opts.threads} : {}),
@@ -121,7 +121,7 @@ export class OnnxCpuBackend implements DecoderBackend {
     const d = this.manifest.dims
     const n = this.prefix?.length ?? 0
     const make = (data: readonly Float32Array[] | undefined) => Array.from({length: d.layers}, (_, i) =>
-      new ort.Tensor('float32', data ? data[i] : new Float32Array(0), [1, d.kvHeads, n, d.headDim]))
+      new (ort().Tensor)('float32', data ? data[i] : new Float32Array(0), [1, d.kvHeads, n, d.headDim]))
     this.pastKeys = make(this.prefix?.keys)
     this.pastValues = make(this.prefix?.values)
     this.tokens = 0
@@ -131,29 +131,29 @@ export class OnnxCpuBackend implements DecoderBackend {
     const d = this.manifest.dims
     const S = input.ids.length
     this.check(input)
-    const feeds: Record<string, ort.Tensor> = {
-      input_ids: new ort.Tensor('int64', BigInt64Array.from(input.ids, BigInt), [1, S]),
+    const feeds: Record<string, Ort.Tensor> = {
+      input_ids: new (ort().Tensor)('int64', BigInt64Array.from(input.ids, BigInt), [1, S]),
       position_ids: d.positionRows === 2
-        ? new ort.Tensor('int64', BigInt64Array.from([...input.positions, ...input.blockPositions!], BigInt), [1, 2, S])
-        : new ort.Tensor('int64', BigInt64Array.from(input.positions, BigInt), [1, S]),
-      attention_bias: new ort.Tensor('float32', attentionBias(this.tokens, S, input.bidirectional, this.prefix?.length ?? 0),
+        ? new (ort().Tensor)('int64', BigInt64Array.from([...input.positions, ...input.blockPositions!], BigInt), [1, 2, S])
+        : new (ort().Tensor)('int64', BigInt64Array.from(input.positions, BigInt), [1, S]),
+      attention_bias: new (ort().Tensor)('float32', attentionBias(this.tokens, S, input.bidirectional, this.prefix?.length ?? 0),
         [1, 1, S, (this.prefix?.length ?? 0) + this.tokens + S]),
       logits_index: input.logits === 'last'
-        ? new ort.Tensor('int64', BigInt64Array.of(BigInt(S - 1)), [1])
-        : new ort.Tensor('int64', BigInt64Array.from({length: S}, (_, i) => BigInt(i)), [S]),
+        ? new (ort().Tensor)('int64', BigInt64Array.of(BigInt(S - 1)), [1])
+        : new (ort().Tensor)('int64', BigInt64Array.from({length: S}, (_, i) => BigInt(i)), [S]),
     }
     for (let i = 0; i < d.layers; i++) {
       feeds[`past_key_${i}`] = this.pastKeys[i]
       feeds[`past_value_${i}`] = this.pastValues[i]
     }
     const out = await this.session.run(feeds)
-    this.onOutputs?.(out as Record<string, ort.Tensor>)
+    this.onOutputs?.(out as Record<string, Ort.Tensor>)
     for (let i = 0; i < d.layers; i++) {
-      this.pastKeys[i] = out[`present_key_${i}`] as ort.Tensor
-      this.pastValues[i] = out[`present_value_${i}`] as ort.Tensor
+      this.pastKeys[i] = out[`present_key_${i}`] as Ort.Tensor
+      this.pastValues[i] = out[`present_value_${i}`] as Ort.Tensor
     }
     this.tokens += S
-    const logits = out.logits as ort.Tensor
+    const logits = out.logits as Ort.Tensor
     const rows = input.logits === 'last' ? 1 : S
     return {logits: logits.data as Float32Array, rows, vocab: d.vocab}
   }
