@@ -141,9 +141,17 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     if (info.Length() < 4 || !info[2].IsNumber() || !info[3].IsTypedArray())
       throw Napi::TypeError::New(env, "upload(kind, layer, offset, bytes: Uint8Array)");
     const double offset = info[2].As<Napi::Number>().DoubleValue();
-    Napi::TypedArray t = info[3].As<Napi::TypedArray>();
-    const uint8_t* data = static_cast<const uint8_t*>(t.ArrayBuffer().Data()) + t.ByteOffset();
-    const size_t bytes = t.ByteLength();
+    // napi_get_typedarray_info's data pointer, not ArrayBuffer().Data(): the torch reader's
+    // pieces live in a SharedArrayBuffer (it checks their CRC-32 on a worker), and
+    // napi_get_arraybuffer_info refuses a SharedArrayBuffer ("Invalid argument").
+    napi_typedarray_type type;
+    size_t length = 0, byteOffset = 0;
+    void* raw = nullptr;
+    napi_value buffer;
+    if (napi_get_typedarray_info(env, info[3], &type, &length, &raw, &buffer, &byteOffset) != napi_ok)
+      throw Napi::TypeError::New(env, "upload: cannot read the bytes' typed array");
+    const uint8_t* data = static_cast<const uint8_t*>(raw);
+    const size_t bytes = info[3].As<Napi::TypedArray>().ByteLength();
     guard(env, [&] {
       eng(env).upload(kind, layer, (size_t)offset, data, bytes);
       return 0;

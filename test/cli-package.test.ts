@@ -87,7 +87,7 @@ describe('npm install -g of the packed package', () => {
       'vendor/onnxruntime-node/bin/napi-v6/linux/x64/onnxruntime_binding.node', 'vendor/onnxruntime-node/bin/napi-v6/linux/x64/libonnxruntime.so.1']) expect(files, f).toContain(f)
     expect(JSON.parse(execFileSync('tar', ['xzOf', tarball, 'package/package.json'], {encoding: 'utf8'})).scripts).not.toHaveProperty('prepare')
     const prefix = mkdtempSync(join(work, 'global-'))
-    const env = {...process.env, GLOBAL_AGENT_HTTPS_PROXY: 'http://127.0.0.1:9', GLOBAL_AGENT_HTTP_PROXY: 'http://127.0.0.1:9'}
+    const env: Record<string, string | undefined> = {...process.env, GLOBAL_AGENT_HTTPS_PROXY: 'http://127.0.0.1:9', GLOBAL_AGENT_HTTP_PROXY: 'http://127.0.0.1:9'}
     delete env.ONNXRUNTIME_NODE_INSTALL
     delete env.npm_config_onnxruntime_node_install
     const r = spawnSync(npm, ['install', '-g', tarball, '--prefix', prefix, '--prefer-offline', '--no-audit', '--no-fund'], {encoding: 'utf8', env, timeout: 240_000})

@@ -51,6 +51,18 @@ describe.skipIf(reason !== undefined)('glmtool chat --backend cuda', () => {
     expect(out.turns[0].generatedIds.length).toBeLessThanOrEqual(8)
   })
 
+  // A torch directory streams straight onto the GPU; its pieces are in shared memory (the reader
+  // checks their CRC-32 on a worker), which the addon's upload must accept.
+  it.each([['chatglm-6b'], ['chatglm2-6b'], ['chatglm3-6b']])('%s: a greedy turn straight from the published torch layout', arch => {
+    const model = join(work, `${arch}-direct`)
+    expect(glmtool(['synth', '--arch', arch, '--size', 'tiny', '--out', model]).code).toBe(0)
+    const r = glmtool(['chat', model, '--backend', 'cuda', '--prompt', 'hello', '--greedy', '--max-new-tokens', '8', '--json'], {env: {GLMTOOL_CACHE: join(work, 'cache')}})
+    expect(r.code, r.stderr).toBe(0)
+    const out = JSON.parse(r.stdout)
+    expect(out.backend).toBe('cuda')
+    expect(out.turns[0].generatedIds.length).toBeGreaterThan(0)
+  })
+
   it.each([['chatglm-6b', '4'], ['chatglm2-6b', '8']])('%s int%s from glmtool quantize: a greedy turn on the GPU', (arch, bits) => {
     const model = join(work, `${arch}-q${bits}`)
     expect(glmtool(['synth', '--arch', arch, '--size', 'tiny', '--out', `${model}-torch`]).code).toBe(0)
