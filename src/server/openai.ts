@@ -261,7 +261,7 @@ export function parseCompletionRequest(body: unknown, contextLength: number, mod
  * front of the query, as THUDM's openai_api.py does, the messages before the query must be
  * user/assistant pairs, and tools are refused.
  */
-export function chatTurns(messages: readonly Message[], format: ChatFormat, tools?: {offered: readonly ToolFunction[] | undefined, model: string}): {query: string, role: ChatRole, history: ChatMessage[]} {
+export function chatTurns(messages: readonly Message[], format: ChatFormat, opts?: {offered: readonly ToolFunction[] | undefined, model: string}): {query: string, role: ChatRole, history: ChatMessage[]} {
   const rest = [...messages]
   const last = rest.pop()!
   if (format.extraRoles.includes('observation')) {
@@ -276,7 +276,7 @@ export function chatTurns(messages: readonly Message[], format: ChatFormat, tool
         for (const c of m.toolCalls) history.push({role: 'assistant', metadata: c.name, content: toolCallContent(c.arguments)})
       } else history.push({role: m.role, content: m.content})
     }
-    const offered = tools?.offered
+    const offered = opts?.offered
     if (offered) {
       const system = systemMessage(history[0]?.role === 'system' ? history[0].content : undefined, offered)!
       if (history[0]?.role === 'system') history[0] = system
@@ -285,7 +285,7 @@ export function chatTurns(messages: readonly Message[], format: ChatFormat, tool
     return {query: last.content, role: last.role === 'tool' ? 'observation' : 'user', history}
   }
   const i = messages.findIndex(m => m.role === 'tool' || m.toolCalls !== undefined)
-  if (i >= 0) throw bad(`messages[${i}]`, `${tools?.model ?? 'this model'} has no tool format: tool calls and tool results need ChatGLM3-6B`)
+  if (i >= 0) throw bad(`messages[${i}]`, `${opts?.model ?? 'this model'} has no tool format: tool calls and tool results need ChatGLM3-6B`)
   let system = ''
   while (rest.length > 0 && rest[0].role === 'system') system += rest.shift()!.content
   const history: ChatMessage[] = []
