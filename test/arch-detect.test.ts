@@ -119,8 +119,8 @@ describe('the server\'s messages per chat format', () => {
   const pairs: ChatFormat = {...tenEach, extraRoles: []}
   const msgs = [{role: 'system' as const, content: 'Be brief. '}, {role: 'user' as const, content: 'hi'}, {role: 'assistant' as const, content: 'hello'}, {role: 'user' as const, content: '1+1?'}]
   it('ChatGLM3-6B keeps the system message as one; ChatGLM-6B/ChatGLM2-6B put it before the query', () => {
-    expect(chatTurns(msgs, roles)).toEqual({query: '1+1?', history: msgs.slice(0, 3)})
-    expect(chatTurns(msgs, pairs)).toEqual({query: 'Be brief. 1+1?', history: msgs.slice(1, 3)})
+    expect(chatTurns(msgs, roles)).toEqual({query: '1+1?', role: 'user', history: msgs.slice(0, 3)})
+    expect(chatTurns(msgs, pairs)).toEqual({query: 'Be brief. 1+1?', role: 'user', history: msgs.slice(1, 3)})
     expect(() => chatTurns([msgs[1], msgs[0], msgs[3]], roles)).toThrow(/system messages must come first/)
   })
 })

@@ -3,9 +3,7 @@ import Table from 'cli-table3'
 import {archFlag, archOf, BaseCommand} from '../cli/base-command.js'
 import {MODEL_ID_HELP} from '../cli/model-arg.js'
 import {formatBytes} from '../cli/progress.js'
-import {inspectModel} from '../pipelines/inspect-model.js'
-import {archById} from '../models/index.js'
-import {inspectTokenizer} from '../runtime/tokenizer/model-tokenizer.js'
+import {inspectModel, inspectModelTokenizer} from '../pipelines/inspect-model.js'
 
 /**
  * Rows of the tensor table, and lines of each kind of check, printed before the rest are
@@ -37,8 +35,7 @@ export default class Inspect extends BaseCommand {
   async run() {
     const {args, flags} = await this.parse(Inspect)
     const model = await inspectModel(this.resolveModel(args.path).path, {arch: archOf(flags)})
-    const tokenizer = model.architecture && model.dir && model.rawConfig
-      ? await inspectTokenizer(model.dir, archById(model.architecture), model.rawConfig) : null
+    const tokenizer = await inspectModelTokenizer(model)
     const {rawConfig: _raw, ...report} = {...model, tokenizer}
     if (this.jsonEnabled()) return report
     if (!flags['no-tensors']) {
@@ -79,6 +76,7 @@ export default class Inspect extends BaseCommand {
       if (t.numImageTokens !== undefined) this.log(`  num_image_tokens: ${t.numImageTokens} (${t.numImageTokensFrom})`)
       this.log(`  vocabulary: ${t.vocabSize} ids; word embedding ${t.embeddingRows} rows: ${t.fitsEmbedding ? 'fits' : 'does NOT fit'}`)
       this.log(`  specials: ${Object.entries(t.specials).map(([k, v]) => `${k} ${v}`).join(', ')}`)
+      this.log(`  generation stops at: ${t.stopTokens.map(s => `${s.token} ${s.id} (${s.names.join(', ')})`).join(', ')}`)
       if (t.problem) this.log(`  problem: ${t.problem}`)
     } else if (report.architecture) this.log('tokenizer: none in this directory')
     for (const w of report.warnings) this.log(`warning: ${w}`)

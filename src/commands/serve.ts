@@ -6,6 +6,7 @@ import {UsageError} from '../errors.js'
 import {loadChatModel} from '../pipelines/chat-model.js'
 import {buildServer} from '../server/app.js'
 import {chatPage} from '../server/page.js'
+import {scriptedBackend} from '../server/scripted-backend.js'
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|localhost|::1|\[::1\])$/
 
@@ -45,6 +46,9 @@ export default class Serve extends BaseCommand {
     if (flags.port > 65535) throw new UsageError(`--port must be at most 65535, got ${flags.port}`)
     const source = this.resolveModel(args.model)
     const model = await loadChatModel(source.path, {maxLength: flags['max-length'], backend: flags.backend as 'cpu' | 'cuda', arch: archOf(flags), onNote: m => this.note(m)})
+    // Test hook: every answer is this text (src/server/scripted-backend.ts).
+    const scripted = process.env.GLMTOOL_TEST_SCRIPTED_ANSWER
+    if (scripted !== undefined) model.backend = scriptedBackend(model.backend, model.tokenizer.encode(scripted), model.tokenizer.specials.eos)
     const d = model.arch.chatDefaults
     const maxLength = Math.min(flags['max-length'] ?? d.maxLength, model.backend.maxLength)
     const modelId = flags.name ?? (source.hub ? args.model : basename(resolve(source.path)))

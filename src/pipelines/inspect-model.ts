@@ -8,6 +8,11 @@ import {externalRangeOf} from '../formats/onnx/external-data.js'
 import {decodeModel, ELEM} from '../formats/onnx/onnx-builder.js'
 import type {ModelConfig} from '../models/arch.js'
 import {describeQuantLayout, quantLayoutOf} from '../models/quantized-layout.js'
+import {archById} from '../models/index.js'
+import {decodeModelProto} from '../runtime/tokenizer/sentencepiece-model.js'
+import {V3_SPECIAL_NAMES} from '../runtime/tokenizer/chatglm3-6b.js'
+import {V2_SPECIAL_NAMES} from '../runtime/tokenizer/chatglm2-6b.js'
+import {inspectTokenizer, type TokenizerReport} from '../runtime/tokenizer/model-tokenizer.js'
 
 /** Weight files that make a directory a torch or safetensors model (a --format both quantize output has both). */
 const WEIGHT_FILES = ['pytorch_model.bin.index.json', 'pytorch_model.bin', 'model.safetensors.index.json', 'model.safetensors']
@@ -102,4 +107,39 @@ async function inspectOnnx(path: string, dir: string, opts: OpenModelOptions): P
     check: null,
     warnings: [],
   }
+}
+
+/** A token that ends generation: its id, its spelling in the tokenizer, and which specials it is. */
+export interface StopToken {
+  id: number
+  token: string
+  /** The specials' names it stands for: eos (ChatGLM-6B: eop too); ChatGLM3-6B's user, observation. */
+  names: string[]
+}
+
+/** inspect's tokenizer section: the tokenizer's report, plus the tokens that end generation. */
+export type InspectTokenizer = (TokenizerReport & {stopTokens: StopToken[]}) | {file: string, error: string}
+
+/**
+ * The spelling of each stop id: the SentencePiece piece (ChatGLM-6B's ids are its pieces' ids plus
+ * num_image_tokens), or, past the pieces, the special appended there (ChatGLM2-6B's five,
+ * ChatGLM3-6B's nine: <|user|>, <|observation|>). `pieces`: the SentencePiece file's pieces in order.
+ */
+export function stopTokens(report: TokenizerReport, pieces: readonly string[], arch: string): StopToken[] {
+  const appended: readonly string[] = arch === 'chatglm3-6b' ? V3_SPECIAL_NAMES : arch === 'chatglm2-6b' ? V2_SPECIAL_NAMES : []
+  const offset = report.numImageTokens ?? 0
+  return report.stop.map(id => {
+    const i = id - offset
+    const token = i >= 0 && i < pieces.length ? pieces[i] : appended[id - offset - pieces.length] ?? `<id ${id}>`
+    return {id, token, names: Object.entries(report.specials).filter(([, v]) => v === id).map(([k]) => k)}
+  })
+}
+
+/** The tokenizer of an inspected model directory (null when there is none), with its stop tokens. */
+export async function inspectModelTokenizer(report: InspectReport): Promise<InspectTokenizer | null> {
+  if (!report.architecture || !report.dir || !report.rawConfig) return null
+  const t = await inspectTokenizer(report.dir, archById(report.architecture), report.rawConfig)
+  if (t === null || 'error' in t) return t
+  const pieces = decodeModelProto(await readFile(t.file), t.file).pieces.map(p => p.piece)
+  return {...t, stopTokens: stopTokens(t, pieces, report.architecture)}
 }

@@ -532,3 +532,65 @@ export function parseChatglm3Response(text: string, history: readonly ChatMessag
   }
   return {response, history: out}
 }
+
+// ---------------------------------------------------------------------------------------------
+// A tool call written back: the assistant turn the model would have produced for it, for a
+// conversation whose tool calls come as data (serve's OpenAI `tool_calls`), not as the model's text.
+
+/** Python's keywords: not usable as keyword-argument names. */
+const PY_KEYWORDS = new Set(['False', 'None', 'True', 'and', 'as', 'assert', 'async', 'await', 'break', 'class', 'continue', 'def', 'del', 'elif', 'else', 'except', 'finally', 'for', 'from', 'global', 'if', 'import', 'in', 'is', 'lambda', 'nonlocal', 'not', 'or', 'pass', 'raise', 'return', 'try', 'while', 'with', 'yield'])
+
+/** Whether `name` can be a keyword argument of tool_call(...) (an ASCII identifier, no keyword). */
+export function isToolCallKeyword(name: string): boolean {
+  return /^[A-Za-z_][A-Za-z0-9_]*$/.test(name) && !PY_KEYWORDS.has(name)
+}
+
+// str.isprintable() is false for these categories (and true for the space among Zs).
+const PY_UNPRINTABLE = /^[\p{Cc}\p{Cf}\p{Cs}\p{Co}\p{Cn}\p{Zl}\p{Zp}\p{Zs}]$/u
+const PY_STR_ESCAPES: Readonly<Record<string, string>> = {'\\': '\\\\', '\t': '\\t', '\n': '\\n', '\r': '\\r'}
+
+/** Python's repr(str): single quotes unless the text has ' and no ", Python's escapes for the unprintable. */
+export function pyStrRepr(s: string): string {
+  const quote = s.includes('\'') && !s.includes('"') ? '"' : '\''
+  let out = quote
+  for (const c of s) {
+    const simple = PY_STR_ESCAPES[c]
+    if (simple !== undefined) out += simple
+    else if (c === quote) out += `\\${c}`
+    else if (c !== ' ' && PY_UNPRINTABLE.test(c)) {
+      const cp = c.codePointAt(0)!
+      out += cp < 0x100 ? `\\x${cp.toString(16).padStart(2, '0')}` : cp < 0x10000 ? `\\u${cp.toString(16).padStart(4, '0')}` : `\\U${cp.toString(16).padStart(8, '0')}`
+    } else out += c
+  }
+  return out + quote
+}
+
+/** Python's repr() of a value read from JSON (json.loads's types: dict, list, str, int, float, bool, None). */
+export function pyRepr(v: unknown): string {
+  if (v === null) return 'None'
+  if (v === true) return 'True'
+  if (v === false) return 'False'
+  if (typeof v === 'string') return pyStrRepr(v)
+  if (typeof v === 'number') {
+    if (!Number.isFinite(v)) return Number.isNaN(v) ? 'nan' : v > 0 ? 'inf' : '-inf'
+    // JSON.parse gives 1 for both "1" and "1.0"; written as json.loads reads "1" (an int), as pyJsonNumber does.
+    return Number.isInteger(v) && Math.abs(v) < 1e21 ? BigInt(v).toString() : pyFloatRepr(v)
+  }
+  if (Array.isArray(v)) return `[${v.map(pyRepr).join(', ')}]`
+  if (typeof v === 'object') return `{${Object.entries(v).map(([k, x]) => `${pyStrRepr(k)}: ${pyRepr(x)}`).join(', ')}}`
+  throw new TypeError(`${typeof v} is not a JSON value`)
+}
+
+/**
+ * The content of the assistant turn that calls a tool with `parameters`: the ```python block
+ * around `tool_call(k=repr(v), ...)` that the model writes after the tool's name on the metadata
+ * line (THUDM's openai_api_demo strips the model's text to this before putting it back in the
+ * history), read back by parsePythonToolCall as `parameters`. Keys must pass isToolCallKeyword.
+ */
+export function toolCallContent(parameters: Readonly<Record<string, unknown>>): string {
+  const args = Object.entries(parameters).map(([k, v]) => {
+    if (!isToolCallKeyword(k)) throw new TypeError(`${JSON.stringify(k)} cannot be a keyword argument of tool_call(...)`)
+    return `${k}=${pyRepr(v)}`
+  })
+  return `\`\`\`python\ntool_call(${args.join(', ')})\n\`\`\``
+}

@@ -16,10 +16,11 @@ import Fastify, {type FastifyInstance, type FastifyReply, type FastifyRequest} f
 import {GlmtoolError} from '../errors.js'
 import type {ChatModel} from '../pipelines/chat-model.js'
 import {fitChatPrompt, defaultReserve} from '../runtime/chat-prompt.js'
+import type {ChatMessage} from '../runtime/chat-template.js'
 import {ResponseStream} from '../runtime/chat-response.js'
 import {generate, type GenerateOptions} from '../runtime/generate.js'
 import {VERSION} from '../version.js'
-import {ApiError, chatTurns, parseChatRequest, parseCompletionRequest, type SamplingRequest} from './openai.js'
+import {type AnswerMessage, answerMessage, ApiError, chatTurns, parseChatRequest, parseCompletionRequest, type SamplingRequest} from './openai.js'
 import {FifoQueue} from './queue.js'
 
 export interface ServeOptions {
@@ -42,7 +43,7 @@ export interface ServeOptions {
   tokenDelayMs?: number
 }
 
-type FinishReason = 'stop' | 'length'
+type FinishReason = 'stop' | 'length' | 'tool_calls'
 
 interface ServerJob {
   run(): Promise<void>
@@ -52,8 +53,16 @@ interface ServerJob {
 
 interface Run {
   generatedIds: number[]
+  /** The text handed out (process_response's, cut at a stop string). */
   text: string
+  /** The tokenizer's decode of generatedIds. */
+  decoded: string
   finish: FinishReason
+}
+
+/** A chat turn whose answer is read for a tool call: the history process_response sees (query included). */
+interface ToolTurn {
+  history: ChatMessage[]
 }
 
 /** Cuts the streamed text at the first stop string, holding back what may still become one. */
@@ -177,7 +186,7 @@ export async function buildServer(model: ChatModel, opts: ServeOptions): Promise
    * Queue one generation of `prompt` and answer it, streaming or whole; `kind` 'chat' answers the
    * published chat() text (process_response), 'completion' the plain decode.
    */
-  const serve = async (req: FastifyRequest, reply: FastifyReply, r: SamplingRequest, kind: 'chat' | 'completion', prompt: {ids: number[], droppedTurns: number}, maxLength: number, query: string): Promise<void> => {
+  const serve = async (req: FastifyRequest, reply: FastifyReply, r: SamplingRequest, kind: 'chat' | 'completion', prompt: {ids: number[], droppedTurns: number}, maxLength: number, query: string, tools?: ToolTurn): Promise<void> => {
     if (closing) return void sendError(reply, new ApiError(503, 'the server is shutting down', 'server_error', null, 'shutting_down'))
     const abort = new AbortController()
     const res = reply.raw
@@ -221,11 +230,21 @@ export async function buildServer(model: ChatModel, opts: ServeOptions): Promise
             if (r.stream && text && !res.destroyed) sse(res, chunk({content: text}, null))
           })
           if (timedOut) out.finish = 'length'
+          // With tools offered, the published process_response reads the answer for a tool call.
+          const answer = tools ? answerMessage(format.finish(out.decoded, out.text, tools.history).response, out.text, () => newId('call')) : undefined
+          const message: AnswerMessage = answer?.message ?? {role: 'assistant', content: out.text}
+          if (answer?.toolCall) out.finish = 'tool_calls'
+          if (answer?.toolCallError) log(`${req.url}: the answer's tool call is not one glmtool reads (${answer.toolCallError}); answered as text`)
           const promptTokens = prompt.ids.length
           const usage = {prompt_tokens: promptTokens, completion_tokens: out.generatedIds.length, total_tokens: promptTokens + out.generatedIds.length}
-          const extra = {prompt_ids: prompt.ids, generated_ids: out.generatedIds, dropped_turns: prompt.droppedTurns}
+          const extra = {prompt_ids: prompt.ids, generated_ids: out.generatedIds, dropped_turns: prompt.droppedTurns, ...(answer?.toolCallError ? {tool_call_error: answer.toolCallError} : {})}
           if (r.stream) {
             if (!res.destroyed) {
+              // The tool call goes out whole, in one delta, once the answer is complete (its
+              // arguments are known only when the call's closing bracket has been read).
+              if (message.tool_calls) sse(res, chunk({tool_calls: message.tool_calls.map((c, index) => ({index, ...c}))}, null))
+              const more = message.content?.slice(out.text.length)
+              if (more) sse(res, chunk({content: more}, null))
               sse(res, {...chunk({}, out.finish), glmtool: extra})
               if (r.includeUsage) sse(res, {...chunk({}, null), choices: [], usage})
               sse(res, '[DONE]')
@@ -233,7 +252,7 @@ export async function buildServer(model: ChatModel, opts: ServeOptions): Promise
             }
           } else if (!res.destroyed) {
             const choice = kind === 'chat'
-              ? {index: 0, message: {role: 'assistant', content: out.text}, finish_reason: out.finish}
+              ? {index: 0, message, finish_reason: out.finish}
               : {index: 0, text: out.text, finish_reason: out.finish, logprobs: null}
             await reply.code(200).headers(headers).send({id, object: kind === 'chat' ? 'chat.completion' : 'text_completion', created, model: opts.modelId, choices: [choice], usage, glmtool: extra})
           }
@@ -312,20 +331,26 @@ export async function buildServer(model: ChatModel, opts: ServeOptions): Promise
     out(stops.flush())
     // 'length' when a limit ended it; a stop token, a stop string or the client ending it is 'stop'.
     const limited = result.stoppedBy === 'max-length' || result.stoppedBy === 'max-new-tokens'
-    return {generatedIds: result.generatedIds, text, finish: limited && !stops.stopped ? 'length' : 'stop'}
+    return {generatedIds: result.generatedIds, text, decoded: result.text, finish: limited && !stops.stopped ? 'length' : 'stop'}
   }
 
   app.post('/v1/chat/completions', async (req, reply) => {
     const r = parseChatRequest(req.body, context, opts.modelId)
     const maxLength = Math.min(r.maxLength ?? context, context)
-    const {query, history} = chatTurns(r.messages, format)
+    if (r.tools && !format.extraRoles.includes('observation')) {
+      throw new ApiError(400, `${model.arch.displayName} has no tool format: tools need ChatGLM3-6B`, 'invalid_request_error', 'tools', 'tools_not_supported')
+    }
+    const {query, role, history} = chatTurns(r.messages, format, {offered: r.offerTools ? r.tools : undefined, model: model.arch.displayName})
     let fitted
     try {
-      fitted = fitChatPrompt(format, tokenizer, query, history, maxLength, defaultReserve(maxLength, r.maxTokens))
+      fitted = fitChatPrompt(format, tokenizer, query, history, maxLength, defaultReserve(maxLength, r.maxTokens), role)
     } catch (error) {
+      // A conversation the format cannot hold (a tool result with no tool call before it), or one too long.
+      if (error instanceof GlmtoolError && error.code === 'chat-format') throw new ApiError(400, error.message, 'invalid_request_error', 'messages', 'invalid_conversation')
       throw new ApiError(400, (error as Error).message, 'invalid_request_error', 'messages', 'context_length_exceeded')
     }
-    await serve(req, reply, r, 'chat', fitted, maxLength, query)
+    const tools = r.offerTools ? {history: [...fitted.history, {role, content: query}]} : undefined
+    await serve(req, reply, r, 'chat', fitted, maxLength, query, tools)
   })
 
   app.post('/v1/completions', async (req, reply) => {
