@@ -11,7 +11,7 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {fileURLToPath} from 'node:url'
 import {afterAll, describe, expect, it} from 'vitest'
-import {synthTokenizer} from '../src/synth/synth-tokenizer.js'
+import {archById} from '../src/models/index.js'
 import {SentencePieceProcessor} from '../src/runtime/tokenizer/sentencepiece.js'
 import {decodeModelProto, PieceType} from '../src/runtime/tokenizer/sentencepiece-model.js'
 import {tokenizerFromBytes, type TokenizerArch} from '../src/runtime/tokenizer/index.js'
@@ -106,7 +106,7 @@ const EXPECT: Record<TokenizerArch, {vocab: number, specials: object, ids: Recor
 }
 
 describe.each(['chatglm-6b', 'chatglm2-6b', 'chatglm3-6b'] as const)('synthetic %s tokenizer', (arch) => {
-  const file = synthTokenizer(arch)
+  const file = archById(arch).synthTokenizer()
   const tok = tokenizerFromBytes(file.bytes, arch, {source: file.fileName})
   const exp = EXPECT[arch]
   const dir = mkdtempSync(join(tmpdir(), 'glmtool-synth-tok-'))
