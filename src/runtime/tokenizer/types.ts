@@ -3,9 +3,11 @@
  * (./chatglm-6b.ts, ./chatglm2-6b.ts, ./chatglm3-6b.ts) implements and the loader (./index.ts)
  * returns. Types only, so the tokenizers and the loader import it and not each other.
  */
+import type {ArchId} from '../../models/arch.js'
 import type {ResponseStyle} from '../chat-response.js'
 
-export type TokenizerArch = 'chatglm-6b' | 'chatglm2-6b' | 'chatglm3-6b'
+/** The generation whose tokenizer it is: every generation module (src/models/) has one. */
+export type TokenizerArch = ArchId
 export type {ResponseStyle} from '../chat-response.js'
 
 /** Incremental decoding for streaming output. */
