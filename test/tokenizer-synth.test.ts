@@ -112,6 +112,11 @@ describe.each(['chatglm-6b', 'chatglm2-6b', 'chatglm3-6b'] as const)('synthetic 
   const dir = mkdtempSync(join(tmpdir(), 'glmtool-synth-tok-'))
   afterAll(() => rmSync(dir, {recursive: true, force: true}))
 
+  it('is the file its generation ships, read as that generation\'s tokenizer', () => {
+    expect(file.fileName).toBe(archById(arch).tokenizerFile)
+    expect(tok.arch).toBe(arch)
+  })
+
   it('has the real vocabulary size and special ids', () => {
     expect(tok.vocabSize).toBe(exp.vocab)
     expect(tok.specials).toEqual(exp.specials)

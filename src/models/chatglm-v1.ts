@@ -185,7 +185,7 @@ export const chatglmV1: Arch = {
   // tokenizer_config.json's num_image_tokens.
   tokenizer: {
     fromBytes: (bytes, source, {numImageTokens}) => chatglm6bTokenizerFromBytes(bytes, source, numImageTokens ?? 0),
-    numImageTokens: true,
+    takesNumImageTokens: true,
     filePieces: pieces => pieces.has('[gMASK]'),
   },
   synthTokenizer: synthChatglm6bTokenizer,

@@ -217,7 +217,7 @@ export const chatglmV2: Arch = {
   // (so a file holding [gMASK] as a piece is ChatGLM-6B's, not this).
   tokenizer: {
     fromBytes: (bytes, source) => new ChatGLM2Tokenizer(SentencePieceProcessor.load(bytes, source), source),
-    numImageTokens: false,
+    takesNumImageTokens: false,
     filePieces: pieces => !pieces.has('[gMASK]'),
   },
   synthTokenizer: () => synthChatglm2Tokenizer('THUDM/chatglm2-6b'),

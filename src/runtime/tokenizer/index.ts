@@ -84,7 +84,7 @@ export async function loadTokenizerFiles(modelDir: string, arch: TokenizerArch, 
       'missing-file',
     )
   }
-  if (!archById(arch).tokenizer.numImageTokens) return {tokenizer: tokenizerFromBytes(bytes, arch, {source: path}), path, bytes}
+  if (!archById(arch).tokenizer.takesNumImageTokens) return {tokenizer: tokenizerFromBytes(bytes, arch, {source: path}), path, bytes}
   const numImageTokens = await readNumImageTokens(join(modelDir, 'tokenizer_config.json'))
   return {tokenizer: tokenizerFromBytes(bytes, arch, {source: path, numImageTokens: numImageTokens.value}), path, bytes, numImageTokens}
 }

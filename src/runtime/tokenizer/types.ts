@@ -84,7 +84,7 @@ export interface TokenizerKind {
    * Whether the published ChatGLMTokenizer takes num_image_tokens (tokenizer_config.json beside
    * the file, else the class default): ChatGLM-6B's.
    */
-  readonly numImageTokens: boolean
+  readonly takesNumImageTokens: boolean
   /**
    * Whether a SentencePiece file of another name, told apart by its pieces, is this kind's
    * (ChatGLM-6B's file holds its specials as pieces; ChatGLM2-6B's has them appended by the wrapper).
