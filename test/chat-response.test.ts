@@ -9,7 +9,8 @@ import {join} from 'node:path'
 import {describe, expect, it} from 'vitest'
 import {chatResponse, cleanUpTokenization, ResponseStream} from '../src/runtime/chat-response.js'
 import {seededRandom} from '../src/runtime/sampling.js'
-import type {TokenizerArch} from '../src/runtime/tokenizer/index.js'
+import {CHATGLM_6B_FIRST_RELEASE_RESPONSE, CHATGLM_6B_RESPONSE} from '../src/runtime/tokenizer/chatglm-6b.js'
+import {CHATGLM2_6B_RESPONSE} from '../src/runtime/tokenizer/chatglm2-6b.js'
 import {REFERENCE_PYTHON} from './helpers/reference.js'
 
 const SCRIPT = join(import.meta.dirname, 'crosscheck/chat_response.py')
@@ -31,7 +32,10 @@ function randomText(r: () => number): string {
   return s
 }
 
-function reference(reqs: {arch: TokenizerArch, text: string}[]): string[] {
+/** The styles the Python transcription knows, by its names (the tokenizers carry them). */
+const STYLES = [CHATGLM_6B_RESPONSE, CHATGLM_6B_FIRST_RELEASE_RESPONSE, CHATGLM2_6B_RESPONSE]
+
+function reference(reqs: {arch: string, text: string}[]): string[] {
   const res = spawnSync(REFERENCE_PYTHON, [SCRIPT], {input: JSON.stringify(reqs), encoding: 'utf8', maxBuffer: 1 << 28})
   if (res.status !== 0) throw new Error(`chat_response.py failed: ${res.stderr}`)
   return JSON.parse(res.stdout) as string[]
@@ -46,34 +50,34 @@ describe('the published chat() text', () => {
     expect(cleanUpTokenization('a , b . c ? d ! I \' m it \'s we \'re you \'ve do n\'t')).toBe('a, b. c? d! I\'m it\'s we\'re you\'ve don\'t')
   })
 
-  it.skipIf(!hasPython)('equals the published code on 3,000+ random strings, both generations', () => {
-    for (const arch of ['chatglm-6b', 'chatglm2-6b'] as const) {
-      const expected = reference(texts.map(text => ({arch, text})))
+  it.skipIf(!hasPython)('equals the published code on 3,000+ random strings, both generations and ChatGLM-6B\'s first release', () => {
+    for (const style of STYLES) {
+      const expected = reference(texts.map(text => ({arch: style.name, text})))
       const bad: string[] = []
       texts.forEach((t, i) => {
-        const got = chatResponse(arch, t)
+        const got = chatResponse(style, t)
         if (got !== expected[i]) bad.push(`${JSON.stringify(t)}: ${JSON.stringify(got)} != ${JSON.stringify(expected[i])}`)
       })
-      expect(bad.slice(0, 5), `${bad.length} mismatches for ${arch}`).toEqual([])
+      expect(bad.slice(0, 5), `${bad.length} mismatches for ${style.name}`).toEqual([])
     }
   })
 
   it('streams chunks that concatenate to the whole response, never taking text back', () => {
     const rc = rng(7)
-    for (const arch of ['chatglm-6b', 'chatglm2-6b'] as const) {
+    for (const style of STYLES) {
       for (const t of texts) {
-        const stream = new ResponseStream(arch)
+        const stream = new ResponseStream(style)
         let out = ''
         const cps = [...t]
         let i = 0
         while (i < cps.length) {
           const n = 1 + Math.floor(rc() * 4)
           out += stream.push(cps.slice(i, i + n).join(''))
-          expect(chatResponse(arch, t).startsWith(out), JSON.stringify(t)).toBe(true)
+          expect(chatResponse(style, t).startsWith(out), JSON.stringify(t)).toBe(true)
           i += n
         }
         out += stream.flush()
-        expect(out, JSON.stringify(t)).toBe(chatResponse(arch, t))
+        expect(out, JSON.stringify(t)).toBe(chatResponse(style, t))
       }
     }
   })
@@ -81,7 +85,7 @@ describe('the published chat() text', () => {
   it.skipIf(!hasPython)('streams a long multi-line answer in bounded work per chunk, to the same text', () => {
     const line = '这是一个测试, 包含标点! 以及 [[训练时间]] 和 don \'t .\n'
     const long = '  ' + line.repeat(400)
-    const stream = new ResponseStream('chatglm-6b')
+    const stream = new ResponseStream(CHATGLM_6B_RESPONSE)
     let out = ''
     for (const ch of long) out += stream.push(ch)
     out += stream.flush()

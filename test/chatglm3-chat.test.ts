@@ -11,6 +11,7 @@ import {readFileSync} from 'node:fs'
 import {fileURLToPath} from 'node:url'
 import {describe, expect, it} from 'vitest'
 import {chatResponse, ResponseStream} from '../src/runtime/chat-response.js'
+import {CHATGLM3_6B_RESPONSE} from '../src/runtime/tokenizer/chatglm3-6b.js'
 import {
   CHATGLM3_TOOL_SYSTEM_PROMPT, type ChatMessage, MAX_LITERAL_DEPTH, MAX_TOOL_CALL_CHARS, parseChatglm3Response,
   parsePythonToolCall, pyFloatRepr, pythonJsonDumps,
@@ -187,8 +188,8 @@ describe('ChatGLM3-6B process_response', () => {
     const bad: string[] = []
     texts.forEach((t, i) => {
       const expected = shownText(want[i])
-      const whole = chatResponse('chatglm3-6b', t)
-      const s = new ResponseStream('chatglm3-6b')
+      const whole = chatResponse(CHATGLM3_6B_RESPONSE, t)
+      const s = new ResponseStream(CHATGLM3_6B_RESPONSE)
       let streamed = ''
       let p = 0
       while (p < t.length) {
@@ -208,7 +209,7 @@ describe('ChatGLM3-6B process_response', () => {
   })
 
   it('holds trailing whitespace, a partial "<|assistant|>" or "[[训练时间]]" and a trailing U+FFFD until they are settled', () => {
-    const s = new ResponseStream('chatglm3-6b')
+    const s = new ResponseStream(CHATGLM3_6B_RESPONSE)
     expect(s.push('\n  Hello')).toBe('Hello')
     expect(s.push(' ')).toBe('')
     expect(s.push('[[训练')).toBe('')
@@ -219,7 +220,7 @@ describe('ChatGLM3-6B process_response', () => {
     expect(s.push('tool_call(a=1)\n```')).toBe('')
     expect(s.flush()).toBe('')
     // A part's metadata line waits for its newline; without one the part is all content.
-    const t = new ResponseStream('chatglm3-6b')
+    const t = new ResponseStream(CHATGLM3_6B_RESPONSE)
     expect(t.push('no newline')).toBe('')
     expect(t.flush()).toBe('no newline')
   })

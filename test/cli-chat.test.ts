@@ -35,7 +35,8 @@ describe.each([['chatglm-6b'], ['chatglm2-6b']] as const)('glmtool chat on a tin
     expect(t1.promptIds).toEqual(tok.encodePrompt(template('what is 1+1?', [['你好', t0.text]])))
     // text: the published chat()'s (decode, then process_response); decoded: the plain decode.
     expect(t0.decoded).toBe(tok.decode(t0.generatedIds))
-    expect(t0.text).toBe(chatResponse(arch, t0.decoded))
+    expect(tok.responseStyle.name).toBe(arch)
+    expect(t0.text).toBe(chatResponse(tok.responseStyle, t0.decoded))
     expect(t0.generatedIds.length).toBeLessThanOrEqual(12)
     expect(t1.generatedIds.length + t1.promptIds.length).toBeLessThanOrEqual(96)
     expect(t0.timing.promptTokensPerSecond).toBeGreaterThan(0)

@@ -13,9 +13,8 @@ import {fileURLToPath} from 'node:url'
 import protobuf from 'protobufjs'
 import {afterAll, describe, expect, it} from 'vitest'
 import {ModelError} from '../src/errors.js'
-import {
-  SYNTH_WORDS, synthTokenizer, synthTokenizerModel, V1_PIECE_COUNT, V2_PIECE_COUNT, type SynthTokenizerArch,
-} from '../src/synth/synth-tokenizer.js'
+import {archById} from '../src/models/index.js'
+import {SYNTH_WORDS, synthChatglm2Model, synthChatglm6bModel, V1_PIECE_COUNT, V2_PIECE_COUNT} from '../src/synth/synth-tokenizer.js'
 import {
   decodeModelProto, effectiveNormalizerSpec, effectiveTrainerSpec, encodeModelProto, ModelType, PieceType,
   sentencepieceRoot, type SentencePieceModel,
@@ -23,6 +22,12 @@ import {
 import {show, strings} from './fixtures/tokenizer/load.js'
 
 const PYTHON = '/usr/bin/python3'
+
+/** The two synthetic tokenizer models: ChatGLM-6B's and ChatGLM2-6B's (ChatGLM3-6B ships the latter). */
+type SynthTokenizerArch = 'chatglm-6b' | 'chatglm2-6b'
+/** A generation's synthetic tokenizer files, as its module gives them. */
+const synthTokenizer = (arch: SynthTokenizerArch) => archById(arch).synthTokenizer()
+const synthTokenizerModel = (arch: SynthTokenizerArch) => (arch === 'chatglm-6b' ? synthChatglm6bModel : synthChatglm2Model)()
 const SPM_CHECK = fileURLToPath(new URL('crosscheck/spm_check.py', import.meta.url))
 const SPM_LAYOUT = fileURLToPath(new URL('crosscheck/spm_layout.py', import.meta.url))
 const REAL = fileURLToPath(new URL('../../shared/real', import.meta.url))

@@ -11,7 +11,7 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {fileURLToPath} from 'node:url'
 import {afterAll, describe, expect, it} from 'vitest'
-import {synthTokenizer} from '../src/synth/synth-tokenizer.js'
+import {archById} from '../src/models/index.js'
 import {SentencePieceProcessor} from '../src/runtime/tokenizer/sentencepiece.js'
 import {decodeModelProto, PieceType} from '../src/runtime/tokenizer/sentencepiece-model.js'
 import {tokenizerFromBytes, type TokenizerArch} from '../src/runtime/tokenizer/index.js'
@@ -106,11 +106,16 @@ const EXPECT: Record<TokenizerArch, {vocab: number, specials: object, ids: Recor
 }
 
 describe.each(['chatglm-6b', 'chatglm2-6b', 'chatglm3-6b'] as const)('synthetic %s tokenizer', (arch) => {
-  const file = synthTokenizer(arch)
+  const file = archById(arch).synthTokenizer()
   const tok = tokenizerFromBytes(file.bytes, arch, {source: file.fileName})
   const exp = EXPECT[arch]
   const dir = mkdtempSync(join(tmpdir(), 'glmtool-synth-tok-'))
   afterAll(() => rmSync(dir, {recursive: true, force: true}))
+
+  it('is the file its generation ships, read as that generation\'s tokenizer', () => {
+    expect(file.fileName).toBe(archById(arch).tokenizerFile)
+    expect(tok.arch).toBe(arch)
+  })
 
   it('has the real vocabulary size and special ids', () => {
     expect(tok.vocabSize).toBe(exp.vocab)

@@ -167,7 +167,7 @@ describe('ChatGLM-6B (v1) wrapper rules', () => {
     // transformers' decode names an image id "<image_k>" (_convert_id_to_token) and DecodePieces
     // gives a string it does not know back as it is; the "▁" after it is then no longer leading.
     expect(shifted.decode([5, ...ids.map((i) => i + 20000)])).toBe(`<image_5> ${tok.decode(ids)}`)
-    expect(shifted.responseStyle).toBe('chatglm-6b')
+    expect(shifted.responseStyle.name).toBe('chatglm-6b')
   })
 })
 

@@ -5,6 +5,8 @@
 import {GlmtoolError, ModelError} from '../errors.js'
 import type {ChatFormat} from '../runtime/chat-template.js'
 import type {FramingIds, PromptLayout} from '../runtime/positions.js'
+import type {TokenizerKind} from '../runtime/tokenizer/types.js'
+import type {SynthTokenizer} from '../synth/synth-tokenizer.js'
 
 export type ArchId = 'chatglm-6b' | 'chatglm2-6b' | 'chatglm3-6b'
 /**
@@ -84,6 +86,14 @@ export interface Arch {
    * alike); a one-line error for a rope_ratio glmtool does not implement.
    */
   ropeBase(config: ModelConfig): number
+
+  // The tokenizer (the loader, `glmtool tokenize` and synth go through these, never naming a
+  // generation). Its response style (decode clean-up, process_response) is the tokenizer's own
+  // responseStyle, since ChatGLM-6B's depends on which release of its file it reads.
+  /** How its tokenizer is built from the bytes of tokenizerFile. */
+  readonly tokenizer: TokenizerKind
+  /** Synthetic tokenizer files of this generation (synth model directories). */
+  synthTokenizer(): SynthTokenizer
 }
 
 /** The CUDA engine's sizes (native/engine.h EngineConfig). */

@@ -1,5 +1,7 @@
 import {CHATGLM_6B_CHAT} from '../runtime/chat-template.js'
 import {framePromptV1, layoutV1} from '../runtime/positions.js'
+import {chatglm6bTokenizerFromBytes} from '../runtime/tokenizer/chatglm-6b.js'
+import {synthChatglm6bTokenizer} from '../synth/synth-tokenizer.js'
 import {
   addPrefixCacheSpecs, type Arch, configInt, engineInt, type EngineTensor, engineUnsupported, type ModelConfig, type SynthSize, type TensorSpec,
 } from './arch.js'
@@ -178,4 +180,13 @@ export const chatglmV1: Arch = {
     t.push({name: 'lm_head.weight', slot: 'W_LMHEAD', layer: 0})
     return t
   },
+
+  // The tokenizer: ice_text.model, with the specials as pieces of the file, ids shifted by
+  // tokenizer_config.json's num_image_tokens.
+  tokenizer: {
+    fromBytes: (bytes, source, {numImageTokens}) => chatglm6bTokenizerFromBytes(bytes, source, numImageTokens ?? 0),
+    takesNumImageTokens: true,
+    filePieces: pieces => pieces.has('[gMASK]'),
+  },
+  synthTokenizer: synthChatglm6bTokenizer,
 }

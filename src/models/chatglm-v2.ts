@@ -1,5 +1,8 @@
 import {CHATGLM2_6B_CHAT} from '../runtime/chat-template.js'
 import {framePromptV2, layoutV2} from '../runtime/positions.js'
+import {ChatGLM2Tokenizer} from '../runtime/tokenizer/chatglm2-6b.js'
+import {SentencePieceProcessor} from '../runtime/tokenizer/sentencepiece.js'
+import {synthChatglm2Tokenizer} from '../synth/synth-tokenizer.js'
 import {
   addPrefixCacheSpecs, type Arch, configInt, engineInt, type EngineTensor, engineUnsupported, isChatglm3Config, type ModelConfig, ropeRatio,
   type SynthSize, type TensorSpec, type EngineFlags,
@@ -209,4 +212,13 @@ export const chatglmV2: Arch = {
     t.push({name: 'transformer.output_layer.weight', slot: 'W_LMHEAD', layer: 0})
     return t
   },
+
+  // The tokenizer: tokenizer.model, the five specials appended after its pieces by the wrapper
+  // (so a file holding [gMASK] as a piece is ChatGLM-6B's, not this).
+  tokenizer: {
+    fromBytes: (bytes, source) => new ChatGLM2Tokenizer(SentencePieceProcessor.load(bytes, source), source),
+    takesNumImageTokens: false,
+    filePieces: pieces => !pieces.has('[gMASK]'),
+  },
+  synthTokenizer: () => synthChatglm2Tokenizer('THUDM/chatglm2-6b'),
 }

@@ -5,6 +5,9 @@
  * is ChatGLM2-6B's is taken from that module.
  */
 import {CHATGLM3_6B_CHAT} from '../runtime/chat-template.js'
+import {ChatGLM3Tokenizer} from '../runtime/tokenizer/chatglm3-6b.js'
+import {SentencePieceProcessor} from '../runtime/tokenizer/sentencepiece.js'
+import {synthChatglm2Tokenizer} from '../synth/synth-tokenizer.js'
 import {type Arch, isChatglm3Config, type ModelConfig, ropeRatio} from './arch.js'
 import {chatglmV2, isChatglm2Network, v2EngineFlags} from './chatglm-v2.js'
 
@@ -53,4 +56,12 @@ export const chatglm3: Arch = {
   chat: CHATGLM3_6B_CHAT,
   // chatglm3-6b's chat(): max_length 8192, top_p 0.8, temperature 0.8.
   chatDefaults: {temperature: 0.8, topP: 0.8, maxLength: 8192},
+
+  // The tokenizer: ChatGLM2-6B's tokenizer.model bytes, read with four role specials after the five.
+  tokenizer: {
+    ...chatglmV2.tokenizer,
+    fromBytes: (bytes, source) => new ChatGLM3Tokenizer(SentencePieceProcessor.load(bytes, source), source),
+    sharedFileDifference: 'with four role specials after the five',
+  },
+  synthTokenizer: () => synthChatglm2Tokenizer('THUDM/chatglm3-6b'),
 }

@@ -23,8 +23,6 @@
  * `ResponseStream` hands the text out as it is generated: every chunk is final (never taken back)
  * and the chunks concatenate to exactly `chatResponse(raw)`.
  */
-import type {ResponseStyle} from './tokenizer/index.js'
-
 const TRAINING_TIME = '[[训练时间]]'
 
 /**
@@ -74,12 +72,38 @@ export function cleanUpTokenization(text: string): string {
 }
 
 /**
- * What the published tokenizer's decode() returns for the text of glmtool's decode: ChatGLM-6B's
- * goes through transformers' clean-up (4.27 default clean_up_tokenization_spaces=True);
- * ChatGLM2-6B's tokenizer turns it off.
+ * The published text rules that follow a tokenizer's decode: what its decode() does after
+ * SentencePiece, and what chat()'s process_response makes of that. Each tokenizer carries its
+ * own (src/runtime/tokenizer/chatglm-6b.ts, chatglm2-6b.ts, chatglm3-6b.ts), built here by
+ * textResponseStyle or partsResponseStyle.
  */
-export function publishedDecode(style: ResponseStyle, text: string): string {
-  return style === 'chatglm-6b' ? cleanUpTokenization(text) : text
+export interface ResponseStyle {
+  /** A name for tests and messages: "chatglm-6b", "chatglm-6b-first-release", ... */
+  readonly name: string
+  /** What the published tokenizer's decode() returns for the text of glmtool's decode. */
+  publishedDecode(text: string): string
+  /**
+   * The published chat()'s text for the decoded ids (`raw` = the tokenizer's decode); for
+   * ChatGLM3-6B the text its parts show (see the header).
+   */
+  respond(raw: string): string
+  /** The same text handed out as it is generated (ResponseStream). */
+  stream(): TextStream
+}
+
+/** Text in, final text out: every chunk final, the chunks concatenating to the whole response. */
+export interface TextStream {
+  push(text: string): string
+  flush(): string
+}
+
+/** The rules of a process_response that strips and replaces "[[训练时间]]" (ChatGLM-6B, ChatGLM2-6B). */
+export interface TextResponseRules {
+  readonly name: string
+  /** The decode runs transformers' clean_up_tokenization (clean_up_tokenization_spaces=True). */
+  readonly cleanUp: boolean
+  /** process_response makes the ASCII `, ! : ; ?` next to a CJK character full-width. */
+  readonly fullWidthPunctuation: boolean
 }
 
 /** v1 process_response's punctuation: [ascii, full-width], in the published order. */
@@ -88,29 +112,81 @@ const PUNCTS: readonly (readonly [RegExp, RegExp, string])[] = [',', '!', ':', '
   return [new RegExp(`([\\u4e00-\\u9fff])${e}`, 'g'), new RegExp(`${e}([\\u4e00-\\u9fff])`, 'g'), String.fromCharCode(p.charCodeAt(0) + 0xfee0)] as const
 })
 
-/** Everything but the trailing strip: each step looks at most 8 characters around a point. */
-function processBody(style: ResponseStyle, text: string, atStart: boolean): string {
-  let s = publishedDecode(style, text)
-  if (atStart) s = pyLstrip(s)
-  s = s.replaceAll(TRAINING_TIME, '2023年')
-  if (style !== 'chatglm2-6b') {
-    for (const [before, after, full] of PUNCTS) {
-      s = s.replace(before, `$1${full}`).replace(after, `${full}$1`)
+/**
+ * Streaming rests on split points: a position in the raw text after a character that no rule can
+ * touch (it is in no pattern and not whitespace). No match can span such a point, so the text up to
+ * it is processed once and final, whatever follows. The one rule that looks across it is v1's
+ * "CJK then ASCII punctuation", which changes only the character after the point; so each piece
+ * is processed with the character before it as context. The characters each rule looks at:
+ */
+const CLEAN_UP_CHARS = ' .?!,\'ntmsvre'
+const PUNCT_CHARS = ',!:;?'
+
+/** A process_response of strip, "[[训练时间]]" -> "2023年" and, as `rules` say, clean-up and punctuation. */
+export function textResponseStyle(rules: TextResponseRules): ResponseStyle {
+  const unsafe = new Set([...TRAINING_TIME, ...(rules.cleanUp ? CLEAN_UP_CHARS : ''), ...(rules.fullWidthPunctuation ? PUNCT_CHARS : '')])
+  const publishedDecode = rules.cleanUp ? cleanUpTokenization : (text: string) => text
+  /** Everything but the trailing strip: each step looks at most 8 characters around a point. */
+  const processBody = (text: string, atStart: boolean): string => {
+    let s = publishedDecode(text)
+    if (atStart) s = pyLstrip(s)
+    s = s.replaceAll(TRAINING_TIME, '2023年')
+    if (rules.fullWidthPunctuation) {
+      for (const [before, after, full] of PUNCTS) {
+        s = s.replace(before, `$1${full}`).replace(after, `${full}$1`)
+      }
     }
+    return s
   }
-  return s
+  const respond = (raw: string): string => pyRstrip(processBody(raw, true))
+  const isSplitChar = (ch: string): boolean => !isPySpace(ch) && !isHighSurrogate(ch.charCodeAt(0)) && !unsafe.has(ch)
+  return {
+    name: rules.name,
+    publishedDecode,
+    respond,
+    stream() {
+      let raw = ''
+      /** raw[0, cut) is processed into `done`, which has been handed out. */
+      let cut = 0
+      let done = ''
+      return {
+        push(text) {
+          if (!text) return ''
+          raw += text
+          let p = raw.length
+          while (p > cut && !isSplitChar(raw[p - 1])) p--
+          if (p <= cut) return ''
+          const context = cut === 0 ? '' : raw[cut - 1]
+          const piece = processBody(context + raw.slice(cut, p), cut === 0).slice(context.length)
+          cut = p
+          done += piece
+          return piece
+        },
+        flush: () => respond(raw).slice(done.length),
+      }
+    },
+  }
 }
 
 /**
- * The published chat()'s text for the decoded ids (`raw` = the tokenizer's decode); for
- * ChatGLM3-6B the text its parts show (see the header).
+ * ChatGLM3-6B's process_response: the text split on "<|assistant|>", each part a metadata line
+ * and content; the text shown is the plain parts' content (see the header). No clean-up.
  */
-export function chatResponse(style: ResponseStyle, raw: string): string {
-  if (style === 'chatglm3-6b') {
-    const s = new Chatglm3Stream()
-    return s.push(raw) + s.flush()
+export function partsResponseStyle(name: string): ResponseStyle {
+  return {
+    name,
+    publishedDecode: text => text,
+    respond(raw) {
+      const s = new Chatglm3Stream()
+      return s.push(raw) + s.flush()
+    },
+    stream: () => new Chatglm3Stream(),
   }
-  return pyRstrip(processBody(style, raw, true))
+}
+
+/** The published chat()'s text for the decoded ids, by the tokenizer's style. */
+export function chatResponse(style: ResponseStyle, raw: string): string {
+  return style.respond(raw)
 }
 
 const ASSISTANT = '<|assistant|>'
@@ -131,7 +207,7 @@ function partialSuffix(raw: string, from: number, to: number, pattern: string): 
  * beginning of "<|assistant|>" or "[[训练时间]]". No occurrence of either can span a point so
  * chosen, so each piece is processed once and final.
  */
-class Chatglm3Stream {
+class Chatglm3Stream implements TextStream {
   private raw = ''
   /** Start of the current part in raw. */
   private seg = 0
@@ -201,51 +277,21 @@ class Chatglm3Stream {
   }
 }
 
-/**
- * Streaming rests on split points: a position in the raw text after a character that no rule can
- * touch (it is in no pattern and not whitespace). No match can span such a point, so the text up to
- * it is processed once and final, whatever follows. The one rule that looks across it is v1's
- * "CJK then ASCII punctuation", which changes only the character after the point; so each piece
- * is processed with the character before it as context.
- */
-const V1_UNSAFE = new Set([...' .?!,\'ntmsvre:;', ...TRAINING_TIME])
-const V2_UNSAFE = new Set([...TRAINING_TIME])
+/** A response handed out as it is generated, by the tokenizer's style (ResponseStyle.stream). */
+export class ResponseStream implements TextStream {
+  private readonly inner: TextStream
 
-function isSplitChar(style: ResponseStyle, ch: string): boolean {
-  if (isPySpace(ch) || isHighSurrogate(ch.charCodeAt(0))) return false
-  return !(style === 'chatglm2-6b' ? V2_UNSAFE : V1_UNSAFE).has(ch)
-}
-
-export class ResponseStream {
-  private raw = ''
-  /** raw[0, cut) is processed into `done`, which has been handed out. */
-  private cut = 0
-  private done = ''
-  private readonly v3?: Chatglm3Stream
-
-  constructor(private readonly style: ResponseStyle) {
-    if (style === 'chatglm3-6b') this.v3 = new Chatglm3Stream()
+  constructor(style: ResponseStyle) {
+    this.inner = style.stream()
   }
 
   /** Add decoded text; returns the part of the response that is now final. */
   push(text: string): string {
-    if (this.v3) return this.v3.push(text)
-    if (!text) return ''
-    this.raw += text
-    let p = this.raw.length
-    while (p > this.cut && !isSplitChar(this.style, this.raw[p - 1])) p--
-    if (p <= this.cut) return ''
-    const context = this.cut === 0 ? '' : this.raw[this.cut - 1]
-    const piece = processBody(this.style, context + this.raw.slice(this.cut, p), this.cut === 0).slice(context.length)
-    this.cut = p
-    this.done += piece
-    return piece
+    return this.inner.push(text)
   }
 
   /** The rest of the response. */
   flush(): string {
-    if (this.v3) return this.v3.flush()
-    const all = chatResponse(this.style, this.raw)
-    return all.slice(this.done.length)
+    return this.inner.flush()
   }
 }

@@ -3,7 +3,6 @@ import {join} from 'node:path'
 import {byteLength, type DType, numel, TORCH_DTYPE_OF} from '../formats/dtype.js'
 import {decodeFloats, encodeFloats, toBFloat16Bits, toFloat16Bits} from '../formats/dtype-convert.js'
 import {TORCH_INDEX} from '../pipelines/model-dir.js'
-import {synthTokenizer} from './synth-tokenizer.js'
 import {DEFAULT_CHUNK_BYTES, type TensorEntry} from '../formats/tensor.js'
 import {writeTorchCheckpoint} from '../formats/torch-writer.js'
 import type {Arch, ModelConfig, SynthSize, TensorSpec} from '../models/index.js'
@@ -164,7 +163,7 @@ export async function writeSynthModel(dir: string, opts: SynthOptions): Promise<
   const sorted = Object.fromEntries(Object.entries(weightMap).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
   await writeFile(join(dir, TORCH_INDEX), JSON.stringify({metadata: {total_size: plan.totalBytes}, weight_map: sorted}, null, 2) + '\n')
   await writeFile(join(dir, 'config.json'), JSON.stringify(plan.config, null, 2) + '\n')
-  const tok = synthTokenizer(opts.arch.id)
+  const tok = opts.arch.synthTokenizer()
   await writeFile(join(dir, tok.fileName), tok.bytes)
   await writeFile(join(dir, 'tokenizer_config.json'), JSON.stringify(tok.tokenizerConfig, null, 2) + '\n')
   return plan

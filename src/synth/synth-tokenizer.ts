@@ -54,10 +54,9 @@ import {
   type NormalizerSpec, type SentencePiece, type SentencePieceModel, type TrainerSpec,
 } from '../runtime/tokenizer/sentencepiece-model.js'
 
-export type SynthTokenizerArch = 'chatglm-6b' | 'chatglm2-6b'
-
 export interface SynthTokenizer {
-  fileName: 'ice_text.model' | 'tokenizer.model'
+  /** The generation's tokenizer file name (its Arch's tokenizerFile). */
+  fileName: string
   /** The serialized SentencePiece ModelProto. */
   bytes: Buffer
   /** tokenizer_config.json contents, as the published repository ships them. */
@@ -469,28 +468,39 @@ function v2TokenizerConfig(name: string): Record<string, unknown> {
   }
 }
 
-/** The structured model, before serialization (for tests and tools that want the pieces). */
-export function synthTokenizerModel(arch: SynthTokenizerArch): SentencePieceModel {
-  return arch === 'chatglm-6b' ? v1Model() : v2Model()
+/** ChatGLM-6B's synthetic ice_text.model, before serialization (for tests and tools that want the pieces). */
+export function synthChatglm6bModel(): SentencePieceModel {
+  return v1Model()
 }
 
-const built = new Map<SynthTokenizerArch, Buffer>()
+/** ChatGLM2-6B's synthetic tokenizer.model, before serialization. */
+export function synthChatglm2Model(): SentencePieceModel {
+  return v2Model()
+}
+
+const built = new Map<() => SentencePieceModel, Buffer>()
+
+/** The serialized model; building takes a second (130k pieces, an NFKC table) and the result never changes. */
+function modelBytes(build: () => SentencePieceModel): Buffer {
+  let bytes = built.get(build)
+  if (!bytes) {
+    bytes = encodeModelProto(build())
+    built.set(build, bytes)
+  }
+  return Buffer.from(bytes)
+}
+
+/** ChatGLM-6B's synthetic tokenizer files: ice_text.model and THUDM/chatglm-6b's tokenizer_config.json. */
+export function synthChatglm6bTokenizer(): SynthTokenizer {
+  return {fileName: 'ice_text.model', bytes: modelBytes(synthChatglm6bModel), tokenizerConfig: v1TokenizerConfig()}
+}
 
 /**
- * Synthetic tokenizer files for `arch`: the model bytes and tokenizer_config.json contents.
- * ChatGLM3-6B ships ChatGLM2-6B's tokenizer.model bytes, so it gets the v2 synthetic model.
+ * ChatGLM2-6B's synthetic tokenizer files: tokenizer.model and the tokenizer_config.json of
+ * `nameOrPath`. ChatGLM3-6B ships the same tokenizer.model bytes (name THUDM/chatglm3-6b).
  */
-export function synthTokenizer(arch: SynthTokenizerArch | 'chatglm3-6b'): SynthTokenizer {
-  const model = arch === 'chatglm-6b' ? 'chatglm-6b' : 'chatglm2-6b'
-  let bytes = built.get(model)
-  if (!bytes) {
-    // Building takes a second (130k pieces, an NFKC table); the result never changes.
-    bytes = encodeModelProto(synthTokenizerModel(model))
-    built.set(model, bytes)
-  }
-  return arch === 'chatglm-6b'
-    ? {fileName: 'ice_text.model', bytes: Buffer.from(bytes), tokenizerConfig: v1TokenizerConfig()}
-    : {fileName: 'tokenizer.model', bytes: Buffer.from(bytes), tokenizerConfig: v2TokenizerConfig(arch === 'chatglm3-6b' ? 'THUDM/chatglm3-6b' : 'THUDM/chatglm2-6b')}
+export function synthChatglm2Tokenizer(nameOrPath: string): SynthTokenizer {
+  return {fileName: 'tokenizer.model', bytes: modelBytes(synthChatglm2Model), tokenizerConfig: v2TokenizerConfig(nameOrPath)}
 }
 
 // ---------------------------------------------------------------------------------------------

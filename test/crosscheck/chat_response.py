@@ -6,7 +6,10 @@ by ChatGLM-6B's decode with its default clean_up_tokenization_spaces=True), and 
 generation's modeling_chatglm.py process_response. ChatGLM2-6B's tokenizer passes
 clean_up_tokenization_spaces=False.
 
-    chat_response.py < [{"arch": "chatglm-6b" | "chatglm2-6b", "text": str}, ...]
+The first release of ChatGLM-6B (before 2023-04-06) called SPTokenizer.decode directly: no
+clean-up, then the same process_response.
+
+    chat_response.py < [{"arch": "chatglm-6b" | "chatglm-6b-first-release" | "chatglm2-6b", "text": str}, ...]
     -> [str, ...]
 """
 import json
@@ -58,6 +61,8 @@ def main():
     for req in json.load(sys.stdin):
         if req["arch"] == "chatglm-6b":
             out.append(process_response_v1(clean_up_tokenization(req["text"])))
+        elif req["arch"] == "chatglm-6b-first-release":
+            out.append(process_response_v1(req["text"]))
         else:
             out.append(process_response_v2(req["text"]))
     json.dump(out, sys.stdout, ensure_ascii=False)

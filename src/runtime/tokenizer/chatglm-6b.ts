@@ -18,6 +18,8 @@
  *   and its checkpoints count num_image_tokens = 20000 image ids in front ([MASK] = 150000).
  */
 import {ModelError} from '../../errors.js'
+import {type ResponseStyle, textResponseStyle} from '../chat-response.js'
+import {decodeByStream} from './decode.js'
 import {decodeModelProto, PieceType, type SentencePiece, type SentencePieceModel} from './sentencepiece-model.js'
 import {framePromptV1} from '../positions.js'
 import {SentencePieceProcessor} from './sentencepiece.js'
@@ -127,16 +129,32 @@ export function splitPartialStandin(text: string): [string, string] {
   return [text.slice(0, lt), text.slice(lt)]
 }
 
+/**
+ * The published chat() text of the current release: transformers 4.27's decode runs its clean-up
+ * (clean_up_tokenization_spaces=True), then process_response strips, replaces "[[训练时间]]" and
+ * makes ASCII punctuation next to CJK full-width.
+ */
+export const CHATGLM_6B_RESPONSE: ResponseStyle = textResponseStyle({name: 'chatglm-6b', cleanUp: true, fullWidthPunctuation: true})
+/** The first release's: its SPTokenizer.decode was called directly, with no clean-up. */
+export const CHATGLM_6B_FIRST_RELEASE_RESPONSE: ResponseStyle = textResponseStyle({name: 'chatglm-6b-first-release', cleanUp: false, fullWidthPunctuation: true})
+
+/** ChatGLM-6B's tokenizer from the bytes of its ice_text.model (either release, see chatglm6bModel). */
+export function chatglm6bTokenizerFromBytes(bytes: Uint8Array, source: string, numImageTokens = 0): ChatGLM6BTokenizer {
+  const {sp, firstRelease} = loadChatGLM6BModel(bytes, source)
+  return new ChatGLM6BTokenizer(sp, source, numImageTokens, firstRelease)
+}
+
 export class ChatGLM6BTokenizer implements ChatTokenizer {
   readonly arch = 'chatglm-6b' as const
   readonly vocabSize: number
   readonly specials: TokenizerSpecials
+  readonly decodesAnyId = false
 
   /**
    * What the published decode does after SentencePiece: the current release's is transformers'
    * (clean-up of spaces before punctuation); the first release's called SPTokenizer.decode directly.
    */
-  readonly responseStyle: 'chatglm-6b' | 'chatglm-6b-first-release'
+  readonly responseStyle: ResponseStyle
 
   constructor(
     private readonly sp: SentencePieceProcessor,
@@ -145,7 +163,7 @@ export class ChatGLM6BTokenizer implements ChatTokenizer {
     /** The first-release 130000-piece file, upgraded at load (chatglm6bModel). */
     private readonly firstRelease = false,
   ) {
-    this.responseStyle = firstRelease ? 'chatglm-6b-first-release' : 'chatglm-6b'
+    this.responseStyle = firstRelease ? CHATGLM_6B_FIRST_RELEASE_RESPONSE : CHATGLM_6B_RESPONSE
     const id = (piece: string): number => {
       if (!sp.hasPiece(piece)) throw new ModelError(`${source}: has no ${piece} piece; not a ChatGLM-6B tokenizer`, 'tokenizer-model')
       return sp.pieceToId(piece) + numImageTokens
@@ -181,10 +199,7 @@ export class ChatGLM6BTokenizer implements ChatTokenizer {
   }
 
   decode(ids: readonly number[]): string {
-    const d = this.streamDecoder()
-    let out = ''
-    for (const id of ids) out += d.push(id)
-    return out + d.flush()
+    return decodeByStream(this.streamDecoder(), ids)
   }
 
   streamDecoder(): StreamDecoder {

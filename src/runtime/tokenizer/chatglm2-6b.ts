@@ -16,7 +16,9 @@
  * another decode of them; what the two share is AppendedSpecialsTokenizer below.
  */
 import {ModelError} from '../../errors.js'
+import {type ResponseStyle, textResponseStyle} from '../chat-response.js'
 import {framePromptV2} from '../positions.js'
+import {decodeByStream} from './decode.js'
 import type {SentencePieceProcessor} from './sentencepiece.js'
 import type {ChatTokenizer, StreamDecoder, TokenizerSpecials} from './types.js'
 
@@ -77,10 +79,7 @@ export abstract class AppendedSpecialsTokenizer {
   }
 
   decode(ids: readonly number[]): string {
-    const d = this.streamDecoder()
-    let out = ''
-    for (const id of ids) out += d.push(id)
-    return out + d.flush()
+    return decodeByStream(this.streamDecoder(), ids)
   }
 
   /**
@@ -103,9 +102,16 @@ export abstract class AppendedSpecialsTokenizer {
   }
 }
 
+/**
+ * ChatGLM2-6B's published chat() text: its tokenizer passes clean_up_tokenization_spaces=False;
+ * process_response strips and replaces "[[训练时间]]".
+ */
+export const CHATGLM2_6B_RESPONSE: ResponseStyle = textResponseStyle({name: 'chatglm2-6b', cleanUp: false, fullWidthPunctuation: false})
+
 export class ChatGLM2Tokenizer extends AppendedSpecialsTokenizer implements ChatTokenizer {
   readonly arch = 'chatglm2-6b' as const
-  readonly responseStyle = 'chatglm2-6b' as const
+  readonly responseStyle = CHATGLM2_6B_RESPONSE
+  readonly decodesAnyId = false
   readonly specials: TokenizerSpecials
   /** Ids decoded as "": the specials, <s>, </s>, <unk>. */
   private readonly silent: ReadonlySet<number>

@@ -17,6 +17,7 @@
  *   embedding rows 64798.. decode to "", not an error), then DecodePieces, which gives a string
  *   that is no piece back as itself (test/tokenizer-v3.test.ts proves that on the library).
  */
+import {partsResponseStyle, type ResponseStyle} from '../chat-response.js'
 import type {SentencePieceProcessor} from './sentencepiece.js'
 import type {ChatTokenizer, TokenizerSpecials} from './types.js'
 import {AppendedSpecialsTokenizer, V2_SPECIAL_NAMES} from './chatglm2-6b.js'
@@ -25,9 +26,17 @@ export const V3_ROLE_NAMES = ['<|system|>', '<|user|>', '<|assistant|>', '<|obse
 /** The specials in id order after the SentencePiece vocabulary. */
 export const V3_SPECIAL_NAMES = [...V2_SPECIAL_NAMES, ...V3_ROLE_NAMES] as const
 
+/**
+ * ChatGLM3-6B's published chat() text: no clean-up; process_response splits the text on
+ * "<|assistant|>" into parts of a metadata line and content (src/runtime/chat-response.ts).
+ */
+export const CHATGLM3_6B_RESPONSE: ResponseStyle = partsResponseStyle('chatglm3-6b')
+
 export class ChatGLM3Tokenizer extends AppendedSpecialsTokenizer implements ChatTokenizer {
   readonly arch = 'chatglm3-6b' as const
-  readonly responseStyle = 'chatglm3-6b' as const
+  readonly responseStyle = CHATGLM3_6B_RESPONSE
+  /** Its published decode gives "" for an id past the vocabulary (the padded embedding rows). */
+  readonly decodesAnyId = true
   readonly specials: TokenizerSpecials & {roles: NonNullable<TokenizerSpecials['roles']>}
   /** Ids decoded as "" below the specials: </s>, <s>, <unk>. */
   private readonly silent: ReadonlySet<number>

@@ -18,21 +18,10 @@ import {readFile} from 'node:fs/promises'
 import {join} from 'node:path'
 
 import {ModelError} from '../../errors.js'
-import {SentencePieceProcessor} from './sentencepiece.js'
-import {ChatGLM6BTokenizer, loadChatGLM6BModel} from './chatglm-6b.js'
-import {ChatGLM2Tokenizer} from './chatglm2-6b.js'
-import {ChatGLM3Tokenizer} from './chatglm3-6b.js'
+import {archById} from '../../models/index.js'
 
-export type {ChatTokenizer, ResponseStyle, StreamDecoder, TokenizerArch, TokenizerSpecials} from './types.js'
+export type {ChatTokenizer, ResponseStyle, StreamDecoder, TokenizerArch, TokenizerKind, TokenizerSpecials} from './types.js'
 import type {ChatTokenizer, TokenizerArch} from './types.js'
-
-/** The SentencePiece file each generation ships (docs/chatglm.md section 1). */
-export const TOKENIZER_FILE: Readonly<Record<TokenizerArch, string>> = {
-  'chatglm-6b': 'ice_text.model',
-  'chatglm2-6b': 'tokenizer.model',
-  // The same bytes as ChatGLM2-6B's: the file alone cannot tell the two apart.
-  'chatglm3-6b': 'tokenizer.model',
-}
 
 export interface TokenizerOptions {
   /** Names the model file in errors. */
@@ -44,17 +33,13 @@ export interface TokenizerOptions {
   numImageTokens?: number
 }
 
-function v1FromBytes(bytes: Uint8Array, source: string, numImageTokens: number): ChatTokenizer {
-  const {sp, firstRelease} = loadChatGLM6BModel(bytes, source)
-  return new ChatGLM6BTokenizer(sp, source, numImageTokens, firstRelease)
-}
-
-/** A tokenizer from the bytes of its SentencePiece model. */
+/**
+ * A tokenizer from the bytes of its SentencePiece model, as the generation's module builds it
+ * (src/models/, Arch.tokenizer; the file each generation ships is its tokenizerFile).
+ */
 export function tokenizerFromBytes(bytes: Uint8Array, arch: TokenizerArch, opts: TokenizerOptions = {}): ChatTokenizer {
-  const source = opts.source ?? TOKENIZER_FILE[arch]
-  if (arch === 'chatglm-6b') return v1FromBytes(bytes, source, opts.numImageTokens ?? 0)
-  const sp = SentencePieceProcessor.load(bytes, source)
-  return arch === 'chatglm3-6b' ? new ChatGLM3Tokenizer(sp, source) : new ChatGLM2Tokenizer(sp, source)
+  const a = archById(arch)
+  return a.tokenizer.fromBytes(bytes, opts.source ?? a.tokenizerFile, {numImageTokens: opts.numImageTokens})
 }
 
 /** The published ChatGLMTokenizer's num_image_tokens when tokenizer_config.json does not say. */
@@ -87,8 +72,7 @@ export async function loadTokenizer(modelDir: string, arch: TokenizerArch): Prom
 }
 
 /** `file`: the SentencePiece file's name in `modelDir` (default: the generation's). */
-export async function loadTokenizerFiles(modelDir: string, arch: TokenizerArch, file: string = TOKENIZER_FILE[arch]): Promise<LoadedTokenizer> {
-  if (!file) throw new ModelError(`no tokenizer for architecture ${String(arch)}`, 'unknown-arch')
+export async function loadTokenizerFiles(modelDir: string, arch: TokenizerArch, file: string = archById(arch).tokenizerFile): Promise<LoadedTokenizer> {
   const path = join(modelDir, file)
   let bytes: Buffer
   try {
@@ -100,7 +84,7 @@ export async function loadTokenizerFiles(modelDir: string, arch: TokenizerArch, 
       'missing-file',
     )
   }
-  if (arch !== 'chatglm-6b') return {tokenizer: tokenizerFromBytes(bytes, arch, {source: path}), path, bytes}
+  if (!archById(arch).tokenizer.takesNumImageTokens) return {tokenizer: tokenizerFromBytes(bytes, arch, {source: path}), path, bytes}
   const numImageTokens = await readNumImageTokens(join(modelDir, 'tokenizer_config.json'))
   return {tokenizer: tokenizerFromBytes(bytes, arch, {source: path, numImageTokens: numImageTokens.value}), path, bytes, numImageTokens}
 }

@@ -6,12 +6,12 @@ import {existsSync, statSync} from 'node:fs'
 import {readFile} from 'node:fs/promises'
 import {basename, dirname, join} from 'node:path'
 import {ModelError} from '../../errors.js'
-import {publishedDecode} from '../chat-response.js'
+import {type Arch, ARCHS, archById} from '../../models/index.js'
 import {describeTokenizer, loadModelTokenizer, type TokenizerReport} from './model-tokenizer.js'
 import {decodeModelProto} from './sentencepiece-model.js'
-import {type ChatTokenizer, type LoadedTokenizer, loadTokenizerFiles, TOKENIZER_FILE, type TokenizerArch} from './index.js'
+import {type ChatTokenizer, type LoadedTokenizer, loadTokenizerFiles, type TokenizerArch} from './index.js'
 
-export const TOKENIZER_ARCHS: readonly TokenizerArch[] = ['chatglm-6b', 'chatglm2-6b', 'chatglm3-6b']
+export const TOKENIZER_ARCHS: readonly TokenizerArch[] = ARCHS.map(a => a.id)
 
 export interface OpenedTokenizer {
   loaded: LoadedTokenizer
@@ -22,15 +22,27 @@ export interface OpenedTokenizer {
   note?: string
 }
 
-/** v2 and v3 ship the same tokenizer.model; v1 its own ice_text.model. */
-function generation(arch: TokenizerArch): 1 | 2 {
-  return arch === 'chatglm-6b' ? 1 : 2
+/** The generations whose tokenizer reads the same file as `arch`'s (ChatGLM2-6B and ChatGLM3-6B share tokenizer.model). */
+function sharingFile(arch: TokenizerArch): Arch[] {
+  const file = archById(arch).tokenizerFile
+  return ARCHS.filter(a => a.tokenizerFile === file)
 }
 
+function sameFile(a: TokenizerArch, b: TokenizerArch): boolean {
+  return archById(a).tokenizerFile === archById(b).tokenizerFile
+}
+
+/** The generation a bare file of this name is read as: the first in ARCHS that ships it. */
+function archOfFile(name: string): TokenizerArch | undefined {
+  return ARCHS.find(a => a.tokenizerFile === name)?.id
+}
+
+/** When a bare file is read as `arch`'s and other generations ship the same file: how to read it as theirs. */
 function sharedNote(arch: TokenizerArch, path: string): string | undefined {
-  return arch === 'chatglm2-6b'
-    ? `${path}: read as ChatGLM2-6B's tokenizer; ChatGLM3-6B ships the same tokenizer.model with four role specials after the five (give --arch chatglm3-6b)`
-    : undefined
+  const others = sharingFile(arch).filter(a => a.id !== arch && a.tokenizer.sharedFileDifference !== undefined)
+  if (others.length === 0) return undefined
+  const read = others.map(o => `${o.displayName} ships the same ${o.tokenizerFile} ${o.tokenizer.sharedFileDifference} (give --arch ${o.id})`)
+  return `${path}: read as ${archById(arch).displayName}'s tokenizer; ${read.join('; ')}`
 }
 
 /**
@@ -46,34 +58,37 @@ function sharedNote(arch: TokenizerArch, path: string): string | undefined {
 export async function openTokenizer(path: string, arch?: TokenizerArch): Promise<OpenedTokenizer> {
   if (!existsSync(path)) throw new ModelError(`${path}: no such file or directory`, 'missing-file')
   const disagree = (what: string, found: TokenizerArch): never => {
-    throw new ModelError(`--arch ${arch}: ${what} is ${found === 'chatglm-6b' ? 'ChatGLM-6B\'s' : 'ChatGLM2-6B\'s or ChatGLM3-6B\'s'}, not ${arch}'s`, 'usage')
+    const whose = sharingFile(found).map(a => `${a.displayName}'s`).join(' or ')
+    throw new ModelError(`--arch ${arch}: ${what} is ${whose}, not ${arch}'s`, 'usage')
   }
   if (statSync(path).isDirectory()) {
     if (existsSync(join(path, 'config.json'))) {
       const t = await loadModelTokenizer(path)
       const modelArch = t.arch.id as TokenizerArch
       if (!arch || arch === modelArch) return {loaded: t, arch: modelArch, report: describeTokenizer(t, t)}
-      if (generation(arch) !== generation(modelArch)) disagree(`the model of ${t.configPath}`, modelArch)
+      if (!sameFile(arch, modelArch)) disagree(`the model of ${t.configPath}`, modelArch)
       const loaded = await loadTokenizerFiles(path, arch)
       return {loaded, arch, report: describeTokenizer(loaded, t)}
     }
-    const files = [...new Set(Object.values(TOKENIZER_FILE))]
+    const files = [...new Set(ARCHS.map(a => a.tokenizerFile))]
     const present = files.filter(f => existsSync(join(path, f)))
     if (present.length !== 1) {
       throw new ModelError(`${path}: no config.json, and ${present.length === 0 ? 'no' : 'more than one'} tokenizer file (${files.join(' or ')})`, 'missing-file')
     }
-    const found: TokenizerArch = present[0] === TOKENIZER_FILE['chatglm-6b'] ? 'chatglm-6b' : 'chatglm2-6b'
-    if (arch && generation(arch) !== generation(found)) disagree(join(path, present[0]), found)
+    const found = archOfFile(present[0]) as TokenizerArch
+    if (arch && !sameFile(arch, found)) disagree(join(path, present[0]), found)
     const loaded = await loadTokenizerFiles(path, arch ?? found)
     return {loaded, arch: arch ?? found, report: describeTokenizer(loaded), note: arch ? undefined : sharedNote(found, loaded.path)}
   }
   const name = basename(path)
-  let found: TokenizerArch | undefined = name === TOKENIZER_FILE['chatglm-6b'] ? 'chatglm-6b' : name === TOKENIZER_FILE['chatglm2-6b'] ? 'chatglm2-6b' : undefined
+  let found = archOfFile(name)
   if (!found || arch) {
-    const pieces = decodeModelProto(await readFile(path), path).pieces
-    found = pieces.some(p => p.piece === '[gMASK]') ? 'chatglm-6b' : 'chatglm2-6b'
+    const pieces = new Set(decodeModelProto(await readFile(path), path).pieces.map(p => p.piece))
+    const byPieces = ARCHS.find(a => a.tokenizer.filePieces(pieces))
+    if (!byPieces) throw new ModelError(`${path}: its pieces are no ChatGLM generation's tokenizer`, 'tokenizer-model')
+    found = byPieces.id
   }
-  if (arch && generation(arch) !== generation(found)) disagree(path, found)
+  if (arch && !sameFile(arch, found)) disagree(path, found)
   const loaded = await loadTokenizerFiles(dirname(path), arch ?? found, name)
   return {loaded, arch: arch ?? found, report: describeTokenizer(loaded), note: arch ? undefined : sharedNote(found, loaded.path)}
 }
@@ -103,7 +118,7 @@ export function encodeTexts(tok: ChatTokenizer, texts: readonly string[]): Encod
  * except for ChatGLM3-6B, whose published decode gives "" for it (the padded embedding rows).
  */
 export function decodeIds(tok: ChatTokenizer, ids: readonly number[], source: string): {ids: number[], text: string} {
-  const bad = tok.arch === 'chatglm3-6b' ? undefined : ids.find(id => id >= tok.vocabSize)
+  const bad = tok.decodesAnyId ? undefined : ids.find(id => id >= tok.vocabSize)
   if (bad !== undefined) throw new ModelError(`--decode: id ${bad} is outside ${source}'s vocabulary (ids 0..${tok.vocabSize - 1})`, 'usage')
-  return {ids: [...ids], text: publishedDecode(tok.responseStyle, tok.decode(ids))}
+  return {ids: [...ids], text: tok.responseStyle.publishedDecode(tok.decode(ids))}
 }

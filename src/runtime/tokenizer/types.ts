@@ -3,8 +3,12 @@
  * (./chatglm-6b.ts, ./chatglm2-6b.ts, ./chatglm3-6b.ts) implements and the loader (./index.ts)
  * returns. Types only, so the tokenizers and the loader import it and not each other.
  */
-export type TokenizerArch = 'chatglm-6b' | 'chatglm2-6b' | 'chatglm3-6b'
-export type ResponseStyle = TokenizerArch | 'chatglm-6b-first-release'
+import type {ArchId} from '../../models/arch.js'
+import type {ResponseStyle} from '../chat-response.js'
+
+/** The generation whose tokenizer it is: every generation module (src/models/) has one. */
+export type TokenizerArch = ArchId
+export type {ResponseStyle} from '../chat-response.js'
 
 /** Incremental decoding for streaming output. */
 export interface StreamDecoder {
@@ -48,6 +52,11 @@ export interface ChatTokenizer {
    * v2); v3's published decode gives "" for any id past its vocabulary, and so does this.
    */
   decode(ids: readonly number[]): string
+  /**
+   * True when decode gives "" for any id past the vocabulary instead of throwing (ChatGLM3-6B's
+   * published decode: the padded embedding rows).
+   */
+  readonly decodesAnyId: boolean
   /** Incremental decoding for streaming output. */
   streamDecoder(): StreamDecoder
   /**
@@ -58,4 +67,32 @@ export interface ChatTokenizer {
   readonly responseStyle: ResponseStyle
   /** Special ids: gmask, mask, sop (bos), eop, eos (v1: eop 130005 stops; v2: </s> 2 stops), pad. */
   readonly specials: TokenizerSpecials
+}
+
+/** What a bare SentencePiece file shows of its tokenizer: its pieces' names. */
+export type PieceNames = ReadonlySet<string>
+
+/**
+ * How a generation builds its tokenizer (each generation module, src/models/, owns one; the
+ * loader ./index.ts and `glmtool tokenize` ./tokenize.ts go through it, never naming a generation).
+ * The file it reads is the Arch's tokenizerFile.
+ */
+export interface TokenizerKind {
+  /** The tokenizer from the bytes of its SentencePiece file; `source` names the file in errors. */
+  fromBytes(bytes: Uint8Array, source: string, opts: {numImageTokens?: number}): ChatTokenizer
+  /**
+   * Whether the published ChatGLMTokenizer takes num_image_tokens (tokenizer_config.json beside
+   * the file, else the class default): ChatGLM-6B's.
+   */
+  readonly takesNumImageTokens: boolean
+  /**
+   * Whether a SentencePiece file of another name, told apart by its pieces, is this kind's
+   * (ChatGLM-6B's file holds its specials as pieces; ChatGLM2-6B's has them appended by the wrapper).
+   */
+  filePieces(pieces: PieceNames): boolean
+  /**
+   * For a generation that reads another's file (the same bytes): how its tokenizer differs, said
+   * when a bare file is read as the other's ("with four role specials after the five").
+   */
+  readonly sharedFileDifference?: string
 }
