@@ -7,9 +7,15 @@ import {convertChunk} from '../formats/dtype-convert.js'
 import {assertComplete, checkTensors, isWeightFile, openModel} from './model-dir.js'
 import type {TensorEntry} from '../formats/tensor.js'
 
+/** The files of a glmtool ONNX export (export-onnx.ts writes them; re-exported there). */
+export const ONNX_MODEL_FILE = 'model.onnx'
+export const ONNX_DATA_FILE = 'model.onnx.data'
+export const ONNX_MANIFEST_FILE = 'glmtool-onnx.json'
+
 /**
- * What every command that writes a safetensors model directory (convert, merge-adapter) shares:
- * casting tensors on the fly, carrying config and tokenizer files, and checking the result.
+ * What every command that writes a model directory (convert, merge-adapter, quantize, the ONNX
+ * export) shares: casting tensors on the fly, carrying config and companion files, and checking
+ * a safetensors result.
  */
 
 /** A view of `t` whose chunks are converted to `to` on the fly (chunk by chunk, bounded memory). */
@@ -26,16 +32,38 @@ export function castTensor(t: TensorEntry, to: DType): TensorEntry {
   }
 }
 
-/** Writes `config` as config.json and copies the tokenizer and code files that travel with the weights. */
+/**
+ * The one rule for the files that travel with a model's weights, for every command that writes
+ * a model directory (convert to safetensors or ONNX, merge-adapter, quantize in any format):
+ *
+ * - config.json is always written from the config the command gives (the source's, with the
+ *   new torch_dtype, the quantization keys or the merged prefix's keys), never copied;
+ * - never copied: weights (pytorch_model*.bin and its index, *.safetensors and their index:
+ *   the command writes its own), ONNX files (model.onnx, model.onnx.data, the glmtool-onnx.json
+ *   manifest: an export writes its own, and a stale graph beside new weights would be run),
+ *   hidden files (editor and tool state, output-dir.ts's own markers), and anything that is not
+ *   a regular file (directories, symbolic links);
+ * - every other file is a companion and is copied as it is: the tokenizer model and
+ *   tokenizer_config.json, the remote code (*.py), generation_config.json, README and licences.
+ */
+export function isCompanionFile(name: string): boolean {
+  return !name.startsWith('.') && name !== 'config.json' && !isWeightFile(name) && !isOnnxFile(name)
+}
+
+/** model.onnx and its external data (model.onnx.data, model.onnx_data, ...) and glmtool's ONNX manifest. */
+function isOnnxFile(name: string): boolean {
+  return name.startsWith('model.onnx') || name.endsWith('.onnx') || name === ONNX_MANIFEST_FILE
+}
+
+/**
+ * Writes `config` as `to`/config.json and copies `from`'s companion files (isCompanionFile).
+ * Returns the names written, config.json first, the rest sorted.
+ */
 export async function writeCompanionFiles(from: string, to: string, config: ModelConfig): Promise<string[]> {
-  const copied = ['config.json']
   await writeFile(join(to, 'config.json'), JSON.stringify(config, null, 2) + '\n')
-  for (const e of await readdir(from, {withFileTypes: true})) {
-    if (!e.isFile() || isWeightFile(e.name) || e.name.startsWith('.') || e.name === 'config.json') continue
-    await copyFile(join(from, e.name), join(to, e.name))
-    copied.push(e.name)
-  }
-  return copied
+  const names = (await readdir(from, {withFileTypes: true})).filter(e => e.isFile() && isCompanionFile(e.name)).map(e => e.name).sort()
+  for (const name of names) await copyFile(join(from, name), join(to, name))
+  return ['config.json', ...names]
 }
 
 /**
