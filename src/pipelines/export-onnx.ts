@@ -6,7 +6,7 @@ import {isQuantizedWeight, type QuantLayout, quantLayoutOf, scaleNameOf} from '.
 import {VERSION} from '../version.js'
 import {byteLength, type DType, isFloat, numel} from '../formats/dtype.js'
 import {decodeFloats, encodeFloats} from '../formats/dtype-convert.js'
-import {assertComplete, checkTensors, type ModelSource, openModel} from './model-dir.js'
+import {assertComplete, checkTensors, type DetectedModel, type ModelSource, openModel} from './model-dir.js'
 import {isCompanionFile, ONNX_DATA_FILE, ONNX_MANIFEST_FILE, ONNX_MODEL_FILE, writeCompanionFiles} from './model-output.js'
 import {checkpoint, claimOutput, openClaimed} from './output-dir.js'
 import {writeSafetensorsFile} from '../formats/safetensors-writer.js'
@@ -44,6 +44,8 @@ export type OnnxWeightDtype = 'F32' | 'F16'
 export interface OnnxExportOptions {
   /** The user's --arch (src/pipelines/model-dir.ts OpenModelOptions). */
   arch?: ArchId
+  /** config.json and the generation, already read and detected by the caller (chat-model.ts): not again. */
+  detected?: DetectedModel
   input: string
   out: string
   /** Undefined: F16 when every weight of the checkpoint is float16, F32 otherwise (bf16 and f32 sources keep their precision). */
@@ -148,7 +150,7 @@ async function writePrefixFile(model: ModelSource, dir: string): Promise<string 
 export async function exportOnnx(opts: OnnxExportOptions): Promise<OnnxExportResult> {
   const started = Date.now()
   const output = await claimOutput(opts.out, {force: opts.force, inputs: [{what: 'input model', path: opts.input}]})
-  const model = await openClaimed(output, () => openModel(opts.input, {arch: opts.arch}))
+  const model = await openClaimed(output, () => openModel(opts.input, {arch: opts.arch, detected: opts.detected}))
   try {
     return await output.write(async tmp => {
       const result = await exportOnnxFrom(model, tmp, opts, {companions: true, started})
