@@ -4,7 +4,7 @@
  * kind of file, and each output holding exactly the companions the rule names, config.json
  * written from the command's config, and nothing else beyond the command's own files.
  */
-import {cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync} from 'node:fs'
+import {cpSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
@@ -31,6 +31,7 @@ const COMPANIONS: Record<string, string> = {
   'README.md': '# model card\n',
   'MODEL_LICENSE': 'licence text\n',
 }
+const LINKED_TEXT = 'a blob behind a link\n'
 /** Files the rule never copies (beside the real weights, pytorch_model.bin). */
 const NEVER: Record<string, string> = {
   'model.onnx': 'a stale graph',
@@ -48,7 +49,11 @@ beforeAll(() => {
   for (const [name, text] of Object.entries({...COMPANIONS, ...NEVER})) writeFileSync(join(src, name), text)
   mkdirSync(join(src, 'subdir'))
   writeFileSync(join(src, 'subdir', 'inner.py'), '# not copied: only the directory\'s own files travel\n')
-  symlinkSync(join(src, 'README.md'), join(src, 'linked.md'))
+  // A link to a file is the file (a Hugging Face snapshot is all links); a dangling one is nothing.
+  writeFileSync(join(work, 'blob'), LINKED_TEXT)
+  symlinkSync(join('..', 'blob'), join(src, 'linked.md'))
+  symlinkSync(join(work, 'no-such-blob'), join(src, 'dangling.md'))
+  symlinkSync(join(src, 'subdir'), join(src, 'linked-dir'))
 })
 
 describe('the companion-file rule', () => {
@@ -87,8 +92,10 @@ describe('the companion-file rule', () => {
     it(`${c.name}: writes config.json and copies exactly the companions`, async () => {
       const out = join(work, c.name.replaceAll(/\W+/g, '-'))
       await c.run(out)
-      expect(readdirSync(out).sort()).toEqual([...c.own, 'config.json', ...Object.keys(COMPANIONS)].sort())
+      expect(readdirSync(out).sort()).toEqual([...c.own, 'config.json', 'linked.md', ...Object.keys(COMPANIONS)].sort())
       for (const [name, text] of Object.entries(COMPANIONS)) expect(readFileSync(join(out, name), 'utf8'), name).toBe(text)
+      expect(lstatSync(join(out, 'linked.md')).isFile()).toBe(true)
+      expect(readFileSync(join(out, 'linked.md'), 'utf8')).toBe(LINKED_TEXT)
       // Written from the command's config (pretty-printed), not copied from the source.
       const configText = readFileSync(join(out, 'config.json'), 'utf8')
       const config = JSON.parse(configText)

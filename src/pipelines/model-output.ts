@@ -1,4 +1,5 @@
-import {copyFile, readdir, writeFile} from 'node:fs/promises'
+import type {Dirent} from 'node:fs'
+import {copyFile, readdir, stat, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 import {GlmtoolError} from '../errors.js'
 import type {ModelConfig} from '../models/index.js'
@@ -42,7 +43,8 @@ export function castTensor(t: TensorEntry, to: DType): TensorEntry {
  *   the command writes its own), ONNX files (model.onnx, model.onnx.data, the glmtool-onnx.json
  *   manifest: an export writes its own, and a stale graph beside new weights would be run),
  *   hidden files (editor and tool state, output-dir.ts's own markers), and anything that is not
- *   a regular file (directories, symbolic links);
+ *   a regular file (directories, dangling links); a symbolic link to a file counts as the file
+ *   (a Hugging Face cache snapshot links every file to its blob) and its content is copied;
  * - every other file is a companion and is copied as it is: the tokenizer model and
  *   tokenizer_config.json, the remote code (*.py), generation_config.json, README and licences.
  */
@@ -55,13 +57,25 @@ function isOnnxFile(name: string): boolean {
   return name.startsWith('model.onnx') || name.endsWith('.onnx') || name === ONNX_MANIFEST_FILE
 }
 
+/** A regular file, or a symbolic link to one (a Hugging Face cache snapshot is all links into its blobs). */
+async function isRegularFile(path: string, e: Dirent): Promise<boolean> {
+  if (e.isFile()) return true
+  if (!e.isSymbolicLink()) return false
+  return stat(path).then(s => s.isFile(), () => false) // a dangling link is not a file
+}
+
 /**
  * Writes `config` as `to`/config.json and copies `from`'s companion files (isCompanionFile).
  * Returns the names written, config.json first, the rest sorted.
  */
 export async function writeCompanionFiles(from: string, to: string, config: ModelConfig): Promise<string[]> {
   await writeFile(join(to, 'config.json'), JSON.stringify(config, null, 2) + '\n')
-  const names = (await readdir(from, {withFileTypes: true})).filter(e => e.isFile() && isCompanionFile(e.name)).map(e => e.name).sort()
+  const names: string[] = []
+  for (const e of await readdir(from, {withFileTypes: true})) {
+    if (isCompanionFile(e.name) && await isRegularFile(join(from, e.name), e)) names.push(e.name)
+  }
+  names.sort()
+  // copyFile reads through a link: the output holds the file itself.
   for (const name of names) await copyFile(join(from, name), join(to, name))
   return ['config.json', ...names]
 }
