@@ -4,6 +4,7 @@ import {homedir} from 'node:os'
 import {join, resolve} from 'node:path'
 import {ModelError} from '../errors.js'
 import {exportOnnx} from './export-onnx.js'
+import {detectModelDir} from './model-dir.js'
 import type {Arch, ArchId} from '../models/index.js'
 import {VERSION} from '../version.js'
 import type {DecoderBackend} from '../runtime/backend.js'
@@ -56,12 +57,15 @@ export async function loadChatModel(
     onArch?: (arch: Arch) => void
   } = {},
 ): Promise<ChatModel> {
+  // config.json is read and the generation detected here, once; the tokenizer, the conversion
+  // and the GPU load are handed both rather than each reading and detecting again.
+  const detected = await detectModelDir(path, {arch: opts.arch, onNote: opts.onNote})
   // The tokenizer is loaded and checked against config.json first, from the user's directory:
   // a bad tokenizer fails in a second, naming the user's file, before any conversion or GPU load.
-  const {tokenizer, arch} = await loadModelTokenizer(path, undefined, {arch: opts.arch, onNote: opts.onNote})
+  const {tokenizer, arch} = await loadModelTokenizer(path, detected)
   opts.onArch?.(arch)
   if (opts.backend === 'cuda') {
-    const backend = await CudaBackend.load(path, {maxLength: opts.maxLength, arch: arch.id})
+    const backend = await CudaBackend.load(path, {maxLength: opts.maxLength, arch: arch.id, detected})
     return {backend, tokenizer, arch}
   }
   let onnxDir = path
@@ -71,7 +75,7 @@ export async function loadChatModel(
       opts.onNote?.(`using the cached ONNX conversion of ${path} in ${onnxDir}`)
     } else {
       opts.onNote?.(`converting ${path} to ONNX once (cached in ${onnxDir}) ...`)
-      await exportOnnx({input: path, out: onnxDir, dtype: 'F32', force: true, arch: arch.id})
+      await exportOnnx({input: path, out: onnxDir, dtype: 'F32', force: true, arch: arch.id, detected})
     }
   }
   const backend = await OnnxCpuBackend.load(onnxDir, {maxLength: opts.maxLength})

@@ -1,5 +1,4 @@
-import {copyFile, readFile, stat, writeFile} from 'node:fs/promises'
-import {existsSync} from 'node:fs'
+import {readdir, readFile, stat, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 import {GlmtoolError, ModelError, withPath} from '../errors.js'
 import type {Arch, ArchId, ModelConfig, NetworkId} from '../models/index.js'
@@ -7,7 +6,8 @@ import {isQuantizedWeight, type QuantLayout, quantLayoutOf, scaleNameOf} from '.
 import {VERSION} from '../version.js'
 import {byteLength, type DType, isFloat, numel} from '../formats/dtype.js'
 import {decodeFloats, encodeFloats} from '../formats/dtype-convert.js'
-import {assertComplete, checkTensors, type ModelSource, openModel} from './model-dir.js'
+import {assertComplete, checkTensors, type DetectedModel, type ModelSource, openModel} from './model-dir.js'
+import {isCompanionFile, ONNX_DATA_FILE, ONNX_MANIFEST_FILE, ONNX_MODEL_FILE, writeCompanionFiles} from './model-output.js'
 import {checkpoint, claimOutput, openClaimed} from './output-dir.js'
 import {writeSafetensorsFile} from '../formats/safetensors-writer.js'
 import type {TensorEntry} from '../formats/tensor.js'
@@ -18,9 +18,7 @@ import {ExternalDataWriter, externalRangeOf} from '../formats/onnx/external-data
 import {decodeModel, DEFAULT_OPSET, ELEM, type ElemType, elemTypeOf, GraphBuilder, IR_VERSION, MS_DOMAIN, MS_OPSET} from '../formats/onnx/onnx-builder.js'
 import {dequantEmbedding, matMulNBitsB, matMulNBitsScales, nbitsDims} from '../formats/onnx/quantized-weights.js'
 
-export const ONNX_MODEL_FILE = 'model.onnx'
-export const ONNX_DATA_FILE = 'model.onnx.data'
-export const ONNX_MANIFEST_FILE = 'glmtool-onnx.json'
+export {ONNX_DATA_FILE, ONNX_MANIFEST_FILE, ONNX_MODEL_FILE} from './model-output.js'
 
 const GRAPHS: Record<NetworkId, ChatglmOnnxGraph> = {'chatglm-6b': chatglmV1Graph, 'chatglm2-6b': chatglmV2Graph}
 
@@ -46,6 +44,8 @@ export type OnnxWeightDtype = 'F32' | 'F16'
 export interface OnnxExportOptions {
   /** The user's --arch (src/pipelines/model-dir.ts OpenModelOptions). */
   arch?: ArchId
+  /** config.json and the generation, already read and detected by the caller (chat-model.ts): not again. */
+  detected?: DetectedModel
   input: string
   out: string
   /** Undefined: F16 when every weight of the checkpoint is float16, F32 otherwise (bf16 and f32 sources keep their precision). */
@@ -140,11 +140,6 @@ async function writePrefixFile(model: ModelSource, dir: string): Promise<string 
   return ONNX_PREFIX_FILE
 }
 
-/** Files that travel with the graph: config, tokenizer model and tokenizer config. */
-function companionFiles(arch: Arch): string[] {
-  return ['config.json', arch.tokenizerFile, 'tokenizer_config.json']
-}
-
 /**
  * Export a ChatGLM checkpoint (torch directory or glmtool safetensors directory) as one ONNX
  * decoder graph with a KV cache (chatglm-graph.ts has the I/O contract). Weights stream tensor
@@ -155,11 +150,10 @@ function companionFiles(arch: Arch): string[] {
 export async function exportOnnx(opts: OnnxExportOptions): Promise<OnnxExportResult> {
   const started = Date.now()
   const output = await claimOutput(opts.out, {force: opts.force, inputs: [{what: 'input model', path: opts.input}]})
-  const model = await openClaimed(output, () => openModel(opts.input, {arch: opts.arch}))
+  const model = await openClaimed(output, () => openModel(opts.input, {arch: opts.arch, detected: opts.detected}))
   try {
-    const plan = planExport(model, opts)
     return await output.write(async tmp => {
-      const result = await writeOnnxFiles(plan, tmp, opts, started, true)
+      const result = await exportOnnxFrom(model, tmp, opts, {companions: true, started})
       const prefix = await writePrefixFile(model, tmp)
       return prefix ? {...result, files: [...result.files, prefix]} : result
     })
@@ -170,19 +164,20 @@ export async function exportOnnx(opts: OnnxExportOptions): Promise<OnnxExportRes
 }
 
 /**
- * The same export written into an existing directory `dir` that already holds the model's
- * config and tokenizer (quantize --format both puts the graph beside the safetensors it was
- * made from). The caller owns the directory's atomicity.
+ * The export of `model` into an existing directory `dir`, whose atomicity the caller owns.
+ * `model` is any ModelSource: an opened directory, or tensors computed as they are read
+ * (quantize --format onnx hands over its quantized tensors, so no safetensors copy is written
+ * to be re-read; each tensor is read once, in the graph's order). With `companions`,
+ * config.json is written from model.config and model.dir's companion files are copied
+ * (model-output.ts writeCompanionFiles); without, `dir` already holds them (quantize --format
+ * both puts the graph beside the safetensors it was made from).
  */
-export async function exportOnnxInto(input: string, dir: string, opts: Omit<OnnxExportOptions, 'input' | 'out' | 'force'>): Promise<OnnxExportResult> {
-  const started = Date.now()
-  const model = await openModel(input, {arch: opts.arch})
-  try {
-    const o = {...opts, input, out: dir, force: true}
-    return await writeOnnxFiles(planExport(model, o), dir, o, started, false)
-  } finally {
-    await model.close()
-  }
+export async function exportOnnxFrom(
+  model: ModelSource, dir: string, opts: Omit<OnnxExportOptions, 'out' | 'force'> & {out?: string},
+  how: {companions: boolean, started?: number},
+): Promise<OnnxExportResult> {
+  const o = {...opts, out: opts.out ?? dir, force: true}
+  return writeOnnxFiles(planExport(model, o), dir, o, how.started ?? Date.now(), how.companions)
 }
 
 /**
@@ -285,18 +280,15 @@ async function writeOnnxFiles(p: ExportPlan, tmp: string, opts: OnnxExportOption
   })
   await withPath(join(tmp, ONNX_MODEL_FILE), () => writeFile(join(tmp, ONNX_MODEL_FILE), modelBytes))
 
-  const copied: string[] = []
-  for (const f of companionFiles(arch)) {
-    if (!copyCompanions) {
-      if (existsSync(join(tmp, f))) copied.push(f)
-      continue
+  let copied: string[]
+  if (copyCompanions) {
+    copied = await writeCompanionFiles(dir, tmp, p.config)
+    // The graph runs without them, but chat and the tokenizer need them beside it.
+    for (const f of [arch.tokenizerFile, 'tokenizer_config.json']) {
+      if (!copied.includes(f)) opts.onWarning?.(`${f} is missing from ${dir}; the ONNX directory has no ${f}`)
     }
-    if (!existsSync(join(dir, f))) {
-      if (f !== 'config.json') opts.onWarning?.(`${f} is missing from ${dir}; the ONNX directory has no ${f}`)
-      continue
-    }
-    await copyFile(join(dir, f), join(tmp, f))
-    copied.push(f)
+  } else {
+    copied = (await readdir(tmp, {withFileTypes: true})).filter(e => e.isFile() && (e.name === 'config.json' || isCompanionFile(e.name))).map(e => e.name).sort()
   }
   const manifest: OnnxManifest = {
     format: 'glmtool-onnx',

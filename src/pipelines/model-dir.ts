@@ -79,9 +79,20 @@ export async function readModelConfig(path: string): Promise<ModelConfig> {
   return config
 }
 
+/** A model directory's config.json and generation, as read and detected once (detectModelDir). */
+export interface DetectedModel {
+  config: ModelConfig
+  arch: Arch
+}
+
 /** How a command opens a model: the user's --arch, where config.json alone does not decide. */
 export interface OpenModelOptions {
   arch?: ArchId
+  /**
+   * The directory's config.json and generation, already read and detected by the caller (chat
+   * opens the tokenizer, then a backend, of one directory): taken as they are, not read again.
+   */
+  detected?: DetectedModel
 }
 
 /**
@@ -95,6 +106,18 @@ export async function detectModelArch(
   const tcPath = join(dir, 'tokenizer_config.json')
   const tokenizerConfig = existsSync(tcPath) ? await readJson(tcPath) : undefined
   return detectArch(config, tensorNames, join(dir, 'config.json'), {tokenizerConfig, override: opts.arch, onNote: opts.onNote})
+}
+
+/**
+ * Read `dir`'s config.json and detect its generation, once, for a command that opens the
+ * directory more than once (chat-model.ts): the result goes to each opener (OpenModelOptions
+ * `detected`, loadModelTokenizer's `known`) instead of each reading and detecting again. From
+ * config.json and tokenizer_config.json alone: where they cannot tell the network, the tensor
+ * names could (openModel), but a chat needs the tokenizer first, which has only these.
+ */
+export async function detectModelDir(dir: string, opts: OpenModelOptions & {onNote?: (m: string) => void} = {}): Promise<DetectedModel> {
+  const config = await readModelConfig(join(dir, 'config.json'))
+  return {config, arch: await detectModelArch(dir, config, [], opts)}
 }
 
 /** Is this file name one of a checkpoint's weight files (not to be copied as an extra)? */
@@ -146,7 +169,9 @@ export async function openModel(path: string, opts: OpenModelOptions = {}): Prom
     let config: ModelConfig | undefined
     let arch: Arch | undefined
     const configPath = dir ? join(dir, 'config.json') : undefined
-    if (configPath && existsSync(configPath)) {
+    if (dir && opts.detected) {
+      ;({config, arch} = opts.detected)
+    } else if (configPath && existsSync(configPath)) {
       config = await readModelConfig(configPath)
       arch = await detectModelArch(dir!, config, tensors.map(t => t.name), {arch: opts.arch, onNote: m => warnings.push(m)})
     } else if (dir) {

@@ -1,11 +1,12 @@
-import {copyFile, mkdir, readdir, rm, writeFile} from 'node:fs/promises'
+import {mkdir, readdir, rm} from 'node:fs/promises'
 import {existsSync} from 'node:fs'
 import {availableParallelism, freemem, totalmem} from 'node:os'
 import {join} from 'node:path'
 import {GlmtoolError, ModelError, UsageError} from '../errors.js'
 import {byteLength, isFloat} from '../formats/dtype.js'
-import {assertComplete, checkTensors, isWeightFile, type ModelSource, openModel} from './model-dir.js'
-import {exportOnnxInto, ONNX_MANIFEST_FILE} from './export-onnx.js'
+import {assertComplete, checkTensors, type ModelSource, openModel} from './model-dir.js'
+import {exportOnnxFrom} from './export-onnx.js'
+import {writeCompanionFiles} from './model-output.js'
 import {claimOutput, openClaimed} from './output-dir.js'
 import {writeSafetensorsModel} from '../formats/safetensors-writer.js'
 import type {TensorEntry} from '../formats/tensor.js'
@@ -41,6 +42,9 @@ import {largestLayerBytes, streamedPeakBytes} from '../quant/streamed-forward.js
  * used), and end to end, on held-out text, the KL divergence and top-1 agreement of the
  * quantized model's next-token distributions against the float model's (evaluate.ts), streamed
  * the same way. Memory is bounded by one layer at a time in every step, not by the model.
+ * --format onnx hands the quantized tensors, computed as they are read, straight to the ONNX
+ * exporter (export-onnx.ts exportOnnxFrom): no safetensors copy is written to be re-read,
+ * except in scratch when the evaluation runs, since it reads each candidate layer by layer.
  */
 
 export type QuantMethod = 'rtn' | 'calibrated'
@@ -92,7 +96,7 @@ export interface QuantizeResult {
   /** Weights quantized. */
   quantized: number
   sourceBytes: number
-  /** Bytes of tensors written (safetensors), and the ONNX data file when written. */
+  /** Bytes of the quantized tensors (as safetensors holds them, also when only ONNX is written), and of the ONNX initializers when written. */
   bytes: number
   onnxBytes?: number
   files: string[]
@@ -101,6 +105,7 @@ export interface QuantizeResult {
   calibration?: {source: string, sequences: number, tokens: number, seconds: number}
   endToEnd?: {text: string, sequences: number, positions: number, models: EndToEnd[], seconds: number} | {skipped: string}
   threads: number
+  /** With --format onnx and no evaluation, quantize and onnx are one streamed step (the same interval). */
   seconds: {total: number, quantize: number, calibration?: number, onnx?: number, evaluation?: number}
   peakRssBytes: number
 }
@@ -210,19 +215,36 @@ export async function quantizeModel(opts: QuantizeOptions): Promise<QuantizeResu
     const sourceBytes = model.tensors.reduce((a, t) => a + byteLength(t.dtype, t.shape), 0)
     return await output.write(async tmp => {
       const t0 = Date.now()
-      const stDir = opts.format === 'onnx' ? join(tmp, '.quantized-safetensors') : tmp
-      if (opts.format === 'onnx') await mkdir(stDir)
       opts.onStage?.(`quantizing ${targets.length} weights to int${bits} (${opts.method}, ${opts.method === 'rtn' ? pool.threads : calPool.threads} thread(s)) ...`)
-      const q = await writeQuantizedDir(model, arch, quantConfig, stDir, layout, opts.method, stats, pool, opts, calPool)
-      seconds.quantize = (Date.now() - t0) / 1000
+      // The quantized safetensors: the output itself, or (--format onnx) a copy in scratch only
+      // when the evaluation runs, which re-reads each layer's weights. Otherwise --format onnx
+      // streams the quantized tensors straight into the ONNX export.
+      const stDir = opts.format !== 'onnx' ? tmp : evaluate ? join(scratch, 'quantized-safetensors') : undefined
+      let q: {bytes: number, layers: LinearReport[]}
       let onnxBytes: number | undefined
-      if (opts.format !== 'safetensors') {
-        const t1 = Date.now()
-        opts.onStage?.('exporting ONNX (MatMulNBits) ...')
-        if (opts.format === 'onnx') await copyCompanions(dir, tmp, quantConfig)
-        const r = await exportOnnxInto(stDir, tmp, {})
+      if (stDir) {
+        q = await writeQuantizedDir(model, arch, quantConfig, stDir, layout, opts.method, stats, pool, opts, calPool)
+        seconds.quantize = (Date.now() - t0) / 1000
+        if (opts.format !== 'safetensors') {
+          const t1 = Date.now()
+          opts.onStage?.('exporting ONNX (MatMulNBits) ...')
+          const written = await openModel(stDir)
+          try {
+            onnxBytes = (await exportOnnxFrom(written, tmp, {input: stDir}, {companions: opts.format === 'onnx'})).bytes
+          } finally {
+            await written.close()
+          }
+          seconds.onnx = (Date.now() - t1) / 1000
+        }
+      } else {
+        // One pass: each tensor quantized as the exporter reads it (graph order, once).
+        opts.onStage?.('exporting ONNX (MatMulNBits) as the weights are quantized ...')
+        const qt = quantizedTensors(model, arch, layout, opts.method, stats, pool, calPool)
+        const source: ModelSource = {...model, config: quantConfig, tensors: qt.tensors, warnings: [], close: async () => {}}
+        const r = await exportOnnxFrom(source, tmp, {input: opts.input, onStart: opts.onStart, onBytes: opts.onBytes}, {companions: true})
+        q = {bytes: qt.tensors.reduce((a, t) => a + byteLength(t.dtype, t.shape), 0), layers: qt.layers()}
         onnxBytes = r.bytes
-        seconds.onnx = (Date.now() - t1) / 1000
+        seconds.quantize = seconds.onnx = (Date.now() - t0) / 1000
       }
       let endToEnd: QuantizeResult['endToEnd']
       if (evaluate && tokenizer) {
@@ -234,7 +256,7 @@ export async function quantizeModel(opts: QuantizeOptions): Promise<QuantizeResu
           await writeQuantizedDir(model, arch, {...quantConfig, [GLMTOOL_QUANT_KEY]: {...quantConfig[GLMTOOL_QUANT_KEY] as object, method: 'rtn'}}, rtnSt, layout, 'rtn', stats, pool, {...opts, onBytes: undefined, onStart: undefined})
           candidates.push({label: 'rtn', dir: rtnSt})
         }
-        candidates.push({label: opts.method, dir: stDir})
+        candidates.push({label: opts.method, dir: stDir!})
         const sequences = tokenSequences(tokenizer, HELD_OUT_TEXT, seqLen, EVAL_SEQUENCES)
         opts.onStage?.(`evaluating on ${sequences.length} held-out sequence(s), one layer at a time (float, ${candidates.map(c => c.label).join(', ')}) ...`)
         const opened: ModelSource[] = []
@@ -252,7 +274,7 @@ export async function quantizeModel(opts: QuantizeOptions): Promise<QuantizeResu
       } else {
         endToEnd = {skipped: skipWhy ?? 'no tokenizer'}
       }
-      if (opts.format === 'onnx') await rm(stDir, {recursive: true, force: true})
+      if (stDir && stDir !== tmp) await rm(stDir, {recursive: true, force: true})
       seconds.total = (Date.now() - started) / 1000
       return {
         input: opts.input, out: opts.out, architecture: arch.id, bits, groupSize: opts.groupSize, method: opts.method, format: opts.format,
@@ -295,25 +317,60 @@ function summarize(layers: readonly LinearReport[]): QuantizeResult['summary'] {
   }
 }
 
-/** config.json (the quantized one) and the tokenizer and other non-weight files. */
-async function copyCompanions(from: string, to: string, config: ModelConfig): Promise<void> {
-  for (const e of await readdir(from, {withFileTypes: true})) {
-    if (!e.isFile() || isWeightFile(e.name) || e.name.startsWith('.') || e.name === ONNX_MANIFEST_FILE || e.name.startsWith('model.onnx')) continue
-    if (e.name === 'config.json') await writeFile(join(to, e.name), JSON.stringify(config, null, 2) + '\n')
-    else await copyFile(join(from, e.name), join(to, e.name))
-  }
-  if (!existsSync(join(to, 'config.json'))) await writeFile(join(to, 'config.json'), JSON.stringify(config, null, 2) + '\n')
+/** The quantized model's tensors, computed as they are read, and the per-layer report they fill. */
+interface QuantizedTensors {
+  /** In the source's order; each quantized weight followed by its scale. Each is read once. */
+  tensors: TensorEntry[]
+  /** The layers' errors, in the source's order: complete once every tensor has been read. */
+  layers(): LinearReport[]
 }
 
 /**
- * Write the quantized safetensors model (tensors in the source's order; each quantized weight
- * followed by its scale) and its companion files into `dir`, then re-open and check it.
+ * Write the quantized safetensors model (quantizedTensors) and its companion files into `dir`,
+ * then re-open and check it.
  */
 async function writeQuantizedDir(
   model: ModelSource, arch: Arch, quantConfig: ModelConfig, dir: string, layout: QuantLayout, method: 'rtn' | 'calibrated',
   stats: Map<string, LinearStats> | undefined, pool: RtnPool, opts: QuantizeOptions, calPool?: CalibratePool,
 ): Promise<{bytes: number, layers: LinearReport[]}> {
   await mkdir(dir, {recursive: true})
+  const q = quantizedTensors(model, arch, layout, method, stats, pool, calPool)
+  const tensors = q.tensors
+  const total = tensors.reduce((a, t) => a + byteLength(t.dtype, t.shape), 0)
+  opts.onStart?.(total)
+  let last = 0
+  const written = await writeSafetensorsModel(dir, tensors, {
+    maxShardBytes: opts.maxShardBytes,
+    metadata: {
+      format: 'pt', source: `${model.format}:${model.files.length} file(s)`, glmtool_version: VERSION, glmtool_architecture: arch.id,
+      glmtool_quantization: JSON.stringify(quantConfig[GLMTOOL_QUANT_KEY]),
+    },
+    onProgress: done => {
+      opts.onBytes?.(done - last)
+      last = done
+    },
+  })
+  await writeCompanionFiles(model.dir!, dir, quantConfig)
+  // Re-open: every format rule, and the quantized layout of config.json, checked again.
+  const out = await openModel(dir)
+  try {
+    assertComplete(arch, checkTensors(arch, quantConfig, out.tensors), dir)
+  } finally {
+    await out.close()
+  }
+  return {bytes: written.totalBytes, layers: q.layers()}
+}
+
+/**
+ * The quantized model's tensors over `model`'s: RTN ones quantized block by block on the pool
+ * as they are read, calibrated ones from their unit's result (units run ahead on calPool, one
+ * per worker), every other float tensor checked finite on the way. Nothing is computed until
+ * read, so a writer (safetensors, or the ONNX export) streams them in bounded memory.
+ */
+function quantizedTensors(
+  model: ModelSource, arch: Arch, layout: QuantLayout, method: 'rtn' | 'calibrated',
+  stats: Map<string, LinearStats> | undefined, pool: RtnPool, calPool?: CalibratePool,
+): QuantizedTensors {
   const byName = new Map(model.tensors.map(t => [t.name, t]))
   const reports = new Map<string, LinearReport>()
   const bits = layout.bits
@@ -390,29 +447,6 @@ async function writeQuantizedDir(
       tensors.push(finiteChecked(t))
     }
   }
-  const total = tensors.reduce((a, t) => a + byteLength(t.dtype, t.shape), 0)
-  opts.onStart?.(total)
-  let last = 0
-  const written = await writeSafetensorsModel(dir, tensors, {
-    maxShardBytes: opts.maxShardBytes,
-    metadata: {
-      format: 'pt', source: `${model.format}:${model.files.length} file(s)`, glmtool_version: VERSION, glmtool_architecture: arch.id,
-      glmtool_quantization: JSON.stringify(quantConfig[GLMTOOL_QUANT_KEY]),
-    },
-    onProgress: done => {
-      opts.onBytes?.(done - last)
-      last = done
-    },
-  })
-  await copyCompanions(model.dir!, dir, quantConfig)
-  // Re-open: every format rule, and the quantized layout of config.json, checked again.
-  const out = await openModel(dir)
-  try {
-    assertComplete(arch, checkTensors(arch, quantConfig, out.tensors), dir)
-  } finally {
-    await out.close()
-  }
   const order = new Map(model.tensors.map((t, i) => [t.name, i]))
-  const layers = [...reports.values()].sort((a, b) => order.get(a.name)! - order.get(b.name)!)
-  return {bytes: written.totalBytes, layers}
+  return {tensors, layers: () => [...reports.values()].sort((a, b) => order.get(a.name)! - order.get(b.name)!)}
 }

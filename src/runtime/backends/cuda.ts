@@ -1,7 +1,7 @@
 import {GlmtoolError, ModelError} from '../../errors.js'
 import {convertChunk} from '../../formats/dtype-convert.js'
 import {type DType, numel} from '../../formats/dtype.js'
-import {openModel} from '../../pipelines/model-dir.js'
+import {type DetectedModel, openModel} from '../../pipelines/model-dir.js'
 import type {TensorEntry} from '../../formats/tensor.js'
 import type {Arch, ArchId, ModelConfig} from '../../models/index.js'
 import {PREFIX_CACHE_MARKER} from '../../models/arch.js'
@@ -14,6 +14,8 @@ import {
 export interface CudaBackendOptions {
   /** The user's --arch (src/pipelines/model-dir.ts OpenModelOptions). */
   arch?: ArchId
+  /** config.json and the generation, already read and detected by the caller (chat-model.ts): not again. */
+  detected?: DetectedModel
   /** Tokens the KV cache holds, allocated up front (default: the reference's max_length, 2048 v1 / 8192 v2, within the model's positions). */
   maxLength?: number
   /** Capture the decode step as a CUDA graph (default true; false runs the same kernels launch by launch). */
@@ -208,7 +210,7 @@ export class CudaBackend implements DecoderBackend {
   static async load(path: string, opts: CudaBackendOptions = {}): Promise<CudaBackend> {
     const started = performance.now()
     const {addon, device} = loadCudaAddon()
-    const model = await openModel(path, {arch: opts.arch})
+    const model = await openModel(path, {arch: opts.arch, detected: opts.detected})
     try {
       if (!model.arch || !model.config) throw new ModelError(`${path}: config.json is missing`, 'missing-file')
       const arch = model.arch
