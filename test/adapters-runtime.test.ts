@@ -91,6 +91,14 @@ describe.skipIf(!torchOk)('merged P-Tuning v2 prefixes in the CPU runtime vs the
     expect(got.generated).toEqual(ref.meta.generated)
     const plain = runReference(base, ids, {steps: 0, allLogits: true})
     expect(compareLogits(plain.logits, ref.logits.subarray(0, plain.logits.length), 1e-4, ref.meta.vocab).maxRel).toBeGreaterThan(1e-3)
+    // quantize --format onnx and both of the merged model keep the prefix beside the graph, the
+    // same bytes the float export writes (the CPU runtime reads them from there).
+    for (const format of ['onnx', 'both']) {
+      const q = `${merged}-int8-${format}`
+      const r = glmtool(['quantize', merged, '--bits', '8', '--format', format, '--evaluate', 'off', '--out', q])
+      expect(r.code, r.stderr).toBe(0)
+      expect(readFileSync(join(q, 'prefix_kv.safetensors')).equals(readFileSync(join(onnx, 'prefix_kv.safetensors'))), format).toBe(true)
+    }
   })
 
   it('a raw trainer config with pre_seq_len but no merged prefix is refused by the ONNX export', () => {

@@ -153,9 +153,7 @@ export async function exportOnnx(opts: OnnxExportOptions): Promise<OnnxExportRes
   const model = await openClaimed(output, () => openModel(opts.input, {arch: opts.arch, detected: opts.detected}))
   try {
     return await output.write(async tmp => {
-      const result = await exportOnnxFrom(model, tmp, opts, {companions: true, started})
-      const prefix = await writePrefixFile(model, tmp)
-      return prefix ? {...result, files: [...result.files, prefix]} : result
+      return await exportOnnxFrom(model, tmp, opts, {companions: true, started})
     })
   } finally {
     await model.close()
@@ -177,7 +175,11 @@ export async function exportOnnxFrom(
   how: {companions: boolean, started?: number},
 ): Promise<OnnxExportResult> {
   const o = {...opts, out: opts.out ?? dir, force: true}
-  return writeOnnxFiles(planExport(model, o), dir, o, how.started ?? Date.now(), how.companions)
+  const result = await writeOnnxFiles(planExport(model, o), dir, o, how.started ?? Date.now(), how.companions)
+  // Every export carries a merged prefix (quantize --format onnx|both of a prefixed model too:
+  // without the file the graph would run without its prefix, with no error).
+  const prefix = await writePrefixFile(model, dir)
+  return prefix ? {...result, files: [...result.files, prefix]} : result
 }
 
 /**
