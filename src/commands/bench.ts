@@ -3,7 +3,7 @@ import {Args, Flags} from '@oclif/core'
 import Table from 'cli-table3'
 import {archFlag, archOf, BaseCommand, FLAG_CHARS} from '../cli/base-command.js'
 import {MODEL_ID_HELP} from '../cli/model-arg.js'
-import {formatBytes} from '../cli/progress.js'
+import {byteProgress, formatBytes} from '../cli/progress.js'
 import {UsageError} from '../errors.js'
 import {cudaUnavailableReason} from '../runtime/backends/cuda-addon.js'
 import {type BenchResult, benchModel} from '../pipelines/bench.js'
@@ -53,6 +53,7 @@ export default class Bench extends BaseCommand {
         arch: archOf(flags),
         backend, promptTokens: flags['prompt-tokens'], genTokens: flags['gen-tokens'],
         repeat: flags.repeat, warmup: flags.warmup, maxLength: flags['max-length'], onNote: m => this.note(m),
+        progress: (label: string, total: number) => byteProgress(label, total, !this.jsonEnabled()),
       }))
     }
     for (const [i, r] of results.entries()) r.model = models[i]

@@ -4,6 +4,7 @@ import {archFlag, archOf, BaseCommand, FLAG_CHARS} from '../cli/base-command.js'
 import {MODEL_ID_HELP} from '../cli/model-arg.js'
 import {GlmtoolError, UsageError} from '../errors.js'
 import type {Arch} from '../models/index.js'
+import {byteProgress} from '../cli/progress.js'
 import {loadChatModel} from '../pipelines/chat-model.js'
 import {defaultReserve, fitChatPrompt} from '../runtime/chat-prompt.js'
 import {ResponseStream} from '../runtime/chat-response.js'
@@ -68,6 +69,7 @@ export default class Chat extends BaseCommand {
       arch: archOf(flags),
       onNote: m => this.note(m),
       onArch: needsRoles,
+      progress: (label, total) => byteProgress(label, total, !this.jsonEnabled()),
     })
     const {arch} = model
     const d = arch.chatDefaults

@@ -32,6 +32,8 @@ export interface BenchOptions {
   /** The user's --arch. */
   arch?: ArchId
   onNote?: (message: string) => void
+  /** A progress display for a one-time ONNX conversion of the model (chat-model.ts). */
+  progress?: (label: string, totalBytes: number) => {add(bytes: number): void, stop(): void}
 }
 
 export interface Spread {
@@ -170,7 +172,7 @@ export async function benchModel(path: string, opts: BenchOptions): Promise<Benc
     copyBandwidth = loadCudaAddon().addon.measureCopyBandwidth(1 << 30, 10)
   }
   const t0 = performance.now()
-  const model = await loadChatModel(path, {backend: opts.backend, maxLength, arch: opts.arch, onNote: opts.onNote})
+  const model = await loadChatModel(path, {backend: opts.backend, maxLength, arch: opts.arch, onNote: opts.onNote, progress: opts.progress})
   const loadSeconds = (performance.now() - t0) / 1000
   const {backend, tokenizer} = model
   try {

@@ -1,12 +1,10 @@
-import {createHash} from 'node:crypto'
-import {existsSync, readdirSync, statSync} from 'node:fs'
-import {homedir} from 'node:os'
-import {join, resolve} from 'node:path'
+import {existsSync} from 'node:fs'
+import {join} from 'node:path'
 import {ModelError} from '../errors.js'
 import {exportOnnx} from './export-onnx.js'
+import {assertCacheRoom, estimateOnnxBytes, onnxCacheDir, recordCacheEntry, touchCacheEntry} from './model-cache.js'
 import {detectModelDir} from './model-dir.js'
 import type {Arch, ArchId} from '../models/index.js'
-import {VERSION} from '../version.js'
 import type {DecoderBackend} from '../runtime/backend.js'
 import {CudaBackend} from '../runtime/backends/cuda.js'
 import {OnnxCpuBackend} from '../runtime/backends/onnx-cpu.js'
@@ -24,25 +22,6 @@ export interface ChatModel {
 
 export type BackendKind = 'cpu' | 'cuda'
 
-/** Where converted models are cached: $GLMTOOL_CACHE, else $XDG_CACHE_HOME/glmtool, else ~/.cache/glmtool. */
-export function cacheRoot(): string {
-  return process.env.GLMTOOL_CACHE ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'glmtool')
-}
-
-/**
- * A key that changes whenever the source model changes: its absolute path and each file's
- * name, size and mtime, plus glmtool's version (a new exporter re-converts).
- */
-function sourceKey(dir: string, arch: ArchId): string {
-  // The generation is part of the key: ChatGLM2-6B and ChatGLM3-6B read rope_ratio differently.
-  const h = createHash('sha256').update(resolve(dir)).update(VERSION).update(arch)
-  for (const name of readdirSync(dir).sort()) {
-    const st = statSync(join(dir, name))
-    if (st.isFile()) h.update(`${name}:${st.size}:${st.mtimeMs}\n`)
-  }
-  return h.digest('hex').slice(0, 16)
-}
-
 /**
  * Open a model for chat. CPU: an ONNX directory (glmtool's `convert --to onnx` output) runs as
  * is; a torch or safetensors directory is converted once to ONNX (f32) in the cache and the
@@ -55,6 +34,8 @@ export async function loadChatModel(
     maxLength?: number, backend?: BackendKind, arch?: ArchId, onNote?: (m: string) => void,
     /** Called once the generation is known, before any conversion or GPU load (a command's checks of it). */
     onArch?: (arch: Arch) => void
+    /** A progress display for the one-time ONNX conversion (the command's bar; none by default). */
+    progress?: (label: string, totalBytes: number) => {add(bytes: number): void, stop(): void}
   } = {},
 ): Promise<ChatModel> {
   // config.json is read and the generation detected here, once; the tokenizer, the conversion
@@ -70,12 +51,26 @@ export async function loadChatModel(
   }
   let onnxDir = path
   if (!existsSync(join(path, 'model.onnx'))) {
-    onnxDir = join(cacheRoot(), 'onnx', sourceKey(path, arch.id))
+    onnxDir = onnxCacheDir(path, arch.id)
     if (existsSync(join(onnxDir, 'model.onnx'))) {
       opts.onNote?.(`using the cached ONNX conversion of ${path} in ${onnxDir}`)
+      touchCacheEntry(onnxDir)
     } else {
-      opts.onNote?.(`converting ${path} to ONNX once (cached in ${onnxDir}) ...`)
-      await exportOnnx({input: path, out: onnxDir, dtype: 'F32', force: true, arch: arch.id, detected})
+      // The disk must hold the whole conversion: refused before it starts, never filled silently.
+      const need = estimateOnnxBytes(path)
+      assertCacheRoom(path, onnxDir, need)
+      opts.onNote?.(`converting ${path} to ONNX once (about ${(need / 1e9).toFixed(2)} GB, cached in ${onnxDir}; \`glmtool cache ls\` lists conversions) ...`)
+      let bar: {add(bytes: number): void, stop(): void} | undefined
+      try {
+        await exportOnnx({
+          input: path, out: onnxDir, dtype: 'F32', force: true, arch: arch.id, detected,
+          onStart: total => { bar = opts.progress?.('converting to ONNX', total) },
+          onBytes: n => bar?.add(n),
+        })
+      } finally {
+        bar?.stop()
+      }
+      recordCacheEntry(onnxDir, path, arch.id)
     }
   }
   const backend = await OnnxCpuBackend.load(onnxDir, {maxLength: opts.maxLength})
