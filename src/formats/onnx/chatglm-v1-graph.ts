@@ -6,6 +6,14 @@ import {
 } from './chatglm-graph.js'
 import {type GraphBuilder, MS_DOMAIN} from './onnx-builder.js'
 
+/** What the ChatGLM-6B graph takes from its generation module (src/models/chatglm-v1.ts wires it). */
+export interface V1GraphModule {
+  /** The generation's config parser (Arch.dims). */
+  dims(config: ModelConfig): ModelDims
+  /** GLMBlock's DeepNorm alpha. */
+  readonly deepnormAlpha: number
+}
+
 /**
  * ChatGLM-6B (GLM: 2D rotary, post-DeepNorm) as one ONNX decoder graph (docs/chatglm.md section 3).
  *
@@ -33,14 +41,6 @@ import {type GraphBuilder, MS_DOMAIN} from './onnx-builder.js'
  * GeLU is the tanh form: FastGelu (0.5x(1+tanh(0.7978845608(x+0.044715x^3)))) with the
  * dense_h_to_4h bias as its bias input.
  */
-/** What the ChatGLM-6B graph takes from its generation module (src/models/chatglm-v1.ts wires it). */
-export interface V1GraphModule {
-  /** The generation's config parser (Arch.dims). */
-  dims(config: ModelConfig): ModelDims
-  /** GLMBlock's DeepNorm alpha. */
-  readonly deepnormAlpha: number
-}
-
 export function chatglmV1Graph(m: V1GraphModule): ChatglmOnnxGraph {
   const alpha = m.deepnormAlpha
   return {

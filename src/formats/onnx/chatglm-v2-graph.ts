@@ -6,6 +6,12 @@ import {
 } from './chatglm-graph.js'
 import {ELEM, float, type GraphBuilder, MS_DOMAIN} from './onnx-builder.js'
 
+/** What the ChatGLM2-6B graph takes from its generation module (src/models/chatglm-v2.ts wires it). */
+export interface V2GraphModule {
+  /** The generation's config parser (Arch.dims). */
+  dims(config: ModelConfig): ModelDims
+}
+
 /**
  * ChatGLM2-6B (pre-norm RMSNorm, multi-query attention, SwiGLU) as one ONNX decoder graph
  * (docs/chatglm.md section 4). Also ChatGLM3-6B and CodeGeeX2-6B, which share the architecture.
@@ -30,12 +36,6 @@ import {ELEM, float, type GraphBuilder, MS_DOMAIN} from './onnx-builder.js'
  * given (partial rotary copies the dims past rotary_embedding_dim unchanged).
  * SwiGLU: silu(y[:F]) * y[F:], silu(a) = a * sigmoid(a) = com.microsoft.QuickGelu with alpha 1.
  */
-/** What the ChatGLM2-6B graph takes from its generation module (src/models/chatglm-v2.ts wires it). */
-export interface V2GraphModule {
-  /** The generation's config parser (Arch.dims). */
-  dims(config: ModelConfig): ModelDims
-}
-
 export function chatglmV2Graph(m: V2GraphModule): ChatglmOnnxGraph {
   return {
     arch: 'chatglm2-6b',
