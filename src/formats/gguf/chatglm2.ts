@@ -91,14 +91,14 @@ export interface GgufVocab {
 /**
  * The vocabulary as the converter's set_vocab_chatglm3 writes it, padded to padded_vocab_size:
  * SentencePiece pieces with their scores and types (ids 0, 1, 2 spelled <unk>, <bos>, <eos>),
- * then [MASK] [gMASK] [sMASK] sop eop as CONTROL (and ChatGLM3's role tokens), then
+ * then [MASK] [gMASK] [sMASK] sop eop as CONTROL (and, with `roleTokens`, ChatGLM3's role tokens: the module's gguf.roleTokens), then
  * [PAD<id>] UNUSED up to the embedding's rows. Token types are SentencePiece's (1 normal,
  * 2 unknown, 3 control, 5 unused, 6 byte; user-defined pieces inside the SentencePiece model
  * count as normal, as the converter tests only the other four).
  */
-export function ggufVocab(sp: SentencePieceModel, vocabSize: number, chatglm3: boolean, source: string): GgufVocab {
+export function ggufVocab(sp: SentencePieceModel, vocabSize: number, roleTokens: boolean, source: string): GgufVocab {
   const n = sp.pieces.length
-  const specials = [...V2_SPECIAL_NAMES, ...(chatglm3 ? CHATGLM3_ROLE_TOKENS : [])]
+  const specials = [...V2_SPECIAL_NAMES, ...(roleTokens ? CHATGLM3_ROLE_TOKENS : [])]
   if (n + specials.length > vocabSize) {
     throw new ModelError(`${source}: ${n} pieces and ${specials.length} specials do not fit padded_vocab_size ${vocabSize}`, 'gguf-vocab')
   }
