@@ -10,6 +10,7 @@ import {checkTensors, openModel} from '../src/pipelines/model-dir.js'
 import {readTensor} from '../src/formats/tensor.js'
 import {chatglmV1} from '../src/models/chatglm-v1.js'
 import {chatglmV2} from '../src/models/chatglm-v2.js'
+import {chatglm3} from '../src/models/chatglm3.js'
 
 const FIX = join(import.meta.dirname, 'fixtures')
 const ADAPTERS = join(FIX, 'adapters')
@@ -189,7 +190,11 @@ describe('architecture tables with pre_seq_len', () => {
     expect(v1p.get('transformer.prefix_encoder.trans.2.weight')!.shape).toEqual([256, 64])
     expect(v2.get('transformer.prefix_encoder.embedding.weight')!.shape).toEqual([5, 2 * 2 * 2 * 16])
     expect(v2.get('transformer.prefix_encoder.trans.0.weight')).toMatchObject({shape: [64, 128], optional: true})
-    const v3 = chatglmV2.tensors({...chatglmV2.synthConfig('tiny'), _name_or_path: 'THUDM/chatglm3-6b', pre_seq_len: 5, prefix_projection: false})
-    expect(v3.has('transformer.prefix_encoder.trans.0.weight')).toBe(false)
+    // The rule is the generation module's (Arch.prefix), not the config's name: the same config
+    // read as ChatGLM2-6B builds trans.*, as ChatGLM3-6B does not.
+    const v3config = {...chatglm3.synthConfig('tiny'), pre_seq_len: 5, prefix_projection: false}
+    expect(chatglm3.tensors(v3config).has('transformer.prefix_encoder.trans.0.weight')).toBe(false)
+    expect(chatglmV2.tensors(v3config).has('transformer.prefix_encoder.trans.0.weight')).toBe(true)
+    expect(chatglm3.tensors({...v3config, prefix_projection: true}).has('transformer.prefix_encoder.trans.0.weight')).toBe(true)
   })
 })

@@ -3,6 +3,8 @@
  * implement this in their own module, so a further generation is one more module (STYLE.md).
  */
 import {GlmtoolError, ModelError} from '../errors.js'
+import type {ChatglmOnnxGraph} from '../formats/onnx/chatglm-graph.js'
+import type {CalibrationUnit} from '../quant/calibration-plan.js'
 import type {ChatFormat} from '../runtime/chat-template.js'
 import type {FramingIds, PromptLayout} from '../runtime/positions.js'
 import type {TokenizerKind} from '../runtime/tokenizer/types.js'
@@ -94,21 +96,71 @@ export interface Arch {
   readonly tokenizer: TokenizerKind
   /** Synthetic tokenizer files of this generation (synth model directories). */
   synthTokenizer(): SynthTokenizer
+  // Network-keyed rules that used to be tables outside the modules (issue 14): sizes, P-Tuning,
+  // LoRA, ONNX graph, calibration units, GGUF. Everything outside src/models asks these.
+  /**
+   * The model's sizes from config.json: the one parser of sizes (tensor tables, CUDA engine,
+   * ONNX graph, prefix geometry, LoRA, calibration, GGUF); a one-line error naming the key and
+   * `source` (default config.json).
+   */
+  dims(config: ModelConfig, source?: string): ModelDims
+  /** How the published model builds a P-Tuning v2 prefix encoder. */
+  readonly prefix: PrefixRules
+  /** Module paths of this network's layers, to tell a LoRA adapter made for another network. */
+  readonly loraLayerPattern: RegExp
+  /** The network's ONNX decoder graph (src/formats/onnx), wired to this module's dims. */
+  readonly onnxGraph: ChatglmOnnxGraph
+  /** AWQ calibration units (src/quant/calibration-plan.ts) of this config, the output layer when `lmHead`. */
+  calibrationUnits(config: ModelConfig, lmHead: boolean): CalibrationUnit[]
+  /** How `convert --to gguf` writes this generation, as llama.cpp's converter does. */
+  readonly gguf: GgufRules
 }
 
-/** The CUDA engine's sizes (native/engine.h EngineConfig). */
-export interface EngineDims {
+/** A model's sizes, as config.json gives them (Arch.dims). */
+export interface ModelDims {
   layers: number
   hidden: number
   heads: number
   /** K/V heads: multi-query groups (ChatGLM2-6B multi_query_group_num), or one per head. */
   kvHeads: number
   headDim: number
+  /** The MLP's inner width (SwiGLU: each half of dense_h_to_4h). */
   ffn: number
+  /** Rows of the word embedding and of the output layer. */
   vocab: number
-  eps: number
-  /** The largest position the model takes (the KV cache never holds more). */
+  /** The largest position the model takes. */
   maxPositions: number
+}
+
+/** P-Tuning v2 as the published modeling code builds it (docs/chatglm.md section 7). */
+export interface PrefixRules {
+  /** What the prefix cache holds per layer, for messages: one entry per attention head, or per multi-query group. */
+  readonly kvUnit: 'heads' | 'groups'
+  /**
+   * The published model builds and applies the projection MLP (trans.*) whatever config.json's
+   * prefix_projection says (ChatGLM2-6B: its configuration_chatglm.py stores
+   * `self.prefix_projection = prefix_projection,`, a one-element tuple, always true); false: as
+   * the flag says (ChatGLM-6B, ChatGLM3-6B, whose configuration has no comma).
+   */
+  readonly alwaysProjects: boolean
+  /**
+   * The encoder's embedding is kv_size (layers x 2 x kvHeads x headDim) wide whether it projects
+   * or not (ChatGLM2-6B's network); false: hidden_size wide when it projects (ChatGLM-6B).
+   */
+  readonly embeddingIsKvSize: boolean
+}
+
+/** How `convert --to gguf` writes a generation (llama.cpp's converter, src/formats/gguf). */
+export interface GgufRules {
+  /** Why llama.cpp cannot take this generation (the whole error after the input's path); undefined when it can. */
+  readonly unsupported?: string
+  /** The vocabulary has ChatGLM3's four role tokens after the five specials (set_vocab_chatglm3). */
+  readonly roleTokens: boolean
+}
+
+/** The CUDA engine's sizes (native/engine.h EngineConfig): the model's, and the norm epsilon; the KV cache never holds more than maxPositions. */
+export interface EngineDims extends ModelDims {
+  eps: number
 }
 
 /**
@@ -192,7 +244,6 @@ export function ropeRatio(config: ModelConfig, source = 'config.json'): number {
   return v
 }
 
-/** Read a required positive integer from config.json, with an error naming the key. */
 /**
  * The largest value glmtool believes for each size key of config.json. The published models
  * have 28 layers, hidden 4096, ffn 13696 / 16384, vocab 65024 / 150528; these caps are far above
@@ -225,13 +276,14 @@ export function checkConfigSizes(config: ModelConfig, source: string): void {
   }
 }
 
-export function configInt(config: ModelConfig, key: string, fallback?: number): number {
+/** Read a positive integer from config.json (`fallback` when absent), within CONFIG_LIMITS; a one-line error naming the key and `source`. */
+export function configInt(config: ModelConfig, key: string, fallback?: number, source = 'config.json'): number {
   const v = config[key] ?? fallback
   if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) {
-    throw new Error(`config.json: ${key} must be a positive integer (got ${JSON.stringify(config[key])})`)
+    throw new ModelError(`${source}: ${key} must be a positive integer (got ${JSON.stringify(config[key])})`, 'bad-config')
   }
   const max = CONFIG_LIMITS[key]
-  if (max !== undefined && v > max) throw new Error(`config.json: ${key} is ${v}, implausibly large (glmtool accepts at most ${max})`)
+  if (max !== undefined && v > max) throw new ModelError(`${source}: ${key} is ${v}, implausibly large (glmtool accepts at most ${max})`, 'bad-config')
   return v
 }
 
@@ -265,16 +317,9 @@ export function isChatglm3Config(config: ModelConfig): boolean {
   return typeof config._name_or_path === 'string' && /chatglm3/i.test(config._name_or_path)
 }
 
-/**
- * Whether the published model builds and applies the P-Tuning projection MLP (trans.*).
- * ChatGLM-6B and ChatGLM3-6B: as config.json's prefix_projection says. ChatGLM2-6B: always,
- * because its published configuration_chatglm.py stores `self.prefix_projection =
- * prefix_projection,`, a one-element tuple that is true whatever the flag (ChatGLM3-6B's
- * configuration does not have the comma).
- */
-export function publishedPrefixProjection(generation: 1 | 2, config: ModelConfig): boolean {
-  if (generation === 2 && !isChatglm3Config(config)) return true
-  return prefixProjectionFlag(config.prefix_projection) === true
+/** Whether the published model builds and applies the P-Tuning projection MLP (trans.*) for this config. */
+export function prefixProjects(rules: PrefixRules, config: ModelConfig): boolean {
+  return rules.alwaysProjects || prefixProjectionFlag(config.prefix_projection) === true
 }
 
 /**
@@ -284,19 +329,20 @@ export function publishedPrefixProjection(generation: 1 | 2, config: ModelConfig
  * optional, the published prefix encoder (transformer.prefix_encoder.*: what a whole-model
  * trainer save and merge-adapter's output carry) in the shapes the published model builds.
  */
-export function addPrefixCacheSpecs(m: Map<string, TensorSpec>, config: ModelConfig, layers: number, kvHeads: number, headDim: number, generation: 1 | 2, hidden: number): void {
+export function addPrefixCacheSpecs(m: Map<string, TensorSpec>, config: ModelConfig, d: ModelDims, rules: PrefixRules): void {
   if (config.pre_seq_len === undefined || config.pre_seq_len === null) return
   const P = configInt(config, 'pre_seq_len')
   const optional = config.glmtool_prefix !== PREFIX_CACHE_MARKER
-  for (let i = 0; i < layers; i++) {
+  for (let i = 0; i < d.layers; i++) {
     for (const part of ['key', 'value'] as const) {
-      m.set(prefixCacheName(i, part), {shape: [kvHeads, P, headDim], init: 'normal', ...(optional ? {optional} : {})})
+      m.set(prefixCacheName(i, part), {shape: [d.kvHeads, P, d.headDim], init: 'normal', ...(optional ? {optional} : {})})
     }
   }
-  const n = layers * 2 * kvHeads * headDim
-  const projects = publishedPrefixProjection(generation, config)
-  // v1's projected encoder embeds to hidden_size; v2's to n (kv_size) in both cases.
-  const width = projects && generation === 1 ? hidden : n
+  const n = d.layers * 2 * d.kvHeads * d.headDim
+  const projects = prefixProjects(rules, config)
+  const hidden = d.hidden
+  // ChatGLM-6B's projected encoder embeds to hidden_size; ChatGLM2-6B's to n (kv_size) in both cases.
+  const width = projects && !rules.embeddingIsKvSize ? hidden : n
   const enc = 'transformer.prefix_encoder.'
   m.set(`${enc}embedding.weight`, {shape: [P, width], init: 'normal', optional: true})
   if (projects) {

@@ -1,9 +1,13 @@
+import {ModelError} from '../errors.js'
+import {chatglmV1Graph} from '../formats/onnx/chatglm-v1-graph.js'
+import {unitsV1} from '../quant/calibration-plan.js'
 import {CHATGLM_6B_CHAT} from '../runtime/chat-template.js'
 import {framePromptV1, layoutV1} from '../runtime/positions.js'
 import {chatglm6bTokenizerFromBytes} from '../runtime/tokenizer/chatglm-6b.js'
 import {synthChatglm6bTokenizer} from '../synth/synth-tokenizer.js'
 import {
-  addPrefixCacheSpecs, type Arch, configInt, engineInt, type EngineTensor, engineUnsupported, type ModelConfig, type SynthSize, type TensorSpec,
+  addPrefixCacheSpecs, type Arch, configInt, engineInt, type EngineTensor, engineUnsupported, type ModelConfig, type ModelDims, type PrefixRules,
+  type SynthSize, type TensorSpec,
 } from './arch.js'
 
 /** Dimensions of synth models; `full` is the published ChatGLM-6B (docs/chatglm.md section 1). */
@@ -23,6 +27,25 @@ const SIZES: Record<SynthSize, {hidden: number, inner: number, layers: number, h
  */
 export const V1_DEEPNORM_ALPHA = Math.sqrt(2 * 28)
 
+/**
+ * ChatGLM-6B's sizes: one K/V entry per attention head (SelfAttention's
+ * hidden_size_per_attention_head = hidden_size // num_attention_heads, the dense layer mapping
+ * heads x D back to hidden_size), inner_hidden_size defaulting to 4 x hidden_size.
+ */
+function v1Dims(config: ModelConfig, source = 'config.json'): ModelDims {
+  const int = (key: string, fallback?: number) => configInt(config, key, fallback, source)
+  const hidden = int('hidden_size')
+  const heads = int('num_attention_heads')
+  if (hidden % heads !== 0) throw new ModelError(`${source}: hidden_size ${hidden} is not a multiple of num_attention_heads ${heads}`, 'bad-config')
+  return {
+    layers: int('num_layers'), hidden, heads, kvHeads: heads, headDim: hidden / heads, ffn: int('inner_hidden_size', 4 * hidden),
+    vocab: int('vocab_size'), maxPositions: int('max_sequence_length', 2048),
+  }
+}
+
+/** ChatGLM-6B's P-Tuning v2 encoder: projects as prefix_projection says, embedding hidden_size wide when it does. */
+const V1_PREFIX: PrefixRules = {kvUnit: 'heads', alwaysProjects: false, embeddingIsKvSize: false}
+
 /** ChatGLM-6B: GLM with 2D rotary and post-DeepNorm (docs/chatglm.md sections 1-3). */
 export const chatglmV1: Arch = {
   id: 'chatglm-6b',
@@ -37,12 +60,8 @@ export const chatglmV1: Arch = {
   },
 
   tensors(config) {
-    const H = configInt(config, 'hidden_size')
-    const F = configInt(config, 'inner_hidden_size', 4 * H)
-    const L = configInt(config, 'num_layers')
-    const heads = configInt(config, 'num_attention_heads')
-    const V = configInt(config, 'vocab_size')
-    const headDim = H / heads
+    const d = v1Dims(config)
+    const {hidden: H, ffn: F, layers: L, vocab: V, headDim} = d
     const m = new Map<string, TensorSpec>()
     m.set('transformer.word_embeddings.weight', {shape: [V, H], init: 'normal'})
     for (let i = 0; i < L; i++) {
@@ -65,7 +84,7 @@ export const chatglmV1: Arch = {
     m.set('transformer.final_layernorm.bias', {shape: [H], init: 'zeros'})
     m.set('lm_head.weight', {shape: [V, H], init: 'normal'})
     // P-Tuning v2 prefix keys/values: one per attention head, as get_prompt views them.
-    addPrefixCacheSpecs(m, config, L, heads, headDim, 1, H)
+    addPrefixCacheSpecs(m, config, d, V1_PREFIX)
     return m
   },
 
@@ -137,16 +156,7 @@ export const chatglmV1: Arch = {
 
   engineDims(config) {
     if (config.position_encoding_2d === false) engineUnsupported('position_encoding_2d false')
-    const hidden = engineInt(config, 'hidden_size')
-    const heads = engineInt(config, 'num_attention_heads')
-    // SelfAttention: hidden_size_per_attention_head = hidden_size // num_attention_heads, and the
-    // dense layer maps heads * D back to hidden_size.
-    if (hidden % heads !== 0) engineUnsupported(`hidden_size ${hidden} not a multiple of num_attention_heads ${heads}`)
-    return {
-      layers: engineInt(config, 'num_layers'), hidden, heads, kvHeads: heads, headDim: hidden / heads,
-      ffn: engineInt(config, 'inner_hidden_size', 4 * hidden), vocab: engineInt(config, 'vocab_size'),
-      eps: Number(config.layernorm_epsilon ?? 1e-5), maxPositions: engineInt(config, 'max_sequence_length', 2048),
-    }
+    return {...v1Dims(config), eps: Number(config.layernorm_epsilon ?? 1e-5)}
   },
 
   // The published modeling_chatglm.py (chatglm.md section 3): per-head [q; k; v] rows, 2D rotary
@@ -189,4 +199,14 @@ export const chatglmV1: Arch = {
     filePieces: pieces => pieces.has('[gMASK]'),
   },
   synthTokenizer: synthChatglm6bTokenizer,
+  // Network-keyed rules (issue 14): sizes, P-Tuning, LoRA, ONNX graph, calibration, GGUF.
+  dims: v1Dims,
+  prefix: V1_PREFIX,
+  loraLayerPattern: /^transformer\.layers\.\d+\.(attention|mlp)\./,
+  onnxGraph: chatglmV1Graph({dims: v1Dims, deepnormAlpha: V1_DEEPNORM_ALPHA}),
+  calibrationUnits: (config, lmHead) => unitsV1(v1Dims(config), lmHead),
+  gguf: {
+    unsupported: 'ChatGLM-6B (v1) cannot be written as GGUF: llama.cpp has no architecture for it (its "chatglm" architecture is ChatGLM2/ChatGLM3: RMSNorm, multi-query attention, 1-D rotary); use --to safetensors or --to onnx',
+    roleTokens: false,
+  },
 }

@@ -1,11 +1,13 @@
+import {chatglmV2Graph} from '../formats/onnx/chatglm-v2-graph.js'
+import {unitsV2} from '../quant/calibration-plan.js'
 import {CHATGLM2_6B_CHAT} from '../runtime/chat-template.js'
 import {framePromptV2, layoutV2} from '../runtime/positions.js'
 import {ChatGLM2Tokenizer} from '../runtime/tokenizer/chatglm2-6b.js'
 import {SentencePieceProcessor} from '../runtime/tokenizer/sentencepiece.js'
 import {synthChatglm2Tokenizer} from '../synth/synth-tokenizer.js'
 import {
-  addPrefixCacheSpecs, type Arch, configInt, engineInt, type EngineTensor, engineUnsupported, isChatglm3Config, type ModelConfig, ropeRatio,
-  type SynthSize, type TensorSpec, type EngineFlags,
+  addPrefixCacheSpecs, type Arch, configInt, engineInt, type EngineTensor, engineUnsupported, isChatglm3Config, type ModelConfig, type ModelDims,
+  type PrefixRules, ropeRatio, type SynthSize, type TensorSpec, type EngineFlags,
 } from './arch.js'
 import {GlmtoolError} from '../errors.js'
 
@@ -32,6 +34,49 @@ export function v2EngineFlags(config: ModelConfig, ropeBase: number): EngineFlag
   }
 }
 
+/**
+ * The sizes of the ChatGLM2-6B network (ChatGLM2-6B, ChatGLM3-6B): K/V heads are the
+ * multi-query groups (every head when multi_query_attention is false), head dim kv_channels
+ * (hidden_size / num_attention_heads when absent).
+ */
+export function v2Dims(config: ModelConfig, source = 'config.json'): ModelDims {
+  const int = (key: string, fallback?: number) => configInt(config, key, fallback, source)
+  const hidden = int('hidden_size')
+  const heads = int('num_attention_heads')
+  return {
+    layers: int('num_layers'), hidden, heads, kvHeads: config.multi_query_attention === false ? heads : int('multi_query_group_num'),
+    headDim: int('kv_channels', hidden / heads), ffn: int('ffn_hidden_size'), vocab: int('padded_vocab_size'), maxPositions: int('seq_length', 32768),
+  }
+}
+
+/** ChatGLM2-6B's P-Tuning v2 encoder: always projects (the published config's tuple), embedding kv_size wide. */
+const V2_PREFIX: PrefixRules = {kvUnit: 'groups', alwaysProjects: true, embeddingIsKvSize: true}
+
+/** Every tensor of a ChatGLM2-6B-network checkpoint of this config, with the generation's P-Tuning rules (ChatGLM2-6B, ChatGLM3-6B). */
+export function v2Tensors(config: ModelConfig, prefix: PrefixRules): Map<string, TensorSpec> {
+  const d = v2Dims(config)
+  const {hidden: H, ffn: F, layers: L, heads, headDim: D, kvHeads: G, vocab: V} = d
+  const qkv = heads * D + 2 * G * D
+  const m = new Map<string, TensorSpec>()
+  m.set('transformer.embedding.word_embeddings.weight', {shape: [V, H], init: 'normal'})
+  m.set('transformer.rotary_pos_emb.inv_freq', {shape: [D / 4], init: 'inv_freq', optional: true})
+  for (let i = 0; i < L; i++) {
+    const p = `transformer.encoder.layers.${i}.`
+    m.set(`${p}input_layernorm.weight`, {shape: [H], init: 'ones'})
+    m.set(`${p}self_attention.query_key_value.weight`, {shape: [qkv, H], init: 'normal'})
+    if (config.add_qkv_bias !== false) m.set(`${p}self_attention.query_key_value.bias`, {shape: [qkv], init: 'zeros'})
+    m.set(`${p}self_attention.dense.weight`, {shape: [H, heads * D], init: 'normal'})
+    m.set(`${p}post_attention_layernorm.weight`, {shape: [H], init: 'ones'})
+    m.set(`${p}mlp.dense_h_to_4h.weight`, {shape: [2 * F, H], init: 'normal'})
+    m.set(`${p}mlp.dense_4h_to_h.weight`, {shape: [H, F], init: 'normal'})
+  }
+  if (config.post_layer_norm !== false) m.set('transformer.encoder.final_layernorm.weight', {shape: [H], init: 'ones'})
+  m.set('transformer.output_layer.weight', {shape: [V, H], init: 'normal'})
+  // P-Tuning v2 prefix keys/values: one per multi-query group, as get_prompt views them.
+  addPrefixCacheSpecs(m, config, d, prefix)
+  return m
+}
+
 const SIZES: Record<SynthSize, {hidden: number, ffn: number, layers: number, heads: number, kv: number}> = {
   tiny: {hidden: 64, ffn: 160, layers: 2, heads: 4, kv: 16},
   small: {hidden: 512, ffn: 1712, layers: 4, heads: 8, kv: 64},
@@ -56,34 +101,7 @@ export const chatglmV2: Arch = {
     return isChatglm2Network(config) && !isChatglm3Config(config)
   },
 
-  tensors(config) {
-    const H = configInt(config, 'hidden_size')
-    const F = configInt(config, 'ffn_hidden_size')
-    const L = configInt(config, 'num_layers')
-    const heads = configInt(config, 'num_attention_heads')
-    const D = configInt(config, 'kv_channels', H / heads)
-    const G = config.multi_query_attention === false ? heads : configInt(config, 'multi_query_group_num')
-    const V = configInt(config, 'padded_vocab_size')
-    const qkv = heads * D + 2 * G * D
-    const m = new Map<string, TensorSpec>()
-    m.set('transformer.embedding.word_embeddings.weight', {shape: [V, H], init: 'normal'})
-    m.set('transformer.rotary_pos_emb.inv_freq', {shape: [D / 4], init: 'inv_freq', optional: true})
-    for (let i = 0; i < L; i++) {
-      const p = `transformer.encoder.layers.${i}.`
-      m.set(`${p}input_layernorm.weight`, {shape: [H], init: 'ones'})
-      m.set(`${p}self_attention.query_key_value.weight`, {shape: [qkv, H], init: 'normal'})
-      if (config.add_qkv_bias !== false) m.set(`${p}self_attention.query_key_value.bias`, {shape: [qkv], init: 'zeros'})
-      m.set(`${p}self_attention.dense.weight`, {shape: [H, heads * D], init: 'normal'})
-      m.set(`${p}post_attention_layernorm.weight`, {shape: [H], init: 'ones'})
-      m.set(`${p}mlp.dense_h_to_4h.weight`, {shape: [2 * F, H], init: 'normal'})
-      m.set(`${p}mlp.dense_4h_to_h.weight`, {shape: [H, F], init: 'normal'})
-    }
-    if (config.post_layer_norm !== false) m.set('transformer.encoder.final_layernorm.weight', {shape: [H], init: 'ones'})
-    m.set('transformer.output_layer.weight', {shape: [V, H], init: 'normal'})
-    // P-Tuning v2 prefix keys/values: one per multi-query group, as get_prompt views them.
-    addPrefixCacheSpecs(m, config, L, G, D, 2, H)
-    return m
-  },
+  tensors: config => v2Tensors(config, V2_PREFIX),
 
   embeddingRows(config) {
     return configInt(config, 'padded_vocab_size')
@@ -169,15 +187,7 @@ export const chatglmV2: Arch = {
     if (config.rmsnorm === false) engineUnsupported('rmsnorm false')
     if (config.apply_residual_connection_post_layernorm === true) engineUnsupported('apply_residual_connection_post_layernorm true')
     if (config.original_rope === false) engineUnsupported('original_rope false')
-    const hidden = engineInt(config, 'hidden_size')
-    const heads = engineInt(config, 'num_attention_heads')
-    return {
-      layers: engineInt(config, 'num_layers'), hidden, heads,
-      kvHeads: config.multi_query_attention === false ? heads : engineInt(config, 'multi_query_group_num'),
-      headDim: engineInt(config, 'kv_channels', hidden / heads), ffn: engineInt(config, 'ffn_hidden_size'),
-      vocab: engineInt(config, 'padded_vocab_size'), eps: Number(config.layernorm_epsilon ?? 1e-5),
-      maxPositions: engineInt(config, 'seq_length', 32768),
-    }
+    return {...v2Dims(config), eps: Number(config.layernorm_epsilon ?? 1e-5)}
   },
 
   // The published modeling_chatglm.py (chatglm.md section 4): [q heads; k groups; v groups] rows,
@@ -221,4 +231,11 @@ export const chatglmV2: Arch = {
     filePieces: pieces => !pieces.has('[gMASK]'),
   },
   synthTokenizer: () => synthChatglm2Tokenizer('THUDM/chatglm2-6b'),
+  // Network-keyed rules (issue 14): sizes, P-Tuning, LoRA, ONNX graph, calibration, GGUF.
+  dims: v2Dims,
+  prefix: V2_PREFIX,
+  loraLayerPattern: /^transformer\.encoder\.layers\.\d+\.(self_attention|mlp)\./,
+  onnxGraph: chatglmV2Graph({dims: v2Dims}),
+  calibrationUnits: (config, lmHead) => unitsV2(v2Dims(config), {qkvBias: config.add_qkv_bias !== false, finalNorm: config.post_layer_norm !== false}, lmHead),
+  gguf: {roleTokens: false},
 }

@@ -8,8 +8,8 @@ import {CHATGLM3_6B_CHAT} from '../runtime/chat-template.js'
 import {ChatGLM3Tokenizer} from '../runtime/tokenizer/chatglm3-6b.js'
 import {SentencePieceProcessor} from '../runtime/tokenizer/sentencepiece.js'
 import {synthChatglm2Tokenizer} from '../synth/synth-tokenizer.js'
-import {type Arch, isChatglm3Config, type ModelConfig, ropeRatio} from './arch.js'
-import {chatglmV2, isChatglm2Network, v2EngineFlags} from './chatglm-v2.js'
+import {type Arch, isChatglm3Config, type ModelConfig, type PrefixRules, ropeRatio} from './arch.js'
+import {chatglmV2, isChatglm2Network, v2EngineFlags, v2Tensors} from './chatglm-v2.js'
 
 /**
  * ChatGLM3-6B(-32k)'s rotary base: 10000 * config.json's rope_ratio (1 when absent), as
@@ -19,6 +19,12 @@ import {chatglmV2, isChatglm2Network, v2EngineFlags} from './chatglm-v2.js'
 function v3RopeBase(config: ModelConfig): number {
   return 10000 * ropeRatio(config)
 }
+
+/**
+ * ChatGLM3-6B's P-Tuning v2 encoder: ChatGLM2-6B's, but its configuration_chatglm.py stores
+ * prefix_projection without ChatGLM2-6B's trailing comma, so the flag is honoured.
+ */
+const V3_PREFIX: PrefixRules = {...chatglmV2.prefix, alwaysProjects: false}
 
 export const chatglm3: Arch = {
   ...chatglmV2,
@@ -64,4 +70,8 @@ export const chatglm3: Arch = {
     sharedFileDifference: 'with four role specials after the five',
   },
   synthTokenizer: () => synthChatglm2Tokenizer('THUDM/chatglm3-6b'),
+  // Network-keyed rules (issue 14): ChatGLM2-6B's, but for the prefix projection rule and the GGUF vocabulary.
+  prefix: V3_PREFIX,
+  tensors: config => v2Tensors(config, V3_PREFIX),
+  gguf: {...chatglmV2.gguf, roleTokens: true},
 }

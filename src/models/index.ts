@@ -4,7 +4,7 @@ import {chatglmV1} from './chatglm-v1.js'
 import {chatglmV2, isChatglm2Network} from './chatglm-v2.js'
 import {chatglm3} from './chatglm3.js'
 
-export type {Arch, ArchId, ChatDefaults, ModelConfig, NetworkId, SynthSize, TensorSpec} from './arch.js'
+export type {Arch, ArchId, ChatDefaults, ModelConfig, ModelDims, NetworkId, SynthSize, TensorSpec} from './arch.js'
 
 /** Every generation glmtool knows, one module each. */
 export const ARCHS: readonly Arch[] = [chatglmV1, chatglmV2, chatglm3]
@@ -23,6 +23,16 @@ export interface ArchHints {
   override?: ArchId
   /** Told what was assumed where config.json does not say. */
   onNote?: (message: string) => void
+}
+
+/**
+ * The generation a config.json names by the `_name_or_path` save_pretrained records, among those
+ * running `network` (ChatGLM2-6B and ChatGLM3-6B share one); undefined when it records no name.
+ */
+export function namedArch(network: NetworkId, config: ModelConfig): Arch | undefined {
+  if (typeof config._name_or_path !== 'string') return undefined
+  if (network === chatglmV1.network) return chatglmV1
+  return isChatglm3Config(config) ? chatglm3 : chatglmV2
 }
 
 const NETWORK_NAME: Record<NetworkId, string> = {'chatglm-6b': 'ChatGLM-6B', 'chatglm2-6b': 'ChatGLM2-6B/ChatGLM3-6B'}

@@ -3,7 +3,6 @@ import {existsSync, statSync} from 'node:fs'
 import {type FileHandle, open, readFile} from 'node:fs/promises'
 import {basename, join, resolve} from 'node:path'
 import {ModelError} from '../errors.js'
-import {configInt} from '../models/arch.js'
 import {decodeModelProto} from '../runtime/tokenizer/sentencepiece-model.js'
 import {numel} from '../formats/dtype.js'
 import {checkGgufConfig, GGUF_FILE_TYPES, type GgufFileType, ggufMetadata, ggufTensorName, ggufTensorType, ggufVocab} from '../formats/gguf/chatglm2.js'
@@ -59,11 +58,12 @@ export async function convertToGguf(opts: GgufConvertOptions): Promise<GgufConve
     if (!model.dir || !model.arch || !model.config) {
       throw new ModelError(`${opts.input}: convert needs a model directory with config.json, not a single file`, 'not-a-model-dir')
     }
-    if (model.arch.network === 'chatglm-6b') {
-      throw new ModelError(`${opts.input}: ChatGLM-6B (v1) cannot be written as GGUF: llama.cpp has no architecture for it (its "chatglm" architecture is ChatGLM2/ChatGLM3: RMSNorm, multi-query attention, 1-D rotary); use --to safetensors or --to onnx`, 'gguf-unsupported')
-    }
+    const {gguf} = model.arch
+    if (gguf.unsupported !== undefined) throw new ModelError(`${opts.input}: ${gguf.unsupported}`, 'gguf-unsupported')
     const config = model.config
-    checkGgufConfig(config, join(model.dir, 'config.json'))
+    const configPath = join(model.dir, 'config.json')
+    const dims = model.arch.dims(config, configPath)
+    checkGgufConfig(config, dims, configPath)
     const check = checkTensors(model.arch, config, model.tensors)
     assertComplete(model.arch, check, opts.input)
     for (const w of model.warnings) opts.onWarning?.(w)
@@ -93,10 +93,10 @@ export async function convertToGguf(opts: GgufConvertOptions): Promise<GgufConve
     } catch (error) {
       throw new ModelError(`${spPath}: cannot read the tokenizer (${(error as NodeJS.ErrnoException).code ?? (error as Error).message}); a GGUF carries its vocabulary`, 'missing-file')
     }
-    const vocab = ggufVocab(decodeModelProto(spBytes, spPath), configInt(config, 'padded_vocab_size'), model.arch.id === 'chatglm3-6b', spPath)
+    const vocab = ggufVocab(decodeModelProto(spBytes, spPath), dims.vocab, gguf.roleTokens, spPath)
     const chatTemplate = await readChatTemplate(join(model.dir, 'tokenizer_config.json'))
     const name = basename(resolve(model.dir))
-    const metadata = ggufMetadata({config, name, fileType: opts.type, parameters, vocab, chatTemplate})
+    const metadata = ggufMetadata({config, dims, name, fileType: opts.type, parameters, vocab, chatTemplate})
     const total = plans.reduce((a, p) => a + ggmlByteSize(p.type, p.dims), 0)
     opts.onStart?.(total)
     const tensorTypes: Partial<Record<GgmlType, number>> = {}

@@ -1,7 +1,7 @@
 import {readdir, readFile, stat, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 import {GlmtoolError, ModelError, withPath} from '../errors.js'
-import type {Arch, ArchId, ModelConfig, NetworkId} from '../models/index.js'
+import type {Arch, ArchId, ModelConfig} from '../models/index.js'
 import {isQuantizedWeight, type QuantLayout, quantLayoutOf, scaleNameOf} from '../models/quantized-layout.js'
 import {VERSION} from '../version.js'
 import {byteLength, type DType, isFloat, numel} from '../formats/dtype.js'
@@ -12,18 +12,15 @@ import {checkpoint, claimOutput, openClaimed} from './output-dir.js'
 import {writeSafetensorsFile} from '../formats/safetensors-writer.js'
 import type {TensorEntry} from '../formats/tensor.js'
 import {type ChatglmOnnxGraph, decoderIO, type DecoderDims, type DecoderIO, type GraphContext, type GraphPart, linear, MASKED, partIO, type TensorIO} from '../formats/onnx/chatglm-graph.js'
-import {chatglmV1Graph} from '../formats/onnx/chatglm-v1-graph.js'
-import {chatglmV2Graph} from '../formats/onnx/chatglm-v2-graph.js'
 import {ExternalDataWriter, externalRangeOf} from '../formats/onnx/external-data.js'
 import {decodeModel, DEFAULT_OPSET, ELEM, type ElemType, elemTypeOf, GraphBuilder, IR_VERSION, MS_DOMAIN, MS_OPSET} from '../formats/onnx/onnx-builder.js'
 import {dequantEmbedding, matMulNBitsB, matMulNBitsScales, nbitsDims} from '../formats/onnx/quantized-weights.js'
 
 export {ONNX_DATA_FILE, ONNX_MANIFEST_FILE, ONNX_MODEL_FILE} from './model-output.js'
 
-const GRAPHS: Record<NetworkId, ChatglmOnnxGraph> = {'chatglm-6b': chatglmV1Graph, 'chatglm2-6b': chatglmV2Graph}
-
+/** The generation's ONNX decoder graph (its module wires it: Arch.onnxGraph). */
 export function onnxGraphFor(arch: Arch): ChatglmOnnxGraph {
-  return GRAPHS[arch.network]
+  return arch.onnxGraph
 }
 
 /**

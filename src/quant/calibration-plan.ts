@@ -1,5 +1,5 @@
-import type {Arch, ModelConfig, NetworkId} from '../models/index.js'
-import {configInt} from '../models/arch.js'
+import type {Arch, ModelConfig} from '../models/index.js'
+import type {ModelDims} from '../models/arch.js'
 
 /**
  * Where each quantized linear's activation-aware input scaling (AWQ, calibrate.ts) can be folded
@@ -24,6 +24,9 @@ import {configInt} from '../models/arch.js'
  *
  * Linears are listed in the order they must be calibrated: a linear whose scaling is folded into
  * another linear comes first, so the other is quantized after the fold.
+ *
+ * The generation modules (src/models, Arch.calibrationUnits) call unitsV1 / unitsV2 with the
+ * sizes their config parser read; nothing here reads config.json.
  */
 
 export type Fold =
@@ -54,16 +57,15 @@ function valueRowsV2(heads: number, groups: number, headDim: number): Int32Array
   return Int32Array.from({length: heads * headDim}, (_, c) => vStart + Math.floor(Math.floor(c / headDim) / (heads / groups)) * headDim + (c % headDim))
 }
 
-function unitsV1(config: ModelConfig, lmHead: boolean): CalibrationUnit[] {
-  const L = configInt(config, 'num_layers')
-  const H = configInt(config, 'hidden_size')
-  const heads = configInt(config, 'num_attention_heads')
+/** ChatGLM-6B's units (post-DeepNorm: only the attention output folds). */
+export function unitsV1(d: Pick<ModelDims, 'layers' | 'heads' | 'headDim'>, lmHead: boolean): CalibrationUnit[] {
+  const {layers: L, heads, headDim} = d
   const deepNorm = 'ChatGLM-6B takes the residual from the LayerNorm output (post-DeepNorm), so the norm cannot absorb a scale'
   const units: CalibrationUnit[] = []
   for (let i = 0; i < L; i++) {
     const p = `transformer.layers.${i}.`
     units.push({linears: [
-      {weight: `${p}attention.dense.weight`, fold: {kind: 'rows', weight: `${p}attention.query_key_value.weight`, bias: `${p}attention.query_key_value.bias`, rowOf: valueRowsV1(heads, H / heads)}},
+      {weight: `${p}attention.dense.weight`, fold: {kind: 'rows', weight: `${p}attention.query_key_value.weight`, bias: `${p}attention.query_key_value.bias`, rowOf: valueRowsV1(heads, headDim)}},
       {weight: `${p}attention.query_key_value.weight`, fold: {kind: 'none', why: deepNorm}},
       {weight: `${p}mlp.dense_4h_to_h.weight`, fold: {kind: 'none', why: 'its input comes out of GELU'}},
       {weight: `${p}mlp.dense_h_to_4h.weight`, fold: {kind: 'none', why: deepNorm}},
@@ -73,14 +75,13 @@ function unitsV1(config: ModelConfig, lmHead: boolean): CalibrationUnit[] {
   return units
 }
 
-function unitsV2(config: ModelConfig, lmHead: boolean): CalibrationUnit[] {
-  const L = configInt(config, 'num_layers')
-  const H = configInt(config, 'hidden_size')
-  const F = configInt(config, 'ffn_hidden_size')
-  const heads = configInt(config, 'num_attention_heads')
-  const D = configInt(config, 'kv_channels', H / heads)
-  const G = config.multi_query_attention === false ? heads : configInt(config, 'multi_query_group_num')
-  const qkvBias = config.add_qkv_bias !== false
+/**
+ * The ChatGLM2-6B network's units; `qkvBias` (config.json add_qkv_bias) and `finalNorm`
+ * (post_layer_norm) say whether those tensors exist.
+ */
+export function unitsV2(d: Pick<ModelDims, 'layers' | 'heads' | 'kvHeads' | 'headDim' | 'ffn'>, opts: {qkvBias: boolean, finalNorm: boolean}, lmHead: boolean): CalibrationUnit[] {
+  const {layers: L, heads, kvHeads: G, headDim: D, ffn: F} = d
+  const {qkvBias} = opts
   const units: CalibrationUnit[] = []
   for (let i = 0; i < L; i++) {
     const p = `transformer.encoder.layers.${i}.`
@@ -93,7 +94,7 @@ function unitsV2(config: ModelConfig, lmHead: boolean): CalibrationUnit[] {
     ]})
   }
   if (lmHead) {
-    const fold: Fold = config.post_layer_norm === false
+    const fold: Fold = !opts.finalNorm
       ? {kind: 'none', why: 'the model has no final norm'}
       : {kind: 'norm', weight: 'transformer.encoder.final_layernorm.weight'}
     units.push({linears: [{weight: 'transformer.output_layer.weight', fold}]})
@@ -101,14 +102,9 @@ function unitsV2(config: ModelConfig, lmHead: boolean): CalibrationUnit[] {
   return units
 }
 
-const PLANS: Record<NetworkId, (config: ModelConfig, lmHead: boolean) => CalibrationUnit[]> = {
-  'chatglm-6b': unitsV1,
-  'chatglm2-6b': unitsV2,
-}
-
-/** The calibration units of a model: its layers' four linears, and the output layer when quantized. */
+/** The calibration units of a model: its layers' four linears, and the output layer when quantized (the generation module's Arch.calibrationUnits). */
 export function calibrationUnits(arch: Arch, config: ModelConfig, lmHead: boolean): CalibrationUnit[] {
-  return PLANS[arch.network](config, lmHead)
+  return arch.calibrationUnits(config, lmHead)
 }
 
 /**

@@ -55,8 +55,6 @@ export function streamInputs(tokenizer: ChatTokenizer, sequences: readonly numbe
   return sequences.map(ids => ({ids, ...promptLayout(tokenizer, ids)}))
 }
 
-const HEAD_WEIGHT: Record<string, string> = {'chatglm-6b': 'lm_head.weight', 'chatglm2-6b': 'transformer.output_layer.weight'}
-
 export async function runStreamed(model: ModelSource, inputs: readonly StreamInput[], opts: StreamedOptions): Promise<void> {
   if (!model.arch || !model.config) throw new ModelError(`${model.path}: a streamed run needs a model directory with config.json`, 'not-a-model-dir')
   const graph = onnxGraphFor(model.arch)
@@ -109,7 +107,7 @@ export async function runStreamed(model: ModelSource, inputs: readonly StreamInp
     })
     if (part.kind === 'layer' && part.index === d.layers - 1 && opts.onLinearInput) {
       // The output layer's input: the final hidden state (the head gathers every row).
-      for (const st of state) opts.onLinearInput(HEAD_WEIGHT[model.arch.id], st[0], d.hidden)
+      for (const st of state) opts.onLinearInput(model.arch.quantizable.lmHead, st[0], d.hidden)
     }
   }
 }

@@ -6,7 +6,7 @@
  */
 import {existsSync} from 'node:fs'
 import {join} from 'node:path'
-import type {Arch, ModelConfig} from '../../models/index.js'
+import {type Arch, ARCHS, type ModelConfig} from '../../models/index.js'
 import {DTYPE_SIZE, type DType, isFloat} from '../dtype.js'
 import {decodeFloats, encodeFloats} from '../dtype-convert.js'
 import {DEFAULT_CHUNK_BYTES, readTensor, type TensorEntry} from '../tensor.js'
@@ -148,12 +148,6 @@ export async function openLoraAdapter(dir: string, file?: string): Promise<LoraA
   }
 }
 
-/** Module paths of each network's layers, to say "this adapter is for the other one". */
-const GENERATION_LAYOUT: {arch: string, re: RegExp}[] = [
-  {arch: 'chatglm-6b', re: /^transformer\.layers\.\d+\.(attention|mlp)\./},
-  {arch: 'chatglm2-6b', re: /^transformer\.encoder\.layers\.\d+\.(self_attention|mlp)\./},
-]
-
 /** Does a module path match a target_modules list, the way PEFT matches it (the name, or a `.name` suffix)? */
 function matchesTarget(module: string, targets: readonly string[]): boolean {
   return targets.some(t => module === t || module.endsWith(`.${t}`))
@@ -209,18 +203,18 @@ export async function planLora(adapter: LoraAdapter, arch: Arch, baseConfig: Mod
       }
     }
   }
-  const H = typeof baseConfig.hidden_size === 'number' ? baseConfig.hidden_size : undefined
+  const {hidden: H, layers} = arch.dims(baseConfig)
   const linearSet = new Set(linear)
   const weights = new Map<string, LoraWeightPlan>()
   for (const m of adapter.modules.values()) {
     if (!linearSet.has(m.module)) {
-      const other = GENERATION_LAYOUT.find(g => g.arch !== arch.network && g.re.test(m.module))
+      // The module paths of another network's layers: "this adapter is for the other one".
+      const other = ARCHS.find(a => a.network !== arch.network && a.loraLayerPattern.test(m.module))
       if (other) {
-        throw new AdapterError('generation', `${src}: adapter was made for ${other.arch} (it adapts ${m.module}); the base model is ${arch.id}${cfg.baseModel ? ` (adapter_config.json names ${cfg.baseModel})` : ''}`)
+        throw new AdapterError('generation', `${src}: adapter was made for ${other.network} (it adapts ${m.module}); the base model is ${arch.id}${cfg.baseModel ? ` (adapter_config.json names ${cfg.baseModel})` : ''}`)
       }
       const layer = /\.layers\.(\d+)\./.exec(m.module)
-      const layers = baseConfig.num_layers
-      const hint = layer && typeof layers === 'number' && Number(layer[1]) >= layers ? ` (the base has ${layers} layers)` : ''
+      const hint = layer && Number(layer[1]) >= layers ? ` (the base has ${layers} layers)` : ''
       throw new AdapterError('target', `${src}: adapter adapts ${m.module}, which is not a linear layer of the base ${arch.id} model${hint}`)
     }
     if (typeof cfg.targetModules !== 'string' && !matchesTarget(m.module, cfg.targetModules)) {

@@ -11,7 +11,7 @@
  *
  * Whether the encoder projects follows the published code, not only the flag: ChatGLM2-6B's
  * configuration_chatglm.py stores prefix_projection as a one-element tuple, always true, so the
- * published v2 model always builds and applies trans.* (publishedPrefixProjection). A v2
+ * published v2 model always builds and applies trans.* (the module's prefix.alwaysProjects). A v2
  * checkpoint without trans.* does not load there (load_state_dict: missing trans.0.weight ...),
  * so merge-adapter refuses it rather than guess; ChatGLM3-6B's configuration honours the flag.
  *
@@ -22,8 +22,8 @@
  */
 import {existsSync} from 'node:fs'
 import {join} from 'node:path'
-import {isChatglm3Config, prefixCacheName, PREFIX_CACHE_MARKER, prefixProjectionFlag} from '../../models/arch.js'
-import {type Arch, detectArch, type ModelConfig} from '../../models/index.js'
+import {prefixCacheName, PREFIX_CACHE_MARKER, prefixProjectionFlag} from '../../models/arch.js'
+import {type Arch, detectArch, type ModelConfig, namedArch} from '../../models/index.js'
 import {isFloat} from '../dtype.js'
 import {decodeFloats, encodeFloats} from '../dtype-convert.js'
 import {openModel} from '../../pipelines/model-dir.js'
@@ -56,18 +56,9 @@ export interface KvGeometry {
   readonly headDim: number
 }
 
-/** v1 caches every attention head (H/heads wide); v2 one entry per multi-query group (kv_channels wide). */
+/** The base's KV cache layout, from its module's config parser (v1: every attention head; v2: one entry per multi-query group). */
 export function kvGeometry(arch: Arch, config: ModelConfig): KvGeometry {
-  const num = (k: string) => {
-    const v = config[k]
-    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) throw new AdapterError('bad-config', `config.json: ${k} must be a positive integer (got ${JSON.stringify(v)})`)
-    return v
-  }
-  const layers = num('num_layers')
-  const heads = num('num_attention_heads')
-  if (arch.generation === 1) return {layers, kvHeads: heads, headDim: num('hidden_size') / heads}
-  const kvHeads = config.multi_query_attention === false ? heads : num('multi_query_group_num')
-  const headDim = config.kv_channels === undefined ? num('hidden_size') / heads : num('kv_channels')
+  const {layers, kvHeads, headDim} = arch.dims(config)
   return {layers, kvHeads, headDim}
 }
 
@@ -161,29 +152,29 @@ export async function computePrefixCache(ck: PrefixCheckpoint, arch: Arch, baseC
   }
   const P = ck.preSeqLen
   const n = g.layers * 2 * g.kvHeads * g.headDim
-  const need = `${g.layers} layers x 2 x ${g.kvHeads} ${arch.generation === 1 ? 'heads' : 'groups'} x ${g.headDim} = ${n}`
+  const need = `${g.layers} layers x 2 x ${g.kvHeads} ${arch.prefix.kvUnit} x ${g.headDim} = ${n}`
   const emb = ck.tensors.get('embedding.weight')!
   if (emb.shape.length !== 2 || emb.shape[0] !== P) {
     throw new AdapterError('shape', `${file}: ${ENC}embedding.weight is [${emb.shape}], but config.json says pre_seq_len ${P}`)
   }
   const E = emb.shape[1]
-  // ChatGLM2-6B or ChatGLM3-6B (the same tensors; their published configs read the flag
-  // differently): the checkpoint's _name_or_path, else the base's. The base's code is what loads
-  // the merged model, so the two must agree where both say.
-  const named = (c: ModelConfig) => (typeof c._name_or_path === 'string' ? isChatglm3Config(c) : undefined)
-  const ck3 = named(ck.config)
-  const base3 = named(baseConfig)
-  if (arch.generation === 2 && ck3 !== undefined && base3 !== undefined && ck3 !== base3) {
-    const which = (v3: boolean) => (v3 ? 'ChatGLM3-6B' : 'ChatGLM2-6B')
-    throw new AdapterError('generation', `${ck.dir}: P-Tuning checkpoint was trained on ${which(ck3)} (its config.json _name_or_path ${JSON.stringify(ck.config._name_or_path)}); the base model is ${which(base3)} (${JSON.stringify(baseConfig._name_or_path)})`)
+  // Which published model loads the merged output (ChatGLM2-6B and ChatGLM3-6B have the same
+  // tensors; their configs read the flag differently): the generation the checkpoint's
+  // _name_or_path names, else the base's, else the base's module. The base's code is what loads
+  // the merged model, so the two names must agree where both say.
+  const ckNamed = namedArch(arch.network, ck.config)
+  const baseNamed = namedArch(arch.network, baseConfig)
+  if (ckNamed && baseNamed && ckNamed !== baseNamed) {
+    throw new AdapterError('generation', `${ck.dir}: P-Tuning checkpoint was trained on ${ckNamed.displayName} (its config.json _name_or_path ${JSON.stringify(ck.config._name_or_path)}); the base model is ${baseNamed.displayName} (${JSON.stringify(baseConfig._name_or_path)})`)
   }
-  const chatglm3 = ck3 ?? base3 ?? false
-  const projects = arch.generation === 1 || chatglm3 ? ck.projection : true // ChatGLM2-6B's tuple (publishedPrefixProjection)
+  const published = ckNamed ?? baseNamed ?? arch
+  const rules = published.prefix
+  const projects = rules.alwaysProjects || ck.projection
   const hasTrans = ck.tensors.has('trans.0.weight')
   // v2's embedding is n wide whether it projects or not: a wrong width says more than "no trans.*".
-  if (arch.generation === 2 && E !== n) throw new AdapterError('shape', `${file}: ${ENC}embedding.weight is [${emb.shape}]; the base ${arch.id} needs [${P}, ${n}] (${need})`)
+  if (rules.embeddingIsKvSize && E !== n) throw new AdapterError('shape', `${file}: ${ENC}embedding.weight is [${emb.shape}]; the base ${arch.id} needs [${P}, ${n}] (${need})`)
   if (projects && !ck.projection && !hasTrans) {
-    throw new AdapterError('unloadable', `${file}: no ${ENC}trans.* (config.json prefix_projection ${JSON.stringify(ck.config.prefix_projection ?? false)}); the published ChatGLM2-6B config stores prefix_projection as a tuple, always true, so its model always builds the projection MLP and cannot load this checkpoint (a ChatGLM3-6B checkpoint names chatglm3 in config.json's _name_or_path)`)
+    throw new AdapterError('unloadable', `${file}: no ${ENC}trans.* (config.json prefix_projection ${JSON.stringify(ck.config.prefix_projection ?? false)}); the published ${published.displayName} config stores prefix_projection as a tuple, always true, so its model always builds the projection MLP and cannot load this checkpoint (a ChatGLM3-6B checkpoint names chatglm3 in config.json's _name_or_path)`)
   }
   const tensor = (name: string) => {
     const t = ck.tensors.get(name)
@@ -208,7 +199,7 @@ export async function computePrefixCache(ck: PrefixCheckpoint, arch: Arch, baseC
     }
   } else {
     if (E !== n) throw new AdapterError('shape', `${file}: ${ENC}embedding.weight is [${emb.shape}]; the base ${arch.id} needs [${P}, ${n}] (${need})`)
-    if (hasTrans) warnings.push(`${file}: has prefix_encoder.trans.* but config.json says prefix_projection false; they are ignored, as the published ${chatglm3 ? 'ChatGLM3-6B' : arch.id} model (which builds no projection then) ignores them`)
+    if (hasTrans) warnings.push(`${file}: has prefix_encoder.trans.* but config.json says prefix_projection false; they are ignored, as the published ${published.displayName} model (which builds no projection then) ignores them`)
   }
   const embedding = await floats(emb, file)
   const {values} = runPrefixEncoder({preSeqLen: P, embedding, embeddingWidth: E, projection})
@@ -228,7 +219,7 @@ export async function computePrefixCache(ck: PrefixCheckpoint, arch: Arch, baseC
   // own embedding and trans.*, and the published model computes from them what it computes from
   // the checkpoint.
   const f32 = (name: string, shape: readonly number[], v: Float32Array) => memoryTensor(`${ENC}${name}`, 'F32', shape, bytes(v))
-  const keepsProjection = projection !== undefined && arch.generation === 2 && !chatglm3
+  const keepsProjection = projection !== undefined && rules.alwaysProjects
   const encoderTensors = keepsProjection && projection
     ? [
         f32('embedding.weight', emb.shape, embedding),

@@ -5,7 +5,7 @@
  * and the SentencePiece vocabulary in llama.cpp's "llama" (SPM) tokenizer form.
  */
 import {ModelError} from '../../errors.js'
-import {configInt, type ModelConfig} from '../../models/arch.js'
+import {configInt, type ModelConfig, type ModelDims} from '../../models/arch.js'
 import {PieceType, type SentencePieceModel} from '../../runtime/tokenizer/sentencepiece-model.js'
 import {V2_SPECIAL_NAMES} from '../../runtime/tokenizer/chatglm2-6b.js'
 import type {GgmlType, GgufValue} from './gguf-writer.js'
@@ -59,11 +59,9 @@ export function ggufTensorType(ggufName: string, torchShape: readonly number[], 
   return t
 }
 
-/** Refuse configs that llama.cpp's chatglm graph cannot express, naming the key. */
-export function checkGgufConfig(config: ModelConfig, source: string): void {
-  const H = configInt(config, 'hidden_size')
-  const heads = configInt(config, 'num_attention_heads')
-  const D = configInt(config, 'kv_channels', H / heads)
+/** Refuse configs that llama.cpp's chatglm graph cannot express, naming the key (`dims`: the generation module's Arch.dims of `config`). */
+export function checkGgufConfig(config: ModelConfig, dims: ModelDims, source: string): void {
+  const {hidden: H, heads, headDim: D} = dims
   const refuse = (why: string) => {
     throw new ModelError(`${source}: cannot write GGUF: ${why}`, 'gguf-unsupported')
   }
@@ -93,14 +91,14 @@ export interface GgufVocab {
 /**
  * The vocabulary as the converter's set_vocab_chatglm3 writes it, padded to padded_vocab_size:
  * SentencePiece pieces with their scores and types (ids 0, 1, 2 spelled <unk>, <bos>, <eos>),
- * then [MASK] [gMASK] [sMASK] sop eop as CONTROL (and ChatGLM3's role tokens), then
+ * then [MASK] [gMASK] [sMASK] sop eop as CONTROL (and, with `roleTokens`, ChatGLM3's role tokens: the module's gguf.roleTokens), then
  * [PAD<id>] UNUSED up to the embedding's rows. Token types are SentencePiece's (1 normal,
  * 2 unknown, 3 control, 5 unused, 6 byte; user-defined pieces inside the SentencePiece model
  * count as normal, as the converter tests only the other four).
  */
-export function ggufVocab(sp: SentencePieceModel, vocabSize: number, chatglm3: boolean, source: string): GgufVocab {
+export function ggufVocab(sp: SentencePieceModel, vocabSize: number, roleTokens: boolean, source: string): GgufVocab {
   const n = sp.pieces.length
-  const specials = [...V2_SPECIAL_NAMES, ...(chatglm3 ? CHATGLM3_ROLE_TOKENS : [])]
+  const specials = [...V2_SPECIAL_NAMES, ...(roleTokens ? CHATGLM3_ROLE_TOKENS : [])]
   if (n + specials.length > vocabSize) {
     throw new ModelError(`${source}: ${n} pieces and ${specials.length} specials do not fit padded_vocab_size ${vocabSize}`, 'gguf-vocab')
   }
@@ -125,6 +123,8 @@ export function ggufVocab(sp: SentencePieceModel, vocabSize: number, chatglm3: b
 
 export interface GgufMetadataInput {
   config: ModelConfig
+  /** The generation module's Arch.dims of `config`. */
+  dims: ModelDims
   name: string
   fileType: GgufFileType
   parameters: number
@@ -135,9 +135,7 @@ export interface GgufMetadataInput {
 /** The metadata, in the order the converter writes it. */
 export function ggufMetadata(m: GgufMetadataInput): Map<string, GgufValue> {
   const c = m.config
-  const H = configInt(c, 'hidden_size')
-  const heads = configInt(c, 'num_attention_heads')
-  const kv = c.multi_query_attention === false ? heads : configInt(c, 'multi_query_group_num')
+  const {hidden: H, heads, kvHeads: kv, ffn, layers} = m.dims
   const a = GGUF_ARCH
   const u32 = (value: number): GgufValue => ({type: 'u32', value})
   const f32 = (value: number): GgufValue => ({type: 'f32', value})
@@ -147,10 +145,11 @@ export function ggufMetadata(m: GgufMetadataInput): Map<string, GgufValue> {
   md.set('general.type', str('model'))
   md.set('general.name', str(m.name))
   md.set('general.size_label', str(sizeLabel(m.parameters)))
+  // The converter's hparams.get("seq_length", n_embed): hidden_size when absent, not the model's default.
   md.set(`${a}.context_length`, u32(configInt(c, 'seq_length', H)))
   md.set(`${a}.embedding_length`, u32(H))
-  md.set(`${a}.feed_forward_length`, u32(configInt(c, 'ffn_hidden_size', 4 * H)))
-  md.set(`${a}.block_count`, u32(configInt(c, 'num_layers')))
+  md.set(`${a}.feed_forward_length`, u32(ffn))
+  md.set(`${a}.block_count`, u32(layers))
   md.set(`${a}.attention.head_count`, u32(heads))
   md.set(`${a}.attention.head_count_kv`, u32(kv))
   md.set(`${a}.attention.layer_norm_rms_epsilon`, f32(typeof c.layernorm_epsilon === 'number' ? c.layernorm_epsilon : 1e-5))

@@ -1,4 +1,3 @@
-import {GlmtoolError} from '../../errors.js'
 import {decodeFloats, toFloat16Bits} from '../dtype-convert.js'
 import type {ArchId, ModelConfig} from '../../models/index.js'
 import {type Dim, ELEM, type ElemType, float, type GraphBuilder} from './onnx-builder.js'
@@ -222,15 +221,6 @@ export function rotaryTables(rows: number, rotaryDim: number, opts: {thetaAsFloa
     }
   }
   return {cos, sin}
-}
-
-/** A positive integer from config.json or a clear error. */
-export function need(config: ModelConfig, key: string, fallback?: number): number {
-  const v = config[key] ?? fallback
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) {
-    throw new GlmtoolError('bad-config', `config.json: ${key} must be a positive integer for ONNX export (got ${JSON.stringify(config[key])})`)
-  }
-  return v
 }
 
 function float16Round(x: number): number {

@@ -1,15 +1,23 @@
 import {GlmtoolError} from '../../errors.js'
-import {V1_DEEPNORM_ALPHA} from '../../models/chatglm-v1.js'
+import type {ModelConfig, ModelDims} from '../../models/arch.js'
 import {
   type ChatglmOnnxGraph, declareInputs, declareOutputs, declarePartInputs, declarePartOutputs, type DecoderDims, embedTokens, eps,
-  type GraphContext, type GraphPart, logitsHead, need, partIO, rotaryTables,
+  type GraphContext, type GraphPart, logitsHead, partIO, rotaryTables,
 } from './chatglm-graph.js'
 import {type GraphBuilder, MS_DOMAIN} from './onnx-builder.js'
+
+/** What the ChatGLM-6B graph takes from its generation module (src/models/chatglm-v1.ts wires it). */
+export interface V1GraphModule {
+  /** The generation's config parser (Arch.dims). */
+  dims(config: ModelConfig): ModelDims
+  /** GLMBlock's DeepNorm alpha. */
+  readonly deepnormAlpha: number
+}
 
 /**
  * ChatGLM-6B (GLM: 2D rotary, post-DeepNorm) as one ONNX decoder graph (docs/chatglm.md section 3).
  *
- * Per layer, alpha = sqrt(2 * 28) whatever the depth (V1_DEEPNORM_ALPHA: the published get_layer()
+ * Per layer, alpha = sqrt(2 * 28) whatever the depth (the module's V1_DEEPNORM_ALPHA: the published get_layer()
  * never passes num_layers to GLMBlock, whose default is 28):
  *   x_ln = LN(x); h = x_ln * alpha + Attn(x_ln); h_ln = LN(h); x' = h_ln * alpha + MLP(h_ln)
  * The residual is the *normed* input, so each LN takes (branch output, alpha * previous LN
@@ -33,70 +41,64 @@ import {type GraphBuilder, MS_DOMAIN} from './onnx-builder.js'
  * GeLU is the tanh form: FastGelu (0.5x(1+tanh(0.7978845608(x+0.044715x^3)))) with the
  * dense_h_to_4h bias as its bias input.
  */
-export const chatglmV1Graph: ChatglmOnnxGraph = {
-  arch: 'chatglm-6b',
-  description: 'ChatGLM-6B decoder: LayerNorm/SkipLayerNormalization (DeepNorm alpha on the normed residual), per-head QKV, 2D rotary via two half-head RotaryEmbedding, MultiHeadAttention with additive bias and KV cache, FastGelu MLP',
-  ops: {
-    'first LayerNorm': 'LayerNormalization (opset 17): no residual yet',
-    'later LayerNorms': 'com.microsoft.SkipLayerNormalization: LN(branch + alpha*x_ln + dense bias) in one kernel',
-    rotary: 'com.microsoft.RotaryEmbedding (interleaved=0) on half-heads of D/2: first halves by position_id, second by block_position_id',
-    attention: 'com.microsoft.MultiHeadAttention: attention_bias [1,1,S,T], past/present key/value [1,heads,P,D]',
-    gelu: 'com.microsoft.FastGelu (tanh form) with the dense_h_to_4h bias',
-    linear: 'Gemm transB=1 on the [out, in] weights (no transposed copy); com.microsoft.MatMulNBits on weight-quantized ones',
-  },
+export function chatglmV1Graph(m: V1GraphModule): ChatglmOnnxGraph {
+  const alpha = m.deepnormAlpha
+  return {
+    arch: 'chatglm-6b',
+    description: 'ChatGLM-6B decoder: LayerNorm/SkipLayerNormalization (DeepNorm alpha on the normed residual), per-head QKV, 2D rotary via two half-head RotaryEmbedding, MultiHeadAttention with additive bias and KV cache, FastGelu MLP',
+    ops: {
+      'first LayerNorm': 'LayerNormalization (opset 17): no residual yet',
+      'later LayerNorms': 'com.microsoft.SkipLayerNormalization: LN(branch + alpha*x_ln + dense bias) in one kernel',
+      rotary: 'com.microsoft.RotaryEmbedding (interleaved=0) on half-heads of D/2: first halves by position_id, second by block_position_id',
+      attention: 'com.microsoft.MultiHeadAttention: attention_bias [1,1,S,T], past/present key/value [1,heads,P,D]',
+      gelu: 'com.microsoft.FastGelu (tanh form) with the dense_h_to_4h bias',
+      linear: 'Gemm transB=1 on the [out, in] weights (no transposed copy); com.microsoft.MatMulNBits on weight-quantized ones',
+    },
 
-  dims(config) {
-    if (config.position_encoding_2d === false) {
-      throw new GlmtoolError('onnx-unsupported', 'config.json: position_encoding_2d false is not a ChatGLM-6B layout glmtool exports')
-    }
-    const hidden = need(config, 'hidden_size')
-    const heads = need(config, 'num_attention_heads')
-    const headDim = hidden / heads
-    if (!Number.isInteger(headDim) || headDim % 4 !== 0) {
-      throw new GlmtoolError('bad-config', `config.json: hidden_size ${hidden} / num_attention_heads ${heads} must be a multiple of 4 for 2D rotary`)
-    }
-    return {
-      arch: 'chatglm-6b',
-      layers: need(config, 'num_layers'),
-      hidden, heads, kvHeads: heads, headDim,
-      vocab: need(config, 'vocab_size'),
-      maxPositions: need(config, 'max_sequence_length', 2048),
-      positionRows: 2,
-    }
-  },
+    dims(config) {
+      if (config.position_encoding_2d === false) {
+        throw new GlmtoolError('onnx-unsupported', 'config.json: position_encoding_2d false is not a ChatGLM-6B layout glmtool exports')
+      }
+      const {layers, hidden, heads, kvHeads, headDim, vocab, maxPositions} = m.dims(config)
+      if (headDim % 4 !== 0) {
+        throw new GlmtoolError('bad-config', `config.json: hidden_size ${hidden} / num_attention_heads ${heads} must be a multiple of 4 for 2D rotary`)
+      }
+      return {arch: 'chatglm-6b', layers, hidden, heads, kvHeads, headDim, vocab, maxPositions, positionRows: 2}
+    },
 
-  boundary: ['hidden'],
+    boundary: ['hidden'],
 
-  build(b: GraphBuilder, ctx, d: DecoderDims) {
-    const io = declareInputs(b, d)
-    let xln = b.scope('embedding', () => embedding(b, ctx, io.inputIds))
-    const shared = sharedInputs(b, ctx, d, io.positionIds, io.attentionBias)
-    const presentKey: string[] = []
-    const presentValue: string[] = []
-    for (let i = 0; i < d.layers; i++) {
-      const r = b.scope(`layers.${i}`, () => layer(b, ctx, d, i, xln, shared, io.pastKey[i], io.pastValue[i]))
-      xln = r.xln
-      presentKey.push(r.presentKey)
-      presentValue.push(r.presentValue)
-    }
-    const logits = b.scope('lm_head', () => logitsHead(b, ctx, xln, io.logitsIndex, 'lm_head.weight'))
-    declareOutputs(b, d, logits, presentKey, presentValue)
-  },
+    build(b: GraphBuilder, ctx, d: DecoderDims) {
+      const io = declareInputs(b, d)
+      let xln = b.scope('embedding', () => embedding(b, ctx, io.inputIds))
+      const shared = sharedInputs(b, ctx, d, io.positionIds, io.attentionBias)
+      const presentKey: string[] = []
+      const presentValue: string[] = []
+      for (let i = 0; i < d.layers; i++) {
+        const r = b.scope(`layers.${i}`, () => layer(b, ctx, d, alpha, i, xln, shared, io.pastKey[i], io.pastValue[i]))
+        xln = r.xln
+        presentKey.push(r.presentKey)
+        presentValue.push(r.presentValue)
+      }
+      const logits = b.scope('lm_head', () => logitsHead(b, ctx, xln, io.logitsIndex, 'lm_head.weight'))
+      declareOutputs(b, d, logits, presentKey, presentValue)
+    },
 
-  buildPart(b: GraphBuilder, ctx, d: DecoderDims, part: GraphPart) {
-    const io = partIO(d, part, this.boundary)
-    const inputs = declarePartInputs(b, io)
-    if (part.kind === 'embedding') {
-      declarePartOutputs(b, io, [b.scope('embedding', () => embedding(b, ctx, inputs[0]))])
-    } else if (part.kind === 'head') {
-      declarePartOutputs(b, io, [b.scope('lm_head', () => logitsHead(b, ctx, inputs[0], inputs[1], 'lm_head.weight'))])
-    } else {
-      const [xln, positionIds, attentionBias, pastKey, pastValue] = inputs
-      const shared = sharedInputs(b, ctx, d, positionIds, attentionBias)
-      const r = b.scope(`layers.${part.index}`, () => layer(b, ctx, d, part.index, xln, shared, pastKey, pastValue))
-      declarePartOutputs(b, io, [r.xln, r.presentKey, r.presentValue])
-    }
-  },
+    buildPart(b: GraphBuilder, ctx, d: DecoderDims, part: GraphPart) {
+      const io = partIO(d, part, this.boundary)
+      const inputs = declarePartInputs(b, io)
+      if (part.kind === 'embedding') {
+        declarePartOutputs(b, io, [b.scope('embedding', () => embedding(b, ctx, inputs[0]))])
+      } else if (part.kind === 'head') {
+        declarePartOutputs(b, io, [b.scope('lm_head', () => logitsHead(b, ctx, inputs[0], inputs[1], 'lm_head.weight'))])
+      } else {
+        const [xln, positionIds, attentionBias, pastKey, pastValue] = inputs
+        const shared = sharedInputs(b, ctx, d, positionIds, attentionBias)
+        const r = b.scope(`layers.${part.index}`, () => layer(b, ctx, d, alpha, part.index, xln, shared, pastKey, pastValue))
+        declarePartOutputs(b, io, [r.xln, r.presentKey, r.presentValue])
+      }
+    },
+  }
 }
 
 interface Shared {
@@ -128,10 +130,10 @@ function sharedInputs(b: GraphBuilder, ctx: GraphContext, d: DecoderDims, positi
 }
 
 /** Layer i from its input LayerNorm's output to the next layer's (or the final LayerNorm's). */
-function layer(b: GraphBuilder, ctx: GraphContext, d: DecoderDims, i: number, xln: string, sh: Shared, pastKey: string, pastValue: string): {xln: string, presentKey: string, presentValue: string} {
+function layer(b: GraphBuilder, ctx: GraphContext, d: DecoderDims, deepnormAlpha: number, i: number, xln: string, sh: Shared, pastKey: string, pastValue: string): {xln: string, presentKey: string, presentValue: string} {
   const {layers, hidden: H, heads: N, headDim: D} = d
   const epsilon = eps(ctx.config)
-  const alpha = b.float32([V1_DEEPNORM_ALPHA], [])
+  const alpha = b.float32([deepnormAlpha], [])
   const p = `transformer.layers.${i}.`
   const qkv = ctx.linear(xln, `${p}attention.query_key_value.weight`, `${p}attention.query_key_value.bias`)
   // [S, 3H] -> [S, N, 3, D]: per-head (q | k | v) groups

@@ -1,9 +1,16 @@
 import {GlmtoolError} from '../../errors.js'
+import type {ModelConfig, ModelDims} from '../../models/arch.js'
 import {
   type ChatglmOnnxGraph, declareInputs, declareOutputs, declarePartInputs, declarePartOutputs, type DecoderDims, embedTokens, eps,
-  type GraphContext, type GraphPart, logitsHead, need, partIO, rotaryTables, zerosLike,
+  type GraphContext, type GraphPart, logitsHead, partIO, rotaryTables, zerosLike,
 } from './chatglm-graph.js'
 import {ELEM, float, type GraphBuilder, MS_DOMAIN} from './onnx-builder.js'
+
+/** What the ChatGLM2-6B graph takes from its generation module (src/models/chatglm-v2.ts wires it). */
+export interface V2GraphModule {
+  /** The generation's config parser (Arch.dims). */
+  dims(config: ModelConfig): ModelDims
+}
 
 /**
  * ChatGLM2-6B (pre-norm RMSNorm, multi-query attention, SwiGLU) as one ONNX decoder graph
@@ -29,74 +36,67 @@ import {ELEM, float, type GraphBuilder, MS_DOMAIN} from './onnx-builder.js'
  * given (partial rotary copies the dims past rotary_embedding_dim unchanged).
  * SwiGLU: silu(y[:F]) * y[F:], silu(a) = a * sigmoid(a) = com.microsoft.QuickGelu with alpha 1.
  */
-export const chatglmV2Graph: ChatglmOnnxGraph = {
-  arch: 'chatglm2-6b',
-  description: 'ChatGLM2-6B decoder: SkipSimplifiedLayerNormalization (RMSNorm + residual), partial interleaved RotaryEmbedding, GroupQueryAttention with additive bias and KV cache, SwiGLU via QuickGelu(alpha=1)',
-  ops: {
-    rmsnorm: 'com.microsoft.SkipSimplifiedLayerNormalization: RMSNorm(block output + residual), 4th output = new residual; zero skip for the first',
-    rotary: 'com.microsoft.RotaryEmbedding interleaved=1, rotary_embedding_dim=D/2 (other half passes through)',
-    attention: 'com.microsoft.GroupQueryAttention: kv_num_heads=G, attention_bias [1,1,S,T], past/present key/value [1,G,P,D]',
-    swiglu: 'Split + com.microsoft.QuickGelu(alpha=1) (= SiLU) + Mul',
-    linear: 'Gemm transB=1 on the [out, in] weights (no transposed copy); com.microsoft.MatMulNBits on weight-quantized ones',
-  },
+export function chatglmV2Graph(m: V2GraphModule): ChatglmOnnxGraph {
+  return {
+    arch: 'chatglm2-6b',
+    description: 'ChatGLM2-6B decoder: SkipSimplifiedLayerNormalization (RMSNorm + residual), partial interleaved RotaryEmbedding, GroupQueryAttention with additive bias and KV cache, SwiGLU via QuickGelu(alpha=1)',
+    ops: {
+      rmsnorm: 'com.microsoft.SkipSimplifiedLayerNormalization: RMSNorm(block output + residual), 4th output = new residual; zero skip for the first',
+      rotary: 'com.microsoft.RotaryEmbedding interleaved=1, rotary_embedding_dim=D/2 (other half passes through)',
+      attention: 'com.microsoft.GroupQueryAttention: kv_num_heads=G, attention_bias [1,1,S,T], past/present key/value [1,G,P,D]',
+      swiglu: 'Split + com.microsoft.QuickGelu(alpha=1) (= SiLU) + Mul',
+      linear: 'Gemm transB=1 on the [out, in] weights (no transposed copy); com.microsoft.MatMulNBits on weight-quantized ones',
+    },
 
-  dims(config) {
-    if (config.rmsnorm === false) throw new GlmtoolError('onnx-unsupported', 'config.json: rmsnorm false (LayerNorm) is not implemented by the ChatGLM2 ONNX export')
-    if (config.apply_residual_connection_post_layernorm === true) {
-      throw new GlmtoolError('onnx-unsupported', 'config.json: apply_residual_connection_post_layernorm true is not implemented by the ChatGLM2 ONNX export')
-    }
-    if (config.add_bias_linear === true) throw new GlmtoolError('onnx-unsupported', 'config.json: add_bias_linear true is not implemented by the ChatGLM2 ONNX export')
-    if (config.original_rope === false) throw new GlmtoolError('onnx-unsupported', 'config.json: original_rope false is not implemented by the ChatGLM2 ONNX export')
-    const hidden = need(config, 'hidden_size')
-    const heads = need(config, 'num_attention_heads')
-    const headDim = need(config, 'kv_channels', hidden / heads)
-    const kvHeads = config.multi_query_attention === false ? heads : need(config, 'multi_query_group_num')
-    if (heads % kvHeads !== 0) throw new GlmtoolError('bad-config', `config.json: num_attention_heads ${heads} is not a multiple of multi_query_group_num ${kvHeads}`)
-    if (headDim % 4 !== 0) throw new GlmtoolError('bad-config', `config.json: kv_channels ${headDim} must be a multiple of 4 for rotary`)
-    return {
-      arch: 'chatglm2-6b',
-      layers: need(config, 'num_layers'),
-      hidden, heads, kvHeads, headDim,
-      vocab: need(config, 'padded_vocab_size'),
-      maxPositions: need(config, 'seq_length', 32768),
-      positionRows: 1,
-    }
-  },
+    dims(config) {
+      if (config.rmsnorm === false) throw new GlmtoolError('onnx-unsupported', 'config.json: rmsnorm false (LayerNorm) is not implemented by the ChatGLM2 ONNX export')
+      if (config.apply_residual_connection_post_layernorm === true) {
+        throw new GlmtoolError('onnx-unsupported', 'config.json: apply_residual_connection_post_layernorm true is not implemented by the ChatGLM2 ONNX export')
+      }
+      if (config.add_bias_linear === true) throw new GlmtoolError('onnx-unsupported', 'config.json: add_bias_linear true is not implemented by the ChatGLM2 ONNX export')
+      if (config.original_rope === false) throw new GlmtoolError('onnx-unsupported', 'config.json: original_rope false is not implemented by the ChatGLM2 ONNX export')
+      const {layers, hidden, heads, kvHeads, headDim, vocab, maxPositions} = m.dims(config)
+      if (heads % kvHeads !== 0) throw new GlmtoolError('bad-config', `config.json: num_attention_heads ${heads} is not a multiple of multi_query_group_num ${kvHeads}`)
+      if (headDim % 4 !== 0) throw new GlmtoolError('bad-config', `config.json: kv_channels ${headDim} must be a multiple of 4 for rotary`)
+      return {arch: 'chatglm2-6b', layers, hidden, heads, kvHeads, headDim, vocab, maxPositions, positionRows: 1}
+    },
 
-  boundary: ['hidden', 'residual'],
+    boundary: ['hidden', 'residual'],
 
-  build(b: GraphBuilder, ctx, d: DecoderDims) {
-    const io = declareInputs(b, d)
-    let state = b.scope('embedding', () => embedding(b, ctx, io.inputIds))
-    const shared = sharedInputs(b, ctx, d, io.positionIds, io.attentionBias)
-    const presentKey: string[] = []
-    const presentValue: string[] = []
-    for (let i = 0; i < d.layers; i++) {
-      const r = b.scope(`layers.${i}`, () => layer(b, ctx, d, i, state, shared, io.pastKey[i], io.pastValue[i]))
-      state = r.state
-      presentKey.push(r.presentKey)
-      presentValue.push(r.presentValue)
-    }
-    const logits = b.scope('output_layer', () => logitsHead(b, ctx, state.xn, io.logitsIndex, 'transformer.output_layer.weight'))
-    declareOutputs(b, d, logits, presentKey, presentValue)
-  },
+    build(b: GraphBuilder, ctx, d: DecoderDims) {
+      const io = declareInputs(b, d)
+      let state = b.scope('embedding', () => embedding(b, ctx, io.inputIds))
+      const shared = sharedInputs(b, ctx, d, io.positionIds, io.attentionBias)
+      const presentKey: string[] = []
+      const presentValue: string[] = []
+      const ffn = m.dims(ctx.config).ffn
+      for (let i = 0; i < d.layers; i++) {
+        const r = b.scope(`layers.${i}`, () => layer(b, ctx, d, ffn, i, state, shared, io.pastKey[i], io.pastValue[i]))
+        state = r.state
+        presentKey.push(r.presentKey)
+        presentValue.push(r.presentValue)
+      }
+      const logits = b.scope('output_layer', () => logitsHead(b, ctx, state.xn, io.logitsIndex, 'transformer.output_layer.weight'))
+      declareOutputs(b, d, logits, presentKey, presentValue)
+    },
 
-  buildPart(b: GraphBuilder, ctx, d: DecoderDims, part: GraphPart) {
-    const io = partIO(d, part, this.boundary)
-    const inputs = declarePartInputs(b, io)
-    if (part.kind === 'embedding') {
-      const s = b.scope('embedding', () => embedding(b, ctx, inputs[0]))
-      declarePartOutputs(b, io, [s.xn, s.residual])
-    } else if (part.kind === 'head') {
-      declarePartOutputs(b, io, [b.scope('output_layer', () => logitsHead(b, ctx, inputs[0], inputs[1], 'transformer.output_layer.weight'))])
-    } else {
-      const [xn, residual, positionIds, attentionBias, pastKey, pastValue] = inputs
-      const shared = sharedInputs(b, ctx, d, positionIds, attentionBias)
-      const r = b.scope(`layers.${part.index}`, () => layer(b, ctx, d, part.index, {xn, residual}, shared, pastKey, pastValue))
-      // After the last layer there is no residual: the final norm's output stands in for it.
-      declarePartOutputs(b, io, [r.state.xn, r.state.residual, r.presentKey, r.presentValue])
-    }
-  },
+    buildPart(b: GraphBuilder, ctx, d: DecoderDims, part: GraphPart) {
+      const io = partIO(d, part, this.boundary)
+      const inputs = declarePartInputs(b, io)
+      if (part.kind === 'embedding') {
+        const s = b.scope('embedding', () => embedding(b, ctx, inputs[0]))
+        declarePartOutputs(b, io, [s.xn, s.residual])
+      } else if (part.kind === 'head') {
+        declarePartOutputs(b, io, [b.scope('output_layer', () => logitsHead(b, ctx, inputs[0], inputs[1], 'transformer.output_layer.weight'))])
+      } else {
+        const [xn, residual, positionIds, attentionBias, pastKey, pastValue] = inputs
+        const shared = sharedInputs(b, ctx, d, positionIds, attentionBias)
+        const r = b.scope(`layers.${part.index}`, () => layer(b, ctx, d, m.dims(ctx.config).ffn, part.index, {xn, residual}, shared, pastKey, pastValue))
+        // After the last layer there is no residual: the final norm's output stands in for it.
+        declarePartOutputs(b, io, [r.state.xn, r.state.residual, r.presentKey, r.presentValue])
+      }
+    },
+  }
 }
 
 /** The residual stream between layers: the next RMSNorm's output and the running residual. */
@@ -139,9 +139,8 @@ function sharedInputs(b: GraphBuilder, ctx: GraphContext, d: DecoderDims, positi
 }
 
 /** Layer i, from its first linear to the next layer's RMSNorm (or the final norm after the last). */
-function layer(b: GraphBuilder, ctx: GraphContext, d: DecoderDims, i: number, state: State, sh: Shared, pastKey: string, pastValue: string): {state: State, presentKey: string, presentValue: string} {
+function layer(b: GraphBuilder, ctx: GraphContext, d: DecoderDims, F: number, i: number, state: State, sh: Shared, pastKey: string, pastValue: string): {state: State, presentKey: string, presentValue: string} {
   const {heads: N, kvHeads: G, headDim: D} = d
-  const F = need(ctx.config, 'ffn_hidden_size')
   const epsilon = eps(ctx.config)
   const qkvBias = ctx.config.add_qkv_bias !== false
   const finalNorm = ctx.config.post_layer_norm !== false

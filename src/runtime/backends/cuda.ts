@@ -49,12 +49,11 @@ export function engineDims(arch: Arch, config: ModelConfig): Omit<CudaEngineConf
 }
 
 /**
- * The KV cache length when the caller gives none: the published chat() max_length (2048
- * ChatGLM-6B, 8192 ChatGLM2-6B and ChatGLM3-6B).
- * TODO(lead): module chat defaults
+ * The KV cache length when the caller gives none: the published chat() max_length (the
+ * module's chatDefaults: 2048 ChatGLM-6B, 8192 ChatGLM2-6B and ChatGLM3-6B).
  */
 function defaultMaxLength(arch: Arch): number {
-  return ({'chatglm-6b': 2048} as Partial<Record<string, number>>)[arch.id] ?? 8192
+  return arch.chatDefaults.maxLength
 }
 
 /** Most steps one decodeMany call takes (native/kernels.cuh MANY_MAX). */
