@@ -5,7 +5,7 @@
  * ChatGLM2-6B's, and a scan that fails if a generation branch reappears in the files that used
  * to hold one.
  */
-import {existsSync, readFileSync} from 'node:fs'
+import {existsSync, readdirSync, readFileSync, statSync} from 'node:fs'
 import {join} from 'node:path'
 import {fileURLToPath} from 'node:url'
 import {describe, expect, it} from 'vitest'
@@ -110,25 +110,18 @@ describe('the rules each module gives', () => {
 })
 
 /**
- * Generation branches and tables keyed by generation, outside src/models. This scan covers ONLY
- * the files that helper A1 (branch modtables) moved into the modules; the tokenizer and chat
- * files (helper A2's scope: src/runtime/tokenizer/, chat-response.ts, synth-tokenizer.ts) still
- * branch today. The lead widens FILES to every src/**\/*.ts outside src/models after merging both.
+ * Generation branches and tables keyed by generation, outside src/models (issue 14): every
+ * src/**\/*.ts file outside the generation modules asks its Arch (sizes, prefix, LoRA, graph,
+ * calibration, GGUF, tokenizer kind, synth tokenizer, chat format) or its tokenizer's response
+ * style instead of naming a generation.
  */
-const FILES = [
-  'src/formats/adapters/prefix.ts',
-  'src/formats/adapters/prefix-math.ts',
-  'src/formats/adapters/lora.ts',
-  'src/formats/gguf/chatglm2.ts',
-  'src/formats/onnx/chatglm-graph.ts',
-  'src/formats/onnx/chatglm-v1-graph.ts',
-  'src/formats/onnx/chatglm-v2-graph.ts',
-  'src/pipelines/convert-gguf.ts',
-  'src/pipelines/export-onnx.ts',
-  'src/quant/calibration-plan.ts',
-  'src/quant/streamed-forward.ts',
-  'src/runtime/backends/cuda.ts',
-]
+function sourceFiles(dir: string): string[] {
+  return readdirSync(join(ROOT, dir)).flatMap(n => {
+    const rel = `${dir}/${n}`
+    return statSync(join(ROOT, rel)).isDirectory() ? sourceFiles(rel) : rel.endsWith('.ts') ? [rel] : []
+  })
+}
+const FILES = sourceFiles('src').filter(f => !f.startsWith('src/models/'))
 
 const BRANCHES: readonly RegExp[] = [
   // (Comparing two modules' networks, a.network !== b.network, is not a branch.)
@@ -139,6 +132,8 @@ const BRANCHES: readonly RegExp[] = [
   /Record<\s*(NetworkId|ArchId)/,
   // A table keyed by generation: {'chatglm-6b': ..., 'chatglm2-6b': ...}
   /'chatglm(2|3)?-6b'\s*:/,
+  // Any comparison against a generation id in any quoting, or of a response style.
+  /[!=]==\s*['"`]chatglm|['"`]chatglm[^'"`]*['"`]\s*[!=]==|\bstyle\s*[!=]==|[!=]==\s*style\b/,
 ]
 
 /** The code of a TypeScript file without its comments (so prose may still name a generation). */
@@ -150,7 +145,7 @@ function branches(text: string): string[] {
   return code(text).split('\n').filter(line => BRANCHES.some(re => re.test(line))).map(l => l.trim())
 }
 
-describe('no generation branches outside src/models (files of this change only; see FILES)', () => {
+describe('no generation branches outside src/models', () => {
   it('the scan finds the forms it looks for', () => {
     expect(branches([
       'if (arch.generation === 1) return x',
@@ -159,6 +154,9 @@ describe('no generation branches outside src/models (files of this change only; 
       "const v = x.id === 'chatglm3-6b'",
       "const M = {'chatglm-6b': 2048}",
       '// arch.generation === 1 in a comment is prose',
+      "return arch !== `chatglm2-6b` ? a : b",
+      'const f = style === CHATGLM2 ? V2_UNSAFE : V1_UNSAFE',
+      'const ok = arch === other',
       "  arch: 'chatglm-6b',",
     ].join('\n'))).toEqual([
       'if (arch.generation === 1) return x',
@@ -166,7 +164,14 @@ describe('no generation branches outside src/models (files of this change only; 
       "if (model.arch.network === 'chatglm-6b') {",
       "const v = x.id === 'chatglm3-6b'",
       "const M = {'chatglm-6b': 2048}",
+      'return arch !== `chatglm2-6b` ? a : b',
+      'const f = style === CHATGLM2 ? V2_UNSAFE : V1_UNSAFE',
     ])
+  })
+
+  it('scans the whole source tree outside the modules', () => {
+    expect(FILES.length).toBeGreaterThan(100)
+    for (const f of ['src/runtime/tokenizer/tokenize.ts', 'src/runtime/chat-response.ts', 'src/pipelines/inspect-model.ts', 'src/formats/adapters/prefix.ts']) expect(FILES).toContain(f)
   })
 
   it.each(FILES)('%s asks the generation module instead of branching', file => {

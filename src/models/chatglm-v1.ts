@@ -197,6 +197,7 @@ export const chatglmV1: Arch = {
     fromBytes: (bytes, source, {numImageTokens}) => chatglm6bTokenizerFromBytes(bytes, source, numImageTokens ?? 0),
     takesNumImageTokens: true,
     filePieces: pieces => pieces.has('[gMASK]'),
+    appendedSpecials: [],
   },
   synthTokenizer: synthChatglm6bTokenizer,
   // Network-keyed rules (issue 14): sizes, P-Tuning, LoRA, ONNX graph, calibration, GGUF.

@@ -2,7 +2,7 @@ import {chatglmV2Graph} from '../formats/onnx/chatglm-v2-graph.js'
 import {unitsV2} from '../quant/calibration-plan.js'
 import {CHATGLM2_6B_CHAT} from '../runtime/chat-template.js'
 import {framePromptV2, layoutV2} from '../runtime/positions.js'
-import {ChatGLM2Tokenizer} from '../runtime/tokenizer/chatglm2-6b.js'
+import {ChatGLM2Tokenizer, V2_SPECIAL_NAMES} from '../runtime/tokenizer/chatglm2-6b.js'
 import {SentencePieceProcessor} from '../runtime/tokenizer/sentencepiece.js'
 import {synthChatglm2Tokenizer} from '../synth/synth-tokenizer.js'
 import {
@@ -229,6 +229,7 @@ export const chatglmV2: Arch = {
     fromBytes: (bytes, source) => new ChatGLM2Tokenizer(SentencePieceProcessor.load(bytes, source), source),
     takesNumImageTokens: false,
     filePieces: pieces => !pieces.has('[gMASK]'),
+    appendedSpecials: V2_SPECIAL_NAMES,
   },
   synthTokenizer: () => synthChatglm2Tokenizer('THUDM/chatglm2-6b'),
   // Network-keyed rules (issue 14): sizes, P-Tuning, LoRA, ONNX graph, calibration, GGUF.

@@ -5,7 +5,7 @@
  * is ChatGLM2-6B's is taken from that module.
  */
 import {CHATGLM3_6B_CHAT} from '../runtime/chat-template.js'
-import {ChatGLM3Tokenizer} from '../runtime/tokenizer/chatglm3-6b.js'
+import {ChatGLM3Tokenizer, V3_SPECIAL_NAMES} from '../runtime/tokenizer/chatglm3-6b.js'
 import {SentencePieceProcessor} from '../runtime/tokenizer/sentencepiece.js'
 import {synthChatglm2Tokenizer} from '../synth/synth-tokenizer.js'
 import {type Arch, isChatglm3Config, type ModelConfig, type PrefixRules, ropeRatio} from './arch.js'
@@ -68,6 +68,7 @@ export const chatglm3: Arch = {
     ...chatglmV2.tokenizer,
     fromBytes: (bytes, source) => new ChatGLM3Tokenizer(SentencePieceProcessor.load(bytes, source), source),
     sharedFileDifference: 'with four role specials after the five',
+    appendedSpecials: V3_SPECIAL_NAMES,
   },
   synthTokenizer: () => synthChatglm2Tokenizer('THUDM/chatglm3-6b'),
   // Network-keyed rules (issue 14): ChatGLM2-6B's, but for the prefix projection rule and the GGUF vocabulary.

@@ -10,8 +10,6 @@ import type {ModelConfig} from '../models/arch.js'
 import {describeQuantLayout, quantLayoutOf} from '../models/quantized-layout.js'
 import {archById} from '../models/index.js'
 import {decodeModelProto} from '../runtime/tokenizer/sentencepiece-model.js'
-import {V3_SPECIAL_NAMES} from '../runtime/tokenizer/chatglm3-6b.js'
-import {V2_SPECIAL_NAMES} from '../runtime/tokenizer/chatglm2-6b.js'
 import {inspectTokenizer, type TokenizerReport} from '../runtime/tokenizer/model-tokenizer.js'
 
 /** Weight files that make a directory a torch or safetensors model (a --format both quantize output has both). */
@@ -126,7 +124,7 @@ export type InspectTokenizer = (TokenizerReport & {stopTokens: StopToken[]}) | {
  * ChatGLM3-6B's nine: <|user|>, <|observation|>). `pieces`: the SentencePiece file's pieces in order.
  */
 export function stopTokens(report: TokenizerReport, pieces: readonly string[], arch: string): StopToken[] {
-  const appended: readonly string[] = arch === 'chatglm3-6b' ? V3_SPECIAL_NAMES : arch === 'chatglm2-6b' ? V2_SPECIAL_NAMES : []
+  const appended = archById(arch).tokenizer.appendedSpecials
   const offset = report.numImageTokens ?? 0
   return report.stop.map(id => {
     const i = id - offset

@@ -95,4 +95,6 @@ export interface TokenizerKind {
    * when a bare file is read as the other's ("with four role specials after the five").
    */
   readonly sharedFileDifference?: string
+  /** The specials the wrapper appends after the file's pieces, in id order (none for ChatGLM-6B, whose file holds them). */
+  readonly appendedSpecials: readonly string[]
 }
