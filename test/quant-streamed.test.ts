@@ -1,6 +1,6 @@
 /**
  * Streamed calibration and evaluation (quantize runs the model one layer at a time,
- * src/quant/streamed-forward.ts) against the whole model as one ONNX graph, the way quantize ran
+ * src/pipelines/quantize/streamed-forward.ts) against the whole model as one ONNX graph, the way quantize ran
  * before it streamed (test/quantize-helpers.ts wholeGraphStats / wholeGraphEvaluation):
  * - the activation statistics are equal bit for bit, for every linear of both generations;
  * - quantize --method calibrated writes the same bytes, file by file, and reports the same
@@ -15,8 +15,8 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {openModel} from '../src/pipelines/model-dir.js'
 import {exportOnnx} from '../src/pipelines/export-onnx.js'
 import {loadModelTokenizer} from '../src/runtime/tokenizer/model-tokenizer.js'
-import {collectActivationStats} from '../src/quant/activation-stats.js'
-import {splitParagraphs, tokenSequences} from '../src/quant/calibration-data.js'
+import {collectActivationStats} from '../src/pipelines/quantize/activation-stats.js'
+import {splitParagraphs, tokenSequences} from '../src/pipelines/quantize/calibration-data.js'
 import {CALIBRATION_TEXT, HELD_OUT_TEXT} from '../src/quant/calibration-text.js'
 import {quantizeModel, type QuantizeOptions} from '../src/pipelines/quantize-model.js'
 import {glmtool} from './helpers/cli.js'

@@ -19,9 +19,9 @@ import {exportOnnx} from '../src/pipelines/export-onnx.js'
 import {OnnxCpuBackend} from '../src/runtime/backends/onnx-cpu.js'
 import {promptLayout} from '../src/runtime/generate.js'
 import type {ChatTokenizer} from '../src/runtime/tokenizer/index.js'
-import type {LinearStats, StatsCollector} from '../src/quant/activation-stats.js'
+import type {LinearStats, StatsCollector} from '../src/pipelines/quantize/activation-stats.js'
 import {dequantToF32} from '../src/quant/dequant.js'
-import {type EndToEnd, KlAccumulator} from '../src/quant/evaluate.js'
+import {type EndToEnd, KlAccumulator} from '../src/pipelines/quantize/evaluate.js'
 
 const u16 = (b: Buffer) => new Uint16Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.length))
 const i8 = (b: Buffer) => new Int8Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.length))

@@ -5,7 +5,7 @@ import {MODEL_ID_HELP} from '../cli/model-arg.js'
 import {byteProgress, formatBytes, type Progress} from '../cli/progress.js'
 import {UsageError} from '../errors.js'
 import {parseSize} from '../formats/size.js'
-import {readCalibrationFile} from '../quant/calibration-data.js'
+import {readCalibrationFile} from '../pipelines/quantize/calibration-data.js'
 import {type QuantFormat, type QuantizeResult, quantizeModel, type QuantMethod} from '../pipelines/quantize-model.js'
 
 const SKIPPABLE = ['lm_head', 'embeddings'] as const

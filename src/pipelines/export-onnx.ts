@@ -51,7 +51,7 @@ export interface OnnxExportOptions {
   /**
    * Calibration variant: the graph also outputs the input of every linear layer, named
    * `linear_input.<weight name>` (float32 [rows, in]), after the decoder's own outputs
-   * (quantize's activation statistics run it; see quant/activation-stats.ts).
+   * (quantize's activation statistics run it; see pipelines/quantize/activation-stats.ts).
    */
   linearInputs?: boolean
   onStart?: (totalBytes: number) => void
@@ -184,7 +184,7 @@ export async function exportOnnxFrom(
  * as model.onnx + model.onnx.data in `dir`, reading only that slice's tensors from the open
  * model; with `linearInputs`, also the input of each of its linears (named as the whole
  * calibration variant names them). For runs that hold one layer at a time (quantize's streamed
- * calibration and evaluation, src/quant/streamed-forward.ts); no manifest, no companions.
+ * calibration and evaluation, src/pipelines/quantize/streamed-forward.ts); no manifest, no companions.
  */
 export async function exportOnnxPart(model: ModelSource, part: GraphPart, dir: string, opts: {linearInputs?: boolean} = {}): Promise<{model: string, io: DecoderIO, bytes: number}> {
   if (!model.arch || !model.config) throw new ModelError(`${model.path}: ONNX export needs a model directory with config.json, not a single file`, 'not-a-model-dir')

@@ -115,7 +115,7 @@ const ELEM_OF: Record<TensorIO['dtype'], ElemType> = {int64: ELEM.INT64, float32
 
 /**
  * One slice of the decoder, for runs that hold one layer's weights at a time (quantize's
- * streamed calibration and evaluation, src/quant/streamed-forward.ts): the embedding (and what
+ * streamed calibration and evaluation, src/pipelines/quantize/streamed-forward.ts): the embedding (and what
  * the whole graph computes before layer 0's first linear), one layer (up to the next layer's
  * first linear), or the logits head. Each slice is built by the same code as the whole graph,
  * so it has the same nodes; only the tensors at the cuts become graph inputs and outputs:

@@ -17,7 +17,7 @@ export interface OnnxCpuOptions {
   threads?: number
   /**
    * Called with every output of each run, the decoder's and any extra ones (the calibration
-   * variant's linear inputs, quant/activation-stats.ts), before forward() returns.
+   * variant's linear inputs, pipelines/quantize/activation-stats.ts), before forward() returns.
    */
   onOutputs?: (outputs: Readonly<Record<string, Ort.Tensor>>) => void
 }

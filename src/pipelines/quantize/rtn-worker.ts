@@ -3,8 +3,8 @@
  * quantizeRowsPublished and posts back the error sums (or the error, by message and code).
  */
 import {parentPort} from 'node:worker_threads'
-import {GlmtoolError} from '../errors.js'
-import {quantizeRowsPublished} from './rtn-rows.js'
+import {GlmtoolError} from '../../errors.js'
+import {quantizeRowsPublished} from '../../quant/rtn-rows.js'
 import type {RowJob} from './rtn-pool.js'
 
 parentPort!.on('message', (job: RowJob) => {

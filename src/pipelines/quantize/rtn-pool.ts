@@ -3,8 +3,8 @@ import {availableParallelism} from 'node:os'
 import {dirname, join} from 'node:path'
 import {fileURLToPath} from 'node:url'
 import {Worker} from 'node:worker_threads'
-import {QuantizationError, type QuantBits} from './rtn.js'
-import {addErrors, emptyErrors, quantizeRowsPublished, type RowBlockErrors} from './rtn-rows.js'
+import {QuantizationError, type QuantBits} from '../../quant/rtn.js'
+import {addErrors, emptyErrors, quantizeRowsPublished, type RowBlockErrors} from '../../quant/rtn-rows.js'
 
 /**
  * Worker threads for RTN quantization: a block of whole rows (in SharedArrayBuffers, so nothing
@@ -38,7 +38,7 @@ type Reply = {id: number, errors: RowBlockErrors} | {id: number, error: {message
 
 function workerScript(): string | undefined {
   const here = fileURLToPath(import.meta.url)
-  const js = here.endsWith('.ts') ? join(dirname(here), '../../dist/quant/rtn-worker.js') : join(dirname(here), 'rtn-worker.js')
+  const js = here.endsWith('.ts') ? join(dirname(here), '../../../dist/pipelines/quantize/rtn-worker.js') : join(dirname(here), 'rtn-worker.js')
   return existsSync(js) ? js : undefined
 }
 

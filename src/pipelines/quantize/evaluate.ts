@@ -1,6 +1,6 @@
-import type {ModelSource} from '../pipelines/model-dir.js'
-import type {ChatTokenizer} from '../runtime/tokenizer/index.js'
-import {argmax} from './error.js'
+import type {ModelSource} from '../model-dir.js'
+import type {ChatTokenizer} from '../../runtime/tokenizer/index.js'
+import {argmax} from '../../quant/error.js'
 import {runStreamed, streamInputs} from './streamed-forward.js'
 
 /**

@@ -1,6 +1,6 @@
-import type {ModelSource} from '../pipelines/model-dir.js'
-import type {ChatTokenizer} from '../runtime/tokenizer/index.js'
-import type {ActivationStats} from './calibrate.js'
+import type {ModelSource} from '../model-dir.js'
+import type {ChatTokenizer} from '../../runtime/tokenizer/index.js'
+import type {ActivationStats} from '../../quant/calibrate.js'
 import {runStreamed, streamInputs} from './streamed-forward.js'
 
 /**

@@ -2,12 +2,12 @@ import {existsSync} from 'node:fs'
 import {dirname, join} from 'node:path'
 import {fileURLToPath} from 'node:url'
 import {Worker} from 'node:worker_threads'
-import type {DType} from '../formats/dtype.js'
-import type {TensorEntry} from '../formats/tensor.js'
+import type {DType} from '../../formats/dtype.js'
+import type {TensorEntry} from '../../formats/tensor.js'
 import type {LinearStats} from './activation-stats.js'
 import {type LinearReport, quantizeUnit, type UnitOptions, type UnitResult} from './calibrated-unit.js'
-import type {CalibrationUnit} from './calibration-plan.js'
-import {QuantizationError} from './rtn.js'
+import type {CalibrationUnit} from '../../quant/calibration-plan.js'
+import {QuantizationError} from '../../quant/rtn.js'
 
 /**
  * Calibration units (a layer's four linears, or the output layer) on worker threads, one unit
@@ -34,7 +34,7 @@ type Reply = {id: number, tensors: [string, {dtype: DType, shape: number[], data
 
 function workerScript(): string | undefined {
   const here = fileURLToPath(import.meta.url)
-  const js = here.endsWith('.ts') ? join(dirname(here), '../../dist/quant/calibrate-worker.js') : join(dirname(here), 'calibrate-worker.js')
+  const js = here.endsWith('.ts') ? join(dirname(here), '../../../dist/pipelines/quantize/calibrate-worker.js') : join(dirname(here), 'calibrate-worker.js')
   return existsSync(js) ? js : undefined
 }
 

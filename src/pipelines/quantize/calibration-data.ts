@@ -1,7 +1,7 @@
 import {readFile} from 'node:fs/promises'
-import {GlmtoolError} from '../errors.js'
-import {archById} from '../models/index.js'
-import type {ChatTokenizer} from '../runtime/tokenizer/index.js'
+import {GlmtoolError} from '../../errors.js'
+import {archById} from '../../models/index.js'
+import type {ChatTokenizer} from '../../runtime/tokenizer/index.js'
 
 /**
  * Calibration text -> model inputs. Text is cut into paragraphs (blank lines, or one per line

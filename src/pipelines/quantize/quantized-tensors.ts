@@ -1,10 +1,10 @@
-import {GlmtoolError} from '../errors.js'
-import {byteLength, type DType, isFloat} from '../formats/dtype.js'
-import {decodeFloats} from '../formats/dtype-convert.js'
-import {DEFAULT_CHUNK_BYTES, type TensorEntry} from '../formats/tensor.js'
-import {QuantizationError, toFp16Weight, type QuantBits} from './rtn.js'
+import {GlmtoolError} from '../../errors.js'
+import {byteLength, type DType, isFloat} from '../../formats/dtype.js'
+import {decodeFloats} from '../../formats/dtype-convert.js'
+import {DEFAULT_CHUNK_BYTES, type TensorEntry} from '../../formats/tensor.js'
+import {QuantizationError, toFp16Weight, type QuantBits} from '../../quant/rtn.js'
 import {RtnPool, type SharedBlock} from './rtn-pool.js'
-import {addErrors, emptyErrors, type RowBlockErrors} from './rtn-rows.js'
+import {addErrors, emptyErrors, type RowBlockErrors} from '../../quant/rtn-rows.js'
 
 /**
  * Output tensors of `glmtool quantize`, produced while the safetensors writer pulls them, so a

@@ -4,11 +4,11 @@
  * report lines (or the error, by message and code).
  */
 import {parentPort} from 'node:worker_threads'
-import {GlmtoolError} from '../errors.js'
-import {type ModelSource, openModel} from '../pipelines/model-dir.js'
-import type {TensorEntry} from '../formats/tensor.js'
+import {GlmtoolError} from '../../errors.js'
+import {type ModelSource, openModel} from '../model-dir.js'
+import type {TensorEntry} from '../../formats/tensor.js'
 import {quantizeUnit} from './calibrated-unit.js'
-import {calibrationUnits} from './calibration-plan.js'
+import {calibrationUnits} from '../../quant/calibration-plan.js'
 import type {UnitJob} from './calibrate-pool.js'
 
 let open: {path: string, model: ModelSource, byName: Map<string, TensorEntry>} | undefined
