@@ -86,6 +86,11 @@ describe('npm install -g of the packed package', () => {
     for (const f of ['vendor/onnxruntime-node/package.json', 'vendor/onnxruntime-node/LICENSE', 'vendor/onnxruntime-node/dist/index.js',
       'vendor/onnxruntime-node/bin/napi-v6/linux/x64/onnxruntime_binding.node', 'vendor/onnxruntime-node/bin/napi-v6/linux/x64/libonnxruntime.so.1']) expect(files, f).toContain(f)
     expect(JSON.parse(execFileSync('tar', ['xzOf', tarball, 'package/package.json'], {encoding: 'utf8'})).scripts).not.toHaveProperty('prepare')
+    // Beside an installed onnxruntime-node (this checkout) the vendored copy, now present, is not
+    // loaded: two copies in one process would both register onnxruntime-common's "cpu" backend.
+    const here = execFileSync(process.execPath, ['--input-type=module', '-e',
+      `const m = await import(${JSON.stringify(join(ROOT, 'dist', 'runtime', 'backends', 'ort.js'))}); m.ort(); console.log(m.ortSource())`], {encoding: 'utf8'}).trim()
+    expect(here).toContain(join(ROOT, 'node_modules', 'onnxruntime-node'))
     const prefix = mkdtempSync(join(work, 'global-'))
     const env: Record<string, string | undefined> = {...process.env, GLOBAL_AGENT_HTTPS_PROXY: 'http://127.0.0.1:9', GLOBAL_AGENT_HTTP_PROXY: 'http://127.0.0.1:9'}
     delete env.ONNXRUNTIME_NODE_INSTALL

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // `npm pack`'s prepack step (with native/build.mjs): vendors onnxruntime-node's JavaScript and its
 // linux-x64 binaries into vendor/onnxruntime-node/, which the package ships and
-// src/runtime/backends/ort.ts loads first.
+// src/runtime/backends/ort.ts loads where npm did not install onnxruntime-node.
 //
 // Why glmtool vendors it (issue 11, item 10): onnxruntime-node's postinstall downloads ONNX
 // Runtime's CUDA provider from nuget.org on linux-x64, which glmtool never uses (its GPU path is

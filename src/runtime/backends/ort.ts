@@ -1,8 +1,10 @@
 /**
- * Where glmtool's onnxruntime comes from: the copy the npm package vendors for linux-x64
- * (vendor/build.mjs says why), else the onnxruntime-node package (an optional dependency, for
- * the other platforms and in a checkout). Loaded on first use, so commands that never run a
- * graph work even where neither is installed.
+ * Where glmtool's onnxruntime comes from: the onnxruntime-node package where npm installed it (a
+ * checkout; other platforms; linux-x64 where its CUDA download succeeded), else the copy the npm
+ * package vendors for linux-x64 (vendor/build.mjs says why). In that order because two copies
+ * must never load in one process: both would register onnxruntime-common's "cpu" backend, and
+ * the second fails. Loaded on first use, so commands that never run a graph work even where
+ * neither is installed.
  */
 import {existsSync} from 'node:fs'
 import {createRequire} from 'node:module'
@@ -24,16 +26,15 @@ function vendoredHere(): boolean {
 /** onnxruntime-node's API; a one-line error saying how to install it where neither copy is present. */
 export function ort(): typeof Ort {
   if (!loaded) {
-    if (vendoredHere()) {
-      loaded = {ort: require(VENDORED) as typeof Ort, from: VENDORED.replace(/\/$/, '')}
-    } else {
-      try {
-        const from = require.resolve('onnxruntime-node')
-        loaded = {ort: require(from) as typeof Ort, from}
-      } catch (error) {
+    let from: string | undefined
+    try {
+      from = require.resolve('onnxruntime-node')
+    } catch (error) {
+      if (!vendoredHere()) {
         throw new GlmtoolError('no-onnxruntime', `onnxruntime-node is not installed (glmtool's package carries it for linux-x64 only; on ${process.platform}-${process.arch} npm installs it as an optional dependency, and that install failed: ${(error as Error).message.split('\n')[0]}); reinstall with \`ONNXRUNTIME_NODE_INSTALL=skip npm install -g glmtool\``)
       }
     }
+    loaded = from ? {ort: require(from) as typeof Ort, from} : {ort: require(VENDORED) as typeof Ort, from: VENDORED.replace(/\/$/, '')}
   }
   return loaded.ort
 }
