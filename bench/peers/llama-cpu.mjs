@@ -28,21 +28,29 @@ const {values: opt} = parseArgs({options: {
   threads: {type: 'string', default: String(cpus().length)},
   child: {type: 'string'},
   model: {type: 'string'},
+  src: {type: 'string'},
 }})
 const root = new URL('../..', import.meta.url).pathname
 const P = Number(opt.prompt), G = Number(opt.gen), T = Number(opt.threads)
 
-function promptIds() {
+/**
+ * The same pseudo-random prompt for both engines: vocabulary ids framed by the model's own
+ * module ([gMASK] sop from its tokenizer, placed as the published code places them).
+ */
+async function promptIds(modelDir) {
+  const {loadModelTokenizer} = await import(join(root, 'dist/runtime/tokenizer/model-tokenizer.js'))
+  const {tokenizer, arch} = await loadModelTokenizer(modelDir)
   let seed = 1
   const rand = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) % 20000 + 1000
-  return [64790, 64792, ...Array.from({length: P - 2}, rand)]
+  const framed = arch.framePrompt(Array.from({length: P}, rand), tokenizer.specials)
+  return framed.slice(framed.length - P)
 }
 
-async function childGlmtool(dir) {
+async function childGlmtool(dir, srcDir) {
   const {OnnxCpuBackend} = await import(join(root, 'dist/runtime/backends/onnx-cpu.js'))
   const {argmax} = await import(join(root, 'dist/runtime/sampling.js'))
   const b = await OnnxCpuBackend.load(dir, {maxLength: P + G + 8, threads: T})
-  const ids = promptIds()
+  const ids = await promptIds(srcDir)
   let t0 = performance.now()
   let out = await b.forward({ids, positions: ids.map((_, i) => i), bidirectional: 0, logits: 'last'})
   const prefill = P / ((performance.now() - t0) / 1000)
@@ -53,13 +61,13 @@ async function childGlmtool(dir) {
   return {prefill, decode}
 }
 
-async function childLlama(file) {
+async function childLlama(file, srcDir) {
   const {getLlama, LlamaLogLevel} = await import('node-llama-cpp')
   const llama = await getLlama({gpu: false, build: 'never', logLevel: LlamaLogLevel.error, progressLogs: false})
   const model = await llama.loadModel({modelPath: file, gpuLayers: 0})
   const ctx = await model.createContext({contextSize: P + G + 8, batchSize: P, threads: T})
   const seq = ctx.getSequence()
-  const it = seq.evaluate(promptIds(), {temperature: 0})
+  const it = seq.evaluate(await promptIds(srcDir), {temperature: 0})
   let t0 = performance.now()
   await it.next() // the prompt's batch and the first greedy token
   const prefill = P / ((performance.now() - t0) / 1000)
@@ -73,7 +81,7 @@ async function childLlama(file) {
 }
 
 if (opt.child) {
-  const r = opt.child === 'glmtool' ? await childGlmtool(opt.model) : await childLlama(opt.model)
+  const r = opt.child === 'glmtool' ? await childGlmtool(opt.model, opt.src) : await childLlama(opt.model, opt.src)
   console.log(JSON.stringify({...r, peakRssBytes: process.resourceUsage().maxRSS * 1024}))
   process.exit(0)
 }
@@ -85,7 +93,7 @@ const cli = (args) => {
   return (Date.now() - t0) / 1000
 }
 const child = (kind, model) => {
-  const r = spawnSync(process.execPath, [new URL(import.meta.url).pathname, '--child', kind, '--model', model, '--prompt', String(P), '--gen', String(G), '--threads', String(T)], {encoding: 'utf8', maxBuffer: 1 << 26})
+  const r = spawnSync(process.execPath, [new URL(import.meta.url).pathname, '--child', kind, '--model', model, '--src', src, '--prompt', String(P), '--gen', String(G), '--threads', String(T)], {encoding: 'utf8', maxBuffer: 1 << 26})
   if (r.status !== 0) throw new Error(`${kind} ${model}: ${r.stderr}`)
   return JSON.parse(r.stdout.trim().split('\n').pop())
 }
