@@ -54,6 +54,14 @@ export interface OnnxExportOptions {
    * (quantize's activation statistics run it; see pipelines/quantize/activation-stats.ts).
    */
   linearInputs?: boolean
+  /**
+   * How onnxruntime's CPU kernels compute the MatMulNBits linears: 'exact' (accuracy_level 0:
+   * float32 activations against the dequantized weights, the model the quantizer wrote, as the
+   * CUDA parity and the evaluation compare against) or 'int8' (accuracy_level 4: activations
+   * quantized to int8 per block, as llama.cpp's CPU kernels do; MLAS's integer kernels, many
+   * times faster for INT8 and faster for INT4 on the CPU, bench/RESULTS.md). Default 'exact'.
+   */
+  cpuCompute?: 'exact' | 'int8'
   onStart?: (totalBytes: number) => void
   onBytes?: (n: number) => void
   onWarning?: (message: string) => void
@@ -79,7 +87,7 @@ export interface OnnxManifest {
   graph: string
   ops: Record<string, string>
   /** Weight-quantized linears (MatMulNBits), as in the checkpoint's config.json; absent for float models. */
-  quantization?: {bits: 4 | 8, group_size: number, linears: number, lm_head: boolean, embeddings: boolean}
+  quantization?: {bits: 4 | 8, group_size: number, linears: number, lm_head: boolean, embeddings: boolean, cpu_compute?: 'exact' | 'int8'}
   glmtool_version: string
 }
 
@@ -243,7 +251,7 @@ function planExport(model: ModelSource, opts: OnnxExportOptions): ExportPlan {
   const graph = onnxGraphFor(arch)
   const dims = graph.dims(config)
   const byName = new Map(model.tensors.map(t => [t.name, t]))
-  const plan = planGraph(graph, dims, arch, config, byName, opts.dtype, opts.linearInputs ?? false)
+  const plan = planGraph(graph, dims, arch, config, byName, opts.dtype, opts.linearInputs ?? false, undefined, opts.cpuCompute === 'int8' ? 4 : 0)
   const total = plan.entries.reduce((a, e) => a + e.length, 0) + plan.computed.reduce((a, c) => a + c.data.byteLength, 0)
   return {arch, config, dir, dims, graph, plan, total}
 }
@@ -307,7 +315,7 @@ async function writeOnnxFiles(p: ExportPlan, tmp: string, opts: OnnxExportOption
     ops: graph.ops,
     ...(plan.quant ? {quantization: {
       bits: plan.quant.layout.bits, group_size: plan.quant.layout.groupSize, linears: plan.quant.linears,
-      lm_head: plan.quant.layout.lmHead, embeddings: plan.quant.layout.embeddings,
+      lm_head: plan.quant.layout.lmHead, embeddings: plan.quant.layout.embeddings, cpu_compute: opts.cpuCompute ?? 'exact',
     }} : {}),
     glmtool_version: VERSION,
   }
@@ -343,7 +351,10 @@ interface GraphPlan {
 }
 
 /** Build the graph (no tensor bytes read), recording which tensors it uses. */
-function planGraph(graph: ChatglmOnnxGraph, dims: DecoderDims, arch: Arch, config: ModelConfig, byName: Map<string, TensorEntry>, requested: OnnxWeightDtype | undefined, linearInputs: boolean, part?: GraphPart): GraphPlan {
+function planGraph(
+  graph: ChatglmOnnxGraph, dims: DecoderDims, arch: Arch, config: ModelConfig, byName: Map<string, TensorEntry>, requested: OnnxWeightDtype | undefined,
+  linearInputs: boolean, part?: GraphPart, accuracyLevel: 0 | 4 = 0,
+): GraphPlan {
   const b = new GraphBuilder()
   const used = new Set<string>()
   const asFloat = new Map<string, string>()
@@ -431,7 +442,7 @@ function planGraph(graph: ChatglmOnnxGraph, dims: DecoderDims, arch: Arch, confi
         entries.push({name: scales, elemType: ELEM.FLOAT, dims: [d.N, d.kBlocks], length: d.N * d.kBlocks * 4, chunks: async function* () {
           yield await matMulNBitsScales(scale, d)
         }})
-        y = b.ms('MatMulNBits', [x, B, scales], {K: d.K, N: d.N, bits: d.bits, block_size: d.blockSize, accuracy_level: 0})
+        y = b.ms('MatMulNBits', [x, B, scales], {K: d.K, N: d.N, bits: d.bits, block_size: d.blockSize, accuracy_level: accuracyLevel})
         if (bias) y = b.op('Add', [y, ctx.weight(bias)])
         if (linearInputs) extraOutputs.push({name: `${LINEAR_INPUT_PREFIX}${weight}`, dtype: 'float32', shape: ['rows', d.K]})
       } else {

@@ -54,6 +54,8 @@ export const GROUP_SIZES: readonly number[] = [0, 32, 64, 128]
 export interface QuantizeOptions {
   /** The user's --arch (src/pipelines/model-dir.ts OpenModelOptions). */
   arch?: ArchId
+  /** The ONNX output's MatMulNBits compute on the CPU (export-onnx.ts OnnxExportOptions.cpuCompute); default exact. */
+  cpuCompute?: 'exact' | 'int8'
   input: string
   out: string
   bits: number
@@ -230,7 +232,7 @@ export async function quantizeModel(opts: QuantizeOptions): Promise<QuantizeResu
           opts.onStage?.('exporting ONNX (MatMulNBits) ...')
           const written = await openModel(stDir)
           try {
-            onnxBytes = (await exportOnnxFrom(written, tmp, {input: stDir}, {companions: opts.format === 'onnx'})).bytes
+            onnxBytes = (await exportOnnxFrom(written, tmp, {input: stDir, cpuCompute: opts.cpuCompute}, {companions: opts.format === 'onnx'})).bytes
           } finally {
             await written.close()
           }
@@ -241,7 +243,7 @@ export async function quantizeModel(opts: QuantizeOptions): Promise<QuantizeResu
         opts.onStage?.('exporting ONNX (MatMulNBits) as the weights are quantized ...')
         const qt = quantizedTensors(model, arch, layout, opts.method, stats, pool, calPool)
         const source: ModelSource = {...model, config: quantConfig, tensors: qt.tensors, warnings: [], close: async () => {}}
-        const r = await exportOnnxFrom(source, tmp, {input: opts.input, onStart: opts.onStart, onBytes: opts.onBytes}, {companions: true})
+        const r = await exportOnnxFrom(source, tmp, {input: opts.input, cpuCompute: opts.cpuCompute, onStart: opts.onStart, onBytes: opts.onBytes}, {companions: true})
         q = {bytes: qt.tensors.reduce((a, t) => a + byteLength(t.dtype, t.shape), 0), layers: qt.layers()}
         onnxBytes = r.bytes
         seconds.quantize = seconds.onnx = (Date.now() - t0) / 1000
