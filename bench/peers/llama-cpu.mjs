@@ -5,7 +5,7 @@
 // glmtool/llama.cpp ratios (above 1: glmtool ahead; for RSS below 1: glmtool smaller).
 //
 //   node bench/peers/llama-cpu.mjs [--size small|full] [--dir /tmp/glmtool-bench-peers]
-//                                  [--prompt 128] [--gen 64] [--threads <cores>]
+//                                  [--prompt 128] [--gen 64] [--threads <cores>] [--cpu-compute exact|int8]
 //
 // Needs `npm run build`. Each engine runs in its own child process (so its RSS is its own),
 // with the same thread count. glmtool: `quantize --bits 8|4 --format onnx` (published RTN
@@ -29,6 +29,7 @@ const {values: opt} = parseArgs({options: {
   child: {type: 'string'},
   model: {type: 'string'},
   src: {type: 'string'},
+  'cpu-compute': {type: 'string', default: 'exact'},
 }})
 const root = new URL('../..', import.meta.url).pathname
 const P = Number(opt.prompt), G = Number(opt.gen), T = Number(opt.threads)
@@ -100,18 +101,19 @@ const child = (kind, model) => {
 
 const src = join(opt.dir, `chatglm2-6b-${opt.size}`)
 if (!existsSync(src)) cli(['synth', '--arch', 'chatglm2-6b', '--size', opt.size, '--out', src])
-const head = {machine: `${cpus().length} x ${cpus()[0].model}`, node: process.version, size: opt.size, prompt: P, gen: G, threads: T}
+const head = {machine: `${cpus().length} x ${cpus()[0].model}`, node: process.version, size: opt.size, prompt: P, gen: G, threads: T, cpuCompute: opt['cpu-compute']}
 console.log(JSON.stringify(head))
 for (const [bits, type] of [[8, 'q8_0'], [4, 'q4_0']]) {
-  const onnx = `${src}-int${bits}-onnx`
+  const cc = opt['cpu-compute']
+  const onnx = `${src}-int${bits}${cc === 'exact' ? '' : `-${cc}`}-onnx`
   const gguf = `${src}-${type}.gguf`
-  if (!existsSync(onnx)) console.log(JSON.stringify({step: `quantize --bits ${bits} --format onnx`, seconds: cli(['quantize', src, '--bits', String(bits), '--format', 'onnx', '--evaluate', 'off', '--out', onnx])}))
+  if (!existsSync(onnx)) console.log(JSON.stringify({step: `quantize --bits ${bits} --format onnx`, seconds: cli(['quantize', src, '--bits', String(bits), '--format', 'onnx', '--cpu-compute', cc, '--evaluate', 'off', '--out', onnx])}))
   if (!existsSync(gguf)) console.log(JSON.stringify({step: `convert --to gguf --type ${type}`, seconds: cli(['convert', src, '--to', 'gguf', '--type', type, '--out', gguf])}))
   const g = child('glmtool', onnx)
   const l = child('llama', gguf)
   const r = (x) => +x.toFixed(2)
   console.log(JSON.stringify({
-    row: `glmtool INT${bits} vs llama.cpp ${type.toUpperCase()}`,
+    row: `glmtool INT${bits} (--cpu-compute ${cc}) vs llama.cpp ${type.toUpperCase()}`,
     glmtool: {prefillTokPerSec: r(g.prefill), decodeTokPerSec: r(g.decode), peakRssMB: Math.round(g.peakRssBytes / 1e6)},
     llama: {prefillTokPerSec: r(l.prefill), decodeTokPerSec: r(l.decode), peakRssMB: Math.round(l.peakRssBytes / 1e6)},
     ratio: {prefill: r(g.prefill / l.prefill), decode: r(g.decode / l.decode), rss: r(g.peakRssBytes / l.peakRssBytes)},
