@@ -222,15 +222,6 @@ export function engineUnsupported(why: string): never {
   throw new GlmtoolError('cuda-unsupported', `config.json: ${why} is not implemented by the CUDA backend`)
 }
 
-/** A positive integer size for the CUDA engine, or a one-line error naming the key. */
-export function engineInt(config: ModelConfig, key: string, fallback?: number): number {
-  const v = config[key] ?? fallback
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) {
-    throw new ModelError(`config.json: ${key} must be a positive integer (got ${JSON.stringify(config[key])})`, 'bad-config')
-  }
-  return v
-}
-
 /**
  * config.json's rope_ratio (ChatGLM2-6B-32k, ChatGLM3-6B-32k), 1 when absent (the published
  * configuration_chatglm.py default). A finite number > 0, or a one-line error naming the file.

@@ -6,7 +6,7 @@ import {framePromptV1, layoutV1} from '../runtime/positions.js'
 import {chatglm6bTokenizerFromBytes} from '../runtime/tokenizer/chatglm-6b.js'
 import {synthChatglm6bTokenizer} from '../synth/synth-tokenizer.js'
 import {
-  addPrefixCacheSpecs, type Arch, configInt, engineInt, type EngineTensor, engineUnsupported, type ModelConfig, type ModelDims, type PrefixRules,
+  addPrefixCacheSpecs, type Arch, configInt, type EngineTensor, engineUnsupported, type ModelConfig, type ModelDims, type PrefixRules,
   type SynthSize, type TensorSpec,
 } from './arch.js'
 
@@ -182,7 +182,7 @@ export const chatglmV1: Arch = {
       ['mlp.dense_h_to_4h.weight', 'W_UP'], ['mlp.dense_h_to_4h.bias', 'B_UP'],
       ['mlp.dense_4h_to_h.weight', 'W_DOWN'], ['mlp.dense_4h_to_h.bias', 'B_DOWN'],
     ]
-    for (let i = 0; i < engineInt(config, 'num_layers'); i++) {
+    for (let i = 0, n = v1Dims(config).layers; i < n; i++) {
       for (const [suffix, slot] of per) t.push({name: `transformer.layers.${i}.${suffix}`, slot, layer: i})
     }
     t.push({name: 'transformer.final_layernorm.weight', slot: 'W_FINAL', layer: 0})

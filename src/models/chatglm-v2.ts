@@ -6,7 +6,7 @@ import {ChatGLM2Tokenizer, V2_SPECIAL_NAMES} from '../runtime/tokenizer/chatglm2
 import {SentencePieceProcessor} from '../runtime/tokenizer/sentencepiece.js'
 import {synthChatglm2Tokenizer} from '../synth/synth-tokenizer.js'
 import {
-  addPrefixCacheSpecs, type Arch, configInt, engineInt, type EngineTensor, engineUnsupported, isChatglm3Config, type ModelConfig, type ModelDims,
+  addPrefixCacheSpecs, type Arch, configInt, type EngineTensor, engineUnsupported, isChatglm3Config, type ModelConfig, type ModelDims,
   type PrefixRules, ropeRatio, type SynthSize, type TensorSpec, type EngineFlags,
 } from './arch.js'
 import {GlmtoolError} from '../errors.js'
@@ -202,7 +202,7 @@ export const chatglmV2: Arch = {
   engineTensors(config) {
     const t: EngineTensor[] = [{name: 'transformer.embedding.word_embeddings.weight', slot: 'W_EMBED', layer: 0}]
     const bias = config.add_bias_linear === true
-    for (let i = 0; i < engineInt(config, 'num_layers'); i++) {
+    for (let i = 0, n = v2Dims(config).layers; i < n; i++) {
       const p = `transformer.encoder.layers.${i}.`
       const put = (suffix: string, slot: EngineTensor['slot']) => t.push({name: p + suffix, slot, layer: i})
       put('input_layernorm.weight', 'W_LN1')
