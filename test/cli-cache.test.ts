@@ -5,7 +5,7 @@
  * hold is refused before it starts, naming the directory and the sizes.
  */
 import {existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync} from 'node:fs'
-import {tmpdir} from 'node:os'
+import {hostname, tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, describe, expect, it} from 'vitest'
 import {assertCacheRoom, estimateOnnxBytes, freeBytes} from '../src/pipelines/model-cache.js'
@@ -50,6 +50,16 @@ describe('glmtool cache', () => {
     expect(existsSync(stale.dir)).toBe(false)
     ls = JSON.parse(ok(['cache', 'ls', '--json']).stdout) as Listed
     expect(ls.entries.map(e => e.source)).toEqual([b])
+
+    // An entry whose output lock a live glmtool holds (this test process, as output-dir.ts writes
+    // the journal) is left, and said so.
+    const lock = join(work, 'cache', 'onnx', `.${ls.entries[0].key}.glmtool-lock`)
+    writeFileSync(lock, JSON.stringify({glmtool: 'output-lock', pid: process.pid, host: hostname(), target: ls.entries[0].dir, since: new Date().toISOString(), state: 'building'}))
+    const held = JSON.parse(ok(['cache', 'clear', '--all', '--json']).stdout) as {removed: unknown[], busy: {key: string}[]}
+    expect(held.removed).toEqual([])
+    expect(held.busy.map(e => e.key)).toEqual([ls.entries[0].key])
+    expect(existsSync(ls.entries[0].dir)).toBe(true)
+    rmSync(lock)
 
     // By key prefix; then nothing left, and the stranger's file still there.
     ok(['cache', 'clear', ls.entries[0].key.slice(0, 6)])

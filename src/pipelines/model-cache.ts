@@ -14,6 +14,7 @@ import {GlmtoolError} from '../errors.js'
 import type {ArchId} from '../models/index.js'
 import {VERSION} from '../version.js'
 import {isWeightFile} from './model-dir.js'
+import {outputHeld} from './output-dir.js'
 
 /** Where converted models are cached: $GLMTOOL_CACHE, else $XDG_CACHE_HOME/glmtool, else ~/.cache/glmtool. */
 export function cacheRoot(): string {
@@ -168,23 +169,9 @@ export function listCache(root = cacheRoot()): CacheEntry[] {
   return entries.sort((a, b) => b.bytes - a.bytes)
 }
 
-/** A run is converting into (or reading) the entry: its output lock, left by a live glmtool (output-dir.ts). */
-function busy(root: string, key: string): boolean {
-  const lock = join(root, 'onnx', `.${key}.glmtool-lock`)
-  if (!existsSync(lock)) return false
-  try {
-    const pid = (JSON.parse(readFileSync(lock, 'utf8')) as {pid?: unknown}).pid
-    if (typeof pid !== 'number') return true
-    process.kill(pid, 0)
-    return true
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM'
-  }
-}
-
 export interface ClearResult {
   removed: CacheEntry[]
-  /** Entries asked for but left: a live run holds them. */
+  /** Entries asked for but left: a live run holds their output lock (output-dir.ts). */
   busy: CacheEntry[]
   bytes: number
 }
@@ -208,7 +195,7 @@ export function clearCache(opts: {keys?: readonly string[], stale?: boolean} = {
   const removed: CacheEntry[] = []
   const held: CacheEntry[] = []
   for (const e of chosen) {
-    if (busy(root, e.key)) {
+    if (outputHeld(e.dir)) {
       held.push(e)
       continue
     }

@@ -171,6 +171,12 @@ function readJournal(path: string): Journal | undefined | 'unreadable' {
   }
 }
 
+/** Whether a glmtool that still runs holds `target`'s lock (it is building or replacing it); an unreadable lock counts as held. */
+export function outputHeld(target: string): boolean {
+  const j = readJournal(join(dirname(target), lockName(basename(target))))
+  return j !== undefined && (j === 'unreadable' || !ownerDead(j))
+}
+
 const lexists = (p: string) => {
   try {
     lstatSync(p)
