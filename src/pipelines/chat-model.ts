@@ -57,7 +57,7 @@ export async function loadChatModel(
       touchCacheEntry(onnxDir)
     } else {
       // The disk must hold the whole conversion: refused before it starts, never filled silently.
-      const need = estimateOnnxBytes(path)
+      const need = estimateOnnxBytes(path, detected.config)
       assertCacheRoom(path, onnxDir, need)
       opts.onNote?.(`converting ${path} to ONNX once (about ${(need / 1e9).toFixed(2)} GB, cached in ${onnxDir}; \`glmtool cache ls\` lists conversions) ...`)
       let bar: {add(bytes: number): void, stop(): void} | undefined

@@ -11,7 +11,7 @@ import {existsSync, readdirSync, readFileSync, rmSync, statfsSync, statSync, uti
 import {homedir} from 'node:os'
 import {join, resolve} from 'node:path'
 import {GlmtoolError} from '../errors.js'
-import type {ArchId} from '../models/index.js'
+import type {ArchId, ModelConfig} from '../models/index.js'
 import {VERSION} from '../version.js'
 import {isWeightFile} from './model-dir.js'
 import {outputHeld} from './output-dir.js'
@@ -44,19 +44,13 @@ export function onnxCacheDir(source: string, arch: ArchId): string {
 }
 
 /**
- * Bytes the float32 ONNX conversion of `source` will take: its weight files, doubled where
- * config.json says they are 16-bit, plus 2% for the graph and alignment.
+ * Bytes the float32 ONNX conversion of `source` will take: its weight files, doubled where its
+ * config.json (`config`, already read) says they are 16-bit, plus 2% for the graph and alignment.
  */
-export function estimateOnnxBytes(source: string): number {
+export function estimateOnnxBytes(source: string, config: ModelConfig): number {
   let weights = 0
   for (const name of readdirSync(source)) if (isWeightFile(name)) weights += statSync(join(source, name)).size
-  let dtype: unknown
-  try {
-    dtype = (JSON.parse(readFileSync(join(source, 'config.json'), 'utf8')) as {torch_dtype?: unknown}).torch_dtype
-  } catch {
-    dtype = undefined
-  }
-  const widen = dtype === 'float32' ? 1 : 2
+  const widen = config.torch_dtype === 'float32' ? 1 : 2
   return Math.ceil(weights * widen * 1.02)
 }
 
@@ -74,7 +68,7 @@ export function freeBytes(dir: string): number {
  * Refuse a conversion the disk cannot hold, before it starts: a one-line error naming the
  * cache directory, the bytes needed and free, and how to make room.
  */
-export function assertCacheRoom(source: string, dir: string, need = estimateOnnxBytes(source)): void {
+export function assertCacheRoom(source: string, dir: string, need: number): void {
   const free = freeBytes(dir)
   // Keep 1% of the need (at least 256 MB) spare: a full disk breaks more than this run.
   const spare = Math.max(256e6, need * 0.01)
