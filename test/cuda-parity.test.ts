@@ -39,16 +39,21 @@ describe.skipIf(reason !== undefined)('glmtool chat --backend cuda', () => {
   const work = mkdtempSync(join(tmpdir(), 'glmtool-cuda-chat-'))
   afterAll(() => rmSync(work, {recursive: true, force: true}))
 
-  it.each([['chatglm-6b'], ['chatglm2-6b']])('%s: a greedy turn from glmtool\'s safetensors output, tokens chosen on the GPU', arch => {
-    const model = join(work, arch)
-    expect(glmtool(['synth', '--arch', arch, '--size', 'tiny', '--out', `${model}-torch`]).code).toBe(0)
-    expect(glmtool(['convert', `${model}-torch`, '--to', 'safetensors', '--out', model]).code).toBe(0)
+  /** A greedy turn of up to 8 tokens, chosen on the GPU. */
+  const cudaTurn = (model: string) => {
     const r = glmtool(['chat', model, '--backend', 'cuda', '--prompt', 'hello', '--greedy', '--max-new-tokens', '8', '--json'], {env: {GLMTOOL_CACHE: join(work, 'cache')}})
     expect(r.code, r.stderr).toBe(0)
     const out = JSON.parse(r.stdout)
     expect(out.backend).toBe('cuda')
     expect(out.turns[0].generatedIds.length).toBeGreaterThan(0)
     expect(out.turns[0].generatedIds.length).toBeLessThanOrEqual(8)
+  }
+
+  it.each([['chatglm-6b'], ['chatglm2-6b']])('%s: a greedy turn from glmtool\'s safetensors output, tokens chosen on the GPU', arch => {
+    const model = join(work, arch)
+    expect(glmtool(['synth', '--arch', arch, '--size', 'tiny', '--out', `${model}-torch`]).code).toBe(0)
+    expect(glmtool(['convert', `${model}-torch`, '--to', 'safetensors', '--out', model]).code).toBe(0)
+    cudaTurn(model)
   })
 
   // A torch directory streams straight onto the GPU; its pieces are in shared memory (the reader
@@ -56,21 +61,13 @@ describe.skipIf(reason !== undefined)('glmtool chat --backend cuda', () => {
   it.each([['chatglm-6b'], ['chatglm2-6b'], ['chatglm3-6b']])('%s: a greedy turn straight from the published torch layout', arch => {
     const model = join(work, `${arch}-direct`)
     expect(glmtool(['synth', '--arch', arch, '--size', 'tiny', '--out', model]).code).toBe(0)
-    const r = glmtool(['chat', model, '--backend', 'cuda', '--prompt', 'hello', '--greedy', '--max-new-tokens', '8', '--json'], {env: {GLMTOOL_CACHE: join(work, 'cache')}})
-    expect(r.code, r.stderr).toBe(0)
-    const out = JSON.parse(r.stdout)
-    expect(out.backend).toBe('cuda')
-    expect(out.turns[0].generatedIds.length).toBeGreaterThan(0)
+    cudaTurn(model)
   })
 
   it.each([['chatglm-6b', '4'], ['chatglm2-6b', '8']])('%s int%s from glmtool quantize: a greedy turn on the GPU', (arch, bits) => {
     const model = join(work, `${arch}-q${bits}`)
     expect(glmtool(['synth', '--arch', arch, '--size', 'tiny', '--out', `${model}-torch`]).code).toBe(0)
     expect(glmtool(['quantize', `${model}-torch`, '--bits', bits, '--out', model, '--evaluate', 'off']).code).toBe(0)
-    const r = glmtool(['chat', model, '--backend', 'cuda', '--prompt', 'hello', '--greedy', '--max-new-tokens', '8', '--json'], {env: {GLMTOOL_CACHE: join(work, 'cache')}})
-    expect(r.code, r.stderr).toBe(0)
-    const out = JSON.parse(r.stdout)
-    expect(out.backend).toBe('cuda')
-    expect(out.turns[0].generatedIds.length).toBeGreaterThan(0)
+    cudaTurn(model)
   })
 })
