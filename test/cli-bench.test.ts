@@ -3,7 +3,8 @@
  * side by side, FP16 / INT8 / INT4 copies of one model side by side, and the CUDA backend's
  * refusal where no CUDA engine is available.
  */
-import {mkdtempSync, readFileSync, rmSync} from 'node:fs'
+import {spawnSync} from 'node:child_process'
+import {mkdtempSync, readdirSync, readFileSync, rmSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
@@ -16,6 +17,18 @@ const env = {GLMTOOL_CACHE: join(work, 'cache')}
 afterAll(() => rmSync(work, {recursive: true, force: true}))
 /** python3 -c "s=12345\nfor _ in range(3): s=(s*1103515245+12345)%2**31; print(1000+s%59000)" */
 const LCG_FIRST_THREE = [19606, 38775, 14924]
+const hasOnnx = spawnSync('/usr/bin/python3', ['-c', 'import onnx']).status === 0
+const WEIGHT_BYTES_PY = `
+import onnx, sys
+m = onnx.load(sys.argv[1], load_external_data=False)
+read = set()
+for n in m.graph.node:
+    for k, name in enumerate(n.input):
+        if not (n.op_type == 'Gather' and k == 0):
+            read.add(name)
+size = lambda t: int(dict((e.key, e.value) for e in t.external_data).get('length', 0)) if t.external_data else len(t.raw_data)
+print(sum(size(t) for t in m.graph.initializer if t.name in read))
+`
 const v1 = join(work, 'v1')
 const v2 = join(work, 'v2')
 
@@ -43,7 +56,35 @@ describe('glmtool bench --backend cpu', () => {
       expect(x.prefillTokensPerSecond.median).toBeGreaterThan(0)
       expect(x.decodeTokensPerSecond.median).toBeGreaterThan(0)
       expect(x.peakHostRssBytes).toBeGreaterThan(0)
-      expect(x.roofline).toBeUndefined()
+    }
+  })
+
+  it('reports the CPU roofline: the bytes a decoded token reads over the read rate measured in the same run', () => {
+    const json = join(work, 'bench-roof.json')
+    const r = glmtool(['bench', v1, v2, '--backend', 'cpu', '--prompt-tokens', '12', '--gen-tokens', '4', '--repeat', '1', '--max-length', '32', '--out', json], {env})
+    expect(r.code, r.stderr).toBe(0)
+    expect(r.stdout).toMatch(/roofline .*GB\/s read rate measured now/)
+    const out = JSON.parse(readFileSync(json, 'utf8'))
+    for (const x of out.results) {
+      const t = x.roofline
+      // The rate of a machine, not of a cache: between 100 MB/s and 10 TB/s.
+      expect(t.measuredReadBandwidth).toBeGreaterThan(1e8)
+      expect(t.measuredReadBandwidth).toBeLessThan(1e13)
+      // float32 K and V of every layer, for the mean context of the decode steps (12 + 4/2).
+      const c = JSON.parse(readFileSync(join(x.architecture === 'chatglm-6b' ? v1 : v2, 'config.json'), 'utf8'))
+      const kvHeads = x.architecture === 'chatglm-6b' ? c.num_attention_heads : c.multi_query_group_num
+      const headDim = c.hidden_size / c.num_attention_heads
+      expect(t.kvBytesPerToken).toBe(c.num_layers * 2 * kvHeads * headDim * 4 * 14)
+      expect(t.rooflineTokensPerSecond).toBeCloseTo(t.measuredReadBandwidth / (t.weightBytesPerToken + t.kvBytesPerToken), 6)
+      expect(t.achievedFraction).toBeCloseTo(x.decodeTokensPerSecond.median / t.rooflineTokensPerSecond, 9)
+      if (!hasOnnx) continue
+      // The weight bytes counted independently by python3-onnx from the cached export: every
+      // initializer some node reads other than as a Gather's table (the embedding).
+      const entries = readdirSync(join(env.GLMTOOL_CACHE, 'onnx')).map(k => join(env.GLMTOOL_CACHE, 'onnx', k))
+      const onnxDir = entries.find(d => JSON.parse(readFileSync(join(d, 'glmtool-onnx.json'), 'utf8')).architecture === x.architecture)!
+      const py = spawnSync('/usr/bin/python3', ['-c', WEIGHT_BYTES_PY, join(onnxDir, 'model.onnx')], {encoding: 'utf8'})
+      expect(py.status, py.stderr).toBe(0)
+      expect(t.weightBytesPerToken).toBe(Number(py.stdout.trim()))
     }
   })
 

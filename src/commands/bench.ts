@@ -10,7 +10,7 @@ import {type BenchResult, benchModel} from '../pipelines/bench.js'
 
 export default class Bench extends BaseCommand {
   static override summary = 'Measure load time, time to first token, prefill and decode speed, memory and the decode roofline'
-  static override description = 'Each model is loaded, run once to warm up, then --repeat times: a --prompt-tokens prompt (pseudo-random ids plus the generation\'s specials) and greedy decoding to --gen-tokens new tokens. Medians and p90s (the slower tail) over the repeats. Several models are measured one after another and compared side by side. On CUDA it also reports peak GPU memory (the engine\'s allocations and cudaMemGetInfo) and the roofline: weight (and KV) bytes read per decoded token over the GPU\'s memory bandwidth, and the fraction of it achieved.'
+  static override description = 'Each model is loaded, run once to warm up, then --repeat times: a --prompt-tokens prompt (pseudo-random ids plus the generation\'s specials) and greedy decoding to --gen-tokens new tokens. Medians and p90s (the slower tail) over the repeats. Several models are measured one after another and compared side by side. On CUDA it also reports peak GPU memory (the engine\'s allocations and cudaMemGetInfo) and the roofline: weight (and KV) bytes read per decoded token over the GPU\'s memory bandwidth, and the fraction of it achieved. On the CPU the roofline divides the same bytes by the memory read rate measured in the same run (onnxruntime\'s MatMul over a 1 GiB matrix, in a child process).'
   static override examples = [
     '<%= config.bin %> bench ./chatglm2-6b-safetensors',
     '<%= config.bin %> bench ./chatglm-6b-st ./chatglm2-6b-st --backend cuda --out bench.json',
@@ -95,5 +95,8 @@ export function benchTable(results: readonly BenchResult[]): string {
 export function rooflineLine(r: BenchResult): string {
   const t = r.roofline!
   const tb = (x: number) => `${(x / 1e12).toFixed(2)} TB/s`
+  if (t.measuredReadBandwidth) {
+    return `roofline ${r.model}: ${formatBytes(t.weightBytesPerToken)} weights + ${formatBytes(t.kvBytesPerToken)} KV read per decoded token / ${(t.measuredReadBandwidth / 1e9).toFixed(1)} GB/s read rate measured now (onnxruntime MatMul of a 1 GiB matrix) = ${f1(t.rooflineTokensPerSecond)} tok/s; achieved ${f1(r.decodeTokensPerSecond.median)} tok/s = ${(100 * t.achievedFraction).toFixed(1)}% of it`
+  }
   return `roofline ${r.model}: ${formatBytes(t.weightBytesPerToken)} weights + ${formatBytes(t.kvBytesPerToken)} KV read per decoded token / ${tb(t.peakBandwidth)} peak = ${f1(t.rooflineTokensPerSecond)} tok/s; achieved ${f1(r.decodeTokensPerSecond.median)} tok/s = ${(100 * t.achievedFraction).toFixed(1)}% of it (${(100 * t.achievedFractionOfCopy).toFixed(1)}% at the measured copy rate ${tb(t.measuredCopyBandwidth)})`
 }

@@ -18,6 +18,9 @@ import {archById, type ArchId} from '../models/index.js'
 import {quantLayoutOf} from '../models/quantized-layout.js'
 import type {DecoderBackend} from '../runtime/backend.js'
 import type {CudaBackend} from '../runtime/backends/cuda.js'
+import type {OnnxCpuBackend} from '../runtime/backends/onnx-cpu.js'
+import {measureReadBandwidth} from './cpu-read-bandwidth.js'
+import {decodeReadBytes} from './export-onnx.js'
 import {type BackendKind, loadChatModel} from './chat-model.js'
 import {generate} from '../runtime/generate.js'
 import type {ChatTokenizer} from '../runtime/tokenizer/index.js'
@@ -29,6 +32,8 @@ export interface BenchOptions {
   repeat: number
   maxLength: number
   warmup?: number
+  /** CPU: measure the read rate and report the roofline (default true). */
+  cpuRoofline?: boolean
   /** The user's --arch. */
   arch?: ArchId
   onNote?: (message: string) => void
@@ -88,9 +93,14 @@ export interface Roofline {
   weightBytesPerToken: number
   /** KV cache bytes read per decoded token, averaged over the decode steps. */
   kvBytesPerToken: number
-  /** The GPU's peak memory bandwidth (memory clock x bus width), and a measured device-to-device copy rate. */
+  /**
+   * The GPU's peak memory bandwidth (memory clock x bus width), and a measured device-to-device
+   * copy rate. CPU: both are the read rate measured in the same run (cpu-read-bandwidth.ts).
+   */
   peakBandwidth: number
   measuredCopyBandwidth: number
+  /** CPU only: the memory read rate measured in this run, the roofline's bandwidth. */
+  measuredReadBandwidth?: number
   /** (weights + KV) / peak bandwidth, as tokens/s: the decode speed no implementation exceeds. */
   rooflineTokensPerSecond: number
   /** Median decode tokens/s over the roofline, and over the roofline at the measured copy rate. */
@@ -143,6 +153,7 @@ async function oneRun(backend: DecoderBackend, tokenizer: ChatTokenizer, ids: nu
 }
 
 let copyBandwidth: number | undefined
+let readBandwidth: number | undefined
 
 /** The stored weight format a model directory's config.json declares, for telling FP16 / INT8 /
  * INT4 copies of one model apart side by side; undefined when it says nothing. */
@@ -170,6 +181,9 @@ export async function benchModel(path: string, opts: BenchOptions): Promise<Benc
     // Measured before any model is on the GPU (it takes 2 GiB for a moment).
     const {loadCudaAddon} = await import('../runtime/backends/cuda-addon.js')
     copyBandwidth = loadCudaAddon().addon.measureCopyBandwidth(1 << 30, 10)
+  }
+  if (opts.backend === 'cpu' && readBandwidth === undefined && opts.cpuRoofline !== false) {
+    readBandwidth = measureReadBandwidth().bytesPerSecond
   }
   const t0 = performance.now()
   const model = await loadChatModel(path, {backend: opts.backend, maxLength, arch: opts.arch, onNote: opts.onNote, progress: opts.progress})
@@ -226,6 +240,18 @@ export async function benchModel(path: string, opts: BenchOptions): Promise<Benc
         measuredCopyBandwidth: copyBandwidth ?? 0, rooflineTokensPerSecond: roof,
         achievedFraction: decode.median / roof,
         achievedFractionOfCopy: copyBandwidth ? decode.median / (copyBandwidth / perToken) : 0,
+      }
+    }
+    if (backend.name === 'onnx-cpu' && model.onnxDir && readBandwidth) {
+      // float32 K and V of every layer for each token of context, read once per decode step.
+      const d = (backend as OnnxCpuBackend).manifest.dims
+      const kv = d.layers * 2 * d.kvHeads * d.headDim * 4 * (promptTokens + genTokens / 2)
+      const perToken = await decodeReadBytes(model.onnxDir) + kv
+      const roof = readBandwidth / perToken
+      result.roofline = {
+        weightBytesPerToken: perToken - kv, kvBytesPerToken: kv, peakBandwidth: readBandwidth,
+        measuredCopyBandwidth: readBandwidth, measuredReadBandwidth: readBandwidth, rooflineTokensPerSecond: roof,
+        achievedFraction: decode.median / roof, achievedFractionOfCopy: decode.median / roof,
       }
     }
     return result

@@ -498,6 +498,29 @@ export async function verifyOnnxDir(dir: string, expectedInitializers?: number):
   return manifest
 }
 
+/**
+ * The weight bytes one decode step reads from an export: every initializer, except a table only
+ * ever gathered from (the embedding: a step reads its one row). What bench's CPU roofline divides
+ * by the measured read rate.
+ */
+export async function decodeReadBytes(dir: string): Promise<number> {
+  const manifest = await readOnnxManifest(dir)
+  const g = decodeModel(await readFile(join(dir, manifest.model))).graph
+  const gatheredOnly = new Map<string, boolean>()
+  for (const n of g?.node ?? []) {
+    for (const [k, name] of (n.input ?? []).entries()) {
+      const gathered = n.opType === 'Gather' && k === 0
+      gatheredOnly.set(name, (gatheredOnly.get(name) ?? true) && gathered)
+    }
+  }
+  let bytes = 0
+  for (const t of g?.initializer ?? []) {
+    if (gatheredOnly.get(t.name ?? '') ?? true) continue
+    bytes += externalRangeOf(t)?.length ?? t.rawData?.length ?? 0
+  }
+  return bytes
+}
+
 export async function readOnnxManifest(dir: string): Promise<OnnxManifest> {
   const path = join(dir, ONNX_MANIFEST_FILE)
   let m: OnnxManifest
