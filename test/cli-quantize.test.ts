@@ -142,7 +142,9 @@ describe('ONNX output (MatMulNBits) = the dequantized model', () => {
   cases.forEach((c, i) => {
     it(c.name, async () => {
       const out = join(work, `onnx-${i}`)
-      const r = quantize([c.src, ...c.args, '--format', c.format, '--out', out, '--evaluate', 'off'])
+      // exact: float32 activations, so the graph is the dequantized model (the default int8
+      // activations: quant-cpu-compute.test.ts)
+      const r = quantize([c.src, ...c.args, '--format', c.format, '--cpu-compute', 'exact', '--out', out, '--evaluate', 'off'])
       expect(r.code, r.stderr).toBe(0)
       const files = readdirSync(out)
       expect(files).toContain('model.onnx')

@@ -38,7 +38,7 @@ The report gives each layer's weight error and activation-weighted output error 
     'calib-samples': Flags.integer({default: 32, description: 'calibration sequences (of up to 128 tokens) to use at most'}),
     skip: Flags.string({default: 'lm_head,embeddings', description: 'weights kept float: lm_head and/or embeddings (comma-separated), or none'}),
     format: Flags.string({default: 'safetensors', options: ['safetensors', 'onnx', 'both'], description: 'output: safetensors, ONNX (MatMulNBits), or both in one directory'}),
-    'cpu-compute': Flags.string({default: 'exact', options: ['exact', 'int8'], description: 'ONNX output: how the CPU runtime computes the quantized linears: exact (float32 activations, the dequantized model) or int8 (activations quantized to int8 per block, MatMulNBits accuracy_level 4, as llama.cpp\'s CPU kernels do: ~90x faster INT8 and ~1.6x faster INT4 decode at full size, bench/RESULTS.md)'}),
+    'cpu-compute': Flags.string({options: ['exact', 'int8'], description: 'ONNX output: how the CPU runtime computes the quantized linears: int8 (activations quantized to int8 per block, MatMulNBits accuracy_level 4, as llama.cpp\'s CPU kernels do: ~80x faster INT8 and ~2x faster INT4 decode at full size; mean KL vs exact ~2e-5, bench/RESULTS.md) or exact (float32 activations: the dequantized model, bit for bit; INT8 then has no fast CPU kernel) [default: int8]'}),
     out: Flags.string({char: FLAG_CHARS.out, description: 'output directory [default: <model>-int<bits>]'}),
     force: Flags.boolean({char: FLAG_CHARS.force, default: false, description: 'replace --out if it exists'}),
     evaluate: Flags.string({default: 'auto', options: ['auto', 'on', 'off'], description: 'end-to-end KL / top-1 on held-out text; auto: run it unless there is no tokenizer or not enough memory (then say why)'}),
@@ -51,7 +51,7 @@ The report gives each layer's weight error and activation-weighted output error 
     const skip = parseSkip(flags.skip)
     if (flags.calib !== undefined && flags.method === 'rtn') throw new UsageError('--calib is calibration text for --method calibrated; --method rtn uses no data')
     const method = (flags.method ?? (flags.calib !== undefined ? 'calibrated' : 'rtn')) as QuantMethod
-    if (flags['cpu-compute'] !== 'exact' && flags.format === 'safetensors') throw new UsageError('--cpu-compute sets how the ONNX output computes; give --format onnx or both')
+    if (flags['cpu-compute'] !== undefined && flags.format === 'safetensors') throw new UsageError('--cpu-compute sets how the ONNX output computes; give --format onnx or both')
     const model = this.resolveModel(args.model)
     // The output-directory code refuses an --out that is, holds or lies inside the input (real paths).
     const out = flags.out ?? `${model.outBase}-int${flags.bits}`
@@ -63,7 +63,7 @@ The report gives each layer's weight error and activation-weighted output error 
         arch: archOf(flags),
         input: model.path, out, bits: flags.bits, groupSize: flags['group-size'], method, calibration,
         calibSamples: flags['calib-samples'], lmHead: !skip.has('lm_head'), embeddings: !skip.has('embeddings'),
-        format: flags.format as QuantFormat, cpuCompute: flags['cpu-compute'] as 'exact' | 'int8', force: flags.force, evaluate: flags.evaluate as 'auto' | 'on' | 'off',
+        format: flags.format as QuantFormat, cpuCompute: (flags['cpu-compute'] ?? 'int8') as 'exact' | 'int8', force: flags.force, evaluate: flags.evaluate as 'auto' | 'on' | 'off',
         threads: flags.threads, maxShardBytes: parseSize(flags['max-shard-size']),
         onStage: m => {
           progress?.stop()

@@ -106,7 +106,7 @@ async function makeModel(work, key) {
   if (qm) {
     const base = await makeModel(work, qm[1])
     const q = join(work, key)
-    if (!existsSync(q)) glmtool(['quantize', base.torch, '--bits', qm[2], '--group-size', qm[3] ?? '0', '--format', 'both', '--out', q, '--evaluate', 'off'])
+    if (!existsSync(q)) glmtool(['quantize', base.torch, '--bits', qm[2], '--group-size', qm[3] ?? '0', '--format', 'both', '--cpu-compute', 'exact', '--out', q, '--evaluate', 'off'])
     return {torch: base.torch, st: q, onnx: q, quant: true}
   }
   if (key === 'chatglm3-6b-32k-tiny-sharp') {
