@@ -5,12 +5,17 @@
 // glmtool/llama.cpp ratios (above 1: glmtool ahead; for RSS below 1: glmtool smaller).
 //
 //   node bench/peers/llama-cpu.mjs [--size small|full] [--dir /tmp/glmtool-bench-peers]
-//                                  [--prompt 128] [--gen 64] [--threads <cores>] [--cpu-compute exact|int8]
+//                                  [--prompt 128] [--gen 64] [--threads <cores>] [--cpu-compute int8|exact]
+//                                  [--skip none|lm_head,embeddings]
 //
 // Needs `npm run build`. Each engine runs in its own child process (so its RSS is its own),
 // with the same thread count. glmtool: `quantize --bits 8|4 --format onnx` (published RTN
 // scheme, per-channel scales, MatMulNBits), OnnxCpuBackend. llama.cpp: `convert --to gguf
 // --type q8_0|q4_0`, a context of prompt+gen tokens (F16 KV cache, its default), greedy.
+// Same bits on both sides: the GGUF file types quantize every matrix, the output layer and the
+// token embeddings included (as llama.cpp's own converter does), so glmtool quantizes with
+// --skip none by default too; --skip lm_head,embeddings gives the published layout (fp16 output
+// layer, which onnxruntime's CPU kernels then read as float32: twice the bytes).
 // The same pseudo-random prompt ids ([gMASK] sop, then vocabulary ids) for both.
 // --size full synthesises the 6B model (12.5 GB, ~1 min) and needs ~30 GB of disk for the
 // four quantized copies; meant for a later session on a machine to itself.
@@ -29,7 +34,8 @@ const {values: opt} = parseArgs({options: {
   child: {type: 'string'},
   model: {type: 'string'},
   src: {type: 'string'},
-  'cpu-compute': {type: 'string', default: 'exact'},
+  'cpu-compute': {type: 'string', default: 'int8'},
+  skip: {type: 'string', default: 'none'},
 }})
 const root = new URL('../..', import.meta.url).pathname
 const P = Number(opt.prompt), G = Number(opt.gen), T = Number(opt.threads)
@@ -101,19 +107,19 @@ const child = (kind, model) => {
 
 const src = join(opt.dir, `chatglm2-6b-${opt.size}`)
 if (!existsSync(src)) cli(['synth', '--arch', 'chatglm2-6b', '--size', opt.size, '--out', src])
-const head = {machine: `${cpus().length} x ${cpus()[0].model}`, node: process.version, size: opt.size, prompt: P, gen: G, threads: T, cpuCompute: opt['cpu-compute']}
+const head = {machine: `${cpus().length} x ${cpus()[0].model}`, node: process.version, size: opt.size, prompt: P, gen: G, threads: T, cpuCompute: opt['cpu-compute'], skip: opt.skip}
 console.log(JSON.stringify(head))
 for (const [bits, type] of [[8, 'q8_0'], [4, 'q4_0']]) {
   const cc = opt['cpu-compute']
-  const onnx = `${src}-int${bits}${cc === 'exact' ? '' : `-${cc}`}-onnx`
+  const onnx = `${src}-int${bits}${cc === 'exact' ? '' : `-${cc}`}${opt.skip === 'none' ? '-all' : ''}-onnx`
   const gguf = `${src}-${type}.gguf`
-  if (!existsSync(onnx)) console.log(JSON.stringify({step: `quantize --bits ${bits} --format onnx`, seconds: cli(['quantize', src, '--bits', String(bits), '--format', 'onnx', '--cpu-compute', cc, '--evaluate', 'off', '--out', onnx])}))
+  if (!existsSync(onnx)) console.log(JSON.stringify({step: `quantize --bits ${bits} --format onnx`, seconds: cli(['quantize', src, '--bits', String(bits), '--format', 'onnx', '--cpu-compute', cc, '--skip', opt.skip, '--evaluate', 'off', '--out', onnx])}))
   if (!existsSync(gguf)) console.log(JSON.stringify({step: `convert --to gguf --type ${type}`, seconds: cli(['convert', src, '--to', 'gguf', '--type', type, '--out', gguf])}))
   const g = child('glmtool', onnx)
   const l = child('llama', gguf)
   const r = (x) => +x.toFixed(2)
   console.log(JSON.stringify({
-    row: `glmtool INT${bits} (--cpu-compute ${cc}) vs llama.cpp ${type.toUpperCase()}`,
+    row: `glmtool INT${bits} (--cpu-compute ${cc}, --skip ${opt.skip}) vs llama.cpp ${type.toUpperCase()}`,
     glmtool: {prefillTokPerSec: r(g.prefill), decodeTokPerSec: r(g.decode), peakRssMB: Math.round(g.peakRssBytes / 1e6)},
     llama: {prefillTokPerSec: r(l.prefill), decodeTokPerSec: r(l.decode), peakRssMB: Math.round(l.peakRssBytes / 1e6)},
     ratio: {prefill: r(g.prefill / l.prefill), decode: r(g.decode / l.decode), rss: r(g.peakRssBytes / l.peakRssBytes)},
