@@ -11,7 +11,8 @@
 # (5.5 MB), and .device/ as bench/device-env.sh says (prebuilt.node.xz: the npm package's addon).
 # Run with carry [".device", "dist"]: BUDGET=560 bash bench/peers/llama-gpu-device.sh
 # Every step is skipped when its output exists, so a second call on the warm machine resumes.
-# Everything lands in $OUT: steps.log, glmtool.json, llama-*.json, llama-build.log (tail).
+# Everything lands in $OUT (8 files, the most a call brings back): steps.log, glmtool.json,
+# glmtool.txt, llama-{f16,q8_0,q4_0}.json, llama.err, llama-build.log (its tail).
 set -u
 source bench/device-env.sh
 mkdir -p prebuilds/linux-x64
@@ -72,7 +73,7 @@ if [ -x $LL/bin/llama-bench ]; then
   for t in f16 q8_0 q4_0; do
     [ -f "$OUT/llama-$t.json" ] || [ "$(left)" -lt 60 ] && continue
     timeout $(($(left) - 20)) $LL/bin/llama-bench -m "$M/$A-$t.gguf" -ngl 99 -p 512 -n 128 -d 0,512 -fa 0,1 -r 3 -o json \
-      > "$OUT/llama-$t.json" 2>> "$OUT/llama-$t.err"
+      > "$OUT/llama-$t.json" 2>> "$OUT/llama.err"
     el "llama-bench $t rc=$? $(grep -o '"avg_ts": [0-9.]*' "$OUT/llama-$t.json" | tr '\n' ' ')"
   done
 fi
