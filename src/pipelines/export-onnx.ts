@@ -34,7 +34,8 @@ export function onnxGraphFor(arch: Arch): ChatglmOnnxGraph {
  * created, so a loaded session holds float32 weights and runs float32 kernels: the same speed
  * and the same session memory as an `F32` export of the f16-rounded weights. The embedding
  * table is the exception: it is gathered in its stored dtype and only the S gathered rows are
- * cast, so with `F16` the largest table stays float16 in memory too.
+ * cast, so with `F16` the largest table stays float16 in memory too. The chat cache's exports
+ * keep every weight float16 in memory instead (OnnxExportOptions.residentF16).
  */
 export type OnnxWeightDtype = 'F32' | 'F16'
 
