@@ -53,13 +53,14 @@ export function onnxCacheDir(source: string, arch: ArchId): string {
 /**
  * Bytes the ONNX conversion of `source` will take: its weight files (float16 stays float16,
  * float32 float32), doubled where its config.json (`config`, already read) says neither
- * (bfloat16 becomes float32; an unstated dtype is counted the same way, to be safe), plus 2%
- * for the graph and alignment.
+ * (bfloat16 becomes float32; an unstated dtype, or a quantized checkpoint, whose float16 scales
+ * become float32, is counted the same way, to be safe), plus 2% for the graph and alignment.
  */
 export function estimateOnnxBytes(source: string, config: ModelConfig): number {
   let weights = 0
   for (const name of readdirSync(source)) if (isWeightFile(name)) weights += statSync(join(source, name)).size
-  const widen = config.torch_dtype === 'float16' || config.torch_dtype === 'float32' ? 1 : 2
+  const quantized = config.quantization_bit !== undefined && config.quantization_bit !== null
+  const widen = !quantized && (config.torch_dtype === 'float16' || config.torch_dtype === 'float32') ? 1 : 2
   return Math.ceil(weights * widen * 1.02)
 }
 
