@@ -81,8 +81,13 @@ describe('glmtool cache', () => {
     const m = join(work, 'c')
     ok(['synth', '--arch', 'chatglm2-6b', '--size', 'tiny', '--out', m])
     const need = estimateOnnxBytes(m, JSON.parse(readFileSync(join(m, 'config.json'), 'utf8')))
-    // torch_dtype float16: the float32 conversion is twice the weights.
-    expect(need).toBeGreaterThan(1.9 * weightBytes(m))
+    // torch_dtype float16: the conversion stays float16, about the weights' size; bfloat16
+    // becomes float32, twice that.
+    const config = JSON.parse(readFileSync(join(m, 'config.json'), 'utf8'))
+    expect(config.torch_dtype).toBe('float16')
+    expect(need).toBeGreaterThan(weightBytes(m))
+    expect(need).toBeLessThan(1.1 * weightBytes(m))
+    expect(estimateOnnxBytes(m, {...config, torch_dtype: 'bfloat16'})).toBeGreaterThan(1.9 * weightBytes(m))
     expect(() => assertCacheRoom(m, work, need)).not.toThrow()
     expect(() => assertCacheRoom(m, work, freeBytes(work) + 1)).toThrow(/^not enough free disk space for the ONNX conversion of .* it needs about .* GB, .* GB are free; remove old conversions with `glmtool cache clear`, or set GLMTOOL_CACHE/)
   })

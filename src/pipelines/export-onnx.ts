@@ -34,7 +34,8 @@ export function onnxGraphFor(arch: Arch): ChatglmOnnxGraph {
  * created, so a loaded session holds float32 weights and runs float32 kernels: the same speed
  * and the same session memory as an `F32` export of the f16-rounded weights. The embedding
  * table is the exception: it is gathered in its stored dtype and only the S gathered rows are
- * cast, so with `F16` the largest table stays float16 in memory too.
+ * cast, so with `F16` the largest table stays float16 in memory too. The chat cache's exports
+ * keep every weight float16 in memory instead (OnnxExportOptions.residentF16).
  */
 export type OnnxWeightDtype = 'F32' | 'F16'
 
@@ -62,6 +63,16 @@ export interface OnnxExportOptions {
    * times faster for INT8 and faster for INT4 on the CPU, bench/RESULTS.md). Default 'exact'.
    */
   cpuCompute?: 'exact' | 'int8'
+  /**
+   * With `F16` storage: a graph whose loaded session keeps the weights float16 (the chat
+   * cache's format for float16 checkpoints, half the memory of float32). Each linear weight is
+   * cast to float32 at its point of use, behind a zero-copy Reshape that takes its shape from
+   * the layer's input, so onnxruntime runs the Cast just before its Gemm (not all Casts first,
+   * which would hold every float32 copy at once); the manifest says `runtime_weights: float16`
+   * and OnnxCpuBackend turns off the load-time folding of those Casts. The values computed are
+   * the same: float16 -> float32 is exact.
+   */
+  residentF16?: boolean
   onStart?: (totalBytes: number) => void
   onBytes?: (n: number) => void
   onWarning?: (message: string) => void
@@ -88,6 +99,12 @@ export interface OnnxManifest {
   ops: Record<string, string>
   /** Weight-quantized linears (MatMulNBits), as in the checkpoint's config.json; absent for float models. */
   quantization?: {bits: 4 | 8, group_size: number, linears: number, lm_head: boolean, embeddings: boolean, cpu_compute?: 'exact' | 'int8'}
+  /**
+   * float16: the graph is built for a session that keeps the float16 weights resident
+   * (OnnxExportOptions.residentF16); OnnxCpuBackend then disables the folding of their Casts.
+   * Absent: onnxruntime folds them at load and holds float32 weights.
+   */
+  runtime_weights?: 'float16'
   glmtool_version: string
 }
 
@@ -251,7 +268,7 @@ function planExport(model: ModelSource, opts: OnnxExportOptions): ExportPlan {
   const graph = onnxGraphFor(arch)
   const dims = graph.dims(config)
   const byName = new Map(model.tensors.map(t => [t.name, t]))
-  const plan = planGraph(graph, dims, arch, config, byName, opts.dtype, opts.linearInputs ?? false, undefined, opts.cpuCompute === 'int8' ? 4 : 0)
+  const plan = planGraph(graph, dims, arch, config, byName, opts.dtype, opts.linearInputs ?? false, undefined, opts.cpuCompute === 'int8' ? 4 : 0, opts.residentF16 ?? false)
   const total = plan.entries.reduce((a, e) => a + e.length, 0) + plan.computed.reduce((a, c) => a + c.data.byteLength, 0)
   return {arch, config, dir, dims, graph, plan, total}
 }
@@ -317,6 +334,7 @@ async function writeOnnxFiles(p: ExportPlan, tmp: string, opts: OnnxExportOption
       bits: plan.quant.layout.bits, group_size: plan.quant.layout.groupSize, linears: plan.quant.linears,
       lm_head: plan.quant.layout.lmHead, embeddings: plan.quant.layout.embeddings, cpu_compute: opts.cpuCompute ?? 'exact',
     }} : {}),
+    ...(plan.residentF16 ? {runtime_weights: 'float16' as const} : {}),
     glmtool_version: VERSION,
   }
   await withPath(join(tmp, ONNX_MANIFEST_FILE), () => writeFile(join(tmp, ONNX_MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n'))
@@ -348,12 +366,14 @@ interface GraphPlan {
   /** Graph outputs beyond the decoder contract (the calibration variant's linear inputs). */
   extraOutputs: TensorIO[]
   quant?: {layout: QuantLayout, linears: number}
+  /** The linear weights are cast at their point of use, after their input (OnnxExportOptions.residentF16). */
+  residentF16: boolean
 }
 
 /** Build the graph (no tensor bytes read), recording which tensors it uses. */
 function planGraph(
   graph: ChatglmOnnxGraph, dims: DecoderDims, arch: Arch, config: ModelConfig, byName: Map<string, TensorEntry>, requested: OnnxWeightDtype | undefined,
-  linearInputs: boolean, part?: GraphPart, accuracyLevel: 0 | 4 = 0,
+  linearInputs: boolean, part?: GraphPart, accuracyLevel: 0 | 4 = 0, residentF16 = false,
 ): GraphPlan {
   const b = new GraphBuilder()
   const used = new Set<string>()
@@ -394,6 +414,8 @@ function planGraph(
     dtype = floats.length > 0 && floats.every(t => t.dtype === 'F16') ? 'F16' : 'F32'
   }
   const storage = dtype
+  // Quantized graphs keep their few float weights folded: their linears are MatMulNBits.
+  const resident = residentF16 && storage === 'F16' && !layout
   const ctx: GraphContext = {
     config,
     rotaryBase: arch.ropeBase(config),
@@ -447,7 +469,16 @@ function planGraph(
         if (linearInputs) extraOutputs.push({name: `${LINEAR_INPUT_PREFIX}${weight}`, dtype: 'float32', shape: ['rows', d.K]})
       } else {
         const t = source(weight)
-        y = linear(b, x, ctx.weight(weight), bias ? ctx.weight(bias) : undefined)
+        let w: string
+        if (resident) {
+          // [N, K] viewed as [-1, x's K]: a data dependency on x that costs no copy, so the
+          // Cast (and its float32 copy) exists only while this Gemm runs.
+          const shape = b.op('Concat', [b.int64([-1]), b.op('Shape', [x], {start: -1})], {axis: 0})
+          w = b.op('Cast', [b.op('Reshape', [weight, shape])], {to: ELEM.FLOAT})
+        } else {
+          w = ctx.weight(weight)
+        }
+        y = linear(b, x, w, bias ? ctx.weight(bias) : undefined)
         if (linearInputs) extraOutputs.push({name: `${LINEAR_INPUT_PREFIX}${weight}`, dtype: 'float32', shape: ['rows', t.shape[1]]})
       }
       if (linearInputs) pendingOutputs.push(x)
@@ -461,7 +492,7 @@ function planGraph(
   // Graph order (layer by layer), whatever the source format or shard layout: the same model
   // gives the same model.onnx.data from torch shards or from safetensors.
   return {
-    builder: b, dtype: storage, entries, sourceTensors: used.size, computed, extraOutputs,
+    builder: b, dtype: storage, entries, sourceTensors: used.size, computed, extraOutputs, residentF16: resident,
     ...(layout ? {quant: {layout, linears: quantLinears}} : {}),
   }
 }

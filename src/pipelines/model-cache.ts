@@ -22,15 +22,22 @@ export function cacheRoot(): string {
 }
 
 const ENTRY_FILE = 'glmtool-cache.json'
+/**
+ * The conversion's format, part of every key: 2 = float16 checkpoints keep float16 weights,
+ * resident in the session (export-onnx.ts residentF16); others float32. Entries of format 1
+ * (everything float32, before it) get other keys, so they are never reused as format 2: they
+ * list as stale and `cache clear --stale` removes them.
+ */
+export const CACHE_FORMAT = 2
 const KEY_RE = /^[0-9a-f]{16}$/
 
 /**
  * A key that changes whenever the source model changes: its absolute path and each file's
- * name, size and mtime, plus glmtool's version (a new exporter re-converts) and the generation
- * (ChatGLM2-6B and ChatGLM3-6B read rope_ratio differently).
+ * name, size and mtime, plus glmtool's version (a new exporter re-converts), the generation
+ * (ChatGLM2-6B and ChatGLM3-6B read rope_ratio differently) and the cache format.
  */
 export function sourceKey(dir: string, arch: ArchId): string {
-  const h = createHash('sha256').update(resolve(dir)).update(VERSION).update(arch)
+  const h = createHash('sha256').update(resolve(dir)).update(VERSION).update(arch).update(`cache-format-${CACHE_FORMAT}`)
   for (const name of readdirSync(dir).sort()) {
     const st = statSync(join(dir, name))
     if (st.isFile()) h.update(`${name}:${st.size}:${st.mtimeMs}\n`)
@@ -44,13 +51,16 @@ export function onnxCacheDir(source: string, arch: ArchId): string {
 }
 
 /**
- * Bytes the float32 ONNX conversion of `source` will take: its weight files, doubled where its
- * config.json (`config`, already read) says they are 16-bit, plus 2% for the graph and alignment.
+ * Bytes the ONNX conversion of `source` will take: its weight files (float16 stays float16,
+ * float32 float32), doubled where its config.json (`config`, already read) says neither
+ * (bfloat16 becomes float32; an unstated dtype, or a quantized checkpoint, whose float16 scales
+ * become float32, is counted the same way, to be safe), plus 2% for the graph and alignment.
  */
 export function estimateOnnxBytes(source: string, config: ModelConfig): number {
   let weights = 0
   for (const name of readdirSync(source)) if (isWeightFile(name)) weights += statSync(join(source, name)).size
-  const widen = config.torch_dtype === 'float32' ? 1 : 2
+  const quantized = config.quantization_bit !== undefined && config.quantization_bit !== null
+  const widen = !quantized && (config.torch_dtype === 'float16' || config.torch_dtype === 'float32') ? 1 : 2
   return Math.ceil(weights * widen * 1.02)
 }
 

@@ -54,6 +54,25 @@ export function attentionBias(past: number, newTokens: number, bidirectional: nu
 }
 
 /**
+ * The onnxruntime optimizers that turn a float16 initializer and its Cast into a float32
+ * initializer at session creation (constant folding, and with folding off, a transformer that
+ * does the same fusion): both off keeps a `runtime_weights: float16` export's weights float16
+ * in memory, each Cast run at its point of use. The list is ';'-separated (onnxruntime 1.30
+ * reads "a,b" as one name).
+ */
+export const KEEP_F16_DISABLED_OPTIMIZERS = 'ConstantFolding;FuseFp16InitializerToFp32NodeTransformer'
+
+/** The session options OnnxCpuBackend loads `manifest`'s graph with. */
+export function onnxCpuSessionOptions(manifest: OnnxManifest, threads?: number): Ort.InferenceSession.SessionOptions {
+  return {
+    executionProviders: ['cpu'],
+    graphOptimizationLevel: 'all',
+    ...(threads ? {intraOpNumThreads: threads} : {}),
+    ...(manifest.runtime_weights === 'float16' ? {extra: {optimization: {disable_specified_optimizers: KEEP_F16_DISABLED_OPTIMIZERS}}} : {}),
+  }
+}
+
+/**
  * ChatGLM decoder on onnxruntime-node's CPU provider, over a `glmtool convert --to onnx`
  * directory (I/O contract in src/formats/onnx/chatglm-graph.ts). The KV cache is the graph's
  * own present_key/present_value tensors, fed back unchanged as the next run's past: no copy on
@@ -96,11 +115,7 @@ export class OnnxCpuBackend implements DecoderBackend {
     if (prefix) checkPrefix(prefix, d)
     let session: Ort.InferenceSession
     try {
-      session = await ort().InferenceSession.create(join(onnxDir, manifest.model), {
-        executionProviders: ['cpu'],
-        graphOptimizationLevel: 'all',
-        ...(opts.threads ? {intraOpNumThreads: opts.threads} : {}),
-      })
+      session = await ort().InferenceSession.create(join(onnxDir, manifest.model), onnxCpuSessionOptions(manifest, opts.threads))
     } catch (error) {
       throw new GlmtoolError('onnx-load', `${join(onnxDir, manifest.model)}: onnxruntime cannot load it (${(error as Error).message.split('\n')[0]})`)
     }
