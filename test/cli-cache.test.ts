@@ -23,6 +23,20 @@ const ok = (args: string[]) => {
 interface Listed {root: string, bytes: number, entries: {key: string, dir: string, bytes: number, source?: string, arch?: string, state: string}[]}
 
 describe('glmtool cache', () => {
+  it("chat on a quantized checkpoint caches a graph whose linears compute with int8 activations (quantize --format onnx's default)", () => {
+    const src = join(work, 'qsrc')
+    const q = join(work, 'qsrc-int8')
+    ok(['synth', '--arch', 'chatglm2-6b', '--size', 'tiny', '--out', src])
+    ok(['quantize', src, '--bits', '8', '--evaluate', 'off', '--out', q])
+    const qenv = {GLMTOOL_CACHE: join(work, 'qcache')}
+    const r = glmtool(['chat', q, '--backend', 'cpu', '--prompt', 'hi', '--max-new-tokens', '1', '--json'], {env: qenv})
+    expect(r.code, r.stderr).toBe(0)
+    const entries = readdirSync(join(work, 'qcache', 'onnx')).filter(k => /^[0-9a-f]{16}$/.test(k))
+    expect(entries).toHaveLength(1)
+    const manifest = JSON.parse(readFileSync(join(work, 'qcache', 'onnx', entries[0], 'glmtool-onnx.json'), 'utf8'))
+    expect(manifest.quantization).toMatchObject({bits: 8, cpu_compute: 'int8'})
+  })
+
   it('chat records its conversion; ls shows it current, then stale once the model changes; clear --stale removes only that', () => {
     const a = join(work, 'a')
     const b = join(work, 'b')

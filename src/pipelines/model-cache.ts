@@ -24,7 +24,8 @@ export function cacheRoot(): string {
 const ENTRY_FILE = 'glmtool-cache.json'
 /**
  * The conversion's format, part of every key: 2 = float16 checkpoints keep float16 weights,
- * resident in the session (export-onnx.ts residentF16); others float32. Entries of format 1
+ * resident in the session (export-onnx.ts residentF16); others float32; quantized checkpoints'
+ * linears compute with int8 activations (cpu_compute int8). Entries of format 1
  * (everything float32, before it) get other keys, so they are never reused as format 2: they
  * list as stale and `cache clear --stale` removes them.
  */
