@@ -1,6 +1,6 @@
 import {describe, expect, it} from 'vitest'
 import {calibrateLinear, activationScale, DEFAULT_ALPHAS} from '../src/quant/calibrate.js'
-import {effectiveErrors, quantizeScaledFast, searchClippingDiagonal, surrogateErrorsDiagonal} from '../src/quant/calibrate-kernels.js'
+import {chooseScaleDiagonal, effectiveErrors, roundClamped, quantizeScaledFast, searchClippingDiagonal, surrogateErrorsDiagonal} from '../src/quant/calibrate-kernels.js'
 import {f16Table, f32ToF16Bits} from '../src/quant/fp16.js'
 import {qmax, type QuantBits, type QuantizedWeight} from '../src/quant/rtn.js'
 import * as ref from './helpers/calibrate-reference.js'
@@ -83,10 +83,31 @@ describe('calibrate kernels equal the plain code', () => {
         it(`surrogate errors and clipping choices (${c.name}, int${bits}, group ${groupSize})`, () => {
           const fast = surrogateErrorsDiagonal(c.w, c.rows, c.cols, groupSize, bits, scales, scales.map(s => s === ones), c.meanSq)
           scales.forEach((s, k) => expect(same(fast[k], ref.surrogateError(ctx, s, null))).toBe(true))
+          // Grids with repeated values and 1 inside: ties must go to the first grid position.
+          const grids = [DEFAULT_ALPHAS, [0.9, 1, 0.8, 0.9, 0.6, 0.8, 1]]
           for (const s of scales) {
-            const a = searchClippingDiagonal(c.w, c.rows, c.cols, groupSize, bits, s, s === ones, DEFAULT_ALPHAS, c.meanSq)
-            const b = ref.searchClipping(ctx, s, DEFAULT_ALPHAS)
-            expect(Buffer.from(a.buffer).equals(Buffer.from(b.buffer))).toBe(true)
+            for (const grid of grids) {
+              const a = searchClippingDiagonal(c.w, c.rows, c.cols, groupSize, bits, s, s === ones, grid, c.meanSq)
+              const b = ref.searchClipping(ctx, s, grid)
+              expect(Buffer.from(a.buffer).equals(Buffer.from(b.buffer))).toBe(true)
+            }
+          }
+        })
+
+        it(`beta choice with pruning, and without it for inputs that do not allow it (${c.name}, int${bits}, group ${groupSize})`, () => {
+          // The grid's candidates, with a repeat (a tie) and all ones among them.
+          const grid = [0, 0.1, 0.3, 0.5, 0.3, 0.7, 1, 0]
+          const cands = grid.map(b => b === 0 ? ones : activationScale(c.meanAbs, b))
+          for (const meanSq of [c.meanSq, c.meanSq.map((v, i) => i === 7 ? -v : v), c.meanSq.map((v, i) => i === 7 ? Number.NaN : v)]) {
+            const refCtx: ref.Ctx = {...ctx, meanSq}
+            const errs = cands.map(s => ref.surrogateError(refCtx, s, null))
+            let index = 0
+            for (let k = 1; k < errs.length; k++) if (errs[k] < errs[index]) index = k
+            const got = chooseScaleDiagonal(c.w, c.rows, c.cols, groupSize, bits, cands, cands.map(s => s === ones), meanSq)
+            expect(got.index).toBe(index)
+            expect(same(got.error, errs[index])).toBe(true)
+            const alphaFast = searchClippingDiagonal(c.w, c.rows, c.cols, groupSize, bits, cands[2], false, DEFAULT_ALPHAS, meanSq)
+            expect(Buffer.from(alphaFast.buffer).equals(Buffer.from(ref.searchClipping(refCtx, cands[2], DEFAULT_ALPHAS).buffer))).toBe(true)
           }
         })
 
@@ -121,9 +142,11 @@ describe('calibrate kernels equal the plain code', () => {
   }
 
   it('takes the exact rounding on quotients that are half-integers (ties up) and beyond qmax', () => {
-    // One group, s = 1, max 7 * 2^-6: quotients w / scale = w / 2^-6 are exactly k + 0.5.
+    // One group, s = 1, scale = max / 7 = 49 * 2^-12, whose reciprocal is inexact: the quotients
+    // w / scale are exactly k + 0.5, and w * (1 / scale) lands an ulp below for k = 1, 3, 6.
     const cols = 16
-    const w = Float32Array.from({length: cols}, (_, i) => (i === 0 ? 7 : i - 8 + 0.5) * 2 ** -6)
+    const scale = 49 * 2 ** -12
+    const w = Float32Array.from({length: cols}, (_, i) => (i === 0 ? 7 : i - 8 + 0.5) * scale)
     const ones = new Float32Array(cols).fill(1)
     const meanSq = new Float64Array(cols).fill(1)
     const ctx: ref.Ctx = {w, rows: 1, cols, groupSize: cols, bits: 4, meanSq}
@@ -133,6 +156,15 @@ describe('calibrate kernels equal the plain code', () => {
     const alphas = [1, 0.5, 0.25, 0.1]
     expect(Buffer.from(searchClippingDiagonal(w, 1, cols, cols, 4, ones, true, alphas, meanSq).buffer)
       .equals(Buffer.from(ref.searchClipping(ctx, ones, alphas).buffer))).toBe(true)
+    // The residual's square hides which way a tie went, so the rounding itself: Math.round (ties
+    // up) of the quotient, where w * (1 / scale) + 0.5 floors one lower for k = 1, 3, 6.
+    for (const m of [7, 127]) {
+      for (let k = -9; k < 9; k++) {
+        const x = (k + 0.5) * scale
+        const plain = Math.round(x / scale)
+        expect(roundClamped(x, scale, 1 / scale, m)).toBe(plain > m ? m : plain < -m ? -m : plain)
+      }
+    }
     expect(qmax(4)).toBe(7)
   })
 

@@ -66,7 +66,7 @@ export function diagonalGroupFast(w: Float32Array, ws: Float64Array, off: number
  * 2^-51 relative of the quotient; beyond +-(m + 1) the clamp hides any difference), where the
  * division decides; NaN takes the division too.
  */
-function roundClamped(x: number, scale: number, inv: number, m: number): number {
+export function roundClamped(x: number, scale: number, inv: number, m: number): number {
   const t = x * inv + 0.5
   let q = Math.floor(t)
   if (!(Math.abs(t - q - 0.5) < 0.5 - 1e-12)) q = Math.round(x / scale)
@@ -115,9 +115,94 @@ export function surrogateErrorsDiagonal(w: Float32Array, rows: number, cols: num
 }
 
 /**
+ * Whether every surrogate term meanSq_i d_i^2 is >= 0 and never NaN (finite weights, scales
+ * positive and finite, meanSq finite and >= 0), so that a running sum only grows: then a
+ * candidate whose partial sum already passes the best total cannot win, and its evaluation
+ * stops there (fl(a + b) >= a for b >= 0, rounding being monotone). The choice is the plain
+ * search's -- the first minimum in grid order -- whatever order candidates are tried in, as
+ * long as a tie goes to the earlier grid position (better).
+ */
+export function prunable(w: Float32Array, s: readonly Float32Array[], meanSq: ArrayLike<number>): boolean {
+  for (let i = 0; i < meanSq.length; i++) if (!(meanSq[i] >= 0 && meanSq[i] < Infinity)) return false
+  for (let i = 0; i < w.length; i++) if (!Number.isFinite(w[i])) return false
+  for (const x of s) for (let i = 0; i < x.length; i++) if (!(x[i] > 0 && x[i] < Infinity)) return false
+  return true
+}
+
+/** Candidate `pos` (error e) beats the best so far (bestErr at bestPos): lower, or equal and earlier in the grid. */
+function better(e: number, pos: number, bestErr: number, bestPos: number): boolean {
+  return e < bestErr || (e === bestErr && pos < bestPos)
+}
+
+/** A partial sum e of candidate pos can no longer beat (bestErr, bestPos). */
+function beaten(e: number, pos: number, bestErr: number, bestPos: number): boolean {
+  return pos < bestPos ? e > bestErr : e >= bestErr
+}
+
+/**
+ * The beta search's choice: the index of the first candidate s with the least diagonal
+ * surrogate error (surrogateErrorsDiagonal) and that error. Candidates are tried in the order of
+ * their error on every 16th row, and one whose running total passes the best is dropped
+ * (prunable); without prunable inputs, every total is computed.
+ */
+export function chooseScaleDiagonal(w: Float32Array, rows: number, cols: number, groupSize: number, bits: QuantBits,
+  candidates: readonly Float32Array[], unit: readonly boolean[], meanSq: ArrayLike<number>): {index: number, error: number} {
+  if (!prunable(w, candidates, meanSq)) {
+    const e = surrogateErrorsDiagonal(w, rows, cols, groupSize, bits, candidates, unit, meanSq)
+    let index = 0
+    for (let k = 1; k < e.length; k++) if (e[k] < e[index]) index = k
+    return {index, error: e[index]}
+  }
+  const groups = cols / groupSize
+  const m = qmax(bits)
+  const ws = new Float64Array(cols)
+  const rowError = (k: number, r: number): number => {
+    const s = candidates[k]
+    const off = r * cols
+    let rowE = 0
+    for (let g = 0; g < groups; g++) {
+      const start = g * groupSize
+      const max = scaleGroup(w, off, start, groupSize, s, ws)
+      rowE = diagonalGroupFast(w, ws, off, start, groupSize, s, unit[k], 1 * max / m, m, meanSq, rowE)
+    }
+    return rowE
+  }
+  const sampled = candidates.map((_, k) => {
+    let e = 0
+    for (let r = 0; r < rows; r += 16) e += rowError(k, r)
+    return e
+  })
+  const order = candidates.map((_, k) => k).sort((a, b) => sampled[a] - sampled[b] || a - b)
+  let bestPos = -1
+  let bestErr = 0
+  for (const k of order) {
+    let e = 0
+    let r = 0
+    for (; r < rows; r++) {
+      e += rowError(k, r)
+      if (bestPos >= 0 && beaten(e, k, bestErr, bestPos)) break
+    }
+    if (bestPos < 0 || (r === rows && better(e, k, bestErr, bestPos))) [bestPos, bestErr] = [k, e]
+  }
+  return {index: bestPos, error: bestErr}
+}
+
+/** diagonalGroupFast from 0, stopping (NaN) once the partial sum can no longer beat (bestErr, bestPos); checked every 256 columns. */
+function boundedGroup(w: Float32Array, ws: Float64Array, off: number, start: number, len: number, s: Float32Array, unit: boolean,
+  scale: number, m: number, meanSq: ArrayLike<number>, pos: number, bestErr: number, bestPos: number): number {
+  let e = 0
+  for (let c = 0; c < len; c += 256) {
+    e = diagonalGroupFast(w, ws, off, start + c, Math.min(256, len - c), s, unit, scale, m, meanSq, e)
+    if (beaten(e, pos, bestErr, bestPos)) return Number.NaN
+  }
+  return e
+}
+
+/**
  * Per-(row, group) clipping ratio under the diagonal metric (groups independent): alpha = 1
  * unless a ratio of the grid scores strictly lower, the first such on ties, as calibrate.ts's
- * plain loop.
+ * plain loop. With prunable inputs each group tries the previous group's winner first and drops
+ * a ratio once its partial error passes the best.
  */
 export function searchClippingDiagonal(w: Float32Array, rows: number, cols: number, groupSize: number, bits: QuantBits,
   s: Float32Array, unit: boolean, alphas: readonly number[], meanSq: ArrayLike<number>): Float32Array {
@@ -125,20 +210,36 @@ export function searchClippingDiagonal(w: Float32Array, rows: number, cols: numb
   const m = qmax(bits)
   const alpha = new Float32Array(rows * groups).fill(1)
   const ws = new Float64Array(cols)
+  // Grid positions: 0 is the starting point alpha = 1, then the grid without its 1s.
+  const grid = [1, ...alphas.filter(a => a !== 1)]
+  const prune = prunable(w, [s], meanSq)
+  let first = 0
   for (let r = 0; r < rows; r++) {
     const off = r * cols
     for (let g = 0; g < groups; g++) {
       const c0 = g * groupSize
       const max = scaleGroup(w, off, c0, groupSize, s, ws)
-      let bestErr = diagonalGroupFast(w, ws, off, c0, groupSize, s, unit, 1 * max / m, m, meanSq, 0)
-      for (const a of alphas) {
-        if (a === 1) continue // the starting point
-        const e = diagonalGroupFast(w, ws, off, c0, groupSize, s, unit, a * max / m, m, meanSq, 0)
-        if (e < bestErr) {
-          bestErr = e
-          alpha[r * groups + g] = a
+      if (!prune) {
+        let bestErr = diagonalGroupFast(w, ws, off, c0, groupSize, s, unit, 1 * max / m, m, meanSq, 0)
+        for (const a of alphas) {
+          if (a === 1) continue // the starting point
+          const e = diagonalGroupFast(w, ws, off, c0, groupSize, s, unit, a * max / m, m, meanSq, 0)
+          if (e < bestErr) {
+            bestErr = e
+            alpha[r * groups + g] = a
+          }
         }
+        continue
       }
+      let bestPos = first
+      let bestErr = diagonalGroupFast(w, ws, off, c0, groupSize, s, unit, grid[first] * max / m, m, meanSq, 0)
+      for (let k = 0; k < grid.length; k++) {
+        if (k === first) continue
+        const e = boundedGroup(w, ws, off, c0, groupSize, s, unit, grid[k] * max / m, m, meanSq, k, bestErr, bestPos)
+        if (better(e, k, bestErr, bestPos)) [bestPos, bestErr] = [k, e]
+      }
+      alpha[r * groups + g] = grid[bestPos]
+      first = bestPos
     }
   }
   return alpha

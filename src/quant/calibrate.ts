@@ -1,5 +1,5 @@
 import {f16Table} from './fp16.js'
-import {effectiveErrors, quantizeScaledFast, searchClippingDiagonal, surrogateErrorsDiagonal} from './calibrate-kernels.js'
+import {chooseScaleDiagonal, effectiveErrors, quantizeScaledFast, searchClippingDiagonal} from './calibrate-kernels.js'
 import {checkBits, checkShape, qmax, QuantizationError, type QuantBits, type QuantizedWeight} from './rtn.js'
 
 /**
@@ -135,13 +135,18 @@ export function calibrateLinear(w: Float32Array, rows: number, cols: number, sta
 
   // 1. Input scaling: surrogate error of plain RTN of W·diag(s) for each beta.
   const candidates = betas.map(b => b === 0 ? ones : activationScale(stats.meanAbs, b))
-  const surrogates = samples ? candidates.map(sb => surrogateError(ctx, sb, null))
-    : surrogateErrorsDiagonal(w, rows, cols, groupSize, opts.bits, candidates, candidates.map(sb => sb === ones), stats.meanSq)
   let beta = betas[0]
   let s = candidates[0]
-  let bestSurrogate = surrogates[0]
-  for (let k = 1; k < betas.length; k++) {
-    if (surrogates[k] < bestSurrogate) [beta, s, bestSurrogate] = [betas[k], candidates[k], surrogates[k]]
+  if (samples) {
+    let bestSurrogate = surrogateError(ctx, s, null)
+    for (let k = 1; k < betas.length; k++) {
+      const e = surrogateError(ctx, candidates[k], null)
+      if (e < bestSurrogate) [beta, s, bestSurrogate] = [betas[k], candidates[k], e]
+    }
+  } else {
+    const k = chooseScaleDiagonal(w, rows, cols, groupSize, opts.bits, candidates, candidates.map(sb => sb === ones), stats.meanSq).index
+    beta = betas[k]
+    s = candidates[k]
   }
   // 2. Clipping with s fixed.
   const alpha = samples ? searchClipping(ctx, s, alphas) : searchClippingDiagonal(w, rows, cols, groupSize, opts.bits, s, s === ones, alphas, stats.meanSq)
