@@ -37,9 +37,11 @@ import {checkBits, checkShape, qmax, QuantizationError, type QuantBits, type Qua
  * The quantized result is in the published layout (int8 q, fp16 scale per row or group), so
  * pack.ts and dequant.ts apply unchanged; only the fold of 1/s into the preceding op is new, and
  * the rounding of the folded norm weights (fp16) is the caller's to account for.
- * Costs: diagonal metric O(rows * cols * (|betas| + |alphas| + 6)), a few seconds for a
- * 4096 x 4096 layer; samples O(rows * cols * n * (|betas| + |alphas| + 3)), meant for a few
- * hundred sampled rows.
+ * Costs: diagonal metric O(rows * cols * (|betas| + |alphas| + 6)) at most, run by the kernels
+ * of calibrate-kernels.ts (bit for bit the plain formulas, with candidates that cannot win
+ * stopped early): ~170 ns per weight, ~36 s for a ChatGLM2-6B layer's four linears on one core
+ * of the dev VM (bench/calibrate-search.mjs); samples O(rows * cols * n * (|betas| + |alphas| +
+ * 3)) in the plain code below, meant for a few hundred sampled rows.
  */
 
 export interface ActivationStats {
