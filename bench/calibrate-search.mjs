@@ -7,12 +7,14 @@
 // as `synth --outliers` plants them. Prints one JSON line per linear and one for the layer:
 // seconds (measured on --rows-fraction of each linear's rows; the searches cost the same per
 // row, so the full-size figure is seconds / fraction), ns per weight, the chosen beta and the
-// mean clipping ratio (so that two commits' choices can be compared).
+// mean clipping ratio, and a digest of the codes, scales, ratios and errors (so that two commits'
+// results can be compared).
 //
 //   node bench/calibrate-search.mjs [--rows-fraction 0.125] [--group-size 0] [--seed 1] [--dist dist]
 //
 // --dist points at another build (e.g. a worktree of an older commit) for a paired A/B run.
 // Needs `npm run build` first.
+import {createHash} from 'node:crypto'
 import {join, resolve} from 'node:path'
 import {parseArgs} from 'node:util'
 import {root} from './lib.mjs'
@@ -77,9 +79,12 @@ for (const [name, fullRows, cols] of linears) {
   total += full
   weights += fullRows * cols
   const meanAlpha = r.alpha.reduce((a, b) => a + b, 0) / r.alpha.length
+  // Everything the search chose and wrote, hashed: equal digests across builds = same results.
+  const digest = createHash('sha256')
+  for (const a of [r.quantized.q, r.quantized.scales, r.alpha, r.inputScale, Float64Array.from([r.beta, r.outputError.rtn, r.outputError.scaled, r.outputError.calibrated, r.weightError.rtn, r.weightError.calibrated])]) digest.update(new Uint8Array(a.buffer, a.byteOffset, a.byteLength))
   console.log(JSON.stringify({linear: name, rows, cols, seconds: +seconds.toFixed(2), fullSizeSeconds: +full.toFixed(1),
     nsPerWeight: +(seconds * 1e9 / (rows * cols)).toFixed(1), beta: r.beta, meanAlpha: +meanAlpha.toFixed(6),
-    outputError: r.outputError.calibrated}))
+    outputError: r.outputError.calibrated, digest: digest.digest('hex').slice(0, 16)}))
 }
 console.log(JSON.stringify({layer: 'chatglm2-6b', dist, rowsFraction: fraction, groupSize, fullSizeSecondsPerLayer: +total.toFixed(1),
   nsPerWeight: +(total * 1e9 / weights).toFixed(1)}))
