@@ -1,5 +1,6 @@
-import {f16Table, f32ToF16Bits} from './fp16.js'
-import {checkBits, checkShape, groupScaleBits, qmax, QuantizationError, quantizeGroup, type QuantBits, type QuantizedWeight} from './rtn.js'
+import {f16Table} from './fp16.js'
+import {chooseScaleDiagonal, effectiveErrors, quantizeScaledFast, searchClippingDiagonal} from './calibrate-kernels.js'
+import {checkBits, checkShape, qmax, QuantizationError, type QuantBits, type QuantizedWeight} from './rtn.js'
 
 /**
  * Calibration-aware choice of quantization parameters for one linear layer y = x W^T, W [rows,
@@ -36,9 +37,11 @@ import {checkBits, checkShape, groupScaleBits, qmax, QuantizationError, quantize
  * The quantized result is in the published layout (int8 q, fp16 scale per row or group), so
  * pack.ts and dequant.ts apply unchanged; only the fold of 1/s into the preceding op is new, and
  * the rounding of the folded norm weights (fp16) is the caller's to account for.
- * Costs: diagonal metric O(rows * cols * (|betas| + |alphas| + 6)), a few seconds for a
- * 4096 x 4096 layer; samples O(rows * cols * n * (|betas| + |alphas| + 3)), meant for a few
- * hundred sampled rows.
+ * Costs: diagonal metric O(rows * cols * (|betas| + |alphas| + 6)) at most, run by the kernels
+ * of calibrate-kernels.ts (bit for bit the plain formulas, with candidates that cannot win
+ * stopped early): ~170 ns per weight, ~36 s for a ChatGLM2-6B layer's four linears on one core
+ * of the dev VM (bench/calibrate-search.mjs); samples O(rows * cols * n * (|betas| + |alphas| +
+ * 3)) in the plain code below, meant for a few hundred sampled rows.
  */
 
 export interface ActivationStats {
@@ -133,25 +136,53 @@ export function calibrateLinear(w: Float32Array, rows: number, cols: number, sta
   const ones = new Float32Array(cols).fill(1)
 
   // 1. Input scaling: surrogate error of plain RTN of W·diag(s) for each beta.
+  const candidates = betas.map(b => b === 0 ? ones : activationScale(stats.meanAbs, b))
   let beta = betas[0]
-  let s = beta === 0 ? ones : activationScale(stats.meanAbs, beta)
-  let bestSurrogate = surrogateError(ctx, s, null)
-  for (const b of betas.slice(1)) {
-    const sb = b === 0 ? ones : activationScale(stats.meanAbs, b)
-    const e = surrogateError(ctx, sb, null)
-    if (e < bestSurrogate) [beta, s, bestSurrogate] = [b, sb, e]
+  let s = candidates[0]
+  if (samples) {
+    let bestSurrogate = surrogateError(ctx, s, null)
+    for (let k = 1; k < betas.length; k++) {
+      const e = surrogateError(ctx, candidates[k], null)
+      if (e < bestSurrogate) [beta, s, bestSurrogate] = [betas[k], candidates[k], e]
+    }
+  } else {
+    const k = chooseScaleDiagonal(w, rows, cols, groupSize, opts.bits, candidates, candidates.map(sb => sb === ones), stats.meanSq).index
+    beta = betas[k]
+    s = candidates[k]
   }
   // 2. Clipping with s fixed.
-  const alpha = searchClipping(ctx, s, alphas)
+  const alpha = samples ? searchClipping(ctx, s, alphas) : searchClippingDiagonal(w, rows, cols, groupSize, opts.bits, s, s === ones, alphas, stats.meanSq)
+  const clipped = !alpha.every(a => a === 1)
 
-  // Exact quantization and exact errors; drop a step the exact measure rates worse.
-  const rtn = quantizeScaled(ctx, ones, null)
-  const rtnError = outputError(ctx, rtn, ones)
-  let scaledQ = beta === 0 ? rtn : quantizeScaled(ctx, s, null)
-  let scaledError = beta === 0 ? rtnError : outputError(ctx, scaledQ, s)
-  if (scaledError > rtnError) [beta, s, scaledQ, scaledError] = [0, ones, rtn, rtnError]
-  let final = alpha.every(a => a === 1) ? scaledQ : quantizeScaled(ctx, s, alpha)
-  let finalError = final === scaledQ ? scaledError : outputError(ctx, final, s)
+  // Exact quantization and exact errors; drop a step the exact measure rates worse. (The
+  // clipped quantization is made with the scaled one, from the same fp16 rows, and made again
+  // only if the scaling is dropped.)
+  const errors = new Map<QuantizedWeight, {output: number, rel: number}>()
+  const measure = (qw: QuantizedWeight, sc: Float32Array): {output: number, rel: number} => {
+    let m = errors.get(qw)
+    if (!m) {
+      const e = effectiveErrors(w, qw, sc, sc === ones, samples ? null : stats.meanSq)
+      m = {output: samples ? outputError(ctx, qw, sc) : e.output, rel: e.den === 0 ? 0 : Math.sqrt(e.num / e.den)}
+      errors.set(qw, m)
+    }
+    return m
+  }
+  const rtn = quantizeScaledFast(w, rows, cols, groupSize, opts.bits, ones, null).first
+  const rtnError = measure(rtn, ones).output
+  let scaledQ = rtn
+  let clippedQ: QuantizedWeight | undefined
+  if (beta !== 0) {
+    const both = quantizeScaledFast(w, rows, cols, groupSize, opts.bits, s, null, clipped ? alpha : undefined)
+    scaledQ = both.first
+    clippedQ = both.second
+  }
+  let scaledError = beta === 0 ? rtnError : measure(scaledQ, s).output
+  if (scaledError > rtnError) {
+    [beta, s, scaledQ, scaledError] = [0, ones, rtn, rtnError]
+    clippedQ = undefined
+  }
+  let final = !clipped ? scaledQ : clippedQ ?? quantizeScaledFast(w, rows, cols, groupSize, opts.bits, s, alpha).first
+  let finalError = final === scaledQ ? scaledError : measure(final, s).output
   if (finalError > scaledError) {
     alpha.fill(1)
     final = scaledQ
@@ -164,7 +195,7 @@ export function calibrateLinear(w: Float32Array, rows: number, cols: number, sta
     alpha,
     metric: samples ? 'samples' : 'diagonal',
     outputError: {rtn: rtnError, scaled: scaledError, calibrated: finalError},
-    weightError: {rtn: relErr(w, rtn, ones), calibrated: relErr(w, final, s)},
+    weightError: {rtn: measure(rtn, ones).rel, calibrated: measure(final, s).rel},
   }
 }
 
@@ -176,36 +207,6 @@ interface Ctx {
   bits: QuantBits
   meanSq: ArrayLike<number>
   samples?: {readonly x: ArrayLike<number>, readonly n: number}
-}
-
-/** fp16 bits of W·diag(s), row r. */
-function scaledRow(ctx: Ctx, s: Float32Array, r: number): Uint16Array {
-  const out = new Uint16Array(ctx.cols)
-  for (let i = 0; i < ctx.cols; i++) {
-    const x = ctx.w[r * ctx.cols + i] * s[i]
-    const h = f32ToF16Bits(x)
-    if ((h & 0x7c00) === 0x7c00) throw new QuantizationError(`weight ${x} at row ${r}, column ${i} is not finite in fp16 after input scaling`, 'quant-range')
-    out[i] = h
-  }
-  return out
-}
-
-/** Exact quantization of W·diag(s) (published arithmetic), clipping ratio per group (default 1). */
-function quantizeScaled(ctx: Ctx, s: Float32Array, alpha: Float32Array | null): QuantizedWeight {
-  const {rows, cols, groupSize, bits} = ctx
-  const groups = cols / groupSize
-  const q = new Int8Array(rows * cols)
-  const scales = new Uint16Array(rows * groups)
-  for (let r = 0; r < rows; r++) {
-    const ws = scaledRow(ctx, s, r)
-    for (let g = 0; g < groups; g++) {
-      const start = g * groupSize
-      const sb = groupScaleBits(ws, start, groupSize, bits, alpha ? alpha[r * groups + g] : 1)
-      scales[r * groups + g] = sb
-      quantizeGroup(ws, start, groupSize, sb, bits, q, r * cols + start)
-    }
-  }
-  return {bits, rows, cols, groupSize, q, scales}
 }
 
 /** Exact output error of the effective weight of qw (input scale s) under the chosen metric. */
@@ -267,58 +268,11 @@ function surrogateGroup(w: Float32Array, rowOff: number, start: number, len: num
   }
 }
 
-/** max |w s| over one group (surrogateGroup's first pass). */
-function groupMax(w: Float32Array, rowOff: number, start: number, len: number, s: Float32Array): number {
-  let max = 0
-  for (let i = 0; i < len; i++) {
-    const a = Math.abs(w[rowOff + start + i] * s[start + i])
-    if (a > max) max = a
-  }
-  return max
-}
-
-/**
- * surrogateGroup's residual at the given scale and the diagonal error sum_i meanSq_i d_i^2 in
- * one pass: `acc` plus each term, computed and added in the order rowError (a running sum over
- * the row) and searchClipping's groupErr (a sum over the group from 0) use, so the sums are bit
- * for bit theirs.
- */
-function diagonalGroup(w: Float32Array, rowOff: number, start: number, len: number, s: Float32Array, scale: number, m: number, meanSq: ArrayLike<number>, acc: number): number {
-  let e = acc
-  for (let i = 0; i < len; i++) {
-    const wi = w[rowOff + start + i]
-    let di: number
-    if (scale === 0) {
-      di = wi
-    } else {
-      const si = s[start + i]
-      let q = Math.round(wi * si / scale)
-      q = q > m ? m : q < -m ? -m : q
-      di = wi - q * scale / si
-    }
-    e += meanSq[start + i] * di * di
-  }
-  return e
-}
-
-/** Surrogate output error of quantizing W·diag(s) with clipping ratios (null: all 1). */
+/** Surrogate sampled output error of quantizing W·diag(s) with clipping ratios (null: all 1); the diagonal metric is calibrate-kernels.ts's. */
 function surrogateError(ctx: Ctx, s: Float32Array, alpha: Float32Array | null): number {
   const {w, rows, cols, groupSize, bits, meanSq, samples} = ctx
   const groups = cols / groupSize
   const m = qmax(bits)
-  if (!samples) {
-    // Diagonal metric, fused (diagonalGroup): the same values as the loop below, in one pass per group.
-    let e = 0
-    for (let r = 0; r < rows; r++) {
-      let rowE = 0
-      for (let g = 0; g < groups; g++) {
-        const start = g * groupSize
-        rowE = diagonalGroup(w, r * cols, start, groupSize, s, (alpha ? alpha[r * groups + g] : 1) * groupMax(w, r * cols, start, groupSize, s) / m, m, meanSq, rowE)
-      }
-      e += rowE
-    }
-    return e
-  }
   const d = new Float64Array(cols)
   let e = 0
   for (let r = 0; r < rows; r++) {
@@ -328,7 +282,7 @@ function surrogateError(ctx: Ctx, s: Float32Array, alpha: Float32Array | null): 
   return samples ? e / samples.n : e
 }
 
-/** Per-(row, group) clipping search with input scale s fixed; see the module comment. */
+/** Per-(row, group) clipping search with input scale s fixed, sampled metric (see the module comment; the diagonal one is calibrate-kernels.ts's). */
 function searchClipping(ctx: Ctx, s: Float32Array, alphas: readonly number[]): Float32Array {
   const {w, rows, cols, groupSize, bits, meanSq, samples} = ctx
   const groups = cols / groupSize
@@ -337,26 +291,6 @@ function searchClipping(ctx: Ctx, s: Float32Array, alphas: readonly number[]): F
   const dNew = new Float64Array(groupSize)
   const d = new Float64Array(cols)
   const res = samples ? new Float64Array(samples.n) : null
-  if (!samples) {
-    // Diagonal metric: groups are independent. The group's max is the same for every alpha, so
-    // it is taken once, and each candidate's residual and error come in one pass (diagonalGroup).
-    for (let r = 0; r < rows; r++) {
-      for (let g = 0; g < groups; g++) {
-        const c0 = g * groupSize
-        const max = groupMax(w, r * cols, c0, groupSize, s)
-        let bestErr = diagonalGroup(w, r * cols, c0, groupSize, s, 1 * max / m, m, meanSq, 0)
-        for (const a of alphas) {
-          if (a === 1) continue // the starting point
-          const e = diagonalGroup(w, r * cols, c0, groupSize, s, a * max / m, m, meanSq, 0)
-          if (e < bestErr) {
-            bestErr = e
-            alpha[r * groups + g] = a
-          }
-        }
-      }
-    }
-    return alpha
-  }
   for (let r = 0; r < rows; r++) {
     // Start from alpha = 1 for every group of the row.
     for (let g = 0; g < groups; g++) surrogateGroup(w, r * cols, g * groupSize, groupSize, s, 1, m, d, g * groupSize)
@@ -407,21 +341,4 @@ function searchClipping(ctx: Ctx, s: Float32Array, alphas: readonly number[]): F
     }
   }
   return alpha
-}
-
-/** Relative Frobenius error of the effective weight of qw (input scale s), row by row. */
-function relErr(w: Float32Array, qw: QuantizedWeight, s: Float32Array): number {
-  const cols = qw.cols
-  const row = new Float64Array(cols)
-  let num = 0
-  let den = 0
-  for (let r = 0; r < qw.rows; r++) {
-    effectiveRow(qw, s, r, row)
-    for (let i = 0; i < cols; i++) {
-      const e = w[r * cols + i] - row[i]
-      num += e * e
-      den += w[r * cols + i] * w[r * cols + i]
-    }
-  }
-  return den === 0 ? 0 : Math.sqrt(num / den)
 }
