@@ -40,6 +40,15 @@ function timed(args) {
   return {json: JSON.parse(r.stdout), wall, cpu: user + sys, maxRssMB: Math.round(maxKb / 1024)}
 }
 
+/** The checkout's commit; 'unknown' where the tree is a copy without .git (the GPU machine). */
+function gitCommit() {
+  try {
+    return execFileSync('git', ['-C', root, 'rev-parse', '--short', 'HEAD'], {encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore']}).trim()
+  } catch {
+    return process.env.GLMTOOL_COMMIT ?? 'unknown'
+  }
+}
+
 const model = join(opt.dir, `${opt.arch}-${opt.size}-outliers`)
 let made = false
 if (!existsSync(model)) {
@@ -48,7 +57,7 @@ if (!existsSync(model)) {
   console.log(JSON.stringify({step: 'synth', wallSeconds: s.wall, bytes: s.json.bytes}))
 }
 console.log(JSON.stringify({machine: `${cpus().length} x ${cpus()[0].model}, ${(totalmem() / 2 ** 30).toFixed(1)} GiB`, node: process.version, model,
-  commit: execFileSync('git', ['-C', root, 'rev-parse', '--short', 'HEAD'], {encoding: 'utf8'}).trim()}))
+  commit: gitCommit()}))
 
 const row = (method, r) => {
   const j = r.json
