@@ -104,7 +104,7 @@ describe('glmtool convert --to onnx', () => {
         // Contrib ops used, all com.microsoft opset 1.
         const ms = new Set(g.node!.filter(n => n.domain === 'com.microsoft').map(n => n.opType))
         expect([...ms].sort()).toEqual(arch === 'chatglm-6b'
-          ? ['FastGelu', 'MultiHeadAttention', 'RotaryEmbedding', 'SkipLayerNormalization']
+          ? ['FastGelu', 'GroupQueryAttention', 'RotaryEmbedding', 'SkipLayerNormalization']
           : ['GroupQueryAttention', 'QuickGelu', 'RotaryEmbedding', 'SkipSimplifiedLayerNormalization'])
       })
 

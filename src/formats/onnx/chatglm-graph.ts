@@ -16,6 +16,10 @@ import {type Dim, ELEM, type ElemType, float, type GraphBuilder} from './onnx-bu
  *            past_key_<i>    float32 [1, Hkv, P, D]  for each layer i (and past_value_<i>)
  *   outputs  logits          float32 [1, K, V]
  *            present_key_<i> float32 [1, Hkv, P + S, D]  (and present_value_<i>)
+ * Attention is com.microsoft.GroupQueryAttention in both generations, so a runtime may also give
+ * past_key_<i> as a buffer of C >= T rows whose first T - S rows are the cache, and bind that
+ * same buffer as present_key_<i>'s preallocated output: GQA then writes only the S new rows and
+ * present is [1, Hkv, C, D] (its past_present_share_buffer path; onnx-cpu.ts does this).
  */
 
 export const MASKED = -10000
@@ -184,6 +188,26 @@ export function logitsHead(b: GraphBuilder, ctx: GraphContext, hidden: string, l
   const rows = b.op('Gather', [hidden, logitsIndex], {axis: 0})
   const logits = ctx.linear(rows, weight)
   return b.op('Unsqueeze', [logits, b.int64([0])])
+}
+
+/**
+ * GroupQueryAttention's int32 seqlens_k ([1] = T - 1) and total_sequence_length (scalar T),
+ * from attention_bias [1, 1, S, T] (T = entries in the cache after this run, prefix included).
+ */
+export function attentionLengths(b: GraphBuilder, attentionBias: string): {seqlensK: string, totalLength: string} {
+  return b.scope('attention_lengths', () => {
+    const t = b.op('Cast', [b.op('Shape', [attentionBias], {start: 3, end: 4})], {to: ELEM.INT32})
+    return {seqlensK: b.op('Sub', [t, b.int32([1])]), totalLength: b.op('Reshape', [t, b.int64([], [0])])}
+  })
+}
+
+/**
+ * GroupQueryAttention's outputs: its attention output, and the present K/V named as the graph's
+ * outputs (past_key_<i> -> present_key_<i>, a slice's past_key -> present_key) so that GQA writes
+ * them itself, with no Identity between it and a preallocated output bound to past's buffer.
+ */
+export function presentOutputs(b: GraphBuilder, pastKey: string, pastValue: string): string[] {
+  return [b.fresh('attention'), pastKey.replace(/^past_/, 'present_'), pastValue.replace(/^past_/, 'present_')]
 }
 
 /** float32 zeros of `like`'s shape (a zero skip input); ConstantOfShape defaults to float32 0. */

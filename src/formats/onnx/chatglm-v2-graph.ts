@@ -1,10 +1,10 @@
 import {GlmtoolError} from '../../errors.js'
 import type {ModelConfig, ModelDims} from '../../models/arch.js'
 import {
-  type ChatglmOnnxGraph, declareInputs, declareOutputs, declarePartInputs, declarePartOutputs, type DecoderDims, embedTokens, eps,
-  type GraphContext, type GraphPart, logitsHead, partIO, rotaryTables, zerosLike,
+  attentionLengths, type ChatglmOnnxGraph, declareInputs, declareOutputs, declarePartInputs, declarePartOutputs, type DecoderDims, embedTokens, eps,
+  type GraphContext, type GraphPart, logitsHead, partIO, presentOutputs, rotaryTables, zerosLike,
 } from './chatglm-graph.js'
-import {ELEM, float, type GraphBuilder, MS_DOMAIN} from './onnx-builder.js'
+import {float, type GraphBuilder, MS_DOMAIN} from './onnx-builder.js'
 
 /** What the ChatGLM2-6B graph takes from its generation module (src/models/chatglm-v2.ts wires it). */
 export interface V2GraphModule {
@@ -43,7 +43,7 @@ export function chatglmV2Graph(m: V2GraphModule): ChatglmOnnxGraph {
     ops: {
       rmsnorm: 'com.microsoft.SkipSimplifiedLayerNormalization: RMSNorm(block output + residual), 4th output = new residual; zero skip for the first',
       rotary: 'com.microsoft.RotaryEmbedding interleaved=1, rotary_embedding_dim=D/2 (other half passes through)',
-      attention: 'com.microsoft.GroupQueryAttention: kv_num_heads=G, attention_bias [1,1,S,T], past/present key/value [1,G,P,D]',
+      attention: 'com.microsoft.GroupQueryAttention: kv_num_heads=G, attention_bias [1,1,S,T], past/present key/value [1,G,P,D], present may share past\'s buffer',
       swiglu: 'Split + com.microsoft.QuickGelu(alpha=1) (= SiLU) + Mul',
       linear: 'Gemm transB=1 on the [out, in] weights (no transposed copy); com.microsoft.MatMulNBits on weight-quantized ones',
     },
@@ -129,13 +129,7 @@ function sharedInputs(b: GraphBuilder, ctx: GraphContext, d: DecoderDims, positi
   const tables = rotaryTables(d.maxPositions, D / 2, {base: ctx.rotaryBase})
   const cos = ctx.computed('rotary.cos_cache', [d.maxPositions, D / 4], tables.cos)
   const sin = ctx.computed('rotary.sin_cache', [d.maxPositions, D / 4], tables.sin)
-  // GroupQueryAttention's int32 seqlens_k ([1] = T - 1) and total_sequence_length (scalar T),
-  // from attention_bias [1, 1, S, T].
-  const {seqlensK, totalLength} = b.scope('attention_lengths', () => {
-    const t = b.op('Cast', [b.op('Shape', [attentionBias], {start: 3, end: 4})], {to: ELEM.INT32})
-    return {seqlensK: b.op('Sub', [t, b.int32([1])]), totalLength: b.op('Reshape', [t, b.int64([], [0])])}
-  })
-  return {positionIds, attentionBias, cos, sin, seqlensK, totalLength}
+  return {positionIds, attentionBias, cos, sin, ...attentionLengths(b, attentionBias)}
 }
 
 /** Layer i, from its first linear to the next layer's RMSNorm (or the final norm after the last). */
@@ -154,7 +148,7 @@ function layer(b: GraphBuilder, ctx: GraphContext, d: DecoderDims, F: number, i:
   const [attn, presentKey, presentValue] = b.node('GroupQueryAttention', [
     rope(q, N), rope(k, G), toBSH(v, G * D), pastKey, pastValue, sh.seqlensK, sh.totalLength,
     '', '', '', sh.attentionBias,
-  ], 3, {num_heads: N, kv_num_heads: G}, MS_DOMAIN)
+  ], presentOutputs(b, pastKey, pastValue), {num_heads: N, kv_num_heads: G}, MS_DOMAIN)
   const dense = ctx.linear(b.op('Reshape', [attn, b.int64([-1, N * D])]), `${p}self_attention.dense.weight`)
   // h = residual + dense; hn = RMSNorm(h)
   const [hn, , , h] = b.node('SkipSimplifiedLayerNormalization', [dense, state.residual, ctx.weight(`${p}post_attention_layernorm.weight`)],

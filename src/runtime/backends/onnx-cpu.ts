@@ -10,6 +10,9 @@ import {readTensor} from '../../formats/tensor.js'
 import {type Arch, archById, type ModelConfig} from '../../models/index.js'
 import type {DecoderBackend, ForwardInput, ForwardOutput} from '../backend.js'
 
+/** Rows per head a shared KV cache starts with (it doubles as needed, up to prefix + maxLength). */
+const INITIAL_CAPACITY = 256
+
 export interface OnnxCpuOptions {
   /** Largest number of tokens the cache may hold (default and ceiling: the graph's rotary table rows). */
   maxLength?: number
@@ -20,6 +23,12 @@ export interface OnnxCpuOptions {
    * variant's linear inputs, pipelines/quantize/activation-stats.ts), before forward() returns.
    */
   onOutputs?: (outputs: Readonly<Record<string, Ort.Tensor>>) => void
+  /**
+   * 'shared' (default where the graph allows it): present bound to past's buffer, no per-step
+   * copy; 'feed-back': each run's present tensors become the next run's past (the only way for
+   * graphs before issue 13; kept for A/B benchmarks and tests).
+   */
+  kvCache?: 'shared' | 'feed-back'
 }
 
 /**
@@ -55,9 +64,16 @@ export function attentionBias(past: number, newTokens: number, bidirectional: nu
 
 /**
  * ChatGLM decoder on onnxruntime-node's CPU provider, over a `glmtool convert --to onnx`
- * directory (I/O contract in src/formats/onnx/chatglm-graph.ts). The KV cache is the graph's
- * own present_key/present_value tensors, fed back unchanged as the next run's past: no copy on
- * the JavaScript side.
+ * directory (I/O contract in src/formats/onnx/chatglm-graph.ts).
+ *
+ * KV cache: when the graph's attention is com.microsoft.GroupQueryAttention (every export since
+ * issue 13; ChatGLM2 exports before it too), each layer's cache is one buffer [1, Hkv, C, D] of
+ * capacity C, given as past_key/past_value and bound as the preallocated present_key/present_value
+ * output of the same run: GroupQueryAttention sees past and present share memory and writes only
+ * the new tokens' rows (its past_present_share_buffer path), so a decode step does not copy the
+ * cache. The capacity doubles (one copy) when a run needs more, up to prefix + maxLength.
+ * Older graphs (ChatGLM-6B's MultiHeadAttention) return present = Concat(past, new), fed back
+ * unchanged as the next run's past.
  */
 export class OnnxCpuBackend implements DecoderBackend {
   readonly name = 'onnx-cpu'
@@ -65,6 +81,10 @@ export class OnnxCpuBackend implements DecoderBackend {
   private pastKeys: Ort.Tensor[] = []
   private pastValues: Ort.Tensor[] = []
   private tokens = 0
+  /** Whether the graph writes present into past's buffer when both are bound to it (see the class comment). */
+  readonly sharedCache: boolean
+  /** Rows per head of each shared cache buffer (0 when not shared). */
+  private capacity = 0
 
   private constructor(
     private readonly session: Ort.InferenceSession,
@@ -74,8 +94,10 @@ export class OnnxCpuBackend implements DecoderBackend {
     maxLength: number,
     private readonly prefix: PrefixKV | undefined,
     private readonly onOutputs?: OnnxCpuOptions['onOutputs'],
+    kvCache?: OnnxCpuOptions['kvCache'],
   ) {
     this.maxLength = maxLength
+    this.sharedCache = kvCache !== 'feed-back' && (manifest.ops?.attention?.startsWith('com.microsoft.GroupQueryAttention') ?? false)
     this.reset()
   }
 
@@ -91,6 +113,9 @@ export class OnnxCpuBackend implements DecoderBackend {
     const d = manifest.dims
     if (opts.maxLength !== undefined && (!Number.isSafeInteger(opts.maxLength) || opts.maxLength < 1)) {
       throw new GlmtoolError('usage', `maxLength must be a positive integer (got ${opts.maxLength})`)
+    }
+    if (opts.kvCache !== undefined && opts.kvCache !== 'shared' && opts.kvCache !== 'feed-back') {
+      throw new GlmtoolError('usage', `kvCache must be 'shared' or 'feed-back' (got ${String(opts.kvCache)})`)
     }
     const prefix = opts.prefix ?? await readPrefixFile(onnxDir, d)
     if (prefix) checkPrefix(prefix, d)
@@ -110,7 +135,7 @@ export class OnnxCpuBackend implements DecoderBackend {
       throw new GlmtoolError('onnx-load', `${join(onnxDir, manifest.model)}: graph inputs/outputs differ from ${join(onnxDir, 'glmtool-onnx.json')}`)
     }
     const maxLength = Math.min(opts.maxLength ?? d.maxPositions, d.maxPositions)
-    return new OnnxCpuBackend(session, arch, config, manifest, maxLength, prefix, opts.onOutputs)
+    return new OnnxCpuBackend(session, arch, config, manifest, maxLength, prefix, opts.onOutputs, opts.kvCache)
   }
 
   get length(): number {
@@ -120,17 +145,54 @@ export class OnnxCpuBackend implements DecoderBackend {
   reset(): void {
     const d = this.manifest.dims
     const n = this.prefix?.length ?? 0
+    this.tokens = 0
+    if (this.sharedCache) {
+      this.capacity = 0
+      this.pastKeys = []
+      this.pastValues = []
+      this.grow(Math.min(n + this.maxLength, n + INITIAL_CAPACITY))
+      return
+    }
     const make = (data: readonly Float32Array[] | undefined) => Array.from({length: d.layers}, (_, i) =>
       new (ort().Tensor)('float32', data ? data[i] : new Float32Array(0), [1, d.kvHeads, n, d.headDim]))
     this.pastKeys = make(this.prefix?.keys)
     this.pastValues = make(this.prefix?.values)
-    this.tokens = 0
+  }
+
+  /**
+   * Shared cache: make each layer's buffers hold `rows` rows per head, keeping the rows in use
+   * (the prefix and the cached tokens). On reset (capacity 0) the prefix is the content.
+   */
+  private grow(rows: number): void {
+    const d = this.manifest.dims
+    const used = (this.prefix?.length ?? 0) + this.tokens
+    const old = this.capacity
+    const move = (from: Float32Array | undefined, oldRows: number): Float32Array => {
+      const to = new Float32Array(d.kvHeads * rows * d.headDim)
+      if (from) {
+        for (let h = 0; h < d.kvHeads; h++) {
+          to.set(from.subarray(h * oldRows * d.headDim, (h * oldRows + used) * d.headDim), h * rows * d.headDim)
+        }
+      }
+      return to
+    }
+    const build = (current: Ort.Tensor[], prefix: readonly Float32Array[] | undefined) => Array.from({length: d.layers}, (_, i) => {
+      const data = old === 0 ? move(prefix?.[i], this.prefix?.length ?? 0) : move(current[i].data as Float32Array, old)
+      return new (ort().Tensor)('float32', data, [1, d.kvHeads, rows, d.headDim])
+    })
+    this.pastKeys = build(this.pastKeys, this.prefix?.keys)
+    this.pastValues = build(this.pastValues, this.prefix?.values)
+    this.capacity = rows
   }
 
   async forward(input: ForwardInput): Promise<ForwardOutput> {
     const d = this.manifest.dims
     const S = input.ids.length
     this.check(input)
+    const used = (this.prefix?.length ?? 0) + this.tokens + S
+    if (this.sharedCache && used > this.capacity) {
+      this.grow(Math.min((this.prefix?.length ?? 0) + this.maxLength, Math.max(used, 2 * this.capacity)))
+    }
     const feeds: Record<string, Ort.Tensor> = {
       input_ids: new (ort().Tensor)('int64', BigInt64Array.from(input.ids, BigInt), [1, S]),
       position_ids: d.positionRows === 2
@@ -146,11 +208,25 @@ export class OnnxCpuBackend implements DecoderBackend {
       feeds[`past_key_${i}`] = this.pastKeys[i]
       feeds[`past_value_${i}`] = this.pastValues[i]
     }
-    const out = await this.session.run(feeds)
+    let out: Ort.InferenceSession.OnnxValueMapType
+    if (this.sharedCache) {
+      // present_* bound to past_*'s buffers: the run appends the S new rows in place.
+      const fetches: Record<string, Ort.Tensor | null> = {}
+      for (const name of this.session.outputNames) fetches[name] = null
+      for (let i = 0; i < d.layers; i++) {
+        fetches[`present_key_${i}`] = this.pastKeys[i]
+        fetches[`present_value_${i}`] = this.pastValues[i]
+      }
+      out = await this.session.run(feeds, fetches)
+    } else {
+      out = await this.session.run(feeds)
+    }
     this.onOutputs?.(out as Record<string, Ort.Tensor>)
-    for (let i = 0; i < d.layers; i++) {
-      this.pastKeys[i] = out[`present_key_${i}`] as Ort.Tensor
-      this.pastValues[i] = out[`present_value_${i}`] as Ort.Tensor
+    if (!this.sharedCache) {
+      for (let i = 0; i < d.layers; i++) {
+        this.pastKeys[i] = out[`present_key_${i}`] as Ort.Tensor
+        this.pastValues[i] = out[`present_value_${i}`] as Ort.Tensor
+      }
     }
     this.tokens += S
     const logits = out.logits as Ort.Tensor
