@@ -10,7 +10,7 @@ import {readTensor} from '../../formats/tensor.js'
 import {type Arch, archById, type ModelConfig} from '../../models/index.js'
 import type {DecoderBackend, ForwardInput, ForwardOutput} from '../backend.js'
 
-/** Rows per head a shared KV cache starts with (it doubles as needed, up to prefix + maxLength). */
+/** Rows per head a KV-cache buffer starts with past the prefix (it doubles as needed, up to prefix + maxLength). */
 const INITIAL_CAPACITY = 256
 
 export interface OnnxCpuOptions {
@@ -23,12 +23,6 @@ export interface OnnxCpuOptions {
    * variant's linear inputs, pipelines/quantize/activation-stats.ts), before forward() returns.
    */
   onOutputs?: (outputs: Readonly<Record<string, Ort.Tensor>>) => void
-  /**
-   * 'shared' (default where the graph allows it): present bound to past's buffer, no per-step
-   * copy; 'feed-back': each run's present tensors become the next run's past (the only way for
-   * graphs before issue 13; kept for A/B benchmarks and tests).
-   */
-  kvCache?: 'shared' | 'feed-back'
 }
 
 /**
@@ -63,17 +57,36 @@ export function attentionBias(past: number, newTokens: number, bidirectional: nu
 }
 
 /**
+ * The attention_bias of a graph that reads a KV-cache buffer (chatglm-graph.ts: T = C + S), [S, C + S]:
+ * the buffer's first `prefix + past` rows (the prefix, then the cached tokens) are visible to
+ * every new token (they come before it), its other rows masked; the last S columns are the new
+ * tokens among themselves, as attentionBias masks them. capacity 0 (no buffer) is attentionBias.
+ */
+export function bufferAttentionBias(past: number, capacity: number, newTokens: number, bidirectional: number, prefix = 0): Float32Array {
+  const used = prefix + past
+  if (capacity < used) throw new Error(`bufferAttentionBias: ${used} cached rows do not fit a buffer of ${capacity}`)
+  const inner = attentionBias(past, newTokens, bidirectional, prefix)
+  const innerT = used + newTokens
+  const T = capacity + newTokens
+  const bias = new Float32Array(newTokens * T)
+  for (let s = 0; s < newTokens; s++) {
+    bias.fill(MASKED, s * T + used, s * T + capacity)
+    bias.set(inner.subarray(s * innerT + used, (s + 1) * innerT), s * T + capacity)
+  }
+  return bias
+}
+
+/**
  * ChatGLM decoder on onnxruntime-node's CPU provider, over a `glmtool convert --to onnx`
  * directory (I/O contract in src/formats/onnx/chatglm-graph.ts).
  *
- * KV cache: when the graph's attention is com.microsoft.GroupQueryAttention (every export since
- * issue 13; ChatGLM2 exports before it too), each layer's cache is one buffer [1, Hkv, C, D] of
- * capacity C, given as past_key/past_value and bound as the preallocated present_key/present_value
- * output of the same run: GroupQueryAttention sees past and present share memory and writes only
- * the new tokens' rows (its past_present_share_buffer path), so a decode step does not copy the
- * cache. The capacity doubles (one copy) when a run needs more, up to prefix + maxLength.
- * Older graphs (ChatGLM-6B's MultiHeadAttention) return present = Concat(past, new), fed back
- * unchanged as the next run's past.
+ * KV cache (issue 13): one buffer per layer and K/V, [1, Hkv, capacity, D], holding the prefix
+ * then the cached tokens' rows; each run reads it in place as past_key/past_value (onnxruntime-node
+ * wraps an input's memory, no copy) and returns only the new rows, which are appended here. So a
+ * decode step touches the cache only where attention reads it. The capacity doubles (one copy)
+ * when the rows outgrow it, up to prefix + maxLength. Exports made before that contract (past
+ * [1, Hkv, P, D] -> present = past + new, [1, Hkv, P + S, D]) run the old way: each run's present
+ * fed back as the next past, which copies the whole cache every step.
  */
 export class OnnxCpuBackend implements DecoderBackend {
   readonly name = 'onnx-cpu'
@@ -81,10 +94,12 @@ export class OnnxCpuBackend implements DecoderBackend {
   private pastKeys: Ort.Tensor[] = []
   private pastValues: Ort.Tensor[] = []
   private tokens = 0
-  /** Whether the graph writes present into past's buffer when both are bound to it (see the class comment). */
-  readonly sharedCache: boolean
-  /** Rows per head of each shared cache buffer (0 when not shared). */
+  /** Whether the graph reads a cache buffer and returns new rows (the issue-13 contract) rather than returning past + new. */
+  readonly bufferCache: boolean
+  /** Buffer mode: rows per head of each layer's buffers, and the buffers (K then V per layer). */
   private capacity = 0
+  private keyRows: Float32Array[] = []
+  private valueRows: Float32Array[] = []
 
   private constructor(
     private readonly session: Ort.InferenceSession,
@@ -94,10 +109,9 @@ export class OnnxCpuBackend implements DecoderBackend {
     maxLength: number,
     private readonly prefix: PrefixKV | undefined,
     private readonly onOutputs?: OnnxCpuOptions['onOutputs'],
-    kvCache?: OnnxCpuOptions['kvCache'],
   ) {
     this.maxLength = maxLength
-    this.sharedCache = kvCache !== 'feed-back' && (manifest.ops?.attention?.startsWith('com.microsoft.GroupQueryAttention') ?? false)
+    this.bufferCache = manifest.inputs.find(t => t.name === 'past_key_0')?.shape[2] === 'C'
     this.reset()
   }
 
@@ -113,9 +127,6 @@ export class OnnxCpuBackend implements DecoderBackend {
     const d = manifest.dims
     if (opts.maxLength !== undefined && (!Number.isSafeInteger(opts.maxLength) || opts.maxLength < 1)) {
       throw new GlmtoolError('usage', `maxLength must be a positive integer (got ${opts.maxLength})`)
-    }
-    if (opts.kvCache !== undefined && opts.kvCache !== 'shared' && opts.kvCache !== 'feed-back') {
-      throw new GlmtoolError('usage', `kvCache must be 'shared' or 'feed-back' (got ${String(opts.kvCache)})`)
     }
     const prefix = opts.prefix ?? await readPrefixFile(onnxDir, d)
     if (prefix) checkPrefix(prefix, d)
@@ -135,7 +146,7 @@ export class OnnxCpuBackend implements DecoderBackend {
       throw new GlmtoolError('onnx-load', `${join(onnxDir, manifest.model)}: graph inputs/outputs differ from ${join(onnxDir, 'glmtool-onnx.json')}`)
     }
     const maxLength = Math.min(opts.maxLength ?? d.maxPositions, d.maxPositions)
-    return new OnnxCpuBackend(session, arch, config, manifest, maxLength, prefix, opts.onOutputs, opts.kvCache)
+    return new OnnxCpuBackend(session, arch, config, manifest, maxLength, prefix, opts.onOutputs)
   }
 
   get length(): number {
@@ -146,11 +157,11 @@ export class OnnxCpuBackend implements DecoderBackend {
     const d = this.manifest.dims
     const n = this.prefix?.length ?? 0
     this.tokens = 0
-    if (this.sharedCache) {
+    if (this.bufferCache) {
       this.capacity = 0
-      this.pastKeys = []
-      this.pastValues = []
-      this.grow(Math.min(n + this.maxLength, n + INITIAL_CAPACITY))
+      this.keyRows = []
+      this.valueRows = []
+      this.grow(n + Math.min(this.maxLength, INITIAL_CAPACITY))
       return
     }
     const make = (data: readonly Float32Array[] | undefined) => Array.from({length: d.layers}, (_, i) =>
@@ -159,73 +170,76 @@ export class OnnxCpuBackend implements DecoderBackend {
     this.pastValues = make(this.prefix?.values)
   }
 
-  /**
-   * Shared cache: make each layer's buffers hold `rows` rows per head, keeping the rows in use
-   * (the prefix and the cached tokens). On reset (capacity 0) the prefix is the content.
-   */
+  /** Buffer mode: make each buffer `rows` rows per head, keeping the rows in use (on reset: the prefix). */
   private grow(rows: number): void {
     const d = this.manifest.dims
-    const used = (this.prefix?.length ?? 0) + this.tokens
-    const old = this.capacity
-    const move = (from: Float32Array | undefined, oldRows: number): Float32Array => {
+    const n = this.prefix?.length ?? 0
+    const used = n + this.tokens
+    const resize = (from: Float32Array | undefined, fromRows: number): Float32Array => {
       const to = new Float32Array(d.kvHeads * rows * d.headDim)
-      if (from) {
-        for (let h = 0; h < d.kvHeads; h++) {
-          to.set(from.subarray(h * oldRows * d.headDim, (h * oldRows + used) * d.headDim), h * rows * d.headDim)
-        }
+      for (let h = 0; from && h < d.kvHeads; h++) {
+        to.set(from.subarray(h * fromRows * d.headDim, (h * fromRows + used) * d.headDim), h * rows * d.headDim)
       }
       return to
     }
-    const build = (current: Ort.Tensor[], prefix: readonly Float32Array[] | undefined) => Array.from({length: d.layers}, (_, i) => {
-      const data = old === 0 ? move(prefix?.[i], this.prefix?.length ?? 0) : move(current[i].data as Float32Array, old)
-      return new (ort().Tensor)('float32', data, [1, d.kvHeads, rows, d.headDim])
-    })
-    this.pastKeys = build(this.pastKeys, this.prefix?.keys)
-    this.pastValues = build(this.pastValues, this.prefix?.values)
+    const fresh = this.capacity === 0
+    this.keyRows = Array.from({length: d.layers}, (_, i) => fresh ? resize(this.prefix?.keys[i], n) : resize(this.keyRows[i], this.capacity))
+    this.valueRows = Array.from({length: d.layers}, (_, i) => fresh ? resize(this.prefix?.values[i], n) : resize(this.valueRows[i], this.capacity))
     this.capacity = rows
+    const tensor = (data: Float32Array) => new (ort().Tensor)('float32', data, [1, d.kvHeads, rows, d.headDim])
+    this.pastKeys = this.keyRows.map(tensor)
+    this.pastValues = this.valueRows.map(tensor)
+  }
+
+  /** Buffer mode: append a run's present rows ([1, Hkv, S, D] per layer) after the `used` rows in use. */
+  private append(out: Readonly<Record<string, Ort.Tensor>>, used: number, S: number): void {
+    const d = this.manifest.dims
+    const n = this.prefix?.length ?? 0
+    if (used + S > this.capacity) this.grow(Math.min(n + this.maxLength, Math.max(used + S, 2 * this.capacity)))
+    const C = this.capacity
+    const D = d.headDim
+    for (let i = 0; i < d.layers; i++) {
+      for (const [rows, name] of [[this.keyRows[i], `present_key_${i}`], [this.valueRows[i], `present_value_${i}`]] as const) {
+        const fresh = out[name].data as Float32Array
+        for (let h = 0; h < d.kvHeads; h++) rows.set(fresh.subarray(h * S * D, (h + 1) * S * D), (h * C + used) * D)
+      }
+    }
   }
 
   async forward(input: ForwardInput): Promise<ForwardOutput> {
     const d = this.manifest.dims
     const S = input.ids.length
     this.check(input)
-    const used = (this.prefix?.length ?? 0) + this.tokens + S
-    if (this.sharedCache && used > this.capacity) {
-      this.grow(Math.min((this.prefix?.length ?? 0) + this.maxLength, Math.max(used, 2 * this.capacity)))
-    }
+    const n = this.prefix?.length ?? 0
+    const used = n + this.tokens
+    // Buffer mode: no rows in use (a first prefill without prefix) -> no buffer (C = 0), so the
+    // prompt's scores are not widened by the buffer's unused rows.
+    const C = this.bufferCache && used > 0 ? this.capacity : 0
     const feeds: Record<string, Ort.Tensor> = {
       input_ids: new (ort().Tensor)('int64', BigInt64Array.from(input.ids, BigInt), [1, S]),
       position_ids: d.positionRows === 2
         ? new (ort().Tensor)('int64', BigInt64Array.from([...input.positions, ...input.blockPositions!], BigInt), [1, 2, S])
         : new (ort().Tensor)('int64', BigInt64Array.from(input.positions, BigInt), [1, S]),
-      attention_bias: new (ort().Tensor)('float32', attentionBias(this.tokens, S, input.bidirectional, this.prefix?.length ?? 0),
-        [1, 1, S, (this.prefix?.length ?? 0) + this.tokens + S]),
+      attention_bias: this.bufferCache
+        ? new (ort().Tensor)('float32', bufferAttentionBias(this.tokens, C, S, input.bidirectional, n), [1, 1, S, C + S])
+        : new (ort().Tensor)('float32', attentionBias(this.tokens, S, input.bidirectional, n), [1, 1, S, n + this.tokens + S]),
       logits_index: input.logits === 'last'
         ? new (ort().Tensor)('int64', BigInt64Array.of(BigInt(S - 1)), [1])
         : new (ort().Tensor)('int64', BigInt64Array.from({length: S}, (_, i) => BigInt(i)), [S]),
     }
+    const none = this.bufferCache && C === 0 ? new (ort().Tensor)('float32', new Float32Array(0), [1, d.kvHeads, 0, d.headDim]) : undefined
     for (let i = 0; i < d.layers; i++) {
-      feeds[`past_key_${i}`] = this.pastKeys[i]
-      feeds[`past_value_${i}`] = this.pastValues[i]
+      feeds[`past_key_${i}`] = none ?? this.pastKeys[i]
+      feeds[`past_value_${i}`] = none ?? this.pastValues[i]
     }
-    let out: Ort.InferenceSession.OnnxValueMapType
-    if (this.sharedCache) {
-      // present_* bound to past_*'s buffers: the run appends the S new rows in place.
-      const fetches: Record<string, Ort.Tensor | null> = {}
-      for (const name of this.session.outputNames) fetches[name] = null
-      for (let i = 0; i < d.layers; i++) {
-        fetches[`present_key_${i}`] = this.pastKeys[i]
-        fetches[`present_value_${i}`] = this.pastValues[i]
-      }
-      out = await this.session.run(feeds, fetches)
+    const out = await this.session.run(feeds) as Record<string, Ort.Tensor>
+    this.onOutputs?.(out)
+    if (this.bufferCache) {
+      this.append(out, used, S)
     } else {
-      out = await this.session.run(feeds)
-    }
-    this.onOutputs?.(out as Record<string, Ort.Tensor>)
-    if (!this.sharedCache) {
       for (let i = 0; i < d.layers; i++) {
-        this.pastKeys[i] = out[`present_key_${i}`] as Ort.Tensor
-        this.pastValues[i] = out[`present_value_${i}`] as Ort.Tensor
+        this.pastKeys[i] = out[`present_key_${i}`]
+        this.pastValues[i] = out[`present_value_${i}`]
       }
     }
     this.tokens += S
@@ -252,6 +266,8 @@ export class OnnxCpuBackend implements DecoderBackend {
   async dispose(): Promise<void> {
     this.pastKeys = []
     this.pastValues = []
+    this.keyRows = []
+    this.valueRows = []
     await this.session.release()
   }
 }
