@@ -44,9 +44,9 @@ function expectedIO(arch: TinyArch) {
       {name: 'position_ids', dtype: 'int64', shape: v1 ? [1, 2, 'S'] : [1, 'S']},
       {name: 'attention_bias', dtype: 'float32', shape: [1, 1, 'S', 'T']},
       {name: 'logits_index', dtype: 'int64', shape: ['K']},
-      ...kv('past', 'P'),
+      ...kv('past', 'C'),
     ],
-    outputs: [{name: 'logits', dtype: 'float32', shape: [1, 'K', v1 ? 130528 : 65024]}, ...kv('present', 'T')],
+    outputs: [{name: 'logits', dtype: 'float32', shape: [1, 'K', v1 ? 130528 : 65024]}, ...kv('present', 'S')],
   }
 }
 
@@ -104,8 +104,8 @@ describe('glmtool convert --to onnx', () => {
         // Contrib ops used, all com.microsoft opset 1.
         const ms = new Set(g.node!.filter(n => n.domain === 'com.microsoft').map(n => n.opType))
         expect([...ms].sort()).toEqual(arch === 'chatglm-6b'
-          ? ['FastGelu', 'MultiHeadAttention', 'RotaryEmbedding', 'SkipLayerNormalization']
-          : ['GroupQueryAttention', 'QuickGelu', 'RotaryEmbedding', 'SkipSimplifiedLayerNormalization'])
+          ? ['FastGelu', 'FusedMatMul', 'RotaryEmbedding', 'SkipLayerNormalization']
+          : ['FusedMatMul', 'QuickGelu', 'RotaryEmbedding', 'SkipSimplifiedLayerNormalization'])
       })
 
       it('passes the onnx checker (python3-onnx)', ctx => {

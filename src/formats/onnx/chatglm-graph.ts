@@ -11,11 +11,15 @@ import {type Dim, ELEM, type ElemType, float, type GraphBuilder} from './onnx-bu
  * I/O contract (the runtime, src/runtime/backends/onnx-cpu.ts, and the tests rely on it):
  *   inputs   input_ids       int64   [1, S]
  *            position_ids    int64   [1, S] (v2) | [1, 2, S] (v1: position_id, block_position_id)
- *            attention_bias  float32 [1, 1, S, T]  additive: 0 visible, -10000 masked; T = P + S
+ *            attention_bias  float32 [1, 1, S, T]  additive: 0 visible, -10000 masked; T = C + S:
+ *                                    the C cache-buffer rows, then the S new tokens
  *            logits_index    int64   [K]           rows of the S new positions that get logits
- *            past_key_<i>    float32 [1, Hkv, P, D]  for each layer i (and past_value_<i>)
+ *            past_key_<i>    float32 [1, Hkv, C, D]  for each layer i (and past_value_<i>): the
+ *                                    KV-cache buffer, read in place; rows the cache does not use
+ *                                    are masked by attention_bias (C = 0: no cache)
  *   outputs  logits          float32 [1, K, V]
- *            present_key_<i> float32 [1, Hkv, P + S, D]  (and present_value_<i>)
+ *            present_key_<i> float32 [1, Hkv, S, D]  this run's K/V rows only (and present_value_<i>),
+ *                                    which the runtime appends to its buffer: no run copies the cache (issue 13)
  */
 
 export const MASKED = -10000
@@ -58,11 +62,11 @@ export function decoderIO(d: DecoderDims): DecoderIO {
       {name: 'position_ids', dtype: 'int64', shape: d.positionRows === 2 ? [1, 2, 'S'] : [1, 'S']},
       {name: 'attention_bias', dtype: 'float32', shape: [1, 1, 'S', 'T']},
       {name: 'logits_index', dtype: 'int64', shape: ['K']},
-      ...kv('past', 'P'),
+      ...kv('past', 'C'),
     ],
     outputs: [
       {name: 'logits', dtype: 'float32', shape: [1, 'K', d.vocab]},
-      ...kv('present', 'T'),
+      ...kv('present', 'S'),
     ],
   }
 }
@@ -121,7 +125,7 @@ const ELEM_OF: Record<TensorIO['dtype'], ElemType> = {int64: ELEM.INT64, float32
  * so it has the same nodes; only the tensors at the cuts become graph inputs and outputs:
  *   embedding  input_ids [1, S]                                   -> <boundary>_out [S, H]
  *   layer i    <boundary> [S, H], position_ids, attention_bias,
- *              past_key / past_value [1, Hkv, P, D]               -> <boundary>_out [S, H], present_key, present_value
+ *              past_key / past_value [1, Hkv, C, D]               -> <boundary>_out [S, H], present_key, present_value
  *   head       <boundary>[0] [S, H], logits_index [K]            -> logits [1, K, V]
  */
 export type GraphPart = {readonly kind: 'embedding'} | {readonly kind: 'layer', readonly index: number} | {readonly kind: 'head'}
@@ -134,8 +138,8 @@ export function partIO(d: DecoderDims, part: GraphPart, boundary: readonly strin
   if (part.kind === 'head') return {inputs: [state('')[0], named('logits_index')], outputs: [whole.outputs[0]]}
   const kv = (n: string, len: Dim): TensorIO => ({name: n, dtype: 'float32', shape: [1, d.kvHeads, len, d.headDim]})
   return {
-    inputs: [...state(''), named('position_ids'), named('attention_bias'), kv('past_key', 'P'), kv('past_value', 'P')],
-    outputs: [...state('_out'), kv('present_key', 'T'), kv('present_value', 'T')],
+    inputs: [...state(''), named('position_ids'), named('attention_bias'), kv('past_key', 'C'), kv('past_value', 'C')],
+    outputs: [...state('_out'), kv('present_key', 'S'), kv('present_value', 'S')],
   }
 }
 
@@ -184,6 +188,56 @@ export function logitsHead(b: GraphBuilder, ctx: GraphContext, hidden: string, l
   const rows = b.op('Gather', [hidden, logitsIndex], {axis: 0})
   const logits = ctx.linear(rows, weight)
   return b.op('Unsqueeze', [logits, b.int64([0])])
+}
+
+/**
+ * Attention of the S new tokens over the KV-cache buffer and themselves, reading the buffer in
+ * place (issue 13: nothing the size of the cache is copied or written per run).
+ *   q [1, S, N*D], k and v [1, S, G*D]: this run's rows, rotary applied (N query heads, G KV heads,
+ *     query head h reads KV head h / (N / G): ChatGLM2's multi-query groups; v1: G = N)
+ *   pastKey, pastValue [1, G, C, D]: the cache buffer, C rows per head of which the runtime uses
+ *     the first ones (prefix, then cached tokens); attentionBias [1, 1, S, C + S] masks the rest
+ *   -> attention output [S, N*D] and this run's K/V rows [1, G, S, D], named `presentNames` (the
+ *     graph's present outputs, which the runtime writes into the buffer after the run).
+ * softmax(q.k / sqrt(D) + bias) over the C buffer columns then the S new ones: com.microsoft.
+ * FusedMatMul (transB, alpha = 1/sqrt(D)) of each group's stacked query heads against the buffer
+ * as given (no transposed or reshaped copy of it: the two products are the only ops that read
+ * it), Concat of the small score blocks, Softmax, and the two value products summed.
+ */
+export function cacheAttention(b: GraphBuilder, d: DecoderDims, q: string, k: string, v: string, pastKey: string, pastValue: string, attentionBias: string,
+  presentNames: readonly [string, string]): {attn: string, presentKey: string, presentValue: string} {
+  const {heads: N, kvHeads: G, headDim: D} = d
+  const r = N / G
+  const alpha = float(1 / Math.sqrt(D))
+  // q: [1, S, N*D] -> [1, S, G, r, D] -> [1, G, r, S, D] -> [1, G, r*S, D] (a group's query heads stacked)
+  const q5 = b.op('Transpose', [b.op('Reshape', [q, b.int64([1, -1, G, r, D])])], {perm: [0, 2, 3, 1, 4]})
+  const qg = b.op('Reshape', [q5, b.int64([1, G, -1, D])])
+  // this run's k/v: [1, S, G*D] -> [1, G, S, D] (the present outputs)
+  const rows = (t: string, name: string) => b.node('Transpose', [b.op('Reshape', [t, b.int64([1, -1, G, D])])], [name], {perm: [0, 2, 1, 3]})[0]
+  const presentKey = rows(k, presentNames[0])
+  const presentValue = rows(v, presentNames[1])
+  // Scores [1, G, r*S, C + S]: the buffer (used as given: no op but these products touches it) then the new rows.
+  const scores = b.op('Concat', [
+    b.ms('FusedMatMul', [qg, pastKey], {transB: 1, alpha}),
+    b.ms('FusedMatMul', [qg, presentKey], {transB: 1, alpha}),
+  ], {axis: -1})
+  // + bias [1, 1, S, C + S] per query head: scores viewed as [1, G, r, S, C + S], bias as [1, 1, 1, S, C + S]
+  const split = b.op('Concat', [b.int64([1, G, r]), b.op('Shape', [attentionBias], {start: 2})], {axis: 0})
+  const biased = b.op('Add', [b.op('Reshape', [scores, split]), b.op('Unsqueeze', [attentionBias, b.int64([2])])])
+  const probs = b.op('Reshape', [b.op('Softmax', [biased], {axis: -1}), b.op('Shape', [scores])])
+  const c = b.op('Shape', [pastKey], {start: 2, end: 3})
+  const last = b.int64([-1])
+  const fromCache = b.op('MatMul', [b.op('Slice', [probs, b.int64([0]), c, last]), pastValue])
+  const fromNew = b.op('MatMul', [b.op('Slice', [probs, c, b.int64([Number.MAX_SAFE_INTEGER]), last]), presentValue])
+  // [1, G, r*S, D] -> [1, G, r, S, D] -> [1, S, G, r, D] -> [S, N*D]
+  const heads = b.op('Reshape', [b.op('Add', [fromCache, fromNew]), b.int64([1, G, r, -1, D])])
+  const attn = b.op('Reshape', [b.op('Transpose', [heads], {perm: [0, 3, 1, 2, 4]}), b.int64([-1, N * D])])
+  return {attn, presentKey, presentValue}
+}
+
+/** The present output names of a layer's past inputs: past_key_<i> -> present_key_<i> (a slice's past_key -> present_key). */
+export function presentNames(pastKey: string, pastValue: string): [string, string] {
+  return [pastKey.replace(/^past_/, 'present_'), pastValue.replace(/^past_/, 'present_')]
 }
 
 /** float32 zeros of `like`'s shape (a zero skip input); ConstantOfShape defaults to float32 0. */

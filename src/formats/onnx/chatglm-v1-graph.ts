@@ -1,8 +1,8 @@
 import {GlmtoolError} from '../../errors.js'
 import type {ModelConfig, ModelDims} from '../../models/arch.js'
 import {
-  type ChatglmOnnxGraph, declareInputs, declareOutputs, declarePartInputs, declarePartOutputs, type DecoderDims, embedTokens, eps,
-  type GraphContext, type GraphPart, logitsHead, partIO, rotaryTables,
+  cacheAttention, type ChatglmOnnxGraph, declareInputs, declareOutputs, declarePartInputs, declarePartOutputs, type DecoderDims, embedTokens,
+  eps, type GraphContext, type GraphPart, logitsHead, partIO, presentNames, rotaryTables,
 } from './chatglm-graph.js'
 import {type GraphBuilder, MS_DOMAIN} from './onnx-builder.js'
 
@@ -30,8 +30,10 @@ export interface V1GraphModule {
  * position row per token for all heads, so each head is viewed as two half-heads of size D/2:
  * the first halves of q and k (2*heads half-heads) go through one RotaryEmbedding with
  * position_id, the second halves through another with block_position_id; this is exactly the
- * reference's split/cat. MultiHeadAttention (heads = KV heads, attention_bias [1, 1, S, T],
- * past/present K/V in BNSH) then computes softmax(q.k / sqrt(D) + bias) in float32; the
+ * reference's split/cat. Attention is chatglm-graph.ts's cacheAttention (G = heads): softmax(q.k /
+ * sqrt(D) + bias) in float32 over the KV-cache buffer, read in place, and this run's K/V rows,
+ * with the whole mask in attention_bias [1, 1, S, C + S] (v1's prefill context is bidirectional);
+ * the present outputs are this run's rows only (issue 13: no per-step copy of the cache). The
  * reference's q/(sqrt(D)*(layer+1)) then *(layer+1) is the same scale. The reference fills
  * masked scores with -10000 where this graph adds -10000: after softmax both are exactly 0
  * (exp(-10000) underflows) unless a row is fully masked, which the mask never makes.
@@ -45,12 +47,12 @@ export function chatglmV1Graph(m: V1GraphModule): ChatglmOnnxGraph {
   const alpha = m.deepnormAlpha
   return {
     arch: 'chatglm-6b',
-    description: 'ChatGLM-6B decoder: LayerNorm/SkipLayerNormalization (DeepNorm alpha on the normed residual), per-head QKV, 2D rotary via two half-head RotaryEmbedding, MultiHeadAttention with additive bias and KV cache, FastGelu MLP',
+    description: 'ChatGLM-6B decoder: LayerNorm/SkipLayerNormalization (DeepNorm alpha on the normed residual), per-head QKV, 2D rotary via two half-head RotaryEmbedding, attention over an in-place KV-cache buffer (FusedMatMul, Softmax, MatMul) with additive bias, FastGelu MLP',
     ops: {
       'first LayerNorm': 'LayerNormalization (opset 17): no residual yet',
       'later LayerNorms': 'com.microsoft.SkipLayerNormalization: LN(branch + alpha*x_ln + dense bias) in one kernel',
       rotary: 'com.microsoft.RotaryEmbedding (interleaved=0) on half-heads of D/2: first halves by position_id, second by block_position_id',
-      attention: 'com.microsoft.MultiHeadAttention: attention_bias [1,1,S,T], past/present key/value [1,heads,P,D]',
+      attention: 'com.microsoft.FusedMatMul (transB, alpha=1/sqrt(D)) of q against the cache buffer past_key [1,heads,C,D] read in place and this run\'s keys, + attention_bias [1,1,S,C+S], Softmax, MatMul with past_value and this run\'s values; present key/value = this run\'s rows [1,heads,S,D]',
       gelu: 'com.microsoft.FastGelu (tanh form) with the dense_h_to_4h bias',
       linear: 'Gemm transB=1 on the [out, in] weights (no transposed copy); com.microsoft.MatMulNBits on weight-quantized ones',
     },
@@ -152,10 +154,8 @@ function layer(b: GraphBuilder, ctx: GraphContext, d: DecoderDims, deepnormAlpha
   const qkHeads = b.op('Reshape', [rotated, b.int64([-1, N, 2, D])])
   const [q, k] = b.node('Split', [qkHeads, b.int64([1, 1])], 2, {axis: 2})
   const toBSH = (t: string) => b.op('Reshape', [t, b.int64([1, -1, H])])
-  const [attn, presentKey, presentValue] = b.node('MultiHeadAttention', [
-    toBSH(q), toBSH(k), toBSH(v), '', '', sh.attentionBias, pastKey, pastValue,
-  ], 3, {num_heads: N}, MS_DOMAIN)
-  const dense = ctx.linear(b.op('Reshape', [attn, b.int64([-1, H])]), `${p}attention.dense.weight`)
+  const {attn, presentKey, presentValue} = cacheAttention(b, d, toBSH(q), toBSH(k), toBSH(v), pastKey, pastValue, sh.attentionBias, presentNames(pastKey, pastValue))
+  const dense = ctx.linear(attn, `${p}attention.dense.weight`)
   // h_ln = LN(dense + dense.bias + alpha * x_ln)
   const hln = b.node('SkipLayerNormalization', [
     dense, b.op('Mul', [xln, alpha]), ctx.weight(`${p}post_attention_layernorm.weight`),

@@ -1,10 +1,10 @@
 import {GlmtoolError} from '../../errors.js'
 import type {ModelConfig, ModelDims} from '../../models/arch.js'
 import {
-  type ChatglmOnnxGraph, declareInputs, declareOutputs, declarePartInputs, declarePartOutputs, type DecoderDims, embedTokens, eps,
-  type GraphContext, type GraphPart, logitsHead, partIO, rotaryTables, zerosLike,
+  cacheAttention, type ChatglmOnnxGraph, declareInputs, declareOutputs, declarePartInputs, declarePartOutputs, type DecoderDims, embedTokens, eps,
+  type GraphContext, type GraphPart, logitsHead, partIO, presentNames, rotaryTables, zerosLike,
 } from './chatglm-graph.js'
-import {ELEM, float, type GraphBuilder, MS_DOMAIN} from './onnx-builder.js'
+import {float, type GraphBuilder, MS_DOMAIN} from './onnx-builder.js'
 
 /** What the ChatGLM2-6B graph takes from its generation module (src/models/chatglm-v2.ts wires it). */
 export interface V2GraphModule {
@@ -25,10 +25,10 @@ export interface V2GraphModule {
  * checker rejects as an unknown standard op.)
  *
  * Attention: q = heads x D, k and v = G groups x D (multi_query_group_num); query head h reads
- * group h / (heads / G), which is com.microsoft.GroupQueryAttention's grouping (kv_num_heads =
- * G), with past/present K/V [1, G, P, D] in BNSH and the attention_bias input. GQA also applies
- * its own causal mask (bottom-right aligned, so prefix entries in the past stay visible); v2's
- * mask is causal, so GQA's mask and the bias agree.
+ * group h / (heads / G): chatglm-graph.ts's cacheAttention, softmax(q.k / sqrt(D) + bias) over
+ * the KV-cache buffer past_key/past_value [1, G, C, D] (read in place) and this run's rows, the
+ * causal mask in attention_bias [1, 1, S, C + S]; the present outputs are this run's rows only
+ * (issue 13: no per-step copy of the cache).
  * Rotary: the first D/2 dims of each q/k head, interleaved pairs (x[2j], x[2j+1]),
  * theta_j = 1/base^(2j/(D/2)), base 10000 (ChatGLM3-6B-32k: 10000 * rope_ratio; the generation module's ropeBase, GraphContext.rotaryBase);
  * the other D/2 dims pass through. That is
@@ -39,11 +39,11 @@ export interface V2GraphModule {
 export function chatglmV2Graph(m: V2GraphModule): ChatglmOnnxGraph {
   return {
     arch: 'chatglm2-6b',
-    description: 'ChatGLM2-6B decoder: SkipSimplifiedLayerNormalization (RMSNorm + residual), partial interleaved RotaryEmbedding, GroupQueryAttention with additive bias and KV cache, SwiGLU via QuickGelu(alpha=1)',
+    description: 'ChatGLM2-6B decoder: SkipSimplifiedLayerNormalization (RMSNorm + residual), partial interleaved RotaryEmbedding, attention over an in-place KV-cache buffer (FusedMatMul, Softmax, MatMul) with additive bias, SwiGLU via QuickGelu(alpha=1)',
     ops: {
       rmsnorm: 'com.microsoft.SkipSimplifiedLayerNormalization: RMSNorm(block output + residual), 4th output = new residual; zero skip for the first',
       rotary: 'com.microsoft.RotaryEmbedding interleaved=1, rotary_embedding_dim=D/2 (other half passes through)',
-      attention: 'com.microsoft.GroupQueryAttention: kv_num_heads=G, attention_bias [1,1,S,T], past/present key/value [1,G,P,D]',
+      attention: 'com.microsoft.FusedMatMul (transB, alpha=1/sqrt(D)) of each group\'s query heads against the cache buffer past_key [1,G,C,D] read in place and this run\'s keys, + attention_bias [1,1,S,C+S], Softmax, MatMul with past_value and this run\'s values; present key/value = this run\'s rows [1,G,S,D]',
       swiglu: 'Split + com.microsoft.QuickGelu(alpha=1) (= SiLU) + Mul',
       linear: 'Gemm transB=1 on the [out, in] weights (no transposed copy); com.microsoft.MatMulNBits on weight-quantized ones',
     },
@@ -110,8 +110,6 @@ interface Shared {
   readonly attentionBias: string
   readonly cos: string
   readonly sin: string
-  readonly seqlensK: string
-  readonly totalLength: string
 }
 
 /** Embedding rows and the first RMSNorm (zero skip). */
@@ -123,19 +121,13 @@ function embedding(b: GraphBuilder, ctx: GraphContext, inputIds: string): State 
   return {xn, residual: x}
 }
 
-/** Rotary tables and GroupQueryAttention's lengths, shared by every layer. */
+/** Rotary tables, shared by every layer. */
 function sharedInputs(b: GraphBuilder, ctx: GraphContext, d: DecoderDims, positionIds: string, attentionBias: string): Shared {
   const D = d.headDim
   const tables = rotaryTables(d.maxPositions, D / 2, {base: ctx.rotaryBase})
   const cos = ctx.computed('rotary.cos_cache', [d.maxPositions, D / 4], tables.cos)
   const sin = ctx.computed('rotary.sin_cache', [d.maxPositions, D / 4], tables.sin)
-  // GroupQueryAttention's int32 seqlens_k ([1] = T - 1) and total_sequence_length (scalar T),
-  // from attention_bias [1, 1, S, T].
-  const {seqlensK, totalLength} = b.scope('attention_lengths', () => {
-    const t = b.op('Cast', [b.op('Shape', [attentionBias], {start: 3, end: 4})], {to: ELEM.INT32})
-    return {seqlensK: b.op('Sub', [t, b.int32([1])]), totalLength: b.op('Reshape', [t, b.int64([], [0])])}
-  })
-  return {positionIds, attentionBias, cos, sin, seqlensK, totalLength}
+  return {positionIds, attentionBias, cos, sin}
 }
 
 /** Layer i, from its first linear to the next layer's RMSNorm (or the final norm after the last). */
@@ -151,11 +143,9 @@ function layer(b: GraphBuilder, ctx: GraphContext, d: DecoderDims, F: number, i:
   const rope = (t: string, numHeads: number) => b.ms('RotaryEmbedding', [toBSH(t, numHeads * D), sh.positionIds, sh.cos, sh.sin], {
     interleaved: 1, num_heads: numHeads, rotary_embedding_dim: D / 2,
   })
-  const [attn, presentKey, presentValue] = b.node('GroupQueryAttention', [
-    rope(q, N), rope(k, G), toBSH(v, G * D), pastKey, pastValue, sh.seqlensK, sh.totalLength,
-    '', '', '', sh.attentionBias,
-  ], 3, {num_heads: N, kv_num_heads: G}, MS_DOMAIN)
-  const dense = ctx.linear(b.op('Reshape', [attn, b.int64([-1, N * D])]), `${p}self_attention.dense.weight`)
+  const {attn, presentKey, presentValue} = cacheAttention(b, d, rope(q, N), rope(k, G), toBSH(v, G * D), pastKey, pastValue, sh.attentionBias,
+    presentNames(pastKey, pastValue))
+  const dense = ctx.linear(attn, `${p}self_attention.dense.weight`)
   // h = residual + dense; hn = RMSNorm(h)
   const [hn, , , h] = b.node('SkipSimplifiedLayerNormalization', [dense, state.residual, ctx.weight(`${p}post_attention_layernorm.weight`)],
     [b.fresh('post_attention_layernorm'), '', '', b.fresh('residual')], {epsilon}, MS_DOMAIN)

@@ -191,7 +191,7 @@ export class GraphBuilder {
     return this.constant(ELEM.INT64, values, dims)
   }
 
-  /** An int32 constant initializer (GroupQueryAttention's lengths). */
+  /** An int32 constant initializer. */
   int32(values: readonly number[], dims: readonly number[] = [values.length]): string {
     return this.constant(ELEM.INT32, values, dims)
   }

@@ -10,6 +10,9 @@ import {readTensor} from '../../formats/tensor.js'
 import {type Arch, archById, type ModelConfig} from '../../models/index.js'
 import type {DecoderBackend, ForwardInput, ForwardOutput} from '../backend.js'
 
+/** Rows per head a KV-cache buffer starts with past the prefix (it doubles as needed, up to prefix + maxLength). */
+const INITIAL_CAPACITY = 256
+
 export interface OnnxCpuOptions {
   /** Largest number of tokens the cache may hold (default and ceiling: the graph's rotary table rows). */
   maxLength?: number
@@ -73,10 +76,36 @@ export function onnxCpuSessionOptions(manifest: OnnxManifest, threads?: number):
 }
 
 /**
+ * The attention_bias of a graph that reads a KV-cache buffer (chatglm-graph.ts: T = C + S), [S, C + S]:
+ * the buffer's first `prefix + past` rows (the prefix, then the cached tokens) are visible to
+ * every new token (they come before it), its other rows masked; the last S columns are the new
+ * tokens among themselves, as attentionBias masks them. capacity 0 (no buffer) is attentionBias.
+ */
+export function bufferAttentionBias(past: number, capacity: number, newTokens: number, bidirectional: number, prefix = 0): Float32Array {
+  const used = prefix + past
+  if (capacity < used) throw new Error(`bufferAttentionBias: ${used} cached rows do not fit a buffer of ${capacity}`)
+  const inner = attentionBias(past, newTokens, bidirectional, prefix)
+  const innerT = used + newTokens
+  const T = capacity + newTokens
+  const bias = new Float32Array(newTokens * T)
+  for (let s = 0; s < newTokens; s++) {
+    bias.fill(MASKED, s * T + used, s * T + capacity)
+    bias.set(inner.subarray(s * innerT + used, (s + 1) * innerT), s * T + capacity)
+  }
+  return bias
+}
+
+/**
  * ChatGLM decoder on onnxruntime-node's CPU provider, over a `glmtool convert --to onnx`
- * directory (I/O contract in src/formats/onnx/chatglm-graph.ts). The KV cache is the graph's
- * own present_key/present_value tensors, fed back unchanged as the next run's past: no copy on
- * the JavaScript side.
+ * directory (I/O contract in src/formats/onnx/chatglm-graph.ts).
+ *
+ * KV cache (issue 13): one buffer per layer and K/V, [1, Hkv, capacity, D], holding the prefix
+ * then the cached tokens' rows; each run reads it in place as past_key/past_value (onnxruntime-node
+ * wraps an input's memory, no copy) and returns only the new rows, which are appended here. So a
+ * decode step touches the cache only where attention reads it. The capacity doubles (one copy)
+ * when the rows outgrow it, up to prefix + maxLength. Exports made before that contract (past
+ * [1, Hkv, P, D] -> present = past + new, [1, Hkv, P + S, D]) run the old way: each run's present
+ * fed back as the next past, which copies the whole cache every step.
  */
 export class OnnxCpuBackend implements DecoderBackend {
   readonly name = 'onnx-cpu'
@@ -84,6 +113,12 @@ export class OnnxCpuBackend implements DecoderBackend {
   private pastKeys: Ort.Tensor[] = []
   private pastValues: Ort.Tensor[] = []
   private tokens = 0
+  /** Whether the graph reads a cache buffer and returns new rows (the issue-13 contract) rather than returning past + new. */
+  readonly bufferCache: boolean
+  /** Buffer mode: rows per head of each layer's buffers, and the buffers (K then V per layer). */
+  private capacity = 0
+  private keyRows: Float32Array[] = []
+  private valueRows: Float32Array[] = []
 
   private constructor(
     private readonly session: Ort.InferenceSession,
@@ -95,6 +130,7 @@ export class OnnxCpuBackend implements DecoderBackend {
     private readonly onOutputs?: OnnxCpuOptions['onOutputs'],
   ) {
     this.maxLength = maxLength
+    this.bufferCache = manifest.inputs.find(t => t.name === 'past_key_0')?.shape[2] === 'C'
     this.reset()
   }
 
@@ -135,37 +171,91 @@ export class OnnxCpuBackend implements DecoderBackend {
   reset(): void {
     const d = this.manifest.dims
     const n = this.prefix?.length ?? 0
+    this.tokens = 0
+    if (this.bufferCache) {
+      this.capacity = 0
+      this.keyRows = []
+      this.valueRows = []
+      this.grow(n + Math.min(this.maxLength, INITIAL_CAPACITY))
+      return
+    }
     const make = (data: readonly Float32Array[] | undefined) => Array.from({length: d.layers}, (_, i) =>
       new (ort().Tensor)('float32', data ? data[i] : new Float32Array(0), [1, d.kvHeads, n, d.headDim]))
     this.pastKeys = make(this.prefix?.keys)
     this.pastValues = make(this.prefix?.values)
-    this.tokens = 0
+  }
+
+  /** Buffer mode: make each buffer `rows` rows per head, keeping the rows in use (on reset: the prefix). */
+  private grow(rows: number): void {
+    const d = this.manifest.dims
+    const n = this.prefix?.length ?? 0
+    const used = n + this.tokens
+    const resize = (from: Float32Array | undefined, fromRows: number): Float32Array => {
+      const to = new Float32Array(d.kvHeads * rows * d.headDim)
+      for (let h = 0; from && h < d.kvHeads; h++) {
+        to.set(from.subarray(h * fromRows * d.headDim, (h * fromRows + used) * d.headDim), h * rows * d.headDim)
+      }
+      return to
+    }
+    const fresh = this.capacity === 0
+    this.keyRows = Array.from({length: d.layers}, (_, i) => fresh ? resize(this.prefix?.keys[i], n) : resize(this.keyRows[i], this.capacity))
+    this.valueRows = Array.from({length: d.layers}, (_, i) => fresh ? resize(this.prefix?.values[i], n) : resize(this.valueRows[i], this.capacity))
+    this.capacity = rows
+    const tensor = (data: Float32Array) => new (ort().Tensor)('float32', data, [1, d.kvHeads, rows, d.headDim])
+    this.pastKeys = this.keyRows.map(tensor)
+    this.pastValues = this.valueRows.map(tensor)
+  }
+
+  /** Buffer mode: append a run's present rows ([1, Hkv, S, D] per layer) after the `used` rows in use. */
+  private append(out: Readonly<Record<string, Ort.Tensor>>, used: number, S: number): void {
+    const d = this.manifest.dims
+    const n = this.prefix?.length ?? 0
+    if (used + S > this.capacity) this.grow(Math.min(n + this.maxLength, Math.max(used + S, 2 * this.capacity)))
+    const C = this.capacity
+    const D = d.headDim
+    for (let i = 0; i < d.layers; i++) {
+      for (const [rows, name] of [[this.keyRows[i], `present_key_${i}`], [this.valueRows[i], `present_value_${i}`]] as const) {
+        const fresh = out[name].data as Float32Array
+        for (let h = 0; h < d.kvHeads; h++) rows.set(fresh.subarray(h * S * D, (h + 1) * S * D), (h * C + used) * D)
+      }
+    }
   }
 
   async forward(input: ForwardInput): Promise<ForwardOutput> {
     const d = this.manifest.dims
     const S = input.ids.length
     this.check(input)
+    const n = this.prefix?.length ?? 0
+    const used = n + this.tokens
+    // Buffer mode: no rows in use (a first prefill without prefix) -> no buffer (C = 0), so the
+    // prompt's scores are not widened by the buffer's unused rows.
+    const C = this.bufferCache && used > 0 ? this.capacity : 0
     const feeds: Record<string, Ort.Tensor> = {
       input_ids: new (ort().Tensor)('int64', BigInt64Array.from(input.ids, BigInt), [1, S]),
       position_ids: d.positionRows === 2
         ? new (ort().Tensor)('int64', BigInt64Array.from([...input.positions, ...input.blockPositions!], BigInt), [1, 2, S])
         : new (ort().Tensor)('int64', BigInt64Array.from(input.positions, BigInt), [1, S]),
-      attention_bias: new (ort().Tensor)('float32', attentionBias(this.tokens, S, input.bidirectional, this.prefix?.length ?? 0),
-        [1, 1, S, (this.prefix?.length ?? 0) + this.tokens + S]),
+      attention_bias: this.bufferCache
+        ? new (ort().Tensor)('float32', bufferAttentionBias(this.tokens, C, S, input.bidirectional, n), [1, 1, S, C + S])
+        : new (ort().Tensor)('float32', attentionBias(this.tokens, S, input.bidirectional, n), [1, 1, S, n + this.tokens + S]),
       logits_index: input.logits === 'last'
         ? new (ort().Tensor)('int64', BigInt64Array.of(BigInt(S - 1)), [1])
         : new (ort().Tensor)('int64', BigInt64Array.from({length: S}, (_, i) => BigInt(i)), [S]),
     }
+    const none = this.bufferCache && C === 0 ? new (ort().Tensor)('float32', new Float32Array(0), [1, d.kvHeads, 0, d.headDim]) : undefined
     for (let i = 0; i < d.layers; i++) {
-      feeds[`past_key_${i}`] = this.pastKeys[i]
-      feeds[`past_value_${i}`] = this.pastValues[i]
+      feeds[`past_key_${i}`] = none ?? this.pastKeys[i]
+      feeds[`past_value_${i}`] = none ?? this.pastValues[i]
     }
-    const out = await this.session.run(feeds)
-    this.onOutputs?.(out as Record<string, Ort.Tensor>)
-    for (let i = 0; i < d.layers; i++) {
-      this.pastKeys[i] = out[`present_key_${i}`] as Ort.Tensor
-      this.pastValues[i] = out[`present_value_${i}`] as Ort.Tensor
+    const out = await this.session.run(feeds) as Record<string, Ort.Tensor>
+    this.onOutputs?.(out)
+    if (this.bufferCache) {
+      this.append(out, used, S)
+    } else {
+      for (let i = 0; i < d.layers; i++) {
+        this.pastKeys[i] = out[`present_key_${i}`]
+        this.pastValues[i] = out[`present_value_${i}`]
+      }
     }
     this.tokens += S
     const logits = out.logits as Ort.Tensor
@@ -191,6 +281,8 @@ export class OnnxCpuBackend implements DecoderBackend {
   async dispose(): Promise<void> {
     this.pastKeys = []
     this.pastValues = []
+    this.keyRows = []
+    this.valueRows = []
     await this.session.release()
   }
 }
