@@ -63,7 +63,7 @@ describe('glmtool bench --backend cpu', () => {
     const json = join(work, 'bench-roof.json')
     const r = glmtool(['bench', v1, v2, '--backend', 'cpu', '--prompt-tokens', '12', '--gen-tokens', '4', '--repeat', '1', '--max-length', '32', '--out', json], {env})
     expect(r.code, r.stderr).toBe(0)
-    expect(r.stdout).toMatch(/roofline .*GB\/s read rate measured now/)
+    expect(r.stdout).toMatch(/roofline .*GB\/s read rate measured in this run/)
     const out = JSON.parse(readFileSync(json, 'utf8'))
     for (const x of out.results) {
       const t = x.roofline

@@ -199,3 +199,15 @@ describe('glmtool convert --to onnx', () => {
     expect(existsSync(join(work, 'bf16-onnx'))).toBe(false)
   })
 })
+
+describe('float16 storage of a weight onnxruntime would not fold', () => {
+  it('is float32 past the 1 GiB folding limit (ChatGLM-6B\'s output layer), float16 below it', async () => {
+    const {wholeWeightStorage, ORT_FOLD_LIMIT} = await import('../src/pipelines/export-onnx.js')
+    expect(ORT_FOLD_LIMIT).toBe(2 ** 30)
+    expect(wholeWeightStorage([130528, 4096], 'F16')).toBe('F32')  // ChatGLM-6B lm_head: 2.14 GB as float32
+    expect(wholeWeightStorage([65024, 4096], 'F16')).toBe('F16')   // ChatGLM2-6B lm_head: 1.07e9 bytes, just under
+    expect(wholeWeightStorage([2 ** 28, 1], 'F16')).toBe('F16')    // exactly the limit folds
+    expect(wholeWeightStorage([2 ** 28 + 1, 1], 'F16')).toBe('F32')
+    expect(wholeWeightStorage([130528, 4096], 'F32')).toBe('F32')
+  })
+})

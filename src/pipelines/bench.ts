@@ -243,6 +243,10 @@ export async function benchModel(path: string, opts: BenchOptions): Promise<Benc
       }
     }
     if (backend.name === 'onnx-cpu' && model.onnxDir && readBandwidth) {
+      // Measured again after the runs, the faster kept: a probe that met background work (the
+      // kernel writing back a just-written model, say) would understate the rate, and the
+      // fraction with it.
+      readBandwidth = Math.max(readBandwidth, measureReadBandwidth().bytesPerSecond)
       // float32 K and V of every layer for each token of context, read once per decode step.
       const d = (backend as OnnxCpuBackend).manifest.dims
       const kv = d.layers * 2 * d.kvHeads * d.headDim * 4 * (promptTokens + genTokens / 2)

@@ -123,6 +123,17 @@ export interface OnnxExportResult {
 }
 
 const CHUNK_BYTES = 16 * 1024 * 1024
+/** onnxruntime folds a constant Cast only while its output stays within 1 GiB (constant_folding.cc). */
+export const ORT_FOLD_LIMIT = 2 ** 30
+
+/**
+ * The dtype a weight read whole is stored in: the storage dtype, except a float16 one whose
+ * float32 copy onnxruntime would not fold at load (over ORT_FOLD_LIMIT), which is stored float32
+ * so that no run casts it again.
+ */
+export function wholeWeightStorage(shape: readonly number[], storage: DType): DType {
+  return storage === 'F16' && numel(shape) * 4 > ORT_FOLD_LIMIT ? 'F32' : storage
+}
 const F16_MAX_FINITE = 65504
 
 /** Bytes of `t` in `to`, chunk by chunk; refuses values that would overflow float16. */
@@ -391,14 +402,23 @@ function planGraph(
     return t
   }
   const isQuantized = (name: string) => layout !== undefined && isQuantizedWeight(arch, layout, name)
-  /** A float checkpoint tensor as an initializer in the storage dtype (once). */
-  const source = (name: string): TensorEntry => {
+  /** The dtype each float initializer is stored in (the storage dtype, or F32: see `source`). */
+  const stored = new Map<string, DType>()
+  /**
+   * A float checkpoint tensor as an initializer in the storage dtype (once). A weight read whole
+   * (`whole`: not only gathered) whose float32 copy would exceed onnxruntime's constant-folding
+   * limit (ORT_FOLD_LIMIT) is stored float32 instead: onnxruntime would not fold its Cast, and
+   * every run would cast it again (ChatGLM-6B's 130,528-row output layer: 2.1 GB a decode step).
+   */
+  const source = (name: string, whole = false): TensorEntry => {
     const t = lookup(name)
     if (!isFloat(t.dtype)) throw new GlmtoolError('onnx-unsupported', `${t.file}: tensor ${name} is ${t.dtype}; ONNX export takes float weights (and the int8 weights of a quantized checkpoint)`)
     if (!used.has(name)) {
       used.add(name)
       b.reserve(name)
-      entries.push({name, elemType: elemTypeOf(storage), dims: t.shape, length: byteLength(storage, t.shape), chunks: () => storedChunks(t, storage)})
+      const as: DType = whole && !resident ? wholeWeightStorage(t.shape, storage) : storage
+      stored.set(name, as)
+      entries.push({name, elemType: elemTypeOf(as), dims: t.shape, length: byteLength(as, t.shape), chunks: () => storedChunks(t, as)})
     }
     return t
   }
@@ -420,8 +440,8 @@ function planGraph(
     config,
     rotaryBase: arch.ropeBase(config),
     weight(name) {
-      source(name)
-      if (storage === 'F32') return name
+      source(name, true)
+      if (stored.get(name) === 'F32') return name
       let v = asFloat.get(name)
       if (!v) {
         v = b.op('Cast', [name], {to: ELEM.FLOAT})
@@ -442,7 +462,7 @@ function planGraph(
       }
       source(name)
       const rows = b.op('Gather', [name, ids], {axis: 0})
-      return storage === 'F32' ? rows : b.op('Cast', [rows], {to: ELEM.FLOAT})
+      return stored.get(name) === 'F32' ? rows : b.op('Cast', [rows], {to: ELEM.FLOAT})
     },
     computed(name, shape, data) {
       if (data.length !== numel(shape)) throw new Error(`computed tensor ${name}: ${data.length} values for shape [${shape}]`)
@@ -468,7 +488,7 @@ function planGraph(
         if (bias) y = b.op('Add', [y, ctx.weight(bias)])
         if (linearInputs) extraOutputs.push({name: `${LINEAR_INPUT_PREFIX}${weight}`, dtype: 'float32', shape: ['rows', d.K]})
       } else {
-        const t = source(weight)
+        const t = source(weight, true)
         let w: string
         if (resident) {
           // [N, K] viewed as [-1, x's K]: a data dependency on x that costs no copy, so the
