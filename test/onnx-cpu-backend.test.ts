@@ -12,21 +12,15 @@ import * as ort from 'onnxruntime-node'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {attentionBias, OnnxCpuBackend} from '../src/runtime/backends/onnx-cpu.js'
 import type {ForwardInput} from '../src/runtime/backend.js'
-import {glmtool} from './helpers/cli.js'
 import {compareLogits} from './helpers/reference.js'
-import {sharpenedModel, synthTiny} from './onnx-fixtures.js'
+import {sharpenedOnnxPair} from './onnx-fixtures.js'
 
 const work = mkdtempSync(join(tmpdir(), 'glmtool-onnx-cpu-'))
 afterAll(() => rmSync(work, {recursive: true, force: true}))
-const onnx: Record<'v1' | 'v2', string> = {v1: '', v2: ''}
+let onnx: Record<'v1' | 'v2', string> = {v1: '', v2: ''}
 
 beforeAll(async () => {
-  for (const [key, arch] of [['v1', 'chatglm-6b'], ['v2', 'chatglm2-6b']] as const) {
-    const model = await sharpenedModel(synthTiny(work, arch), join(work, `${arch}-sharp`), 16)
-    onnx[key] = `${model}-onnx`
-    const r = glmtool(['convert', model, '--to', 'onnx', '--out', onnx[key]])
-    expect(r.code, r.stderr).toBe(0)
-  }
+  onnx = await sharpenedOnnxPair(work)
 })
 
 const M = -10000

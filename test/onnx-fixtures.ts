@@ -58,3 +58,18 @@ export function onnxChecker(modelPath: string): {ok: boolean, message: string} |
   const r = spawnSync('/usr/bin/python3', ['-c', 'import onnx, sys; onnx.checker.check_model(sys.argv[1]); print("ok")', modelPath], {encoding: 'utf8'})
   return {ok: r.status === 0 && r.stdout.trim() === 'ok', message: (r.stderr || r.stdout).trim()}
 }
+
+/**
+ * Tiny synth models of both generations with sharpened logits (sharpenedModel, x16), converted to
+ * ONNX in `work` (extra: convert flags, e.g. --dtype f32); the two export directories.
+ */
+export async function sharpenedOnnxPair(work: string, extra: string[] = []): Promise<Record<'v1' | 'v2', string>> {
+  const out: Record<'v1' | 'v2', string> = {v1: '', v2: ''}
+  for (const [key, arch] of [['v1', 'chatglm-6b'], ['v2', 'chatglm2-6b']] as const) {
+    const model = await sharpenedModel(synthTiny(work, arch), join(work, `${arch}-sharp`), 16)
+    out[key] = `${model}-onnx`
+    const r = glmtool(['convert', model, '--to', 'onnx', ...extra, '--out', out[key]])
+    if (r.code !== 0) throw new Error(`convert ${model} --to onnx: ${r.stderr}`)
+  }
+  return out
+}

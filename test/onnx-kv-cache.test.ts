@@ -20,22 +20,16 @@ import {decodeModel} from '../src/formats/onnx/onnx-builder.js'
 import type {ForwardInput} from '../src/runtime/backend.js'
 import {attentionBias, bufferAttentionBias, OnnxCpuBackend, type PrefixKV} from '../src/runtime/backends/onnx-cpu.js'
 import {argmax} from '../src/runtime/sampling.js'
-import {glmtool} from './helpers/cli.js'
 import {compareLogits} from './helpers/reference.js'
-import {sharpenedModel, synthTiny} from './onnx-fixtures.js'
+import {sharpenedOnnxPair} from './onnx-fixtures.js'
 
 const REL_TOL = 1e-4
 const work = mkdtempSync(join(tmpdir(), 'glmtool-onnx-kv-'))
 afterAll(() => rmSync(work, {recursive: true, force: true}))
-const onnx: Record<'v1' | 'v2', string> = {v1: '', v2: ''}
+let onnx: Record<'v1' | 'v2', string> = {v1: '', v2: ''}
 
 beforeAll(async () => {
-  for (const [key, arch] of [['v1', 'chatglm-6b'], ['v2', 'chatglm2-6b']] as const) {
-    const model = await sharpenedModel(synthTiny(work, arch), join(work, `${arch}-sharp`), 16)
-    onnx[key] = `${model}-onnx`
-    const r = glmtool(['convert', model, '--to', 'onnx', '--dtype', 'f32', '--out', onnx[key]])
-    expect(r.code, r.stderr).toBe(0)
-  }
+  onnx = await sharpenedOnnxPair(work, ['--dtype', 'f32'])
 })
 
 /** A prompt of n text tokens laid out as each generation lays it out (v1: [gMASK] <sop>, bidirectional context). */

@@ -92,26 +92,33 @@ function scaleGroup(w: Float32Array, off: number, start: number, len: number, s:
  */
 export function surrogateErrorsDiagonal(w: Float32Array, rows: number, cols: number, groupSize: number, bits: QuantBits,
   candidates: readonly Float32Array[], unit: readonly boolean[], meanSq: ArrayLike<number>): Float64Array {
-  const groups = cols / groupSize
-  const m = qmax(bits)
+  const rowError = diagonalRowError(w, cols, groupSize, bits, candidates, unit, meanSq)
   const out = new Float64Array(candidates.length)
-  const ws = new Float64Array(cols)
   for (let k = 0; k < candidates.length; k++) {
-    const s = candidates[k]
     let e = 0
-    for (let r = 0; r < rows; r++) {
-      const off = r * cols
-      let rowE = 0
-      for (let g = 0; g < groups; g++) {
-        const start = g * groupSize
-        const max = scaleGroup(w, off, start, groupSize, s, ws)
-        rowE = diagonalGroupFast(w, ws, off, start, groupSize, s, unit[k], 1 * max / m, m, meanSq, rowE)
-      }
-      e += rowE
-    }
+    for (let r = 0; r < rows; r++) e += rowError(k, r)
     out[k] = e
   }
   return out
+}
+
+/** Row r's diagonal surrogate error under candidate k (its groups summed in order), one scratch row shared. */
+function diagonalRowError(w: Float32Array, cols: number, groupSize: number, bits: QuantBits,
+  candidates: readonly Float32Array[], unit: readonly boolean[], meanSq: ArrayLike<number>): (k: number, r: number) => number {
+  const groups = cols / groupSize
+  const m = qmax(bits)
+  const ws = new Float64Array(cols)
+  return (k, r) => {
+    const s = candidates[k]
+    const off = r * cols
+    let rowE = 0
+    for (let g = 0; g < groups; g++) {
+      const start = g * groupSize
+      const max = scaleGroup(w, off, start, groupSize, s, ws)
+      rowE = diagonalGroupFast(w, ws, off, start, groupSize, s, unit[k], 1 * max / m, m, meanSq, rowE)
+    }
+    return rowE
+  }
 }
 
 /**
@@ -153,20 +160,7 @@ export function chooseScaleDiagonal(w: Float32Array, rows: number, cols: number,
     for (let k = 1; k < e.length; k++) if (e[k] < e[index]) index = k
     return {index, error: e[index]}
   }
-  const groups = cols / groupSize
-  const m = qmax(bits)
-  const ws = new Float64Array(cols)
-  const rowError = (k: number, r: number): number => {
-    const s = candidates[k]
-    const off = r * cols
-    let rowE = 0
-    for (let g = 0; g < groups; g++) {
-      const start = g * groupSize
-      const max = scaleGroup(w, off, start, groupSize, s, ws)
-      rowE = diagonalGroupFast(w, ws, off, start, groupSize, s, unit[k], 1 * max / m, m, meanSq, rowE)
-    }
-    return rowE
-  }
+  const rowError = diagonalRowError(w, cols, groupSize, bits, candidates, unit, meanSq)
   const sampled = candidates.map((_, k) => {
     let e = 0
     for (let r = 0; r < rows; r += 16) e += rowError(k, r)
