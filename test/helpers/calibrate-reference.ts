@@ -1,10 +1,14 @@
 /**
  * The plain calibration code as it stood before the calibrate-kernels.ts rewrite (commit c08b435,
- * src/quant/calibrate.ts, verbatim but for the import paths and this comment): the reference
+ * src/quant/calibrate.ts, verbatim but for the import paths, this comment, and the types, grids
+ * and activationScale the rewrite left alone, which are imported from src): the reference
  * test/quant-calibrate-kernels.test.ts holds the fast code to, bit for bit. Not for src/.
  */
 import {f16Table, f32ToF16Bits} from '../../src/quant/fp16.js'
 import {checkBits, checkShape, groupScaleBits, qmax, QuantizationError, quantizeGroup, type QuantBits, type QuantizedWeight} from '../../src/quant/rtn.js'
+// Unchanged by the rewrite, so taken from src rather than copied: the option and result types,
+// the grids and AWQ's input scale.
+import {activationScale, type ActivationStats, type CalibrateOptions, type CalibrationResult, DEFAULT_ALPHAS, DEFAULT_BETAS} from '../../src/quant/calibrate.js'
 
 /**
  * Calibration-aware choice of quantization parameters for one linear layer y = x W^T, W [rows,
@@ -46,74 +50,7 @@ import {checkBits, checkShape, groupScaleBits, qmax, QuantizationError, quantize
  * hundred sampled rows.
  */
 
-export interface ActivationStats {
-  /** E[x_i^2] per input channel (the diagonal second moment). */
-  readonly meanSq: ArrayLike<number>
-  /** E[|x_i|] per input channel (AWQ's activation salience). */
-  readonly meanAbs: ArrayLike<number>
-}
-
-export interface CalibrateOptions {
-  bits: QuantBits
-  /** Columns per scale; default all columns (per output channel). */
-  groupSize?: number
-  /** Clipping ratios to try; default 1.0, 0.95, ..., 0.5. */
-  alphaGrid?: readonly number[]
-  /** Exponents for s = mean|x|^beta; default 0, 0.1, ..., 1. [0] turns input scaling off. */
-  betaGrid?: readonly number[]
-  /** Sampled input rows X [n, cols]; when given, the objective is ||X W^T - X Ŵ^T||^2 / n. */
-  samples?: {readonly x: ArrayLike<number>, readonly n: number}
-}
-
-export interface CalibrationResult {
-  /** Quantization of W·diag(inputScale), published layout. */
-  readonly quantized: QuantizedWeight
-  /** s [cols]: fold 1/s into the op that produces this layer's input. All ones when beta = 0. */
-  readonly inputScale: Float32Array
-  readonly beta: number
-  /** Chosen clipping ratio per (row, group), [rows, cols / groupSize]. */
-  readonly alpha: Float32Array
-  readonly metric: 'diagonal' | 'samples'
-  /** Output error under `metric`: published RTN, after the input scaling alone, and final. */
-  readonly outputError: {readonly rtn: number, readonly scaled: number, readonly calibrated: number}
-  /** Relative Frobenius error of the effective weight Ŵ = q * scale / s, RTN and final. */
-  readonly weightError: {readonly rtn: number, readonly calibrated: number}
-}
-
-export const DEFAULT_ALPHAS: readonly number[] = Array.from({length: 11}, (_, i) => 1 - i * 0.05)
-export const DEFAULT_BETAS: readonly number[] = Array.from({length: 11}, (_, i) => i / 10)
-
-/** AWQ's per-input-channel scale for exponent beta, normalised to geometric mid-range 1. */
-export function activationScale(meanAbs: ArrayLike<number>, beta: number): Float32Array {
-  const n = meanAbs.length
-  let top = 0
-  for (let i = 0; i < n; i++) top = Math.max(top, meanAbs[i])
-  const floor = top > 0 ? top * 1e-6 : 1 // dead channels: keep s finite and positive
-  const s = new Float64Array(n)
-  let lo = Infinity
-  let hi = 0
-  for (let i = 0; i < n; i++) {
-    s[i] = Math.max(meanAbs[i], floor) ** beta
-    lo = Math.min(lo, s[i])
-    hi = Math.max(hi, s[i])
-  }
-  const norm = Math.sqrt(lo * hi)
-  const out = new Float32Array(n)
-  for (let i = 0; i < n; i++) out[i] = s[i] / norm
-  return out
-}
-
-/** Ŵ = q * scale / s in original coordinates, f64 [rows, cols]. */
-export function effectiveWeight(qw: QuantizedWeight, inputScale?: ArrayLike<number>): Float64Array {
-  const out = new Float64Array(qw.rows * qw.cols)
-  for (let r = 0; r < qw.rows; r++) effectiveRow(qw, inputScale, r, out.subarray(r * qw.cols, (r + 1) * qw.cols))
-  return out
-}
-
-/**
- * Row r of Ŵ into out [cols]. calibrateLinear measures errors row by row with it, so that no
- * f64 copy of a whole layer is held (27392 x 4096 x 8 bytes = 0.9 GB for a 6B dense_h_to_4h).
- */
+/** Row r of Ŵ = q * scale / s into out [cols] (calibrate.ts keeps it private). */
 function effectiveRow(qw: QuantizedWeight, inputScale: ArrayLike<number> | undefined, r: number, out: Float64Array): void {
   const t = f16Table()
   const groups = qw.cols / qw.groupSize
