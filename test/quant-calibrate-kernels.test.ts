@@ -137,6 +137,23 @@ describe('calibrate kernels equal the plain code', () => {
           for (const k of ['rtn', 'scaled', 'calibrated'] as const) expect(same(a.outputError[k], b.outputError[k])).toBe(true)
           for (const k of ['rtn', 'calibrated'] as const) expect(same(a.weightError[k], b.weightError[k])).toBe(true)
         })
+
+        it(`calibrateLinear with sampled inputs (${c.name}, int${bits}, group ${groupSize})`, () => {
+          // The sampled metric still runs calibrate.ts's plain code: held to the reference too.
+          const n = 5
+          const g = gaussian(17 + c.rows)
+          const x = Float32Array.from({length: n * c.cols}, () => g() * Math.sqrt(c.meanSq[0] + 1))
+          expect(x.every(Number.isFinite)).toBe(true)
+          const stats = {meanAbs: c.meanAbs, meanSq: c.meanSq}
+          const a = calibrateLinear(c.w, c.rows, c.cols, stats, {bits, groupSize, samples: {x, n}})
+          const b = ref.calibrateLinear(c.w, c.rows, c.cols, stats, {bits, groupSize, samples: {x, n}})
+          expect(a.metric).toBe('samples')
+          expectSameQuantized(a.quantized, b.quantized)
+          expect(a.beta).toBe(b.beta)
+          expect(Buffer.from(a.alpha.buffer).equals(Buffer.from(b.alpha.buffer))).toBe(true)
+          for (const k of ['rtn', 'scaled', 'calibrated'] as const) expect(same(a.outputError[k], b.outputError[k])).toBe(true)
+          for (const k of ['rtn', 'calibrated'] as const) expect(same(a.weightError[k], b.weightError[k])).toBe(true)
+        })
       }
     }
   }

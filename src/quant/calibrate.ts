@@ -132,14 +132,14 @@ export function calibrateLinear(w: Float32Array, rows: number, cols: number, sta
   const betas = opts.betaGrid ?? DEFAULT_BETAS
   if (alphas.length === 0 || alphas.some(a => !(a > 0 && a <= 1))) throw new QuantizationError('alpha grid values must lie in (0, 1]', 'quant-grid')
   if (betas.length === 0 || betas.some(b => !(b >= 0 && b <= 1))) throw new QuantizationError('beta grid values must lie in [0, 1]', 'quant-grid')
-  const ctx: Ctx = {w, rows, cols, groupSize, bits: opts.bits, meanSq: stats.meanSq, samples}
+  const ctx: Ctx | undefined = samples ? {w, rows, cols, groupSize, bits: opts.bits, samples} : undefined
   const ones = new Float32Array(cols).fill(1)
 
   // 1. Input scaling: surrogate error of plain RTN of W·diag(s) for each beta.
   const candidates = betas.map(b => b === 0 ? ones : activationScale(stats.meanAbs, b))
   let beta = betas[0]
   let s = candidates[0]
-  if (samples) {
+  if (ctx) {
     let bestSurrogate = surrogateError(ctx, s, null)
     for (let k = 1; k < betas.length; k++) {
       const e = surrogateError(ctx, candidates[k], null)
@@ -151,7 +151,7 @@ export function calibrateLinear(w: Float32Array, rows: number, cols: number, sta
     s = candidates[k]
   }
   // 2. Clipping with s fixed.
-  const alpha = samples ? searchClipping(ctx, s, alphas) : searchClippingDiagonal(w, rows, cols, groupSize, opts.bits, s, s === ones, alphas, stats.meanSq)
+  const alpha = ctx ? searchClipping(ctx, s, alphas) : searchClippingDiagonal(w, rows, cols, groupSize, opts.bits, s, s === ones, alphas, stats.meanSq)
   const clipped = !alpha.every(a => a === 1)
 
   // Exact quantization and exact errors; drop a step the exact measure rates worse. (The
@@ -162,7 +162,7 @@ export function calibrateLinear(w: Float32Array, rows: number, cols: number, sta
     let m = errors.get(qw)
     if (!m) {
       const e = effectiveErrors(w, qw, sc, sc === ones, samples ? null : stats.meanSq)
-      m = {output: samples ? outputError(ctx, qw, sc) : e.output, rel: e.den === 0 ? 0 : Math.sqrt(e.num / e.den)}
+      m = {output: ctx ? outputError(ctx, qw, sc) : e.output, rel: e.den === 0 ? 0 : Math.sqrt(e.num / e.den)}
       errors.set(qw, m)
     }
     return m
@@ -199,37 +199,37 @@ export function calibrateLinear(w: Float32Array, rows: number, cols: number, sta
   }
 }
 
+/** Sampled input rows X [n, cols]: the metric of the plain (sampled) code below. */
+interface Samples {readonly x: ArrayLike<number>, readonly n: number}
+
+/** A layer under the sampled metric (the diagonal metric's code is calibrate-kernels.ts's). */
 interface Ctx {
   w: Float32Array
   rows: number
   cols: number
   groupSize: number
   bits: QuantBits
-  meanSq: ArrayLike<number>
-  samples?: {readonly x: ArrayLike<number>, readonly n: number}
+  samples: Samples
 }
 
-/** Exact output error of the effective weight of qw (input scale s) under the chosen metric. */
+/** Exact sampled output error of the effective weight of qw (input scale s). */
 function outputError(ctx: Ctx, qw: QuantizedWeight, s: Float32Array): number {
-  const {w, rows, cols, meanSq, samples} = ctx
+  const {w, rows, cols, samples} = ctx
   const d = new Float64Array(cols)
   const row = new Float64Array(cols)
   let e = 0
   for (let r = 0; r < rows; r++) {
     effectiveRow(qw, s, r, row)
     for (let i = 0; i < cols; i++) d[i] = w[r * cols + i] - row[i]
-    e += rowError(d, meanSq, samples)
+    e += rowError(d, samples)
   }
-  return samples ? e / samples.n : e
+  return e / samples.n
 }
 
-function rowError(d: Float64Array, meanSq: ArrayLike<number>, samples?: {readonly x: ArrayLike<number>, readonly n: number}): number {
+/** ||X d||^2 of one row's residual d. */
+function rowError(d: Float64Array, samples: Samples): number {
   const cols = d.length
   let e = 0
-  if (!samples) {
-    for (let i = 0; i < cols; i++) e += meanSq[i] * d[i] * d[i]
-    return e
-  }
   for (let n = 0; n < samples.n; n++) {
     let y = 0
     for (let i = 0; i < cols; i++) y += samples.x[n * cols + i] * d[i]
@@ -270,49 +270,40 @@ function surrogateGroup(w: Float32Array, rowOff: number, start: number, len: num
 
 /** Surrogate sampled output error of quantizing W·diag(s) with clipping ratios (null: all 1); the diagonal metric is calibrate-kernels.ts's. */
 function surrogateError(ctx: Ctx, s: Float32Array, alpha: Float32Array | null): number {
-  const {w, rows, cols, groupSize, bits, meanSq, samples} = ctx
+  const {w, rows, cols, groupSize, bits, samples} = ctx
   const groups = cols / groupSize
   const m = qmax(bits)
   const d = new Float64Array(cols)
   let e = 0
   for (let r = 0; r < rows; r++) {
     for (let g = 0; g < groups; g++) surrogateGroup(w, r * cols, g * groupSize, groupSize, s, alpha ? alpha[r * groups + g] : 1, m, d, g * groupSize)
-    e += rowError(d, meanSq, samples)
+    e += rowError(d, samples)
   }
-  return samples ? e / samples.n : e
+  return e / samples.n
 }
 
 /** Per-(row, group) clipping search with input scale s fixed, sampled metric (see the module comment; the diagonal one is calibrate-kernels.ts's). */
 function searchClipping(ctx: Ctx, s: Float32Array, alphas: readonly number[]): Float32Array {
-  const {w, rows, cols, groupSize, bits, meanSq, samples} = ctx
+  const {w, rows, cols, groupSize, bits, samples} = ctx
   const groups = cols / groupSize
   const m = qmax(bits)
   const alpha = new Float32Array(rows * groups).fill(1)
   const dNew = new Float64Array(groupSize)
   const d = new Float64Array(cols)
-  const res = samples ? new Float64Array(samples.n) : null
+  const res = new Float64Array(samples.n)
   for (let r = 0; r < rows; r++) {
     // Start from alpha = 1 for every group of the row.
     for (let g = 0; g < groups; g++) surrogateGroup(w, r * cols, g * groupSize, groupSize, s, 1, m, d, g * groupSize)
-    if (res && samples) {
-      for (let n = 0; n < samples.n; n++) {
-        let y = 0
-        for (let i = 0; i < cols; i++) y += samples.x[n * cols + i] * d[i]
-        res[n] = y
-      }
+    for (let n = 0; n < samples.n; n++) {
+      let y = 0
+      for (let i = 0; i < cols; i++) y += samples.x[n * cols + i] * d[i]
+      res[n] = y
     }
     for (let g = 0; g < groups; g++) {
       const c0 = g * groupSize
       // Error of the row with group g's residual replaced by cand (null: the current one).
       const groupErr = (cand: Float64Array | null): number => {
         let e = 0
-        if (!res || !samples) {
-          for (let i = 0; i < groupSize; i++) {
-            const di = cand ? cand[i] : d[c0 + i]
-            e += meanSq[c0 + i] * di * di
-          }
-          return e
-        }
         for (let n = 0; n < samples.n; n++) {
           let y = res[n]
           if (cand) for (let i = 0; i < groupSize; i++) y += samples.x[n * cols + c0 + i] * (cand[i] - d[c0 + i])
@@ -328,12 +319,10 @@ function searchClipping(ctx: Ctx, s: Float32Array, alphas: readonly number[]): F
         if (e < bestErr) {
           bestErr = e
           alpha[r * groups + g] = a
-          if (res && samples) {
-            for (let n = 0; n < samples.n; n++) {
-              let y = 0
-              for (let i = 0; i < groupSize; i++) y += samples.x[n * cols + c0 + i] * (dNew[i] - d[c0 + i])
-              res[n] += y
-            }
+          for (let n = 0; n < samples.n; n++) {
+            let y = 0
+            for (let i = 0; i < groupSize; i++) y += samples.x[n * cols + c0 + i] * (dNew[i] - d[c0 + i])
+            res[n] += y
           }
           for (let i = 0; i < groupSize; i++) d[c0 + i] = dNew[i]
         }
