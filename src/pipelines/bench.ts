@@ -32,8 +32,6 @@ export interface BenchOptions {
   repeat: number
   maxLength: number
   warmup?: number
-  /** CPU: measure the read rate and report the roofline (default true). */
-  cpuRoofline?: boolean
   /** The user's --arch. */
   arch?: ArchId
   onNote?: (message: string) => void
@@ -182,7 +180,7 @@ export async function benchModel(path: string, opts: BenchOptions): Promise<Benc
     const {loadCudaAddon} = await import('../runtime/backends/cuda-addon.js')
     copyBandwidth = loadCudaAddon().addon.measureCopyBandwidth(1 << 30, 10)
   }
-  if (opts.backend === 'cpu' && readBandwidth === undefined && opts.cpuRoofline !== false) {
+  if (opts.backend === 'cpu' && readBandwidth === undefined) {
     readBandwidth = measureReadBandwidth().bytesPerSecond
   }
   const t0 = performance.now()

@@ -34,7 +34,8 @@ export function onnxGraphFor(arch: Arch): ChatglmOnnxGraph {
  * created, so a loaded session holds float32 weights and runs float32 kernels: the same speed
  * and the same session memory as an `F32` export of the f16-rounded weights. The embedding
  * table is the exception: it is gathered in its stored dtype and only the S gathered rows are
- * cast, so with `F16` the largest table stays float16 in memory too. The chat cache's exports
+ * cast, so with `F16` the largest table stays float16 in memory too. A weight onnxruntime would
+ * not fold (its float32 copy over 1 GiB) is stored float32 instead (wholeWeightStorage). The chat cache's exports
  * keep every weight float16 in memory instead (OnnxExportOptions.residentF16).
  */
 export type OnnxWeightDtype = 'F32' | 'F16'
@@ -123,6 +124,8 @@ export interface OnnxExportResult {
 }
 
 const CHUNK_BYTES = 16 * 1024 * 1024
+const F16_MAX_FINITE = 65504
+
 /** onnxruntime folds a constant Cast only while its output stays within 1 GiB (constant_folding.cc). */
 export const ORT_FOLD_LIMIT = 2 ** 30
 
@@ -134,7 +137,6 @@ export const ORT_FOLD_LIMIT = 2 ** 30
 export function wholeWeightStorage(shape: readonly number[], storage: DType): DType {
   return storage === 'F16' && numel(shape) * 4 > ORT_FOLD_LIMIT ? 'F32' : storage
 }
-const F16_MAX_FINITE = 65504
 
 /** Bytes of `t` in `to`, chunk by chunk; refuses values that would overflow float16. */
 async function* storedChunks(t: TensorEntry, to: DType): AsyncIterable<Buffer> {
