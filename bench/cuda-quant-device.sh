@@ -7,9 +7,11 @@
 #   of FP16 / INT8 / INT4 side by side per generation (bench measures the copy rate itself, in the
 #   same process, before the models).
 #
-# Prepare here: npm run build && npm run build:native; .device/ as bench/cuda-device.sh says.
+# Prepare here: npm run build && npm run build:native; .device/ as bench/cuda-device.sh says;
+# optionally nvcc -std=c++17 -O3 -arch=sm_90 -o build/native/stepbench native/stepbench.cu (STEPBENCH=0 skips it).
 # Run with carry [".device", "dist", "build/native"]:  BUDGET=480 bash bench/cuda-quant-device.sh
-# Everything lands in $OUT: steps.log, parity.log, parity.json, bench-v2.json, bench-v1.json.
+# Everything lands in $OUT: steps.log, stepbench.log, parity.log, parity.json, bench-v2.json, bench-v1.json
+# (and sweep.jsonl with SWEEP set).
 set -u
 source bench/device-env.sh
 el "probe: $(node -e "console.log(JSON.stringify(require('./build/native/glmtool_cuda.node').probe()))" 2>&1)"
@@ -46,6 +48,15 @@ quant() {  # RTN, lm_head and embeddings fp16 (the defaults)
   [ -n "${2:-}" ] && quant $2
 ) &
 
+# the kernel self-checks and GEMV timings (native/stepbench.cu, its quantized section included),
+# while the models are made on the CPU
+if [ -x build/native/stepbench ] && [ "${STEPBENCH:-1}" = 1 ]; then
+  el "stepbench ..."
+  timeout "${STEPBENCH_TIMEOUT:-150}" build/native/stepbench > "$OUT/stepbench.log" 2>&1
+  el "stepbench rc=$?"
+  grep -E '^(copy|quantized)|int[48] g' "$OUT/stepbench.log" | cut -c1-200 | tee -a "$LOG"
+fi
+
 if [ "${PARITY:-1}" = 1 ]; then
 el "parity ..."
 timeout "${PARITY_TIMEOUT:-240}" node test/cuda/parity.mjs --json "$OUT/parity.json" ${PARITY_ARGS:-} > "$OUT/parity.log" 2>&1
@@ -74,6 +85,19 @@ for a in $GENS; do
   fi
 done
 [ -f "$OUT/bench-chatglm-6b.json" ] && mv "$OUT/bench-chatglm-6b.json" "$OUT/bench-v1.json"
+# Cost as work grows (SWEEP: prompt lengths, e.g. "128 512 2048 8192"): the first generation's
+# FP16 and quantized models in one bench process per length, the KV cache sized for the length,
+# 32 new tokens; each length's JSON a line of $OUT/sweep.jsonl (bench/plot-context.mjs draws it).
+a=${GENS%% *}
+for n in ${SWEEP:-}; do
+  [ "$(left)" -gt 45 ] || { el "sweep: budget, stopping before $n"; break; }
+  dirs=("$M/$a")
+  for q in ${SWEEP_QUANTS:-8 4}; do dirs+=("$M/$a-int$q"); done
+  timeout $(($(left) - 10)) node bin/run.js bench "${dirs[@]}" --backend cuda --prompt-tokens "$n" --gen-tokens 32 \
+    --repeat 1 --warmup 1 --max-length $((n + 48)) --out "$OUT/sweep-$n.json" > /dev/null 2>> "$LOG"
+  el "sweep $n rc=$?"
+  [ -f "$OUT/sweep-$n.json" ] && { tr -d '\n' < "$OUT/sweep-$n.json"; echo; } >> "$OUT/sweep.jsonl" && rm -f "$OUT/sweep-$n.json"
+done
 el "done"
 echo "== bench =="; sed -n '/┌/,/┘/p' "$LOG" | cut -c1-250; grep '^roofline' "$LOG" | cut -c1-330
 echo "== parity =="; grep -E '^(ok|FAIL|cuda parity)' "$OUT/parity.log" | cut -c1-330

@@ -7,12 +7,14 @@
 #include <map>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cublas_dl.h"
 #include "engine.h"
 #include "decode_attention.cuh"
 #include "kernels.cuh"
+#include "gemv_mma.cuh"
 
 namespace glm {
 
@@ -197,6 +199,11 @@ struct Engine::Impl {
   // per weight (unpack, convert, FMA, x convert) against int8's ~3.5 per byte, so int4 shares each
   // x conversion between 2 rows by default; GLMTOOL_CUDA_QRPW=1|2 overrides (A/B).
   int qRowsPerWarp = 1;
+  // Quantized decode GEMVs on tensor cores (gemv_mma.cuh), the weights repacked into its tiles
+  // on load (finishLoad): fp16 models whose quantized linears have rows, K (and F) multiples of
+  // 16; GLMTOOL_CUDA_QMMA=0 keeps the row-major layout and gemvq_kernel (A/B runs).
+  bool qmma = false;
+  bool qmmaTiles1 = true;  // single-row outputs: one tile a block (GLMTOOL_CUDA_QMMA=2: two)
   void* scratch = nullptr;  // prefill: one dequantized weight (fp16 / bf16)
   size_t scratchBytes = 0;
 
@@ -224,7 +231,8 @@ struct Engine::Impl {
   Bufs pre{};  // prefill buffers, grown on demand
   int preCap = 0;
   void* scores = nullptr;  // float scores then T probabilities
-  size_t scoresCap = 0;
+  void* work = nullptr;  // scores and scratch (ensureWork)
+  size_t workCap = 0;
   float* logitsAll = nullptr;
   size_t logitsAllRows = 0;
 
@@ -234,6 +242,10 @@ struct Engine::Impl {
   int* hToken = nullptr;   // pinned
   char* staging[2] = {nullptr, nullptr};
   cudaEvent_t stageEv[2] = {nullptr, nullptr};
+  // prefill with quantized weights (gemmQuant): piece i + 1 dequantized on copyStream into one
+  // half of the scratch buffer while cuBLAS multiplies piece i from the other on stream
+  cudaEvent_t deqEv[2] = {nullptr, nullptr}, gemmEv[2] = {nullptr, nullptr}, qStartEv = nullptr;
+  bool qPipe = true;  // GLMTOOL_CUDA_QPIPE=0: one piece at a time on stream, the whole buffer
   int nextStage = 0;
 
   cudaGraph_t graph = nullptr;
@@ -423,7 +435,8 @@ struct Engine::Impl {
         slot(slotSize, kind, l) = (size_t)rows * qRowBytes[kind];
         slot(slotSize, scaleKind(kind), l) = (size_t)rows * groups * sizeof(half);
       }
-      scratchBytes = std::max(scratchBytes, std::min((size_t)rows * K * esz, std::max(kScratchBytes, (size_t)16 * K * esz)));
+      // gemmQuant's two halves hold >= 16 rows each
+      scratchBytes = std::max(scratchBytes, std::max(std::min((size_t)rows * K * esz, kScratchBytes), (size_t)32 * K * esz));
     };
     qRowsPerWarp = c.quantBits == 4 ? 2 : 1;
     if (const char* v = std::getenv("GLMTOOL_CUDA_QRPW")) qRowsPerWarp = std::atoi(v) == 2 ? 2 : 1;
@@ -444,6 +457,13 @@ struct Engine::Impl {
     defLinear(W_UP, fup, H);
     def(B_UP, fup, c.mlpBias);
     defLinear(W_DOWN, H, F);
+    if (quantized()) {
+      const char* v = std::getenv("GLMTOOL_CUDA_QMMA");
+      qmma = c.dtype == 0 && !(v && std::string(v) == "0") && F % 16 == 0;
+      qmmaTiles1 = !(v && std::string(v) == "2");
+      for (int k : {W_QKV, W_DENSE, W_UP, W_DOWN})
+        if (qRows[k] % 16 || qK[k] % 16 || qK[k] > QMMA_XMAX) qmma = false;
+    }
     def(B_DOWN, H, c.mlpBias);
     def(W_LN1, H, true);
     def(B_LN1, H, ln);
@@ -530,7 +550,11 @@ struct Engine::Impl {
     for (int i = 0; i < 2; i++) {
       CK(cudaMallocHost(&staging[i], kStageBytes));
       CK(cudaEventCreateWithFlags(&stageEv[i], cudaEventDisableTiming));
+      CK(cudaEventCreateWithFlags(&deqEv[i], cudaEventDisableTiming));
+      CK(cudaEventCreateWithFlags(&gemmEv[i], cudaEventDisableTiming));
     }
+    CK(cudaEventCreateWithFlags(&qStartEv, cudaEventDisableTiming));
+    if (const char* v = std::getenv("GLMTOOL_CUDA_QPIPE")) qPipe = std::string(v) != "0";
     sampleUsed();
   }
 
@@ -545,7 +569,10 @@ struct Engine::Impl {
     for (int i = 0; i < 2; i++) {
       if (staging[i]) cudaFreeHost(staging[i]), staging[i] = nullptr;
       if (stageEv[i]) cudaEventDestroy(stageEv[i]), stageEv[i] = nullptr;
+      if (deqEv[i]) cudaEventDestroy(deqEv[i]), deqEv[i] = nullptr;
+      if (gemmEv[i]) cudaEventDestroy(gemmEv[i]), gemmEv[i] = nullptr;
     }
+    if (qStartEv) cudaEventDestroy(qStartEv), qStartEv = nullptr;
     if (hMeta) cudaFreeHost(hMeta), hMeta = nullptr;
     if (hRows) cudaFreeHost(hRows), hRows = nullptr;
     if (hToken) cudaFreeHost(hToken), hToken = nullptr;
@@ -632,6 +659,7 @@ struct Engine::Impl {
         }
       }
     }
+    if (qmma) repackQuantized();
     if (P > 0) {
       const size_t rowBytes = (size_t)P * D * esz;
       for (int l = 0; l < L; l++) {
@@ -645,6 +673,36 @@ struct Engine::Impl {
       prefixStage.clear();
     }
     loaded = true;
+  }
+
+  // Every quantized linear from its uploaded row-major rows into gemv_mma.cuh's tiles, in place:
+  // pieces of whole tiles are copied into the prefill scratch buffer (allocated here instead of
+  // at the first prefill, so the peak is unchanged) and repacked back. A tile takes no more bytes
+  // than its rows did and pieces go in order, so a piece's output never reaches rows not yet read.
+  void repackQuantized() {
+    scratch = ensureWork(scratchBytes);
+    for (int k : {W_QKV, W_DENSE, W_UP, W_DOWN}) {
+      const int rows = qRows[k], K = qK[k];
+      const size_t rb = qRowBytes[k], tiledRow = c.quantBits == 8 ? (size_t)K : (size_t)K / 2;
+      const int per = (int)(scratchBytes / rb / 16 * 16);
+      if (per < 16) throw std::runtime_error("the prefill scratch buffer cannot hold one tile of 16 quantized rows");
+      for (int l = 0; l < L; l++) {
+        char* base = arena + slot(slotOffset, k, l);
+        for (int r0 = 0; r0 < rows; r0 += per) {
+          const int n = std::min(per, rows - r0);
+          CK(cudaMemcpyAsync(scratch, base + (size_t)r0 * rb, (size_t)n * rb, cudaMemcpyDeviceToDevice, stream));
+          const size_t words = (size_t)n * K / (c.quantBits == 8 ? 4 : 8);
+          const int blocks = (int)std::min<size_t>((words + 255) / 256, 4096);
+          uint8_t* dst = reinterpret_cast<uint8_t*>(base + (size_t)r0 * tiledRow);
+          if (c.quantBits == 8)
+            qtile_repack_kernel<WQ_I8><<<blocks, 256, 0, stream>>>(static_cast<const uint8_t*>(scratch), (int)rb, n, K, dst);
+          else
+            qtile_repack_kernel<WQ_I4><<<blocks, 256, 0, stream>>>(static_cast<const uint8_t*>(scratch), (int)rb, n, K, dst);
+          CK(cudaGetLastError());
+        }
+      }
+    }
+    CK(cudaStreamSynchronize(stream));
   }
 
   // -- building blocks ---------------------------------------------------------------------------
@@ -664,7 +722,7 @@ struct Engine::Impl {
     pre.act = c.swiglu ? dmalloc((size_t)cap * F * esz) : nullptr;
     preCap = cap;
     // quantized: the largest linear as T, one at a time (a fused int GEMM would need none)
-    if (quantized() && !scratch) scratch = dmalloc(scratchBytes);
+    if (quantized()) scratch = ensureWork(scratchBytes);
   }
 
   template <typename T, int EPI, int RPW, int U, bool PF, bool NORM>
@@ -689,6 +747,9 @@ struct Engine::Impl {
              const NormCtx& nc = NormCtx{}) {
     constexpr bool pair = EPI == EPI_SWIGLU || EPI == EPI_ROPE;
     if (!W.q.scale) return gemv2Launch<T, EPI, 1, pair ? 4 : 8, true, NORM>(W.w, x, b, out, rows, K, rc, nc);
+    if constexpr (EPI != EPI_F32 && std::is_same<T, half>::value) {
+      if (qmma) return gemvmma<EPI, NORM>(W, x, b, out, rows, K, rc, nc);
+    }
     if constexpr (EPI != EPI_F32) {
       const bool grouped = W.q.groups > 1;
       // single-row outputs: qRowsPerWarp rows per warp share each x load's conversion (pairs always do)
@@ -714,6 +775,38 @@ struct Engine::Impl {
       throw std::runtime_error("the output layer is not quantized in the engine");
     }
   }
+  // The tensor-core GEMV (gemv_mma.cuh): 16-row tiles, 8 warps a block over TILES tiles and
+  // 8 / TILES slices of K. One tile a block for single-row outputs (most blocks, every slice a
+  // short run of loads), two for SwiGLU (rows j and F + j), four for 2D rotary (whole pairs).
+  template <int EPI, bool NORM>
+  void gemvmma(const Wt& W, const void* x, const void* b, void* out, int rows, int K, const RopeCtx& rc, const NormCtx& nc) {
+    const bool grouped = W.q.groups > 1;
+    if (c.quantBits == 8) {
+      if (grouped) gemvmmaPick<EPI, NORM, WQ_I8, true>(W, x, b, out, rows, K, rc, nc);
+      else gemvmmaPick<EPI, NORM, WQ_I8, false>(W, x, b, out, rows, K, rc, nc);
+    } else {
+      if (grouped) gemvmmaPick<EPI, NORM, WQ_I4, true>(W, x, b, out, rows, K, rc, nc);
+      else gemvmmaPick<EPI, NORM, WQ_I4, false>(W, x, b, out, rows, K, rc, nc);
+    }
+  }
+  template <int EPI, bool NORM, int WQ, bool GROUPED>
+  void gemvmmaPick(const Wt& W, const void* x, const void* b, void* out, int rows, int K, const RopeCtx& rc, const NormCtx& nc) {
+    if constexpr (EPI == EPI_SWIGLU) {
+      gemvmmaLaunch<EPI, 2, NORM, WQ, GROUPED>(W, x, b, out, rows, K, rc, nc);
+    } else {
+      if (EPI == EPI_ROPE && c.rotary2d) gemvmmaLaunch<EPI, 4, NORM, WQ, GROUPED>(W, x, b, out, rows, K, rc, nc);
+      else if (qmmaTiles1) gemvmmaLaunch<EPI, 1, NORM, WQ, GROUPED>(W, x, b, out, rows, K, rc, nc);
+      else gemvmmaLaunch<EPI, 2, NORM, WQ, GROUPED>(W, x, b, out, rows, K, rc, nc);
+    }
+  }
+  template <int EPI, int TILES, bool NORM, int WQ, bool GROUPED>
+  void gemvmmaLaunch(const Wt& W, const void* x, const void* b, void* out, int rows, int K, const RopeCtx& rc, const NormCtx& nc) {
+    const int perBlock = EPI == EPI_SWIGLU ? 8 * TILES : 16 * TILES;
+    const int units = EPI == EPI_SWIGLU ? F : EPI == EPI_ROPE ? 2 * rows : rows;
+    const int blocks = (units + perBlock - 1) / perBlock;
+    launch(gemvmma_kernel<half, EPI, TILES, 4, NORM, WQ, GROUPED>, dim3(blocks), dim3(QMMA_THREADS),
+           static_cast<const uint8_t*>(W.w), static_cast<const half*>(x), static_cast<const half*>(b), out, rows, K, F, rc, nc, W.q);
+  }
   template <typename T, int EPI, int RPW, int U, bool NORM, int WQ, bool GROUPED>
   void gemvqLaunch(const Wt& W, const void* x, const void* b, void* out, int rows, int K, const RopeCtx& rc, const NormCtx& nc) {
     const int warps = (rows + RPW - 1) / RPW;
@@ -722,24 +815,47 @@ struct Engine::Impl {
            static_cast<const T*>(b), out, rows, K, F, rc, nc, W.q);
   }
   // Prefill with a quantized weight: y[S, Nout] = x W^T in pieces of rows, each dequantized into
-  // the scratch buffer (as T) and multiplied by cuBLAS into its columns of y.
+  // the scratch buffer (as T) and multiplied by cuBLAS into its columns of y. Pipelined (qPipe):
+  // the pieces alternate between the buffer's two halves, piece i + 1 dequantized on copyStream
+  // (memory-bound) while the GEMM of piece i runs on stream (compute-bound); a half is rewritten
+  // only after its GEMM (gemmEv), and the first dequantisation follows stream's earlier work.
   template <typename T>
   void gemmQuant(const Wt& W, const void* x, void* y, int S, int Nout, int K) {
-    const int per = (int)std::max<size_t>(16, scratchBytes / ((size_t)K * esz) / 16 * 16);
+    const size_t bufBytes = qPipe ? scratchBytes / 2 : scratchBytes;
+    const int per = (int)std::max<size_t>(16, bufBytes / ((size_t)K * esz) / 16 * 16);
     const float one = 1.f, zero = 0.f;
-    for (int r0 = 0; r0 < Nout; r0 += per) {
+    cudaStream_t dq = qPipe ? copyStream : stream;
+    if (qPipe) {
+      CK(cudaEventRecord(qStartEv, stream));
+      CK(cudaStreamWaitEvent(copyStream, qStartEv, 0));
+    }
+    for (int r0 = 0, i = 0; r0 < Nout; r0 += per, i++) {
       const int n = std::min(per, Nout - r0);
+      const int h = qPipe ? (i & 1) : 0;
+      T* buf = reinterpret_cast<T*>(static_cast<char*>(scratch) + h * (bufBytes / 256 * 256));
       QuantCtx q = W.q;
       q.scale += (size_t)r0 * q.groups;
-      const uint8_t* wr = static_cast<const uint8_t*>(W.w) + (size_t)r0 * q.rowBytes;
       const size_t total = (size_t)n * (K / 8);
       const int blocks = (int)std::min<size_t>((total + 255) / 256, 132 * 16);
-      if (c.quantBits == 8)
-        launch(dequant_kernel<T, WQ_I8>, dim3(blocks), dim3(256), wr, q, c.groupSize, n, K, static_cast<T*>(scratch));
-      else
-        launch(dequant_kernel<T, WQ_I4>, dim3(blocks), dim3(256), wr, q, c.groupSize, n, K, static_cast<T*>(scratch));
-      CB(blas->gemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, n, S, K, &one, scratch, dt(), K, x, dt(), K, &zero,
+      if (qPipe && i >= 2) CK(cudaStreamWaitEvent(copyStream, gemmEv[h], 0));
+      const uint8_t* w8 = static_cast<const uint8_t*>(W.w);
+      if (qmma) {  // tiled: the rows r0.. start at tile r0 / 16 (per is a multiple of 16)
+        const uint8_t* wt = w8 + (size_t)r0 * (c.quantBits == 8 ? K : K / 2);
+        if (c.quantBits == 8) dequant_tiled_kernel<T, WQ_I8><<<blocks, 256, 0, dq>>>(wt, q, c.groupSize, n, K, buf);
+        else dequant_tiled_kernel<T, WQ_I4><<<blocks, 256, 0, dq>>>(wt, q, c.groupSize, n, K, buf);
+      } else {
+        const uint8_t* wr = w8 + (size_t)r0 * q.rowBytes;
+        if (c.quantBits == 8) dequant_kernel<T, WQ_I8><<<blocks, 256, 0, dq>>>(wr, q, c.groupSize, n, K, buf);
+        else dequant_kernel<T, WQ_I4><<<blocks, 256, 0, dq>>>(wr, q, c.groupSize, n, K, buf);
+      }
+      CK(cudaGetLastError());
+      if (qPipe) {
+        CK(cudaEventRecord(deqEv[h], copyStream));
+        CK(cudaStreamWaitEvent(stream, deqEv[h], 0));
+      }
+      CB(blas->gemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, n, S, K, &one, buf, dt(), K, x, dt(), K, &zero,
                       static_cast<char*>(y) + (size_t)r0 * esz, dt(), Nout, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      if (qPipe) CK(cudaEventRecord(gemmEv[h], stream));
     }
   }
   // The norm of the decode step's QKV (slot W_LN1) or up (W_LN2) GEMV, fused into it; normOut
@@ -816,11 +932,19 @@ struct Engine::Impl {
     }
   }
 
-  void ensureScores(size_t bytes) {
-    if (bytes <= scoresCap) return;
-    dfree(scores);
-    scores = dmalloc(bytes);
-    scoresCap = bytes;
+  void ensureScores(size_t bytes) { scores = ensureWork(bytes); }
+  // The prefill attention's scores and the quantized linears' dequantisation buffer are one
+  // allocation (they are never in use at once: gemmQuant's first dequantisation follows stream's
+  // earlier work), sized for the larger; growing it (cudaFree waits for the device) moves both.
+  void* ensureWork(size_t bytes) {
+    if (bytes > workCap) {
+      dfree(work);
+      work = dmalloc(bytes);
+      workCap = bytes;
+      if (scores) scores = work;
+      if (scratch) scratch = work;
+    }
+    return work;
   }
 
   template <typename T>

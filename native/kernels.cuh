@@ -456,6 +456,54 @@ __device__ __forceinline__ void gemv_step(float (&acc)[NR], const uint4 (&cur)[N
   }
 }
 
+// The store of one GEMV output (gemv2_rows, gemvmma_kernel): `a` the row's dot product (scale
+// applied), `b` the second row's of a pair (EPI_SWIGLU: row + F; EPI_ROPE: the rotary partner);
+// `row` the output index (EPI_ROPE: the pair's index j, rope_pair()).
+template <typename T, int EPI>
+__device__ __forceinline__ void gemv_store(float a, float b, int row, const T* __restrict__ bias, void* __restrict__ out, int F,
+                                           const RopeCtx& rc, const NormCtx& nc) {
+  if (EPI == EPI_ROPE) {
+    const RopePair q = rope_pair(rc.g, row);
+    float xa = a, xb = b;
+    if (bias) xa += TT<T>::f(bias[q.ia]), xb += TT<T>::f(bias[q.ib]);
+    xa = rnd<T>(xa), xb = rnd<T>(xb);
+    float ya = xa, yb = xb;
+    if (q.fi >= 0) {
+      const int* posblock = reinterpret_cast<const int*>(rc.meta + 1);
+      const float ang = (float)(q.useBlock ? posblock[1] : posblock[0]) * rc.invf[q.fi];
+      const float c = cosf(ang), sn = sinf(ang);
+      ya = xa * c - xb * sn;
+      yb = xb * c + xa * sn;
+    }
+    T* dst;
+    if (q.type == 0) {
+      dst = static_cast<T*>(out) + q.ia;
+    } else {
+      const size_t cacheRow = (size_t)rc.g.prefix + rc.meta->past;
+      dst = static_cast<T*>(q.type == 1 ? rc.Kc : rc.Vc) + ((size_t)q.head * rc.g.maxTotal + cacheRow) * rc.g.D + q.d;
+    }
+    dst[0] = TT<T>::t(ya);
+    dst[q.delta] = TT<T>::t(yb);
+  } else if (EPI == EPI_F32) {
+    if (bias) a += TT<T>::f(bias[row]);
+    static_cast<float*>(out)[row] = a;
+  } else if (EPI == EPI_SWIGLU) {
+    if (bias) a += TT<T>::f(bias[row]), b += TT<T>::f(bias[row + F]);
+    const float gl = rnd<T>(silu(rnd<T>(a)));
+    static_cast<T*>(out)[row] = TT<T>::t(gl * rnd<T>(b));
+  } else if (EPI == EPI_RES) {
+    if (bias) a += TT<T>::f(bias[row]);
+    a = rnd<T>(a);
+    const float rv = TT<T>::f(static_cast<const T*>(nc.res)[row]);
+    const float v = nc.rms ? rnd<T>(rv + a) : rnd<T>(rnd<T>(nc.alpha * rv) + a);
+    static_cast<T*>(out)[row] = TT<T>::t(v);
+  } else {
+    if (bias) a += TT<T>::f(bias[row]);
+    if (EPI == EPI_GELU) a = gelu_tanh(rnd<T>(a));
+    static_cast<T*>(out)[row] = TT<T>::t(a);
+  }
+}
+
 // Quantized weights (WQ, qc) share this structure and its epilogues: the loads are 16 bytes of
 // int8 / packed int4 instead of T, dequantized in registers (gemv_step), accumulated in fp32, and
 // the per-row scale applied to the sum before the epilogue (or per group, inside the loop).
@@ -570,51 +618,7 @@ __device__ __forceinline__ void gemv2_rows(const void* __restrict__ W, const T* 
 #pragma unroll
   for (int r = 0; r < RPW; r++) {
     if (row0 + r >= rows) break;
-    const int row = orow[r];
-    if (EPI == EPI_ROPE) {
-      const RopePair q = rope_pair(rc.g, row);
-      float xa = acc[2 * r], xb = acc[2 * r + 1];
-      if (bias) xa += TT<T>::f(bias[q.ia]), xb += TT<T>::f(bias[q.ib]);
-      xa = rnd<T>(xa), xb = rnd<T>(xb);
-      float ya = xa, yb = xb;
-      if (q.fi >= 0) {
-        const int* posblock = reinterpret_cast<const int*>(rc.meta + 1);
-        const float ang = (float)(q.useBlock ? posblock[1] : posblock[0]) * rc.invf[q.fi];
-        const float c = cosf(ang), sn = sinf(ang);
-        ya = xa * c - xb * sn;
-        yb = xb * c + xa * sn;
-      }
-      T* dst;
-      if (q.type == 0) {
-        dst = static_cast<T*>(out) + q.ia;
-      } else {
-        const size_t cacheRow = (size_t)rc.g.prefix + rc.meta->past;
-        dst = static_cast<T*>(q.type == 1 ? rc.Kc : rc.Vc) + ((size_t)q.head * rc.g.maxTotal + cacheRow) * rc.g.D + q.d;
-      }
-      dst[0] = TT<T>::t(ya);
-      dst[q.delta] = TT<T>::t(yb);
-    } else if (EPI == EPI_F32) {
-      float a = acc[r];
-      if (bias) a += TT<T>::f(bias[row]);
-      static_cast<float*>(out)[row] = a;
-    } else if (EPI == EPI_SWIGLU) {
-      float a = acc[2 * r], b = acc[2 * r + 1];
-      if (bias) a += TT<T>::f(bias[row]), b += TT<T>::f(bias[row + F]);
-      const float gl = rnd<T>(silu(rnd<T>(a)));
-      static_cast<T*>(out)[row] = TT<T>::t(gl * rnd<T>(b));
-    } else if (EPI == EPI_RES) {
-      float a = acc[r];
-      if (bias) a += TT<T>::f(bias[row]);
-      a = rnd<T>(a);
-      const float rv = TT<T>::f(static_cast<const T*>(nc.res)[row]);
-      const float v = nc.rms ? rnd<T>(rv + a) : rnd<T>(rnd<T>(nc.alpha * rv) + a);
-      static_cast<T*>(out)[row] = TT<T>::t(v);
-    } else {
-      float a = acc[r];
-      if (bias) a += TT<T>::f(bias[row]);
-      if (EPI == EPI_GELU) a = gelu_tanh(rnd<T>(a));
-      static_cast<T*>(out)[row] = TT<T>::t(a);
-    }
+    gemv_store<T, EPI>(acc[PR * r], PR == 2 ? acc[PR * r + 1] : 0.f, orow[r], bias, out, F, rc, nc);
   }
 }
 

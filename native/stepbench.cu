@@ -14,6 +14,7 @@
 #include <cmath>
 #include "decode_attention.cuh"
 #include "kernels.cuh"
+#include "gemv_mma.cuh"
 using namespace glm;
 
 #define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { fprintf(stderr, "%s: %s (line %d)\n", #x, cudaGetErrorString(e), __LINE__); exit(1); } } while (0)
@@ -79,6 +80,93 @@ static void launchCfg(int cfg, const half* W, const half* x, const half* b, void
   if (cfg == 0) launch2<EPI, 1, pair ? 4 : 8, true>(W, x, b, out, rows, K, F, rc);
   else if (cfg == 1) launch2<EPI, 2, pair ? 2 : 4, true>(W, x, b, out, rows, K, F, rc);
   else launch2<EPI, 1, pair ? 8 : 16, false>(W, x, b, out, rows, K, F, rc);
+}
+
+// Quantized GEMVs (issue 12): the tensor-core kernel over the tiled layout (gemv_mma.cuh) against
+// gemvq_kernel over the row-major one, same random int8 / int4 weights and scales, per channel and
+// grouped, EPI_NONE and EPI_SWIGLU; then the prefill dequantisation of both layouts, bit for bit.
+// Weights rotate over copies past L2; GB/s counts the quantized bytes (and scales) read.
+template <int WQ, bool GROUPED>
+static void quantCase(const char* name, int epi, int N, int K, int gs, uint8_t* pool, size_t poolBytes, const half* x, const half* bias,
+                      void* outA, void* outB, int& fails) {
+  const int srcRow = WQ == WQ_I8 ? K : K / 2, rb = (srcRow + 15) / 16 * 16;
+  const size_t bytes = (size_t)N * rb;
+  const int copies = std::max<int>(1, (int)std::min<size_t>(poolBytes / 2 / bytes, 12));
+  uint8_t* orig = pool;
+  uint8_t* tiled = pool + poolBytes / 2;
+  const int groups = gs ? K / gs : 1;
+  half* scale = (half*)dalloc((size_t)N * groups * 2);
+  fill(scale, (size_t)N * groups, 77 + N, 0.02f);
+  for (int c = 0; c < copies; c++) {
+    uint8_t* o = orig + (size_t)c * bytes;
+    fill(o, bytes / 2, 1000 + c, 1.f);  // random bits
+    if (rb != srcRow) CK(cudaMemset2D(o + srcRow, rb, 0, rb - srcRow, N));  // the engine's zero padding
+    qtile_repack_kernel<WQ><<<4096, 256, 0, st>>>(o, rb, N, K, tiled + (size_t)c * bytes);
+    CK(cudaGetLastError());
+  }
+  QuantCtx qc{scale, groups, gs ? gs / (WQ == WQ_I8 ? 16 : 32) : 0, rb};
+  const int rows = epi == EPI_SWIGLU ? N / 2 : N, F = N / 2;
+  RopeCtx rc{};
+  auto runOld = [&](int i) {
+    const uint8_t* W = orig + (size_t)(i % copies) * bytes;
+    const int blocks = (rows + 7) / 8;
+    if (epi == EPI_SWIGLU)
+      gemvq_kernel<half, EPI_SWIGLU, 1, WQ == WQ_I8 ? 4 : 2, true, false, WQ, GROUPED><<<blocks, GEMV2_THREADS, 0, st>>>(W, x, bias, outA, rows, K, F, rc, NormCtx{}, qc);
+    else
+      gemvq_kernel<half, EPI_NONE, 1, WQ == WQ_I8 ? 8 : 4, true, false, WQ, GROUPED><<<blocks, GEMV2_THREADS, 0, st>>>(W, x, bias, outA, rows, K, F, rc, NormCtx{}, qc);
+  };
+  auto runNew = [&](int i) {
+    const uint8_t* W = tiled + (size_t)(i % copies) * bytes;
+    if (epi == EPI_SWIGLU)
+      gemvmma_kernel<half, EPI_SWIGLU, 2, 4, false, WQ, GROUPED><<<(F + 15) / 16, QMMA_THREADS, 0, st>>>(W, x, bias, outB, rows, K, F, rc, NormCtx{}, qc);
+    else
+      gemvmma_kernel<half, EPI_NONE, 1, 4, false, WQ, GROUPED><<<(rows + 15) / 16, QMMA_THREADS, 0, st>>>(W, x, bias, outB, rows, K, F, rc, NormCtx{}, qc);
+  };
+  const int reps = std::max(4, std::min(40, copies * 4));
+  const double tOld = timeGraph(reps, runOld), tNew = timeGraph(reps, runNew);
+  CK(cudaStreamSynchronize(st));
+  runOld(0); runNew(0);
+  CK(cudaStreamSynchronize(st));
+  const float err = maxRel(toHost(outB, rows, false), toHost(outA, rows, false));
+  // prefill dequantisation of the first rows: row-major vs tiled, bit for bit
+  const int dr = std::min(N, 64);
+  half* d1 = (half*)dalloc((size_t)dr * K * 2);
+  half* d2 = (half*)dalloc((size_t)dr * K * 2);
+  dequant_kernel<half, WQ><<<256, 256, 0, st>>>(orig, qc, gs, dr, K, d1);
+  dequant_tiled_kernel<half, WQ><<<256, 256, 0, st>>>(tiled, qc, gs, dr, K, d2);
+  CK(cudaStreamSynchronize(st));
+  std::vector<uint16_t> h1((size_t)dr * K), h2((size_t)dr * K);
+  CK(cudaMemcpy(h1.data(), d1, h1.size() * 2, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(h2.data(), d2, h2.size() * 2, cudaMemcpyDeviceToHost));
+  size_t diff = 0;
+  for (size_t i = 0; i < h1.size(); i++) diff += h1[i] != h2[i];
+  const double qb = (double)N * srcRow + (double)N * groups * 2;
+  const bool ok = err < 2e-3 && diff == 0;
+  fails += !ok;
+  printf("%-28s int%d g%-3d old %7.1f us %5.0f GB/s  mma %7.1f us %5.0f GB/s  %.2fx  maxrel %.1e  dequant diff %zu  %s\n", name,
+         WQ == WQ_I8 ? 8 : 4, gs, tOld, qb / tOld / 1e3, tNew, qb / tNew / 1e3, tOld / tNew, err, diff, ok ? "ok" : "FAIL");
+  cudaFree(scale); cudaFree(d1); cudaFree(d2);
+}
+static int quantSection(uint8_t* pool, size_t poolBytes, const half* x, const half* bias, void* outA, void* outB) {
+  struct QS { const char* name; int epi; int N; int K; };
+  const QS qs[] = {{"v1 qkv 12288x4096", EPI_NONE, 12288, 4096}, {"v1 down 4096x16384", EPI_NONE, 4096, 16384},
+                   {"v2 qkv 4608x4096", EPI_NONE, 4608, 4096},   {"v2 up+swiglu 27392x4096", EPI_SWIGLU, 27392, 4096},
+                   {"v2 down 4096x13696", EPI_NONE, 4096, 13696}, {"small v2 down 512x1712", EPI_NONE, 512, 1712},
+                   {"small v2 up 3424x512", EPI_SWIGLU, 3424, 512}, {"tiny v2 down 64x160", EPI_NONE, 64, 160},
+                   {"tiny v2 up 320x64", EPI_SWIGLU, 320, 64}};
+  int fails = 0;
+  printf("\nquantized GEMV: gemvq_kernel (row-major) vs gemvmma_kernel (tiles, mma.sync)\n");
+  for (const QS& q : qs) {
+    quantCase<WQ_I4, false>(q.name, q.epi, q.N, q.K, 0, pool, poolBytes, x, bias, outA, outB, fails);
+    quantCase<WQ_I8, false>(q.name, q.epi, q.N, q.K, 0, pool, poolBytes, x, bias, outA, outB, fails);
+    for (int gs : {32, 128}) {
+      if (q.K % gs) continue;
+      quantCase<WQ_I4, true>(q.name, q.epi, q.N, q.K, gs, pool, poolBytes, x, bias, outA, outB, fails);
+      quantCase<WQ_I8, true>(q.name, q.epi, q.N, q.K, gs, pool, poolBytes, x, bias, outA, outB, fails);
+    }
+  }
+  printf("quantized GEMV checks: %s (%d failed)\n", fails ? "FAIL" : "all ok", fails);
+  return fails;
 }
 
 struct Shape { const char* name; int epi; int N; int K; };  // N: weight rows
@@ -308,6 +396,7 @@ int main() {
     double ts = timeGraph(20, [&](int) { sample_kernel<<<1, 1024, 0, st>>>(lg, 130528, dm, tok); });
     printf("sample (greedy, V 130528) %.1f us\n", ts);
   }
+  const int qfails = quantSection(reinterpret_cast<uint8_t*>(Wp), pool, x, bias, outA, outB);
   CK(cudaDeviceSynchronize());
-  return 0;
+  return qfails ? 1 : 0;
 }
