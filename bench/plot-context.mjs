@@ -17,7 +17,7 @@ const series = new Map()  // label -> [{n, ttft, decode}]
 for (const line of readFileSync(positionals[0], 'utf8').split('\n')) {
   if (!line.trim()) continue
   for (const r of JSON.parse(line).results) {
-    const label = r.weights === 'f16' || r.weights === 'bf16' ? r.weights.toUpperCase() : String(r.weights).toUpperCase()
+    const label = r.weights === 'f16' ? 'FP16' : String(r.weights).toUpperCase()
     if (!series.has(label)) series.set(label, [])
     series.get(label).push({n: r.promptTokens, ttft: r.ttftMs.median, decode: r.decodeTokensPerSecond.median})
   }
@@ -26,7 +26,7 @@ for (const pts of series.values()) pts.sort((a, b) => a.n - b.n)
 const all = [...series.values()].flat()
 if (all.length === 0) throw new Error(`${positionals[0]}: no results`)
 
-const W = 900, H = 380, M = {l: 70, r: 20, t: 40, b: 55}, GAP = 60
+const W = 920, H = 400, M = {l: 70, r: 20, t: 56, b: 55}, GAP = 80
 const pw = (W - M.l - M.r - GAP) / 2, ph = H - M.t - M.b
 const colors = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e']
 const nMin = Math.min(...all.map(p => p.n)), nMax = Math.max(...all.map(p => p.n))
@@ -43,7 +43,7 @@ function panel(x0, key, title, unit, logY) {
   const yMin = logY ? 10 ** Math.floor(Math.log10(Math.min(...vals))) : 0
   const fx = n => x0 + ((lx(n) - lx(nMin)) / Math.max(1e-9, lx(nMax) - lx(nMin))) * pw
   const fy = v => M.t + ph - (logY ? (Math.log10(v) - Math.log10(yMin)) / (Math.log10(yMax) - Math.log10(yMin)) : (v - yMin) / (yMax - yMin)) * ph
-  const out = [`<text x="${x0 + pw / 2}" y="${M.t - 12}" text-anchor="middle" font-weight="bold">${esc(title)}</text>`,
+  const out = [`<text x="${x0 + pw / 2}" y="${M.t - 10}" text-anchor="middle" font-weight="bold">${esc(title)}</text>`,
     `<rect x="${x0}" y="${M.t}" width="${pw}" height="${ph}" fill="none" stroke="#444"/>`]
   const ticksY = logY ? Array.from({length: Math.round(Math.log10(yMax / yMin)) + 1}, (_, i) => yMin * 10 ** i) : Array.from({length: 6}, (_, i) => yMin + (i * (yMax - yMin)) / 5)
   for (const t of ticksY) {
@@ -66,7 +66,7 @@ const legend = [...series.keys()].map((label, i) =>
   `<rect x="${M.l + i * 90}" y="${H - 14}" width="12" height="4" fill="${colors[i % colors.length]}"/><text x="${M.l + i * 90 + 16}" y="${H - 9}" font-size="12">${esc(label)}</text>`)
 const svg = [`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="13">`,
   `<rect width="100%" height="100%" fill="white"/>`,
-  values.title ? `<text x="${W / 2}" y="16" text-anchor="middle" font-size="14">${esc(values.title)}</text>` : '',
+  values.title ? `<text x="${W / 2}" y="18" text-anchor="middle" font-size="14">${esc(values.title)}</text>` : '',
   ...panel(M.l, 'ttft', 'time to first token', 'ms (log scale)', true),
   ...panel(M.l + pw + GAP, 'decode', 'decode after the prompt', 'tokens / s', false),
   ...legend, '</svg>'].join('\n')

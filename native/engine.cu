@@ -242,10 +242,6 @@ struct Engine::Impl {
   int* hToken = nullptr;   // pinned
   char* staging[2] = {nullptr, nullptr};
   cudaEvent_t stageEv[2] = {nullptr, nullptr};
-  // prefill with quantized weights (gemmQuant): piece i + 1 dequantized on copyStream into one
-  // half of the scratch buffer while cuBLAS multiplies piece i from the other on stream
-  cudaEvent_t deqEv[2] = {nullptr, nullptr}, gemmEv[2] = {nullptr, nullptr}, qStartEv = nullptr;
-  bool qPipe = true;  // GLMTOOL_CUDA_QPIPE=0: one piece at a time on stream, the whole buffer
   int nextStage = 0;
 
   cudaGraph_t graph = nullptr;
@@ -435,8 +431,7 @@ struct Engine::Impl {
         slot(slotSize, kind, l) = (size_t)rows * qRowBytes[kind];
         slot(slotSize, scaleKind(kind), l) = (size_t)rows * groups * sizeof(half);
       }
-      // gemmQuant's two halves hold >= 16 rows each
-      scratchBytes = std::max(scratchBytes, std::max(std::min((size_t)rows * K * esz, kScratchBytes), (size_t)32 * K * esz));
+      scratchBytes = std::max(scratchBytes, std::max(std::min((size_t)rows * K * esz, kScratchBytes), (size_t)16 * K * esz));
     };
     qRowsPerWarp = c.quantBits == 4 ? 2 : 1;
     if (const char* v = std::getenv("GLMTOOL_CUDA_QRPW")) qRowsPerWarp = std::atoi(v) == 2 ? 2 : 1;
@@ -550,11 +545,7 @@ struct Engine::Impl {
     for (int i = 0; i < 2; i++) {
       CK(cudaMallocHost(&staging[i], kStageBytes));
       CK(cudaEventCreateWithFlags(&stageEv[i], cudaEventDisableTiming));
-      CK(cudaEventCreateWithFlags(&deqEv[i], cudaEventDisableTiming));
-      CK(cudaEventCreateWithFlags(&gemmEv[i], cudaEventDisableTiming));
     }
-    CK(cudaEventCreateWithFlags(&qStartEv, cudaEventDisableTiming));
-    if (const char* v = std::getenv("GLMTOOL_CUDA_QPIPE")) qPipe = std::string(v) != "0";
     sampleUsed();
   }
 
@@ -569,10 +560,7 @@ struct Engine::Impl {
     for (int i = 0; i < 2; i++) {
       if (staging[i]) cudaFreeHost(staging[i]), staging[i] = nullptr;
       if (stageEv[i]) cudaEventDestroy(stageEv[i]), stageEv[i] = nullptr;
-      if (deqEv[i]) cudaEventDestroy(deqEv[i]), deqEv[i] = nullptr;
-      if (gemmEv[i]) cudaEventDestroy(gemmEv[i]), gemmEv[i] = nullptr;
     }
-    if (qStartEv) cudaEventDestroy(qStartEv), qStartEv = nullptr;
     if (hMeta) cudaFreeHost(hMeta), hMeta = nullptr;
     if (hRows) cudaFreeHost(hRows), hRows = nullptr;
     if (hToken) cudaFreeHost(hToken), hToken = nullptr;
@@ -815,47 +803,32 @@ struct Engine::Impl {
            static_cast<const T*>(b), out, rows, K, F, rc, nc, W.q);
   }
   // Prefill with a quantized weight: y[S, Nout] = x W^T in pieces of rows, each dequantized into
-  // the scratch buffer (as T) and multiplied by cuBLAS into its columns of y. Pipelined (qPipe):
-  // the pieces alternate between the buffer's two halves, piece i + 1 dequantized on copyStream
-  // (memory-bound) while the GEMM of piece i runs on stream (compute-bound); a half is rewritten
-  // only after its GEMM (gemmEv), and the first dequantisation follows stream's earlier work.
+  // the scratch buffer (as T) and multiplied by cuBLAS into its columns of y. (Dequantising piece
+  // i + 1 on a second stream during piece i's GEMM measured slower: TTFT 24.1 vs 21.8 ms, H200,
+  // bench/RESULTS.md 2026-12-06.)
   template <typename T>
   void gemmQuant(const Wt& W, const void* x, void* y, int S, int Nout, int K) {
-    const size_t bufBytes = qPipe ? scratchBytes / 2 : scratchBytes;
-    const int per = (int)std::max<size_t>(16, bufBytes / ((size_t)K * esz) / 16 * 16);
+    const int per = (int)std::max<size_t>(16, scratchBytes / ((size_t)K * esz) / 16 * 16);
     const float one = 1.f, zero = 0.f;
-    cudaStream_t dq = qPipe ? copyStream : stream;
-    if (qPipe) {
-      CK(cudaEventRecord(qStartEv, stream));
-      CK(cudaStreamWaitEvent(copyStream, qStartEv, 0));
-    }
-    for (int r0 = 0, i = 0; r0 < Nout; r0 += per, i++) {
+    T* buf = static_cast<T*>(scratch);
+    for (int r0 = 0; r0 < Nout; r0 += per) {
       const int n = std::min(per, Nout - r0);
-      const int h = qPipe ? (i & 1) : 0;
-      T* buf = reinterpret_cast<T*>(static_cast<char*>(scratch) + h * (bufBytes / 256 * 256));
       QuantCtx q = W.q;
       q.scale += (size_t)r0 * q.groups;
       const size_t total = (size_t)n * (K / 8);
       const int blocks = (int)std::min<size_t>((total + 255) / 256, 132 * 16);
-      if (qPipe && i >= 2) CK(cudaStreamWaitEvent(copyStream, gemmEv[h], 0));
       const uint8_t* w8 = static_cast<const uint8_t*>(W.w);
       if (qmma) {  // tiled: the rows r0.. start at tile r0 / 16 (per is a multiple of 16)
         const uint8_t* wt = w8 + (size_t)r0 * (c.quantBits == 8 ? K : K / 2);
-        if (c.quantBits == 8) dequant_tiled_kernel<T, WQ_I8><<<blocks, 256, 0, dq>>>(wt, q, c.groupSize, n, K, buf);
-        else dequant_tiled_kernel<T, WQ_I4><<<blocks, 256, 0, dq>>>(wt, q, c.groupSize, n, K, buf);
+        if (c.quantBits == 8) launch(dequant_tiled_kernel<T, WQ_I8>, dim3(blocks), dim3(256), wt, q, c.groupSize, n, K, buf);
+        else launch(dequant_tiled_kernel<T, WQ_I4>, dim3(blocks), dim3(256), wt, q, c.groupSize, n, K, buf);
       } else {
         const uint8_t* wr = w8 + (size_t)r0 * q.rowBytes;
-        if (c.quantBits == 8) dequant_kernel<T, WQ_I8><<<blocks, 256, 0, dq>>>(wr, q, c.groupSize, n, K, buf);
-        else dequant_kernel<T, WQ_I4><<<blocks, 256, 0, dq>>>(wr, q, c.groupSize, n, K, buf);
-      }
-      CK(cudaGetLastError());
-      if (qPipe) {
-        CK(cudaEventRecord(deqEv[h], copyStream));
-        CK(cudaStreamWaitEvent(stream, deqEv[h], 0));
+        if (c.quantBits == 8) launch(dequant_kernel<T, WQ_I8>, dim3(blocks), dim3(256), wr, q, c.groupSize, n, K, buf);
+        else launch(dequant_kernel<T, WQ_I4>, dim3(blocks), dim3(256), wr, q, c.groupSize, n, K, buf);
       }
       CB(blas->gemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, n, S, K, &one, buf, dt(), K, x, dt(), K, &zero,
                       static_cast<char*>(y) + (size_t)r0 * esz, dt(), Nout, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-      if (qPipe) CK(cudaEventRecord(gemmEv[h], stream));
     }
   }
   // The norm of the decode step's QKV (slot W_LN1) or up (W_LN2) GEMV, fused into it; normOut
