@@ -26,7 +26,7 @@ for (const pts of series.values()) pts.sort((a, b) => a.n - b.n)
 const all = [...series.values()].flat()
 if (all.length === 0) throw new Error(`${positionals[0]}: no results`)
 
-const W = 920, H = 400, M = {l: 70, r: 20, t: 56, b: 55}, GAP = 80
+const W = 920, H = 420, M = {l: 70, r: 20, t: 56, b: 72}, GAP = 80
 const pw = (W - M.l - M.r - GAP) / 2, ph = H - M.t - M.b
 const colors = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e']
 const nMin = Math.min(...all.map(p => p.n)), nMax = Math.max(...all.map(p => p.n))
