@@ -907,8 +907,8 @@ struct Engine::Impl {
 
   void ensureScores(size_t bytes) { scores = ensureWork(bytes); }
   // The prefill attention's scores and the quantized linears' dequantisation buffer are one
-  // allocation (they are never in use at once: gemmQuant's first dequantisation follows stream's
-  // earlier work), sized for the larger; growing it (cudaFree waits for the device) moves both.
+  // allocation (never in use at once: both are used by kernels in order on the one stream), sized
+  // for the larger; growing it (cudaFree waits for the device) moves both.
   void* ensureWork(size_t bytes) {
     if (bytes > workCap) {
       dfree(work);
