@@ -10,8 +10,9 @@
 # Prepare here: npm run build && npm run build:native; .device/ as bench/cuda-device.sh says;
 # optionally nvcc -std=c++17 -O3 -arch=sm_90 -o build/native/stepbench native/stepbench.cu (STEPBENCH=0 skips it).
 # Run with carry [".device", "dist", "build/native"]:  BUDGET=480 bash bench/cuda-quant-device.sh
-# Everything lands in $OUT: steps.log, stepbench.log, parity.log, parity.json, bench-v2.json, bench-v1.json
-# (and sweep.jsonl with SWEEP set).
+# Everything lands in $OUT: steps.log, stepbench.log, parity.log, parity.json, bench-v2.json, bench-v1.json,
+# bench-kv8-v2.json, bench-kv8-v1.json (KV8: the variants benched again with --kv-dtype int8, default
+# "f16 4"; empty skips) and sweep.jsonl with SWEEP set.
 set -u
 source bench/device-env.sh
 el "probe: $(node -e "console.log(JSON.stringify(require('./build/native/glmtool_cuda.node').probe()))" 2>&1)"
@@ -73,6 +74,14 @@ for a in $GENS; do
     timeout $(($(left) - 10)) node bin/run.js bench "${dirs[@]}" --backend cuda --prompt-tokens 512 --gen-tokens 128 \
       --repeat 3 --max-length 2048 --out "$OUT/bench-${a/chatglm2-6b/v2}.json" >> "$LOG" 2>&1
     el "bench $a rc=$?"
+    # the INT8 KV cache (--kv-dtype int8) on the KV8 variants (default: fp16 and int4), same settings
+    if [ -n "${KV8-f16 4}" ] && [ "$(left)" -gt 60 ]; then
+      kdirs=()
+      for q in ${KV8-f16 4}; do [ "$q" = f16 ] && kdirs+=("$M/$a") || kdirs+=("$M/$a-int$q"); done
+      timeout $(($(left) - 10)) node bin/run.js bench "${kdirs[@]}" --backend cuda --prompt-tokens 512 --gen-tokens 128 \
+        --repeat 3 --max-length 2048 --kv-dtype int8 --out "$OUT/bench-kv8-${a/chatglm2-6b/v2}.json" >> "$LOG" 2>&1
+      el "bench $a --kv-dtype int8 rc=$?"
+    fi
     # A/B of switches on the quantized models (AB: space-separated, `+` joins two), 3 repeats
     for sw in ${AB:-}; do
       [ "$(left)" -gt 50 ] || break
@@ -85,6 +94,7 @@ for a in $GENS; do
   fi
 done
 [ -f "$OUT/bench-chatglm-6b.json" ] && mv "$OUT/bench-chatglm-6b.json" "$OUT/bench-v1.json"
+[ -f "$OUT/bench-kv8-chatglm-6b.json" ] && mv "$OUT/bench-kv8-chatglm-6b.json" "$OUT/bench-kv8-v1.json"
 # Cost as work grows (SWEEP: prompt lengths, e.g. "128 512 2048 8192"): the first generation's
 # FP16 and quantized models in one bench process per length, the KV cache sized for the length,
 # 32 new tokens; each length's JSON a line of $OUT/sweep.jsonl (bench/plot-context.mjs draws it).

@@ -118,6 +118,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     c.useGraph = flag("useGraph", true);
     if (o.Get("quantBits").IsNumber()) c.quantBits = (int)num("quantBits");
     if (o.Get("groupSize").IsNumber()) c.groupSize = (int)num("groupSize");
+    if (o.Get("kvDtype").IsNumber()) c.kvDtype = (int)num("kvDtype");
     engine_ = guard(env, [&] { return std::make_unique<glm::Engine>(c); });
   }
 
@@ -268,6 +269,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     o.Set("kvCacheBytes", (double)m.kvCacheBytes);
     o.Set("kvBytesPerToken", (double)m.kvBytesPerToken);
     o.Set("scratchBytes", (double)m.scratchBytes);
+    o.Set("kvStageBytes", (double)m.kvStageBytes);
     return o;
   }
 

@@ -7,7 +7,9 @@
 // writes (this step's key and value) is copied after it. The last split of a block's heads to
 // finish merges their splits (flash-decoding's combine, fused).
 #pragma once
+#include <type_traits>
 #include "kernels.cuh"
+#include "kv_int8.cuh"
 
 namespace glm {
 
@@ -38,15 +40,24 @@ __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wai
 // keys of split j. D <= DA_DMAX, tile <= DA_TILE_MAX. partO [heads, splits, D] and partML
 // [heads, splits, 2] hold each split's unnormalised output, max and sum of exponentials;
 // counter[heads / hpb] starts (and ends) at zero.
-template <typename T>
+// Q8: the INT8 cache (kv_int8.cuh) in kq (Kc, Vc unused): the step's own key and value rows are
+// quantized here from the QKV buffer, and the last split of the group's first block stores them.
+// Scores are q . k_int8 times the row's scale, values weighted by p times theirs.
+template <typename T, bool Q8 = false>
 __global__ void __launch_bounds__(DA_THREADS) attn_decode_gqa_kernel(const T* __restrict__ qkv, const T* __restrict__ Kc,
-                                                                     const T* __restrict__ Vc, const StepMeta* __restrict__ meta,
+                                                                     const T* __restrict__ Vc, KvQuant kq, const StepMeta* __restrict__ meta,
                                                                      Geom g, float scale, int tile, int hpb,
                                                                      float* __restrict__ partO, float* __restrict__ partML,
                                                                      unsigned* __restrict__ counter, T* __restrict__ out) {
-  constexpr int KP = DA_DMAX + 8;  // padded key rows: lanes reading consecutive keys hit distinct banks
-  __shared__ __align__(16) T Ks[DA_TILE_MAX][KP];
-  __shared__ __align__(16) T Vs[DA_TILE_MAX][DA_DMAX];
+  using E = std::conditional_t<Q8, int8_t, T>;   // a cached element
+  constexpr int EPV = 16 / sizeof(E);            // elements per 16-byte copy
+  // padded key rows (16 bytes): lanes reading consecutive keys hit distinct banks
+  constexpr int KP = DA_DMAX + EPV;
+  __shared__ __align__(16) E Ks[DA_TILE_MAX][KP];
+  __shared__ __align__(16) E Vs[DA_TILE_MAX][DA_DMAX];
+  __shared__ float ksc[Q8 ? DA_TILE_MAX : 1], vsc[Q8 ? DA_TILE_MAX : 1];  // Q8: the tile's row scales
+  __shared__ int8_t nk[Q8 ? DA_DMAX : 1], nv[Q8 ? DA_DMAX : 1];           // Q8: this step's rows, quantized
+  __shared__ float nks, nvs;
   __shared__ __align__(16) float qs[DA_HEADS][DA_DMAX];
   __shared__ float ps[DA_HEADS][DA_TILE_MAX];  // scores, then probabilities; at the end the splits' weights
   __shared__ float hm[DA_HEADS], hl[DA_HEADS], hc[DA_HEADS];
@@ -54,7 +65,7 @@ __global__ void __launch_bounds__(DA_THREADS) attn_decode_gqa_kernel(const T* __
   __shared__ int amLast;
   pdl_trigger();
   const int hb = blockIdx.x, split = blockIdx.y, grid = gridDim.y;
-  const int D = g.D, D8 = D >> 3, nh = hpb, h0 = hb * hpb;
+  const int D = g.D, DV = D / EPV, nh = hpb, h0 = hb * hpb;
   const int grp = h0 / (g.heads / g.kvHeads);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   // The step's metadata and the cache rows of earlier tokens are read before pdl_wait(): the
@@ -64,24 +75,50 @@ __global__ void __launch_bounds__(DA_THREADS) attn_decode_gqa_kernel(const T* __
   if (split >= sp.active) return;
   const int tile0 = split * sp.perSplit, tile1 = min(sp.tiles, tile0 + sp.perSplit);
   const int newRow = total - 1;
-  const T* Kg = Kc + (size_t)grp * g.maxTotal * D;
-  const T* Vg = Vc + (size_t)grp * g.maxTotal * D;
+  const size_t gRow = (size_t)grp * g.maxTotal;  // the group's first cache row
+  const E* Kg;
+  const E* Vg;
+  if constexpr (Q8) Kg = kq.K + gRow * D, Vg = kq.V + gRow * D;
+  else Kg = Kc + gRow * D, Vg = Vc + gRow * D;
+  // Q8: the new row from nk / nv (after they are made)
+  auto stageNew = [&](int t) {
+    if constexpr (Q8) {
+      const int r = newRow - t * tile;
+      if (r < 0 || r >= tile) return;
+      for (int c = tid; c < D; c += DA_THREADS) Ks[r][c] = nk[c], Vs[r][c] = nv[c];
+      if (tid == 0) ksc[r] = nks, vsc[r] = nvs;
+    }
+  };
   auto stage = [&](int t, bool withNew) {
     const int t0 = t * tile, n = min(tile, total - t0);
-    for (int i = tid; i < n * D8; i += DA_THREADS) {
-      const int r = i / D8, c = (i - r * D8) * 8;
-      if (!withNew && t0 + r == newRow) continue;
+    for (int i = tid; i < n * DV; i += DA_THREADS) {
+      const int r = i / DV, c = (i - r * DV) * EPV;
+      if ((Q8 || !withNew) && t0 + r == newRow) continue;
       cp_async16(&Ks[r][c], Kg + (size_t)(t0 + r) * D + c);
       cp_async16(&Vs[r][c], Vg + (size_t)(t0 + r) * D + c);
+    }
+    if constexpr (Q8) {
+      for (int r = tid; r < n; r += DA_THREADS)
+        if (t0 + r != newRow) ksc[r] = kq.ks[gRow + t0 + r], vsc[r] = kq.vs[gRow + t0 + r];
+      if (withNew) stageNew(t);
     }
   };
   stage(tile0, false);
   pdl_wait();
-  if (newRow < tile0 * tile + tile) {
+  if constexpr (Q8) {
+    if (warp == 0) kv_quant_row_warp<T>(qkv + g.kOff(grp), D, nk, &nks);
+    else if (warp == 1) kv_quant_row_warp<T>(qkv + g.vOff(grp), D, nv, &nvs);
+    __syncthreads();
+    if (split == sp.active - 1 && h0 % (g.heads / g.kvHeads) == 0) {  // one block of the group stores them
+      for (int c = tid; c < D; c += DA_THREADS) kq.K[(gRow + newRow) * D + c] = nk[c], kq.V[(gRow + newRow) * D + c] = nv[c];
+      if (tid == 0) kq.ks[gRow + newRow] = nks, kq.vs[gRow + newRow] = nvs;
+    }
+    stageNew(tile0);
+  } else if (newRow < tile0 * tile + tile) {
     const int r = newRow - tile0 * tile;
-    for (int c = tid; c < D8; c += DA_THREADS) {
-      cp_async16(&Ks[r][8 * c], Kg + (size_t)newRow * D + 8 * c);
-      cp_async16(&Vs[r][8 * c], Vg + (size_t)newRow * D + 8 * c);
+    for (int c = tid; c < DV; c += DA_THREADS) {
+      cp_async16(&Ks[r][EPV * c], Kg + (size_t)newRow * D + EPV * c);
+      cp_async16(&Vs[r][EPV * c], Vg + (size_t)newRow * D + EPV * c);
     }
   }
   for (int i = tid; i < nh * D; i += DA_THREADS) {
@@ -114,19 +151,35 @@ __global__ void __launch_bounds__(DA_THREADS) attn_decode_gqa_kernel(const T* __
         const uint4* kr = reinterpret_cast<const uint4*>(&Ks[key][0]);
         const float4* qr = reinterpret_cast<const float4*>(&qs[h][0]);
         float a0 = 0.f, a1 = 0.f;
-        for (int c = 0; c < D8; c++) {
-          const uint4 k = kr[c];
-          const float4 qa = qr[2 * c], qb = qr[2 * c + 1];
-          float2 f = TT<T>::f2(k.x);
-          a0 = fmaf(f.x, qa.x, a0), a1 = fmaf(f.y, qa.y, a1);
-          f = TT<T>::f2(k.y);
-          a0 = fmaf(f.x, qa.z, a0), a1 = fmaf(f.y, qa.w, a1);
-          f = TT<T>::f2(k.z);
-          a0 = fmaf(f.x, qb.x, a0), a1 = fmaf(f.y, qb.y, a1);
-          f = TT<T>::f2(k.w);
-          a0 = fmaf(f.x, qb.z, a0), a1 = fmaf(f.y, qb.w, a1);
+        if constexpr (Q8) {
+          for (int c = 0; c < DV; c++) {
+            const uint4 k = kr[c];
+            const uint32_t kw[4] = {k.x, k.y, k.z, k.w};
+#pragma unroll
+            for (int w = 0; w < 4; w++) {
+              float f[4];
+              i8x4_to_float(kw[w], f);
+              const float4 qa = qr[4 * c + w];
+              a0 = fmaf(f[0], qa.x, a0), a1 = fmaf(f[1], qa.y, a1);
+              a0 = fmaf(f[2], qa.z, a0), a1 = fmaf(f[3], qa.w, a1);
+            }
+          }
+          ps[h][key] = (a0 + a1) * ksc[key];
+        } else {
+          for (int c = 0; c < DV; c++) {
+            const uint4 k = kr[c];
+            const float4 qa = qr[2 * c], qb = qr[2 * c + 1];
+            float2 f = TT<T>::f2(k.x);
+            a0 = fmaf(f.x, qa.x, a0), a1 = fmaf(f.y, qa.y, a1);
+            f = TT<T>::f2(k.y);
+            a0 = fmaf(f.x, qa.z, a0), a1 = fmaf(f.y, qa.w, a1);
+            f = TT<T>::f2(k.z);
+            a0 = fmaf(f.x, qb.x, a0), a1 = fmaf(f.y, qb.y, a1);
+            f = TT<T>::f2(k.w);
+            a0 = fmaf(f.x, qb.z, a0), a1 = fmaf(f.y, qb.w, a1);
+          }
+          ps[h][key] = a0 + a1;
         }
-        ps[h][key] = a0 + a1;
       }
     }
     __syncthreads();
@@ -151,8 +204,15 @@ __global__ void __launch_bounds__(DA_THREADS) attn_decode_gqa_kernel(const T* __
       const int per = (n + parts - 1) / parts, ka = part * per, kz = min(n, ka + per);
       acc0 *= hc[ph], acc1 *= hc[ph];
       for (int key = ka; key < kz; key++) {
-        const float2 v = TT<T>::f2(*reinterpret_cast<const uint32_t*>(&Vs[key][2 * dp]));
-        const float p = ps[ph][key];
+        float2 v;
+        float p = ps[ph][key];
+        if constexpr (Q8) {
+          const uint32_t u = *reinterpret_cast<const uint16_t*>(&Vs[key][2 * dp]);
+          v = make_float2((float)(int8_t)(u & 255u), (float)(int8_t)(u >> 8));
+          p *= vsc[key];
+        } else {
+          v = TT<T>::f2(*reinterpret_cast<const uint32_t*>(&Vs[key][2 * dp]));
+        }
         acc0 = fmaf(p, v.x, acc0);
         acc1 = fmaf(p, v.y, acc1);
       }

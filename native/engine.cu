@@ -220,6 +220,13 @@ struct Engine::Impl {
 
   char* kv = nullptr;
   size_t kvLayerBytes = 0;  // one of K or V of one layer
+  // The INT8 KV cache (c.kvDtype 1, kv_int8.cuh): kv holds int8 rows, kvScale their scales
+  // [2 * L][G][maxTotal] (keys of layer l at 2l, values at 2l + 1), and kvStage the prefill
+  // attention's T copy of one layer's visible keys then values [2][G][maxTotal][D].
+  bool kv8 = false;
+  float* kvScale = nullptr;
+  void* kvStage = nullptr;
+  size_t kvStageBytes = 0;
 
   Bufs dec{};  // decode buffers (one token)
   float *partO = nullptr, *partML = nullptr, *logits = nullptr;
@@ -315,6 +322,15 @@ struct Engine::Impl {
 
   char* Kc(int l) const { return kv + (size_t)(2 * l) * kvLayerBytes; }
   char* Vc(int l) const { return kv + (size_t)(2 * l + 1) * kvLayerBytes; }
+  KvQuant kvq(int l) const {
+    if (!kv8) return KvQuant{};
+    const size_t rows = (size_t)G * maxTotal;
+    return KvQuant{reinterpret_cast<int8_t*>(Kc(l)), reinterpret_cast<int8_t*>(Vc(l)), kvScale + 2 * l * rows, kvScale + (2 * l + 1) * rows};
+  }
+  // The decode QKV GEMV's rotary epilogue: k and v into the float cache, or (INT8) left in the QKV buffer
+  RopeCtx ropeCtx(int l) const {
+    return RopeCtx{kv8 ? nullptr : Kc(l), kv8 ? nullptr : Vc(l), reinterpret_cast<const StepMeta*>(dMeta), invf, geom};
+  }
   const void* w(int kind, int layer) {
     const size_t s = slot(slotSize, kind, layer);
     return s ? arena + slot(slotOffset, kind, layer) : nullptr;
@@ -394,6 +410,10 @@ struct Engine::Impl {
     // at most DA_TILE_MAX splits and ~1024 blocks (whole tiles per split beyond that)
     gqaSplits = std::max(1, std::min({(maxTotal + gqaTile - 1) / gqaTile, DA_TILE_MAX, std::max(1, 1024 / (N / gqaHeads))}));
     geom = Geom{c.interleavedQkv ? 1 : 0, c.rotary2d ? 1 : 0, N, G, D, nqkv, P, maxTotal};
+    if (c.kvDtype != 0 && c.kvDtype != 1) throw std::runtime_error("KV cache type " + std::to_string(c.kvDtype) + " is not 0 (float) or 1 (int8)");
+    kv8 = c.kvDtype == 1;
+    if (kv8 && attnMode != 2) throw std::runtime_error("the INT8 KV cache needs the decode attention per KV group (GLMTOOL_CUDA_ATTN=head does not read it)");
+    if (kv8 && D % 16) throw std::runtime_error("the INT8 KV cache needs a head dimension that is a multiple of 16, got " + std::to_string(D));
 
     std::string why;
     blas = loadCublas(&why);
@@ -503,8 +523,13 @@ struct Engine::Impl {
       for (int l = 0; l < 2 * L; l++) prefixStage[l] = dmalloc((size_t)G * P * D * esz);
     }
 
-    kvLayerBytes = (size_t)G * maxTotal * D * esz;
+    kvLayerBytes = (size_t)G * maxTotal * D * (kv8 ? 1 : esz);
     kv = static_cast<char*>(dmalloc(kvLayerBytes * 2 * L));
+    if (kv8) {
+      kvScale = static_cast<float*>(dmalloc((size_t)2 * L * G * maxTotal * sizeof(float)));
+      kvStageBytes = (size_t)2 * G * maxTotal * D * esz;
+      kvStage = dmalloc(kvStageBytes);
+    }
 
     dec.x = dmalloc((size_t)H * esz);
     dec.lnA = dmalloc((size_t)H * esz);
@@ -648,7 +673,20 @@ struct Engine::Impl {
       }
     }
     if (qmma) repackQuantized();
-    if (P > 0) {
+    if (P > 0 && kv8) {
+      // the prefix quantized into the cache's first P rows, as any other row
+      for (int l = 0; l < L; l++) {
+        if (c.dtype == 0)
+          kv_quant_kernel<half><<<dim3(P, G, 2), 32, 0, stream>>>(static_cast<const half*>(prefixStage[2 * l]),
+                                                                 static_cast<const half*>(prefixStage[2 * l + 1]), D, (long long)P * D,
+                                                                 kvq(l), maxTotal, 0, D);
+        else
+          kv_quant_kernel<__nv_bfloat16><<<dim3(P, G, 2), 32, 0, stream>>>(
+              static_cast<const __nv_bfloat16*>(prefixStage[2 * l]), static_cast<const __nv_bfloat16*>(prefixStage[2 * l + 1]), D,
+              (long long)P * D, kvq(l), maxTotal, 0, D);
+        CK(cudaGetLastError());
+      }
+    } else if (P > 0) {
       const size_t rowBytes = (size_t)P * D * esz;
       for (int l = 0; l < L; l++) {
         CK(cudaMemcpy2DAsync(Kc(l), (size_t)maxTotal * D * esz, prefixStage[2 * l], rowBytes, rowBytes, G,
@@ -656,6 +694,8 @@ struct Engine::Impl {
         CK(cudaMemcpy2DAsync(Vc(l), (size_t)maxTotal * D * esz, prefixStage[2 * l + 1], rowBytes, rowBytes, G,
                              cudaMemcpyDeviceToDevice, stream));
       }
+    }
+    if (P > 0) {
       CK(cudaStreamSynchronize(stream));
       for (void* p : prefixStage) dfree(p);
       prefixStage.clear();
@@ -820,8 +860,11 @@ struct Engine::Impl {
       const uint8_t* w8 = static_cast<const uint8_t*>(W.w);
       if (qmma) {  // tiled: the rows r0.. start at tile r0 / 16 (per is a multiple of 16)
         const uint8_t* wt = w8 + (size_t)r0 * (c.quantBits == 8 ? K : K / 2);
-        if (c.quantBits == 8) launch(dequant_tiled_kernel<T, WQ_I8>, dim3(blocks), dim3(256), wt, q, c.groupSize, n, K, buf);
-        else launch(dequant_tiled_kernel<T, WQ_I4>, dim3(blocks), dim3(256), wt, q, c.groupSize, n, K, buf);
+        const int KC = K / 16;
+        if (c.quantBits == 8)
+          launch(dequant_tiled_kernel<T, WQ_I8>, dim3((KC + dq_chunks<WQ_I8>() - 1) / dq_chunks<WQ_I8>(), n / 16), dim3(256), wt, q, c.groupSize, n, K, buf);
+        else
+          launch(dequant_tiled_kernel<T, WQ_I4>, dim3((KC + dq_chunks<WQ_I4>() - 1) / dq_chunks<WQ_I4>(), n / 16), dim3(256), wt, q, c.groupSize, n, K, buf);
       } else {
         const uint8_t* wr = w8 + (size_t)r0 * q.rowBytes;
         if (c.quantBits == 8) launch(dequant_kernel<T, WQ_I8>, dim3(blocks), dim3(256), wr, q, c.groupSize, n, K, buf);
@@ -932,9 +975,15 @@ struct Engine::Impl {
     const T* q = static_cast<const T*>(qkv);
     const T* K = reinterpret_cast<const T*>(Kc(layer));
     const T* Vv = reinterpret_cast<const T*>(Vc(layer));
+    long long cacheStride = (long long)maxTotal * D;
+    if (kv8) {  // every visible row from the INT8 cache, as the decode attention sees it
+      T* st = static_cast<T*>(kvStage);
+      const size_t items = (size_t)2 * G * Tc * (D / 8);
+      launch(kv_dequant_kernel<T>, dim3((unsigned)std::min<size_t>((items + 255) / 256, 4096)), dim3(256), kvq(layer), G, maxTotal, Tc, D, st);
+      K = st, Vv = st + (size_t)G * Tc * D, cacheStride = (long long)Tc * D;
+    }
     T* out = static_cast<T*>(ctx);
     const int gs = N / G;
-    const long long cacheStride = (long long)maxTotal * D;
     for (int s0 = 0; s0 < S; s0 += Sc) {
       const int n = std::min(Sc, S - s0);
       const long long rowStride = (long long)n * Tc;
@@ -972,9 +1021,11 @@ struct Engine::Impl {
   void attentionDecode(int layer, const void* qkv, void* ctx) {
     const float scale = 1.f / std::sqrt((float)D);
     if (attnMode == 2) {
-      launch(attn_decode_gqa_kernel<T>, dim3(N / gqaHeads, gqaSplits), dim3(DA_THREADS), static_cast<const T*>(qkv),
-             reinterpret_cast<const T*>(Kc(layer)), reinterpret_cast<const T*>(Vc(layer)), reinterpret_cast<const StepMeta*>(dMeta),
-             geom, scale, gqaTile, gqaHeads, partO, partML, attnCounter, static_cast<T*>(ctx));
+      const T* K = kv8 ? nullptr : reinterpret_cast<const T*>(Kc(layer));
+      const T* Vv = kv8 ? nullptr : reinterpret_cast<const T*>(Vc(layer));
+      launch(kv8 ? attn_decode_gqa_kernel<T, true> : attn_decode_gqa_kernel<T, false>, dim3(N / gqaHeads, gqaSplits), dim3(DA_THREADS),
+             static_cast<const T*>(qkv), K, Vv, kvq(layer), reinterpret_cast<const StepMeta*>(dMeta), geom, scale, gqaTile, gqaHeads, partO,
+             partML, attnCounter, static_cast<T*>(ctx));
       return;
     }
     launch(attn_decode2_kernel<T>, dim3(N, nsplit), dim3(128), static_cast<const T*>(qkv), reinterpret_cast<const T*>(Kc(layer)),
@@ -992,7 +1043,7 @@ struct Engine::Impl {
     void* v = post ? b.tmp : b.x;  // the pre-norm row after each residual add
     pdl = false;  // the first kernel follows the step's host-to-device copies / the embedding gather
     for (int l = 0; l < L; l++) {
-      const RopeCtx rc{Kc(l), Vc(l), reinterpret_cast<const StepMeta*>(dMeta), invf, geom};
+      const RopeCtx rc = ropeCtx(l);
       gemv2<T, EPI_ROPE, true>(wt(W_QKV, l), l == 0 ? b.x : v, w(B_QKV, l), b.qkv, nqkv / 2, H, rc,
                                normCtx(W_LN1, l, post ? b.lnA : nullptr));
       pdl = pdlSupported && usePdl;
@@ -1023,12 +1074,17 @@ struct Engine::Impl {
     for (int l = 0; l < L; l++) {
       if (S == 1) {
         // QKV projection, rotary and the KV-cache write in one kernel
-        const RopeCtx rc{Kc(l), Vc(l), reinterpret_cast<const StepMeta*>(dMeta), invf, geom};
-        gemv2<T, EPI_ROPE>(wt(W_QKV, l), b.lnA, w(B_QKV, l), b.qkv, nqkv / 2, H, rc);
+        gemv2<T, EPI_ROPE>(wt(W_QKV, l), b.lnA, w(B_QKV, l), b.qkv, nqkv / 2, H, ropeCtx(l));
       } else {
         linear<T>(S, EPI_NONE, wt(W_QKV, l), w(B_QKV, l), b.lnA, b.qkv, nullptr, nqkv, H);
-        launch(rotary_cache_kernel<T>, dim3(S), dim3(128), static_cast<T*>(b.qkv), reinterpret_cast<T*>(Kc(l)),
-               reinterpret_cast<T*>(Vc(l)), reinterpret_cast<const StepMeta*>(dMeta), (const float*)invf, geom);
+        launch(rotary_cache_kernel<T>, dim3(S), dim3(128), static_cast<T*>(b.qkv), kv8 ? nullptr : reinterpret_cast<T*>(Kc(l)),
+               kv8 ? nullptr : reinterpret_cast<T*>(Vc(l)), reinterpret_cast<const StepMeta*>(dMeta), (const float*)invf, geom);
+        if (kv8) {  // the new rows into the INT8 cache
+          const T* qk = static_cast<const T*>(b.qkv);
+          const long long gstride = c.interleavedQkv ? 3LL * D : D;
+          launch(kv_quant_kernel<T>, dim3(S, G, 2), dim3(32), qk + geom.kOff(0), qk + geom.vOff(0), (long long)nqkv, gstride, kvq(l),
+                 maxTotal, P + past, D);
+        }
       }
       if (S == 1) attentionDecode<T>(l, b.qkv, b.ctx);
       else attentionPrefill<T>(l, S, past, bidirectional, b.qkv, b.ctx);
@@ -1283,8 +1339,9 @@ MemoryStats Engine::memory() {
     for (int l = 0; l < (isPerLayer(k) ? p->L : 1); l++) m.weightBytes += p->slot(p->slotSize, k, l);
   }
   m.hostEmbeddingBytes = p->slot(p->slotSize, W_EMBED, 0);
-  m.kvCacheBytes = p->kvLayerBytes * 2 * p->L;
-  m.kvBytesPerToken = (size_t)2 * p->L * p->G * p->D * p->esz;
+  m.kvCacheBytes = p->kvLayerBytes * 2 * p->L + (p->kv8 ? (size_t)2 * p->L * p->G * p->maxTotal * sizeof(float) : 0);
+  m.kvBytesPerToken = (size_t)2 * p->L * p->G * (p->kv8 ? p->D + sizeof(float) : (size_t)p->D * p->esz);
+  m.kvStageBytes = p->kvStageBytes;
   m.scratchBytes = p->scratch ? p->scratchBytes : 0;
   return m;
 }

@@ -58,6 +58,9 @@ struct EngineConfig {
   // per row and `groupSize` input columns.
   int quantBits = 0;
   int groupSize = 0;
+  // The KV cache: 0 the model's float type, 1 int8 with a float32 scale per KV group and token
+  // (kv_int8.cuh; the decode attention per KV group only).
+  int kvDtype = 0;
   int device = 0;
 };
 
@@ -79,6 +82,7 @@ struct MemoryStats {
   size_t kvCacheBytes = 0;
   size_t kvBytesPerToken = 0;
   size_t scratchBytes = 0;                     // quantized models: the prefill's fp16 dequantization buffer (allocated on first prefill)
+  size_t kvStageBytes = 0;                     // INT8 KV cache: the prefill attention's fp16 copy of the visible rows (one layer's)
 };
 
 class Engine {

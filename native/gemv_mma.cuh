@@ -70,39 +70,68 @@ __global__ void qtile_repack_kernel(const uint8_t* __restrict__ src, int rowByte
 }
 
 // Prefill from the tiled layout: dequant_kernel's arithmetic (T(q * scale), the published
-// rounding), 8 columns of one row per thread; rows [0, rows) of a weight whose tile 0 is at W.
+// rounding). Block (x, t) takes tile t's chunks [x * DQ_CHUNKS, + DQ_CHUNKS) (int4: 512 columns,
+// int8: 256): its 8 warps read them as stored (a warp one 512-byte group of GW chunks: coalesced),
+// put q into shared memory in row order, then write the 16 rows out 16 bytes a thread, scaled.
+// Rows [0, rows) (a multiple of 16) of a weight whose tile 0 is at W; grid (ceil(KC / DQ_CHUNKS), rows / 16).
+template <int WQ> __host__ __device__ constexpr int dq_chunks() { return 8 * QTile<WQ>::GW; }
 template <typename T, int WQ>
-__global__ void dequant_tiled_kernel(const uint8_t* __restrict__ W, QuantCtx qc, int groupSize, int rows, int K, T* __restrict__ out) {
+__global__ void __launch_bounds__(256) dequant_tiled_kernel(const uint8_t* __restrict__ W, QuantCtx qc, int groupSize, int rows, int K,
+                                                            T* __restrict__ out) {
+  constexpr int GW = QTile<WQ>::GW, WPC = QTile<WQ>::WPC, CH = dq_chunks<WQ>(), COLS = 16 * CH, PAD = 8;
+  __shared__ __align__(16) T qs[16][COLS + PAD];
   pdl_trigger();
   pdl_wait();
-  const int K8 = K >> 3, KC = K / 16;
-  const size_t total = (size_t)rows * K8;
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
-    const int r = (int)(i / K8), k0 = (int)(i % K8) * 8;
-    const int t = r / 16, rr = r % 16, kc = k0 / 16, hi = (k0 % 16) / 8;
-    const int e0 = ((rr >> 3) << 1) | (hi << 2);  // elements e0, e0 + 1 of lanes 4 * (rr % 8) + 0..3
-    float q[8];
+  const int KC = K / 16, NG = KC / GW, t = blockIdx.y, kc0 = blockIdx.x * CH;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int nc = min(CH, KC - kc0);  // chunks of this block
+  // warp w: chunks kc0 + w * GW .. + GW - 1
+  const int g = kc0 / GW + warp;
+  uint32_t words[GW * WPC];
+  if (g < NG) {
+    const uint4 v = *reinterpret_cast<const uint4*>(W + qtile_offset<WQ>(t, g * GW, lane, 0, KC));
+    words[0] = v.x, words[1] = v.y, words[2] = v.z, words[3] = v.w;
+  } else {
 #pragma unroll
-    for (int j = 0; j < 4; j++) {
-      const int l = 4 * (rr & 7) + j;
+    for (int v = 0; v < GW; v++)
 #pragma unroll
-      for (int m = 0; m < 2; m++) {
-        const int e = e0 + m;
-        if (WQ == WQ_I4) {
-          const uint32_t word = *reinterpret_cast<const uint32_t*>(W + qtile_offset<WQ>(t, kc, l, 0, KC));
-          q[2 * j + m] = (float)(int)((word >> (4 * i4_nibble(e))) & 15u) - 8.f;
-        } else {
-          const uint32_t word = *reinterpret_cast<const uint32_t*>(W + qtile_offset<WQ>(t, kc, l, e >> 2, KC));
-          q[2 * j + m] = (float)(int)((word >> (8 * (e & 3))) & 255u) - 128.f;
-        }
+      for (int w = 0; w < WPC; w++) {
+        const int kc = g * GW + v;
+        words[v * WPC + w] = kc < KC ? *reinterpret_cast<const uint32_t*>(W + qtile_offset<WQ>(t, kc, lane, w, KC)) : 0u;
       }
+  }
+#pragma unroll
+  for (int v = 0; v < GW; v++) {
+    const int lc = warp * GW + v;  // the chunk within the block
+    if (lc >= nc) break;
+#pragma unroll
+    for (int e = 0; e < 8; e += 2) {
+      float q0, q1;
+      if (WQ == WQ_I4) {
+        const uint32_t word = words[v];
+        q0 = (float)(int)((word >> (4 * i4_nibble(e))) & 15u) - 8.f;
+        q1 = (float)(int)((word >> (4 * i4_nibble(e + 1))) & 15u) - 8.f;
+      } else {
+        const uint32_t word = words[v * WPC + (e >> 2)];
+        q0 = (float)(int)((word >> (8 * (e & 3))) & 255u) - 128.f;
+        q1 = (float)(int)((word >> (8 * ((e + 1) & 3))) & 255u) - 128.f;
+      }
+      T* d = &qs[frag_row(lane, e)][16 * lc + frag_col(lane, e)];
+      d[0] = TT<T>::t(q0);
+      d[1] = TT<T>::t(q1);
     }
-    const float s = __half2float(qc.scale[(size_t)r * qc.groups + (groupSize ? k0 / groupSize : 0)]);
+  }
+  __syncthreads();
+  const int n8 = nc * 2;  // 8-column pieces a row
+  for (int i = threadIdx.x; i < 16 * n8; i += 256) {
+    const int r = i / n8, c = (i - r * n8) * 8, col = 16 * kc0 + c, row = 16 * t + r;
+    const float s = __half2float(qc.scale[(size_t)row * qc.groups + (groupSize ? col / groupSize : 0)]);
     T o[8];
 #pragma unroll
-    for (int k = 0; k < 8; k++) o[k] = TT<T>::t(q[k] * s);
-    *reinterpret_cast<uint4*>(out + (size_t)r * K + k0) = *reinterpret_cast<const uint4*>(o);
+    for (int k = 0; k < 8; k++) o[k] = TT<T>::t(TT<T>::f(qs[r][c + k]) * s);
+    *reinterpret_cast<uint4*>(out + (size_t)row * K + col) = *reinterpret_cast<const uint4*>(o);
   }
+  (void)rows;
 }
 
 __device__ __forceinline__ uint32_t h2u(__half2 h) {

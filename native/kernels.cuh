@@ -159,9 +159,9 @@ struct Geom {
   int heads, kvHeads, D, nqkv;
   int prefix;      // prefix entries in front of the cache
   int maxTotal;    // cache rows per head (prefix + maxLength)
-  __device__ __forceinline__ int qOff(int h) const { return interleaved ? h * 3 * D : h * D; }
-  __device__ __forceinline__ int kOff(int g) const { return interleaved ? g * 3 * D + D : heads * D + g * D; }
-  __device__ __forceinline__ int vOff(int g) const { return interleaved ? g * 3 * D + 2 * D : heads * D + kvHeads * D + g * D; }
+  __host__ __device__ __forceinline__ int qOff(int h) const { return interleaved ? h * 3 * D : h * D; }
+  __host__ __device__ __forceinline__ int kOff(int g) const { return interleaved ? g * 3 * D + D : heads * D + g * D; }
+  __host__ __device__ __forceinline__ int vOff(int g) const { return interleaved ? g * 3 * D + 2 * D : heads * D + kvHeads * D + g * D; }
 };
 
 // ---- residual + norm -------------------------------------------------------------------------
@@ -258,7 +258,8 @@ constexpr int GEMV2_THREADS = 256;
 // EPI_ROPE, the decode step's QKV projection with the rotary embedding and the KV-cache write
 // fused: output j of nqkv / 2 is a pair of rows of the fused QKV output that rotate together
 // (2D rotary: d, d + D/4 within each half of a head; else 2p, 2p + 1); value rows pair the same way and
-// are copied. q goes back into the QKV buffer (attention reads it there), k and v into the cache.
+// are copied. q goes back into the QKV buffer (attention reads it there), k and v into the cache
+// (RopeCtx Kc null, the INT8 cache: into the QKV buffer as well).
 struct RopePair {
   int ia, ib;    // rows of the QKV output
   int type;      // 0 q, 1 k, 2 v
@@ -476,7 +477,7 @@ __device__ __forceinline__ void gemv_store(float a, float b, int row, const T* _
       yb = xb * c + xa * sn;
     }
     T* dst;
-    if (q.type == 0) {
+    if (q.type == 0 || !rc.Kc) {  // no cache (the INT8 cache): k and v stay in the QKV buffer too
       dst = static_cast<T*>(out) + q.ia;
     } else {
       const size_t cacheRow = (size_t)rc.g.prefix + rc.meta->past;
@@ -694,6 +695,7 @@ __global__ void bias_act_kernel(T* __restrict__ y, const T* __restrict__ bias, T
 
 
 // One block per new token. Rotates q in place and k into the cache row prefix + past + s; copies v.
+// Kc and Vc null (the INT8 cache, kv_int8.cuh): k is rotated in place too and v stays.
 // v1 (docs/chatglm.md 3): each half of a head (D/2 dims) is a rotate_half rotary of dim D/2, the first
 // half by position, the second by block position; pairs (i, i + D/4) share frequency invf[i].
 // v2 (docs/chatglm.md 4): the first D/2 dims, interleaved pairs (2j, 2j+1) with frequency invf[j];
@@ -716,7 +718,7 @@ __global__ void rotary_cache_kernel(T* __restrict__ qkv, T* __restrict__ Kc, T* 
     const bool isQ = hh < g.heads;
     const int head = isQ ? hh : hh - g.heads;
     T* src = r + (isQ ? g.qOff(head) : g.kOff(head));
-    T* dst = isQ ? src : Kc + ((size_t)head * g.maxTotal + cacheRow) * D;
+    T* dst = isQ || !Kc ? src : Kc + ((size_t)head * g.maxTotal + cacheRow) * D;
     int ia, ib;
     float c = 1.f, sn = 0.f;
     bool rotate = true;
@@ -740,11 +742,12 @@ __global__ void rotary_cache_kernel(T* __restrict__ qkv, T* __restrict__ Kc, T* 
     if (rotate) {
       dst[ia] = TT<T>::t(xa * c - xb * sn);
       dst[ib] = TT<T>::t(xb * c + xa * sn);
-    } else if (!isQ) {
+    } else if (!isQ && Kc) {
       dst[ia] = src[ia];
       dst[ib] = src[ib];
     }
   }
+  if (!Vc) return;
   for (int it = threadIdx.x; it < g.kvHeads * D; it += blockDim.x) {
     const int head = it / D, d = it % D;
     Vc[((size_t)head * g.maxTotal + cacheRow) * D + d] = r[g.vOff(head) + d];

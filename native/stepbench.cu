@@ -33,6 +33,7 @@ static void fill(void* p, size_t n, uint32_t seed, float scale) {
 static void* dalloc(size_t bytes) { void* p; CK(cudaMalloc(&p, bytes)); return p; }
 
 static cudaStream_t st;
+static int kvFails = 0;  // INT8 KV cache checks that failed
 // time fn(i) for i in [0, reps) captured in a graph; returns microseconds per call
 static double timeGraph(int reps, const std::function<void(int)>& fn) {
   for (int i = 0; i < reps; i++) fn(i);  // warm
@@ -128,12 +129,13 @@ static void quantCase(const char* name, int epi, int N, int K, int gs, uint8_t* 
   runOld(0); runNew(0);
   CK(cudaStreamSynchronize(st));
   const float err = maxRel(toHost(outB, rows, false), toHost(outA, rows, false));
-  // prefill dequantisation of the first rows: row-major vs tiled, bit for bit
-  const int dr = std::min(N, 64);
+  // prefill dequantisation of every row: row-major vs tiled, bit for bit, and their times
+  const int dr = N;
   half* d1 = (half*)dalloc((size_t)dr * K * 2);
   half* d2 = (half*)dalloc((size_t)dr * K * 2);
-  dequant_kernel<half, WQ><<<256, 256, 0, st>>>(orig, qc, gs, dr, K, d1);
-  dequant_tiled_kernel<half, WQ><<<256, 256, 0, st>>>(tiled, qc, gs, dr, K, d2);
+  const dim3 dqGrid((K / 16 + dq_chunks<WQ>() - 1) / dq_chunks<WQ>(), dr / 16);
+  const double tdRow = timeGraph(4, [&](int) { dequant_kernel<half, WQ><<<132 * 16, 256, 0, st>>>(orig, qc, gs, dr, K, d1); });
+  const double tdTiled = timeGraph(4, [&](int) { dequant_tiled_kernel<half, WQ><<<dqGrid, 256, 0, st>>>(tiled, qc, gs, dr, K, d2); });
   CK(cudaStreamSynchronize(st));
   std::vector<uint16_t> h1((size_t)dr * K), h2((size_t)dr * K);
   CK(cudaMemcpy(h1.data(), d1, h1.size() * 2, cudaMemcpyDeviceToHost));
@@ -143,8 +145,11 @@ static void quantCase(const char* name, int epi, int N, int K, int gs, uint8_t* 
   const double qb = (double)N * srcRow + (double)N * groups * 2;
   const bool ok = err < 2e-3 && diff == 0;
   fails += !ok;
+  const double dqBytes = qb + (double)dr * K * 2;  // read + written
   printf("%-28s int%d g%-3d old %7.1f us %5.0f GB/s  mma %7.1f us %5.0f GB/s  %.2fx  maxrel %.1e  dequant diff %zu  %s\n", name,
          WQ == WQ_I8 ? 8 : 4, gs, tOld, qb / tOld / 1e3, tNew, qb / tNew / 1e3, tOld / tNew, err, diff, ok ? "ok" : "FAIL");
+  printf("%-28s int%d g%-3d prefill dequant: row-major %7.1f us %5.0f GB/s, tiled %7.1f us %5.0f GB/s (read + written)\n", name,
+         WQ == WQ_I8 ? 8 : 4, gs, tdRow, dqBytes / tdRow / 1e3, tdTiled, dqBytes / tdTiled / 1e3);
   cudaFree(scale); cudaFree(d1); cudaFree(d2);
 }
 static int quantSection(uint8_t* pool, size_t poolBytes, const half* x, const half* bias, void* outA, void* outB) {
@@ -318,14 +323,52 @@ int main() {
           attn_decode2_kernel<half><<<dim3(N, ns), 128, 0, st>>>(qkvA, Kc, Vc, dm, gc, scale, partO, partML, counter, ctxA);
         });
         double tg = timeGraph(28, [&](int) {
-          attn_decode_gqa_kernel<half><<<dim3(N / cs.hpb, cs.grid), DA_THREADS, 0, st>>>(qkvA, Kc, Vc, dm, gc, scale, cs.tile, cs.hpb, partO, partML,
-                                                                                          counter, ctxB);
+          attn_decode_gqa_kernel<half><<<dim3(N / cs.hpb, cs.grid), DA_THREADS, 0, st>>>(qkvA, Kc, Vc, KvQuant{}, dm, gc, scale, cs.tile, cs.hpb,
+                                                                                          partO, partML, counter, ctxB);
         });
         CK(cudaStreamSynchronize(st));
         const DecodeSplits sp(cs.prefix + cs.past + 1, cs.tile, cs.grid);
         printf("%s attention %d keys (prefix %d), tile %d, %d heads/block, %d of %d splits: per head %.1f us, per block of heads %.1f us; maxrel %.1e\n",
                dec.name, cs.prefix + cs.past + 1, cs.prefix, cs.tile, cs.hpb, sp.active, cs.grid, tb, tg,
                maxRel(toHost(ctxB, N * D, false), toHost(ctxA, N * D, false)));
+        // The INT8 cache (kv_int8.cuh): the Q8 kernel on the rows quantized from Kc / Vc, the new
+        // row quantized by the kernel from qkvA, against the fp16 kernel on the dequantized cache
+        // with that row quantized by kv_quant_kernel; and the row the kernel stored, byte for byte.
+        {
+          const int newRow = cs.prefix + cs.past;
+          const size_t rows = (size_t)G * maxTotal;
+          int8_t* q8 = (int8_t*)dalloc(4 * rows * D);
+          float* sc = (float*)dalloc(4 * rows * 4);
+          CK(cudaMemset(q8, 0, 4 * rows * D)); CK(cudaMemset(sc, 0, 4 * rows * 4));
+          const KvQuant kq{q8, q8 + rows * D, sc, sc + rows}, kr{q8 + 2 * rows * D, q8 + 3 * rows * D, sc + 2 * rows, sc + 3 * rows};
+          const long long gstr = dec.interleaved ? 3LL * D : D;
+          for (const KvQuant& k : {kq, kr})
+            if (newRow > 0) kv_quant_kernel<half><<<dim3(newRow, G, 2), 32, 0, st>>>(Kc, Vc, D, (long long)maxTotal * D, k, maxTotal, 0, D);
+          kv_quant_kernel<half><<<dim3(1, G, 2), 32, 0, st>>>(qkvA + gc.kOff(0), qkvA + gc.vOff(0), nqkv, gstr, kr, maxTotal, newRow, D);
+          half* kd = (half*)dalloc(2 * rows * D * 2);
+          kv_dequant_kernel<half><<<1024, 256, 0, st>>>(kr, G, maxTotal, maxTotal, D, kd);
+          CK(cudaGetLastError());
+          attn_decode_gqa_kernel<half><<<dim3(N / cs.hpb, cs.grid), DA_THREADS, 0, st>>>(qkvA, kd, kd + rows * D, KvQuant{}, dm, gc, scale, cs.tile, cs.hpb,
+                                                                                          partO, partML, counter, ctxA);
+          double t8 = timeGraph(28, [&](int) {
+            attn_decode_gqa_kernel<half, true><<<dim3(N / cs.hpb, cs.grid), DA_THREADS, 0, st>>>(qkvA, nullptr, nullptr, kq, dm, gc, scale, cs.tile,
+                                                                                                  cs.hpb, partO, partML, counter, ctxB);
+          });
+          CK(cudaStreamSynchronize(st));
+          std::vector<int8_t> a(4 * rows * D); std::vector<float> as(4 * rows);
+          CK(cudaMemcpy(a.data(), q8, a.size(), cudaMemcpyDeviceToHost)); CK(cudaMemcpy(as.data(), sc, as.size() * 4, cudaMemcpyDeviceToHost));
+          size_t bad = 0;  // the cache the kernel left against the reference's, rows 0..newRow of both sides
+          for (int side = 0; side < 2; side++) for (int gg = 0; gg < G; gg++) for (int r = 0; r <= newRow; r++) {
+            const size_t row = gg * (size_t)maxTotal + r;
+            bad += as[side * rows + row] != as[(2 + side) * rows + row];
+            for (int d = 0; d < D; d++) bad += a[(side * rows + row) * D + d] != a[((2 + side) * rows + row) * D + d];
+          }
+          const float rel = maxRel(toHost(ctxB, N * D, false), toHost(ctxA, N * D, false));
+          printf("%s attention %d keys, INT8 cache: %.1f us (fp16 %.1f); maxrel vs fp16 kernel on the dequantized cache %.1e; cache values differing %zu%s\n",
+                 dec.name, newRow + 1, t8, tg, rel, bad, rel > 4e-3 || bad ? "  FAIL" : "");
+          if (rel > 4e-3 || bad) kvFails++;
+          cudaFree(q8); cudaFree(sc); cudaFree(kd);
+        }
       }
       m->past = past; CK(cudaMemcpy(dm, hm.data(), hm.size(), cudaMemcpyHostToDevice));
       cudaFree(partO); cudaFree(partML);
@@ -398,5 +441,5 @@ int main() {
   }
   const int qfails = quantSection(reinterpret_cast<uint8_t*>(Wp), pool, x, bias, outA, outB);
   CK(cudaDeviceSynchronize());
-  return qfails ? 1 : 0;
+  return qfails || kvFails ? 1 : 0;
 }

@@ -110,6 +110,18 @@ describe('glmtool bench --backend cpu', () => {
     expect(r.stderr).toContain('exceed --max-length 32')
   })
 
+  it('--kv-dtype int8 on the CPU backend is refused before the model loads, naming the flag and the backend to use', () => {
+    for (const cmd of [['bench', v2, '--backend', 'cpu'], ['chat', v2, '--prompt', 'hi', '--greedy']]) {
+      const r = glmtool([...cmd, '--kv-dtype', 'int8'], {env})
+      expect(r.code, r.stderr).toBe(1)
+      const errors = r.stderr.trim().split('\n').filter(l => l.startsWith('glmtool:'))
+      expect(errors).toEqual([expect.stringContaining('--kv-dtype int8 is implemented by the CUDA engine only: add --backend cuda')])
+    }
+    const bad = glmtool(['bench', v2, '--backend', 'cpu', '--kv-dtype', 'int4'], {env})
+    expect(bad.code).not.toBe(0)
+    expect(bad.stderr).toMatch(/--kv-dtype.*int4|int4.*--kv-dtype/s)
+  })
+
   it('--backend cuda without a CUDA engine says why', () => {
     const r = glmtool(['bench', v2, '--backend', 'cuda'], {env: {...env, GLMTOOL_CUDA_ADDON: join(work, 'none.node')}})
     expect(r.code).toBe(1)

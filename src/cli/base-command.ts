@@ -1,6 +1,7 @@
 import {Command, Errors, Flags} from '@oclif/core'
 import {GlmtoolError, InterruptedError} from '../errors.js'
 import {ARCH_IDS, type ArchId} from '../models/index.js'
+import {KV_DTYPES, type KvDtype} from '../runtime/backend.js'
 import {type ResolvedModel, resolveModelArg} from './model-arg.js'
 
 /**
@@ -19,6 +20,18 @@ export const archFlag = () => Flags.string({
   options: [...ARCH_IDS],
   description: 'the model\'s generation, where config.json and tokenizer_config.json do not tell ChatGLM3-6B from ChatGLM2-6B [default: detected]',
 })
+
+/** --kv-dtype (chat, serve, bench): the KV cache's element type; int8 on the CUDA backend only. */
+export const kvDtypeFlag = () => Flags.string({
+  options: [...KV_DTYPES],
+  default: 'f16',
+  description: 'the KV cache: f16 the model\'s float type (float16 or bfloat16), int8 one byte a value with a scale per KV head and token (about half the memory; --backend cuda)',
+})
+
+/** The --kv-dtype value, typed. */
+export function kvDtypeOf(flags: {'kv-dtype'?: string}): KvDtype {
+  return (flags['kv-dtype'] ?? 'f16') as KvDtype
+}
 
 /** The --arch value, typed. */
 export function archOf(flags: {arch?: string}): ArchId | undefined {

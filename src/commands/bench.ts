@@ -1,7 +1,7 @@
 import {rename, writeFile} from 'node:fs/promises'
 import {Args, Flags} from '@oclif/core'
 import Table from 'cli-table3'
-import {archFlag, archOf, BaseCommand, FLAG_CHARS} from '../cli/base-command.js'
+import {archFlag, archOf, BaseCommand, FLAG_CHARS, kvDtypeFlag, kvDtypeOf} from '../cli/base-command.js'
 import {MODEL_ID_HELP} from '../cli/model-arg.js'
 import {byteProgress, formatBytes} from '../cli/progress.js'
 import {UsageError} from '../errors.js'
@@ -32,6 +32,7 @@ export default class Bench extends BaseCommand {
     repeat: Flags.integer({default: 5, min: 1, description: 'timed runs per model (after one warm-up run)'}),
     warmup: Flags.integer({default: 1, min: 0, description: 'untimed runs first'}),
     'max-length': Flags.integer({default: 2048, min: 2, description: 'KV cache length allocated (tokens)'}),
+    'kv-dtype': kvDtypeFlag(),
     out: Flags.string({char: FLAG_CHARS.out, description: 'also write the results as JSON to this file (with the date and Node version)'}),
   }
 
@@ -50,7 +51,7 @@ export default class Bench extends BaseCommand {
     for (const [i, model] of resolved.entries()) {
       this.note(`bench: ${models[i]} (${backend}) ...`)
       results.push(await benchModel(model.path, {
-        arch: archOf(flags),
+        arch: archOf(flags), kvDtype: kvDtypeOf(flags),
         backend, promptTokens: flags['prompt-tokens'], genTokens: flags['gen-tokens'],
         repeat: flags.repeat, warmup: flags.warmup, maxLength: flags['max-length'], onNote: m => this.note(m),
         progress: (label: string, total: number) => byteProgress(label, total, !this.jsonEnabled()),
@@ -86,7 +87,9 @@ export function benchTable(results: readonly BenchResult[]): string {
   row('prefill tok/s median / p90', r => `${f1(r.prefillTokensPerSecond.median)} / ${f1(r.prefillTokensPerSecond.p90)}`)
   row('decode tok/s median / p90', r => `${f1(r.decodeTokensPerSecond.median)} / ${f1(r.decodeTokensPerSecond.p90)}`)
   row('peak GPU memory: engine / device', r => (r.gpuMemory ? `${formatBytes(r.gpuMemory.peakAllocatedBytes)} / ${formatBytes(r.gpuMemory.peakDeviceUsedBytes)}` : 'n/a'))
-  row('GPU weights / KV cache / prefill scratch', r => (r.gpuMemory ? `${formatBytes(r.gpuMemory.weightBytes)} / ${formatBytes(r.gpuMemory.kvCacheBytes)} / ${formatBytes(r.gpuMemory.scratchBytes)}` : 'n/a'))
+  row('GPU weights / KV cache / prefill scratch', r => (r.gpuMemory
+    ? `${formatBytes(r.gpuMemory.weightBytes)} / ${formatBytes(r.gpuMemory.kvCacheBytes)}${r.kvDtype === 'int8' ? ` int8 (+ ${formatBytes(r.gpuMemory.kvStageBytes)} prefill copy)` : ''} / ${formatBytes(r.gpuMemory.scratchBytes)}`
+    : 'n/a'))
   row('peak host RSS', r => formatBytes(r.peakHostRssBytes))
   row('decode roofline tok/s (achieved)', r => (r.roofline ? `${f1(r.roofline.rooflineTokensPerSecond)} (${(100 * r.roofline.achievedFraction).toFixed(1)}%)` : 'n/a'))
   return table.toString()

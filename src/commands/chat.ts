@@ -1,6 +1,6 @@
 import {createInterface} from 'node:readline'
 import {Args, Flags} from '@oclif/core'
-import {archFlag, archOf, BaseCommand, FLAG_CHARS} from '../cli/base-command.js'
+import {archFlag, archOf, BaseCommand, FLAG_CHARS, kvDtypeFlag, kvDtypeOf} from '../cli/base-command.js'
 import {MODEL_ID_HELP} from '../cli/model-arg.js'
 import {GlmtoolError, UsageError} from '../errors.js'
 import type {Arch} from '../models/index.js'
@@ -46,6 +46,7 @@ export default class Chat extends BaseCommand {
     system: Flags.string({description: 'ChatGLM3-6B: the system prompt (interactive: `/system TEXT` sets it and starts over)'}),
     tools: Flags.string({description: 'ChatGLM3-6B: a JSON file of tool descriptions ([{name, description, parameters}, ...]) for the system prompt; answers that call a tool are printed (and in --json returned) as {name, parameters}, and `/observation RESULT` feeds the tool\'s result back'}),
     arch: archFlag(),
+    'kv-dtype': kvDtypeFlag(),
   }
 
   async run() {
@@ -67,6 +68,7 @@ export default class Chat extends BaseCommand {
       maxLength: flags['max-length'],
       backend: flags.backend as 'cpu' | 'cuda',
       arch: archOf(flags),
+      kvDtype: kvDtypeOf(flags),
       onNote: m => this.note(m),
       onArch: needsRoles,
       progress: (label, total) => byteProgress(label, total, !this.jsonEnabled()),

@@ -1,6 +1,6 @@
 import {basename, resolve} from 'node:path'
 import {Args, Flags} from '@oclif/core'
-import {archFlag, archOf, BaseCommand, FLAG_CHARS} from '../cli/base-command.js'
+import {archFlag, archOf, BaseCommand, FLAG_CHARS, kvDtypeFlag, kvDtypeOf} from '../cli/base-command.js'
 import {MODEL_ID_HELP} from '../cli/model-arg.js'
 import {UsageError} from '../errors.js'
 import {byteProgress} from '../cli/progress.js'
@@ -37,6 +37,7 @@ export default class Serve extends BaseCommand {
     'shutdown-grace': Flags.integer({default: 30, description: 'seconds running answers get to finish on SIGTERM'}),
     name: Flags.string({description: 'model id in the API [default: the directory\'s name]'}),
     arch: archFlag(),
+    'kv-dtype': kvDtypeFlag(),
   }
 
   async run() {
@@ -46,7 +47,7 @@ export default class Serve extends BaseCommand {
     }
     if (flags.port > 65535) throw new UsageError(`--port must be at most 65535, got ${flags.port}`)
     const source = this.resolveModel(args.model)
-    const model = await loadChatModel(source.path, {maxLength: flags['max-length'], backend: flags.backend as 'cpu' | 'cuda', arch: archOf(flags), onNote: m => this.note(m), progress: (label, total) => byteProgress(label, total, true)})
+    const model = await loadChatModel(source.path, {maxLength: flags['max-length'], backend: flags.backend as 'cpu' | 'cuda', arch: archOf(flags), kvDtype: kvDtypeOf(flags), onNote: m => this.note(m), progress: (label, total) => byteProgress(label, total, true)})
     // Test hook: every answer is this text (src/server/scripted-backend.ts).
     const scripted = process.env.GLMTOOL_TEST_SCRIPTED_ANSWER
     if (scripted !== undefined) model.backend = scriptedBackend(model.backend, model.tokenizer.encode(scripted), model.tokenizer.specials.eos)

@@ -17,6 +17,7 @@ import type {ModelConfig} from '../models/arch.js'
 import {archById, type ArchId} from '../models/index.js'
 import {quantLayoutOf} from '../models/quantized-layout.js'
 import type {DecoderBackend} from '../runtime/backend.js'
+import type {KvDtype} from '../runtime/backend.js'
 import type {CudaBackend} from '../runtime/backends/cuda.js'
 import type {OnnxCpuBackend} from '../runtime/backends/onnx-cpu.js'
 import {measureReadBandwidth} from './cpu-read-bandwidth.js'
@@ -34,6 +35,8 @@ export interface BenchOptions {
   warmup?: number
   /** The user's --arch. */
   arch?: ArchId
+  /** The KV cache's element type (--kv-dtype; int8 on CUDA only). */
+  kvDtype?: KvDtype
   onNote?: (message: string) => void
   /** A progress display for a one-time ONNX conversion of the model (chat-model.ts). */
   progress?: (label: string, totalBytes: number) => {add(bytes: number): void, stop(): void}
@@ -55,6 +58,8 @@ export interface BenchResult {
   architecture: string
   backend: string
   dtype?: string
+  /** CUDA: the KV cache's element type. */
+  kvDtype?: KvDtype
   /** How the model directory stores its weights (config.json): f16, bf16, f32, int8, int4 (g<group size>). */
   weights?: string
   device?: {name: string, computeCapability: string, totalMemoryBytes: number, peakBandwidthBytesPerSecond: number, driverVersion: number, cublas: string}
@@ -80,6 +85,8 @@ export interface BenchResult {
     hostEmbeddingBytes: number
     /** Quantized models: the prefill's buffer for one dequantized weight (part of peakAllocatedBytes). */
     scratchBytes: number
+    /** INT8 KV cache: the prefill attention's float copy of one layer's keys and values (part of peakAllocatedBytes). */
+    kvStageBytes: number
   }
   /** process.resourceUsage().maxRSS after this model's runs: the process's peak so far. */
   peakHostRssBytes: number
@@ -184,7 +191,7 @@ export async function benchModel(path: string, opts: BenchOptions): Promise<Benc
     readBandwidth = measureReadBandwidth().bytesPerSecond
   }
   const t0 = performance.now()
-  const model = await loadChatModel(path, {backend: opts.backend, maxLength, arch: opts.arch, onNote: opts.onNote, progress: opts.progress})
+  const model = await loadChatModel(path, {backend: opts.backend, maxLength, arch: opts.arch, kvDtype: opts.kvDtype, onNote: opts.onNote, progress: opts.progress})
   const loadSeconds = (performance.now() - t0) / 1000
   const {backend, tokenizer} = model
   try {
@@ -217,6 +224,7 @@ export async function benchModel(path: string, opts: BenchOptions): Promise<Benc
       const m = cuda.memory()
       const d = cuda.device
       result.dtype = cuda.dtype
+      result.kvDtype = cuda.kvDtype
       const info = cuda.info()
       result.decode = {
         graph: info.graphCaptured, pdl: info.pdl, splits: info.decodeSplits, headsPerBlock: info.decodeHeadsPerBlock,
@@ -226,7 +234,7 @@ export async function benchModel(path: string, opts: BenchOptions): Promise<Benc
       result.gpuMemory = {
         peakAllocatedBytes: m.peakAllocated, peakDeviceUsedBytes: m.peakDeviceUsed, deviceTotalBytes: m.deviceTotal,
         weightBytes: m.weightBytes, kvCacheBytes: m.kvCacheBytes, hostEmbeddingBytes: m.hostEmbeddingBytes,
-        scratchBytes: m.scratchBytes,
+        scratchBytes: m.scratchBytes, kvStageBytes: m.kvStageBytes,
       }
       // Decode step k (1..genTokens-1) reads the K/V of promptTokens + k tokens.
       const avgContext = promptTokens + genTokens / 2

@@ -1,11 +1,11 @@
 import {existsSync} from 'node:fs'
 import {join} from 'node:path'
-import {ModelError} from '../errors.js'
+import {ModelError, UsageError} from '../errors.js'
 import {exportOnnx} from './export-onnx.js'
 import {assertCacheRoom, estimateOnnxBytes, onnxCacheDir, recordCacheEntry, touchCacheEntry} from './model-cache.js'
 import {detectModelDir} from './model-dir.js'
 import type {Arch, ArchId} from '../models/index.js'
-import type {DecoderBackend} from '../runtime/backend.js'
+import type {DecoderBackend, KvDtype} from '../runtime/backend.js'
 import {CudaBackend} from '../runtime/backends/cuda.js'
 import {OnnxCpuBackend} from '../runtime/backends/onnx-cpu.js'
 import {loadModelTokenizer} from '../runtime/tokenizer/model-tokenizer.js'
@@ -32,12 +32,17 @@ export async function loadChatModel(
   path: string,
   opts: {
     maxLength?: number, backend?: BackendKind, arch?: ArchId, onNote?: (m: string) => void,
+    /** The KV cache's element type (default f16; int8 needs the CUDA backend). */
+    kvDtype?: KvDtype,
     /** Called once the generation is known, before any conversion or GPU load (a command's checks of it). */
     onArch?: (arch: Arch) => void
     /** A progress display for the one-time ONNX conversion (the command's bar; none by default). */
     progress?: (label: string, totalBytes: number) => {add(bytes: number): void, stop(): void}
   } = {},
 ): Promise<ChatModel> {
+  if (opts.kvDtype === 'int8' && opts.backend !== 'cuda') {
+    throw new UsageError('--kv-dtype int8 is implemented by the CUDA engine only: add --backend cuda (the CPU runtime keeps its KV cache in the model\'s float type)')
+  }
   // config.json is read and the generation detected here, once; the tokenizer, the conversion
   // and the GPU load are handed both rather than each reading and detecting again.
   const detected = await detectModelDir(path, {arch: opts.arch, onNote: opts.onNote})
@@ -46,7 +51,7 @@ export async function loadChatModel(
   const {tokenizer, arch} = await loadModelTokenizer(path, detected)
   opts.onArch?.(arch)
   if (opts.backend === 'cuda') {
-    const backend = await CudaBackend.load(path, {maxLength: opts.maxLength, arch: arch.id, detected})
+    const backend = await CudaBackend.load(path, {maxLength: opts.maxLength, arch: arch.id, detected, kvDtype: opts.kvDtype})
     return {backend, tokenizer, arch}
   }
   let onnxDir = path

@@ -81,3 +81,7 @@ export interface DecoderBackend {
   reset(): void
   dispose(): Promise<void>
 }
+
+/** The KV cache's element type (`--kv-dtype`): the model's float type, or int8 (the CUDA backend only). */
+export type KvDtype = 'f16' | 'int8'
+export const KV_DTYPES: readonly KvDtype[] = ['f16', 'int8']

@@ -30,6 +30,8 @@ const dist = p => import(join(ROOT, 'dist', p))
 
 export const FP16_TOL = 2e-2
 export const BF16_TOL = 6e-2
+// The INT8 KV cache (--kv-dtype int8): keys and values rounded to 1/254 of their row's range
+export const KV8_TOL = 5e-2
 export const STEPS = 64
 const SHARPEN = 16
 
@@ -69,10 +71,21 @@ export function parityCases(quick = false) {
     {model: 'chatglm-6b-small-q4g128', ids: text(17, 300)},
     {model: 'chatglm2-6b-small-q4', ids: text(17, 300)},
     {model: 'chatglm2-6b-small-q8', ids: text(17, 300)},
+    // The INT8 KV cache (issue 12, `-kv8`: the model before it run with kvDtype int8): against the
+    // same reference as that model, within KV8_TOL, and against the same engine with the float cache
+    {model: 'chatglm-6b-small-kv8', ids: text(17, 300)},
+    {model: 'chatglm2-6b-small-kv8', ids: text(17, 300)},
+    {model: 'chatglm-6b-tiny-sharp-kv8', ids: text(29, 20)},
+    {model: 'chatglm2-6b-tiny-sharp-kv8', ids: text(23, 40)},
+    {model: 'chatglm-6b-tiny-prefix-kv8', ids: text(7, 300)},
+    {model: 'chatglm2-6b-tiny-prefix-kv8', ids: text(7, 300)},
+    {model: 'chatglm2-6b-tiny-bf16-kv8', ids: text(9, 77)},
+    {model: 'chatglm-6b-small-q4-kv8', ids: text(17, 300)},
+    {model: 'chatglm2-6b-small-q8-kv8', ids: text(17, 300)},
     // ChatGLM3-6B-32k's rope_ratio 50; `against`: the rope_ratio 1 model it must differ from
     {model: 'chatglm3-6b-32k-tiny-sharp', ids: text(61, 7), against: 'chatglm2-6b-tiny-sharp'},
   ]
-  return quick ? all.filter(c => /-(tiny|sharp)(-q\w+)?$/.test(c.model)) : all
+  return quick ? all.filter(c => /-(tiny|sharp)(-q\w+)?(-kv8)?$/.test(c.model)) : all
 }
 
 async function sharpen(src, out) {
@@ -102,6 +115,7 @@ async function sharpen(src, out) {
 /** torch dir (reference), safetensors (CUDA) and ONNX (CPU) of one model key; with a prefix, the
  * torch dir is the base model and `prefix` the P-Tuning checkpoint the reference runs. */
 async function makeModel(work, key) {
+  if (key.endsWith('-kv8')) return makeModel(work, key.slice(0, -4))
   const qm = /^(chatglm2?-6b-(?:tiny|small))-q(4|8)(?:g(\d+))?$/.exec(key)
   if (qm) {
     const base = await makeModel(work, qm[1])
@@ -335,7 +349,8 @@ export async function runParity({work, quick = false, only, refDevice, log = con
   const results = []
   for (const [i, c] of cases.entries()) {
     const {meta: refMeta, logits: refFloat} = refs[i]
-    const tol = c.model.endsWith('-bf16') ? BF16_TOL : FP16_TOL
+    const kv8 = c.model.endsWith('-kv8')
+    const tol = Math.max(/-bf16(-kv8)?$/.test(c.model) ? BF16_TOL : FP16_TOL, kv8 ? KV8_TOL : 0)
     const quant = models[c.model].quant === true
     const r = {model: c.model, promptTokens: refMeta.prompt_len, steps: STEPS, tol}
     let graphPrefill  // the CUDA prompt rows, for `against`
@@ -354,8 +369,17 @@ export async function runParity({work, quick = false, only, refDevice, log = con
         }
         r.reference = 'cpu-runtime (ONNX MatMulNBits)'
       }
-      const cuda = await CudaBackend.load(models[c.model].st, {maxLength: meta.prompt_len + STEPS + 8})
-      r.dtype = cuda.dtype + (cuda.quant ? ` int${cuda.quant.bits}${cuda.quant.groupSize ? ` g${cuda.quant.groupSize}` : ''}` : '')
+      let f16Kv  // kv8: the same engine's logits with the float cache, and its memory
+      if (kv8) {
+        const f16 = await CudaBackend.load(models[c.model].st, {maxLength: meta.prompt_len + STEPS + 8})
+        try {
+          f16Kv = {logits: await teacherForced(f16, meta), memory: f16.memory()}
+        } finally {
+          await f16.dispose()
+        }
+      }
+      const cuda = await CudaBackend.load(models[c.model].st, {maxLength: meta.prompt_len + STEPS + 8, kvDtype: kv8 ? 'int8' : 'f16'})
+      r.dtype = cuda.dtype + (cuda.quant ? ` int${cuda.quant.bits}${cuda.quant.groupSize ? ` g${cuda.quant.groupSize}` : ''}` : '') + (kv8 ? ' kv int8' : '')
       try {
         const info = cuda.info()
         r.pdl = info.pdl
@@ -375,6 +399,10 @@ export async function runParity({work, quick = false, only, refDevice, log = con
           decodeNoGraph: relRows(plain.subarray(n * V), ref.subarray(n * V), V).maxRel,
         }
         r.graphVsNoGraph = relRows(graph, plain, V).maxRel
+        if (f16Kv) {
+          const m = cuda.memory()
+          r.kvInt8 = {vsFloatCache: relRows(graph, f16Kv.logits, V).maxRel, kvCacheBytes: m.kvCacheBytes, floatKvCacheBytes: f16Kv.memory.kvCacheBytes, kvStageBytes: m.kvStageBytes}
+        }
         if (c.against) graphPrefill = graph.slice(0, n * V)
         r.greedyTeacherForced = greedyAgreement(graph, ref, meta)
         const free = await freeRun(cuda, meta)
@@ -411,6 +439,9 @@ export async function runParity({work, quick = false, only, refDevice, log = con
       const worst = Math.max(r.vsReference.prefill, r.vsReference.decodeGraph, r.vsReference.decodeNoGraph, r.vsCpuRuntime)
       r.maxRel = worst
       r.ok = worst <= tol && r.greedyTeacherForced.misses.every(m => m.referenceMargin <= 2 * tol) && r.graphVsNoGraph <= 1e-6 && r.decodeMany.identical
+      // kv8: also within the tolerance of the float cache, in fewer bytes: (D + 4) / 2D of them (int8 + a float scale a row;
+      // 0.625 at the tiny models' D = 16, 0.516 at the real D = 128)
+      if (r.kvInt8) r.ok &&= r.kvInt8.vsFloatCache <= tol && r.kvInt8.kvCacheBytes <= 0.625 * r.kvInt8.floatKvCacheBytes
       if (againstJob.has(i)) {
         // the prompt rows (same inputs) against the reference of the model it must differ from
         const other = refs[againstJob.get(i)]
@@ -426,7 +457,7 @@ export async function runParity({work, quick = false, only, refDevice, log = con
     results.push(r)
     log(r.error
       ? `FAIL ${c.model}: ${r.error.split('\n')[0]}`
-      : `${r.ok ? 'ok  ' : 'FAIL'} ${c.model} ${r.dtype} prompt ${r.promptTokens} (${r.decodeKernels}): vs ${r.reference ? 'CPU runtime (quantized ONNX)' : 'reference'} prefill ${r.vsReference.prefill.toExponential(2)}, decode ${r.vsReference.decodeGraph.toExponential(2)} (graph) ${r.vsReference.decodeNoGraph.toExponential(2)} (no graph); vs CPU runtime ${r.vsCpuRuntime.toExponential(2)}; graph${r.pdl ? '+PDL' : ''} vs plain ${r.graphVsNoGraph.toExponential(2)}; greedy ${r.greedyTeacherForced.same}/${r.greedyTeacherForced.of} teacher-forced, free run ${r.freeRun.identical ? 'identical' : `differs from step ${r.freeRun.firstDifference}`}; decodeMany ${r.decodeMany.identical ? 'identical to per-step' : JSON.stringify(r.decodeMany)}${r.vsAgainst ? `; vs ${r.vsAgainst.model} reference ${r.vsAgainst.prefill.toExponential(2)} (must exceed ${(10 * tol).toExponential(0)})` : ''}${r.greedyTeacherForced.misses.length ? `; misses ${JSON.stringify(r.greedyTeacherForced.misses.slice(0, 3))}` : ''}`)
+      : `${r.ok ? 'ok  ' : 'FAIL'} ${c.model} ${r.dtype} prompt ${r.promptTokens} (${r.decodeKernels}): vs ${r.reference ? 'CPU runtime (quantized ONNX)' : 'reference'} prefill ${r.vsReference.prefill.toExponential(2)}, decode ${r.vsReference.decodeGraph.toExponential(2)} (graph) ${r.vsReference.decodeNoGraph.toExponential(2)} (no graph); vs CPU runtime ${r.vsCpuRuntime.toExponential(2)}; graph${r.pdl ? '+PDL' : ''} vs plain ${r.graphVsNoGraph.toExponential(2)}; greedy ${r.greedyTeacherForced.same}/${r.greedyTeacherForced.of} teacher-forced, free run ${r.freeRun.identical ? 'identical' : `differs from step ${r.freeRun.firstDifference}`}; decodeMany ${r.decodeMany.identical ? 'identical to per-step' : JSON.stringify(r.decodeMany)}${r.kvInt8 ? `; int8 KV vs float KV ${r.kvInt8.vsFloatCache.toExponential(2)}, cache ${r.kvInt8.kvCacheBytes} of ${r.kvInt8.floatKvCacheBytes} bytes` : ''}${r.vsAgainst ? `; vs ${r.vsAgainst.model} reference ${r.vsAgainst.prefill.toExponential(2)} (must exceed ${(10 * tol).toExponential(0)})` : ''}${r.greedyTeacherForced.misses.length ? `; misses ${JSON.stringify(r.greedyTeacherForced.misses.slice(0, 3))}` : ''}`)
   }
   return {device: {name: device.name, computeCapability: device.computeCapability, driverVersion: device.driverVersion, cublas: device.cublasPath}, referenceDevice: device_, results}
 }

@@ -65,6 +65,8 @@ export interface CudaEngineConfig extends EngineFlags, Omit<EngineDims, 'maxPosi
   quantBits?: 0 | 4 | 8
   /** Input columns per scale; 0 one scale per output row (the published layout). */
   groupSize?: number
+  /** The KV cache: 0 / absent the model's float type, 1 int8 with a float32 scale per KV group and token (native/kv_int8.cuh). */
+  kvDtype?: 0 | 1
 }
 
 /**
@@ -88,6 +90,8 @@ export interface CudaMemoryStats {
   kvBytesPerToken: number
   /** Quantized models: the prefill's buffer for one dequantized weight (0 until the first prefill). */
   scratchBytes: number
+  /** INT8 KV cache: the prefill attention's float copy of one layer's visible keys and values (0 otherwise). */
+  kvStageBytes: number
 }
 
 export type LogitsMode = 0 | 1 | 2

@@ -6,7 +6,7 @@ import type {TensorEntry} from '../../formats/tensor.js'
 import type {Arch, ArchId, ModelConfig} from '../../models/index.js'
 import {PREFIX_CACHE_MARKER} from '../../models/arch.js'
 import {quantizableNames, quantLayoutOf, type QuantLayout, scaleNameOf} from '../../models/quantized-layout.js'
-import type {DecodeManyInput, DecoderBackend, DeviceSampling, ForwardInput, ForwardOutput} from '../backend.js'
+import type {DecodeManyInput, DecoderBackend, DeviceSampling, ForwardInput, ForwardOutput, KvDtype} from '../backend.js'
 import {
   type CudaAddon, type CudaEngine, type CudaEngineConfig, type CudaEngineInfo, type CudaMemoryStats, type CudaProbe, loadCudaAddon, WEIGHT_KINDS,
 } from './cuda-addon.js'
@@ -20,6 +20,8 @@ export interface CudaBackendOptions {
   maxLength?: number
   /** Capture the decode step as a CUDA graph (default true; false runs the same kernels launch by launch). */
   useGraph?: boolean
+  /** The KV cache's element type: 'f16' (default) the model's float type, 'int8' int8 with a scale per KV group and token. */
+  kvDtype?: KvDtype
   /** Bytes streamed so far / in all, while loading. */
   onBytes?: (bytes: number) => void
   onStart?: (totalBytes: number) => void
@@ -204,6 +206,8 @@ export class CudaBackend implements DecoderBackend {
     private readonly blockPositions: boolean,
     /** The checkpoint's weight-only quantization (undefined: float weights). */
     readonly quant?: QuantLayout,
+    /** The KV cache's element type. */
+    readonly kvDtype: KvDtype = 'f16',
   ) {}
 
   static async load(path: string, opts: CudaBackendOptions = {}): Promise<CudaBackend> {
@@ -228,7 +232,10 @@ export class CudaBackend implements DecoderBackend {
       void _unused
       let engine: CudaEngine
       try {
-        engine = new addon.Engine({...engineDimsOnly, dtype: dtypeCode, maxLength, prefixLength, useGraph: opts.useGraph ?? true, quantBits, groupSize})
+        engine = new addon.Engine({
+          ...engineDimsOnly, dtype: dtypeCode, maxLength, prefixLength, useGraph: opts.useGraph ?? true, quantBits, groupSize,
+          kvDtype: opts.kvDtype === 'int8' ? 1 : 0,
+        })
       } catch (error) {
         throw new GlmtoolError('cuda-error', `CUDA engine for ${path}: ${(error as Error).message}`)
       }
@@ -256,7 +263,7 @@ export class CudaBackend implements DecoderBackend {
         throw new GlmtoolError('cuda-error', `loading ${path} onto the GPU: ${(error as Error).message}`)
       }
       return new CudaBackend(engine, arch, config, maxLength, dtypeCode === 0 ? 'f16' : 'bf16', device, addon, dims.vocab,
-        engine.info().maxChunk, (performance.now() - started) / 1000, dims.rotary2d, plan.quant)
+        engine.info().maxChunk, (performance.now() - started) / 1000, dims.rotary2d, plan.quant, opts.kvDtype ?? 'f16')
     } finally {
       await model.close()
     }
