@@ -16,6 +16,10 @@ import {openModel} from '../src/pipelines/model-dir.js'
 import {exportOnnx} from '../src/pipelines/export-onnx.js'
 import {loadModelTokenizer} from '../src/runtime/tokenizer/model-tokenizer.js'
 import {collectActivationStats} from '../src/pipelines/quantize/activation-stats.js'
+import {headParts, HEAD_PIECE_BYTES, runStreamed, streamInputs} from '../src/pipelines/quantize/streamed-forward.js'
+import {archById} from '../src/models/index.js'
+import type {ModelSource} from '../src/pipelines/model-dir.js'
+import type {TensorEntry} from '../src/formats/tensor.js'
 import {splitParagraphs, tokenSequences} from '../src/pipelines/quantize/calibration-data.js'
 import {CALIBRATION_TEXT, HELD_OUT_TEXT} from '../src/quant/calibration-text.js'
 import {quantizeModel, type QuantizeOptions} from '../src/pipelines/quantize-model.js'
@@ -77,6 +81,62 @@ describe('streamed activation statistics', () => {
       }
     })
   }
+})
+
+describe('the output layer in pieces (bounded memory at 6B)', () => {
+  /** A model directory's tensor list only (no bytes), at the published shapes. */
+  const shapes = (arch: string, entries: [string, number[]][]) => ({arch: archById(arch), tensors: entries.map(([name, shape]) => ({name, dtype: 'F16', shape}) as unknown as TensorEntry)}) as unknown as ModelSource
+  it('full size: ChatGLM-6B in 3 pieces of rows, ChatGLM2-6B in 2, each no larger than a layer as float32; tiny in 1', () => {
+    const v1 = shapes('chatglm-6b', [
+      ['transformer.word_embeddings.weight', [130528, 4096]], ['lm_head.weight', [130528, 4096]],
+      ['transformer.layers.0.attention.query_key_value.weight', [12288, 4096]], ['transformer.layers.0.attention.dense.weight', [4096, 4096]],
+      ['transformer.layers.0.mlp.dense_h_to_4h.weight', [16384, 4096]], ['transformer.layers.0.mlp.dense_4h_to_h.weight', [4096, 16384]],
+    ])
+    expect(headParts(v1, 130528)).toEqual([0, 1, 2].map(i => ({kind: 'head', rows: [43510 * i, Math.min(130528, 43510 * (i + 1))]})))
+    const v2 = shapes('chatglm2-6b', [
+      ['transformer.embedding.word_embeddings.weight', [65024, 4096]], ['transformer.output_layer.weight', [65024, 4096]],
+      ['transformer.encoder.layers.0.self_attention.query_key_value.weight', [4608, 4096]], ['transformer.encoder.layers.0.self_attention.dense.weight', [4096, 4096]],
+      ['transformer.encoder.layers.0.mlp.dense_h_to_4h.weight', [27392, 4096]], ['transformer.encoder.layers.0.mlp.dense_4h_to_h.weight', [4096, 13696]],
+    ])
+    expect(headParts(v2, 65024)).toEqual([{kind: 'head', rows: [0, 32512]}, {kind: 'head', rows: [32512, 65024]}])
+    const layerBytes = (4608 + 4096 + 27392 + 13696) * 4096 * 4
+    expect(32512 * 4096 * 4).toBeLessThanOrEqual(layerBytes)
+    expect(HEAD_PIECE_BYTES).toBeLessThan(layerBytes)
+  })
+
+  // The tiny models' output layers (33 / 17 MB as float32) cut into 3 pieces by a small floor:
+  // every logit equal to the one-piece run's, bit for bit (which the tests above hold equal to
+  // the whole graph's), a float and a quantized output layer.
+  const runLogits = async (dir: string, headPieceBytes?: number) => {
+    const model = await openModel(dir)
+    try {
+      const {tokenizer} = await loadModelTokenizer(dir, {arch: model.arch!, config: model.config!})
+      const inputs = streamInputs(tokenizer, tokenSequences(tokenizer, HELD_OUT_TEXT, 48, 3))
+      const out: Float32Array[] = []
+      const parts: number[] = []
+      await runStreamed(model, inputs, {
+        scratch: mkdtempSync(join(work, 'head-')), headPieceBytes,
+        onPart: p => { if (p.kind === 'head') parts.push(1) },
+        onLogits: (s, logits, rows, vocab) => { expect(logits.length).toBe(rows * vocab); out[s] = logits.slice() },
+      })
+      return {out, pieces: parts.length}
+    } finally {
+      await model.close()
+    }
+  }
+  it.each([['v1', 12e6], ['v2', 6e6], ['v2 int4 with its output layer quantized', 3e6]] as const)('%s: logits from 3 pieces equal one piece\'s', async (gen, floor) => {
+    let dir: string = models[gen.startsWith('v1') ? 'v1' : 'v2']
+    if (gen.includes('int4')) {
+      dir = join(work, 'head-q4')
+      await quantizeModel(base(models.v2, dir, {method: 'rtn', lmHead: true}))
+    }
+    const one = await runLogits(dir)
+    const three = await runLogits(dir, floor)
+    expect(one.pieces).toBe(1)
+    expect(three.pieces).toBe(3)
+    expect(three.out.length).toBe(one.out.length)
+    for (const [s, a] of one.out.entries()) expect(Buffer.from(three.out[s].buffer).equals(Buffer.from(a.buffer)), `sequence ${s}`).toBe(true)
+  }, 300_000)
 })
 
 describe('streamed calibration = whole-model calibration', () => {

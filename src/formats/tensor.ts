@@ -29,6 +29,31 @@ export async function readTensor(t: TensorEntry): Promise<Buffer> {
   return Buffer.concat(parts)
 }
 
+/**
+ * Rows [r0, r1) of a tensor (its first dimension) as a tensor of its own, streamed from the
+ * parent's pieces: the bytes before r0 are read and skipped, reading stops after r1.
+ */
+export function rowSlice(t: TensorEntry, r0: number, r1: number): TensorEntry {
+  const rows = t.shape[0]
+  if (!(Number.isInteger(r0) && Number.isInteger(r1) && r0 >= 0 && r0 < r1 && r1 <= rows)) throw new RangeError(`rows [${r0}, ${r1}) of ${t.name} [${t.shape}]`)
+  const rowBytes = (t.shape.slice(1).reduce((a, b) => a * b, 1)) * DTYPE_SIZE[t.dtype]
+  const start = r0 * rowBytes
+  const end = r1 * rowBytes
+  return {
+    name: t.name, dtype: t.dtype, shape: [r1 - r0, ...t.shape.slice(1)], file: t.file,
+    async *chunks(maxChunkBytes = DEFAULT_CHUNK_BYTES) {
+      let at = 0
+      for await (const c of t.chunks(maxChunkBytes)) {
+        const a = Math.max(start, at)
+        const b = Math.min(end, at + c.length)
+        if (a < b) yield c.subarray(a - at, b - at)
+        at += c.length
+        if (at >= end) return
+      }
+    },
+  }
+}
+
 /** A tensor whose bytes are already in memory (synthesised weights, computed prefixes). */
 export function memoryTensor(name: string, dtype: DType, shape: readonly number[], data: Buffer, file = '<memory>'): TensorEntry {
   return {

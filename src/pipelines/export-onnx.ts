@@ -10,7 +10,7 @@ import {assertComplete, checkTensors, type DetectedModel, type ModelSource, open
 import {isCompanionFile, ONNX_DATA_FILE, ONNX_MANIFEST_FILE, ONNX_MODEL_FILE, writeCompanionFiles} from './model-output.js'
 import {checkpoint, claimOutput, openClaimed} from './output-dir.js'
 import {writeSafetensorsFile} from '../formats/safetensors-writer.js'
-import type {TensorEntry} from '../formats/tensor.js'
+import {rowSlice, type TensorEntry} from '../formats/tensor.js'
 import {type ChatglmOnnxGraph, decoderIO, type DecoderDims, type DecoderIO, type GraphContext, type GraphPart, linear, MASKED, partIO, type TensorIO} from '../formats/onnx/chatglm-graph.js'
 import {ExternalDataWriter, externalRangeOf} from '../formats/onnx/external-data.js'
 import {decodeModel, DEFAULT_OPSET, ELEM, type ElemType, elemTypeOf, GraphBuilder, IR_VERSION, MS_DOMAIN, MS_OPSET} from '../formats/onnx/onnx-builder.js'
@@ -229,6 +229,14 @@ export async function exportOnnxPart(model: ModelSource, part: GraphPart, dir: s
   const graph = onnxGraphFor(model.arch)
   const dims = graph.dims(model.config)
   const byName = new Map(model.tensors.map(t => [t.name, t]))
+  if (part.kind === 'head' && part.rows) {
+    // the output layer's rows (and their scales, quantized) a..b-1 only
+    const [a, b] = part.rows
+    for (const name of [model.arch.quantizable.lmHead, scaleNameOf(model.arch.quantizable.lmHead)]) {
+      const t = byName.get(name)
+      if (t) byName.set(name, rowSlice(t, a, b))
+    }
+  }
   const plan = planGraph(graph, dims, model.arch, model.config, byName, undefined, opts.linearInputs ?? false, part)
   const writer = await ExternalDataWriter.create(join(dir, ONNX_DATA_FILE), ONNX_DATA_FILE)
   let bytes = 0

@@ -127,15 +127,20 @@ const ELEM_OF: Record<TensorIO['dtype'], ElemType> = {int64: ELEM.INT64, float32
  *   layer i    <boundary> [S, H], position_ids, attention_bias,
  *              past_key / past_value [1, Hkv, C, D]               -> <boundary>_out [S, H], present_key, present_value
  *   head       <boundary>[0] [S, H], logits_index [K]            -> logits [1, K, V]
+ * A head part with `rows` [a, b) holds only those rows of the output layer (its logits [1, K, b - a]
+ * are the vocabulary's columns a..b-1), so a runtime can hold the layer a piece at a time.
  */
-export type GraphPart = {readonly kind: 'embedding'} | {readonly kind: 'layer', readonly index: number} | {readonly kind: 'head'}
+export type GraphPart = {readonly kind: 'embedding'} | {readonly kind: 'layer', readonly index: number} | {readonly kind: 'head', readonly rows?: readonly [number, number]}
 
 export function partIO(d: DecoderDims, part: GraphPart, boundary: readonly string[]): DecoderIO {
   const state = (suffix: string): TensorIO[] => boundary.map(name => ({name: `${name}${suffix}`, dtype: 'float32' as const, shape: ['S', d.hidden]}))
   const whole = decoderIO(d)
   const named = (name: string) => whole.inputs.find(t => t.name === name)!
   if (part.kind === 'embedding') return {inputs: [named('input_ids')], outputs: state('_out')}
-  if (part.kind === 'head') return {inputs: [state('')[0], named('logits_index')], outputs: [whole.outputs[0]]}
+  if (part.kind === 'head') {
+    const logits = part.rows ? {...whole.outputs[0], shape: [1, 'K', part.rows[1] - part.rows[0]] as Dim[]} : whole.outputs[0]
+    return {inputs: [state('')[0], named('logits_index')], outputs: [logits]}
+  }
   const kv = (n: string, len: Dim): TensorIO => ({name: n, dtype: 'float32', shape: [1, d.kvHeads, len, d.headDim]})
   return {
     inputs: [...state(''), named('position_ids'), named('attention_bias'), kv('past_key', 'C'), kv('past_value', 'C')],

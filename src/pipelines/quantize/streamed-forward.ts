@@ -46,6 +46,8 @@ export interface StreamedOptions {
   readonly onLinearInput?: (weight: string, x: Float32Array, cols: number) => void
   /** Each sequence's logits, every row ([rows, vocab]), in sequence order; the head runs only when given. */
   readonly onLogits?: (sequence: number, logits: Float32Array, rows: number, vocab: number) => void
+  /** The output layer's pieces are no smaller than this, float32 bytes (default HEAD_PIECE_BYTES; headParts). */
+  readonly headPieceBytes?: number
   /** Progress: a slice is about to run. */
   readonly onPart?: (part: GraphPart, index: number, total: number) => void
 }
@@ -61,7 +63,9 @@ export async function runStreamed(model: ModelSource, inputs: readonly StreamInp
   const d = graph.dims(model.config)
   const boundary = graph.boundary
   const parts: GraphPart[] = [{kind: 'embedding'}, ...Array.from({length: d.layers}, (_, index) => ({kind: 'layer' as const, index}))]
-  if (opts.onLogits) parts.push({kind: 'head'})
+  if (opts.onLogits) parts.push(...headParts(model, d.vocab, opts.headPieceBytes))
+  // The head in pieces of rows: each sequence's logits assembled from them, handed on after the last.
+  const logits: Float32Array[] = []
   const f32 = (data: Float32Array, rows: number) => new (ort().Tensor)('float32', data, [rows, d.hidden])
   const emptyKv = new (ort().Tensor)('float32', new Float32Array(0), [1, d.kvHeads, 0, d.headDim])
   // Hidden states at the current cut, per sequence, one array per boundary tensor.
@@ -93,7 +97,18 @@ export async function runStreamed(model: ModelSource, inputs: readonly StreamInp
         }
         const out = await session.run(feeds)
         if (part.kind === 'head') {
-          opts.onLogits!(s, out.logits.data as Float32Array, S, d.vocab)
+          const got = out.logits.data as Float32Array
+          const [a, b] = part.rows ?? [0, d.vocab]
+          if (a === 0 && b === d.vocab) {
+            logits[s] = got
+          } else {
+            logits[s] ??= new Float32Array(S * d.vocab)
+            for (let r = 0; r < S; r++) logits[s].set(got.subarray(r * (b - a), (r + 1) * (b - a)), r * d.vocab + a)
+          }
+          if (b === d.vocab) {
+            opts.onLogits!(s, logits[s], S, d.vocab)
+            delete logits[s]
+          }
           continue
         }
         next.push(boundary.map(name => out[`${name}_out`].data as Float32Array))
@@ -138,6 +153,20 @@ async function withPartSession(model: ModelSource, part: GraphPart, opts: Stream
 }
 
 /**
+ * The head slices: the output layer in pieces of whole rows no larger, as float32, than the
+ * largest layer, nor smaller than `minPiece` (ChatGLM-6B: 3 of 43,510 rows, 0.71 GB each,
+ * instead of one 2.1 GB slice that would set the run's peak; ChatGLM2-6B 2; a tiny model 1), in
+ * vocabulary order, the last ending at `vocab`.
+ */
+export function headParts(model: ModelSource, vocab: number, minPiece = HEAD_PIECE_BYTES): GraphPart[] {
+  const {head, layer} = sliceBytes(model)
+  const n = headPiecesOf(head, Math.max(layer, minPiece))
+  if (n === 1) return [{kind: 'head'}]
+  const per = Math.ceil(vocab / n)
+  return Array.from({length: n}, (_, i) => ({kind: 'head' as const, rows: [i * per, Math.min(vocab, (i + 1) * per)] as const}))
+}
+
+/**
  * Memory a streamed run needs, estimated: the largest slice as float32 twice (the stored
  * weights while onnxruntime folds their Casts, and the folded copy), the hidden states at a cut
  * (old and new), and the logits kept for an evaluation (the reference's and one candidate's).
@@ -151,15 +180,32 @@ export function streamedPeakBytes(model: ModelSource, tokens: number, logitRows:
 
 /**
  * Float32 bytes of the largest slice: a layer's tensors together, or one tensor outside the
- * layers (the output layer; the embedding table counts in its stored dtype, which the graph
- * gathers from without a float32 copy).
+ * layers (the embedding table counts in its stored dtype, which the graph gathers from without
+ * a float32 copy); the output layer, cut into pieces no larger than a layer (headParts), counts
+ * as its largest piece.
  */
 export function largestLayerBytes(model: ModelSource): number {
-  const slices = new Map<string, number>()
+  const {head, layer, other} = sliceBytes(model)
+  const pieces = headPiecesOf(head, Math.max(layer, HEAD_PIECE_BYTES))
+  return Math.max(layer, other, Math.ceil(head / pieces))
+}
+
+/** The smallest piece the output layer is cut into (headParts): one slice's export and session cost more than it saves below this. */
+export const HEAD_PIECE_BYTES = 256 * 2 ** 20
+const headPiecesOf = (head: number, layer: number) => (layer > 0 ? Math.max(1, Math.ceil(head / layer)) : 1)
+
+/** Float32 bytes of the output layer, of the largest layer, and of the largest other tensor. */
+function sliceBytes(model: ModelSource): {head: number, layer: number, other: number} {
+  const layers = new Map<string, number>()
+  let head = 0
+  let other = 0
+  const lmHead = model.arch?.quantizable.lmHead
   for (const t of model.tensors) {
-    const k = /\.layers\.(\d+)\./.exec(t.name)?.[1] ?? t.name
+    const k = /\.layers\.(\d+)\./.exec(t.name)?.[1]
     const bytes = /word_embeddings/.test(t.name) ? byteLength(t.dtype, t.shape) : 4 * numel(t.shape)
-    slices.set(k, (slices.get(k) ?? 0) + bytes)
+    if (k !== undefined) layers.set(k, (layers.get(k) ?? 0) + bytes)
+    else if (t.name === lmHead) head = bytes
+    else other = Math.max(other, bytes)
   }
-  return Math.max(0, ...slices.values())
+  return {head, layer: Math.max(0, ...layers.values()), other}
 }
