@@ -30,7 +30,9 @@ const dist = p => import(join(ROOT, 'dist', p))
 
 export const FP16_TOL = 2e-2
 export const BF16_TOL = 6e-2
-// The INT8 KV cache (--kv-dtype int8): keys and values rounded to 1/254 of their row's range
+// The INT8 KV cache (--kv-dtype int8) of a quantized model against the CPU runtime, whose cache is
+// float: keys and values rounded to 1/254 of their row's range. (Float models' -kv8 cases are held
+// to FP16_TOL against the reference run with --kv-int8, which rounds its cache the same way.)
 export const KV8_TOL = 5e-2
 export const STEPS = 64
 const SHARPEN = 16
@@ -71,8 +73,11 @@ export function parityCases(quick = false) {
     {model: 'chatglm-6b-small-q4g128', ids: text(17, 300)},
     {model: 'chatglm2-6b-small-q4', ids: text(17, 300)},
     {model: 'chatglm2-6b-small-q8', ids: text(17, 300)},
-    // The INT8 KV cache (issue 12, `-kv8`: the model before it run with kvDtype int8): against the
-    // same reference as that model, within KV8_TOL, and against the same engine with the float cache
+    // The INT8 KV cache (issue 12, `-kv8`: the model before it run with kvDtype int8): float models
+    // against the reference with --kv-int8 (its cache rounded as the engine's) within FP16_TOL, quantized
+    // ones against the CPU runtime within KV8_TOL; and every case against the same engine with the
+    // float cache, within KV8_TOL except the sharpened models, whose x16 attention logits turn the
+    // cache's rounding into a larger error (reported, not a criterion: the reference decides)
     {model: 'chatglm-6b-small-kv8', ids: text(17, 300)},
     {model: 'chatglm2-6b-small-kv8', ids: text(17, 300)},
     {model: 'chatglm-6b-tiny-sharp-kv8', ids: text(29, 20)},
@@ -171,7 +176,7 @@ async function makeModel(work, key) {
 function runReferences(jobs, device) {
   const python = process.env.GLMTOOL_REFERENCE_PYTHON || '/usr/bin/python3'
   const list = jobs.map(j => ['--model', j.torch, '--ids', j.ids.join(','), '--steps', String(STEPS), '--all-logits', '--out', j.out, '--device', device,
-    ...(j.prefix ? ['--prefix', j.prefix] : [])])
+    ...(j.prefix ? ['--prefix', j.prefix] : []), ...(j.kvInt8 ? ['--kv-int8'] : [])])
   const file = join(jobs[0].out, '..', 'ref-jobs.json')
   writeFileSync(file, JSON.stringify(list))
   const r = spawnSync(python, [join(ROOT, 'test/cuda/ref_batch.py'), file], {encoding: 'utf8', maxBuffer: 64 << 20, timeout: 600_000})
@@ -335,7 +340,7 @@ export async function runParity({work, quick = false, only, refDevice, log = con
     if (c.against) models[c.against] ??= await makeModel(work, c.against)
   }
   const device_ = refDevice ?? (process.env.GLMTOOL_REFERENCE_DEVICE || 'cuda')
-  const jobs = cases.map((c, i) => ({torch: models[c.model].torch, prefix: models[c.model].prefix, ids: c.ids, out: join(work, `ref-${i}`)}))
+  const jobs = cases.map((c, i) => ({torch: models[c.model].torch, prefix: models[c.model].prefix, ids: c.ids, out: join(work, `ref-${i}`), kvInt8: c.model.endsWith('-kv8')}))
   // the `against` models' references on the same ids, after the cases' own
   const againstJob = new Map()
   for (const [i, c] of cases.entries()) {
@@ -350,7 +355,7 @@ export async function runParity({work, quick = false, only, refDevice, log = con
   for (const [i, c] of cases.entries()) {
     const {meta: refMeta, logits: refFloat} = refs[i]
     const kv8 = c.model.endsWith('-kv8')
-    const tol = Math.max(/-bf16(-kv8)?$/.test(c.model) ? BF16_TOL : FP16_TOL, kv8 ? KV8_TOL : 0)
+    const tol = Math.max(/-bf16(-kv8)?$/.test(c.model) ? BF16_TOL : FP16_TOL, kv8 && models[c.model].quant ? KV8_TOL : 0)
     const quant = models[c.model].quant === true
     const r = {model: c.model, promptTokens: refMeta.prompt_len, steps: STEPS, tol}
     let graphPrefill  // the CUDA prompt rows, for `against`
@@ -439,9 +444,9 @@ export async function runParity({work, quick = false, only, refDevice, log = con
       const worst = Math.max(r.vsReference.prefill, r.vsReference.decodeGraph, r.vsReference.decodeNoGraph, r.vsCpuRuntime)
       r.maxRel = worst
       r.ok = worst <= tol && r.greedyTeacherForced.misses.every(m => m.referenceMargin <= 2 * tol) && r.graphVsNoGraph <= 1e-6 && r.decodeMany.identical
-      // kv8: also within the tolerance of the float cache, in fewer bytes: (D + 4) / 2D of them (int8 + a float scale a row;
-      // 0.625 at the tiny models' D = 16, 0.516 at the real D = 128)
-      if (r.kvInt8) r.ok &&= r.kvInt8.vsFloatCache <= tol && r.kvInt8.kvCacheBytes <= 0.625 * r.kvInt8.floatKvCacheBytes
+      // kv8: near the float cache's logits (not the sharpened models), in fewer bytes: (D + 4) / 2D of them
+      // (int8 + a float scale a row; 0.625 at the tiny models' D = 16, 0.516 at the real D = 128)
+      if (r.kvInt8) r.ok &&= (c.model.includes('-sharp') || r.kvInt8.vsFloatCache <= KV8_TOL) && r.kvInt8.kvCacheBytes <= 0.625 * r.kvInt8.floatKvCacheBytes
       if (againstJob.has(i)) {
         // the prompt rows (same inputs) against the reference of the model it must differ from
         const other = refs[againstJob.get(i)]

@@ -109,7 +109,9 @@ CLI
 ---
   chatglm_ref.py --model DIR --ids 5,6,7 [--steps N] [--all-logits] [--out DIR]
                  [--prefix FILE] [--self-check] [--dtype f32|f16|bf16]
-                 [--rope published|exact] [--device cpu|cuda] [--self-check-tol X]
+                 [--rope published|exact] [--device cpu|cuda] [--self-check-tol X] [--kv-int8]
+--kv-int8 rounds every key and value row (one KV head, one token) as glmtool's INT8 KV cache
+stores it, the prefix's rows included: the reference for `--kv-dtype int8`.
 --ids are TEXT token ids ('' for none); the script adds the specials
 (v1: ids + [gMASK, <sop>]; v2: [gMASK, sop] + ids).  It runs one prefill over the prompt,
 then N greedy decode steps with the KV cache: row 0 after the prompt gives generated[0]
@@ -271,7 +273,8 @@ class Session:
 # --------------------------------------------------------------------------------------------
 
 class ChatGLMRef:
-    def __init__(self, model_dir, dtype="f32", rope="published", device="cpu", prefix=None):
+    def __init__(self, model_dir, dtype="f32", rope="published", device="cpu", prefix=None, kv_int8=False):
+        self.kv_int8 = kv_int8
         with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
             self.config = json.load(f)
         if self.config.get("quantization_bit"):
@@ -452,8 +455,8 @@ class ChatGLMRef:
 
     def new_session(self):
         if self.prefix_k is not None:
-            k = [t.clone() for t in self.prefix_k]
-            v = [t.clone() for t in self.prefix_v]
+            k = [self._kv_round(t.clone()) for t in self.prefix_k]
+            v = [self._kv_round(t.clone()) for t in self.prefix_v]
         else:
             empty = torch.zeros(self.kv_heads, 0, self.D, device=self.device)
             k = [empty for _ in range(self.L)]
@@ -534,7 +537,17 @@ class ChatGLMRef:
         h = x.shape[-1] // 2
         return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
+    def _kv_round(self, t):
+        """--kv-int8: each row of D values (one KV head, one token) as glmtool's INT8 KV cache
+        stores it (native/kv_int8.cuh): q = round(x * 127 / max|x|) (half to even), x = q * max|x| / 127."""
+        if not self.kv_int8:
+            return t
+        m = t.abs().amax(dim=-1, keepdim=True)
+        inv = torch.where(m > 0, 127.0 / m, torch.zeros_like(m))
+        return torch.clamp(torch.round(t * inv), -127, 127) * (m / 127.0)
+
     def _append_kv(self, session, i, k, v):
+        k, v = self._kv_round(k), self._kv_round(v)
         session.k[i] = torch.cat((session.k[i], k), dim=1)
         session.v[i] = torch.cat((session.v[i], v), dim=1)
         return session.k[i], session.v[i]
@@ -771,13 +784,14 @@ def main(argv=None):
     ap.add_argument("--dtype", choices=sorted(TORCH_DTYPES), default="f32")
     ap.add_argument("--rope", choices=["published", "exact"], default="published")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--kv-int8", action="store_true", help="keys and values rounded as glmtool's INT8 KV cache stores them")
     args = ap.parse_args(argv)
     try:
         if args.steps < 0:
             raise RefError("--steps must be >= 0")
         if not args.out and not args.self_check:
             raise RefError("give --out DIR and/or --self-check")
-        model = ChatGLMRef(args.model, dtype=args.dtype, rope=args.rope, device=args.device, prefix=args.prefix)
+        model = ChatGLMRef(args.model, dtype=args.dtype, rope=args.rope, device=args.device, prefix=args.prefix, kv_int8=args.kv_int8)
         if args.lora:
             model.set_lora(args.lora)
         for n in model.load_notes + model.inv_freq_notes:

@@ -273,6 +273,16 @@ def check_prefix(model_dir, arch, tmp):
 
 # --------------------------------------------------------------------------------------------
 
+def check_kv_round():
+    """The rounding of one row: q = round(x * 127 / max|x|) half to even, x' = q * max|x| / 127; zero rows stay zero."""
+    ref = R.ChatGLMRef.__new__(R.ChatGLMRef)
+    ref.kv_int8 = True
+    row = torch.tensor([[[1.0, -0.5, 0.25, 0.0]], [[0.0, 0.0, 0.0, 0.0]]])
+    got = ref._kv_round(row)
+    want = torch.tensor([[[127.0, -64.0, 32.0, 0.0]], [[0.0, 0.0, 0.0, 0.0]]]) / 127.0
+    record("kv int8 rounding of a row", bool(torch.equal(got, want)), got=got.flatten().tolist())
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--v1", required=True)
@@ -281,6 +291,7 @@ def main():
     torch.set_num_threads(min(2, torch.get_num_threads()))
     lengths = [0, 1, 6, 23]
     measured = {}
+    check_kv_round()
     with tempfile.TemporaryDirectory(prefix="glmtool-ref-") as tmp:
         for arch, d in ((R.V1, args.v1), (R.V2, args.v2)):
             ref = R.ChatGLMRef(d)
@@ -296,6 +307,13 @@ def main():
                 ids = half.build_prompt([7, 10, 13, 16, 19, 22])
                 err = R.rel_error(half.prefill(ids)[0], ref.prefill(ids)[0])
                 record(f"{arch} {dt} emulation close to f32", err <= (2e-2 if dt == "f16" else 1e-1), max_rel=err)
+            # --kv-int8: the cache rounded as glmtool's INT8 KV cache stores it; cache == recompute
+            # still, the logits moved (so the rounding is applied) but near the float cache's
+            kv8 = R.ChatGLMRef(d, kv_int8=True)
+            self_checks(kv8, f"{arch} kv int8", [6, 23], 1e-5)
+            ids = kv8.build_prompt([7, 10, 13, 16, 19, 22])
+            err = R.rel_error(kv8.prefill(ids)[0], ref.prefill(ids)[0])
+            record(f"{arch} kv int8 moves the logits a little", 0 < err <= 5e-2, max_rel=err)
             if arch == R.V1:
                 check_v1_layout(ref)
             check_prefix(d, arch, tmp)
