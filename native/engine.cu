@@ -674,18 +674,8 @@ struct Engine::Impl {
     }
     if (qmma) repackQuantized();
     if (P > 0 && kv8) {
-      // the prefix quantized into the cache's first P rows, as any other row
-      for (int l = 0; l < L; l++) {
-        if (c.dtype == 0)
-          kv_quant_kernel<half><<<dim3(P, G, 2), 32, 0, stream>>>(static_cast<const half*>(prefixStage[2 * l]),
-                                                                 static_cast<const half*>(prefixStage[2 * l + 1]), D, (long long)P * D,
-                                                                 kvq(l), maxTotal, 0, D);
-        else
-          kv_quant_kernel<__nv_bfloat16><<<dim3(P, G, 2), 32, 0, stream>>>(
-              static_cast<const __nv_bfloat16*>(prefixStage[2 * l]), static_cast<const __nv_bfloat16*>(prefixStage[2 * l + 1]), D,
-              (long long)P * D, kvq(l), maxTotal, 0, D);
-        CK(cudaGetLastError());
-      }
+      if (c.dtype == 0) quantizePrefix<half>();
+      else quantizePrefix<__nv_bfloat16>();
     } else if (P > 0) {
       const size_t rowBytes = (size_t)P * D * esz;
       for (int l = 0; l < L; l++) {
@@ -701,6 +691,14 @@ struct Engine::Impl {
       prefixStage.clear();
     }
     loaded = true;
+  }
+
+  // INT8 KV cache: the prefix quantized into the cache's first P rows, as any other row.
+  template <typename T>
+  void quantizePrefix() {
+    for (int l = 0; l < L; l++)
+      launch(kv_quant_kernel<T>, dim3(P, G, 2), dim3(32), static_cast<const T*>(prefixStage[2 * l]), static_cast<const T*>(prefixStage[2 * l + 1]),
+             (long long)D, (long long)P * D, kvq(l), maxTotal, 0, D);
   }
 
   // Every quantized linear from its uploaded row-major rows into gemv_mma.cuh's tiles, in place:
@@ -860,11 +858,8 @@ struct Engine::Impl {
       const uint8_t* w8 = static_cast<const uint8_t*>(W.w);
       if (qmma) {  // tiled: the rows r0.. start at tile r0 / 16 (per is a multiple of 16)
         const uint8_t* wt = w8 + (size_t)r0 * (c.quantBits == 8 ? K : K / 2);
-        const int KC = K / 16;
-        if (c.quantBits == 8)
-          launch(dequant_tiled_kernel<T, WQ_I8>, dim3((KC + dq_chunks<WQ_I8>() - 1) / dq_chunks<WQ_I8>(), n / 16), dim3(256), wt, q, c.groupSize, n, K, buf);
-        else
-          launch(dequant_tiled_kernel<T, WQ_I4>, dim3((KC + dq_chunks<WQ_I4>() - 1) / dq_chunks<WQ_I4>(), n / 16), dim3(256), wt, q, c.groupSize, n, K, buf);
+        if (c.quantBits == 8) launch(dequant_tiled_kernel<T, WQ_I8>, dq_grid<WQ_I8>(n, K), dim3(256), wt, q, c.groupSize, K, buf);
+        else launch(dequant_tiled_kernel<T, WQ_I4>, dq_grid<WQ_I4>(n, K), dim3(256), wt, q, c.groupSize, K, buf);
       } else {
         const uint8_t* wr = w8 + (size_t)r0 * q.rowBytes;
         if (c.quantBits == 8) launch(dequant_kernel<T, WQ_I8>, dim3(blocks), dim3(256), wr, q, c.groupSize, n, K, buf);

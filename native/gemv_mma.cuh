@@ -73,10 +73,11 @@ __global__ void qtile_repack_kernel(const uint8_t* __restrict__ src, int rowByte
 // rounding). Block (x, t) takes tile t's chunks [x * DQ_CHUNKS, + DQ_CHUNKS) (int4: 512 columns,
 // int8: 256): its 8 warps read them as stored (a warp one 512-byte group of GW chunks: coalesced),
 // put q into shared memory in row order, then write the 16 rows out 16 bytes a thread, scaled.
-// Rows [0, rows) (a multiple of 16) of a weight whose tile 0 is at W; grid (ceil(KC / DQ_CHUNKS), rows / 16).
+// Rows [0, rows) (a multiple of 16) of a weight whose tile 0 is at W; grid dq_grid<WQ>(rows, K).
 template <int WQ> __host__ __device__ constexpr int dq_chunks() { return 8 * QTile<WQ>::GW; }
+template <int WQ> inline dim3 dq_grid(int rows, int K) { return dim3((K / 16 + dq_chunks<WQ>() - 1) / dq_chunks<WQ>(), rows / 16); }
 template <typename T, int WQ>
-__global__ void __launch_bounds__(256) dequant_tiled_kernel(const uint8_t* __restrict__ W, QuantCtx qc, int groupSize, int rows, int K,
+__global__ void __launch_bounds__(256) dequant_tiled_kernel(const uint8_t* __restrict__ W, QuantCtx qc, int groupSize, int K,
                                                             T* __restrict__ out) {
   constexpr int GW = QTile<WQ>::GW, WPC = QTile<WQ>::WPC, CH = dq_chunks<WQ>(), COLS = 16 * CH, PAD = 8;
   __shared__ __align__(16) T qs[16][COLS + PAD];
@@ -131,7 +132,6 @@ __global__ void __launch_bounds__(256) dequant_tiled_kernel(const uint8_t* __res
     for (int k = 0; k < 8; k++) o[k] = TT<T>::t(TT<T>::f(qs[r][c + k]) * s);
     *reinterpret_cast<uint4*>(out + (size_t)row * K + col) = *reinterpret_cast<const uint4*>(o);
   }
-  (void)rows;
 }
 
 __device__ __forceinline__ uint32_t h2u(__half2 h) {

@@ -133,9 +133,9 @@ static void quantCase(const char* name, int epi, int N, int K, int gs, uint8_t* 
   const int dr = N;
   half* d1 = (half*)dalloc((size_t)dr * K * 2);
   half* d2 = (half*)dalloc((size_t)dr * K * 2);
-  const dim3 dqGrid((K / 16 + dq_chunks<WQ>() - 1) / dq_chunks<WQ>(), dr / 16);
+  const dim3 dqGrid = dq_grid<WQ>(dr, K);
   const double tdRow = timeGraph(4, [&](int) { dequant_kernel<half, WQ><<<132 * 16, 256, 0, st>>>(orig, qc, gs, dr, K, d1); });
-  const double tdTiled = timeGraph(4, [&](int) { dequant_tiled_kernel<half, WQ><<<dqGrid, 256, 0, st>>>(tiled, qc, gs, dr, K, d2); });
+  const double tdTiled = timeGraph(4, [&](int) { dequant_tiled_kernel<half, WQ><<<dqGrid, 256, 0, st>>>(tiled, qc, gs, K, d2); });
   CK(cudaStreamSynchronize(st));
   std::vector<uint16_t> h1((size_t)dr * K), h2((size_t)dr * K);
   CK(cudaMemcpy(h1.data(), d1, h1.size() * 2, cudaMemcpyDeviceToHost));

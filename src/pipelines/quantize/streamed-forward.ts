@@ -159,8 +159,7 @@ async function withPartSession(model: ModelSource, part: GraphPart, opts: Stream
  * vocabulary order, the last ending at `vocab`.
  */
 export function headParts(model: ModelSource, vocab: number, minPiece = HEAD_PIECE_BYTES): GraphPart[] {
-  const {head, layer} = sliceBytes(model)
-  const n = headPiecesOf(head, Math.max(layer, minPiece))
+  const n = headPieceCount(sliceBytes(model), minPiece)
   if (n === 1) return [{kind: 'head'}]
   const per = Math.ceil(vocab / n)
   return Array.from({length: n}, (_, i) => ({kind: 'head' as const, rows: [i * per, Math.min(vocab, (i + 1) * per)] as const}))
@@ -185,14 +184,17 @@ export function streamedPeakBytes(model: ModelSource, tokens: number, logitRows:
  * as its largest piece.
  */
 export function largestLayerBytes(model: ModelSource): number {
-  const {head, layer, other} = sliceBytes(model)
-  const pieces = headPiecesOf(head, Math.max(layer, HEAD_PIECE_BYTES))
-  return Math.max(layer, other, Math.ceil(head / pieces))
+  const bytes = sliceBytes(model)
+  return Math.max(bytes.layer, bytes.other, Math.ceil(bytes.head / headPieceCount(bytes, HEAD_PIECE_BYTES)))
 }
 
 /** The smallest piece the output layer is cut into (headParts): one slice's export and session cost more than it saves below this. */
 export const HEAD_PIECE_BYTES = 256 * 2 ** 20
-const headPiecesOf = (head: number, layer: number) => (layer > 0 ? Math.max(1, Math.ceil(head / layer)) : 1)
+/** Pieces of the output layer: each no larger than the largest layer nor smaller than `minPiece` (float32 bytes). */
+function headPieceCount({head, layer}: {head: number, layer: number}, minPiece: number): number {
+  const piece = Math.max(layer, minPiece)
+  return piece > 0 ? Math.max(1, Math.ceil(head / piece)) : 1
+}
 
 /** Float32 bytes of the output layer, of the largest layer, and of the largest other tensor. */
 function sliceBytes(model: ModelSource): {head: number, layer: number, other: number} {
