@@ -60,7 +60,7 @@ fi
 
 if [ "${PARITY:-1}" = 1 ]; then
 el "parity ..."
-timeout "${PARITY_TIMEOUT:-240}" node test/cuda/parity.mjs --json "$OUT/parity.json" ${PARITY_ARGS:-} > "$OUT/parity.log" 2>&1
+env ${PARITY_ENV:-} timeout "${PARITY_TIMEOUT:-240}" node test/cuda/parity.mjs --json "$OUT/parity.json" ${PARITY_ARGS:-} > "$OUT/parity.log" 2>&1
 el "parity rc=$?"
 grep -E '^(ok|FAIL|cuda parity|reference)' "$OUT/parity.log" | cut -c1-420 | tee -a "$LOG"
 fi
@@ -82,11 +82,14 @@ for a in $GENS; do
         --repeat 3 --max-length 2048 --kv-dtype int8 --out "$OUT/bench-kv8-${a/chatglm2-6b/v2}.json" >> "$LOG" 2>&1
       el "bench $a --kv-dtype int8 rc=$?"
     fi
-    # A/B of switches on the quantized models (AB: space-separated, `+` joins two), 3 repeats
+    # A/B of switches on the quantized models (AB: space-separated, `+` joins two; AB_FP16=1 adds
+    # the FP16 model), 3 repeats
+    abdirs=("${dirs[@]:1}")
+    [ "${AB_FP16:-0}" = 1 ] && abdirs=("${dirs[@]}")
     for sw in ${AB:-}; do
       [ "$(left)" -gt 50 ] || break
       IFS=+ read -r -a vars <<< "$sw"
-      env "${vars[@]}" timeout $(($(left) - 10)) node bin/run.js bench "${dirs[@]:1}" --backend cuda --prompt-tokens 512 --gen-tokens 128 \
+      env "${vars[@]}" timeout $(($(left) - 10)) node bin/run.js bench "${abdirs[@]}" --backend cuda --prompt-tokens 512 --gen-tokens 128 \
         --repeat 3 --max-length 2048 > "$OUT/ab.log" 2>&1
       el "bench $a $sw rc=$? $(grep -E 'architecture|decode tok/s|time to first' "$OUT/ab.log" | tr -s ' ' | tr '\n' ' ')"
       rm -f "$OUT/ab.log"
@@ -98,12 +101,13 @@ done
 # Cost as work grows (SWEEP: prompt lengths, e.g. "128 512 2048 8192"): the first generation's
 # FP16 and quantized models in one bench process per length, the KV cache sized for the length,
 # 32 new tokens; each length's JSON a line of $OUT/sweep.jsonl (bench/plot-context.mjs draws it).
+# SWEEP_QUANTS (default "8 4"; empty: FP16 only), SWEEP_ENV (e.g. GLMTOOL_CUDA_FLASH=1).
 a=${GENS%% *}
 for n in ${SWEEP:-}; do
   [ "$(left)" -gt 45 ] || { el "sweep: budget, stopping before $n"; break; }
   dirs=("$M/$a")
-  for q in ${SWEEP_QUANTS:-8 4}; do dirs+=("$M/$a-int$q"); done
-  timeout $(($(left) - 10)) node bin/run.js bench "${dirs[@]}" --backend cuda --prompt-tokens "$n" --gen-tokens 32 \
+  for q in ${SWEEP_QUANTS-8 4}; do dirs+=("$M/$a-int$q"); done
+  env ${SWEEP_ENV:-} timeout $(($(left) - 10)) node bin/run.js bench "${dirs[@]}" --backend cuda --prompt-tokens "$n" --gen-tokens 32 \
     --repeat 1 --warmup 1 --max-length $((n + 48)) --out "$OUT/sweep-$n.json" > /dev/null 2>> "$LOG"
   el "sweep $n rc=$?"
   [ -f "$OUT/sweep-$n.json" ] && { tr -d '\n' < "$OUT/sweep-$n.json"; echo; } >> "$OUT/sweep.jsonl" && rm -f "$OUT/sweep-$n.json"

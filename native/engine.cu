@@ -15,6 +15,7 @@
 #include "decode_attention.cuh"
 #include "kernels.cuh"
 #include "gemv_mma.cuh"
+#include "flash_attention.cuh"
 
 namespace glm {
 
@@ -184,6 +185,9 @@ struct Engine::Impl {
   // rows copied before the QKV projection finishes (decode_attention.cuh); 1 one block per
   // query head and split (GLMTOOL_CUDA_ATTN=head, for A/B runs).
   int attnMode = 2;
+  // Prefill attention: true, the tiled online-softmax kernel (flash_attention.cuh; head sizes
+  // 16, 32, 64, 128); false, cuBLAS scores + softmax_mask_kernel + cuBLAS (GLMTOOL_CUDA_FLASH=0|1).
+  bool flash = false;
   int gqaTile = 64, gqaSplits = 1, gqaHeads = 1;
   // Decode norms fused into the GEMVs (layersFusedNorm): ChatGLM2-6B's RMSNorm by default, not
   // ChatGLM-6B's LayerNorm (init()); GLMTOOL_CUDA_NORM=fused|kernel overrides.
@@ -263,10 +267,14 @@ struct Engine::Impl {
   // attribute, so each kernel launches while its predecessor drains (kernels.cuh pdl_wait()).
   template <typename... KArgs, typename... Args>
   void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, Args... args) {
+    launchSmem(kernel, grid, block, 0, args...);
+  }
+  template <typename... KArgs, typename... Args>
+  void launchSmem(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, Args... args) {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;
-    cfg.dynamicSmemBytes = 0;
+    cfg.dynamicSmemBytes = smem;
     cfg.stream = stream;
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -386,6 +394,8 @@ struct Engine::Impl {
     // 256 keys per split at the full length (32 splits of 64 measured slower at 576 keys: 12.7 vs 9.0 us)
     nsplit = std::min(32, std::max(4, (maxTotal + 255) / 256));
     if (const char* v = std::getenv("GLMTOOL_CUDA_ATTN")) attnMode = std::string(v) == "head" ? 1 : 2;
+    if (const char* v = std::getenv("GLMTOOL_CUDA_FLASH")) flash = std::string(v) == "1";
+    flash = flash && (D == 16 || D == 32 || D == 64 || D == 128);
     // Norms fused into the decode GEMVs: RMSNorm (v2) by default; LayerNorm (v1: two reductions
     // and a bias per block of 2048) measured slower (bench/RESULTS.md, H200 run 6).
     fuseNorm = c.rmsnorm;
@@ -958,9 +968,47 @@ struct Engine::Impl {
     return work;
   }
 
+  template <typename T, int DH>
+  void flashLaunch(const FlashArgs<T>& a) {
+    constexpr size_t smem = flashSmemBytes<DH>();
+    static bool sized = false;  // per instantiation: above 48 KiB needs the opt-in, once
+    if (!sized) {
+      CK(cudaFuncSetAttribute(flash_prefill_kernel<T, DH>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+      sized = true;
+    }
+    launchSmem(flash_prefill_kernel<T, DH>, dim3((a.S + FA_BR - 1) / FA_BR, N), dim3(FA_THREADS), smem, a);
+  }
+
   template <typename T>
   void attentionPrefill(int layer, int S, int past, int bidirectional, const void* qkv, void* ctx) {
     const int Tc = P + past + S;
+    if (flash) {
+      FlashArgs<T> a{};
+      a.q = static_cast<const T*>(qkv);
+      a.qStride = nqkv;
+      a.qHeadStride = c.interleavedQkv ? 3 * D : D;
+      a.k = reinterpret_cast<const T*>(Kc(layer));
+      a.v = reinterpret_cast<const T*>(Vc(layer));
+      a.kvHeadStride = (long long)maxTotal * D;
+      if (kv8) {  // every visible row from the INT8 cache, as the decode attention sees it
+        T* st = static_cast<T*>(kvStage);
+        const size_t items = (size_t)2 * G * Tc * (D / 8);
+        launch(kv_dequant_kernel<T>, dim3((unsigned)std::min<size_t>((items + 255) / 256, 4096)), dim3(256), kvq(layer), G, maxTotal, Tc, D, st);
+        a.k = st, a.v = st + (size_t)G * Tc * D, a.kvHeadStride = (long long)Tc * D;
+      }
+      a.headsPerGroup = N / G;
+      a.out = static_cast<T*>(ctx);
+      a.outStride = attnDim;
+      a.S = S, a.Tc = Tc, a.past = past, a.prefix = P, a.bidirectional = bidirectional;
+      a.scaleLog2 = 1.4426950408889634f / std::sqrt((float)D);
+      switch (D) {
+        case 16: flashLaunch<T, 16>(a); break;
+        case 32: flashLaunch<T, 32>(a); break;
+        case 64: flashLaunch<T, 64>(a); break;
+        default: flashLaunch<T, 128>(a); break;
+      }
+      return;
+    }
     const size_t perRow = (size_t)N * Tc * (sizeof(float) + esz);
     const int Sc = (int)std::max<size_t>(1, std::min<size_t>(S, kScoresBudget / perRow));
     ensureScores(perRow * Sc);

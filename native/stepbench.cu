@@ -15,6 +15,7 @@
 #include "decode_attention.cuh"
 #include "kernels.cuh"
 #include "gemv_mma.cuh"
+#include "flash_attention.cuh"
 using namespace glm;
 
 #define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { fprintf(stderr, "%s: %s (line %d)\n", #x, cudaGetErrorString(e), __LINE__); exit(1); } } while (0)
@@ -34,6 +35,7 @@ static void* dalloc(size_t bytes) { void* p; CK(cudaMalloc(&p, bytes)); return p
 
 static cudaStream_t st;
 static int kvFails = 0;  // INT8 KV cache checks that failed
+static int flashFails = 0;  // flash prefill attention checks that failed
 // time fn(i) for i in [0, reps) captured in a graph; returns microseconds per call
 static double timeGraph(int reps, const std::function<void(int)>& fn) {
   for (int i = 0; i < reps; i++) fn(i);  // warm
@@ -175,6 +177,117 @@ static int quantSection(uint8_t* pool, size_t poolBytes, const half* x, const ha
 }
 
 struct Shape { const char* name; int epi; int N; int K; };  // N: weight rows
+
+// ---- flash prefill attention (issue 16) against a direct float32 evaluation ------------------
+// One block per (query row, head): every visible score in float32, the softmax, then P V; the
+// mask written out as softmax_mask_kernel states it, independently of the kernel's lim() form.
+__global__ void attn_naive_kernel(FlashArgs<half> a, int D, float* out) {
+  extern __shared__ float sc[];
+  const int r = blockIdx.x, h = blockIdx.y, g = h / a.headsPerGroup;
+  const half* q = a.q + r * a.qStride + h * a.qHeadStride;
+  const int pos = a.past + r;
+  auto visible = [&](int t) { const int u = t - a.prefix; return t < a.prefix || u <= pos || (pos < a.bidirectional && u < a.bidirectional); };
+  for (int t = threadIdx.x; t < a.Tc; t += blockDim.x) {
+    const half* k = a.k + g * a.kvHeadStride + (long long)t * D;
+    float d = 0.f;
+    for (int i = 0; i < D; i++) d += __half2float(q[i]) * __half2float(k[i]);
+    sc[t] = visible(t) ? d / sqrtf((float)D) : -INFINITY;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float m = -INFINITY, sum = 0.f;
+    for (int t = 0; t < a.Tc; t++) m = fmaxf(m, sc[t]);
+    for (int t = 0; t < a.Tc; t++) sum += (sc[t] = expf(sc[t] - m));
+    for (int t = 0; t < a.Tc; t++) sc[t] /= sum;
+  }
+  __syncthreads();
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float acc = 0.f;
+    for (int t = 0; t < a.Tc; t++) acc += sc[t] * __half2float(a.v[g * a.kvHeadStride + (long long)t * D + d]);
+    out[(long long)r * a.outStride + h * D + d] = acc;
+  }
+}
+
+template <int D>
+static void flashRun(const FlashArgs<half>& a, int N) {
+  constexpr size_t smem = flashSmemBytes<D>();
+  static bool sized = false;
+  if (!sized) { CK(cudaFuncSetAttribute(flash_prefill_kernel<half, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)); sized = true; }
+  flash_prefill_kernel<half, D><<<dim3((a.S + FA_BR - 1) / FA_BR, N), FA_THREADS, smem, st>>>(a);
+}
+static void flashDispatch(int D, const FlashArgs<half>& a, int N) {
+  switch (D) {
+    case 16: flashRun<16>(a, N); break;
+    case 32: flashRun<32>(a, N); break;
+    case 64: flashRun<64>(a, N); break;
+    default: flashRun<128>(a, N); break;
+  }
+}
+
+struct FlashCase { const char* name; int N, G, D, S, past, prefix, bidirectional; bool interleaved; bool check; };
+
+static void flashSection() {
+  printf("\nflash prefill attention (flash_attention.cuh): vs a direct float32 evaluation; timings\n");
+  const FlashCase cases[] = {
+    {"v1 6B, prefix 16, bidir 200", 32, 32, 128, 300, 0, 16, 200, true, true},
+    {"v1 6B, 2nd turn", 32, 32, 128, 77, 250, 0, 180, true, true},
+    {"v2 6B, causal, past 100", 32, 2, 128, 333, 100, 0, 0, false, true},
+    {"v2 6B, prefix 8, past 65", 32, 2, 128, 130, 65, 8, 0, false, true},
+    {"v2 small D64", 8, 2, 64, 200, 17, 0, 0, false, true},
+    {"v1 small D64 bidir", 8, 8, 64, 150, 0, 4, 149, true, true},
+    {"v2 tiny D16", 4, 2, 16, 100, 3, 0, 0, false, true},
+    {"v1 tiny D16 bidir", 4, 4, 16, 70, 0, 2, 40, true, true},
+    {"D32", 4, 4, 32, 90, 5, 0, 30, false, true},
+    {"v2 6B 512", 32, 2, 128, 512, 0, 0, 0, false, false},
+    {"v1 6B 512 bidir 510", 32, 32, 128, 512, 0, 0, 510, true, false},
+    {"v2 6B 2048", 32, 2, 128, 2048, 0, 0, 0, false, false},
+    {"v2 6B 2048 after 12952", 32, 2, 128, 2048, 12952, 0, 0, false, false},
+    {"v2 6B 8192", 32, 2, 128, 8192, 0, 0, 0, false, false},
+    {"v2 6B 15000", 32, 2, 128, 15000, 0, 0, 0, false, false},
+  };
+  for (const FlashCase& c : cases) {
+    const int Tc = c.prefix + c.past + c.S, nqkv = (c.N + 2 * c.G) * c.D;
+    half* qkv = (half*)dalloc((size_t)c.S * nqkv * 2);
+    half* K = (half*)dalloc((size_t)c.G * Tc * c.D * 2);
+    half* V = (half*)dalloc((size_t)c.G * Tc * c.D * 2);
+    half* O = (half*)dalloc((size_t)c.S * c.N * c.D * 2);
+    fill(qkv, (size_t)c.S * nqkv, 71, 2.f);
+    fill(K, (size_t)c.G * Tc * c.D, 72, 2.f);
+    fill(V, (size_t)c.G * Tc * c.D, 73, 1.f);
+    FlashArgs<half> a{};
+    a.q = qkv, a.qStride = nqkv, a.qHeadStride = c.interleaved ? 3 * c.D : c.D;
+    a.k = K, a.v = V, a.kvHeadStride = (long long)Tc * c.D, a.headsPerGroup = c.N / c.G;
+    a.out = O, a.outStride = (long long)c.N * c.D;
+    a.S = c.S, a.Tc = Tc, a.past = c.past, a.prefix = c.prefix, a.bidirectional = c.bidirectional;
+    a.scaleLog2 = 1.4426950408889634f / sqrtf((float)c.D);
+    flashDispatch(c.D, a, c.N);
+    CK(cudaGetLastError());
+    CK(cudaStreamSynchronize(st));
+    // visible (query, key) pairs: the attention's matrix work is 4 D flops per pair and head
+    double pairs = 0;
+    for (int r = 0; r < c.S; r++) {
+      const int pos = c.past + r, lim = pos < c.bidirectional ? c.bidirectional - 1 : pos;
+      pairs += c.prefix + std::min(lim + 1, c.past + c.S);
+    }
+    if (c.check) {
+      float* ref = (float*)dalloc((size_t)c.S * c.N * c.D * 4);
+      attn_naive_kernel<<<dim3(c.S, c.N), 128, Tc * 4, st>>>(a, c.D, ref);
+      CK(cudaGetLastError());
+      const float rel = maxRel(toHost(O, (size_t)c.S * c.N * c.D, false), toHost(ref, (size_t)c.S * c.N * c.D, true));
+      const bool ok = rel < 2e-2f;
+      if (!ok) flashFails++;
+      printf("flash %-28s N %2d G %2d D %3d S %5d past %5d prefix %2d bidir %3d: maxrel vs float32 %.1e %s\n", c.name, c.N, c.G, c.D,
+             c.S, c.past, c.prefix, c.bidirectional, rel, ok ? "ok" : "FAIL");
+      cudaFree(ref);
+    } else {
+      const double us = timeGraph(3, [&](int) { flashDispatch(c.D, a, c.N); });
+      printf("flash %-28s S %5d keys %5d: %9.1f us, %6.1f TFLOP/s (visible pairs)\n", c.name, c.S, Tc, us,
+             4.0 * c.D * c.N * pairs / us / 1e6);
+    }
+    cudaFree(qkv); cudaFree(K); cudaFree(V); cudaFree(O);
+  }
+  printf("flash checks: %s (%d failed)\n", flashFails ? "FAIL" : "all ok", flashFails);
+}
 
 int main() {
   CK(cudaStreamCreate(&st));
@@ -439,7 +552,8 @@ int main() {
     double ts = timeGraph(20, [&](int) { sample_kernel<<<1, 1024, 0, st>>>(lg, 130528, dm, tok); });
     printf("sample (greedy, V 130528) %.1f us\n", ts);
   }
+  flashSection();
   const int qfails = quantSection(reinterpret_cast<uint8_t*>(Wp), pool, x, bias, outA, outB);
   CK(cudaDeviceSynchronize());
-  return qfails || kvFails ? 1 : 0;
+  return qfails || kvFails || flashFails ? 1 : 0;
 }

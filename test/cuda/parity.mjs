@@ -44,6 +44,8 @@ function glmtool(args) {
 }
 
 const text = (n, start) => Array.from({length: n}, (_, i) => start + 37 * i)
+/** A long prompt of ordinary token ids (below both generations' special tokens). */
+const longText = (n, start) => Array.from({length: n}, (_, i) => 5 + ((start + 37 * i) % 30000))
 
 /** The cases: model key -> how to make it, and prompts (text ids). */
 export function parityCases(quick = false) {
@@ -87,6 +89,11 @@ export function parityCases(quick = false) {
     {model: 'chatglm2-6b-tiny-bf16-kv8', ids: text(9, 77)},
     {model: 'chatglm-6b-small-q4-kv8', ids: text(17, 300)},
     {model: 'chatglm2-6b-small-q8-kv8', ids: text(17, 300)},
+    // Long prompts (issue 16, `-long`: the model before it): many query and key tiles of the
+    // prefill attention, ChatGLM-6B's bidirectional context across 16 of them, ChatGLM2-6B's
+    // prompt in two engine calls (the second one's keys include the first's)
+    {model: 'chatglm-6b-small-long', ids: longText(1000, 300)},
+    {model: 'chatglm2-6b-small-long', ids: longText(4000, 300)},
     // ChatGLM3-6B-32k's rope_ratio 50; `against`: the rope_ratio 1 model it must differ from
     {model: 'chatglm3-6b-32k-tiny-sharp', ids: text(61, 7), against: 'chatglm2-6b-tiny-sharp'},
   ]
@@ -121,6 +128,7 @@ async function sharpen(src, out) {
  * torch dir is the base model and `prefix` the P-Tuning checkpoint the reference runs. */
 async function makeModel(work, key) {
   if (key.endsWith('-kv8')) return makeModel(work, key.slice(0, -4))
+  if (key.endsWith('-long')) return makeModel(work, key.slice(0, -5))
   const qm = /^(chatglm2?-6b-(?:tiny|small))-q(4|8)(?:g(\d+))?$/.exec(key)
   if (qm) {
     const base = await makeModel(work, qm[1])
