@@ -14,7 +14,7 @@ import {rowSlice, type TensorEntry} from '../formats/tensor.js'
 import {type ChatglmOnnxGraph, decoderIO, type DecoderDims, type DecoderIO, type GraphContext, type GraphPart, linear, MASKED, partIO, type TensorIO} from '../formats/onnx/chatglm-graph.js'
 import {ExternalDataWriter, externalRangeOf} from '../formats/onnx/external-data.js'
 import {decodeModel, DEFAULT_OPSET, ELEM, type ElemType, elemTypeOf, GraphBuilder, IR_VERSION, MS_DOMAIN, MS_OPSET} from '../formats/onnx/onnx-builder.js'
-import {dequantEmbedding, matMulNBitsB, matMulNBitsScales, nbitsDims} from '../formats/onnx/quantized-weights.js'
+import {dequantEmbedding, matMulNBitsB, matMulNBitsScales, nbitsDims, splitInt8Term} from '../formats/onnx/quantized-weights.js'
 
 export {ONNX_DATA_FILE, ONNX_MANIFEST_FILE, ONNX_MODEL_FILE} from './model-output.js'
 
@@ -74,6 +74,12 @@ export interface OnnxExportOptions {
    * the same: float16 -> float32 is exact.
    */
   residentF16?: boolean
+  /**
+   * cpuCompute 'int8' on a quantized checkpoint with a float output layer: that layer as two
+   * 8-bit MatMulNBits terms (quant/split-int8.ts; manifest `lm_head_compute`). Default true;
+   * false keeps it a float32 Gemm (A/B, tests).
+   */
+  splitHead?: boolean
   onStart?: (totalBytes: number) => void
   onBytes?: (n: number) => void
   onWarning?: (message: string) => void
@@ -99,7 +105,11 @@ export interface OnnxManifest {
   graph: string
   ops: Record<string, string>
   /** Weight-quantized linears (MatMulNBits), as in the checkpoint's config.json; absent for float models. */
-  quantization?: {bits: 4 | 8, group_size: number, linears: number, lm_head: boolean, embeddings: boolean, cpu_compute?: 'exact' | 'int8'}
+  quantization?: {
+    bits: 4 | 8, group_size: number, linears: number, lm_head: boolean, embeddings: boolean, cpu_compute?: 'exact' | 'int8'
+    /** cpu_compute int8 with a float output layer: it is two 8-bit MatMulNBits terms (quant/split-int8.ts) */
+    lm_head_compute?: {terms: 2, bits: 8, block_size: number}
+  }
   /**
    * float16: the graph is built for a session that keeps the float16 weights resident
    * (OnnxExportOptions.residentF16); OnnxCpuBackend then disables the folding of their Casts.
@@ -128,6 +138,9 @@ const F16_MAX_FINITE = 65504
 
 /** onnxruntime folds a constant Cast only while its output stays within 1 GiB (constant_folding.cc). */
 export const ORT_FOLD_LIMIT = 2 ** 30
+
+/** Columns per scale of the split output layer's two 8-bit terms (and of MLAS' activation quantization for it). */
+export const HEAD_SPLIT_BLOCK = 32
 
 /**
  * The dtype a weight read whole is stored in: the storage dtype, except a float16 one whose
@@ -289,7 +302,7 @@ function planExport(model: ModelSource, opts: OnnxExportOptions): ExportPlan {
   const graph = onnxGraphFor(arch)
   const dims = graph.dims(config)
   const byName = new Map(model.tensors.map(t => [t.name, t]))
-  const plan = planGraph(graph, dims, arch, config, byName, opts.dtype, opts.linearInputs ?? false, undefined, opts.cpuCompute === 'int8' ? 4 : 0, opts.residentF16 ?? false)
+  const plan = planGraph(graph, dims, arch, config, byName, opts.dtype, opts.linearInputs ?? false, undefined, opts.cpuCompute === 'int8' ? 4 : 0, opts.residentF16 ?? false, opts.splitHead ?? true)
   const total = plan.entries.reduce((a, e) => a + e.length, 0) + plan.computed.reduce((a, c) => a + c.data.byteLength, 0)
   return {arch, config, dir, dims, graph, plan, total}
 }
@@ -354,6 +367,7 @@ async function writeOnnxFiles(p: ExportPlan, tmp: string, opts: OnnxExportOption
     ...(plan.quant ? {quantization: {
       bits: plan.quant.layout.bits, group_size: plan.quant.layout.groupSize, linears: plan.quant.linears,
       lm_head: plan.quant.layout.lmHead, embeddings: plan.quant.layout.embeddings, cpu_compute: opts.cpuCompute ?? 'exact',
+      ...(plan.quant.headSplit ? {lm_head_compute: {terms: 2, bits: 8, block_size: plan.quant.headSplit}} : {}),
     }} : {}),
     ...(plan.residentF16 ? {runtime_weights: 'float16' as const} : {}),
     glmtool_version: VERSION,
@@ -386,7 +400,8 @@ interface GraphPlan {
   computed: {name: string, dims: readonly number[], data: Float32Array}[]
   /** Graph outputs beyond the decoder contract (the calibration variant's linear inputs). */
   extraOutputs: TensorIO[]
-  quant?: {layout: QuantLayout, linears: number}
+  /** headSplit: the float output layer as two 8-bit terms of this many columns per scale (HEAD_SPLIT_BLOCK). */
+  quant?: {layout: QuantLayout, linears: number, headSplit?: number}
   /** The linear weights are cast at their point of use, after their input (OnnxExportOptions.residentF16). */
   residentF16: boolean
 }
@@ -394,7 +409,7 @@ interface GraphPlan {
 /** Build the graph (no tensor bytes read), recording which tensors it uses. */
 function planGraph(
   graph: ChatglmOnnxGraph, dims: DecoderDims, arch: Arch, config: ModelConfig, byName: Map<string, TensorEntry>, requested: OnnxWeightDtype | undefined,
-  linearInputs: boolean, part?: GraphPart, accuracyLevel: 0 | 4 = 0, residentF16 = false,
+  linearInputs: boolean, part?: GraphPart, accuracyLevel: 0 | 4 = 0, residentF16 = false, splitHeadWanted = true,
 ): GraphPlan {
   const b = new GraphBuilder()
   const used = new Set<string>()
@@ -412,6 +427,10 @@ function planGraph(
     return t
   }
   const isQuantized = (name: string) => layout !== undefined && isQuantizedWeight(arch, layout, name)
+  // int8 compute of a quantized graph: its float output layer as two 8-bit terms (not for the
+  // calibration variant, whose statistics are of the float model's linears)
+  const splitHead = splitHeadWanted && layout !== undefined && accuracyLevel === 4 && !linearInputs && !isQuantized(arch.quantizable.lmHead)
+  let headSplitUsed = false
   /** The dtype each float initializer is stored in (the storage dtype, or F32: see `source`). */
   const stored = new Map<string, DType>()
   /**
@@ -497,6 +516,26 @@ function planGraph(
         y = b.ms('MatMulNBits', [x, B, scales], {K: d.K, N: d.N, bits: d.bits, block_size: d.blockSize, accuracy_level: accuracyLevel})
         if (bias) y = b.op('Add', [y, ctx.weight(bias)])
         if (linearInputs) extraOutputs.push({name: `${LINEAR_INPUT_PREFIX}${weight}`, dtype: 'float32', shape: ['rows', d.K]})
+      } else if (splitHead && weight === arch.quantizable.lmHead) {
+        // The float output layer of an int8-compute quantized graph: two 8-bit terms that hold
+        // it as closely as float16 does (quant/split-int8.ts), read by MatMulNBits' integer
+        // kernels instead of a float32 copy of twice the bytes (issue 13; bench/RESULTS.md).
+        const t = lookup(weight)
+        if (!isFloat(t.dtype)) throw new GlmtoolError('onnx-unsupported', `${t.file}: tensor ${weight} is ${t.dtype}, not a float weight`)
+        const [N, K] = t.shape
+        const block = HEAD_SPLIT_BLOCK
+        if (K % block !== 0) throw new GlmtoolError('onnx-unsupported', `${t.file}: ${weight} has ${K} columns, not a multiple of ${block}`)
+        used.add(weight)
+        headSplitUsed = true
+        const terms = ([0, 1] as const).map(term => {
+          const B = b.reserve(`${weight}.split${term}.MatMulNBits.B`)
+          const scales = b.reserve(`${weight}.split${term}.MatMulNBits.scales`)
+          entries.push({name: B, elemType: ELEM.UINT8, dims: [N, K / block, block], length: N * K, chunks: () => splitInt8Term(t, block, term, 'B')})
+          entries.push({name: scales, elemType: ELEM.FLOAT, dims: [N, K / block], length: N * (K / block) * 4, chunks: () => splitInt8Term(t, block, term, 'scales')})
+          return b.ms('MatMulNBits', [x, B, scales], {K, N, bits: 8, block_size: block, accuracy_level: accuracyLevel})
+        })
+        y = b.op('Add', terms)
+        if (bias) y = b.op('Add', [y, ctx.weight(bias)])
       } else {
         const t = source(weight, true)
         let w: string
@@ -523,7 +562,7 @@ function planGraph(
   // gives the same model.onnx.data from torch shards or from safetensors.
   return {
     builder: b, dtype: storage, entries, sourceTensors: used.size, computed, extraOutputs, residentF16: resident,
-    ...(layout ? {quant: {layout, linears: quantLinears}} : {}),
+    ...(layout ? {quant: {layout, linears: quantLinears, ...(splitHead && headSplitUsed ? {headSplit: HEAD_SPLIT_BLOCK} : {})}} : {}),
   }
 }
 

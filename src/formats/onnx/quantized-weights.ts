@@ -2,7 +2,9 @@ import {GlmtoolError} from '../../errors.js'
 import type {QuantLayout} from '../../models/quantized-layout.js'
 import {unpackInt4Published} from '../../quant/pack.js'
 import {packMatMulNBits} from '../../quant/pack.js'
+import {splitInt8} from '../../quant/split-int8.js'
 import {decodeFloats} from '../dtype-convert.js'
+import {DTYPE_SIZE} from '../dtype.js'
 import {readTensor, type TensorEntry} from '../tensor.js'
 import {ELEM, type GraphBuilder} from './onnx-builder.js'
 
@@ -114,4 +116,45 @@ export function dequantEmbedding(b: GraphBuilder, table: string, scales: string,
   const grouped = b.op('Reshape', [values, b.int64([-1, hidden / groupSize, groupSize])])
   const scaled = b.op('Mul', [grouped, b.op('Unsqueeze', [rowScales, b.int64([-1])])])
   return b.op('Reshape', [scaled, b.int64([-1, hidden])])
+}
+
+/**
+ * An int8-compute graph's float output layer (lm_head, float16 in the published layout) as two
+ * 8-bit MatMulNBits terms (quant/split-int8.ts): term 0 or 1's input B (codes + 128, [N, K /
+ * block, block]) or its scales (float32 [N, K / block]), streamed in row blocks from the float
+ * weight. Each call reads the weight once; the two terms and their scales are four passes.
+ */
+export async function* splitInt8Term(weight: TensorEntry, block: number, term: 0 | 1, what: 'B' | 'scales'): AsyncIterable<Buffer> {
+  const [N, K] = weight.shape
+  const elem = DTYPE_SIZE[weight.dtype]
+  const rowsPer = Math.max(1, Math.floor(ROW_BLOCK_BYTES / (K * elem)))
+  const buf = Buffer.allocUnsafeSlow(rowsPer * K * elem)
+  let fill = 0
+  let rows = 0
+  const flush = (n: number): Buffer => {
+    const w = decodeFloats(buf.subarray(0, n * K * elem), weight.dtype)
+    const s = splitInt8(w, n, K, block)
+    rows += n
+    if (what === 'scales') return Buffer.from(s.scales[term].buffer, s.scales[term].byteOffset, s.scales[term].byteLength)
+    const q = s.q[term]
+    const out = Buffer.allocUnsafe(q.length)
+    for (let i = 0; i < q.length; i++) out[i] = q[i] + 128
+    return out
+  }
+  for await (const c of weight.chunks()) {
+    let off = 0
+    while (off < c.length) {
+      const n = Math.min(c.length - off, buf.length - fill)
+      c.copy(buf, fill, off, off + n)
+      fill += n
+      off += n
+      if (fill === buf.length) {
+        yield flush(rowsPer)
+        fill = 0
+      }
+    }
+  }
+  if (fill % (K * elem) !== 0) throw new GlmtoolError('onnx-write', `${weight.file}: tensor ${weight.name} is not a whole number of rows`)
+  if (fill > 0) yield flush(fill / (K * elem))
+  if (rows !== N) throw new GlmtoolError('onnx-write', `${weight.file}: tensor ${weight.name} gave ${rows} rows, expected ${N}`)
 }
