@@ -58,6 +58,14 @@ describe('splitInt8: a float matrix as two 8-bit terms', () => {
     expect(Array.from(s.q[0].subarray(3 * K, 3 * K + block)).every(v => v === 0)).toBe(true)
   })
 
+  it('terms 1 gives the same first term and no second', () => {
+    const s = splitInt8(w, rows, K, block)
+    const one = splitInt8(w, rows, K, block, 1)
+    expect(one.q[0]).toEqual(s.q[0])
+    expect(one.scales[0]).toEqual(s.scales[0])
+    expect(one.scales[1].every(v => v === 0)).toBe(true)
+  })
+
   it('refuses a block that does not divide the row', () => {
     expect(() => splitInt8(w, rows, K, 48)).toThrow(/block 48 does not divide the row width 256/)
     expect(() => splitInt8(w.subarray(1), rows, K, block)).toThrow(/values for 16 x 256/)

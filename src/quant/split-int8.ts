@@ -16,7 +16,8 @@ export interface SplitInt8 {
   readonly scales: readonly [Float32Array, Float32Array]
 }
 
-export function splitInt8(w: Float32Array, rows: number, K: number, block: number): SplitInt8 {
+/** `terms` 1: only the first term (the second's codes and scales left zero), for a caller that needs no more. */
+export function splitInt8(w: Float32Array, rows: number, K: number, block: number, terms: 1 | 2 = 2): SplitInt8 {
   if (!Number.isInteger(block) || block < 1 || K % block !== 0) throw new Error(`splitInt8: block ${block} does not divide the row width ${K}`)
   if (w.length !== rows * K) throw new Error(`splitInt8: ${w.length} values for ${rows} x ${K}`)
   const q1 = new Int8Array(rows * K)
@@ -39,6 +40,7 @@ export function splitInt8(w: Float32Array, rows: number, K: number, block: numbe
       r[i] = w[o + i] - c * a
       m2 = Math.max(m2, Math.abs(r[i]))
     }
+    if (terms === 1) continue
     const a2 = Math.fround(m2 / 127)
     s2[b] = a2
     for (let i = 0; i < block; i++) q2[o + i] = a2 > 0 ? Math.max(-127, Math.min(127, Math.round(r[i] / a2))) : 0

@@ -133,7 +133,7 @@ export async function* splitInt8Term(weight: TensorEntry, block: number, term: 0
   let rows = 0
   const flush = (n: number): Buffer => {
     const w = decodeFloats(buf.subarray(0, n * K * elem), weight.dtype)
-    const s = splitInt8(w, n, K, block)
+    const s = splitInt8(w, n, K, block, term === 0 ? 1 : 2)
     rows += n
     if (what === 'scales') return Buffer.from(s.scales[term].buffer, s.scales[term].byteOffset, s.scales[term].byteLength)
     const q = s.q[term]
