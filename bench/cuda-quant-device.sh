@@ -10,8 +10,8 @@
 # Prepare here: npm run build && npm run build:native; .device/ as bench/cuda-device.sh says;
 # optionally nvcc -std=c++17 -O3 -arch=sm_90 -o build/native/stepbench native/stepbench.cu (STEPBENCH=0 skips it).
 # Run with carry [".device", "dist", "build/native"]:  BUDGET=480 bash bench/cuda-quant-device.sh
-# Everything lands in $OUT: steps.log, stepbench.log, parity.log, parity.json, bench-v2.json, bench-v1.json,
-# bench-kv8-v2.json, bench-kv8-v1.json (KV8: the variants benched again with --kv-dtype int8, default
+# Everything lands in $OUT (the JSON files packed into results.tar.gz at the end): steps.log, stepbench.log, parity.log, parity.json, bench-v2.json, bench-v1.json,
+# torch-v2.json, torch-v1.json (TORCH=1: the PyTorch eager baseline), bench-kv8-v2.json, bench-kv8-v1.json (KV8: the variants benched again with --kv-dtype int8, default
 # "f16 4"; empty skips) and sweep.jsonl with SWEEP set.
 set -u
 source bench/device-env.sh
@@ -74,6 +74,12 @@ for a in $GENS; do
     timeout $(($(left) - 10)) node bin/run.js bench "${dirs[@]}" --backend cuda --prompt-tokens 512 --gen-tokens 128 \
       --repeat 3 --max-length 2048 --out "$OUT/bench-${a/chatglm2-6b/v2}.json" >> "$LOG" 2>&1
     el "bench $a rc=$?"
+    # the PyTorch eager fp16 baseline (TORCH=1) of the same FP16 model, in the same call
+    if [ "${TORCH:-0}" = 1 ] && [ "$(left)" -gt 90 ]; then
+      timeout $(($(left) - 10)) python3 bench/peers/torch_baseline.py "$M/$a" --prompt-tokens 512 --gen-tokens 128 --repeat 3 \
+        --json "$OUT/torch-${a/chatglm2-6b/v2}.json" >> "$LOG" 2>&1
+      el "torch $a rc=$?"
+    fi
     # the INT8 KV cache (--kv-dtype int8) on the KV8 variants (default: fp16 and int4), same settings
     if [ -n "${KV8-f16 4}" ] && [ "$(left)" -gt 60 ]; then
       kdirs=()
@@ -98,6 +104,7 @@ for a in $GENS; do
 done
 [ -f "$OUT/bench-chatglm-6b.json" ] && mv "$OUT/bench-chatglm-6b.json" "$OUT/bench-v1.json"
 [ -f "$OUT/bench-kv8-chatglm-6b.json" ] && mv "$OUT/bench-kv8-chatglm-6b.json" "$OUT/bench-kv8-v1.json"
+[ -f "$OUT/torch-chatglm-6b.json" ] && mv "$OUT/torch-chatglm-6b.json" "$OUT/torch-v1.json"
 # Cost as work grows (SWEEP: prompt lengths, e.g. "128 512 2048 8192"): the first generation's
 # FP16 and quantized models in one bench process per length, the KV cache sized for the length,
 # 32 new tokens; each length's JSON a line of $OUT/sweep.jsonl (bench/plot-context.mjs draws it).
@@ -113,6 +120,8 @@ for n in ${SWEEP:-}; do
   [ -f "$OUT/sweep-$n.json" ] && { tr -d '\n' < "$OUT/sweep-$n.json"; echo; } >> "$OUT/sweep.jsonl" && rm -f "$OUT/sweep-$n.json"
 done
 el "done"
+# few files come back from the device machine: the JSON results travel as one archive
+( cd "$OUT" && ls *.json *.jsonl > /dev/null 2>&1 && tar czf results.tar.gz $(ls *.json *.jsonl 2>/dev/null) && rm -f *.json *.jsonl )
 echo "== bench =="; sed -n '/┌/,/┘/p' "$LOG" | cut -c1-250; grep '^roofline' "$LOG" | cut -c1-330
 echo "== parity =="; grep -E '^(ok|FAIL|cuda parity)' "$OUT/parity.log" | cut -c1-330
 echo "== bg =="; grep '^\[bg\]' "$LOG"

@@ -51,19 +51,14 @@ export function nbitsDims(layout: QuantLayout, weight: TensorEntry): NBitsDims {
 
 const ROW_BLOCK_BYTES = 8 * 1024 * 1024
 
-/** MatMulNBits input B, streamed from the published int8 / packed int4 weight in row blocks. */
-export async function* matMulNBitsB(weight: TensorEntry, d: NBitsDims): AsyncIterable<Buffer> {
-  const rowBytes = d.bits === 4 ? d.K / 2 : d.K
+/**
+ * A tensor's bytes in blocks of whole rows (`rowBytes` each, up to ROW_BLOCK_BYTES a block):
+ * `convert(block, rows)` of each; the block buffer is reused, so convert must not keep it.
+ */
+async function* inRowBlocks(weight: TensorEntry, rowBytes: number, convert: (block: Buffer, rows: number) => Buffer): AsyncIterable<Buffer> {
   const rowsPer = Math.max(1, Math.floor(ROW_BLOCK_BYTES / rowBytes))
   const buf = Buffer.allocUnsafeSlow(rowsPer * rowBytes)
   let fill = 0
-  const dummyScales = new Uint16Array(rowsPer * (d.K / d.groupSize))
-  const flush = (rows: number): Buffer => {
-    const packed = new Int8Array(buf.buffer, buf.byteOffset, rows * rowBytes)
-    const q = d.bits === 4 ? unpackInt4Published(packed, rows, d.K) : packed
-    const m = packMatMulNBits({bits: d.bits, rows, cols: d.K, groupSize: d.groupSize, q, scales: dummyScales.subarray(0, rows * (d.K / d.groupSize))}, {blockSize: d.blockSize})
-    return Buffer.from(m.B.buffer, m.B.byteOffset, m.B.byteLength)
-  }
   for await (const c of weight.chunks()) {
     let off = 0
     while (off < c.length) {
@@ -72,13 +67,25 @@ export async function* matMulNBitsB(weight: TensorEntry, d: NBitsDims): AsyncIte
       fill += n
       off += n
       if (fill === buf.length) {
-        yield flush(rowsPer)
+        yield convert(buf, rowsPer)
         fill = 0
       }
     }
   }
   if (fill % rowBytes !== 0) throw new GlmtoolError('onnx-write', `${weight.file}: tensor ${weight.name} is not a whole number of rows`)
-  if (fill > 0) yield flush(fill / rowBytes)
+  if (fill > 0) yield convert(buf.subarray(0, fill), fill / rowBytes)
+}
+
+/** MatMulNBits input B, streamed from the published int8 / packed int4 weight in row blocks. */
+export function matMulNBitsB(weight: TensorEntry, d: NBitsDims): AsyncIterable<Buffer> {
+  const rowBytes = d.bits === 4 ? d.K / 2 : d.K
+  const dummyScales = new Uint16Array(Math.max(1, Math.floor(ROW_BLOCK_BYTES / rowBytes)) * (d.K / d.groupSize))
+  return inRowBlocks(weight, rowBytes, (buf, rows) => {
+    const packed = new Int8Array(buf.buffer, buf.byteOffset, rows * rowBytes)
+    const q = d.bits === 4 ? unpackInt4Published(packed, rows, d.K) : packed
+    const m = packMatMulNBits({bits: d.bits, rows, cols: d.K, groupSize: d.groupSize, q, scales: dummyScales.subarray(0, rows * (d.K / d.groupSize))}, {blockSize: d.blockSize})
+    return Buffer.from(m.B.buffer, m.B.byteOffset, m.B.byteLength)
+  })
 }
 
 /** MatMulNBits scales, float32 [N, k_blocks]: each block repeats the scale of the group holding it. */
@@ -124,37 +131,14 @@ export function dequantEmbedding(b: GraphBuilder, table: string, scales: string,
  * block, block]) or its scales (float32 [N, K / block]), streamed in row blocks from the float
  * weight. Each call reads the weight once; the two terms and their scales are four passes.
  */
-export async function* splitInt8Term(weight: TensorEntry, block: number, term: 0 | 1, what: 'B' | 'scales'): AsyncIterable<Buffer> {
-  const [N, K] = weight.shape
-  const elem = DTYPE_SIZE[weight.dtype]
-  const rowsPer = Math.max(1, Math.floor(ROW_BLOCK_BYTES / (K * elem)))
-  const buf = Buffer.allocUnsafeSlow(rowsPer * K * elem)
-  let fill = 0
-  let rows = 0
-  const flush = (n: number): Buffer => {
-    const w = decodeFloats(buf.subarray(0, n * K * elem), weight.dtype)
-    const s = splitInt8(w, n, K, block, term === 0 ? 1 : 2)
-    rows += n
+export function splitInt8Term(weight: TensorEntry, block: number, term: 0 | 1, what: 'B' | 'scales'): AsyncIterable<Buffer> {
+  const K = weight.shape[1]
+  return inRowBlocks(weight, K * DTYPE_SIZE[weight.dtype], (buf, rows) => {
+    const s = splitInt8(decodeFloats(buf.subarray(0, rows * K * DTYPE_SIZE[weight.dtype]), weight.dtype), rows, K, block, term === 0 ? 1 : 2)
     if (what === 'scales') return Buffer.from(s.scales[term].buffer, s.scales[term].byteOffset, s.scales[term].byteLength)
     const q = s.q[term]
     const out = Buffer.allocUnsafe(q.length)
     for (let i = 0; i < q.length; i++) out[i] = q[i] + 128
     return out
-  }
-  for await (const c of weight.chunks()) {
-    let off = 0
-    while (off < c.length) {
-      const n = Math.min(c.length - off, buf.length - fill)
-      c.copy(buf, fill, off, off + n)
-      fill += n
-      off += n
-      if (fill === buf.length) {
-        yield flush(rowsPer)
-        fill = 0
-      }
-    }
-  }
-  if (fill % (K * elem) !== 0) throw new GlmtoolError('onnx-write', `${weight.file}: tensor ${weight.name} is not a whole number of rows`)
-  if (fill > 0) yield flush(fill / (K * elem))
-  if (rows !== N) throw new GlmtoolError('onnx-write', `${weight.file}: tensor ${weight.name} gave ${rows} rows, expected ${N}`)
+  })
 }
