@@ -114,6 +114,32 @@ for (const gen of ['v1', 'v2'] as const) {
     })
   }
 
+  it(`${gen}: a prompt in pieces (prefillRows 16, a P-Tuning prefix) gives the logits of one run, then the same decode`, async () => {
+    const probe = await OnnxCpuBackend.load(onnx[gen], {threads: 1, maxLength: 8})
+    const prefix = randomPrefix(probe, 3)
+    await probe.dispose()
+    // v2: 61 rows in pieces of 16; v1: the bidirectional context (41 rows) is the first piece, the rest follows in 16s
+    const p = gen === 'v1' ? prompt(gen, 40) : prompt(gen, 59)
+    const longer = gen === 'v1' ? {...p, ids: [...p.ids, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28],
+      positions: [...p.positions, ...Array(18).fill(p.positions[p.positions.length - 1])], blockPositions: [...p.blockPositions!, ...Array.from({length: 18}, (_, i) => 2 + i)]} : p
+    const outs: Record<string, {all: Float32Array, last: Float32Array, step: Float32Array}> = {}
+    for (const [key, prefillRows] of [['whole', undefined], ['pieces', 16]] as const) {
+      const b = await OnnxCpuBackend.load(onnx[gen], {threads: 1, maxLength: 200, prefix, prefillRows})
+      const all = (await b.forward({...longer, logits: 'all'})).logits.slice()
+      const step = (await b.forward(next(gen, longer, b.length, [argmax(all.subarray(all.length - b.manifest.dims.vocab))]))).logits.slice()
+      b.reset()
+      const last = (await b.forward({...longer, logits: 'last'})).logits.slice()
+      outs[key] = {all, last, step}
+      await b.dispose()
+    }
+    const vocab = outs.whole.last.length
+    expect(outs.pieces.all.length).toBe(longer.ids.length * vocab)
+    for (const k of ['all', 'last', 'step'] as const) {
+      const c = compareLogits(outs.pieces[k], outs.whole[k], REL_TOL, vocab)
+      expect(c.ok, `${gen} ${k}: max rel ${c.maxRel} at row ${c.worstRow}`).toBe(true)
+    }
+  })
+
   it(`${gen}: rows of the buffer past the ones in use do not matter (attention_bias masks them)`, async () => {
     const p = prompt(gen, 20)
     const run = async (garbage: boolean) => {

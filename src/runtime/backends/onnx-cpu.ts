@@ -13,11 +13,22 @@ import type {DecoderBackend, ForwardInput, ForwardOutput} from '../backend.js'
 /** Rows per head a KV-cache buffer starts with past the prefix (it doubles as needed, up to prefix + maxLength). */
 const INITIAL_CAPACITY = 256
 
+/**
+ * A long prompt runs in pieces so that one layer's attention scores (float32 [heads, rows,
+ * cache + rows], materialised by the graph) stay near this size: a 32k-token prompt would
+ * otherwise need 128 GiB of scores for ChatGLM2-6B's 32 heads. Pieces are at least
+ * PREFILL_MIN_ROWS rows (the linears' efficiency).
+ */
+export const PREFILL_SCORE_BYTES = 1 << 30
+const PREFILL_MIN_ROWS = 64
+
 export interface OnnxCpuOptions {
   /** Largest number of tokens the cache may hold (default and ceiling: the graph's rotary table rows). */
   maxLength?: number
   /** onnxruntime intra-op threads (default: onnxruntime's choice, the physical cores). */
   threads?: number
+  /** Most prompt rows one graph run takes (default: from PREFILL_SCORE_BYTES and the context length); tests set it small. */
+  prefillRows?: number
   /**
    * Called with every output of each run, the decoder's and any extra ones (the calibration
    * variant's linear inputs, pipelines/quantize/activation-stats.ts), before forward() returns.
@@ -128,6 +139,7 @@ export class OnnxCpuBackend implements DecoderBackend {
     maxLength: number,
     private readonly prefix: PrefixKV | undefined,
     private readonly onOutputs?: OnnxCpuOptions['onOutputs'],
+    private readonly prefillRowsOpt?: number,
   ) {
     this.maxLength = maxLength
     this.bufferCache = manifest.inputs.find(t => t.name === 'past_key_0')?.shape[2] === 'C'
@@ -161,7 +173,11 @@ export class OnnxCpuBackend implements DecoderBackend {
       throw new GlmtoolError('onnx-load', `${join(onnxDir, manifest.model)}: graph inputs/outputs differ from ${join(onnxDir, 'glmtool-onnx.json')}`)
     }
     const maxLength = Math.min(opts.maxLength ?? d.maxPositions, d.maxPositions)
-    return new OnnxCpuBackend(session, arch, config, manifest, maxLength, prefix, opts.onOutputs)
+    if (opts.prefillRows !== undefined && (!Number.isSafeInteger(opts.prefillRows) || opts.prefillRows < 1)) {
+      await session.release()
+      throw new GlmtoolError('usage', `prefillRows must be a positive integer (got ${opts.prefillRows})`)
+    }
+    return new OnnxCpuBackend(session, arch, config, manifest, maxLength, prefix, opts.onOutputs, opts.prefillRows)
   }
 
   get length(): number {
@@ -221,10 +237,50 @@ export class OnnxCpuBackend implements DecoderBackend {
     }
   }
 
+  /**
+   * Runs the new tokens, a long prompt in pieces of at most prefillRows() rows, each piece's
+   * keys and values cached before the next (the same result as one run: each row sees the
+   * same keys). ChatGLM-6B's bidirectional context is one piece (its tokens see later ones);
+   * the calibration variant (onOutputs) runs whole.
+   */
   async forward(input: ForwardInput): Promise<ForwardOutput> {
+    this.check(input)
+    const S = input.ids.length
+    const step = this.prefillRows(S)
+    if (S <= step || this.onOutputs || !this.bufferCache) return this.run(input)
+    const first = Math.min(S, Math.max(step, input.bidirectional - this.tokens))
+    const parts: Float32Array[] = []
+    let out: ForwardOutput | undefined
+    for (let s0 = 0; s0 < S;) {
+      const s1 = Math.min(S, s0 + (s0 === 0 ? first : step))
+      out = await this.run({
+        ids: input.ids.slice(s0, s1), positions: input.positions.slice(s0, s1), blockPositions: input.blockPositions?.slice(s0, s1),
+        bidirectional: input.bidirectional, logits: input.logits,
+      })
+      if (input.logits === 'all') parts.push(out.logits.slice())
+      s0 = s1
+    }
+    if (input.logits !== 'all') return out!
+    const logits = new Float32Array(S * out!.vocab)
+    let off = 0
+    for (const p of parts) {
+      logits.set(p, off)
+      off += p.length
+    }
+    return {logits, rows: S, vocab: out!.vocab}
+  }
+
+  /** Rows per run for S new tokens: one layer's scores near PREFILL_SCORE_BYTES (the buffer may be twice the rows in use). */
+  private prefillRows(S: number): number {
+    if (this.prefillRowsOpt !== undefined) return this.prefillRowsOpt
+    const d = this.manifest.dims
+    const total = (this.prefix?.length ?? 0) + this.tokens + S
+    return Math.max(PREFILL_MIN_ROWS, Math.floor(PREFILL_SCORE_BYTES / (d.heads * 4 * 2 * total)))
+  }
+
+  private async run(input: ForwardInput): Promise<ForwardOutput> {
     const d = this.manifest.dims
     const S = input.ids.length
-    this.check(input)
     const n = this.prefix?.length ?? 0
     const used = n + this.tokens
     // Buffer mode: no rows in use (a first prefill without prefix) -> no buffer (C = 0), so the
