@@ -110,8 +110,10 @@ CLI
   chatglm_ref.py --model DIR --ids 5,6,7 [--steps N] [--all-logits] [--out DIR]
                  [--prefix FILE] [--self-check] [--dtype f32|f16|bf16]
                  [--rope published|exact] [--device cpu|cuda] [--self-check-tol X] [--kv-int8]
+                 [--kv-int8-from f32|f16|bf16]
 --kv-int8 rounds every key and value row (one KV head, one token) as glmtool's INT8 KV cache
-stores it, the prefix's rows included: the reference for `--kv-dtype int8`.
+stores it, the prefix's rows included: the reference for `--kv-dtype int8`.  --kv-int8-from
+rounds each row to the engine's dtype first, as the engine holds it when it quantizes.
 --ids are TEXT token ids ('' for none); the script adds the specials
 (v1: ids + [gMASK, <sop>]; v2: [gMASK, sop] + ids).  It runs one prefill over the prompt,
 then N greedy decode steps with the KV cache: row 0 after the prompt gives generated[0]
@@ -273,8 +275,11 @@ class Session:
 # --------------------------------------------------------------------------------------------
 
 class ChatGLMRef:
-    def __init__(self, model_dir, dtype="f32", rope="published", device="cpu", prefix=None, kv_int8=False):
+    def __init__(self, model_dir, dtype="f32", rope="published", device="cpu", prefix=None, kv_int8=False, kv_int8_from="f32"):
         self.kv_int8 = kv_int8
+        if kv_int8_from not in TORCH_DTYPES:
+            raise RefError(f"--kv-int8-from must be one of {', '.join(sorted(TORCH_DTYPES))}, not {kv_int8_from}")
+        self.kv_int8_from = TORCH_DTYPES[kv_int8_from]
         with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
             self.config = json.load(f)
         if self.config.get("quantization_bit"):
@@ -539,9 +544,14 @@ class ChatGLMRef:
 
     def _kv_round(self, t):
         """--kv-int8: each row of D values (one KV head, one token) as glmtool's INT8 KV cache
-        stores it (native/kv_int8.cuh): q = round(x * 127 / max|x|) (half to even), x = q * max|x| / 127."""
+        stores it (native/kv_int8.cuh): q = round(x * 127 / max|x|) (half to even), x = q * max|x| / 127.
+        The engine quantizes rows it holds in the model's dtype (the QKV buffer after rotary), so with
+        --kv-int8-from f16|bf16 the row is rounded to that dtype first: a float32 row and its fp16
+        copy can round to different integers, which a sharpened model amplifies."""
         if not self.kv_int8:
             return t
+        if self.kv_int8_from != torch.float32:
+            t = t.to(self.kv_int8_from).to(t.dtype)
         m = t.abs().amax(dim=-1, keepdim=True)
         inv = torch.where(m > 0, 127.0 / m, torch.zeros_like(m))
         return torch.clamp(torch.round(t * inv), -127, 127) * (m / 127.0)
@@ -785,13 +795,15 @@ def main(argv=None):
     ap.add_argument("--rope", choices=["published", "exact"], default="published")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--kv-int8", action="store_true", help="keys and values rounded as glmtool's INT8 KV cache stores them")
+    ap.add_argument("--kv-int8-from", choices=sorted(TORCH_DTYPES), default="f32",
+                    help="with --kv-int8: the dtype the engine holds a row in before it rounds it (f16 for an fp16 model)")
     args = ap.parse_args(argv)
     try:
         if args.steps < 0:
             raise RefError("--steps must be >= 0")
         if not args.out and not args.self_check:
             raise RefError("give --out DIR and/or --self-check")
-        model = ChatGLMRef(args.model, dtype=args.dtype, rope=args.rope, device=args.device, prefix=args.prefix, kv_int8=args.kv_int8)
+        model = ChatGLMRef(args.model, dtype=args.dtype, rope=args.rope, device=args.device, prefix=args.prefix, kv_int8=args.kv_int8, kv_int8_from=args.kv_int8_from)
         if args.lora:
             model.set_lora(args.lora)
         for n in model.load_notes + model.inv_freq_notes:

@@ -277,10 +277,20 @@ def check_kv_round():
     """The rounding of one row: q = round(x * 127 / max|x|) half to even, x' = q * max|x| / 127; zero rows stay zero."""
     ref = R.ChatGLMRef.__new__(R.ChatGLMRef)
     ref.kv_int8 = True
+    ref.kv_int8_from = torch.float32
     row = torch.tensor([[[1.0, -0.5, 0.25, 0.0]], [[0.0, 0.0, 0.0, 0.0]]])
     got = ref._kv_round(row)
     want = torch.tensor([[[127.0, -64.0, 32.0, 0.0]], [[0.0, 0.0, 0.0, 0.0]]]) / 127.0
     record("kv int8 rounding of a row", bool(torch.equal(got, want)), got=got.flatten().tolist())
+    # --kv-int8-from f16: the row is rounded to fp16 before the int8 rounding, as the engine holds
+    # it. 10.4998/127 rounds to 10 in float32, but its fp16 copy is 10.5032/127: 11.
+    x = 10.4998 / 127
+    row = torch.tensor([[[1.0, x]]])
+    want32 = torch.tensor([[[127.0, 10.0]]]) / 127.0
+    record("kv int8 rounding from float32", bool(torch.equal(ref._kv_round(row), want32)), got=ref._kv_round(row).flatten().tolist())
+    ref.kv_int8_from = torch.float16
+    want16 = torch.tensor([[[127.0, 11.0]]]) / 127.0
+    record("kv int8 rounding from fp16 rounds the fp16 row", bool(torch.equal(ref._kv_round(row), want16)), got=ref._kv_round(row).flatten().tolist())
 
 
 def main():
