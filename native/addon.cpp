@@ -281,6 +281,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     o.Set("decodeSplits", e.decodeSplits());
     o.Set("decodeHeadsPerBlock", e.decodeHeadsPerBlock());
     o.Set("decodeFusedNorm", e.decodeFusedNorm());
+    o.Set("prefillFlash", e.prefillFlash());
     o.Set("graphCaptured", e.graphCaptured());
     o.Set("pdl", e.pdl());
     return o;

@@ -185,9 +185,10 @@ struct Engine::Impl {
   // rows copied before the QKV projection finishes (decode_attention.cuh); 1 one block per
   // query head and split (GLMTOOL_CUDA_ATTN=head, for A/B runs).
   int attnMode = 2;
-  // Prefill attention: true, the tiled online-softmax kernel (flash_attention.cuh; head sizes
-  // 16, 32, 64, 128); false, cuBLAS scores + softmax_mask_kernel + cuBLAS (GLMTOOL_CUDA_FLASH=0|1).
-  bool flash = false;
+  // Prefill attention: 1 (default), the tiled online-softmax kernel (flash_attention.cuh; head
+  // sizes 16, 32, 64, 128), one 16-row tile a warp; 2 the same with two (MT 2); 0 cuBLAS scores +
+  // softmax_mask_kernel + cuBLAS, with its score buffer (GLMTOOL_CUDA_FLASH=0|1|2).
+  int flash = 1;
   int gqaTile = 64, gqaSplits = 1, gqaHeads = 1;
   // Decode norms fused into the GEMVs (layersFusedNorm): ChatGLM2-6B's RMSNorm by default, not
   // ChatGLM-6B's LayerNorm (init()); GLMTOOL_CUDA_NORM=fused|kernel overrides.
@@ -394,8 +395,8 @@ struct Engine::Impl {
     // 256 keys per split at the full length (32 splits of 64 measured slower at 576 keys: 12.7 vs 9.0 us)
     nsplit = std::min(32, std::max(4, (maxTotal + 255) / 256));
     if (const char* v = std::getenv("GLMTOOL_CUDA_ATTN")) attnMode = std::string(v) == "head" ? 1 : 2;
-    if (const char* v = std::getenv("GLMTOOL_CUDA_FLASH")) flash = std::string(v) == "1";
-    flash = flash && (D == 16 || D == 32 || D == 64 || D == 128);
+    if (const char* v = std::getenv("GLMTOOL_CUDA_FLASH")) flash = std::string(v) == "2" ? 2 : std::string(v) == "0" ? 0 : 1;
+    if (!(D == 16 || D == 32 || D == 64 || D == 128)) flash = 0;
     // Norms fused into the decode GEMVs: RMSNorm (v2) by default; LayerNorm (v1: two reductions
     // and a bias per block of 2048) measured slower (bench/RESULTS.md, H200 run 6).
     fuseNorm = c.rmsnorm;
@@ -968,16 +969,19 @@ struct Engine::Impl {
     return work;
   }
 
-  template <typename T, int DH>
+  template <typename T, int DH, int MT>
   void flashLaunch(const FlashArgs<T>& a) {
-    constexpr size_t smem = flashSmemBytes<DH>();
+    constexpr size_t smem = flashSmemBytes<DH, MT>();
+    constexpr int rows = flashRows<MT>();
     static bool sized = false;  // per instantiation: above 48 KiB needs the opt-in, once
     if (!sized) {
-      CK(cudaFuncSetAttribute(flash_prefill_kernel<T, DH>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+      CK(cudaFuncSetAttribute(flash_prefill_kernel<T, DH, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
       sized = true;
     }
-    launchSmem(flash_prefill_kernel<T, DH>, dim3((a.S + FA_BR - 1) / FA_BR, N), dim3(FA_THREADS), smem, a);
+    launchSmem(flash_prefill_kernel<T, DH, MT>, dim3((a.S + rows - 1) / rows, N), dim3(FA_THREADS), smem, a);
   }
+  template <typename T, int DH>
+  void flashLaunch(const FlashArgs<T>& a) { flash == 2 ? flashLaunch<T, DH, 2>(a) : flashLaunch<T, DH, 1>(a); }
 
   template <typename T>
   void attentionPrefill(int layer, int S, int past, int bidirectional, const void* qkv, void* ctx) {
@@ -1396,6 +1400,7 @@ int Engine::decodeHeadsPerBlock() const {
   return p->attnMode == 2 ? p->gqaHeads : 0;
 }
 bool Engine::decodeFusedNorm() const { return need(impl_)->fuseNorm; }
+int Engine::prefillFlash() const { return need(impl_)->flash; }
 int Engine::decodeSplits() const {
   const Engine::Impl* p = need(impl_);
   return p->attnMode == 2 ? p->gqaSplits : p->nsplit;

@@ -121,6 +121,9 @@ class Engine {
   int decodeHeadsPerBlock() const;
   // Whether the decode step's norms are fused into its GEMVs (GLMTOOL_CUDA_NORM).
   bool decodeFusedNorm() const;
+  // The prefill attention: 0 cuBLAS scores + masked softmax + cuBLAS; 1 or 2 the flash kernel
+  // (flash_attention.cuh) with that many 16-row query tiles a warp (GLMTOOL_CUDA_FLASH).
+  int prefillFlash() const;
   bool graphCaptured() const;  // the per-step or the decodeMany step graph has been captured
   void setUseGraph(bool on);
   // Programmatic dependent launch in the decode step (Hopper and newer; GLMTOOL_CUDA_PDL=0 turns it off).

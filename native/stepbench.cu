@@ -208,20 +208,26 @@ __global__ void attn_naive_kernel(FlashArgs<half> a, int D, float* out) {
   }
 }
 
-template <int D>
+template <int D, int MT>
 static void flashRun(const FlashArgs<half>& a, int N) {
-  constexpr size_t smem = flashSmemBytes<D>();
+  constexpr size_t smem = flashSmemBytes<D, MT>();
+  constexpr int rows = flashRows<MT>();
   static bool sized = false;
-  if (!sized) { CK(cudaFuncSetAttribute(flash_prefill_kernel<half, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)); sized = true; }
-  flash_prefill_kernel<half, D><<<dim3((a.S + FA_BR - 1) / FA_BR, N), FA_THREADS, smem, st>>>(a);
+  if (!sized) { CK(cudaFuncSetAttribute(flash_prefill_kernel<half, D, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)); sized = true; }
+  flash_prefill_kernel<half, D, MT><<<dim3((a.S + rows - 1) / rows, N), FA_THREADS, smem, st>>>(a);
 }
-static void flashDispatch(int D, const FlashArgs<half>& a, int N) {
+template <int MT>
+static void flashDispatchMt(int D, const FlashArgs<half>& a, int N) {
   switch (D) {
-    case 16: flashRun<16>(a, N); break;
-    case 32: flashRun<32>(a, N); break;
-    case 64: flashRun<64>(a, N); break;
-    default: flashRun<128>(a, N); break;
+    case 16: flashRun<16, MT>(a, N); break;
+    case 32: flashRun<32, MT>(a, N); break;
+    case 64: flashRun<64, MT>(a, N); break;
+    default: flashRun<128, MT>(a, N); break;
   }
+}
+// MT: one or two 16-row query tiles a warp (flash_attention.cuh)
+static void flashDispatch(int D, const FlashArgs<half>& a, int N, int mt) {
+  mt == 2 ? flashDispatchMt<2>(D, a, N) : flashDispatchMt<1>(D, a, N);
 }
 
 struct FlashCase { const char* name; int N, G, D, S, past, prefix, bidirectional; bool interleaved; bool check; };
@@ -260,9 +266,7 @@ static void flashSection() {
     a.out = O, a.outStride = (long long)c.N * c.D;
     a.S = c.S, a.Tc = Tc, a.past = c.past, a.prefix = c.prefix, a.bidirectional = c.bidirectional;
     a.scaleLog2 = 1.4426950408889634f / sqrtf((float)c.D);
-    flashDispatch(c.D, a, c.N);
     CK(cudaGetLastError());
-    CK(cudaStreamSynchronize(st));
     // visible (query, key) pairs: the attention's matrix work is 4 D flops per pair and head
     double pairs = 0;
     for (int r = 0; r < c.S; r++) {
@@ -273,16 +277,23 @@ static void flashSection() {
       float* ref = (float*)dalloc((size_t)c.S * c.N * c.D * 4);
       attn_naive_kernel<<<dim3(c.S, c.N), 128, Tc * 4, st>>>(a, c.D, ref);
       CK(cudaGetLastError());
-      const float rel = maxRel(toHost(O, (size_t)c.S * c.N * c.D, false), toHost(ref, (size_t)c.S * c.N * c.D, true));
-      const bool ok = rel < 2e-2f;
-      if (!ok) flashFails++;
-      printf("flash %-28s N %2d G %2d D %3d S %5d past %5d prefix %2d bidir %3d: maxrel vs float32 %.1e %s\n", c.name, c.N, c.G, c.D,
-             c.S, c.past, c.prefix, c.bidirectional, rel, ok ? "ok" : "FAIL");
+      const std::vector<float> want = toHost(ref, (size_t)c.S * c.N * c.D, true);
+      for (int mt = 1; mt <= 2; mt++) {
+        CK(cudaMemsetAsync(O, 0xff, (size_t)c.S * c.N * c.D * 2, st));  // NaNs: every row must be written
+        flashDispatch(c.D, a, c.N, mt);
+        CK(cudaGetLastError());
+        const float rel = maxRel(toHost(O, (size_t)c.S * c.N * c.D, false), want);
+        const bool ok = rel < 2e-2f;
+        if (!ok) flashFails++;
+        printf("flash MT%d %-28s N %2d G %2d D %3d S %5d past %5d prefix %2d bidir %3d: maxrel vs float32 %.1e %s\n", mt, c.name, c.N, c.G,
+               c.D, c.S, c.past, c.prefix, c.bidirectional, rel, ok ? "ok" : "FAIL");
+      }
       cudaFree(ref);
     } else {
-      const double us = timeGraph(3, [&](int) { flashDispatch(c.D, a, c.N); });
-      printf("flash %-28s S %5d keys %5d: %9.1f us, %6.1f TFLOP/s (visible pairs)\n", c.name, c.S, Tc, us,
-             4.0 * c.D * c.N * pairs / us / 1e6);
+      double us[2];
+      for (int mt = 1; mt <= 2; mt++) us[mt - 1] = timeGraph(3, [&](int) { flashDispatch(c.D, a, c.N, mt); });
+      printf("flash %-28s S %5d keys %5d: MT1 %9.1f us, %6.1f TFLOP/s; MT2 %9.1f us, %6.1f TFLOP/s (visible pairs)\n", c.name, c.S, Tc,
+             us[0], 4.0 * c.D * c.N * pairs / us[0] / 1e6, us[1], 4.0 * c.D * c.N * pairs / us[1] / 1e6);
     }
     cudaFree(qkv); cudaFree(K); cudaFree(V); cudaFree(O);
   }

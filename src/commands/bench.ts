@@ -80,7 +80,7 @@ export function benchTable(results: readonly BenchResult[]): string {
   const table = new Table({head: ['', ...results.map(r => r.model)], style: {head: [], border: []}})
   const row = (label: string, cell: (r: BenchResult) => string) => table.push([label, ...results.map(cell)])
   row('architecture', r => [r.architecture, r.weights ?? r.dtype, r.kvDtype === 'int8' ? '(KV cache int8)' : undefined].filter(Boolean).join(' '))
-  row('backend', r => (r.device ? `${r.backend}: ${r.device.name}${r.decode ? ` (${[r.decode.graph && 'graph', r.decode.pdl && 'PDL', r.decode.stepsPerCall > 1 && `${r.decode.stepsPerCall} steps/call`].filter(Boolean).join(', ') || 'plain launches'})` : ''}` : r.backend))
+  row('backend', r => (r.device ? `${r.backend}: ${r.device.name}${r.decode ? ` (${[r.decode.graph && 'graph', r.decode.pdl && 'PDL', r.decode.stepsPerCall > 1 && `${r.decode.stepsPerCall} steps/call`, r.prefillAttention && `${r.prefillAttention} prefill`].filter(Boolean).join(', ') || 'plain launches'})` : ''}` : r.backend))
   row('prompt / new tokens', r => `${r.promptTokens} / ${r.genTokens} (x${r.repeat})`)
   row('load (s)', r => r.loadSeconds.toFixed(2))
   row('time to first token (ms) median / p90', r => `${f1(r.ttftMs.median)} / ${f1(r.ttftMs.p90)}`)

@@ -65,6 +65,8 @@ export interface BenchResult {
   device?: {name: string, computeCapability: string, totalMemoryBytes: number, peakBandwidthBytesPerSecond: number, driverVersion: number, cublas: string}
   /** CUDA: how the decode step ran. */
   decode?: {graph: boolean, pdl: boolean, splits: number, headsPerBlock: number, fusedNorm: boolean, stepsPerCall: number}
+  /** CUDA: the prefill attention ('flash', 'flash MT2': tiled online softmax, no score matrix; 'cublas': scores, masked softmax, cuBLAS). */
+  prefillAttention?: string
   promptTokens: number
   genTokens: number
   repeat: number
@@ -230,6 +232,7 @@ export async function benchModel(path: string, opts: BenchOptions): Promise<Benc
         graph: info.graphCaptured, pdl: info.pdl, splits: info.decodeSplits, headsPerBlock: info.decodeHeadsPerBlock,
         fusedNorm: info.decodeFusedNorm, stepsPerCall: cuda.decodeBatch,
       }
+      if (info.prefillFlash !== undefined) result.prefillAttention = info.prefillFlash === 0 ? 'cublas' : info.prefillFlash === 2 ? 'flash MT2' : 'flash'
       result.device = {name: d.name, computeCapability: d.computeCapability, totalMemoryBytes: d.totalMemory, peakBandwidthBytesPerSecond: d.peakBandwidth, driverVersion: d.driverVersion, cublas: d.cublasPath}
       result.gpuMemory = {
         peakAllocatedBytes: m.peakAllocated, peakDeviceUsedBytes: m.peakDeviceUsed, deviceTotalBytes: m.deviceTotal,

@@ -184,7 +184,7 @@ async function makeModel(work, key) {
 function runReferences(jobs, device) {
   const python = process.env.GLMTOOL_REFERENCE_PYTHON || '/usr/bin/python3'
   const list = jobs.map(j => ['--model', j.torch, '--ids', j.ids.join(','), '--steps', String(STEPS), '--all-logits', '--out', j.out, '--device', device,
-    ...(j.prefix ? ['--prefix', j.prefix] : []), ...(j.kvInt8 ? ['--kv-int8'] : [])])
+    ...(j.prefix ? ['--prefix', j.prefix] : []), ...(j.kvInt8 ? ['--kv-int8', '--kv-int8-from', j.kvInt8] : [])])
   const file = join(jobs[0].out, '..', 'ref-jobs.json')
   writeFileSync(file, JSON.stringify(list))
   const r = spawnSync(python, [join(ROOT, 'test/cuda/ref_batch.py'), file], {encoding: 'utf8', maxBuffer: 64 << 20, timeout: 600_000})
@@ -348,7 +348,7 @@ export async function runParity({work, quick = false, only, refDevice, log = con
     if (c.against) models[c.against] ??= await makeModel(work, c.against)
   }
   const device_ = refDevice ?? (process.env.GLMTOOL_REFERENCE_DEVICE || 'cuda')
-  const jobs = cases.map((c, i) => ({torch: models[c.model].torch, prefix: models[c.model].prefix, ids: c.ids, out: join(work, `ref-${i}`), kvInt8: c.model.endsWith('-kv8')}))
+  const jobs = cases.map((c, i) => ({torch: models[c.model].torch, prefix: models[c.model].prefix, ids: c.ids, out: join(work, `ref-${i}`), kvInt8: c.model.endsWith('-kv8') && (/-bf16-kv8$/.test(c.model) ? 'bf16' : 'f16')}))
   // the `against` models' references on the same ids, after the cases' own
   const againstJob = new Map()
   for (const [i, c] of cases.entries()) {
@@ -396,7 +396,7 @@ export async function runParity({work, quick = false, only, refDevice, log = con
       try {
         const info = cuda.info()
         r.pdl = info.pdl
-        r.decodeKernels = `attention ${info.decodeHeadsPerBlock ? `${info.decodeHeadsPerBlock} heads/block` : 'per head'}, norms ${info.decodeFusedNorm ? 'fused' : 'kernels'}`
+        r.decodeKernels = `attention ${info.decodeHeadsPerBlock ? `${info.decodeHeadsPerBlock} heads/block` : 'per head'}, norms ${info.decodeFusedNorm ? 'fused' : 'kernels'}${info.prefillFlash === undefined ? '' : `, prefill ${['cublas', 'flash', 'flash MT2'][info.prefillFlash]}`}`
         const graph = await teacherForced(cuda, meta)
         // launch by launch, without programmatic dependent launch: the same kernels, plainly ordered
         cuda.setUseGraph(false)

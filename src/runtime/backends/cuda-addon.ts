@@ -105,6 +105,8 @@ export interface CudaEngineInfo {
   decodeHeadsPerBlock: number
   /** Whether the decode step's norms are fused into its GEMVs (GLMTOOL_CUDA_NORM=fused|kernel). */
   decodeFusedNorm: boolean
+  /** The prefill attention: 0 cuBLAS scores + masked softmax; 1 or 2 the flash kernel with that many 16-row query tiles a warp (GLMTOOL_CUDA_FLASH). Absent from an addon built before it. */
+  prefillFlash?: number
   /** Whether a decode step graph (per-step or decodeMany) has been captured. */
   graphCaptured: boolean
   /** Whether decode kernels launch with programmatic dependent launch. */
