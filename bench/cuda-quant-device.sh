@@ -10,6 +10,7 @@
 # Prepare here: npm run build && npm run build:native; .device/ as bench/cuda-device.sh says;
 # optionally nvcc -std=c++17 -O3 -arch=sm_90 -o build/native/stepbench native/stepbench.cu (STEPBENCH=0 skips it).
 # Run with carry [".device", "dist", "build/native"]:  BUDGET=480 bash bench/cuda-quant-device.sh
+# (BENCH=0 skips the per-generation benches; a second call on the same warm machine reuses the models.)
 # Everything lands in $OUT (the JSON files packed into results.tar.gz at the end): steps.log, stepbench.log, parity.log, parity.json, bench-v2.json, bench-v1.json,
 # torch-v2.json, torch-v1.json (TORCH=1: the PyTorch eager baseline), bench-kv8-v2.json, bench-kv8-v1.json (KV8: the variants benched again with --kv-dtype int8, default
 # "f16 4"; empty skips) and sweep.jsonl with SWEEP set.
@@ -23,6 +24,7 @@ mkdir -p "$M"
 GENS=${GENS:-"chatglm2-6b chatglm-6b"}
 QTHREADS=${QTHREADS:-6}
 prep() {  # synth (one core) -> safetensors fp16, the torch copy removed (disk: 64 GB)
+  [ -f "$M/$1/config.json" ] && [ ! -d "$M/$1-torch" ] && { echo "[bg] $1: kept from an earlier call on this machine" >> "$LOG"; return; }
   local t0=$(date +%s)
   node bin/run.js synth --arch $1 --size ${SIZE:-full} --out "$M/$1-torch" > /dev/null 2>&1 &&
     node bin/run.js convert "$M/$1-torch" --to safetensors --out "$M/$1" > /dev/null 2>&1 &&
@@ -32,10 +34,13 @@ prep() {  # synth (one core) -> safetensors fp16, the torch copy removed (disk: 
 QUANTS=${QUANTS:-"8 4"}
 quant() {  # RTN, lm_head and embeddings fp16 (the defaults)
   for q in $QUANTS; do
+    [ -f "$M/$1-int$q/config.json" ] && grep -q "rc=0" "$M/q-$1-$q.rc" 2>/dev/null && continue
     local t1=$(date +%s) b=${q%%g*} g=0
     [ "$q" != "$b" ] && g=${q#*g}
     node bin/run.js quantize "$M/$1" --bits $b --group-size $g --out "$M/$1-int$q" --evaluate off --threads $QTHREADS > "$M/q-$1-$q.log" 2>&1
-    echo "[bg] $1 int$q rc=$? $(($(date +%s) - t1)) s: $(tail -1 "$M/q-$1-$q.log" | cut -c1-200)" >> "$LOG"
+    local rc=$?
+    echo "rc=$rc" > "$M/q-$1-$q.rc"
+    echo "[bg] $1 int$q rc=$rc $(($(date +%s) - t1)) s: $(tail -1 "$M/q-$1-$q.log" | cut -c1-200)" >> "$LOG"
   done
   touch "$M/$1.ready"
 }
@@ -67,7 +72,7 @@ fi
 
 for a in $GENS; do
   while [ ! -f "$M/$a.ready" ] && [ "$(left)" -gt 60 ]; do sleep 2; done
-  if [ -f "$M/$a.ready" ] && [ "$(left)" -gt 60 ]; then
+  if [ -f "$M/$a.ready" ] && [ "$(left)" -gt 60 ] && [ "${BENCH:-1}" = 1 ]; then
     el "bench $a fp16 / int8 / int4 ..."
     dirs=("$M/$a")
     for q in $QUANTS; do dirs+=("$M/$a-int$q"); done
@@ -108,16 +113,27 @@ done
 # Cost as work grows (SWEEP: prompt lengths, e.g. "128 512 2048 8192"): the first generation's
 # FP16 and quantized models in one bench process per length, the KV cache sized for the length,
 # 32 new tokens; each length's JSON a line of $OUT/sweep.jsonl (bench/plot-context.mjs draws it).
-# SWEEP_QUANTS (default "8 4"; empty: FP16 only), SWEEP_ENV (e.g. GLMTOOL_CUDA_FLASH=1).
+# SWEEP_QUANTS (default "8 4"; empty: FP16 only) for lengths up to SWEEP_QMAX (default 8192),
+# SWEEP_ENV (e.g. GLMTOOL_CUDA_FLASH=2). SWEEP2 / SWEEP2_ENV: the FP16 model again at those lengths
+# with other switches (e.g. GLMTOOL_CUDA_FLASH=0, the attention before flash), into sweep2.jsonl.
 a=${GENS%% *}
+sweep() {  # $1 length, $2 env, $3 the jsonl file, $4 quantized variants
+  local n=$1 dirs=("$M/$a")
+  for q in $4; do dirs+=("$M/$a-int$q"); done
+  env $2 timeout $(($(left) - 10)) node bin/run.js bench "${dirs[@]}" --backend cuda --prompt-tokens "$n" --gen-tokens 32 \
+    --repeat 1 --warmup 1 --max-length $((n + 48)) --out "$OUT/sweep-$n.json" > /dev/null 2>> "$LOG"
+  el "sweep $n ${2:-} rc=$?"
+  [ -f "$OUT/sweep-$n.json" ] && { tr -d '\n' < "$OUT/sweep-$n.json"; echo; } >> "$OUT/$3" && rm -f "$OUT/sweep-$n.json"
+}
 for n in ${SWEEP:-}; do
   [ "$(left)" -gt 45 ] || { el "sweep: budget, stopping before $n"; break; }
-  dirs=("$M/$a")
-  for q in ${SWEEP_QUANTS-8 4}; do dirs+=("$M/$a-int$q"); done
-  env ${SWEEP_ENV:-} timeout $(($(left) - 10)) node bin/run.js bench "${dirs[@]}" --backend cuda --prompt-tokens "$n" --gen-tokens 32 \
-    --repeat 1 --warmup 1 --max-length $((n + 48)) --out "$OUT/sweep-$n.json" > /dev/null 2>> "$LOG"
-  el "sweep $n rc=$?"
-  [ -f "$OUT/sweep-$n.json" ] && { tr -d '\n' < "$OUT/sweep-$n.json"; echo; } >> "$OUT/sweep.jsonl" && rm -f "$OUT/sweep-$n.json"
+  qs=""
+  [ "$n" -le "${SWEEP_QMAX:-8192}" ] && qs=${SWEEP_QUANTS-8 4}
+  sweep "$n" "${SWEEP_ENV:-}" sweep.jsonl "$qs"
+done
+for n in ${SWEEP2:-}; do
+  [ "$(left)" -gt 45 ] || { el "sweep2: budget, stopping before $n"; break; }
+  sweep "$n" "${SWEEP2_ENV:-}" sweep2.jsonl ""
 done
 el "done"
 # few files come back from the device machine: the JSON results travel as one archive
