@@ -75,6 +75,9 @@ export function parityCases(quick = false) {
     {model: 'chatglm-6b-small-q4g128', ids: text(17, 300)},
     {model: 'chatglm2-6b-small-q4', ids: text(17, 300)},
     {model: 'chatglm2-6b-small-q8', ids: text(17, 300)},
+    // -qBe: the embedding table quantized as well (`--skip lm_head`), dequantized on the host at load
+    {model: 'chatglm-6b-tiny-q4g32e', ids: text(6, 100)},
+    {model: 'chatglm2-6b-tiny-q8e', ids: text(6, 100)},
     // The INT8 KV cache (issue 12, `-kv8`: the model before it run with kvDtype int8): float models
     // against the reference with --kv-int8 (its cache rounded as the engine's) within FP16_TOL, quantized
     // ones against the CPU runtime within KV8_TOL; and every case against the same engine with the
@@ -129,11 +132,12 @@ async function sharpen(src, out) {
 async function makeModel(work, key) {
   if (key.endsWith('-kv8')) return makeModel(work, key.slice(0, -4))
   if (key.endsWith('-long')) return makeModel(work, key.slice(0, -5))
-  const qm = /^(chatglm2?-6b-(?:tiny|small))-q(4|8)(?:g(\d+))?$/.exec(key)
+  const qm = /^(chatglm2?-6b-(?:tiny|small))-q(4|8)(?:g(\d+))?(e)?$/.exec(key)
   if (qm) {
     const base = await makeModel(work, qm[1])
     const q = join(work, key)
-    if (!existsSync(q)) glmtool(['quantize', base.torch, '--bits', qm[2], '--group-size', qm[3] ?? '0', '--format', 'both', '--cpu-compute', 'exact', '--out', q, '--evaluate', 'off'])
+    // `e`: the embedding table quantized too (`--skip lm_head`), which the engine dequantizes on the host
+    if (!existsSync(q)) glmtool(['quantize', base.torch, '--bits', qm[2], '--group-size', qm[3] ?? '0', '--format', 'both', '--cpu-compute', 'exact', '--out', q, '--evaluate', 'off', ...(qm[4] ? ['--skip', 'lm_head'] : [])])
     return {torch: base.torch, st: q, onnx: q, quant: true}
   }
   if (key === 'chatglm3-6b-32k-tiny-sharp') {

@@ -1,11 +1,12 @@
 import {GlmtoolError, ModelError} from '../../errors.js'
 import {convertChunk} from '../../formats/dtype-convert.js'
+import {dequantizedTensor} from '../../formats/dequantized-tensor.js'
 import {type DType, numel} from '../../formats/dtype.js'
 import {type DetectedModel, openModel} from '../../pipelines/model-dir.js'
 import type {TensorEntry} from '../../formats/tensor.js'
 import type {Arch, ArchId, ModelConfig} from '../../models/index.js'
 import {PREFIX_CACHE_MARKER} from '../../models/arch.js'
-import {quantizableNames, quantLayoutOf, type QuantLayout, scaleNameOf} from '../../models/quantized-layout.js'
+import {GLMTOOL_QUANT_KEY, quantizableNames, quantLayoutOf, type QuantLayout, scaleNameOf} from '../../models/quantized-layout.js'
 import type {DecodeManyInput, DecoderBackend, DeviceSampling, ForwardInput, ForwardOutput, KvDtype} from '../backend.js'
 import {
   type CudaAddon, type CudaEngine, type CudaEngineConfig, type CudaEngineInfo, type CudaMemoryStats, type CudaProbe, loadCudaAddon, WEIGHT_KINDS,
@@ -104,18 +105,21 @@ const SCALE_KIND: Record<number, number> = {[K.W_QKV]: K.S_QKV, [K.W_DENSE]: K.S
  * published int4 layout: config.json quantization_bit 4 / 8, each per-layer linear an int8
  * `weight` (int4: two per byte) with its `weight_scale`, per output row or per group of
  * columns). Quantized weights go to the GPU as stored (never as fp16); scales as fp16. A
- * quantized output layer or embedding table is refused, naming the tensor and the file.
+ * quantized embedding table is dequantized on the host (it lives there); a quantized output
+ * layer is refused, naming the tensor and the file.
  */
 export function planCudaUpload(path: string, arch: Arch, config: ModelConfig, tensors: readonly TensorEntry[], layers: number): CudaUploadPlan {
   const quant = quantLayoutOf(config, `${path}/config.json`)
   const byName = new Map(tensors.map(t => [t.name, t]))
   const names = quantizableNames(arch)
   if (quant) {
-    for (const [what, name, flag] of [['embedding table', names.embeddings, quant.embeddings], ['output layer', names.lmHead, quant.lmHead]] as const) {
-      const t = byName.get(name)
-      if (flag || (t && t.dtype === 'I8') || byName.has(scaleNameOf(name))) {
-        throw new GlmtoolError('cuda-unsupported', `${t?.file ?? path}: tensor ${name} (the ${what}) is quantized; the CUDA backend runs quantized per-layer linears with a float16 ${what} (quantize with \`--skip lm_head,embeddings\`, the default)`)
-      }
+    const t = byName.get(names.lmHead)
+    if (quant.lmHead || (t && t.dtype === 'I8') || byName.has(scaleNameOf(names.lmHead))) {
+      throw new GlmtoolError('cuda-unsupported', `${t?.file ?? path}: tensor ${names.lmHead} (the output layer) is quantized; the CUDA backend runs quantized per-layer linears with a float16 output layer (quantize with \`--skip lm_head\`; the default keeps the embeddings float too)`)
+    }
+    const e = byName.get(names.embeddings)
+    if (!quant.embeddings && ((e && e.dtype === 'I8') || byName.has(scaleNameOf(names.embeddings)))) {
+      throw new ModelError(`${e?.file ?? path}: tensor ${names.embeddings} is int8, but config.json's ${GLMTOOL_QUANT_KEY} says the embeddings are float`, 'bad-dtype')
     }
   }
   // the float type: a norm weight (the first layer's input norm), never quantized
@@ -140,10 +144,23 @@ export function planCudaUpload(path: string, arch: Arch, config: ModelConfig, te
   // the published modeling code; the engine runs the cache. Elsewhere the encoder is refused.
   const publishedEncoderCopy = config.glmtool_prefix === PREFIX_CACHE_MARKER
   let prefixLength = 0
+  // A quantized embedding table (`quantize --skip lm_head`): the engine keeps the table in host
+  // memory as the model's float type and reads one row a token, so it is dequantized on the way
+  // (dequantizedTensor: fp16(q * scale), block by block); its scale is consumed with it.
+  const embeddingScale = quant?.embeddings ? scaleNameOf(names.embeddings) : undefined
   for (const t of tensors) {
     const s = slots.get(t.name)
     const prefix = PREFIX_RE.exec(t.name)
-    if (s) {
+    if (s && quant?.embeddings && t.name === names.embeddings) {
+      const scale = byName.get(embeddingScale!)
+      if (!scale) throw new GlmtoolError('incomplete-model', `${t.file}: tensor ${t.name} is quantized (config.json) but ${embeddingScale} is missing`)
+      const cols = arch.tensors(config).get(t.name)!.shape[1]
+      const table = dequantizedTensor(t, scale, quant, cols, dtype)
+      placements.push({tensor: table, ...s, to: dtype, bytes: numel(table.shape) * 2})
+      slots.delete(t.name)
+    } else if (t.name === embeddingScale) {
+      continue
+    } else if (s) {
       const quantized = quant !== undefined && SCALE_KIND[s.kind] !== undefined
       const isScale = quant !== undefined && Object.values(SCALE_KIND).includes(s.kind)
       if (quantized && t.dtype !== 'I8') {
