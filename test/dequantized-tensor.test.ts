@@ -67,7 +67,9 @@ describe('dequantizedTensor', () => {
     const {weight, scale} = layout(8, 0)
     expect(() => dequantizedTensor(weight, scale, {bits: 4, groupSize: 0}, COLS, 'F16')).toThrow(/tensor w is I8 \[37,24\]; int4 rows of 24 columns are int8 \[rows, 12\]/)
     expect(() => dequantizedTensor(weight, scale, {bits: 8, groupSize: 8}, COLS, 'F16')).toThrow(/tensor w_scale is \[37\]; w needs \[37, 3\] scales/)
-    const short: TensorEntry = {...weight, async *chunks() { yield Buffer.alloc(5 * COLS + 3) }}
-    await expect(all(dequantizedTensor(short, scale, {bits: 8, groupSize: 0}, COLS, 'F16'), 1 << 20)).rejects.toThrow(/tensor w ended after 123 of 888 bytes/)
+    const partRow: TensorEntry = {...weight, async *chunks() { yield Buffer.alloc(5 * COLS + 3) }}
+    await expect(all(dequantizedTensor(partRow, scale, {bits: 8, groupSize: 0}, COLS, 'F16'), 1 << 20)).rejects.toThrow(/tensor w is not a whole number of rows/)
+    const fewRows: TensorEntry = {...weight, async *chunks() { yield Buffer.alloc(5 * COLS) }}
+    await expect(all(dequantizedTensor(fewRows, scale, {bits: 8, groupSize: 0}, COLS, 'F16'), 1 << 20)).rejects.toThrow(/tensor w ended after 120 of 888 bytes/)
   })
 })

@@ -2,7 +2,7 @@ import {dequantToF16, dequantToF32} from '../quant/dequant.js'
 import type {QuantBits} from '../quant/rtn.js'
 import {ModelError} from '../errors.js'
 import {convertChunk} from './dtype-convert.js'
-import {DEFAULT_CHUNK_BYTES, readTensor, type TensorEntry} from './tensor.js'
+import {DEFAULT_CHUNK_BYTES, inRowBlocks, readTensor, type TensorEntry} from './tensor.js'
 
 /**
  * A weight stored quantized (the published layout: int8 [rows, cols], or int4 packed two to a
@@ -33,11 +33,9 @@ export function dequantizedTensor(weight: TensorEntry, scale: TensorEntry, q: {b
       const scales = new Uint16Array(f16.buffer, f16.byteOffset, scaleCount)
       // rows a piece: output bytes <= maxChunkBytes, and at most 16 MB (the float32 step is twice that)
       const block = Math.max(1, Math.floor(Math.min(maxChunkBytes, 16 << 20) / (cols * 2)))
-      const pending = Buffer.alloc(block * rowBytes)
-      let filled = 0
       let row = 0
-      const emit = (n: number): Buffer => {
-        const w = {bits: q.bits, rows: n, cols, groupSize, weight: new Int8Array(pending.buffer, pending.byteOffset, n * rowBytes),
+      yield* inRowBlocks(weight, rowBytes, block, (bytes, n) => {
+        const w = {bits: q.bits, rows: n, cols, groupSize, weight: new Int8Array(bytes.buffer, bytes.byteOffset, n * rowBytes),
           scales: scales.subarray(row * groups, (row + n) * groups)}
         row += n
         if (to === 'F16') {
@@ -46,24 +44,8 @@ export function dequantizedTensor(weight: TensorEntry, scale: TensorEntry, q: {b
         }
         const f = dequantToF32(w)
         return convertChunk(Buffer.from(f.buffer, f.byteOffset, f.byteLength), 'F32', 'BF16')
-      }
-      for await (const c of weight.chunks(maxChunkBytes)) {
-        let at = 0
-        while (at < c.length) {
-          const n = Math.min(c.length - at, pending.length - filled)
-          c.copy(pending, filled, at, at + n)
-          filled += n
-          at += n
-          if (filled === pending.length) {
-            yield emit(block)
-            filled = 0
-          }
-        }
-      }
-      if (filled % rowBytes !== 0 || row + filled / rowBytes !== rows) {
-        throw new ModelError(`${weight.file}: tensor ${weight.name} ended after ${row * rowBytes + filled} of ${rows * rowBytes} bytes`, 'truncated')
-      }
-      if (filled) yield emit(filled / rowBytes)
+      })
+      if (row !== rows) throw new ModelError(`${weight.file}: tensor ${weight.name} ended after ${row * rowBytes} of ${rows * rowBytes} bytes`, 'truncated')
     },
   }
 }

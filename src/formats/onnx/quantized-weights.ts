@@ -5,7 +5,7 @@ import {packMatMulNBits} from '../../quant/pack.js'
 import {splitInt8} from '../../quant/split-int8.js'
 import {decodeFloats} from '../dtype-convert.js'
 import {DTYPE_SIZE} from '../dtype.js'
-import {readTensor, type TensorEntry} from '../tensor.js'
+import {inRowBlocks, readTensor, type TensorEntry} from '../tensor.js'
 import {ELEM, type GraphBuilder} from './onnx-builder.js'
 
 /**
@@ -50,37 +50,13 @@ export function nbitsDims(layout: QuantLayout, weight: TensorEntry): NBitsDims {
 }
 
 const ROW_BLOCK_BYTES = 8 * 1024 * 1024
-
-/**
- * A tensor's bytes in blocks of whole rows (`rowBytes` each, up to ROW_BLOCK_BYTES a block):
- * `convert(block, rows)` of each; the block buffer is reused, so convert must not keep it.
- */
-async function* inRowBlocks(weight: TensorEntry, rowBytes: number, convert: (block: Buffer, rows: number) => Buffer): AsyncIterable<Buffer> {
-  const rowsPer = Math.max(1, Math.floor(ROW_BLOCK_BYTES / rowBytes))
-  const buf = Buffer.allocUnsafeSlow(rowsPer * rowBytes)
-  let fill = 0
-  for await (const c of weight.chunks()) {
-    let off = 0
-    while (off < c.length) {
-      const n = Math.min(c.length - off, buf.length - fill)
-      c.copy(buf, fill, off, off + n)
-      fill += n
-      off += n
-      if (fill === buf.length) {
-        yield convert(buf, rowsPer)
-        fill = 0
-      }
-    }
-  }
-  if (fill % rowBytes !== 0) throw new GlmtoolError('onnx-write', `${weight.file}: tensor ${weight.name} is not a whole number of rows`)
-  if (fill > 0) yield convert(buf.subarray(0, fill), fill / rowBytes)
-}
+const rowsPerBlock = (rowBytes: number): number => Math.max(1, Math.floor(ROW_BLOCK_BYTES / rowBytes))
 
 /** MatMulNBits input B, streamed from the published int8 / packed int4 weight in row blocks. */
 export function matMulNBitsB(weight: TensorEntry, d: NBitsDims): AsyncIterable<Buffer> {
   const rowBytes = d.bits === 4 ? d.K / 2 : d.K
   const dummyScales = new Uint16Array(Math.max(1, Math.floor(ROW_BLOCK_BYTES / rowBytes)) * (d.K / d.groupSize))
-  return inRowBlocks(weight, rowBytes, (buf, rows) => {
+  return inRowBlocks(weight, rowBytes, rowsPerBlock(rowBytes), (buf, rows) => {
     const packed = new Int8Array(buf.buffer, buf.byteOffset, rows * rowBytes)
     const q = d.bits === 4 ? unpackInt4Published(packed, rows, d.K) : packed
     const m = packMatMulNBits({bits: d.bits, rows, cols: d.K, groupSize: d.groupSize, q, scales: dummyScales.subarray(0, rows * (d.K / d.groupSize))}, {blockSize: d.blockSize})
@@ -133,7 +109,7 @@ export function dequantEmbedding(b: GraphBuilder, table: string, scales: string,
  */
 export function splitInt8Term(weight: TensorEntry, block: number, term: 0 | 1, what: 'B' | 'scales'): AsyncIterable<Buffer> {
   const K = weight.shape[1]
-  return inRowBlocks(weight, K * DTYPE_SIZE[weight.dtype], (buf, rows) => {
+  return inRowBlocks(weight, K * DTYPE_SIZE[weight.dtype], rowsPerBlock(K * DTYPE_SIZE[weight.dtype]), (buf, rows) => {
     const s = splitInt8(decodeFloats(buf.subarray(0, rows * K * DTYPE_SIZE[weight.dtype]), weight.dtype), rows, K, block, term === 0 ? 1 : 2)
     if (what === 'scales') return Buffer.from(s.scales[term].buffer, s.scales[term].byteOffset, s.scales[term].byteLength)
     const q = s.q[term]
