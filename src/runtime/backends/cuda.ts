@@ -1,3 +1,4 @@
+import {setImmediate as nextTurn} from 'node:timers/promises'
 import {GlmtoolError, ModelError} from '../../errors.js'
 import {convertChunk} from '../../formats/dtype-convert.js'
 import {dequantizedTensor} from '../../formats/dequantized-tensor.js'
@@ -315,7 +316,7 @@ export class CudaBackend implements DecoderBackend {
   async forward(input: ForwardInput): Promise<ForwardOutput> {
     const rows = input.logits === 'last' ? 1 : input.ids.length
     const logits = new Float32Array(rows * this.vocab)
-    this.run(input, input.logits === 'last' ? 1 : 2, logits, null)
+    await this.run(input, input.logits === 'last' ? 1 : 2, logits, null)
     return {logits, rows, vocab: this.vocab}
   }
 
@@ -349,18 +350,22 @@ export class CudaBackend implements DecoderBackend {
     if (Number.isSafeInteger(length) && length >= 0 && length < this.tokens) this.tokens = length
   }
 
-  private run(input: ForwardInput, mode: 0 | 1 | 2, logits: Float32Array | null, sampling: DeviceSampling | null): number {
+  private async run(input: ForwardInput, mode: 0 | 1 | 2, logits: Float32Array | null, sampling: DeviceSampling | null): Promise<number> {
     const engine = this.live()
     this.check(input)
     const S = input.ids.length
     // v2's causal prompt may be longer than one engine call takes: run it in pieces. v1's
-    // bidirectional context must be one piece (earlier tokens see later ones).
+    // bidirectional context must be one piece (earlier tokens see later ones). Each engine call
+    // blocks the thread until the GPU is done, so the event loop gets a turn between pieces: a
+    // 32k-token prompt (16 pieces) leaves a server answering (/health, disconnects, other
+    // streams' writes) every piece instead of after the whole prompt.
     const step = this.maxChunk
     if (S > step && input.bidirectional > this.tokens) {
       throw new GlmtoolError('prompt-too-long', `${this.name}: a ${S}-token prompt with a bidirectional context longer than ${step} tokens cannot be run in pieces`)
     }
     let token = -1
     for (let s0 = 0; s0 < S; s0 += step) {
+      if (s0 > 0) await nextTurn()
       const s1 = Math.min(S, s0 + step)
       const last = s1 === S
       const pieceMode = mode === 2 ? 2 : last ? mode : 0
