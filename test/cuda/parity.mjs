@@ -78,6 +78,9 @@ export function parityCases(quick = false) {
     // -qBe: the embedding table quantized as well (`--skip lm_head`), dequantized on the host at load
     {model: 'chatglm-6b-tiny-q4g32e', ids: text(6, 100)},
     {model: 'chatglm2-6b-tiny-q8e', ids: text(6, 100)},
+    // merged P-Tuning prefixes on quantized models: merge-adapter, then quantize
+    {model: 'chatglm-6b-tiny-prefix-q8', ids: text(7, 300)},
+    {model: 'chatglm2-6b-tiny-prefix-q4', ids: text(7, 300)},
     // The INT8 KV cache (issue 12, `-kv8`: the model before it run with kvDtype int8): float models
     // against the reference with --kv-int8 (its cache rounded as the engine's) within FP16_TOL, quantized
     // ones against the CPU runtime within KV8_TOL; and every case against the same engine with the
@@ -132,13 +135,14 @@ async function sharpen(src, out) {
 async function makeModel(work, key) {
   if (key.endsWith('-kv8')) return makeModel(work, key.slice(0, -4))
   if (key.endsWith('-long')) return makeModel(work, key.slice(0, -5))
-  const qm = /^(chatglm2?-6b-(?:tiny|small))-q(4|8)(?:g(\d+))?(e)?$/.exec(key)
+  const qm = /^(chatglm2?-6b-(?:tiny|small)(?:-prefix)?)-q(4|8)(?:g(\d+))?(e)?$/.exec(key)
   if (qm) {
     const base = await makeModel(work, qm[1])
     const q = join(work, key)
-    // `e`: the embedding table quantized too (`--skip lm_head`), which the engine dequantizes on the host
-    if (!existsSync(q)) glmtool(['quantize', base.torch, '--bits', qm[2], '--group-size', qm[3] ?? '0', '--format', 'both', '--cpu-compute', 'exact', '--out', q, '--evaluate', 'off', ...(qm[4] ? ['--skip', 'lm_head'] : [])])
-    return {torch: base.torch, st: q, onnx: q, quant: true}
+    // `e`: the embedding table quantized too (`--skip lm_head`), which the engine dequantizes on the host;
+    // `-prefix-`: the merged P-Tuning model quantized (its prefix cache stays float)
+    if (!existsSync(q)) glmtool(['quantize', base.prefix ? base.st : base.torch, '--bits', qm[2], '--group-size', qm[3] ?? '0', '--format', 'both', '--cpu-compute', 'exact', '--out', q, '--evaluate', 'off', ...(qm[4] ? ['--skip', 'lm_head'] : [])])
+    return {torch: base.torch, st: q, onnx: q, quant: true, ...(base.prefix ? {prefix: base.prefix} : {})}
   }
   if (key === 'chatglm3-6b-32k-tiny-sharp') {
     const base = await makeModel(work, 'chatglm2-6b-tiny-sharp')
