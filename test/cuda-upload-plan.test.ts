@@ -135,6 +135,30 @@ describe('CUDA upload plan of quantized checkpoints', () => {
     }
   }, 60_000)
 
+  it('merged P-Tuning prefixes on a quantized model, merged before or after quantize: the prefix cache as fp16', async () => {
+    const adapter = join(import.meta.dirname, 'fixtures/adapters/ptuning/v2-projection')
+    const {float, quant} = make('chatglm2-6b', 4, 0)
+    const merged = join(work, 'v2-merged'), mergedQ = join(work, 'v2-merged-q4'), qMerged = join(work, 'v2-q4-merged')
+    for (const args of [['merge-adapter', float, '--adapter', adapter, '--out', merged], ['quantize', merged, '--bits', '4', '--out', mergedQ, '--evaluate', 'off'],
+      ['merge-adapter', quant, '--adapter', adapter, '--out', qMerged]]) {
+      const r = glmtool([...args, '--force'])
+      expect(r.code, r.stderr).toBe(0)
+    }
+    for (const dir of [mergedQ, qMerged]) {
+      const m = await openModel(dir)
+      try {
+        const plan = planCudaUpload(dir, m.arch!, m.config!, m.tensors, Number(m.config!.num_layers))
+        expect(plan.quant, dir).toMatchObject({bits: 4})
+        expect(plan.prefixLength, dir).toBe(3)  // the fixture's pre_seq_len
+        const prefix = plan.placements.filter(p => p.kind === K.PREFIX_K || p.kind === K.PREFIX_V)
+        expect(prefix.length, dir).toBe(2 * Number(m.config!.num_layers))
+        for (const p of prefix) expect([p.to, p.bytes], p.tensor.name).toEqual(['F16', 2 * p.tensor.shape.reduce((a, b) => a * b, 1)])
+      } finally {
+        await m.close()
+      }
+    }
+  }, 60_000)
+
   it('refuses a quantized output layer, naming the tensor and the file', async () => {
     const {quant} = make('chatglm2-6b', 8, 0, ['--skip', 'embeddings'])
     const m = await openModel(quant)
