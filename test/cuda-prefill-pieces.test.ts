@@ -44,6 +44,19 @@ describe('CUDA backend: a prompt longer than one engine call', () => {
     expect(b.length).toBe(10)
   })
 
+  it('stops between pieces once its signal is aborted (code interrupted), not after the whole prompt', async () => {
+    const calls: Call[] = []
+    const b = backend(4, 16, calls, {n: 0})
+    const ac = new AbortController()
+    const ids = Array.from({length: 12}, (_, i) => i + 1)
+    const engine = (b as unknown as {engine: {forward: (...a: unknown[]) => number}}).engine
+    const forward = engine.forward.bind(engine)
+    engine.forward = (...a: unknown[]) => { const r = forward(...a); ac.abort(); return r }  // a disconnect during the first piece
+    await expect(b.forward({ids, positions: ids.map((_, i) => i), bidirectional: 0, logits: 'last', signal: ac.signal}))
+      .rejects.toMatchObject({code: 'interrupted', message: expect.stringMatching(/interrupted after 4 of 12 tokens/)})
+    expect(calls.length).toBe(1)
+  })
+
   it('asks only the last piece for logits, and refuses a bidirectional context longer than a piece', async () => {
     const calls: Call[] = []
     const b = backend(4, 16, calls, {n: 0})

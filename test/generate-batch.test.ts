@@ -3,6 +3,7 @@
 // function of (input token, position, draw): the same ids, stop reason, draws and cache length.
 import {describe, expect, it} from 'vitest'
 import type {DecodeManyInput, DecoderBackend, DeviceSampling, ForwardInput} from '../src/runtime/backend.js'
+import {GlmtoolError} from '../src/errors.js'
 import {cudaDecodeBatch} from '../src/runtime/backends/cuda.js'
 import {generate} from '../src/runtime/generate.js'
 import type {ChatTokenizer} from '../src/runtime/tokenizer/index.js'
@@ -85,6 +86,24 @@ describe('generate: decode steps in batches (decodeMany)', () => {
       }
     })
   }
+  it('a prompt interrupted between its pieces (CUDA, code interrupted): no token, stoppedBy interrupted, the cache reset', async () => {
+    const b = fakeBackend(16, 30)
+    const ac = new AbortController()
+    let seen: AbortSignal | undefined
+    b.forwardSample = async input => {
+      seen = input.signal
+      ac.abort()
+      throw new GlmtoolError('interrupted', 'fake: interrupted after 4 of 5 tokens')
+    }
+    let text = ''
+    const r = await generate(b, tokenizer, prompt, {maxLength: 200, seed: 3, greedy: true, temperature: 0, topK: 0, topP: 1, repetitionPenalty: 1, signal: ac.signal}, t => (text += t))
+    expect(seen).toBe(ac.signal)  // the prompt step carries the signal
+    expect([r.stoppedBy, r.generatedIds, text, b.length]).toEqual(['interrupted', [], '', 0])
+    // without an abort the same error is a failure, not an interruption
+    const c = fakeBackend(16, 30)
+    c.forwardSample = async () => { throw new GlmtoolError('interrupted', 'fake') }
+    await expect(generate(c, tokenizer, prompt, {maxLength: 200, seed: 3, greedy: true, temperature: 0, topK: 0, topP: 1, repetitionPenalty: 1})).rejects.toThrow('fake')
+  })
   it('GLMTOOL_CUDA_STEPS: default 16, 1 = one call per token, bad values refused', () => {
     expect(cudaDecodeBatch({})).toBe(16)
     expect(cudaDecodeBatch({GLMTOOL_CUDA_STEPS: '1'})).toBe(1)

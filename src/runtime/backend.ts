@@ -20,6 +20,11 @@ export interface ForwardInput {
   readonly bidirectional: number
   /** 'last': logits of the last new token only (generation); 'all': one row per new token (tests). */
   readonly logits: 'last' | 'all'
+  /**
+   * A backend that runs a long prompt in pieces may stop between pieces once this is aborted,
+   * throwing GlmtoolError code 'interrupted' (the cache then holds a partial prompt: reset it).
+   */
+  readonly signal?: AbortSignal
 }
 
 export interface ForwardOutput {

@@ -80,9 +80,18 @@ export async function generate(
   let pending: number[] = []
   let fed = 0
   const t0 = performance.now()
-  let token = await step({
-    ids: promptIds, positions: layout.positions, blockPositions: layout.blockPositions, bidirectional: layout.bidirectional,
-  })
+  let token: number
+  try {
+    token = await step({
+      ids: promptIds, positions: layout.positions, blockPositions: layout.blockPositions, bidirectional: layout.bidirectional, signal: opts.signal,
+    })
+  } catch (error) {
+    // a long prompt stopped between its pieces (CUDA): nothing was generated
+    if (!(error instanceof GlmtoolError && error.code === 'interrupted' && opts.signal?.aborted)) throw error
+    backend.reset()
+    const t = (performance.now() - t0) / 1000
+    return {promptIds: [...promptIds], generatedIds: [], text: '', stoppedBy: 'interrupted', promptSeconds: t, generateSeconds: 0, promptTokensPerSecond: 0, generatedTokensPerSecond: 0}
+  }
   // t1: the prompt is encoded and the first token chosen
   const t1 = performance.now()
   while (promptIds.length + generated.length < limit) {

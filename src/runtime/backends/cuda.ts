@@ -365,7 +365,10 @@ export class CudaBackend implements DecoderBackend {
     }
     let token = -1
     for (let s0 = 0; s0 < S; s0 += step) {
-      if (s0 > 0) await nextTurn()
+      if (s0 > 0) {
+        await nextTurn()
+        if (input.signal?.aborted) throw new GlmtoolError('interrupted', `${this.name}: the prompt was interrupted after ${s0} of ${S} tokens`)
+      }
       const s1 = Math.min(S, s0 + step)
       const last = s1 === S
       const pieceMode = mode === 2 ? 2 : last ? mode : 0
