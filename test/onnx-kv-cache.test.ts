@@ -140,6 +140,22 @@ for (const gen of ['v1', 'v2'] as const) {
     }
   })
 
+  it(`${gen}: a prompt in pieces stops between them once its signal is aborted (code interrupted)`, async () => {
+    const b = await OnnxCpuBackend.load(onnx[gen], {threads: 1, maxLength: 200, prefillRows: 16})
+    try {
+      const p = prompt(gen, gen === 'v1' ? 10 : 59)
+      const longer = gen === 'v1' ? {...p, ids: [...p.ids, ...Array.from({length: 40}, (_, i) => 11 + i)],
+        positions: [...p.positions, ...Array(40).fill(p.positions[p.positions.length - 1])], blockPositions: [...p.blockPositions!, ...Array.from({length: 40}, (_, i) => 2 + i)]} : p
+      const ac = new AbortController()
+      ac.abort()
+      await expect(b.forward({...longer, logits: 'last', signal: ac.signal})).rejects.toMatchObject({code: 'interrupted'})
+      expect(b.length).toBeGreaterThan(0)  // the first piece ran
+      expect(b.length).toBeLessThan(longer.ids.length)
+    } finally {
+      await b.dispose()
+    }
+  })
+
   it(`${gen}: rows of the buffer past the ones in use do not matter (attention_bias masks them)`, async () => {
     const p = prompt(gen, 20)
     const run = async (garbage: boolean) => {

@@ -7,7 +7,8 @@
  *
  * One backend runs one generation at a time: requests wait in a FIFO queue (429 with
  * Retry-After past --max-queue). A client that disconnects stops its generation within one decode
- * step (the abort signal is checked after every token) or, while waiting, leaves the queue.
+ * step (the abort signal is checked after every token; a long prompt, between its pieces) or,
+ * while waiting, leaves the queue.
  */
 import {timingSafeEqual} from 'node:crypto'
 import type {ServerResponse} from 'node:http'

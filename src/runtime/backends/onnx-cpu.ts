@@ -252,6 +252,7 @@ export class OnnxCpuBackend implements DecoderBackend {
     const parts: Float32Array[] = []
     let out: ForwardOutput | undefined
     for (let s0 = 0; s0 < S;) {
+      if (s0 > 0 && input.signal?.aborted) throw new GlmtoolError('interrupted', `${this.name}: the prompt was interrupted after ${s0} of ${S} tokens`)
       const s1 = Math.min(S, s0 + (s0 === 0 ? first : step))
       out = await this.run({
         ids: input.ids.slice(s0, s1), positions: input.positions.slice(s0, s1), blockPositions: input.blockPositions?.slice(s0, s1),
