@@ -452,6 +452,11 @@ struct Engine::Impl {
       for (int l = 0; l < (isPerLayer(kind) ? L : 1); l++) slot(slotSize, kind, l) = elems * esz;
     };
     // a linear [rows, K]: T, or (quantized) int8 / packed int4 rows padded to 16 bytes + fp16 scales
+    // The prefill scratch piece (default kScratchBytes; GLMTOOL_CUDA_QSCRATCH_MB=1..1024 for A/B
+    // runs: smaller pieces stay in L2 between the dequantisation and the GEMM, larger ones give
+    // the GEMM more columns at short prompts).
+    size_t scratchCap = kScratchBytes;
+    if (const char* v = std::getenv("GLMTOOL_CUDA_QSCRATCH_MB")) scratchCap = (size_t)std::min(1024, std::max(1, std::atoi(v))) << 20;
     auto defLinear = [&](int kind, int rows, int K) {
       if (!quantized()) return def(kind, (size_t)rows * K, true);
       qRows[kind] = rows, qK[kind] = K;
@@ -462,7 +467,7 @@ struct Engine::Impl {
         slot(slotSize, kind, l) = (size_t)rows * qRowBytes[kind];
         slot(slotSize, scaleKind(kind), l) = (size_t)rows * groups * sizeof(half);
       }
-      scratchBytes = std::max(scratchBytes, std::max(std::min((size_t)rows * K * esz, kScratchBytes), (size_t)16 * K * esz));
+      scratchBytes = std::max(scratchBytes, std::max(std::min((size_t)rows * K * esz, scratchCap), (size_t)16 * K * esz));
     };
     qRowsPerWarp = c.quantBits == 4 ? 2 : 1;
     if (const char* v = std::getenv("GLMTOOL_CUDA_QRPW")) qRowsPerWarp = std::atoi(v) == 2 ? 2 : 1;
