@@ -181,16 +181,17 @@ struct Shape { const char* name; int epi; int N; int K; };  // N: weight rows
 // ---- flash prefill attention (issue 16) against a direct float32 evaluation ------------------
 // One block per (query row, head): every visible score in float32, the softmax, then P V; the
 // mask written out as softmax_mask_kernel states it, independently of the kernel's lim() form.
-__global__ void attn_naive_kernel(FlashArgs<half> a, int D, float* out) {
+template <typename T>
+__global__ void attn_naive_kernel(FlashArgs<T> a, int D, float* out) {
   extern __shared__ float sc[];
   const int r = blockIdx.x, h = blockIdx.y, g = h / a.headsPerGroup;
-  const half* q = a.q + r * a.qStride + h * a.qHeadStride;
+  const T* q = a.q + r * a.qStride + h * a.qHeadStride;
   const int pos = a.past + r;
   auto visible = [&](int t) { const int u = t - a.prefix; return t < a.prefix || u <= pos || (pos < a.bidirectional && u < a.bidirectional); };
   for (int t = threadIdx.x; t < a.Tc; t += blockDim.x) {
-    const half* k = a.k + g * a.kvHeadStride + (long long)t * D;
+    const T* k = a.k + g * a.kvHeadStride + (long long)t * D;
     float d = 0.f;
-    for (int i = 0; i < D; i++) d += __half2float(q[i]) * __half2float(k[i]);
+    for (int i = 0; i < D; i++) d += TT<T>::f(q[i]) * TT<T>::f(k[i]);
     sc[t] = visible(t) ? d / sqrtf((float)D) : -INFINITY;
   }
   __syncthreads();
@@ -203,34 +204,88 @@ __global__ void attn_naive_kernel(FlashArgs<half> a, int D, float* out) {
   __syncthreads();
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     float acc = 0.f;
-    for (int t = 0; t < a.Tc; t++) acc += sc[t] * __half2float(a.v[g * a.kvHeadStride + (long long)t * D + d]);
+    for (int t = 0; t < a.Tc; t++) acc += sc[t] * TT<T>::f(a.v[g * a.kvHeadStride + (long long)t * D + d]);
     out[(long long)r * a.outStride + h * D + d] = acc;
   }
 }
 
-template <int D, int MT>
-static void flashRun(const FlashArgs<half>& a, int N) {
+template <typename T, int D, int MT>
+static void flashRun(const FlashArgs<T>& a, int N) {
   constexpr size_t smem = flashSmemBytes<D, MT>();
   constexpr int rows = flashRows<MT>();
   static bool sized = false;
-  if (!sized) { CK(cudaFuncSetAttribute(flash_prefill_kernel<half, D, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)); sized = true; }
-  flash_prefill_kernel<half, D, MT><<<dim3((a.S + rows - 1) / rows, N), FA_THREADS, smem, st>>>(a);
+  if (!sized) { CK(cudaFuncSetAttribute(flash_prefill_kernel<T, D, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)); sized = true; }
+  flash_prefill_kernel<T, D, MT><<<dim3((a.S + rows - 1) / rows, N), FA_THREADS, smem, st>>>(a);
 }
-template <int MT>
-static void flashDispatchMt(int D, const FlashArgs<half>& a, int N) {
+template <typename T, int MT>
+static void flashDispatchMt(int D, const FlashArgs<T>& a, int N) {
   switch (D) {
-    case 16: flashRun<16, MT>(a, N); break;
-    case 32: flashRun<32, MT>(a, N); break;
-    case 64: flashRun<64, MT>(a, N); break;
-    default: flashRun<128, MT>(a, N); break;
+    case 16: flashRun<T, 16, MT>(a, N); break;
+    case 32: flashRun<T, 32, MT>(a, N); break;
+    case 64: flashRun<T, 64, MT>(a, N); break;
+    default: flashRun<T, 128, MT>(a, N); break;
   }
 }
 // MT: one or two 16-row query tiles a warp (flash_attention.cuh)
-static void flashDispatch(int D, const FlashArgs<half>& a, int N, int mt) {
-  mt == 2 ? flashDispatchMt<2>(D, a, N) : flashDispatchMt<1>(D, a, N);
+template <typename T>
+static void flashDispatch(int D, const FlashArgs<T>& a, int N, int mt) {
+  mt == 2 ? flashDispatchMt<T, 2>(D, a, N) : flashDispatchMt<T, 1>(D, a, N);
+}
+// bf16 copies of the fp16 test data (the bf16 cases)
+__global__ void half_to_bf16_kernel(const half* src, __nv_bfloat16* dst, size_t n) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) dst[i] = __float2bfloat16_rn(__half2float(src[i]));
+}
+static std::vector<float> bf16ToHost(const void* p, size_t n) {
+  std::vector<__nv_bfloat16> h(n);
+  CK(cudaMemcpy(h.data(), p, n * 2, cudaMemcpyDeviceToHost));
+  std::vector<float> r(n);
+  for (size_t i = 0; i < n; i++) r[i] = __bfloat162float(h[i]);
+  return r;
 }
 
-struct FlashCase { const char* name; int N, G, D, S, past, prefix, bidirectional; bool interleaved; bool check; };
+struct FlashCase { const char* name; int N, G, D, S, past, prefix, bidirectional; bool interleaved; bool check; bool bf16 = false; };
+
+// One case: the kernel (MT 1 and 2) against attn_naive_kernel (check), or timed.
+template <typename T>
+static void flashCase(const FlashCase& c, const T* qkv, const T* K, const T* V, T* O, int Tc, int nqkv) {
+  FlashArgs<T> a{};
+  a.q = qkv, a.qStride = nqkv, a.qHeadStride = c.interleaved ? 3 * c.D : c.D;
+  a.k = K, a.v = V, a.kvHeadStride = (long long)Tc * c.D, a.headsPerGroup = c.N / c.G;
+  a.out = O, a.outStride = (long long)c.N * c.D;
+  a.S = c.S, a.Tc = Tc, a.past = c.past, a.prefix = c.prefix, a.bidirectional = c.bidirectional;
+  a.scaleLog2 = 1.4426950408889634f / sqrtf((float)c.D);
+  const size_t no = (size_t)c.S * c.N * c.D;
+  // visible (query, key) pairs: the attention's matrix work is 4 D flops per pair and head
+  double pairs = 0;
+  for (int r = 0; r < c.S; r++) {
+    const int pos = c.past + r, lim = pos < c.bidirectional ? c.bidirectional - 1 : pos;
+    pairs += c.prefix + std::min(lim + 1, c.past + c.S);
+  }
+  if (c.check) {
+    float* ref = (float*)dalloc(no * 4);
+    attn_naive_kernel<T><<<dim3(c.S, c.N), 128, Tc * 4, st>>>(a, c.D, ref);
+    CK(cudaGetLastError());
+    const std::vector<float> want = toHost(ref, no, true);
+    // bf16 output and P carry 8 significant bits, fp16 11
+    const float tol = std::is_same<T, half>::value ? 2e-2f : 4e-2f;
+    for (int mt = 1; mt <= 2; mt++) {
+      CK(cudaMemsetAsync(O, 0xff, no * 2, st));  // NaNs: every row must be written
+      flashDispatch<T>(c.D, a, c.N, mt);
+      CK(cudaGetLastError());
+      const float rel = maxRel(std::is_same<T, half>::value ? toHost(O, no, false) : bf16ToHost(O, no), want);
+      const bool ok = rel < tol;
+      if (!ok) flashFails++;
+      printf("flash MT%d %-32s N %2d G %2d D %3d S %5d past %5d prefix %2d bidir %3d: maxrel vs float32 %.1e %s\n", mt, c.name, c.N, c.G,
+             c.D, c.S, c.past, c.prefix, c.bidirectional, rel, ok ? "ok" : "FAIL");
+    }
+    cudaFree(ref);
+  } else {
+    double us[2];
+    for (int mt = 1; mt <= 2; mt++) us[mt - 1] = timeGraph(3, [&](int) { flashDispatch<T>(c.D, a, c.N, mt); });
+    printf("flash %-32s S %5d keys %5d: MT1 %9.1f us, %6.1f TFLOP/s; MT2 %9.1f us, %6.1f TFLOP/s (visible pairs)\n", c.name, c.S, Tc,
+           us[0], 4.0 * c.D * c.N * pairs / us[0] / 1e6, us[1], 4.0 * c.D * c.N * pairs / us[1] / 1e6);
+  }
+}
 
 static void flashSection() {
   printf("\nflash prefill attention (flash_attention.cuh): vs a direct float32 evaluation; timings\n");
@@ -244,6 +299,8 @@ static void flashSection() {
     {"v2 tiny D16", 4, 2, 16, 100, 3, 0, 0, false, true},
     {"v1 tiny D16 bidir", 4, 4, 16, 70, 0, 2, 40, true, true},
     {"D32", 4, 4, 32, 90, 5, 0, 30, false, true},
+    {"bf16 v2 6B, causal, past 100", 32, 2, 128, 333, 100, 0, 0, false, true, true},
+    {"bf16 v1 6B, prefix 16, bidir 200", 32, 32, 128, 300, 0, 16, 200, true, true, true},
     {"v2 6B 512", 32, 2, 128, 512, 0, 0, 0, false, false},
     {"v1 6B 512 bidir 510", 32, 32, 128, 512, 0, 0, 510, true, false},
     {"v2 6B 2048", 32, 2, 128, 2048, 0, 0, 0, false, false},
@@ -253,47 +310,27 @@ static void flashSection() {
   };
   for (const FlashCase& c : cases) {
     const int Tc = c.prefix + c.past + c.S, nqkv = (c.N + 2 * c.G) * c.D;
-    half* qkv = (half*)dalloc((size_t)c.S * nqkv * 2);
-    half* K = (half*)dalloc((size_t)c.G * Tc * c.D * 2);
-    half* V = (half*)dalloc((size_t)c.G * Tc * c.D * 2);
-    half* O = (half*)dalloc((size_t)c.S * c.N * c.D * 2);
-    fill(qkv, (size_t)c.S * nqkv, 71, 2.f);
-    fill(K, (size_t)c.G * Tc * c.D, 72, 2.f);
-    fill(V, (size_t)c.G * Tc * c.D, 73, 1.f);
-    FlashArgs<half> a{};
-    a.q = qkv, a.qStride = nqkv, a.qHeadStride = c.interleaved ? 3 * c.D : c.D;
-    a.k = K, a.v = V, a.kvHeadStride = (long long)Tc * c.D, a.headsPerGroup = c.N / c.G;
-    a.out = O, a.outStride = (long long)c.N * c.D;
-    a.S = c.S, a.Tc = Tc, a.past = c.past, a.prefix = c.prefix, a.bidirectional = c.bidirectional;
-    a.scaleLog2 = 1.4426950408889634f / sqrtf((float)c.D);
+    const size_t nq = (size_t)c.S * nqkv, nkv = (size_t)c.G * Tc * c.D, no = (size_t)c.S * c.N * c.D;
+    half* qkv = (half*)dalloc(nq * 2);
+    half* K = (half*)dalloc(nkv * 2);
+    half* V = (half*)dalloc(nkv * 2);
+    void* O = dalloc(no * 2);
+    fill(qkv, nq, 71, 2.f);
+    fill(K, nkv, 72, 2.f);
+    fill(V, nkv, 73, 1.f);
     CK(cudaGetLastError());
-    // visible (query, key) pairs: the attention's matrix work is 4 D flops per pair and head
-    double pairs = 0;
-    for (int r = 0; r < c.S; r++) {
-      const int pos = c.past + r, lim = pos < c.bidirectional ? c.bidirectional - 1 : pos;
-      pairs += c.prefix + std::min(lim + 1, c.past + c.S);
-    }
-    if (c.check) {
-      float* ref = (float*)dalloc((size_t)c.S * c.N * c.D * 4);
-      attn_naive_kernel<<<dim3(c.S, c.N), 128, Tc * 4, st>>>(a, c.D, ref);
+    if (c.bf16) {  // the same values rounded to bf16, in bf16 buffers
+      __nv_bfloat16* q16 = (__nv_bfloat16*)dalloc(nq * 2);
+      __nv_bfloat16* k16 = (__nv_bfloat16*)dalloc(nkv * 2);
+      __nv_bfloat16* v16 = (__nv_bfloat16*)dalloc(nkv * 2);
+      half_to_bf16_kernel<<<1024, 256, 0, st>>>(qkv, q16, nq);
+      half_to_bf16_kernel<<<1024, 256, 0, st>>>(K, k16, nkv);
+      half_to_bf16_kernel<<<1024, 256, 0, st>>>(V, v16, nkv);
       CK(cudaGetLastError());
-      const std::vector<float> want = toHost(ref, (size_t)c.S * c.N * c.D, true);
-      for (int mt = 1; mt <= 2; mt++) {
-        CK(cudaMemsetAsync(O, 0xff, (size_t)c.S * c.N * c.D * 2, st));  // NaNs: every row must be written
-        flashDispatch(c.D, a, c.N, mt);
-        CK(cudaGetLastError());
-        const float rel = maxRel(toHost(O, (size_t)c.S * c.N * c.D, false), want);
-        const bool ok = rel < 2e-2f;
-        if (!ok) flashFails++;
-        printf("flash MT%d %-28s N %2d G %2d D %3d S %5d past %5d prefix %2d bidir %3d: maxrel vs float32 %.1e %s\n", mt, c.name, c.N, c.G,
-               c.D, c.S, c.past, c.prefix, c.bidirectional, rel, ok ? "ok" : "FAIL");
-      }
-      cudaFree(ref);
+      flashCase<__nv_bfloat16>(c, q16, k16, v16, static_cast<__nv_bfloat16*>(O), Tc, nqkv);
+      cudaFree(q16); cudaFree(k16); cudaFree(v16);
     } else {
-      double us[2];
-      for (int mt = 1; mt <= 2; mt++) us[mt - 1] = timeGraph(3, [&](int) { flashDispatch(c.D, a, c.N, mt); });
-      printf("flash %-28s S %5d keys %5d: MT1 %9.1f us, %6.1f TFLOP/s; MT2 %9.1f us, %6.1f TFLOP/s (visible pairs)\n", c.name, c.S, Tc,
-             us[0], 4.0 * c.D * c.N * pairs / us[0] / 1e6, us[1], 4.0 * c.D * c.N * pairs / us[1] / 1e6);
+      flashCase<half>(c, qkv, K, V, static_cast<half*>(O), Tc, nqkv);
     }
     cudaFree(qkv); cudaFree(K); cudaFree(V); cudaFree(O);
   }
