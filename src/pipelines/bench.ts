@@ -232,7 +232,8 @@ export async function benchModel(path: string, opts: BenchOptions): Promise<Benc
         graph: info.graphCaptured, pdl: info.pdl, splits: info.decodeSplits, headsPerBlock: info.decodeHeadsPerBlock,
         fusedNorm: info.decodeFusedNorm, stepsPerCall: cuda.decodeBatch,
       }
-      if (info.prefillFlash !== undefined) result.prefillAttention = info.prefillFlash === 0 ? 'cublas' : info.prefillFlash === 2 ? 'flash MT2' : 'flash'
+      const prefill = cuda.prefillAttention()
+      if (prefill) result.prefillAttention = prefill
       result.device = {name: d.name, computeCapability: d.computeCapability, totalMemoryBytes: d.totalMemory, peakBandwidthBytesPerSecond: d.peakBandwidth, driverVersion: d.driverVersion, cublas: d.cublasPath}
       result.gpuMemory = {
         peakAllocatedBytes: m.peakAllocated, peakDeviceUsedBytes: m.peakDeviceUsed, deviceTotalBytes: m.deviceTotal,

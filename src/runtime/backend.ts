@@ -1,3 +1,4 @@
+import {GlmtoolError} from '../errors.js'
 import type {Arch, ModelConfig} from '../models/index.js'
 
 /**
@@ -90,3 +91,8 @@ export interface DecoderBackend {
 /** The KV cache's element type (`--kv-dtype`): the model's float type, or int8 (the CUDA backend only). */
 export type KvDtype = 'f16' | 'int8'
 export const KV_DTYPES: readonly KvDtype[] = ['f16', 'int8']
+
+/** What a backend throws when ForwardInput.signal stops a prompt run in pieces after `done` of its `total` tokens. */
+export function promptInterrupted(backend: string, done: number, total: number): GlmtoolError {
+  return new GlmtoolError('interrupted', `${backend}: the prompt was interrupted after ${done} of ${total} tokens`)
+}

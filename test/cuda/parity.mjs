@@ -404,7 +404,7 @@ export async function runParity({work, quick = false, only, refDevice, log = con
       try {
         const info = cuda.info()
         r.pdl = info.pdl
-        r.decodeKernels = `attention ${info.decodeHeadsPerBlock ? `${info.decodeHeadsPerBlock} heads/block` : 'per head'}, norms ${info.decodeFusedNorm ? 'fused' : 'kernels'}${info.prefillFlash === undefined ? '' : `, prefill ${['cublas', 'flash', 'flash MT2'][info.prefillFlash]}`}`
+        r.decodeKernels = `attention ${info.decodeHeadsPerBlock ? `${info.decodeHeadsPerBlock} heads/block` : 'per head'}, norms ${info.decodeFusedNorm ? 'fused' : 'kernels'}${cuda.prefillAttention() ? `, prefill ${cuda.prefillAttention()}` : ''}`
         const graph = await teacherForced(cuda, meta)
         // launch by launch, without programmatic dependent launch: the same kernels, plainly ordered
         cuda.setUseGraph(false)

@@ -55,8 +55,9 @@ const rowsPerBlock = (rowBytes: number): number => Math.max(1, Math.floor(ROW_BL
 /** MatMulNBits input B, streamed from the published int8 / packed int4 weight in row blocks. */
 export function matMulNBitsB(weight: TensorEntry, d: NBitsDims): AsyncIterable<Buffer> {
   const rowBytes = d.bits === 4 ? d.K / 2 : d.K
-  const dummyScales = new Uint16Array(Math.max(1, Math.floor(ROW_BLOCK_BYTES / rowBytes)) * (d.K / d.groupSize))
-  return inRowBlocks(weight, rowBytes, rowsPerBlock(rowBytes), (buf, rows) => {
+  const rowsPer = rowsPerBlock(rowBytes)
+  const dummyScales = new Uint16Array(rowsPer * (d.K / d.groupSize))
+  return inRowBlocks(weight, rowBytes, rowsPer, (buf, rows) => {
     const packed = new Int8Array(buf.buffer, buf.byteOffset, rows * rowBytes)
     const q = d.bits === 4 ? unpackInt4Published(packed, rows, d.K) : packed
     const m = packMatMulNBits({bits: d.bits, rows, cols: d.K, groupSize: d.groupSize, q, scales: dummyScales.subarray(0, rows * (d.K / d.groupSize))}, {blockSize: d.blockSize})
@@ -109,8 +110,9 @@ export function dequantEmbedding(b: GraphBuilder, table: string, scales: string,
  */
 export function splitInt8Term(weight: TensorEntry, block: number, term: 0 | 1, what: 'B' | 'scales'): AsyncIterable<Buffer> {
   const K = weight.shape[1]
-  return inRowBlocks(weight, K * DTYPE_SIZE[weight.dtype], rowsPerBlock(K * DTYPE_SIZE[weight.dtype]), (buf, rows) => {
-    const s = splitInt8(decodeFloats(buf.subarray(0, rows * K * DTYPE_SIZE[weight.dtype]), weight.dtype), rows, K, block, term === 0 ? 1 : 2)
+  const rowBytes = K * DTYPE_SIZE[weight.dtype]
+  return inRowBlocks(weight, rowBytes, rowsPerBlock(rowBytes), (buf, rows) => {
+    const s = splitInt8(decodeFloats(buf.subarray(0, rows * rowBytes), weight.dtype), rows, K, block, term === 0 ? 1 : 2)
     if (what === 'scales') return Buffer.from(s.scales[term].buffer, s.scales[term].byteOffset, s.scales[term].byteLength)
     const q = s.q[term]
     const out = Buffer.allocUnsafe(q.length)

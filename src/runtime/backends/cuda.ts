@@ -8,7 +8,7 @@ import type {TensorEntry} from '../../formats/tensor.js'
 import type {Arch, ArchId, ModelConfig} from '../../models/index.js'
 import {PREFIX_CACHE_MARKER} from '../../models/arch.js'
 import {GLMTOOL_QUANT_KEY, quantizableNames, quantLayoutOf, type QuantLayout, scaleNameOf} from '../../models/quantized-layout.js'
-import type {DecodeManyInput, DecoderBackend, DeviceSampling, ForwardInput, ForwardOutput, KvDtype} from '../backend.js'
+import {type DecodeManyInput, type DecoderBackend, type DeviceSampling, type ForwardInput, type ForwardOutput, type KvDtype, promptInterrupted} from '../backend.js'
 import {
   type CudaAddon, type CudaEngine, type CudaEngineConfig, type CudaEngineInfo, type CudaMemoryStats, type CudaProbe, loadCudaAddon, WEIGHT_KINDS,
 } from './cuda-addon.js'
@@ -303,6 +303,12 @@ export class CudaBackend implements DecoderBackend {
     return this.live().info()
   }
 
+  /** The prefill attention that runs: 'cublas' (scores, masked softmax, cuBLAS), 'flash' or 'flash MT2'; undefined from an addon built before the switch. */
+  prefillAttention(): string | undefined {
+    const f = this.info().prefillFlash
+    return f === undefined ? undefined : f === 0 ? 'cublas' : f === 2 ? 'flash MT2' : 'flash'
+  }
+
   /** Turn the decode graph on or off (tests compare both). */
   setUseGraph(on: boolean): void {
     this.live().setUseGraph(on)
@@ -367,7 +373,7 @@ export class CudaBackend implements DecoderBackend {
     for (let s0 = 0; s0 < S; s0 += step) {
       if (s0 > 0) {
         await nextTurn()
-        if (input.signal?.aborted) throw new GlmtoolError('interrupted', `${this.name}: the prompt was interrupted after ${s0} of ${S} tokens`)
+        if (input.signal?.aborted) throw promptInterrupted(this.name, s0, S)
       }
       const s1 = Math.min(S, s0 + step)
       const last = s1 === S

@@ -8,7 +8,7 @@ import {ONNX_PREFIX_FILE, type OnnxManifest, readOnnxManifest} from '../../pipel
 import {openSafetensors} from '../../formats/safetensors-reader.js'
 import {readTensor} from '../../formats/tensor.js'
 import {type Arch, archById, type ModelConfig} from '../../models/index.js'
-import type {DecoderBackend, ForwardInput, ForwardOutput} from '../backend.js'
+import {type DecoderBackend, type ForwardInput, type ForwardOutput, promptInterrupted} from '../backend.js'
 
 /** Rows per head a KV-cache buffer starts with past the prefix (it doubles as needed, up to prefix + maxLength). */
 const INITIAL_CAPACITY = 256
@@ -252,7 +252,7 @@ export class OnnxCpuBackend implements DecoderBackend {
     const parts: Float32Array[] = []
     let out: ForwardOutput | undefined
     for (let s0 = 0; s0 < S;) {
-      if (s0 > 0 && input.signal?.aborted) throw new GlmtoolError('interrupted', `${this.name}: the prompt was interrupted after ${s0} of ${S} tokens`)
+      if (s0 > 0 && input.signal?.aborted) throw promptInterrupted(this.name, s0, S)
       const s1 = Math.min(S, s0 + (s0 === 0 ? first : step))
       out = await this.run({
         ids: input.ids.slice(s0, s1), positions: input.positions.slice(s0, s1), blockPositions: input.blockPositions?.slice(s0, s1),
